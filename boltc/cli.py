@@ -1,0 +1,49 @@
+"""`boltc` command line. Each subcommand lives in its own module under boltc/commands/ and exposes
+`HELP`, `add_arguments(parser)` and `run(args) -> int`. A user mistake (any BoltError) is printed as
+`file:line:col: error: ...` and exits 1; only a bug in boltc shows a traceback (or BOLTC_DEBUG>=1).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from boltc.errors import BoltError
+
+COMMANDS = ("run", "check", "compile", "train", "eval", "predict", "inspect", "synth")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="boltc", description="Compile, train and serve LSH-sparse neural networks.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        mod = importlib.import_module(f"boltc.commands.{name}")
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_module=mod)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._module.run(args) or 0)
+    except BoltError as e:
+        print(e.render(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception:
+        if os.environ.get("BOLTC_DEBUG"):
+            raise
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

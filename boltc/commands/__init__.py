@@ -1,0 +1,1 @@
+"""One module per `boltc` subcommand (see boltc/cli.py)."""

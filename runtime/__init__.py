@@ -1,0 +1,1 @@
+"""boltc.runtime: what runs a compiled model (executors, LSH, optimizers, data, trainer, sampler)."""
