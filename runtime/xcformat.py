@@ -1,0 +1,333 @@
+"""Reading and writing the Extreme Classification Repository text format (XC) and svmlight, into CSR.
+
+XC:        a header line `N D L`, then one row per line: `l1,l2,... f:v f:v ...` (0-based ids; a row
+           without labels starts with a space).
+svmlight:  no header, `label[,label...] [qid:q] f:v ...`, optional `# comment`; ids 1-based or 0-based.
+
+Speed (why the parser looks like this): a Python loop over tokens runs at a few MB/s, far too slow for
+1 GB files. Instead each chunk of whole lines is parsed with whole-array numpy operations:
+  1. `bytes.translate` maps ',' and ':' to spaces and `np.fromstring(sep=' ')` turns every number token
+     into a float64 in C (exact for integer ids < 2**53);
+  2. the token structure (which number is a label, a feature id or a value, and which line it is on)
+     comes from the positions of the separator bytes: a token after ':' is a value, a token before ':'
+     is a feature id, any other token is a label.
+If the token counts of 1. and 2. disagree, or a structural check fails, the chunk is re-scanned line by
+line (slow, but only on the error path) to name the exact file, line and problem in a DataError.
+Files are read in chunks of whole lines (`chunk_bytes`), so memory holds one chunk of text plus the
+growing CSR arrays; `iter_chunks` yields CSR chunks for data larger than memory.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import scipy.sparse as sp
+
+from boltc.errors import DataError, Location
+
+CHUNK_BYTES = 32 << 20      # 32 MiB of text per parse step: large enough to amortise numpy calls
+_TO_SPACE = bytes.maketrans(b",:", b"  ")
+_COMMENT = re.compile(rb"#[^\n]*")
+_QID = re.compile(rb"(?<![^\s])qid:\S*")
+
+
+@dataclass
+class XCChunk:
+    """Rows `first_row .. first_row + X.shape[0]` of a file."""
+    X: sp.csr_matrix          # (rows, n_features) float32
+    Y: sp.csr_matrix          # (rows, n_labels) float32 ones (label ids as columns)
+    first_row: int
+    first_line: int           # 1-based line number of the chunk's first row
+
+
+def open_binary(path: str | os.PathLike):
+    """Plain or gzip file (by magic bytes, not by name) opened for binary reading."""
+    path = Path(path)
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise DataError(f"cannot open data file: {e.strerror}", Location(str(path), 0)) from None
+    magic = f.read(2)
+    f.seek(0)
+    if magic == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=f, mode="rb")
+    return f
+
+
+def sniff_format(path: str | os.PathLike) -> str:
+    """'xc' when the first line is a header `N D L` (three integers, no ':'), else 'svmlight'."""
+    with open_binary(path) as f:
+        first = f.readline(1 << 16)
+    parts = first.split()
+    if len(parts) == 3 and all(p.isdigit() for p in parts):
+        return "xc"
+    return "svmlight"
+
+
+def read_header(f, path: str) -> tuple[int, int, int]:
+    line = f.readline(1 << 16)
+    parts = line.split()
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise DataError(f"expected the XC header 'N D L' (three integers), got {line[:60].decode(errors='replace').strip()!r}",
+                        Location(path, 1))
+    n, d, l = (int(p) for p in parts)
+    return n, d, l
+
+
+def _lines_of(f, chunk_bytes: int) -> Iterator[bytes]:
+    """Blocks of whole lines (each ending with b'\\n')."""
+    rest = b""
+    while True:
+        block = f.read(chunk_bytes)
+        if not block:
+            break
+        block = rest + block
+        cut = block.rfind(b"\n")
+        if cut < 0:
+            rest = block
+            continue
+        rest = block[cut + 1:]
+        yield block[:cut + 1]
+    if rest:
+        yield rest + b"\n"
+
+
+def _is_sep(a: np.ndarray) -> np.ndarray:
+    # whitespace (<= ' ') or ',' or ':'; comparisons beat a lookup-table gather on large arrays
+    return (a <= 32) | (a == 44) | (a == 58)
+
+
+def _parse_block(block: bytes, path: str, first_line: int, n_features: int | None,
+                 n_labels: int | None, one_based: bool, drop_negative: bool = False):
+    """Parse whole lines into (rows, label_rows, label_ids, feat_rows, feat_ids, values)."""
+    if b"\r" in block:
+        block = block.replace(b"\r", b"")
+    if b"#" in block:
+        block = _COMMENT.sub(b"", block)
+    if b"qid:" in block:
+        block = _QID.sub(b"", block)
+    a = np.frombuffer(block, dtype=np.uint8)
+    nl = np.flatnonzero(a == 10)                      # every line ends with '\n'
+    n_lines = nl.size
+    line_start = np.empty(n_lines, dtype=np.int64)
+    line_start[0] = 0
+    line_start[1:] = nl[:-1] + 1
+    blank = nl == line_start                          # empty lines are not rows
+    row_of_line = np.cumsum(~blank) - 1
+    n_rows = int(n_lines - blank.sum())
+
+    sep = np.flatnonzero(_is_sep(a))
+    bounds = np.concatenate(([-1], sep))
+    gap = np.diff(bounds) > 1
+    starts = bounds[:-1][gap] + 1
+    ends = bounds[1:][gap]                            # position of the separator after the token
+    prev = np.where(starts > 0, a[np.maximum(starts - 1, 0)], 10)
+    nxt = a[ends]
+    is_val = prev == 58
+    is_idx = nxt == 58
+    is_lab = ~(is_val | is_idx)
+    tok_line = np.searchsorted(nl, starts)            # index of the line holding each token
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            nums = np.fromstring(block.translate(_TO_SPACE), dtype=np.float64, sep=" ")
+    except ValueError:            # numpy >= 2.3 raises on an unparsable token; older ones stop early
+        nums = np.zeros(0)
+
+    def fail(tok_mask_or_line, what):
+        line = int(tok_mask_or_line)
+        raise DataError(what, Location(path, first_line + line))
+
+    if nums.size != starts.size:
+        _slow_find_error(block, path, first_line)
+        fail(0, "could not parse a number")         # not reached unless the slow scan misses it
+    colons = np.flatnonzero(a == 58)
+    if colons.size:
+        bad = _is_sep(a[colons - 1]) | _is_sep(a[np.minimum(colons + 1, a.size - 1)])
+        if bad.any():
+            fail(np.searchsorted(nl, colons[np.argmax(bad)]), "expected 'feature:value' with no spaces around ':'")
+    both = is_val & is_idx
+    if both.any():
+        fail(tok_line[np.argmax(both)], "a feature has two ':' (expected 'feature:value')")
+    # labels come first on a line, joined by ',': the token before a label is a label on the same line
+    lab_pos = np.flatnonzero(is_lab)
+    if lab_pos.size:
+        first_on_line = np.ones(lab_pos.size, dtype=bool)
+        has_prev = lab_pos > 0
+        pp = lab_pos[has_prev] - 1
+        first_on_line[has_prev] = tok_line[pp] != tok_line[lab_pos[has_prev]]
+        ok = first_on_line.copy()
+        ok[has_prev] |= is_lab[pp] & (prev[lab_pos[has_prev]] == 44)
+        if not ok.all():
+            j = lab_pos[np.argmin(ok)]
+            fail(tok_line[j], f"unexpected token {block[starts[j]:ends[j]].decode(errors='replace')!r} "
+                              "(labels must come first, joined by ',', then 'feature:value' pairs)")
+        labs = nums[lab_pos]
+        if drop_negative:               # svmlight binary files label negatives -1
+            keep = labs != -1
+            lab_pos, labs = lab_pos[keep], labs[keep]
+        badl = (labs != np.floor(labs)) | (labs < 0) | ((labs >= n_labels) if n_labels is not None else False)
+        if badl.any():
+            j = np.argmax(badl)
+            fail(tok_line[lab_pos[j]], f"label {block[starts[lab_pos[j]]:ends[lab_pos[j]]].decode(errors='replace')} "
+                 f"is not an integer in [0, {n_labels if n_labels is not None else 'inf'})")
+    idx_pos = np.flatnonzero(is_idx)
+    feats = nums[idx_pos]
+    if one_based:
+        feats = feats - 1
+    vals = nums[idx_pos + 1]
+    badf = (feats != np.floor(feats)) | (feats < 0) | ((feats >= n_features) if n_features is not None else False)
+    if badf.any():
+        j = np.argmax(badf)
+        fail(tok_line[idx_pos[j]], f"feature id {block[starts[idx_pos[j]]:ends[idx_pos[j]]].decode(errors='replace')} "
+             f"is not an integer in [{int(one_based)}, {(n_features + one_based) if n_features is not None else 'inf'})")
+    if not np.isfinite(vals).all():
+        j = np.argmin(np.isfinite(vals))
+        fail(tok_line[idx_pos[j] + 1], "feature value is not a finite number")
+    lab_rows = row_of_line[tok_line[lab_pos]] if lab_pos.size else np.zeros(0, np.int64)
+    lab_ids = nums[lab_pos] if lab_pos.size else np.zeros(0)
+    return (n_rows, lab_rows, lab_ids.astype(np.int64), row_of_line[tok_line[idx_pos]],
+            feats.astype(np.int64), vals.astype(np.float32), n_lines)
+
+
+def _slow_find_error(block: bytes, path: str, first_line: int) -> None:
+    """Line-by-line check of one block, used only after the fast path found a problem."""
+    for i, raw in enumerate(block.split(b"\n")):
+        line = raw.decode("utf-8", errors="replace")
+        parts = line.split()
+        for k, tok in enumerate(parts):
+            pieces = tok.split(":") if ":" in tok else tok.split(",")
+            for piece in pieces:
+                try:
+                    float(piece)
+                except ValueError:
+                    raise DataError(f"cannot read {tok!r} as a number (expected 'l1,l2 f:v f:v ...')",
+                                    Location(path, first_line + i)) from None
+
+
+def _csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int, n_cols: int) -> sp.csr_matrix:
+    """CSR with int32 indices / int64 indptr / float32 data; rows arrive in order, columns usually sorted."""
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
+    m = sp.csr_matrix((vals.astype(np.float32, copy=False), cols.astype(np.int32), indptr), shape=(n_rows, n_cols))
+    # columns sorted and unique within each row? (true for well-formed XC files) then skip the sort
+    if cols.size > 1:
+        same_row = rows[1:] == rows[:-1]
+        if not (cols[1:][same_row] > cols[:-1][same_row]).all():
+            m.sum_duplicates()
+            m.sort_indices()
+            m.indices = m.indices.astype(np.int32, copy=False)
+            m.indptr = m.indptr.astype(np.int64, copy=False)
+    m.indices = m.indices.astype(np.int32, copy=False)
+    m.indptr = m.indptr.astype(np.int64, copy=False)   # the contract: int64 indptr (scipy downcasts)
+    m.has_sorted_indices = True
+    return m
+
+
+def iter_chunks(path: str | os.PathLike, fmt: str | None = None, n_features: int | None = None,
+                n_labels: int | None = None, chunk_bytes: int = CHUNK_BYTES,
+                zero_based: bool | str = "auto") -> Iterator[XCChunk]:
+    """Stream a file as CSR chunks (for data larger than memory). Dimensions come from the XC header,
+    else from the arguments, else from the largest id seen so far (chunk shapes may then differ)."""
+    path = str(path)
+    fmt = fmt or sniff_format(path)
+    one_based = False
+    if fmt == "svmlight":
+        # svmlight ids are 1-based by convention; "auto" keeps sklearn's rule (1-based unless a 0 appears),
+        # decided on the first chunk since a stream cannot look ahead
+        one_based = zero_based is False or zero_based == "auto"
+    with open_binary(path) as f:
+        line_no = 1
+        header = None
+        if fmt == "xc":
+            header = read_header(f, path)
+            line_no = 2
+            n_features = n_features or header[1]
+            n_labels = n_labels or header[2]
+        row = 0
+        decided = fmt != "svmlight" or zero_based != "auto"
+        for block in _lines_of(f, chunk_bytes):
+            if not decided:
+                one_based = not _has_zero_feature(block)
+                decided = True
+            n_rows, lr, lids, fr, fids, vals, n_lines = _parse_block(block, path, line_no, n_features, n_labels, one_based,
+                                                                     drop_negative=fmt == "svmlight")
+            d = n_features if n_features is not None else int(fids.max(initial=-1)) + 1
+            c = n_labels if n_labels is not None else int(lids.max(initial=-1)) + 1
+            X = _csr(fr, fids, vals, n_rows, d)
+            Y = _csr(lr, lids, np.ones(lids.size, np.float32), n_rows, c)
+            yield XCChunk(X, Y, row, line_no)
+            row += n_rows
+            line_no += n_lines
+        if header is not None and header[0] != row:
+            raise DataError(f"the header says {header[0]} rows but the file has {row}", Location(path, 1))
+
+
+def _has_zero_feature(block: bytes) -> bool:
+    return re.search(rb"(?:^|[\s])0+:", block) is not None
+
+
+def read_xc(path: str | os.PathLike, fmt: str | None = None, n_features: int | None = None,
+            n_labels: int | None = None, chunk_bytes: int = CHUNK_BYTES,
+            zero_based: bool | str = "auto") -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Whole file -> (X (rows, D) float32 CSR, Y (rows, L) CSR of ones)."""
+    chunks = list(iter_chunks(path, fmt, n_features, n_labels, chunk_bytes, zero_based))
+    if not chunks:
+        d = n_features or 0
+        c = n_labels or 0
+        return sp.csr_matrix((0, d), dtype=np.float32), sp.csr_matrix((0, c), dtype=np.float32)
+    d = max(ch.X.shape[1] for ch in chunks)
+    c = max(ch.Y.shape[1] for ch in chunks)
+    X = _stack([ch.X for ch in chunks], d)
+    Y = _stack([ch.Y for ch in chunks], c)
+    return X, Y
+
+
+def _stack(parts: list[sp.csr_matrix], n_cols: int) -> sp.csr_matrix:
+    if len(parts) == 1:
+        m = parts[0]
+        if m.shape[1] != n_cols:
+            m = sp.csr_matrix((m.data, m.indices, m.indptr), shape=(m.shape[0], n_cols))
+            m.indptr = m.indptr.astype(np.int64, copy=False)
+        return m
+    indptr = [np.zeros(1, np.int64)]
+    off = 0
+    for m in parts:
+        indptr.append(m.indptr[1:] + off)
+        off += m.indptr[-1]
+    m = sp.csr_matrix((np.concatenate([p.data for p in parts]), np.concatenate([p.indices for p in parts]),
+                       np.concatenate(indptr)), shape=(sum(p.shape[0] for p in parts), n_cols))
+    m.indices = m.indices.astype(np.int32, copy=False)
+    m.indptr = m.indptr.astype(np.int64, copy=False)
+    m.has_sorted_indices = True
+    return m
+
+
+def write_xc(path: str | os.PathLike, X: sp.csr_matrix, Y: sp.csr_matrix, value_format: str = "%.6g") -> None:
+    """Write XC text (gzip when the name ends in .gz). Rows are formatted in blocks for speed."""
+    X = sp.csr_matrix(X)
+    Y = sp.csr_matrix(Y)
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    tmp = path.with_name(path.name + ".tmp")
+    with opener(tmp, "wb") as f:
+        f.write(f"{X.shape[0]} {X.shape[1]} {Y.shape[1]}\n".encode())
+        out = io.StringIO()
+        for i in range(X.shape[0]):
+            ls = Y.indices[Y.indptr[i]:Y.indptr[i + 1]]
+            xs = slice(X.indptr[i], X.indptr[i + 1])
+            fv = " ".join(f"{j}:{value_format % v}" for j, v in zip(X.indices[xs].tolist(), X.data[xs].tolist()))
+            out.write(",".join(map(str, ls.tolist())) + " " + fv + "\n")
+            if (i & 4095) == 4095:
+                f.write(out.getvalue().encode())
+                out = io.StringIO()
+        f.write(out.getvalue().encode())
+    os.replace(tmp, path)
