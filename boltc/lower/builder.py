@@ -1,0 +1,177 @@
+"""Small helpers over `llvmlite.ir` so kernels read like loops, not like basic blocks.
+
+Conventions every kernel follows (DESIGN.md section 4):
+- arguments are raw pointers (opaque `ptr`) and int64 scalars only; float hyper-parameters travel in a
+  small float32 array; the first two arguments of a batch kernel are the range [b0, b1);
+- shapes known at compile time are baked in as constants so LLVM sees fixed trip counts;
+- float reductions carry `reassoc contract` (never `fast`: NaN/Inf checks stay alive);
+- no kernel allocates heap memory; scratch comes from the caller (one buffer per thread).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import llvmlite.ir as ir
+
+F32 = ir.FloatType()
+F64 = ir.DoubleType()
+I32 = ir.IntType(32)
+I64 = ir.IntType(64)
+I1 = ir.IntType(1)
+PTR = ir.PointerType()
+VOID = ir.VoidType()
+RC = ("reassoc", "contract")          # the only fast-math flags we use
+ARG_TYPES = {"ptr": PTR, "i64": I64}
+
+
+class KernelModule:
+    """One LLVM module of kernels plus their signatures (written into the artifact manifest)."""
+
+    def __init__(self, name: str = "boltc"):
+        self.module = ir.Module(name=name)
+        self.signatures: dict[str, list[list[str]]] = {}
+
+    def kernel(self, name: str, params: list[tuple[str, str]]) -> "Kernel":
+        if name in self.signatures:
+            raise ValueError(f"kernel {name} defined twice")
+        fnty = ir.FunctionType(VOID, [ARG_TYPES[t] for _, t in params])
+        fn = ir.Function(self.module, fnty, name=name)
+        for arg, (pname, t) in zip(fn.args, params):
+            arg.name = pname
+            if t == "ptr":
+                # buffers handed to one kernel never overlap (the runtime guarantees it): lets LLVM
+                # vectorize without runtime alias checks.
+                arg.add_attribute("noalias")
+        self.signatures[name] = [list(p) for p in params]
+        return Kernel(self, fn)
+
+    def ir_text(self) -> str:
+        return str(self.module)
+
+    def intrinsic(self, name: str, ret, args):
+        try:
+            return self.module.get_global(name)
+        except KeyError:
+            return ir.Function(self.module, ir.FunctionType(ret, args), name=name)
+
+
+class Kernel:
+    def __init__(self, km: KernelModule, fn: ir.Function):
+        self.km = km
+        self.fn = fn
+        self.entry = fn.append_basic_block("entry")
+        self.b = ir.IRBuilder(self.entry)
+        self.arg = {a.name: a for a in fn.args}
+
+    # --- values --------------------------------------------------------------------------------
+    @staticmethod
+    def i64(v: int):
+        return ir.Constant(I64, int(v))
+
+    @staticmethod
+    def f32(v: float):
+        return ir.Constant(F32, float(v))
+
+    def var(self, ty, init):
+        """A mutable local (alloca in the entry block; mem2reg turns it into SSA)."""
+        with self.b.goto_entry_block():
+            slot = self.b.alloca(ty)
+        self.b.store(init, slot)
+        return slot
+
+    def get(self, slot):
+        return self.b.load(slot, typ=slot.allocated_type)
+
+    def set(self, slot, v):
+        self.b.store(v, slot)
+
+    # --- memory --------------------------------------------------------------------------------
+    def addr(self, ptr, idx, ty):
+        return self.b.gep(ptr, [idx], inbounds=True, source_etype=ty)
+
+    def ld(self, ptr, idx, ty=F32):
+        return self.b.load(self.addr(ptr, idx, ty), typ=ty)
+
+    def st(self, ptr, idx, v, ty=None):
+        self.b.store(v, self.addr(ptr, idx, ty or v.type))
+
+    def ld_i32_as_i64(self, ptr, idx):
+        return self.b.sext(self.ld(ptr, idx, I32), I64)
+
+    # --- arithmetic ------------------------------------------------------------------------------
+    def add(self, a, b):
+        return self.b.add(a, b, flags=["nsw"])
+
+    def mul(self, a, b):
+        return self.b.mul(a, b, flags=["nsw"])
+
+    def fadd(self, a, b):
+        return self.b.fadd(a, b, flags=RC)
+
+    def fsub(self, a, b):
+        return self.b.fsub(a, b, flags=RC)
+
+    def fmul(self, a, b):
+        return self.b.fmul(a, b, flags=RC)
+
+    def fdiv(self, a, b):
+        return self.b.fdiv(a, b)
+
+    def call(self, name, ret, *args):
+        fn = self.km.intrinsic(name, ret, [a.type for a in args])
+        return self.b.call(fn, list(args))
+
+    def exp(self, x):
+        return self.call("llvm.exp.f32", F32, x)
+
+    def log(self, x):
+        return self.call("llvm.log.f32", F32, x)
+
+    def sqrt(self, x):
+        return self.call("llvm.sqrt.f32", F32, x)
+
+    def fmax(self, a, b):
+        return self.call("llvm.maxnum.f32", F32, a, b)
+
+    def select(self, c, a, b):
+        return self.b.select(c, a, b)
+
+    def fcmp(self, op, a, b):
+        return self.b.fcmp_ordered(op, a, b)
+
+    def icmp(self, op, a, b):
+        return self.b.icmp_signed(op, a, b)
+
+    # --- control flow ----------------------------------------------------------------------------
+    @contextmanager
+    def loop(self, start, stop, name: str = "i"):
+        """for (i = start; i < stop; ++i) — yields i (i64)."""
+        b = self.b
+        start = self.i64(start) if isinstance(start, int) else start
+        stop = self.i64(stop) if isinstance(stop, int) else stop
+        pre = b.block
+        head = b.append_basic_block(f"{name}.head")
+        body = b.append_basic_block(f"{name}.body")
+        end = b.append_basic_block(f"{name}.end")
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.phi(I64, name=name)
+        i.add_incoming(start, pre)
+        b.cbranch(b.icmp_signed("<", i, stop), body, end)
+        b.position_at_end(body)
+        yield i
+        nxt = b.add(i, self.i64(1), flags=["nsw", "nuw"])
+        i.add_incoming(nxt, b.block)
+        b.branch(head)
+        b.position_at_end(end)
+
+    @contextmanager
+    def if_(self, cond):
+        with self.b.if_then(cond):
+            yield
+
+    def if_else(self, cond):
+        return self.b.if_else(cond)
+
+    def ret(self):
+        self.b.ret_void()

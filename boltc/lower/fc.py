@@ -1,0 +1,146 @@
+"""Forward kernels of `fc` / `embedding`: sparse input x in-major weights, dense input x out-major weights
+over an active set (or over every neuron), activations, softmax + cross-entropy gradient on the active set.
+
+Each generator adds one kernel specialised to the layer's shapes (constants) to a KernelModule.
+Row-major buffers; B = batch, K = active neurons per example.
+"""
+from __future__ import annotations
+
+from boltc.lower.builder import F32, I32, I64, Kernel, KernelModule
+
+
+def apply_activation(k: Kernel, ptr, base, n: int, activation: str) -> None:
+    """In place over ptr[base : base+n]. Softmax is not handled here (it needs the whole row + loss)."""
+    if activation in ("linear", "softmax", None):
+        return
+    with k.loop(0, n, "a") as j:
+        idx = k.add(base, j)
+        x = k.ld(ptr, idx)
+        if activation == "relu":
+            y = k.select(k.fcmp(">", x, k.f32(0.0)), x, k.f32(0.0))
+        elif activation == "sigmoid":
+            y = k.fdiv(k.f32(1.0), k.b.fadd(k.f32(1.0), k.exp(k.b.fneg(x))))
+        elif activation == "tanh":
+            # tanh(x) = 1 - 2 / (exp(2x) + 1): exact at +-inf, no overflow to NaN
+            e = k.exp(k.b.fmul(x, k.f32(2.0)))
+            y = k.b.fsub(k.f32(1.0), k.fdiv(k.f32(2.0), k.b.fadd(e, k.f32(1.0))))
+        else:
+            raise ValueError(f"no lowering for activation {activation!r}")
+        k.st(ptr, idx, y)
+
+
+def sparse_fc_fwd(km: KernelModule, name: str, dim: int, activation: str, bias: bool) -> None:
+    """out[b, :] = act(bias + sum_p values[p] * W[indices[p], :]) for CSR rows b in [b0, b1).
+
+    W is in-major (in_dim, dim): each nonzero gathers one contiguous weight row (an axpy over dim,
+    vectorized without reassociation)."""
+    k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("indptr", "ptr"), ("indices", "ptr"),
+                         ("values", "ptr"), ("W", "ptr"), ("bias", "ptr"), ("out", "ptr")])
+    a = k.arg
+    D = k.i64(dim)
+    with k.loop(a["b0"], a["b1"], "b") as b:
+        ob = k.mul(b, D)
+        with k.loop(0, dim, "j") as j:
+            init = k.ld(a["bias"], j) if bias else k.f32(0.0)
+            k.st(a["out"], k.add(ob, j), init)
+        p0 = k.ld(a["indptr"], b, I64)
+        p1 = k.ld(a["indptr"], k.add(b, k.i64(1)), I64)
+        with k.loop(p0, p1, "p") as p:
+            f = k.ld_i32_as_i64(a["indices"], p)
+            v = k.ld(a["values"], p)
+            wb = k.mul(f, D)
+            with k.loop(0, dim, "j2") as j:
+                o = k.add(ob, j)
+                k.st(a["out"], o, k.fadd(k.ld(a["out"], o), k.fmul(v, k.ld(a["W"], k.add(wb, j)))))
+        apply_activation(k, a["out"], ob, dim, activation)
+    k.ret()
+
+
+def dense_fc_fwd(km: KernelModule, name: str, in_dim: int, k_active: int, activation: str, bias: bool,
+                 gather: bool) -> None:
+    """out[b, k] = act(bias[n] + dot(h[b, :], W[n, :])) with n = ids[b, k] (gather) or n = k.
+
+    W is out-major (dim, in_dim). The dot product is the float reduction that needs `reassoc`."""
+    k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("h", "ptr"), ("ids", "ptr"), ("W", "ptr"),
+                         ("bias", "ptr"), ("out", "ptr")])
+    a = k.arg
+    IN, K = k.i64(in_dim), k.i64(k_active)
+    with k.loop(a["b0"], a["b1"], "b") as b:
+        hb = k.mul(b, IN)
+        ob = k.mul(b, K)
+        with k.loop(0, k_active, "k") as kk:
+            n = k.ld_i32_as_i64(a["ids"], k.add(ob, kk)) if gather else kk
+            wb = k.mul(n, IN)
+            acc = k.var(F32, k.f32(0.0))
+            with k.loop(0, in_dim, "j") as j:
+                prod = k.fmul(k.ld(a["h"], k.add(hb, j)), k.ld(a["W"], k.add(wb, j)))
+                k.set(acc, k.fadd(k.get(acc), prod))
+            s = k.get(acc)
+            if bias:
+                s = k.b.fadd(s, k.ld(a["bias"], n))
+            k.st(a["out"], k.add(ob, kk), s)
+        apply_activation(k, a["out"], ob, k_active, activation)
+    k.ret()
+
+
+def softmax_ce(km: KernelModule, name: str, k_active: int) -> None:
+    """Softmax over the active set, per-example loss, and the logits' gradient, for rows [b0, b1).
+
+    logits (B, K) are overwritten with probabilities. Target: the multi-hot labels restricted to the
+    active set, each present label weighing 1/|labels| (contract section 4), so
+    loss_b = -sum_{k: ids[b,k] in labels} log(p_k) / |labels| and
+    grad[b, k] = scale_b * (s_b * p_k - y_k) with s_b = sum_k y_k, scale_b = weight_b / batch
+    (scale[b] is given by the caller: importance weight over batch size)."""
+    k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("logits", "ptr"), ("ids", "ptr"),
+                         ("lab_indptr", "ptr"), ("lab_indices", "ptr"), ("scale", "ptr"),
+                         ("loss", "ptr"), ("grad", "ptr")])
+    a = k.arg
+    K = k.i64(k_active)
+    with k.loop(a["b0"], a["b1"], "b") as b:
+        ob = k.mul(b, K)
+        mx = k.var(F32, k.f32(float("-inf")))
+        with k.loop(0, k_active, "k") as kk:
+            k.set(mx, k.fmax(k.get(mx), k.ld(a["logits"], k.add(ob, kk))))
+        m = k.get(mx)
+        tot = k.var(F32, k.f32(0.0))
+        with k.loop(0, k_active, "k2") as kk:
+            i = k.add(ob, kk)
+            z = k.b.fsub(k.ld(a["logits"], i), m)
+            k.st(a["logits"], i, z)
+            k.set(tot, k.fadd(k.get(tot), k.exp(z)))
+        logtot = k.log(k.get(tot))
+        l0 = k.ld(a["lab_indptr"], b, I64)
+        l1 = k.ld(a["lab_indptr"], k.add(b, k.i64(1)), I64)
+        nlab = k.b.sitofp(k.b.sub(l1, l0), F32)
+        ywt = k.fdiv(k.f32(1.0), k.fmax(nlab, k.f32(1.0)))
+        sc = k.ld(a["scale"], b)
+        loss = k.var(F32, k.f32(0.0))
+        ysum = k.var(F32, k.f32(0.0))
+        with k.loop(0, k_active, "k3") as kk:
+            i = k.add(ob, kk)
+            # log p from the shifted logit (not log of a p rounded to zero): finite loss for tiny p
+            logp = k.b.fsub(k.ld(a["logits"], i), logtot)
+            k.st(a["logits"], i, k.exp(logp))
+            n = k.ld(a["ids"], i, I32)
+            hit = k.var(I32, k.b.trunc(k.i64(0), I32))
+            with k.loop(l0, l1, "l") as li:
+                eq = k.b.icmp_signed("==", k.ld(a["lab_indices"], li, I32), n)
+                k.set(hit, k.b.or_(k.get(hit), k.b.zext(eq, I32)))
+            is_hit = k.b.icmp_signed("!=", k.get(hit), k.b.trunc(k.i64(0), I32))
+            y = k.select(is_hit, ywt, k.f32(0.0))
+            k.set(ysum, k.b.fadd(k.get(ysum), y))
+            k.set(loss, k.b.fsub(k.get(loss), k.b.fmul(y, logp)))
+        k.st(a["loss"], b, k.get(loss))
+        s = k.get(ysum)
+        with k.loop(0, k_active, "k4") as kk:
+            i = k.add(ob, kk)
+            p = k.ld(a["logits"], i)
+            n = k.ld(a["ids"], i, I32)
+            hit = k.var(I32, k.b.trunc(k.i64(0), I32))
+            with k.loop(l0, l1, "l2") as li:
+                eq = k.b.icmp_signed("==", k.ld(a["lab_indices"], li, I32), n)
+                k.set(hit, k.b.or_(k.get(hit), k.b.zext(eq, I32)))
+            is_hit = k.b.icmp_signed("!=", k.get(hit), k.b.trunc(k.i64(0), I32))
+            y = k.select(is_hit, ywt, k.f32(0.0))
+            k.st(a["grad"], i, k.b.fmul(sc, k.b.fsub(k.b.fmul(s, p), y)))
+    k.ret()
