@@ -8,9 +8,9 @@ first range. A line belongs to the range that holds its first byte, so every row
 Decisions:
 - Compressed (.gz) files cannot be seeked: `shard_ranges` refuses them with a DataError saying to
   decompress (reading a gzip stream to a byte offset means every worker inflates the file up to there).
-- Rows are parsed here by a small reader of the two line formats rather than by runtime/data.py, whose
-  loader takes a whole file; line numbers in errors are global (counted from the file start only when an
-  error is raised, so the happy path never scans the prefix).
+- Rows are parsed by runtime/xcformat.py's block parser (the whole-file reader's inner step); line
+  numbers in errors are global (counted from the file start only when an error is raised, so the happy
+  path never scans the prefix).
 - A synthetic or in-memory source is sharded by contiguous row ranges (`row_ranges`).
 """
 from __future__ import annotations
@@ -21,7 +21,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from boltc.errors import DataError, Location
-from boltc.runtime.dataset import Dataset, as_csr
+from boltc.runtime import xcformat
+from boltc.runtime.dataset import Dataset
 
 
 def _is_header(line: bytes) -> bool:
@@ -61,49 +62,37 @@ def _line_number(path: str, offset: int) -> int:
         return f.read(offset).count(b"\n") + 1
 
 
-def read_shard(path: str, start: int, end: int, input_name: str, features: int, classes: int) -> Dataset:
-    """Parse the rows of `path` whose first byte lies in [start, end): XC (`l1,l2 f:v ...`) or svmlight."""
+def read_shard(path: str, start: int, end: int, fmt: str = "xc", features: int | None = None,
+               classes: int | None = None, one_based: bool = False) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Parse the rows of `path` whose first byte lies in [start, end) -> (X, Y) CSR.
+
+    Uses the project's vectorised block parser (runtime/xcformat.py) on the range; its error lines are
+    shifted to file line numbers (the prefix is only counted when an error is raised).
+    """
     with open(path, "rb") as f:
         f.seek(start)
         blob = f.read(end - start)
-    labels_ptr, labels_idx = [0], []
-    feat_ptr, feat_idx, feat_val = [0], [], []
-    pos = 0
-    for raw in blob.split(b"\n"):
-        here, pos = start + pos, pos + len(raw) + 1
-        line = raw.strip()
-        if not line or line.startswith(b"#"):
-            continue
-        try:
-            head, _, rest = raw.partition(b" ") if not raw[:1].isspace() else (b"", b" ", raw)
-            if b":" in head:                       # a row with no label whose first token is a feature
-                head, rest = b"", raw
-            for tok in head.split(b","):
-                if tok:
-                    lab = int(float(tok))
-                    if not 0 <= lab < classes:
-                        raise ValueError(f"label {lab} outside [0, {classes})")
-                    labels_idx.append(lab)
-            for tok in rest.split():
-                if tok.startswith(b"qid:"):
-                    continue
-                k, _, v = tok.partition(b":")
-                j = int(k)
-                if not 0 <= j < features:
-                    raise ValueError(f"feature {j} outside [0, {features})")
-                feat_idx.append(j)
-                feat_val.append(float(v) if v else 1.0)
-        except ValueError as e:
-            raise DataError(f"malformed row: {e}", Location(str(path), _line_number(path, here))) from None
-        labels_ptr.append(len(labels_idx))
-        feat_ptr.append(len(feat_idx))
-    n = len(feat_ptr) - 1
-    x = sp.csr_matrix((np.asarray(feat_val, np.float32), np.asarray(feat_idx, np.int32), np.asarray(feat_ptr, np.int64)),
-                      shape=(n, features))
-    y = sp.csr_matrix((np.ones(len(labels_idx), np.float32), np.asarray(labels_idx, np.int32),
-                       np.asarray(labels_ptr, np.int64)), shape=(n, classes))
-    return Dataset(inputs={input_name: as_csr(x, features)}, labels=as_csr(y, classes),
-                   source=f"{path}[{start}:{end}]", meta={"byte_range": (start, end)})
+    if blob and not blob.endswith(b"\n"):
+        blob += b"\n"
+    if not blob.strip():
+        return (sp.csr_matrix((0, features or 0), dtype=np.float32), sp.csr_matrix((0, classes or 0), dtype=np.float32))
+    try:
+        n_rows, lr, lids, fr, fids, vals, _ = xcformat._parse_block(blob, str(path), 1, features, classes, one_based,
+                                                                    drop_negative=fmt == "svmlight")
+    except DataError as e:
+        local = e.location.line if e.location else 1
+        raise DataError(e.message, Location(str(path), _line_number(path, start) + local - 1)) from None
+    d = features if features is not None else int(fids.max(initial=-1)) + 1
+    c = classes if classes is not None else int(lids.max(initial=-1)) + 1
+    X = xcformat._csr(fr, fids, vals, n_rows, d)
+    Y = xcformat._csr(lr, lids, np.ones(lids.size, np.float32), n_rows, c)
+    return X, Y
+
+
+def svmlight_one_based(path: str) -> bool:
+    """The same rule as the whole-file reader: 1-based unless a feature 0 appears in the first chunk."""
+    with open(path, "rb") as f:
+        return not xcformat._has_zero_feature(f.read(xcformat.CHUNK_BYTES))
 
 
 def slice_dataset(ds: Dataset, lo: int, hi: int) -> Dataset:

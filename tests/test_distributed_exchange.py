@@ -75,10 +75,10 @@ def test_byte_range_shards_cover_every_row_once(tmp_path, n):
     assert len(ranges) == n and ranges[-1][1] == path.stat().st_size
     got = []
     for start, end in ranges:
-        ds = read_shard(str(path), start, end, "x", 20, 6)
-        for i in range(ds.rows):
-            x = ds.inputs["x"][i]
-            got.append((ds.labels[i].indices.tolist(), x.indices.tolist(), np.round(x.data.astype(np.float64), 3).tolist()))
+        X, Y = read_shard(str(path), start, end, "xc", 20, 6)
+        for i in range(X.shape[0]):
+            x = X[i]
+            got.append((Y[i].indices.tolist(), x.indices.tolist(), np.round(x.data.astype(np.float64), 3).tolist()))
     assert got == [(l, f, v) for l, f, v in truth]
 
 
@@ -89,9 +89,9 @@ def test_shard_reads_only_its_range_and_reports_global_line(tmp_path):
     lines[8] = "1 3:x"                     # file line 9
     path.write_text("\n".join(lines) + "\n")
     ranges = shard_ranges(str(path), 2)
-    read_shard(str(path), *ranges[0], "x", 20, 6)   # the first half does not hold the bad row
+    read_shard(str(path), *ranges[0], "xc", 20, 6)   # the first half does not hold the bad row
     with pytest.raises(DataError) as err:
-        read_shard(str(path), *ranges[1], "x", 20, 6)
+        read_shard(str(path), *ranges[1], "xc", 20, 6)
     assert err.value.location.line == 9
 
 
