@@ -1,0 +1,262 @@
+"""`load_dataset(source, plan) -> Dataset`: one entry point for every data source (CONTRACTS.md section 7).
+
+Sources:
+- a plan data entry `{"kind": "file", "path": ..., "format": "xc"|"svmlight"|"csv"|"tsv"|None}` or a
+  plain path string (format guessed from the name, then from the first line);
+- `{"kind": "synthetic", ...}` (runtime/synth.py; dimensions default to the plan's input and target);
+- from Python (`as_dataset`): a Dataset, a scipy.sparse matrix or numpy array of inputs (labels apart),
+  an `(X, Y)` tuple, or a list of strings for text models.
+Every matrix is checked against the plan: more features or labels than the model has is a DataError
+naming the source (fewer is fine: the matrix is widened).
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from boltc.errors import BoltError, DataError, Location
+from boltc.runtime import synth, xcformat
+from boltc.runtime.dataset import Dataset, as_csr
+
+TABLE_FORMATS = ("csv", "tsv")
+
+
+def _guess_format(path: str) -> str:
+    name = path.lower().removesuffix(".gz")
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith(".tsv"):
+        return "tsv"
+    if name.endswith((".svm", ".svmlight", ".libsvm")):
+        return "svmlight"
+    return xcformat.sniff_format(path)
+
+
+def _inputs(plan: dict) -> list[dict]:
+    return list(plan.get("inputs") or [])
+
+
+def _target(plan: dict) -> dict:
+    return plan.get("target") or {}
+
+
+def load_dataset(source, plan: dict, with_labels: bool = True) -> Dataset:
+    if isinstance(source, Dataset):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        source = {"kind": "file", "path": str(source), "format": None}
+    if not isinstance(source, dict):
+        return as_dataset(source, plan)
+    kind = source.get("kind", "file")
+    if kind == "synthetic":
+        return _synthetic(source, plan)
+    if kind != "file":
+        raise DataError(f"unknown data source kind {kind!r} (file or synthetic)")
+    path = str(source["path"])
+    if not Path(path).exists():
+        raise DataError("data file not found", Location(path, 0))
+    fmt = source.get("format") or _guess_format(path)
+    if fmt in TABLE_FORMATS:
+        return _table(path, fmt, plan, with_labels)
+    if fmt not in ("xc", "svmlight"):
+        raise DataError(f"unknown data format {fmt!r} (xc, svmlight, csv, tsv)", Location(path, 0))
+    sparse_inputs = [i for i in _inputs(plan) if i.get("kind") in ("sparse", "dense")]
+    if len(sparse_inputs) != 1 or len(_inputs(plan)) != 1:
+        raise DataError("an XC/svmlight file feeds a model with exactly one sparse or dense input",
+                        Location(path, 0))
+    inp = sparse_inputs[0]
+    X, Y = xcformat.read_xc(path, fmt)
+    return _checked(X, Y, inp, plan, path)
+
+
+def _checked(X: sp.csr_matrix, Y: sp.csr_matrix | None, inp: dict, plan: dict, where: str) -> Dataset:
+    dim = int(inp["dim"])
+    if X.shape[1] > dim:
+        raise DataError(f"the data has {X.shape[1]} features but input '{inp['name']}' has dim {dim}",
+                        Location(where, 0))
+    labels = None
+    target = _target(plan)
+    if Y is not None and target:
+        classes = int(target["classes"])
+        Y = as_csr(Y)
+        if target.get("kind") == "binary":
+            # binary: positive rows hold column 0; the file marks them with label 1 (0/1 and -1/+1 files)
+            pos = np.zeros(Y.shape[0], dtype=bool)
+            if Y.shape[1] > 1:
+                pos = np.asarray(Y[:, 1].toarray()).ravel() > 0
+            Y = sp.csr_matrix((np.ones(pos.sum(), np.float32), (np.flatnonzero(pos), np.zeros(pos.sum(), int))),
+                              shape=(Y.shape[0], 1))
+        elif Y.shape[1] > classes:
+            used = int(Y.indices.max(initial=-1)) + 1
+            if used > classes:
+                raise DataError(f"the data uses label {used - 1} but target '{target['name']}' has "
+                                f"{classes} classes", Location(where, 0))
+        labels = as_csr(Y, classes)
+        labels.data[:] = 1.0
+    value = as_csr(X, dim)
+    if inp.get("kind") == "dense":
+        value = np.ascontiguousarray(value.toarray(), dtype=np.float32)
+    return Dataset(inputs={inp["name"]: value}, labels=labels, source=where)
+
+
+def _synthetic(source: dict, plan: dict) -> Dataset:
+    opts = {k: v for k, v in source.items() if k not in ("kind", "loc")}
+    ins = [i for i in _inputs(plan) if i.get("kind") in ("sparse", "dense")]
+    if len(ins) != 1:
+        raise DataError("synthetic data feeds a model with exactly one sparse or dense input")
+    opts.setdefault("features", int(ins[0]["dim"]))
+    if _target(plan):
+        opts.setdefault("labels", int(_target(plan)["classes"]))
+    spec = synth.SynthSpec.from_options(opts)
+    X, Y = synth.generate(spec)
+    where = "synthetic(" + ", ".join(f"{k}={v}" for k, v in sorted(opts.items())) + ")"
+    ds = _checked(X, Y, ins[0], plan, where)
+    ds.meta["synthetic"] = spec.as_dict()
+    return ds
+
+
+def as_dataset(obj, plan: dict, labels=None) -> Dataset:
+    """Python objects -> Dataset: (X, Y) tuples, matrices/arrays of inputs, lists of strings."""
+    if isinstance(obj, Dataset):
+        return obj
+    if isinstance(obj, (str, os.PathLike)):
+        return load_dataset(obj, plan)
+    if isinstance(obj, tuple) and len(obj) == 2 and labels is None:
+        obj, labels = obj
+    if isinstance(obj, (list, dict)) and (isinstance(obj, dict) or (obj and isinstance(obj[0], (str, dict)))):
+        from boltc.runtime.text import featurize_strings
+        ds = featurize_strings(obj, plan)
+        if labels is not None:
+            ds.labels = _labels_from(labels, plan, ds.rows)
+        return ds
+    ins = _inputs(plan)
+    if len(ins) != 1 or ins[0].get("kind") not in ("sparse", "dense"):
+        raise BoltError("this model has several or text inputs: pass a Dataset, a file, or strings")
+    if sp.issparse(obj):
+        X = as_csr(obj)
+    else:
+        arr = np.asarray(obj, dtype=np.float32)
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if arr.ndim != 2:
+            raise BoltError(f"inputs must be a 2-D array or CSR matrix, got shape {arr.shape}")
+        X = as_csr(arr)
+    Y = _labels_from(labels, plan, X.shape[0]) if labels is not None else None
+    return _checked(X, Y, ins[0], plan, "<array>")
+
+
+def _labels_from(labels, plan: dict, n: int) -> sp.csr_matrix:
+    """Labels as CSR (rows, classes), a 1-D array of class ids, or a list of label-id lists."""
+    classes = int(_target(plan).get("classes", 0))
+    if sp.issparse(labels):
+        Y = as_csr(labels)
+    else:
+        if isinstance(labels, list) and labels and isinstance(labels[0], (list, tuple, np.ndarray)):
+            rows = np.repeat(np.arange(len(labels)), [len(l) for l in labels])
+            cols = np.concatenate([np.asarray(l, dtype=np.int64) for l in labels]) if rows.size else np.zeros(0, int)
+        else:
+            cols = np.asarray(labels, dtype=np.int64).ravel()
+            rows = np.arange(cols.size)
+        if cols.size and (cols.min() < 0 or cols.max() >= max(classes, 1)):
+            raise BoltError(f"label ids must be in [0, {classes})")
+        Y = sp.csr_matrix((np.ones(cols.size, np.float32), (rows, cols)), shape=(len(labels), max(classes, 1)))
+    if Y.shape[0] != n:
+        raise BoltError(f"{Y.shape[0]} rows of labels for {n} rows of inputs")
+    return as_csr(Y)
+
+
+# ---------------------------------------------------------------- CSV / TSV with text columns
+
+def _table(path: str, fmt: str, plan: dict, with_labels: bool) -> Dataset:
+    """Header row, then one row per example; text/categorical inputs read their `column`, the target
+    reads `target.column` (default 'label'). Labels may be ids or names (names -> sorted class list)."""
+    from boltc.runtime import text as textmod
+    opener = gzip.open if open(path, "rb").read(2) == b"\x1f\x8b" else open
+    with opener(path, "rt", encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t" if fmt == "tsv" else ",")
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError("empty table (expected a header row)", Location(path, 1)) from None
+        except csv.Error as e:
+            raise DataError(f"malformed table: {e}", Location(path, 1)) from None
+        rows = []
+        try:
+            for row in reader:
+                if row:
+                    rows.append((reader.line_num, row))
+        except csv.Error as e:
+            raise DataError(f"malformed table: {e}", Location(path, reader.line_num)) from None
+    col = {name: i for i, name in enumerate(header)}
+    for line, row in rows:
+        if len(row) != len(header):
+            raise DataError(f"row has {len(row)} fields, the header has {len(header)}", Location(path, line))
+    inputs = {}
+    for e in textmod.featurizer_inputs(plan):
+        c = e["column"] or e["name"]
+        if c not in col:
+            raise DataError(f"input '{e['name']}' reads column '{c}', which is not in the header "
+                            f"({', '.join(header)})", Location(path, 1))
+        inputs[e["name"]] = textmod.featurize_column([r[col[c]] for _, r in rows], e)
+    others = [i for i in _inputs(plan) if i.get("kind") not in ("text", "categorical")]
+    if others:
+        raise DataError(f"a table feeds only text/categorical inputs, not '{others[0]['name']}'", Location(path, 0))
+    target = _target(plan)
+    labels = None
+    class_names = target.get("class_names")
+    tcol = target.get("column") or "label"
+    if with_labels and target and tcol in col:
+        raw = [r[col[tcol]].strip() for _, r in rows]
+        labels, class_names = _table_labels(raw, rows, target, path, class_names)
+    return Dataset(inputs=inputs, labels=labels, class_names=class_names, source=path)
+
+
+def _table_labels(raw, rows, target, path, class_names):
+    classes = int(target["classes"])
+    ids = np.empty(len(raw), dtype=np.int64)
+    names = list(class_names) if class_names else None
+    if names is None and all(s.lstrip("-").isdigit() for s in raw):
+        ids[:] = [int(s) for s in raw]
+    else:
+        names = names or sorted(set(raw))
+        index = {n: i for i, n in enumerate(names)}
+        for k, s in enumerate(raw):
+            if s not in index:
+                raise DataError(f"unknown class {s!r}", Location(path, rows[k][0]))
+            ids[k] = index[s]
+    if target.get("kind") == "binary":
+        pos = np.flatnonzero(ids > 0)
+        Y = sp.csr_matrix((np.ones(pos.size, np.float32), (pos, np.zeros(pos.size, int))), shape=(len(raw), 1))
+        return as_csr(Y), names
+    bad = np.flatnonzero((ids < 0) | (ids >= classes))
+    if bad.size:
+        raise DataError(f"label {raw[bad[0]]} is outside the target's {classes} classes",
+                        Location(path, rows[bad[0]][0]))
+    Y = sp.csr_matrix((np.ones(ids.size, np.float32), (np.arange(ids.size), ids)), shape=(len(raw), classes))
+    return as_csr(Y), names
+
+
+def read_rows_text(text: str, plan: dict) -> Dataset:
+    """Rows typed by a user (stdin of `boltc predict`): XC/svmlight body lines without a header."""
+    ins = [i for i in _inputs(plan) if i.get("kind") in ("sparse", "dense")]
+    if len(ins) != 1:
+        raise DataError("rows on stdin feed a model with exactly one sparse input; use --text for text models")
+    import tempfile
+    # a line that is only 'f:v' pairs has no label field: give it the leading space the format expects
+    body = "\n".join((" " + l) if ":" in l.split()[0] else l for l in text.splitlines() if l.strip())
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write(body + "\n")
+        name = f.name
+    try:
+        X, _ = xcformat.read_xc(name, "svmlight", n_features=int(ins[0]["dim"]), zero_based=True)
+    except DataError as e:
+        raise DataError(e.message, Location("<stdin>", e.location.line if e.location else 0)) from None
+    finally:
+        os.unlink(name)
+    return _checked(X, None, ins[0], plan, "<stdin>")

@@ -1,0 +1,246 @@
+"""The saved-model format `.boltc` (CONTRACTS.md section 9): a zip of plain data, never pickle.
+
+Members (all stored uncompressed: weights do not compress and stored members can be read fast):
+    manifest.json              format version, library versions, sha256 and size of every other member
+    model.bolt                 the source text
+    plan.json                  the resolved plan
+    params/<layer>.<t>.npy     weights
+    lsh/<layer>.<a>.npy        hash tables and hash functions (+ lsh/<layer>.json for scalars)
+    history.json               training history (per-epoch metrics, times)
+    optimizer/...              checkpoints only: Adam moments, step, sampler and trainer state
+    native/...                 optional native artefacts
+Arrays are `.npy` loaded with `allow_pickle=False`; nested state (dicts of arrays and JSON scalars) is
+flattened by `flatten_state` into one JSON member plus one `.npy` per array.
+
+Integrity: the manifest lists every member with its sha256; reading checks that the archive opens
+(a truncated file loses the zip directory at its end), that no member is missing or unlisted, and that
+every member's hash matches. Any failure raises ModelFileError naming the file and the member.
+Writing goes to a temporary file in the same folder, fsync, then `os.replace` (atomic on POSIX), so a
+crash mid-write never leaves a half-written model under the real name.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from boltc.errors import ModelFileError, Location
+
+FORMAT = "boltc-model"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def _err(path, message: str) -> ModelFileError:
+    return ModelFileError(message, Location(str(path), 0))
+
+
+# ---------------------------------------------------------------- arrays and nested state
+
+def npy_bytes(a: np.ndarray) -> bytes:
+    a = np.asarray(a)
+    if a.dtype == object:
+        raise TypeError("object arrays cannot be saved (no pickle)")
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def npy_load(data: bytes, path, member: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as e:       # ValueError for object arrays, others for a damaged header
+        raise _err(path, f"member {member!r} is not a valid .npy array ({e})") from None
+
+
+def flatten_state(state, prefix: str) -> tuple[object, dict[str, np.ndarray]]:
+    """Nested dicts/lists of arrays and JSON scalars -> (JSON skeleton, {member name: array}).
+    An array is replaced in the skeleton by {"__npy__": member name}."""
+    arrays: dict[str, np.ndarray] = {}
+
+    def walk(x, key):
+        if isinstance(x, np.ndarray):
+            name = f"{prefix}{key}.npy"
+            arrays[name] = x
+            return {"__npy__": name}
+        if isinstance(x, dict):
+            return {str(k): walk(v, f"{key}.{k}" if key else str(k)) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [walk(v, f"{key}.{i}") for i, v in enumerate(x)]
+        if isinstance(x, np.generic):
+            return x.item()
+        return x
+
+    return walk(state, ""), arrays
+
+
+def unflatten_state(skeleton, members: dict[str, np.ndarray]):
+    if isinstance(skeleton, dict):
+        if set(skeleton) == {"__npy__"}:
+            return members[skeleton["__npy__"]]
+        return {k: unflatten_state(v, members) for k, v in skeleton.items()}
+    if isinstance(skeleton, list):
+        return [unflatten_state(v, members) for v in skeleton]
+    return skeleton
+
+
+# ---------------------------------------------------------------- the archive
+
+def write_archive(path, members: dict[str, bytes], meta: dict | None = None) -> None:
+    """Write members + manifest atomically."""
+    path = Path(path)
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "versions": _versions(), **(meta or {}),
+        "members": {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+                    for name, data in sorted(members.items())},
+    }
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as raw:
+            with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED) as z:
+                z.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+                for name, data in sorted(members.items()):
+                    z.writestr(name, data)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_archive(path) -> tuple[dict, dict[str, bytes]]:
+    """(manifest, {member: bytes}) after every integrity check."""
+    path = Path(path)
+    if not path.exists():
+        raise _err(path, "model file not found")
+    try:
+        z = zipfile.ZipFile(path, "r")
+    except zipfile.BadZipFile:
+        raise _err(path, "not a boltc model or truncated (the zip directory at the end of the file is missing)") from None
+    except OSError as e:
+        raise _err(path, f"cannot read model file: {e.strerror}") from None
+    with z:
+        names = set(z.namelist())
+        if MANIFEST not in names:
+            raise _err(path, f"member {MANIFEST!r} is missing (not a boltc model)")
+        try:
+            manifest = json.loads(_read_member(z, MANIFEST, path))
+        except ValueError:
+            raise _err(path, f"member {MANIFEST!r} is not valid JSON") from None
+        if manifest.get("format") != FORMAT:
+            raise _err(path, f"member {MANIFEST!r}: not a boltc model (format {manifest.get('format')!r})")
+        ver = manifest.get("format_version")
+        if not isinstance(ver, int) or ver > FORMAT_VERSION:
+            raise _err(path, f"model format version {ver} is newer than this boltc reads ({FORMAT_VERSION}); upgrade boltc")
+        listed = manifest.get("members") or {}
+        extra = sorted(names - set(listed) - {MANIFEST})
+        if extra:
+            raise _err(path, f"member {extra[0]!r} is not listed in the manifest (file was tampered with)")
+        out = {}
+        for name, info in listed.items():
+            if name not in names:
+                raise _err(path, f"member {name!r} is missing")
+            data = _read_member(z, name, path)
+            if len(data) != info.get("size") or hashlib.sha256(data).hexdigest() != info.get("sha256"):
+                raise _err(path, f"member {name!r}: checksum mismatch (file was modified or damaged)")
+            out[name] = data
+    return manifest, out
+
+
+def _read_member(z: zipfile.ZipFile, name: str, path) -> bytes:
+    try:
+        return z.read(name)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise _err(path, f"member {name!r} cannot be read: truncated or damaged ({e})") from None
+
+
+def _versions() -> dict:
+    import scipy
+    v = {"python": sys.version.split()[0], "numpy": np.__version__, "scipy": scipy.__version__}
+    try:
+        from boltc import __version__
+        v["boltc"] = __version__
+    except Exception:
+        pass
+    return v
+
+
+# ---------------------------------------------------------------- a model's contents
+
+@dataclass
+class SavedModel:
+    source: str
+    plan: dict
+    params: dict[str, dict[str, np.ndarray]]
+    lsh: dict[str, object] = field(default_factory=dict)          # layer -> nested state
+    history: dict = field(default_factory=dict)
+    optimizer: object | None = None                                # nested state (checkpoints)
+    extra: dict[str, bytes] = field(default_factory=dict)         # native/... members, kept as bytes
+    manifest: dict = field(default_factory=dict)
+
+
+def save_model(path, model: SavedModel) -> None:
+    members: dict[str, bytes] = {
+        "model.bolt": (model.source or "").encode("utf-8"),
+        "plan.json": json.dumps(model.plan, indent=1, sort_keys=True).encode(),
+        "history.json": json.dumps(model.history, indent=1).encode(),
+    }
+    for layer, tensors in model.params.items():
+        for t, a in tensors.items():
+            members[f"params/{layer}.{t}.npy"] = npy_bytes(a)
+    for layer, state in model.lsh.items():
+        skel, arrays = flatten_state(state, f"lsh/{layer}.")
+        members[f"lsh/{layer}.json"] = json.dumps(skel).encode()
+        members.update({k: npy_bytes(v) for k, v in arrays.items()})
+    if model.optimizer is not None:
+        skel, arrays = flatten_state(model.optimizer, "optimizer/")
+        members["optimizer/state.json"] = json.dumps(skel).encode()
+        members.update({k: npy_bytes(v) for k, v in arrays.items()})
+    members.update(model.extra)
+    write_archive(path, members, {"model": model.plan.get("model")})
+
+
+def load_model(path) -> SavedModel:
+    manifest, members = read_archive(path)
+    for need in ("model.bolt", "plan.json"):
+        if need not in members:
+            raise _err(path, f"member {need!r} is missing")
+
+    def js(name):
+        try:
+            return json.loads(members[name])
+        except ValueError:
+            raise _err(path, f"member {name!r} is not valid JSON") from None
+
+    arrays = {n: npy_load(d, path, n) for n, d in members.items() if n.endswith(".npy")}
+    params: dict[str, dict[str, np.ndarray]] = {}
+    for n, a in arrays.items():
+        if n.startswith("params/"):
+            layer, tensor = n[len("params/"):-len(".npy")].rsplit(".", 1)
+            params.setdefault(layer, {})[tensor] = a
+    lsh = {}
+    for n in members:
+        if n.startswith("lsh/") and n.endswith(".json"):
+            lsh[n[len("lsh/"):-len(".json")]] = _unflatten(js(n), arrays, path, n)
+    optimizer = _unflatten(js("optimizer/state.json"), arrays, path, "optimizer/state.json") \
+        if "optimizer/state.json" in members else None
+    extra = {n: d for n, d in members.items() if n.startswith("native/")}
+    return SavedModel(source=members["model.bolt"].decode("utf-8"), plan=js("plan.json"), params=params,
+                      lsh=lsh, history=js("history.json") if "history.json" in members else {},
+                      optimizer=optimizer, extra=extra, manifest=manifest)
+
+
+def _unflatten(skel, arrays, path, member):
+    try:
+        return unflatten_state(skel, arrays)
+    except KeyError as e:
+        raise _err(path, f"member {member!r} refers to missing array {e.args[0]!r}") from None
