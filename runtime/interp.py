@@ -1,0 +1,147 @@
+"""NumpyExecutor: the executable specification of a plan (CONTRACTS.md section 6).
+
+It walks `plan["layers"]` in order applying `NUMPY_RULES[op]`, then the loss rule, then the rules'
+backward passes in reverse, and hands the touched gradient blocks to the optimizer (lazy Adam / SGD).
+
+Randomness is integers only and seeded: the active sets of a training step come from a generator seeded
+by (train seed, state.step), so a run resumed from a checkpoint draws exactly what the uninterrupted run
+drew; sparse inference uses a fixed generator, so the same batch always gets the same prediction.
+
+Dense inference after sparse training (BOLT's collapse, PEERS.md: P@1 0.06 dense vs 0.32 sparse): with
+softmax over the active set only, a neuron that is never a training label is never pushed *up*, and one
+that is rarely drawn as a negative is never pushed *down* either; it keeps its random weights and its
+score has no common scale with the trained ones, so in a dense argmax over 100k neurons such neurons win.
+Decision: the output layer counts how often each neuron was a training label (`label_count`), and both
+dense and sparse inference exclude neurons with a zero count (score -inf), once any label was counted.
+A neuron that was never a label cannot be a correct prediction learnt from the data, so this loses no
+precision, and it makes dense and sparse inference rank the same candidates. It costs no training time.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from boltc.errors import BoltValidationError
+from boltc.runtime.lsh_upkeep import LSHUpkeep
+from boltc.runtime.numpy_rules import LOSS_RULES, NUMPY_RULES
+from boltc.runtime.optim import make_optimizer
+
+_SPARSE_INFERENCE_SEED = 0x5EED
+
+
+class NumpyExecutor:
+    def __init__(self, plan: dict, state, threads: int = 0):
+        self.plan, self.state, self.threads = plan, state, threads
+        self.layers = plan["layers"]
+        self.by_name = {l["name"]: l for l in self.layers}
+        self.output = plan["output"]
+        self.loss_kind = plan.get("loss", "cross_entropy")
+        if self.output not in self.by_name:
+            raise BoltValidationError(f"the plan's output {self.output!r} is not a layer")
+        if self.loss_kind not in LOSS_RULES:
+            raise BoltValidationError(f"unknown loss {self.loss_kind!r}")
+        for l in self.layers:
+            if l["op"] not in NUMPY_RULES:
+                raise BoltValidationError(f"layer {l['name']!r}: op {l['op']!r} has no NumPy rule")
+        train = plan.get("train", {})
+        self.seed = int(train.get("seed", 0))
+        self.optimizer = make_optimizer(train)
+        self.upkeep = LSHUpkeep(plan, state)
+
+    @property
+    def upkeep_seconds(self) -> float:
+        return self.upkeep.seconds
+
+    # ------------------------------------------------------------ forward
+    def _run(self, batch, mode: str, active: dict | None, rng, insert_missed: bool = False):
+        if mode not in ("train", "dense", "sparse"):
+            raise ValueError(f"mode must be 'train', 'dense' or 'sparse', not {mode!r}")
+        values = dict(batch.inputs)
+        caches = {}
+        for layer in self.layers:
+            name = layer["name"]
+            ins = [values[n] for n in layer["inputs"]]
+            ids = None
+            if active and name in active:
+                ids = np.asarray(active[name], dtype=np.int32)
+            elif layer.get("hash") and mode != "dense" and name in self.state.lsh:
+                is_out = name == self.output
+                labels = batch.labels if (mode == "train" and is_out) else None
+                index = self.state.lsh[name]
+                ids = index.select(ins[0], labels, layer["active"], rng,
+                                   insert_missed=insert_missed and is_out and index.frozen)
+            rule = NUMPY_RULES[layer["op"]]
+            values[name], caches[name] = rule.forward(layer, self.state.params.get(name, {}), ins, ids,
+                                                      name == self.output)
+        return values, caches
+
+    def forward(self, batch, mode: str = "dense", active: dict | None = None) -> dict:
+        rng = np.random.default_rng([self.seed, self.state.step, 0xF0])
+        if mode == "sparse":
+            rng = np.random.default_rng([self.seed, _SPARSE_INFERENCE_SEED])
+        return self._run(batch, mode, active, rng)[0]
+
+    # ------------------------------------------------------------ training
+    def train_step(self, batch, lr: float, active: dict | None = None) -> np.ndarray:
+        if batch.labels is None:
+            raise BoltValidationError("training needs labels")
+        rng = np.random.default_rng([self.seed, self.state.step])
+        values, caches = self._run(batch, "train", active, rng, insert_missed=True)
+        out_layer = self.by_name[self.output]
+        oc = caches[self.output]
+        loss, dz = LOSS_RULES[self.loss_kind](oc["z"], oc.get("active"), batch.labels, out_layer["dim"])
+        B = dz.shape[0]
+        w = np.ones(B, dtype=dz.dtype) if batch.weights is None else np.asarray(batch.weights, dz.dtype)
+        dz = dz * (w / B)[:, None]
+        grads, value_grads = {}, {self.output: dz}
+        for layer in reversed(self.layers):
+            name = layer["name"]
+            g = value_grads.pop(name, None)
+            if g is None:
+                continue                               # no path from this layer to the loss
+            in_grads, pgrads = NUMPY_RULES[layer["op"]].backward(
+                layer, self.state.params.get(name, {}), caches[name], g, wrt_pre=(name == self.output))
+            if pgrads:
+                grads[name] = pgrads
+            for src, dg in zip(layer["inputs"], in_grads):
+                if dg is not None and src in self.by_name:
+                    value_grads[src] = dg if src not in value_grads else value_grads[src] + dg
+        self.state.step += 1
+        self.optimizer.apply(self.state, grads, lr)
+        counts = self.state.params.get(self.output, {}).get("label_count")
+        if counts is not None:
+            lab = sp.csr_matrix(batch.labels)
+            counts += np.bincount(lab.indices, minlength=counts.size).astype(np.float32)
+        return loss.astype(np.float32)
+
+    def after_step(self, epoch: int, batch_index: int, batches_per_epoch: int) -> None:
+        self.upkeep.after_step(epoch, batch_index, batches_per_epoch)
+
+    # ------------------------------------------------------------ inference
+    def _mask_unseen(self, ids: np.ndarray | None, scores: np.ndarray) -> np.ndarray:
+        """-inf for neurons never seen as a training label (see the module docstring)."""
+        counts = self.state.params.get(self.output, {}).get("label_count")
+        if counts is None or not counts.any():
+            return scores
+        unseen = (counts == 0) if ids is None else (counts[ids] == 0)
+        return np.where(unseen, -np.inf, scores).astype(scores.dtype)
+
+    def predict(self, batch, top_k: int, sparse: bool = False):
+        out = self.forward(batch, mode="sparse" if sparse else "dense")[self.output]
+        if isinstance(out, tuple):
+            ids, scores = out
+        else:
+            ids, scores = None, out
+        scores = self._mask_unseen(ids, scores)
+        B, n = scores.shape
+        k = min(top_k, n)
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (B, 1))
+        top = np.take_along_axis(scores, part, axis=1)
+        order = np.argsort(-top, axis=1, kind="stable")
+        pos = np.take_along_axis(part, order, axis=1)
+        top = np.take_along_axis(top, order, axis=1)
+        top_ids = pos if ids is None else np.take_along_axis(ids, pos, axis=1)
+        if k < top_k:                                  # fewer candidates than asked: pad
+            top_ids = np.pad(top_ids, ((0, 0), (0, top_k - k)), constant_values=-1)
+            top = np.pad(top, ((0, 0), (0, top_k - k)), constant_values=-np.inf)
+        return top_ids.astype(np.int32), top.astype(np.float32)

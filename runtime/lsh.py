@@ -1,0 +1,246 @@
+"""LSHIndex: hash tables that pick the active neurons of a sparse layer (integers only, seeded).
+
+Families (CONTRACTS.md section 5):
+- `dwta` (densified winner-take-all, BOLT's default): `tables * hashes` hash functions, each looks at
+  `bin_size` input dimensions (drawn from concatenated random permutations of the input, so every dim is
+  used before any repeats) and returns the index of the largest value (log2(bin_size) bits). A bin whose
+  values are all exactly 0 (a sparse or ReLU input) is "empty" and borrows the code of another hash of
+  the same example along a fixed random probe sequence (densification); still empty after the probes: 0.
+  A table's bucket = its `hashes` codes concatenated, masked to `range_bits` bits.
+- `srp` (signed random projection): `tables * range_bits` hyperplanes with +-1 entries on a random
+  sample of the input dims (all dims when that fits in 2^24 entries; sampling keeps memory bounded for
+  very wide sparse inputs); bit = projection > 0.
+
+Tables are `(tables, 2**range_bits, reservoir)` int32, -1 = empty, preallocated; `counts` holds how many
+neurons were offered to each bucket (reservoir sampling: when a bucket is full, a newcomer replaces a
+uniform slot with probability reservoir / (count + 1)). `build` fills each bucket with a uniform random
+subset of its neurons (the same distribution as offering them one by one to a reservoir).
+
+`select` = labels first, then bucket contents in table order (de-duplicated), then uniform random fill,
+cut to exactly `active` ids per example, never a duplicate.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+_CHUNK = 1 << 24          # max elements of a temporary gather (keeps hashing 670k rows in bounded memory)
+_PROBES = 10              # densification attempts before an empty DWTA bin falls back to code 0
+
+
+class LSHIndex:
+    def __init__(self, family: str, in_dim: int, dim: int, hashes: int, range_bits: int, tables: int,
+                 reservoir: int, seed: int = 0, bin_size: int = 8):
+        if family not in ("dwta", "srp"):
+            raise ValueError(f"unknown hash family {family!r}")
+        if family == "dwta" and bin_size & (bin_size - 1):
+            raise ValueError("dwta bin_size must be a power of two")
+        self.family, self.in_dim, self.dim = family, int(in_dim), int(dim)
+        self.hashes, self.range_bits, self.L = int(hashes), int(range_bits), int(tables)
+        self.reservoir, self.bin_size = int(reservoir), int(bin_size)
+        self.builds = 0
+        self.frozen = False          # set by the upkeep after `freeze_after` epochs: no more rebuilds
+        self.tables = np.full((self.L, 1 << self.range_bits, self.reservoir), -1, dtype=np.int32)
+        self.counts = np.zeros((self.L, 1 << self.range_bits), dtype=np.int32)
+        self.rehash(seed)
+
+    # ------------------------------------------------------------ hash functions
+    def rehash(self, seed: int) -> None:
+        """Draw new hash functions (the tables must then be rebuilt: `build`)."""
+        self.seed = int(seed)
+        rng = np.random.default_rng([self.seed, 0x15A])
+        if self.family == "dwta":
+            self.n_hashes = self.L * self.hashes
+            width = self.bin_size
+        else:
+            self.n_hashes = self.L * self.range_bits
+            width = self.in_dim if self.in_dim * self.n_hashes <= _CHUNK else max(1, _CHUNK // self.n_hashes)
+        need = self.n_hashes * width
+        perms = [rng.permutation(self.in_dim) for _ in range(-(-need // self.in_dim))]
+        self.idx = np.concatenate(perms)[:need].reshape(self.n_hashes, width).astype(np.int32)
+        if self.family == "srp":
+            self.signs = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=self.idx.shape)
+        else:
+            self.signs = np.zeros((0, 0), dtype=np.float32)
+            self.probe = np.stack([rng.permutation(self.n_hashes) for _ in range(_PROBES)]).astype(np.int32)
+
+    def _codes(self, vals: np.ndarray) -> np.ndarray:
+        """vals (n, n_hashes, width) -> bucket ids (n, L)."""
+        n = vals.shape[0]
+        if self.family == "srp":
+            bits = ((vals * self.signs).sum(axis=2) > 0).astype(np.int64).reshape(n, self.L, self.range_bits)
+            return (bits << np.arange(self.range_bits)).sum(axis=2).astype(np.int32)
+        code = vals.argmax(axis=2)
+        empty = ~(vals != 0).any(axis=2)
+        for t in range(_PROBES):
+            if not empty.any():
+                break
+            src = self.probe[t]
+            fill = empty & ~empty[:, src]
+            code = np.where(fill, code[:, src], code)
+            empty = empty & ~fill
+        code = np.where(empty, 0, code).astype(np.int64).reshape(n, self.L, self.hashes)
+        shift = int(np.log2(self.bin_size)) * np.arange(self.hashes)
+        return ((code << shift).sum(axis=2) & ((1 << self.range_bits) - 1)).astype(np.int32)
+
+    def hash(self, x) -> np.ndarray:
+        """x (B, in_dim) dense or CSR -> (B, L) int32 bucket ids."""
+        flat = self.idx.ravel()
+        n = x.shape[0]
+        step = max(1, _CHUNK // max(1, flat.size))
+        out = np.empty((n, self.L), dtype=np.int32)
+        for s in range(0, n, step):
+            part = x[s:s + step]
+            vals = part[:, flat].toarray() if sp.issparse(part) else np.asarray(part)[:, flat]
+            out[s:s + step] = self._codes(vals.reshape(vals.shape[0], self.n_hashes, -1))
+        return out
+
+    # ------------------------------------------------------------ tables
+    def _build_rng(self) -> np.random.Generator:
+        self.builds += 1
+        return np.random.default_rng([self.seed, self.builds, 0xB1D])
+
+    def build(self, w_out_major: np.ndarray) -> None:
+        """Hash every neuron's weight row (w is (dim, in_dim): pass W.T for in_major) and refill all tables."""
+        buckets = self.hash(w_out_major)                        # (dim, L)
+        self.tables.fill(-1)
+        self.counts.fill(0)
+        rng = self._build_rng()
+        nb = 1 << self.range_bits
+        per = max(1, _CHUNK // max(1, self.dim))
+        for t0 in range(0, self.L, per):
+            t1 = min(self.L, t0 + per)
+            keys = (np.arange(t0, t1, dtype=np.int64)[None, :] * nb + buckets[:, t0:t1]).ravel()
+            ids = np.repeat(np.arange(self.dim, dtype=np.int32), t1 - t0)
+            order = np.lexsort((rng.random(keys.size), keys))        # random order inside each bucket
+            ks, ids = keys[order], ids[order]
+            start = np.r_[True, ks[1:] != ks[:-1]]
+            first = np.flatnonzero(start)
+            rank = np.arange(ks.size) - np.repeat(first, np.diff(np.r_[first, ks.size]))
+            keep = rank < self.reservoir
+            self.tables.reshape(-1)[ks[keep] * self.reservoir + rank[keep]] = ids[keep]
+            self.counts.reshape(-1)[:] += np.bincount(keys, minlength=self.L * nb).astype(np.int32)
+
+    def insert(self, ids: np.ndarray, buckets: np.ndarray, rng: np.random.Generator) -> int:
+        """Insert neuron ids[i] into its buckets[i] (L,) of every table, reservoir-style, skipping a bucket
+        that already holds it. Returns how many (table, bucket) insertions were made."""
+        if len(ids) == 0:
+            return 0
+        nb = 1 << self.range_bits
+        keys = (np.arange(self.L, dtype=np.int64)[None, :] * nb + buckets.astype(np.int64)).ravel()
+        nid = np.repeat(np.asarray(ids, dtype=np.int32), self.L)
+        flat = self.tables.reshape(-1, self.reservoir)
+        present = (flat[keys] == nid[:, None]).any(axis=1)
+        keys, nid = keys[~present], nid[~present]
+        pair = np.unique(keys * (self.dim + 1) + nid, return_index=True)[1]      # one insert per pair
+        keys, nid = keys[pair], nid[pair]
+        order = np.argsort(keys, kind="stable")
+        keys, nid = keys[order], nid[order]
+        first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        rank = np.arange(keys.size) - np.repeat(first, np.diff(np.r_[first, keys.size]))
+        cnt = self.counts.reshape(-1)
+        seen = cnt[keys].astype(np.int64) + rank                  # neurons offered before this one
+        slot = np.where(seen < self.reservoir, seen,
+                        (rng.random(keys.size) * (seen + 1)).astype(np.int64))
+        ok = slot < self.reservoir
+        flat[keys[ok], slot[ok]] = nid[ok]
+        np.add.at(cnt, keys, 1)
+        return int(keys.size)
+
+    # ------------------------------------------------------------ active sets
+    def select(self, x, labels: sp.csr_matrix | None, active: int, rng: np.random.Generator,
+               insert_missed: bool = False) -> np.ndarray:
+        """(B, active) int32: labels first, then bucket contents in table order (de-duplicated), then
+        uniform random fill; exactly `active` distinct ids per row. With `insert_missed`, labels that the
+        lookup did not retrieve are inserted into the example's probed buckets (BOLT's frozen tables)."""
+        B, dim = x.shape[0], self.dim
+        active = int(min(active, dim))
+        buckets = self.hash(x)
+        cand = self.tables[np.arange(self.L)[None, :], buckets].reshape(B, -1)    # (B, L*res), table order
+        rows_c = np.repeat(np.arange(B, dtype=np.int64), cand.shape[1])
+        ids_c = cand.ravel().astype(np.int64)
+        prio_c = np.tile(np.arange(cand.shape[1], dtype=np.int64), B) + (1 << 32)
+        ok = ids_c >= 0
+        rows, ids, prio = [rows_c[ok]], [ids_c[ok]], [prio_c[ok]]
+        if labels is not None:
+            lab = sp.csr_matrix(labels)
+            lrows = np.repeat(np.arange(B, dtype=np.int64), np.diff(lab.indptr))
+            lids = lab.indices.astype(np.int64)
+            lprio = np.arange(lids.size, dtype=np.int64) - np.repeat(lab.indptr[:-1], np.diff(lab.indptr))
+            rows.insert(0, lrows); ids.insert(0, lids); prio.insert(0, lprio)
+            if insert_missed and lids.size:
+                missed = ~np.isin(lrows * dim + lids, rows_c[ok] * dim + ids_c[ok])
+                self.insert(lids[missed], buckets[lrows[missed]], rng)
+        rows, ids, prio = np.concatenate(rows), np.concatenate(ids), np.concatenate(prio)
+        rows, ids, prio = _first_k(rows, ids, prio, dim, active)
+        for attempt in range(8):                                   # random fill, without duplicates
+            need = active - np.bincount(rows, minlength=B)
+            if not need.any():
+                break
+            fr = np.repeat(np.arange(B, dtype=np.int64), need + need // 2 + 2)
+            fid = rng.integers(0, dim, size=fr.size)
+            fprio = (np.int64(2) << 32) + attempt * fr.size + np.arange(fr.size, dtype=np.int64)
+            rows, ids, prio = _first_k(np.r_[rows, fr], np.r_[ids, fid], np.r_[prio, fprio], dim, active)
+        need = active - np.bincount(rows, minlength=B)
+        if need.any():                                             # dense-ish sets: fill from the complement
+            extra_r, extra_i = [], []
+            for b in np.flatnonzero(need):
+                free = np.setdiff1d(np.arange(dim), ids[rows == b])
+                extra_i.append(rng.choice(free, size=need[b], replace=False))
+                extra_r.append(np.full(need[b], b, dtype=np.int64))
+            rows = np.r_[rows, np.concatenate(extra_r)]
+            ids = np.r_[ids, np.concatenate(extra_i)]
+            prio = np.r_[prio, np.full(rows.size - prio.size, np.int64(3) << 32)]
+            rows, ids, prio = _first_k(rows, ids, prio, dim, active)
+        return ids.reshape(B, active).astype(np.int32)
+
+    # ------------------------------------------------------------ persistence (no pickle)
+    def meta(self) -> dict:
+        return {"family": self.family, "in_dim": self.in_dim, "dim": self.dim, "hashes": self.hashes,
+                "range_bits": self.range_bits, "tables": self.L, "reservoir": self.reservoir,
+                "seed": self.seed, "bin_size": self.bin_size, "builds": self.builds,
+                "frozen": bool(self.frozen)}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {"tables": self.tables, "counts": self.counts, "idx": self.idx, "signs": self.signs}
+        if self.family == "dwta":
+            out["probe"] = self.probe
+        return out
+
+    @classmethod
+    def from_arrays(cls, meta: dict, arrays: dict[str, np.ndarray]) -> "LSHIndex":
+        """Rebuild an index from `meta()` and `arrays()` (as saved in a model file)."""
+        obj = cls.__new__(cls)
+        obj.family, obj.in_dim, obj.dim = meta["family"], int(meta["in_dim"]), int(meta["dim"])
+        obj.hashes, obj.range_bits, obj.L = int(meta["hashes"]), int(meta["range_bits"]), int(meta["tables"])
+        obj.reservoir, obj.bin_size = int(meta["reservoir"]), int(meta.get("bin_size", 8))
+        obj.seed, obj.builds = int(meta["seed"]), int(meta.get("builds", 0))
+        obj.frozen = bool(meta.get("frozen", False))
+        obj.tables = np.ascontiguousarray(arrays["tables"], dtype=np.int32)
+        obj.counts = np.ascontiguousarray(arrays["counts"], dtype=np.int32)
+        obj.idx = np.ascontiguousarray(arrays["idx"], dtype=np.int32)
+        obj.signs = np.asarray(arrays.get("signs", np.zeros((0, 0))), dtype=np.float32)
+        obj.n_hashes = obj.idx.shape[0]
+        if obj.family == "dwta":
+            obj.probe = np.ascontiguousarray(arrays["probe"], dtype=np.int32)
+        expect = (obj.L, 1 << obj.range_bits, obj.reservoir)
+        if obj.tables.shape != expect:
+            raise ValueError(f"LSH tables have shape {obj.tables.shape}, expected {expect}")
+        return obj
+
+
+def _first_k(rows, ids, prio, dim, k):
+    """De-duplicate (row, id) keeping the lowest priority, then keep the k lowest priorities per row.
+    Returns (rows, ids, prio) sorted by (row, prio)."""
+    keys = rows * dim + ids
+    order = np.lexsort((prio, keys))
+    keys_s = keys[order]
+    first = np.r_[True, keys_s[1:] != keys_s[:-1]]
+    sel = order[first]
+    rows, ids, prio = rows[sel], ids[sel], prio[sel]
+    order = np.lexsort((prio, rows))
+    rows, ids, prio = rows[order], ids[order], prio[order]
+    start = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if rows.size else np.zeros(0, np.int64)
+    rank = np.arange(rows.size) - np.repeat(start, np.diff(np.r_[start, rows.size]))
+    keep = rank < k
+    return rows[keep], ids[keep], prio[keep]

@@ -1,0 +1,87 @@
+"""ModelState: every number a model holds (parameters, optimizer moments, step, LSH indexes), seeded.
+
+Init (CONTRACTS.md section 4): fc W ~ N(0, 0.01) (BOLT's init; std 0.01), zero bias; embedding W ~
+N(0, 0.01); layernorm gamma 1, beta 0. Each layer draws from its own generator seeded by (seed, crc32 of
+its name), so adding a layer does not change the others' initial weights.
+
+The output layer of a model trained with an LSH-sparse output also holds `label_count` (dim,) float32:
+how often each neuron was a training label. It is not trained; dense and sparse inference use it to
+exclude neurons that were never a label (see `interp.NumpyExecutor._mask_unseen`). `m`/`v` mirror the
+structure of `params` (zeros for `label_count`) so savers can treat every tensor alike.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+INIT_STD = 0.01
+
+
+def _layer_rng(seed: int, name: str) -> np.random.Generator:
+    return np.random.default_rng([int(seed), zlib.crc32(name.encode())])
+
+
+def init_params(layer: dict, seed: int) -> dict[str, np.ndarray]:
+    op, rng = layer["op"], _layer_rng(seed, layer["name"])
+    if op == "fc":
+        shape = (layer["in_dim"], layer["dim"]) if layer.get("layout") == "in_major" else (layer["dim"], layer["in_dim"])
+        p = {"W": (rng.standard_normal(shape, dtype=np.float32) * INIT_STD)}
+        if layer.get("bias", True):
+            p["b"] = np.zeros(layer["dim"], dtype=np.float32)
+        return p
+    if op == "embedding":
+        return {"W": rng.standard_normal((layer["in_dim"], layer["dim"]), dtype=np.float32) * INIT_STD}
+    if op == "layernorm":
+        return {"gamma": np.ones(layer["dim"], dtype=np.float32), "beta": np.zeros(layer["dim"], dtype=np.float32)}
+    return {}
+
+
+def neuron_rows(layer: dict, W: np.ndarray) -> np.ndarray:
+    """W seen as (dim, in_dim): one row per neuron (a view; in_major W is transposed)."""
+    return W.T if layer.get("layout") == "in_major" else W
+
+
+def make_lsh(layer: dict, seed: int):
+    from boltc.runtime.lsh import LSHIndex
+    h = layer["hash"]
+    return LSHIndex(h["family"], layer["in_dim"], layer["dim"], h.get("hashes", h["range_bits"]),
+                    h["range_bits"], h["tables"], h["reservoir"], seed=int(seed) * 7919 + zlib.crc32(layer["name"].encode()) % 7919,
+                    bin_size=h.get("bin_size", 8))
+
+
+@dataclass
+class ModelState:
+    params: dict[str, dict[str, np.ndarray]]
+    m: dict[str, dict[str, np.ndarray]]
+    v: dict[str, dict[str, np.ndarray]]
+    step: int = 0
+    lsh: dict = field(default_factory=dict)
+
+    @classmethod
+    def init(cls, plan: dict, seed: int | None = None) -> "ModelState":
+        """Fresh parameters for `plan`, LSH indexes built from the initial weights."""
+        seed = plan.get("train", {}).get("seed", 0) if seed is None else seed
+        params = {}
+        for layer in plan["layers"]:
+            p = init_params(layer, seed)
+            if p:
+                params[layer["name"]] = p
+        out = next((l for l in plan["layers"] if l["name"] == plan["output"]), None)
+        if out is not None and out.get("hash"):
+            params[out["name"]]["label_count"] = np.zeros(out["dim"], dtype=np.float32)
+        state = cls(params=params, m=_zeros_like(params), v=_zeros_like(params))
+        for layer in plan["layers"]:
+            if layer.get("hash"):
+                idx = make_lsh(layer, seed)
+                idx.build(neuron_rows(layer, params[layer["name"]]["W"]))
+                state.lsh[layer["name"]] = idx
+        return state
+
+    def n_parameters(self) -> int:
+        return sum(a.size for p in self.params.values() for k, a in p.items() if k != "label_count")
+
+
+def _zeros_like(params):
+    return {n: {k: np.zeros_like(a) for k, a in p.items()} for n, p in params.items()}
