@@ -1,11 +1,53 @@
-"""`boltc check`: not implemented yet."""
-HELP = "check (not implemented yet)"
+"""`boltc check model.bolt`: parse and validate; one line when valid, else every error found.
+
+Mistakes in words and values (the builder) and in the graph (the validate pass) are reported
+together; the later passes (shapes, memory) run only on a graph with neither.
+"""
+from __future__ import annotations
+
+import sys
+
+HELP = "parse and validate a .bolt file; print every error with its location"
 
 
 def add_arguments(p):
-    p.add_argument("args", nargs="*")
+    p.add_argument("model", help="the .bolt file")
+
+
+def check_source(text: str, file: str):
+    """Return the planned graph; raise BoltError / BoltErrorGroup holding every error found."""
+    from boltc.errors import BoltErrorGroup
+    from boltc.frontend import parse_collect
+    from boltc.passes import run_pipeline
+    from boltc.passes.validate import find_errors
+    graph, errors = parse_collect(text, file)
+    errors = errors + _graph_errors(graph, find_errors)
+    if errors:
+        raise errors[0] if len(errors) == 1 else BoltErrorGroup(_dedupe(errors))
+    return run_pipeline(graph)
+
+
+def _graph_errors(graph, find_errors):
+    return find_errors(graph)
+
+
+def _dedupe(errors):
+    seen, out = set(), []
+    for e in errors:
+        key = (str(e.location), e.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(e)
+    return out
 
 
 def run(args) -> int:
-    from boltc.errors import BoltError
-    raise BoltError("'boltc check' is not implemented yet")
+    from boltc import ir
+    from boltc.plan import read_source
+    text, file = read_source(args.model)
+    graph = check_source(text, file)
+    layers = [n for n in ir.nodes(graph) if n.op in ir.LAYER_OPS]
+    sparse = [n.name for n in layers if n.op == "fc" and n.attrs["sparsity"] < 1.0]
+    extra = f", sparse: {', '.join(sparse)}" if sparse else ""
+    print(f"{file}: ok: model {graph.graph['model']}, {len(layers)} layers{extra}", file=sys.stdout)
+    return 0

@@ -1,0 +1,150 @@
+"""The `train { }` and `data { }` blocks -> the plain dicts kept in graph.graph["train"] / ["data"].
+
+The train dict has exactly the keys of the plan's "train" entry (docs/CONTRACTS.md section 3), with
+every default filled in (boltc.plan.TRAIN_DEFAULTS), so a runtime never guesses.
+"""
+from __future__ import annotations
+
+import copy
+
+from boltc import ir
+from boltc.frontend import ast
+from boltc.frontend.bind import (Param, Problem, as_call, bind, boolean, integer, one_of_words, plain, real,
+                                 string, word)
+
+TRAIN_DEFAULTS = {
+    "optimizer": "adam", "lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-7, "momentum": 0.0,
+    "batch": 256, "epochs": 5, "schedule": {"kind": "constant"}, "sampler": {"kind": "uniform"},
+    "threads": 0, "seed": 0, "checkpoint_every": 1, "inference": "dense",
+}
+# Decision: plain SGD needs a larger step than Adam's 1e-3 to move in a few epochs.
+SGD_DEFAULT_LR = 0.01
+
+_POS = real(0.0, low_open=True, what="a positive number")
+_OPTIMIZERS = {
+    "adam": (Param("lr", _POS, TRAIN_DEFAULTS["lr"]), Param("beta1", real(0.0, 1.0), 0.9),
+             Param("beta2", real(0.0, 1.0), 0.999), Param("eps", _POS, 1e-7)),
+    "sgd": (Param("lr", _POS, SGD_DEFAULT_LR), Param("momentum", real(0.0, 1.0), 0.0)),
+}
+_WARMUP = Param("warmup", integer(0, what="a number of steps"), None)
+_SCHEDULES = {
+    "constant": (_WARMUP,),
+    "linear": (Param("end", real(0.0, 1.0), 0.0), _WARMUP),
+    "cosine": (_WARMUP,),
+    "step": (Param("every", integer(1, what="a number of epochs"), positional=True),
+             Param("gamma", real(0.0, 1.0, low_open=True), 0.1), _WARMUP),
+}
+_SAMPLERS = {
+    "uniform": (),
+    "nw_sketch": (Param("rows", integer(1), None), Param("bits", integer(1, 24), None),
+                  Param("mix", real(0.0, 1.0), None), Param("refresh", _POS, None),
+                  Param("decay", real(0.0, 1.0), None), Param("reweight", boolean, None),
+                  Param("temperature", _POS, None)),
+}
+_DISTRIBUTED = (Param("workers", integer(1), positional=True), Param("address", string, "auto"),
+                Param("exchange_every", integer(1), 1))
+_SCALARS = {
+    "batch": ("batch", integer(1)), "epochs": ("epochs", integer(1)), "threads": ("threads", integer(0)),
+    "seed": ("seed", integer(0)), "checkpoint": ("checkpoint_every", integer(0, what="a number of epochs")),
+    "inference": ("inference", word("dense", "sparse", what="inference mode")),
+}
+TRAIN_WORDS = ("optimizer", "batch", "epochs", "schedule", "sampler", "threads", "seed", "checkpoint",
+               "inference", "distributed(...)")
+
+
+def default_train() -> dict:
+    return copy.deepcopy(TRAIN_DEFAULTS)
+
+
+def _given(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def _choose(value: ast.Value, table: dict, what: str, problems) -> tuple[str, dict] | None:
+    call = as_call(value)
+    if call.name not in table:
+        raise Problem(f"unknown {what} '{call.name}'; expected {one_of_words(table)}", call.loc)
+    return call.name, bind(call, table[call.name], call.name, problems)
+
+
+def _one_value(st: ast.Setting) -> ast.Value:
+    if len(st.values) != 1:
+        raise Problem(f"'{st.key}' takes one value", st.values[1].loc)
+    return st.values[0]
+
+
+def build_train(body, problems: list[Problem]) -> dict:
+    train = default_train()
+    seen: dict[str, int] = {}
+    for st in body:
+        try:
+            key = st.call.name if isinstance(st, ast.Bare) else getattr(st, "key", getattr(st, "keyword", "?"))
+            if key in seen:
+                raise Problem(f"'{key}' is given twice in the train block (first at line {seen[key]})", st.loc)
+            if isinstance(st, ast.Bare) and key == "distributed":
+                seen[key] = st.loc.line
+                train["distributed"] = bind(st.call, _DISTRIBUTED, "distributed", problems)
+                continue
+            if not isinstance(st, ast.Setting) or key not in _SCALARS and key not in (
+                    "optimizer", "schedule", "sampler"):
+                raise Problem(f"unknown train setting '{key}'; expected {one_of_words(TRAIN_WORDS)}", st.loc)
+            seen[key] = st.loc.line
+            value = _one_value(st)
+            if key == "optimizer":
+                name, got = _choose(value, _OPTIMIZERS, "optimizer", problems)
+                train.update(optimizer=name, **got)
+            elif key == "schedule":
+                name, got = _choose(value, _SCHEDULES, "schedule", problems)
+                train["schedule"] = {"kind": name, **_given(got)}
+            elif key == "sampler":
+                name, got = _choose(value, _SAMPLERS, "sampler", problems)
+                train["sampler"] = {"kind": name, **_given(got)}
+            else:
+                plan_key, conv = _SCALARS[key]
+                try:
+                    train[plan_key] = conv(value)
+                except Problem as e:
+                    raise Problem(f"{key}: {e.message}", e.loc) from None
+        except Problem as e:
+            problems.append(e)
+    return train
+
+
+_FILE = (Param("path", string, positional=True),
+         Param("format", word("xc", "svmlight", "csv", "tsv", what="format"), None),
+         Param("delimiter", string, None), Param("label_column", string, None),
+         Param("header", boolean, None))
+_SYNTHETIC = (Param("rows", integer(1)), Param("features", integer(1)), Param("labels", integer(1)),
+              Param("seed", integer(0), 0))
+DATA_SPLITS = ("train", "test", "validation")
+
+
+def data_source(value: ast.Value, problems: list[Problem]) -> ir.DataSource:
+    if isinstance(value, ast.String):
+        return ir.DataSource("file", value.value, None, {}, value.loc)
+    if isinstance(value, ast.Call) and value.name == "file":
+        got = _given(bind(value, _FILE, "file", problems))
+        path = got.pop("path", "")
+        fmt = got.pop("format", None)
+        return ir.DataSource("file", path, fmt, got, value.loc)
+    if isinstance(value, ast.Call) and value.name == "synthetic":
+        # generator settings beyond the four below pass through to runtime/synth.py unchanged
+        got = bind(value, _SYNTHETIC, "synthetic", problems, extra=plain)
+        return ir.DataSource("synthetic", None, None, got, value.loc)
+    raise Problem(f'expected a "path", file("path", ...) or synthetic(...), found {ast.describe(value)}',
+                  value.loc)
+
+
+def build_data(body, problems: list[Problem]) -> dict:
+    data: dict = {"train": None, "test": None, "validation": None}
+    for st in body:
+        try:
+            key = st.call.name if isinstance(st, ast.Bare) else getattr(st, "key", getattr(st, "keyword", "?"))
+            if not isinstance(st, ast.Setting) or key not in DATA_SPLITS:
+                raise Problem(f"unknown data setting '{key}'; expected train, test or validation", st.loc)
+            if data[key] is not None:
+                raise Problem(f"'{key}' is given twice in the data block", st.loc)
+            data[key] = data_source(_one_value(st), problems)
+        except Problem as e:
+            problems.append(e)
+    return data

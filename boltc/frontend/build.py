@@ -1,0 +1,234 @@
+"""Syntax tree -> ir graph. Checks every word against what the language allows at that place and
+collects all mistakes (each at its own location) instead of stopping at the first.
+
+Graph-level checks (undefined names, cycles, a loss that does not fit its target, shapes) belong to
+the passes (boltc/passes/validate.py, infer_shapes.py), so that a graph built from Python is held to
+the same rules as one built from text.
+"""
+from __future__ import annotations
+
+import networkx as nx
+
+from boltc import ir
+from boltc.frontend import ast
+from boltc.frontend.bind import (Param, Problem, as_call, bind, boolean, integer, one_of_words, real,
+                                 reference, string, word)
+from boltc.frontend.blocks import build_data, build_train, default_train
+
+# Decisions: default widths of hashed featurisers. 2^18 text buckets keep a 256-wide first layer at
+# 256 MiB of weights; collisions at that width cost little accuracy on document classification.
+TEXT_DEFAULT_DIM = 1 << 18
+CATEGORICAL_DEFAULT_DIM = 1 << 16
+
+
+def _sparsity(v):
+    if isinstance(v, ast.Name) and v.text == "auto":
+        return "auto"
+    if not isinstance(v, ast.Number) or not 0.0 < float(v.value) <= 1.0:
+        raise Problem(f"expected auto or a fraction in (0, 1], found {ast.describe(v)}", v.loc)
+    return float(v.value)
+
+
+_DWTA = (Param("tables", integer(1), None), Param("hashes", integer(1, 16), None),
+         Param("range", integer(1, 24), None, alias="bits"), Param("reservoir", integer(1), None),
+         Param("bin_size", integer(2), None), Param("rehash_every", real(0.0, low_open=True), None),
+         Param("rebuild_every", real(0.0, low_open=True), None), Param("freeze_after", integer(0), None))
+_SRP = tuple(p for p in _DWTA if p.name not in ("range", "bin_size"))
+# .bolt spelling -> plan key
+HASH_KEYS = {"tables": "tables", "hashes": "hashes", "range": "range_bits", "reservoir": "reservoir",
+             "bin_size": "bin_size", "rehash_every": "rehash_every", "rebuild_every": "rebuild_every",
+             "freeze_after": "freeze_after"}
+
+
+def _hash(problems):
+    def conv(v):
+        if isinstance(v, ast.Name) and v.text in ("auto", "none"):
+            return v.text
+        if isinstance(v, ast.Call) and v.name in ("dwta", "srp"):
+            params = _DWTA if v.name == "dwta" else _SRP
+            got = bind(v, params, v.name, problems)
+            return {"family": v.name, **{HASH_KEYS[k]: x for k, x in got.items() if x is not None}}
+        raise Problem(f"expected auto, none, dwta(...) or srp(...), found {ast.describe(v)}", v.loc)
+    return conv
+
+
+def _tokenizer(v):
+    call = as_call(v)
+    if call.name == "words" and not call.args and not call.kwargs:
+        return ("words", None)
+    if call.name == "chars" and not call.kwargs and len(call.args) <= 1:
+        k = integer(1, 16, "a character n-gram length")(call.args[0]) if call.args else 3
+        return ("chars", k)
+    raise Problem(f"expected words or chars(k), found {ast.describe(v)}", v.loc)
+
+
+def _input_params(kind: str, name: str) -> tuple[Param, ...]:
+    if kind in ("sparse", "dense"):
+        return (Param("dim", integer(1), positional=True),)
+    if kind == "text":
+        return (Param("column", string, name), Param("tokenizer", _tokenizer, ("words", None)),
+                Param("ngrams", integer(1, 3), 1), Param("lowercase", boolean, True),
+                Param("dim", integer(1), TEXT_DEFAULT_DIM), Param("values", word("counts", "log"), "counts"),
+                Param("seed", integer(0), 0))
+    return (Param("column", string, name), Param("dim", integer(1), CATEGORICAL_DEFAULT_DIM))
+
+
+TARGETS = {"label": "single", "multilabel": "multi", "binary": "binary"}
+LAYER_WORDS = ("fc", "embedding", "concat", "layernorm")
+
+
+def _layer_params(op: str, problems) -> tuple[Param, ...]:
+    if op == "fc":
+        return (Param("input", reference, positional=True), Param("dim", integer(1), positional=True),
+                Param("activation", word(*ir.ACTIVATIONS, what="activation"), "linear", positional=True),
+                Param("sparsity", _sparsity, "auto"), Param("hash", _hash(problems), "auto"),
+                Param("bias", boolean, True))
+    if op == "embedding":
+        return (Param("input", reference, positional=True), Param("dim", integer(1), positional=True),
+                Param("reduce", word("sum", "mean"), "sum"))
+    return (Param("input", reference, positional=True), Param("eps", real(0.0, low_open=True), 1e-5))
+
+
+class Builder:
+    def __init__(self, file: str, source: str):
+        self.problems: list[Problem] = []
+        self.defined: dict[str, ir.Loc] = {}
+        self.graph = ir.new_graph(file=file, source=source, loss=None, metrics=(),
+                                  train=default_train(), data={"train": None, "test": None, "validation": None})
+        self.seen_once: dict[str, ir.Loc] = {}
+
+    def build(self, model: ast.Model) -> nx.DiGraph:
+        if model.keyword != "model":
+            self.problems.append(Problem(f"a .bolt file starts with `model <name> {{`, found '{model.keyword}'",
+                                         model.loc))
+        self.graph.graph["model"] = model.name
+        for st in model.body:
+            try:
+                self.statement(st)
+            except Problem as e:
+                self.problems.append(e)
+        return self.graph
+
+    def once(self, key: str, loc: ir.Loc) -> None:
+        if key in self.seen_once:
+            raise Problem(f"'{key}' is given twice (first at line {self.seen_once[key].line})", loc)
+        self.seen_once[key] = loc
+
+    def define(self, name: str, loc: ir.Loc) -> None:
+        if name in self.defined:
+            raise Problem(f"'{name}' is already defined at line {self.defined[name].line}", loc)
+        self.defined[name] = loc
+
+    def add(self, node: ir.Node) -> None:
+        # edges to names not (yet) defined create bare placeholder nodes; validate reports them
+        ir.add_node(self.graph, node)
+
+    def statement(self, st) -> None:
+        if isinstance(st, ast.Declare):
+            if st.keyword == "input":
+                return self.input(st)
+            if st.keyword == "target":
+                return self.target(st)
+            raise Problem(f"unknown declaration '{st.keyword}'; expected input or target", st.loc)
+        if isinstance(st, ast.Assign):
+            return self.layer(st)
+        if isinstance(st, ast.Setting) and st.key == "loss":
+            return self.loss(st)
+        if isinstance(st, ast.Setting) and st.key == "metrics":
+            return self.metrics(st)
+        if isinstance(st, ast.Section) and st.key in ("train", "data"):
+            self.once(st.key, st.loc)
+            if st.key == "train":
+                self.graph.graph["train"] = build_train(st.body, self.problems)
+            else:
+                self.graph.graph["data"] = build_data(st.body, self.problems)
+            return None
+        key = st.call.name if isinstance(st, ast.Bare) else st.key
+        raise Problem(f"unknown statement '{key}'; expected input, target, a layer (name = op(...)), "
+                      "loss, metrics, train { } or data { }", st.loc)
+
+    def input(self, st: ast.Declare) -> None:
+        call = as_call(st.value)
+        kinds = ir.INPUT_KINDS
+        if call.name not in kinds:
+            raise Problem(f"unknown input kind '{call.name}'; expected {one_of_words(kinds)}", call.loc)
+        self.define(st.name, st.name_loc)
+        got = bind(call, _input_params(call.name, st.name), call.name, self.problems)
+        attrs = {"kind": call.name, **got}
+        if call.name == "text":
+            attrs["tokenizer"], attrs["char_k"] = got["tokenizer"]
+        self.add(ir.Node(st.name, "input", (), attrs, st.name_loc, attrs.get("dim")))
+
+    def target(self, st: ast.Declare) -> None:
+        call = as_call(st.value)
+        if call.name not in TARGETS:
+            raise Problem(f"unknown target kind '{call.name}'; expected label(n), multilabel(n) or binary",
+                          call.loc)
+        self.define(st.name, st.name_loc)
+        self.once("target", st.loc)
+        params = (Param("column", string, None),)
+        if call.name != "binary":
+            params = (Param("classes", integer(1), positional=True),) + params
+        got = bind(call, params, call.name, self.problems)
+        classes = got.get("classes", 1)
+        attrs = {"kind": TARGETS[call.name], "classes": classes, "column": got["column"]}
+        self.add(ir.Node(st.name, "target", (), attrs, st.name_loc, classes if isinstance(classes, int) else None))
+
+    def layer(self, st: ast.Assign) -> None:
+        call = as_call(st.value)
+        if call.name not in LAYER_WORDS:
+            raise Problem(f"unknown layer '{call.name}'; expected {one_of_words(LAYER_WORDS)}", call.loc)
+        self.define(st.name, st.loc)
+        if call.name == "concat":
+            if call.kwargs:
+                self.problems.append(Problem("concat takes only the names of its inputs", call.kwargs[0].loc))
+            inputs = []
+            for a in call.args:
+                try:
+                    inputs.append(reference(a))
+                except Problem as e:
+                    self.problems.append(e)
+            if len(call.args) < 2:
+                self.problems.append(Problem("concat needs at least two inputs", call.loc))
+            if len(set(inputs)) != len(inputs):
+                self.problems.append(Problem("concat names the same input twice", call.loc))
+                inputs = list(dict.fromkeys(inputs))   # an edge can exist once
+            return self.add(ir.Node(st.name, "concat", tuple(inputs), {}, st.loc))
+        got = bind(call, _layer_params(call.name, self.problems), call.name, self.problems)
+        inp = got.pop("input", None)
+        inputs = (inp,) if isinstance(inp, str) else ()
+        if inp == st.name:
+            raise Problem(f"layer '{st.name}' uses itself as its input", call.args[0].loc)
+        dim = got.get("dim") if isinstance(got.get("dim"), int) else None
+        self.add(ir.Node(st.name, call.name, inputs, got, st.loc, dim))
+
+    def loss(self, st: ast.Setting) -> None:
+        self.once("loss", st.loc)
+        if len(st.values) != 1:
+            raise Problem("loss takes one value, e.g. loss cross_entropy(scores, labels)", st.values[1].loc)
+        call = as_call(st.values[0])
+        if call.name not in ir.LOSSES:
+            raise Problem(f"unknown loss '{call.name}'; expected {one_of_words(ir.LOSSES)}", call.loc)
+        params = (Param("output", reference, positional=True), Param("target", reference, positional=True))
+        got = bind(call, params, call.name, self.problems)
+        if "output" in got and "target" in got:
+            self.graph.graph["loss"] = ir.Loss(call.name, got["output"], got["target"], call.loc)
+
+    def metrics(self, st: ast.Setting) -> None:
+        self.once("metrics", st.loc)
+        out = []
+        for v in st.values:
+            if isinstance(v, ast.AtK) and v.name in ("precision", "recall"):
+                if v.k < 1:
+                    raise Problem(f"{v.name}@k needs k >= 1", v.loc)
+                out.append(ir.Metric(v.name, v.k, v.loc))
+            elif isinstance(v, ast.Name) and v.text == "accuracy":
+                out.append(ir.Metric("accuracy", 1, v.loc))
+            elif isinstance(v, ast.Name) and v.text in ("precision", "recall"):
+                raise Problem(f"{v.text} needs a cut-off, e.g. {v.text}@1", v.loc)
+            else:
+                raise Problem(f"unknown metric '{ast.describe(v)}'; expected precision@k, recall@k or accuracy",
+                              v.loc)
+        if len({str(m) for m in out}) != len(out):
+            raise Problem("a metric is listed twice", st.loc)
+        self.graph.graph["metrics"] = tuple(out)

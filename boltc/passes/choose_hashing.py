@@ -1,0 +1,105 @@
+"""Pass: choose_hashing. Every sparse fc gets a complete hash spec (the plan's "hash" dict); dense
+layers get hash "none". Values the user gave are kept; each missing one is filled by BOLT's rule and
+recorded as a Choice with its reason.
+
+DWTA (BOLT's default): K = clamp(round(log2(128/s)/3), 2, 8), range = K*log2(bin size 8) bits,
+L = round(s * 2^range), reservoir = 4 * max(dim // 2^range, 1).
+SRP (decision: same bucket count as the DWTA rule, one sign bit per bucket bit): K = range of the
+DWTA rule, range_bits = K, L and reservoir as above.
+"""
+from __future__ import annotations
+
+import gzip
+import math
+from pathlib import Path
+
+import networkx as nx
+
+from boltc import ir
+from boltc.passes import bolt_rules as R
+
+
+def _train_rows(g: nx.DiGraph) -> tuple[int | None, str]:
+    """Rows of the training data if cheaply known: synthetic(rows=), or an XC file's header line."""
+    src = (g.graph.get("data") or {}).get("train")
+    if src is None:
+        return None, "no training data named"
+    if src.kind == "synthetic":
+        return src.options.get("rows"), f"synthetic data of {src.options.get('rows')} rows"
+    path = Path(src.path)
+    if not path.is_absolute():
+        path = Path(g.graph.get("file") or ".").parent / path
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+            head = f.readline().split()
+        if len(head) == 3 and all(x.isdigit() for x in head):
+            return int(head[0]), f"{head[0]} rows (header of {path.name})"
+    except OSError:
+        pass
+    return None, "training rows unknown at compile time"
+
+
+def _schedule(spec: dict, rows: int | None, rows_reason: str, choices: list, name: str) -> None:
+    def fill(key, value, reason):
+        if key not in spec:
+            spec[key] = value
+            choices.append(ir.Choice(name, f"hash.{key}", value, reason))
+    fill("rehash_every", R.REHASH_EVERY, "BOLT: new hash functions every quarter epoch")
+    large = rows is not None and rows >= R.LARGE_DATASET_ROWS
+    fill("rebuild_every", R.REBUILD_EVERY_LARGE if large else R.REBUILD_EVERY_SMALL,
+         f"BOLT: refill tables every {'1/100' if large else '1/20'} epoch ({rows_reason}; "
+         f"1/100 from {R.LARGE_DATASET_ROWS} rows)")
+    fill("freeze_after", R.FREEZE_AFTER, "BOLT: freeze tables after the first epoch, insert missed labels")
+
+
+def hash_spec(n: ir.Node, given: dict | str, rows, rows_reason, choices: list) -> dict:
+    s, dim = n.attrs["sparsity"], n.dim
+    spec = {"family": "dwta"} if given == "auto" else dict(given)
+    fam = spec["family"]
+
+    def fill(key, value, reason):
+        if key not in spec:
+            spec[key] = value
+            choices.append(ir.Choice(n.name, f"hash.{key}", value, reason))
+    if given == "auto":
+        choices.append(ir.Choice(n.name, "hash.family", "dwta", "BOLT's default for neuron selection"))
+    if fam == "dwta":
+        fill("bin_size", R.DEFAULT_BIN_SIZE, "BOLT: DWTA bin size 8")
+        per_hash = int(math.log2(spec["bin_size"]))
+        if "hashes" not in spec and "range_bits" in spec:
+            fill("hashes", max(1, spec["range_bits"] // per_hash), f"range {spec['range_bits']} bits / "
+                 f"{per_hash} bits per hash")
+        fill("hashes", R.dwta_hashes(s), f"BOLT: clamp(round(log2(128/{s:g})/3), 2, 8)")
+        fill("range_bits", spec["hashes"] * per_hash, f"BOLT: {spec['hashes']} hashes x {per_hash} bits "
+             f"(bin size {spec['bin_size']})")
+    else:
+        bits = R.range_bits(R.dwta_hashes(s))
+        fill("hashes", bits, f"as many sign bits as the DWTA rule's range for sparsity {s:g}")
+        spec["range_bits"] = spec["hashes"]        # SRP: one bucket bit per hash
+    b = spec["range_bits"]
+    fill("tables", R.tables(s, b), f"BOLT: round({s:g} x 2^{b})")
+    fill("reservoir", R.reservoir(dim, b), f"BOLT: 4 x max({dim} // 2^{b}, 1)")
+    _schedule(spec, rows, rows_reason, choices, n.name)
+    return spec
+
+
+def choose_hashing(g: nx.DiGraph) -> nx.DiGraph:
+    h = ir.copy_graph(g)
+    rows, rows_reason = _train_rows(h)
+    for n in ir.nodes(h):
+        if n.op != "fc":
+            continue
+        given = n.attrs.get("hash", "auto")
+        if n.attrs["sparsity"] >= 1.0:
+            if isinstance(given, dict):
+                h.graph["choices"].append(ir.Choice(n.name, "hash", "none",
+                                                    "the layer is dense, so the hash given is not used"))
+            ir.replace_node(h, n.with_attrs(hash="none"))
+            continue
+        spec = hash_spec(n, given, rows, rows_reason, h.graph["choices"])
+        ir.replace_node(h, n.with_attrs(hash=spec))
+        mb = R.hash_table_bytes(spec) / 1e6
+        h.graph["choices"].append(ir.Choice(n.name, "hash.memory", f"{mb:,.0f} MB",
+                                            f"{spec['tables']} x 2^{spec['range_bits']} x {spec['reservoir']} x 4 B"))
+    return h

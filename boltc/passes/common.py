@@ -1,0 +1,62 @@
+"""Helpers shared by the passes: located errors, finding a word on a source line, the output layer."""
+from __future__ import annotations
+
+import re
+
+import networkx as nx
+
+from boltc import ir
+from boltc.errors import BoltErrorGroup, BoltValidationError, Location
+
+
+def source_line(g: nx.DiGraph, line: int) -> str | None:
+    lines = (g.graph.get("source") or "").splitlines()
+    return lines[line - 1] if 0 < line <= len(lines) else None
+
+
+def error(g: nx.DiGraph, message: str, loc: ir.Loc | None) -> BoltValidationError:
+    file = g.graph.get("file") or "<string>"
+    if loc is None or not loc.line:
+        return BoltValidationError(message, Location(file, 0, 0))
+    return BoltValidationError(message, Location(file, loc.line, loc.column), source_line(g, loc.line))
+
+
+def raise_all(errors: list) -> None:
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise BoltErrorGroup(errors)
+
+
+def word_loc(g: nx.DiGraph, loc: ir.Loc, word: str) -> ir.Loc:
+    """Where `word` appears as a whole word on loc's line at or after loc's column (else loc itself).
+
+    Nodes keep one location (the statement's); an error about one argument points at that argument.
+    """
+    text = source_line(g, loc.line) if loc.line else None
+    if text is None:
+        return loc
+    m = re.compile(r"(?<![A-Za-z0-9_])" + re.escape(word) + r"(?![A-Za-z0-9_])").search(text, max(loc.column, 1))
+    return ir.Loc(loc.line, m.start() + 1) if m else loc
+
+
+def model_loc(g: nx.DiGraph) -> ir.Loc:
+    """The `model <name>` line, for errors about the model as a whole."""
+    for i, text in enumerate((g.graph.get("source") or "").splitlines(), 1):
+        m = re.match(r"\s*(model)\b", text)
+        if m:
+            return ir.Loc(i, m.start(1) + 1)
+    return ir.Loc()
+
+
+def output_name(g: nx.DiGraph) -> str | None:
+    loss = g.graph.get("loss")
+    return loss.output if loss is not None else None
+
+
+def target_node(g: nx.DiGraph) -> ir.Node | None:
+    for name in g.nodes:
+        n = g.nodes[name].get("node")
+        if n is not None and n.op == "target":
+            return n
+    return None

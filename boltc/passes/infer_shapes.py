@@ -1,0 +1,78 @@
+"""Pass: infer_shapes. Every node's output width from a per-op rule table (SHAPE_RULES), the input
+width of each weighted layer (attrs["in_dim"]), and the checks that need widths: the loss output is as
+wide as the target has classes, and a synthetic data source matches the model's input and target.
+"""
+from __future__ import annotations
+
+import networkx as nx
+
+from boltc import ir
+from boltc.passes.common import error, raise_all, word_loc
+
+
+def _given(n: ir.Node, dims: dict) -> int:
+    return n.attrs["dim"]
+
+
+SHAPE_RULES = {           # op -> (node, {input name: width}) -> output width
+    "input": _given,
+    "target": lambda n, dims: n.attrs["classes"],
+    "fc": _given,
+    "embedding": _given,
+    "concat": lambda n, dims: sum(dims[i] for i in n.inputs),
+    "layernorm": lambda n, dims: dims[n.inputs[0]],
+}
+assert set(SHAPE_RULES) == set(ir.OPS), "every op needs a shape rule"
+
+
+def infer_shapes(g: nx.DiGraph) -> nx.DiGraph:
+    h = ir.copy_graph(g)
+    dims: dict[str, int] = {}
+    for n in ir.nodes(h):
+        dims[n.name] = SHAPE_RULES[n.op](n, dims)
+        new = ir.replace(n, dim=dims[n.name])
+        if n.op in ("fc", "embedding"):
+            new = new.with_attrs(in_dim=dims[n.inputs[0]])
+        ir.replace_node(h, new)
+    raise_all(_loss_width(h, dims) + _data_shapes(h))
+    return h
+
+
+def _loss_width(g, dims) -> list:
+    loss = g.graph.get("loss")
+    if loss is None:
+        return []
+    out, tgt = ir.node(g, loss.output), ir.node(g, loss.target)
+    if dims[out.name] != dims[tgt.name]:
+        what = "1 output (a binary target)" if tgt.attrs["kind"] == "binary" else f"{dims[tgt.name]} outputs"
+        return [error(g, f"'{out.name}' has {dims[out.name]} outputs but '{tgt.name}' needs {what}",
+                      word_loc(g, out.loc, str(out.attrs["dim"])))]
+    return []
+
+
+def _data_shapes(g) -> list:
+    errs = []
+    inputs = [n for n in ir.nodes(g) if n.op == "input"]
+    targets = [n for n in ir.nodes(g) if n.op == "target"]
+    for split, src in (g.graph.get("data") or {}).items():
+        if src is None:
+            continue
+        if src.kind == "synthetic":
+            feats, labels = src.options.get("features"), src.options.get("labels")
+            for n in inputs:
+                if n.attrs["kind"] not in ("sparse", "dense"):
+                    errs.append(error(g, f"synthetic(...) data fills sparse inputs only; '{n.name}' is a "
+                                         f"{n.attrs['kind']} input", src.loc))
+                elif feats is not None and feats != n.dim:
+                    errs.append(error(g, f"synthetic {split} data has {feats} features but input '{n.name}' "
+                                         f"has {n.dim}", word_loc(g, src.loc, "features")))
+            for t in targets:
+                if labels is not None and t.attrs["kind"] != "binary" and labels != t.dim:
+                    errs.append(error(g, f"synthetic {split} data has {labels} labels but target '{t.name}' "
+                                         f"has {t.dim} classes", word_loc(g, src.loc, "labels")))
+        elif src.format in ("xc", "svmlight"):
+            for n in inputs:
+                if n.attrs["kind"] in ("text", "categorical"):
+                    errs.append(error(g, f"a {src.format} file has no columns for the {n.attrs['kind']} input "
+                                         f"'{n.name}'; use a csv or tsv file", src.loc))
+    return errs
