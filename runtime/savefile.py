@@ -244,3 +244,46 @@ def _unflatten(skel, arrays, path, member):
         return unflatten_state(skel, arrays)
     except KeyError as e:
         raise _err(path, f"member {member!r} refers to missing array {e.args[0]!r}") from None
+
+
+# ---------------------------------------------------------------- ModelState <-> SavedModel
+
+def state_to_saved(source: str, plan: dict, state, history: dict | None = None,
+                   optimizer_extra: dict | None = None, with_optimizer: bool = False) -> SavedModel:
+    """A model file's contents from a runtime ModelState. Checkpoints (`with_optimizer`) also hold the
+    Adam moments, the step and whatever the trainer passes in `optimizer_extra` (sampler, epoch)."""
+    lsh = {name: {"meta": idx.meta(), "arrays": dict(idx.arrays())} for name, idx in state.lsh.items()}
+    opt = None
+    if with_optimizer:
+        opt = {"step": int(state.step), "m": state.m, "v": state.v, **(optimizer_extra or {})}
+    return SavedModel(source=source, plan=plan, params=state.params, lsh=lsh, history=history or {},
+                      optimizer=opt)
+
+
+def state_from_saved(saved: SavedModel, path="<model>"):
+    """A ModelState from a loaded model file (moments zero unless the file is a checkpoint)."""
+    from boltc.runtime.lsh import LSHIndex
+    from boltc.runtime.state import ModelState
+    plan = saved.plan
+    for layer in plan.get("layers", []):
+        want = layer["op"] in ("fc", "embedding", "layernorm")
+        if want and layer["name"] not in saved.params:
+            raise _err(path, f"member 'params/{layer['name']}.*.npy' is missing")
+        if layer.get("hash") and layer["name"] not in saved.lsh:
+            raise _err(path, f"member 'lsh/{layer['name']}.json' is missing")
+    params = {n: {k: np.array(a, dtype=np.float32) for k, a in p.items()} for n, p in saved.params.items()}
+    if saved.optimizer is not None:
+        m = {n: {k: np.array(a, dtype=np.float32) for k, a in p.items()} for n, p in saved.optimizer["m"].items()}
+        v = {n: {k: np.array(a, dtype=np.float32) for k, a in p.items()} for n, p in saved.optimizer["v"].items()}
+        step = int(saved.optimizer["step"])
+    else:
+        m = {n: {k: np.zeros_like(a) for k, a in p.items()} for n, p in params.items()}
+        v = {n: {k: np.zeros_like(a) for k, a in p.items()} for n, p in params.items()}
+        step = int((saved.history or {}).get("step", 0))
+    lsh = {}
+    for name, st in saved.lsh.items():
+        try:
+            lsh[name] = LSHIndex.from_arrays(st["meta"], {k: np.array(a) for k, a in st["arrays"].items()})
+        except (KeyError, ValueError) as e:
+            raise _err(path, f"member 'lsh/{name}.json': bad hash index ({e})") from None
+    return ModelState(params=params, m=m, v=v, step=step, lsh=lsh)

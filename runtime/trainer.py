@@ -1,0 +1,209 @@
+"""The trainer: epochs of batches, progress, validation metrics, checkpoints and exact resume.
+
+One step: the sampler draws rows -> `ex.train_step(batch, lr)` (forward, backward, lazy optimizer) ->
+`ex.after_step(...)` (LSH table upkeep on schedule) -> `sampler.observe(rows, losses)`.
+
+Reproducibility (decisions):
+- Every random choice is seeded from the plan's train seed and a counter that a checkpoint saves: the
+  sampler's order from (seed, epoch), the executor's active sets from (seed, state.step), LSH rebuilds
+  from (hash seed, build count). No wall-clock-driven decision changes the numbers.
+- So a checkpoint taken at the end of an epoch (weights, Adam moments, step, hash tables with their
+  counters, sampler state, history) is all a resumed run needs to continue bit-identically
+  (tests/test_trainer.py checks this against an uninterrupted run).
+- Checkpoints are whole `.boltc` files plus an `optimizer/` part, written atomically (savefile), so a run
+  killed while writing keeps the previous checkpoint intact.
+Validation runs after each epoch with dense inference (and sparse inference too for LSH-sparse outputs
+when `train.inference` is "sparse" or "both"); evaluation never changes the model or any counter.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from boltc.runtime import metrics as metrics_mod
+from boltc.runtime import savefile
+from boltc.runtime.dataset import Batch, Dataset
+from boltc.runtime.optim import lr_at
+
+DEFAULT_METRICS = ("precision@1", "precision@3", "precision@5")
+EVAL_BATCH = 1024
+
+
+class _UniformSampler:
+    """Fallback with the runtime.sampler interface (CONTRACTS.md section 8): a seeded permutation per epoch."""
+
+    kind = "uniform"
+
+    def __init__(self, n_rows: int, batch: int, seed: int = 0):
+        self.n, self.batch, self.seed = int(n_rows), int(batch), int(seed)
+
+    def batches(self, epoch: int):
+        order = np.random.default_rng([self.seed, int(epoch), 0xB01]).permutation(self.n).astype(np.int64)
+        for s in range(0, self.n, self.batch):
+            yield order[s:s + self.batch], None
+
+    def observe(self, rows, losses) -> None:
+        pass
+
+    def stats(self) -> dict:
+        return {"kind": "uniform"}
+
+    def state_dict(self) -> dict:
+        return {"kind": "uniform"}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def make_sampler(spec: dict | None, dataset: Dataset, batch: int, seed: int):
+    try:
+        from boltc.runtime.sampler import make_sampler as real
+    except ImportError:
+        return _UniformSampler(dataset.rows, batch, seed)
+    return real(spec, dataset, batch, seed)
+
+
+def metric_names(plan: dict) -> list[str]:
+    names = [str(m) for m in plan.get("metrics") or []]
+    if (plan.get("target") or {}).get("kind") == "binary":
+        return names or ["accuracy"]
+    return names or list(DEFAULT_METRICS)
+
+
+def evaluate(executor, dataset: Dataset, names, sparse: bool = False, batch: int = EVAL_BATCH,
+             binary: bool = False) -> dict[str, float]:
+    """Metrics (percent) of `executor` on a labelled dataset; inference only."""
+    acc = metrics_mod.MetricAccumulator(names, binary=binary)
+    t0 = time.perf_counter()
+    for s in range(0, dataset.rows, batch):
+        b = dataset.take(np.arange(s, min(s + batch, dataset.rows)))
+        ids, scores = executor.predict(b, acc.kmax, sparse=sparse)
+        acc.add(ids, b.labels, scores)
+    out = acc.result()
+    dt = time.perf_counter() - t0
+    out["examples_per_s"] = dataset.rows / dt if dt > 0 else 0.0
+    return out
+
+
+class Trainer:
+    def __init__(self, plan: dict, state, executor, sampler=None, *, source: str = "",
+                 checkpoint: str | Path | None = None, progress: bool = True, log=None):
+        self.plan, self.state, self.ex, self.sampler = plan, state, executor, sampler
+        self.train_cfg = plan.get("train", {})
+        self.source = source
+        self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.progress = progress
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.history: dict = {"epochs": [], "step": int(state.step)}
+        self.epochs_done = 0
+        self.binary = (plan.get("target") or {}).get("kind") == "binary"
+
+    # ------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, path: str | Path | None = None) -> None:
+        path = Path(path or self.checkpoint)
+        extra = {"epochs_done": self.epochs_done,
+                 "sampler": self.sampler.state_dict() if self.sampler is not None else None}
+        self.history["step"] = int(self.state.step)
+        saved = savefile.state_to_saved(self.source, self.plan, self.state, self.history, extra, with_optimizer=True)
+        savefile.save_model(path, saved)
+
+    def restore(self, saved: savefile.SavedModel) -> None:
+        """Continue from a checkpoint (the state was already rebuilt from it by the caller)."""
+        opt = saved.optimizer or {}
+        self.epochs_done = int(opt.get("epochs_done", 0))
+        self.history = dict(saved.history or {"epochs": []})
+        self._sampler_state = opt.get("sampler")
+
+    # ------------------------------------------------------------ the loop
+    def fit(self, train: Dataset, validation: Dataset | None = None, epochs: int | None = None,
+            callbacks=()) -> dict:
+        cfg = self.train_cfg
+        epochs = int(epochs if epochs is not None else cfg.get("epochs", 1))
+        batch = int(cfg.get("batch", 256))
+        seed = int(cfg.get("seed", 0))
+        if self.sampler is None:
+            self.sampler = make_sampler(cfg.get("sampler"), train, batch, seed)
+        state = getattr(self, "_sampler_state", None)
+        if state:
+            self.sampler.load_state_dict(state)
+            self._sampler_state = None
+        bpe = math.ceil(train.rows / batch)
+        total_steps = epochs * bpe
+        base_lr = float(cfg.get("lr", 1e-3))
+        names = metric_names(self.plan)
+        out_layer = next((l for l in self.plan["layers"] if l["name"] == self.plan["output"]), {})
+        inference = cfg.get("inference", "dense")
+        want_sparse = bool(out_layer.get("hash")) and inference in ("sparse", "both")
+        want_dense = not want_sparse or inference == "both"
+        bar = _progress(self.progress, total=(epochs - self.epochs_done) * train.rows)
+        try:
+            for epoch in range(self.epochs_done, epochs):
+                t0 = time.perf_counter()
+                up0 = getattr(self.ex, "upkeep_seconds", 0.0)
+                loss_sum, n_seen, lr = 0.0, 0, base_lr
+                for bi, (rows, weights) in enumerate(self.sampler.batches(epoch)):
+                    b = train.take(rows)
+                    if weights is not None:
+                        b.weights = np.asarray(weights, dtype=np.float32)
+                    lr = lr_at(base_lr, cfg.get("schedule"), epoch * bpe + bi, total_steps, bpe)
+                    losses = self.ex.train_step(b, lr)
+                    self.ex.after_step(epoch, bi, bpe)
+                    self.sampler.observe(rows, losses)
+                    loss_sum += float(np.sum(losses, dtype=np.float64))
+                    n_seen += len(rows)
+                    if bar is not None:
+                        bar.update(len(rows))
+                        if bi % 8 == 0:
+                            bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{loss_sum / n_seen:.4f}", refresh=False)
+                seconds = time.perf_counter() - t0
+                upkeep = getattr(self.ex, "upkeep_seconds", 0.0) - up0
+                record = {"epoch": epoch + 1, "loss": loss_sum / max(n_seen, 1), "seconds": seconds,
+                          "examples_per_s": n_seen / seconds if seconds > 0 else 0.0,
+                          "upkeep_seconds": upkeep, "upkeep_share": upkeep / seconds if seconds > 0 else 0.0,
+                          "lr": lr}
+                if validation is not None and validation.labels is not None:
+                    if want_dense:
+                        record["validation"] = evaluate(self.ex, validation, names, sparse=False, binary=self.binary)
+                    if want_sparse:
+                        record["validation_sparse"] = evaluate(self.ex, validation, names, sparse=True, binary=self.binary)
+                sampler_stats = self.sampler.stats() if hasattr(self.sampler, "stats") else {}
+                record["sampler"] = {k: v for k, v in sampler_stats.items() if isinstance(v, (int, float, str))}
+                self.history.setdefault("epochs", []).append(record)
+                self.epochs_done = epoch + 1
+                if self.checkpoint is not None and (self.epochs_done % max(1, int(cfg.get("checkpoint_every", 1))) == 0
+                                                    or self.epochs_done == epochs):
+                    self.save_checkpoint()
+                line = format_record(record)
+                if bar is not None:
+                    bar.write(line)
+                elif self.progress:
+                    self.log(line)
+                for cb in callbacks:
+                    cb(self, record)
+        finally:
+            if bar is not None:
+                bar.close()
+        self.history["step"] = int(self.state.step)
+        return self.history
+
+
+def format_record(r: dict) -> str:
+    parts = [f"epoch {r['epoch']}", f"loss {r['loss']:.4f}", f"{r['examples_per_s']:,.0f} ex/s",
+             f"{r['seconds']:.1f}s", f"upkeep {100 * r['upkeep_share']:.1f}%"]
+    for key, tag in (("validation", ""), ("validation_sparse", " sparse")):
+        for k, v in (r.get(key) or {}).items():
+            if k != "examples_per_s":
+                parts.append(f"{k}{tag} {v:.2f}")
+    return "  ".join(parts)
+
+
+def _progress(enabled: bool, total: int):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, unit="ex", unit_scale=True, file=sys.stderr, dynamic_ncols=True,
+                mininterval=0.5, leave=False)
