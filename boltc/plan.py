@@ -17,7 +17,8 @@ from boltc.frontend.blocks import TRAIN_DEFAULTS  # noqa: F401  (the defaults li
 
 PLAN_FORMAT = 1
 SPARSE_KINDS = ("sparse", "text", "categorical")
-TEXT_KEYS = ("column", "tokenizer", "char_k", "ngrams", "lowercase", "values", "seed")
+TEXT_KEYS = ("column", "tokenizer", "char_k", "ngrams", "lowercase", "values", "seed", "normalize")
+CATEGORICAL_KEYS = ("column", "seed", "normalize")
 MEMORY_KEYS = ("weights", "optimizer", "gradients", "activations", "hash_tables", "total")
 _SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".svm": "svmlight", ".svmlight": "svmlight",
                    ".libsvm": "svmlight", ".xc": "xc"}
@@ -91,7 +92,7 @@ def to_plan(graph: nx.DiGraph) -> dict:
             if n.attrs["kind"] == "text":
                 entry.update({k: n.attrs[k] for k in TEXT_KEYS})
             elif n.attrs["kind"] == "categorical":
-                entry["column"] = n.attrs["column"]
+                entry.update({k: n.attrs[k] for k in CATEGORICAL_KEYS})
             inputs.append(entry)
     t = next(n for n in nodes if n.op == "target")
     loss = g.graph["loss"]

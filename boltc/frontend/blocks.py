@@ -9,7 +9,7 @@ import copy
 
 from boltc import ir
 from boltc.frontend import ast
-from boltc.frontend.bind import (Param, Problem, as_call, bind, boolean, integer, one_of_words, plain, real,
+from boltc.frontend.bind import (Param, Problem, as_call, bind, boolean, integer, one_of_words, real,
                                  string, word)
 
 TRAIN_DEFAULTS = {
@@ -110,12 +110,19 @@ def build_train(body, problems: list[Problem]) -> dict:
     return train
 
 
+# file options: those runtime/csvdata.py reads (csv/tsv); xc and svmlight files take only format
 _FILE = (Param("path", string, positional=True),
          Param("format", word("xc", "svmlight", "csv", "tsv", what="format"), None),
-         Param("delimiter", string, None), Param("label_column", string, None),
-         Param("header", boolean, None))
-_SYNTHETIC = (Param("rows", integer(1)), Param("features", integer(1)), Param("labels", integer(1)),
-              Param("seed", integer(0), 0))
+         Param("delimiter", string, None), Param("quote", string, None), Param("header", boolean, None),
+         Param("names", string, None), Param("label_sep", string, None), Param("encoding", string, None),
+         Param("max_rows", integer(1), None))
+# synthetic(...): the generator's settings (runtime/synth.py SynthSpec); features and labels default
+# to the model's input width and target classes there, so they may be left out here
+_SYNTHETIC = (Param("rows", integer(1)), Param("features", integer(1), None), Param("labels", integer(1), None),
+              Param("seed", integer(0), 0), Param("task", integer(0), None), Param("nnz", integer(1), None),
+              Param("max_labels", integer(1), None), Param("proto_nnz", integer(1), None),
+              Param("noise", real(0.0, 0.999999), None), Param("label_alpha", _POS, None),
+              Param("noise_alpha", _POS, None))
 DATA_SPLITS = ("train", "test", "validation")
 
 
@@ -128,8 +135,7 @@ def data_source(value: ast.Value, problems: list[Problem]) -> ir.DataSource:
         fmt = got.pop("format", None)
         return ir.DataSource("file", path, fmt, got, value.loc)
     if isinstance(value, ast.Call) and value.name == "synthetic":
-        # generator settings beyond the four below pass through to runtime/synth.py unchanged
-        got = bind(value, _SYNTHETIC, "synthetic", problems, extra=plain)
+        got = _given(bind(value, _SYNTHETIC, "synthetic", problems))
         return ir.DataSource("synthetic", None, None, got, value.loc)
     raise Problem(f'expected a "path", file("path", ...) or synthetic(...), found {ast.describe(value)}',
                   value.loc)

@@ -69,8 +69,9 @@ def _input_params(kind: str, name: str) -> tuple[Param, ...]:
         return (Param("column", string, name), Param("tokenizer", _tokenizer, ("words", None)),
                 Param("ngrams", integer(1, 3), 1), Param("lowercase", boolean, True),
                 Param("dim", integer(1), TEXT_DEFAULT_DIM), Param("values", word("counts", "log"), "counts"),
-                Param("seed", integer(0), 0))
-    return (Param("column", string, name), Param("dim", integer(1), CATEGORICAL_DEFAULT_DIM))
+                Param("seed", integer(0), 0), Param("normalize", word("l2", "none"), "l2"))
+    return (Param("column", string, name), Param("dim", integer(1), CATEGORICAL_DEFAULT_DIM),
+            Param("seed", integer(0), 0), Param("normalize", word("l2", "none"), "none"))
 
 
 TARGETS = {"label": "single", "multilabel": "multi", "binary": "binary"}

@@ -55,10 +55,12 @@ def _input(n: ir.Node) -> str:
                 kw.append((key, fmt_value(a[key])))
         if a.get("values", "counts") != "counts":
             kw.append(("values", a["values"]))
-        if a.get("seed", 0) != 0:
-            kw.append(("seed", fmt_value(a["seed"])))
     elif a.get("dim", CATEGORICAL_DEFAULT_DIM) != CATEGORICAL_DEFAULT_DIM:
         kw.append(("dim", fmt_value(a["dim"])))
+    if a.get("seed", 0) != 0:
+        kw.append(("seed", fmt_value(a["seed"])))
+    if a.get("normalize", "l2" if kind == "text" else "none") != ("l2" if kind == "text" else "none"):
+        kw.append(("normalize", a["normalize"]))
     return _call(kind, [], kw)
 
 

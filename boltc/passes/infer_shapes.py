@@ -63,11 +63,11 @@ def _data_shapes(g) -> list:
                 if n.attrs["kind"] not in ("sparse", "dense"):
                     errs.append(error(g, f"synthetic(...) data fills sparse inputs only; '{n.name}' is a "
                                          f"{n.attrs['kind']} input", src.loc))
-                elif feats is not None and feats != n.dim:
+                elif feats is not None and feats > n.dim:
                     errs.append(error(g, f"synthetic {split} data has {feats} features but input '{n.name}' "
                                          f"has {n.dim}", word_loc(g, src.loc, "features")))
             for t in targets:
-                if labels is not None and t.attrs["kind"] != "binary" and labels != t.dim:
+                if labels is not None and t.attrs["kind"] != "binary" and labels > t.dim:
                     errs.append(error(g, f"synthetic {split} data has {labels} labels but target '{t.name}' "
                                          f"has {t.dim} classes", word_loc(g, src.loc, "labels")))
         elif src.format in ("xc", "svmlight"):
