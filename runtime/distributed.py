@@ -1,0 +1,439 @@
+"""Data-parallel training on a Ray cluster with a sparse gradient exchange (issue 8; docs/distributed.md).
+
+    result = train_distributed(plan, state, train_source, validation, workers=4, address="auto")
+
+Scheme (synchronous; every replica identical at every step):
+  1. Shards: the driver cuts the training file into `workers` byte ranges aligned to line starts
+     (runtime/distributed_shard.py); each worker reads only its range. Synthetic sources are cut by row
+     range (each worker generates only its rows); other sources are read once by the driver and sliced.
+  2. Each update, worker i takes B_i = B / workers rows of its shard (the global batch B of the plan is
+     kept: same total batch as one process), computes forward + backward without updating, and sends
+     only the touched rows of each gradient (row ids + values; distributed_exchange.py). With
+     `exchange_every=k` a worker accumulates k local batches first (one update per k*B examples).
+  3. The driver sums them weighted by example counts (= the mean over the global batch) and broadcasts
+     the combined row-sparse gradient once through the Ray object store; every replica applies the same
+     lazy Adam update and runs the same LSH upkeep (same seeds, same weights -> same tables).
+  `exchange="dense"` sends every gradient tensor whole instead (the dense all-reduce baseline; replicas
+  then recover touched rows as the nonzero ones, so both modes train identically and only bytes differ).
+
+Faults: every wait on a worker has a timeout (`timeout`, seconds). A worker that dies or stops answering
+makes the run restart all workers from the last epoch-boundary state (at most `max_restarts` times; the
+per-epoch reseeding makes the replay identical) or, when restarts are used up, fail with a
+DistributedError that names the worker, the step and the checkpoint to resume from. Never a hang.
+
+Ray is optional (`pip install boltc[distributed]`); without it `require_ray` raises DependencyError.
+Tested with ray 2.60.0 on Python 3.11.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from boltc.errors import BoltError, DataError, DependencyError, Location
+from boltc.runtime.dataset import Dataset
+from boltc.runtime.distributed_exchange import combine, densify, grads_nbytes
+from boltc.runtime.distributed_shard import (read_shard, row_ranges, shard_ranges, slice_dataset,
+                                             svmlight_one_based)
+from boltc.runtime.distributed_worker import Worker
+
+INSTALL_HINT = "pip install boltc[distributed]"
+
+
+class DistributedError(BoltError):
+    """A distributed run could not go on (worker died or timed out, cluster unreachable)."""
+
+
+def require_ray():
+    try:
+        import ray
+    except ImportError:
+        raise DependencyError("distributed training (--workers / distributed(...)) needs Ray, which is not "
+                              f"installed: {INSTALL_HINT}") from None
+    return ray
+
+
+# ---------------------------------------------------------------------------------------------- shards
+def plan_shards(source, plan: dict, workers: int) -> list[dict]:
+    """One shard description per worker; small, sent to the worker, which loads the rows itself."""
+    if isinstance(source, (str, os.PathLike)):
+        source = {"kind": "file", "path": str(source), "format": None}
+    if isinstance(source, dict) and source.get("kind") == "synthetic":
+        rows = int(source["rows"])
+        return [{"kind": "synthetic", "source": source, "lo": lo, "hi": hi} for lo, hi in row_ranges(rows, workers)]
+    if isinstance(source, dict) and source.get("kind", "file") == "file":
+        from boltc.runtime.data import _guess_format
+        path = str(source["path"])
+        if not Path(path).exists():
+            raise DataError("data file not found", Location(path, 0))
+        fmt = source.get("format") or _guess_format(path)
+        if fmt in ("xc", "svmlight") and not path.endswith(".gz"):
+            one_based = fmt == "svmlight" and svmlight_one_based(path)
+            return [{"kind": "range", "path": path, "start": a, "end": b, "format": fmt, "one_based": one_based}
+                    for a, b in shard_ranges(path, workers)]
+    # gzip, CSV/TSV, in-memory data: the driver reads once and hands each worker its slice
+    from boltc.runtime.data import load_dataset
+    ds = load_dataset(source, plan)
+    return [{"kind": "dataset", "dataset": slice_dataset(ds, lo, hi)} for lo, hi in row_ranges(ds.rows, workers)]
+
+
+def load_shard(spec: dict, plan: dict) -> Dataset:
+    """Worker side: the rows of one shard, checked against the plan like any data source."""
+    from boltc.runtime import data, synth
+    if spec["kind"] == "dataset":
+        return spec["dataset"]
+    inp = next(i for i in plan["inputs"] if i.get("kind") in ("sparse", "dense"))
+    classes = int(plan["target"]["classes"]) if plan.get("target") else None
+    if spec["kind"] == "synthetic":
+        opts = {k: v for k, v in spec["source"].items() if k not in ("kind", "loc")}
+        opts.setdefault("features", int(inp["dim"]))
+        if classes is not None:
+            opts.setdefault("labels", classes)
+        X, Y = synth.generate(opts, spec["lo"], spec["hi"])
+        where = f"synthetic rows [{spec['lo']}, {spec['hi']})"
+    else:
+        X, Y = read_shard(spec["path"], spec["start"], spec["end"], spec["format"], int(inp["dim"]),
+                          classes if spec["format"] == "xc" else None, spec["one_based"])
+        where = spec["path"]
+    ds = data._checked(X, Y, inp, plan, where)
+    ds.meta["shard"] = {k: v for k, v in spec.items() if k != "source"}
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------- worker side
+class ShardWorker(Worker):
+    """A Worker that loads its own shard and runs one synchronous update per call (one round trip).
+
+    Construction only stores its arguments; `setup()` loads the shard and builds the executor, so a data
+    error comes back as that call's exception (a DataError with file and line) rather than a dead actor.
+    """
+
+    def __init__(self, plan, state, shard_spec, rank, world, local_batch, backend="numpy", threads=1,
+                 seed=0, exchange="sparse", fail_at=None):
+        self._args = (plan, state, shard_spec, rank, world, local_batch, backend, threads, seed)
+        self.exchange, self.fail_at = exchange, fail_at
+
+    def setup(self) -> int:
+        from boltc.runtime.executor import make_executor
+        plan, state, spec, rank, world, local_batch, backend, threads, seed = self._args
+        del self._args
+        state = copy.deepcopy(state)     # Ray hands out read-only zero-copy arrays; a replica must own its own
+        super().__init__(plan, state, load_shard(spec, plan), rank, world, local_batch,
+                         partial(make_executor, backend=backend, threads=threads), seed=seed)
+        by = {l["name"]: l for l in plan["layers"]}
+        self.row_sparse = {(l, t) for (l, t) in self.shapes
+                           if by[l].get("hash") or (by[l].get("input_sparse") and by[l].get("layout") == "in_major")}
+        return self.data.rows
+
+    def sync_step(self, prev, update: int, accumulate: int, record: bool = False):
+        """Apply the previous combined update (if any), then compute this update's local gradient.
+
+        `prev` = (combined grads, lr, label ids, epoch, index in epoch, updates per epoch) or None.
+        Returns (grads, examples, loss sum, label ids[, rows, active]).
+        """
+        if prev is not None:
+            self.finish(prev)
+        if self.fail_at is not None and update == self.fail_at:
+            self.die()                                    # test hook for the fault path
+        parts = [self.compute(update, record) for _ in range(accumulate)]
+        if accumulate == 1:
+            grads, n, loss, labels = parts[0][:4]
+        else:
+            grads = combine([p[0] for p in parts], [p[1] for p in parts])
+            n, loss = sum(p[1] for p in parts), sum(p[2] for p in parts)
+            labels = np.concatenate([p[3] for p in parts])
+        if self.exchange == "dense":
+            grads = densify(grads, self.shapes)
+        extra = (np.concatenate([p[4] for p in parts]), [p[5] for p in parts]) if record else ()
+        return (grads, n, loss, labels) + extra
+
+    def die(self):
+        os._exit(3)                                       # the actor's process goes away, as on a lost machine
+
+    def finish(self, prev) -> None:
+        grads, lr, labels, epoch, index, per_epoch = prev
+        if self.exchange == "dense":   # a dense sum does not say which rows were touched: take the nonzero ones
+            grads = {k: (_nonzero_rows(g) if k in self.row_sparse else g) for k, g in grads.items()}
+        self.apply(grads, lr, labels)
+        self.after_update(epoch, index, per_epoch)
+
+
+def _nonzero_rows(g):
+    from boltc.runtime.distributed_exchange import RowGrad
+    v = g.values
+    nz = np.flatnonzero(v.reshape(v.shape[0], -1).any(axis=1)).astype(np.int32)
+    return RowGrad(nz, np.ascontiguousarray(v[nz]))
+
+
+# ---------------------------------------------------------------------------------------------- runners
+class _WorkerFailed(Exception):
+    """`lost` = the worker died or stopped answering (worth a restart); otherwise it raised (a bug: don't)."""
+
+    def __init__(self, rank: int, why: str, lost: bool = True):
+        super().__init__(why)
+        self.rank, self.why, self.lost = rank, why, lost
+
+
+class _Lost(Exception):
+    pass
+
+
+def _raise_lost():
+    raise _Lost()
+
+
+class InProcessRunner:
+    """Workers as plain objects in this process: the same protocol without Ray (tests, debugging)."""
+
+    def __init__(self, workers: list):
+        self.workers = workers
+        for w in workers:
+            w.die = _raise_lost                           # a simulated death must not end this process
+
+    def share(self, obj):
+        return obj
+
+    def call(self, method: str, per_worker_args=None, timeout=None):
+        out = []
+        for i, w in enumerate(self.workers):
+            args = per_worker_args[i] if per_worker_args else ()
+            try:
+                out.append(getattr(w, method)(*args))
+            except _Lost:
+                raise _WorkerFailed(i, "died (simulated)") from None
+        return out
+
+    def shutdown(self):
+        self.workers = []
+
+
+class RayRunner:
+    """Workers as Ray actors; every wait has a deadline and a dead actor is reported by rank."""
+
+    def __init__(self, ray, actors):
+        self.ray, self.actors = ray, actors
+
+    def share(self, obj):
+        """Put a payload every worker needs into the object store once (a top-level ref arg is resolved)."""
+        return None if obj is None else self.ray.put(obj)
+
+    def call(self, method: str, per_worker_args=None, timeout=300.0):
+        ray = self.ray
+        refs = [getattr(a, method).remote(*(per_worker_args[i] if per_worker_args else ()))
+                for i, a in enumerate(self.actors)]
+        deadline = time.monotonic() + timeout
+        out = []
+        for i, ref in enumerate(refs):
+            try:
+                out.append(ray.get(ref, timeout=max(0.1, deadline - time.monotonic())))
+            except ray.exceptions.GetTimeoutError:
+                raise _WorkerFailed(i, f"did not answer within {timeout:.0f} s") from None
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                    ray.exceptions.ObjectLostError) as e:
+                raise _WorkerFailed(i, f"died ({type(e).__name__})") from None
+            except ray.exceptions.RayTaskError as e:
+                cause = getattr(e, "cause", None) or e
+                if isinstance(cause, BoltError):
+                    raise cause from None                 # a user error on the worker (bad data row, ...)
+                raise _WorkerFailed(i, f"raised {type(cause).__name__}: {cause}", lost=False) from None
+        return out
+
+    def shutdown(self):
+        for a in self.actors:
+            try:
+                self.ray.kill(a)
+            except Exception:                               # already dead: nothing to release
+                pass
+        self.actors = []
+
+
+def connect(address: str | None, workers: int, cpus_per_worker: float = 1.0, temp_dir: str | None = None):
+    """Join (`address` = "auto" or "ray://host:port") or start a local Ray instance. -> (ray, started_here)."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return ray, False
+    try:
+        if address in (None, "", "local"):
+            cpus = max(os.cpu_count() or 1, int(math.ceil(workers * cpus_per_worker)))
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                     _temp_dir=temp_dir or f"/tmp/boltc_ray_{os.getpid()}")
+        else:
+            ray.init(address=address, log_to_driver=False)
+    except Exception as e:       # ConnectionError, ValueError, RuntimeError from ray.init: say where
+        raise DistributedError(f"could not start or join the Ray cluster at {address or 'a new local instance'}: {e}") from None
+    return ray, True
+
+
+def _start_workers(kind, ray, plan, state, shards, local, opts, fail_at, timeout):
+    args = [(plan, None, s, r, len(shards), local[r], opts["backend"], opts["threads"], opts["seed"],
+             opts["exchange"], (fail_at or {}).get(r)) for r, s in enumerate(shards)]
+    if kind == "inprocess":
+        ws = []
+        for a in args:
+            a = list(a)
+            a[1] = copy.deepcopy(state)                      # a replica each, as on separate machines
+            ws.append(ShardWorker(*a))
+        runner = InProcessRunner(ws)
+        runner.rows = runner.call("setup")
+        return runner
+    remote_cls = ray.remote(num_cpus=opts["cpus_per_worker"], max_restarts=0)(ShardWorker)
+    state_ref = ray.put(state)
+    actors = []
+    for a in args:
+        a = list(a)
+        a[1] = state_ref
+        actors.append(remote_cls.remote(*a))
+    runner = RayRunner(ray, actors)
+    runner.rows = runner.call("setup", timeout=timeout)  # placed and loaded, or a clear error
+    return runner
+
+
+# ---------------------------------------------------------------------------------------------- driver
+@dataclass
+class DistributedResult:
+    state: object
+    history: list = field(default_factory=list)    # per epoch: loss, examples/s, bytes, metrics
+    stats: dict = field(default_factory=dict)
+    records: list = field(default_factory=list)    # with record=True: per update, per worker (rows, active)
+
+
+def _split(total: int, n: int) -> list[int]:
+    return [total // n + (1 if i < total % n else 0) for i in range(n)]
+
+
+def _evaluate(plan, state, dataset, backend, threads, batch=1024) -> dict:
+    from boltc.runtime.executor import make_executor
+    from boltc.runtime.metrics import MetricAccumulator
+    names = plan.get("metrics") or ["precision@1"]
+    acc = MetricAccumulator(names, binary=(plan.get("target") or {}).get("kind") == "binary")
+    ex = make_executor(plan, state, backend=backend, threads=threads)
+    for lo in range(0, dataset.rows, batch):
+        b = dataset.take(np.arange(lo, min(dataset.rows, lo + batch)))
+        ids, scores = ex.predict(b, top_k=acc.kmax)
+        acc.add(ids, b.labels, scores)
+    return acc.result()
+
+
+def train_distributed(plan: dict, state, train_source, validation=None, workers: int = 2,
+                      address: str | None = None, *, epochs: int | None = None, exchange: str = "sparse",
+                      exchange_every: int = 1, backend: str = "numpy", threads_per_worker: int = 1,
+                      cpus_per_worker: float = 1.0, timeout: float = 300.0, max_restarts: int = 1,
+                      checkpoint=None, max_updates: int | None = None, in_process: bool = False,
+                      record: bool = False, progress=None, fail_at: dict | None = None) -> DistributedResult:
+    """Train `state` (a ModelState for `plan`) data-parallel on `workers` replicas; returns the trained state.
+
+    train_source: a path, a plan data entry (file or synthetic) or a Dataset. validation: a Dataset (or
+    None) evaluated by the driver after each epoch. address: None = start a local Ray instance, "auto" =
+    the running cluster, "ray://host:port" = Ray client. checkpoint: callable(state, epoch, history)
+    called after each epoch (the single-machine trainer's saver). A state whose `step` is past epoch
+    boundaries (a resumed checkpoint) continues from that epoch. in_process=True runs the same protocol
+    without Ray. fail_at={rank: update} kills a worker at that update (tests of the fault path).
+    """
+    if exchange not in ("sparse", "dense"):
+        raise BoltError(f"exchange must be 'sparse' or 'dense', not {exchange!r}")
+    workers, k = int(workers), max(1, int(exchange_every))
+    if workers < 1:
+        raise BoltError("workers must be at least 1")
+    train = plan["train"]
+    epochs = int(train.get("epochs", 1) if epochs is None else epochs)
+    batch = int(train["batch"])
+    if batch < workers:
+        raise BoltError(f"batch {batch} is smaller than the number of workers ({workers})")
+    local = _split(batch, workers)
+    shards = plan_shards(train_source, plan, workers)
+    opts = {"backend": backend, "threads": threads_per_worker, "seed": int(train.get("seed", 0)),
+            "exchange": exchange, "cpus_per_worker": cpus_per_worker}
+    ray, started = (None, False) if in_process else connect(address, workers, cpus_per_worker)
+    kind = "inprocess" if in_process else "ray"
+    log = progress or (lambda msg: None)
+    restarts, history, records = 0, [], []
+    bytes_up = bytes_down = updates_done = examples = 0
+    exchange_seconds = 0.0
+    t_start = time.perf_counter()
+    try:
+        runner = _start_workers(kind, ray, plan, state, shards, local, opts, fail_at, timeout)
+        total_rows = sum(runner.rows)
+        if total_rows == 0:
+            raise DataError("the training data has no rows")
+        per_epoch = max(1, math.ceil(total_rows / (batch * k)))
+        total_updates = epochs * per_epoch
+        from boltc.runtime.optim import lr_at
+        last_good = (int(state.step) // per_epoch, state)  # resume: a saved state continues its epoch
+        epoch = last_good[0]
+        while epoch < epochs:
+            try:
+                runner.call("start_epoch", [(epoch,)] * workers, timeout=timeout)
+                t0, loss_sum, n_sum, prev = time.perf_counter(), 0.0, 0, None
+                for index in range(per_epoch):
+                    update = epoch * per_epoch + index
+                    if max_updates is not None and update >= max_updates:
+                        break
+                    lr = lr_at(float(train["lr"]), train.get("schedule"), update, total_updates, per_epoch)
+                    shared = runner.share(prev)
+                    parts = runner.call("sync_step", [(shared, update, k, record)] * workers, timeout=timeout)
+                    tx = time.perf_counter()
+                    grads = combine([p[0] for p in parts], [p[1] for p in parts])
+                    labels = np.concatenate([p[3] for p in parts])
+                    up, down = sum(grads_nbytes(p[0]) + p[3].nbytes for p in parts), grads_nbytes(grads) + labels.nbytes
+                    bytes_up, bytes_down = bytes_up + up, bytes_down + workers * down
+                    exchange_seconds += time.perf_counter() - tx
+                    prev = (grads, lr, labels, epoch, index, per_epoch)
+                    n = sum(p[1] for p in parts)
+                    loss_sum, n_sum, updates_done, examples = loss_sum + sum(p[2] for p in parts), n_sum + n, updates_done + 1, examples + n
+                    if record:
+                        records.append([(p[4], p[5]) for p in parts])
+                if prev is not None:                         # the epoch's last update, then the epoch's state
+                    runner.call("finish", [(runner.share(prev),)] * workers, timeout=timeout)
+                new_state = runner.call("get_state", timeout=timeout)[0] if kind == "ray" else runner.workers[0].state
+            except _WorkerFailed as f:
+                where = f"worker {f.rank} {f.why} in epoch {epoch + 1}"
+                runner.shutdown()
+                if not f.lost:
+                    raise DistributedError(where) from None
+                if restarts >= max_restarts:
+                    raise DistributedError(f"{where}; gave up after {restarts} restart(s). Resume from the last "
+                                           f"checkpoint (epoch {last_good[0]}) with --resume") from None
+                restarts += 1
+                log(f"{where}: restarting all workers from epoch {last_good[0] + 1} (restart {restarts}/{max_restarts})")
+                epoch, state_to_load = last_good
+                runner = _start_workers(kind, ray, plan, state_to_load, shards, local, opts, None, timeout)
+                continue
+            seconds = time.perf_counter() - t0
+            entry = {"epoch": epoch + 1, "loss": loss_sum / max(1, n_sum), "examples_per_s": n_sum / max(seconds, 1e-9),
+                     "seconds": seconds}
+            if validation is not None:
+                entry["validation"] = _evaluate(plan, new_state, validation, backend, threads_per_worker)
+            history.append(entry)
+            log(f"epoch {epoch + 1}/{epochs}: loss {entry['loss']:.4f}, {entry['examples_per_s']:.0f} examples/s"
+                + (f", {entry['validation']}" if "validation" in entry else ""))
+            if checkpoint is not None:
+                checkpoint(new_state, epoch + 1, history)
+            last_good = (epoch + 1, _snapshot(new_state) if kind == "inprocess" else new_state)
+            epoch += 1
+            if max_updates is not None and updates_done >= max_updates:
+                break
+        final = last_good[1]
+    finally:
+        try:
+            runner.shutdown()
+        except NameError:
+            pass
+        if started:
+            ray.shutdown()
+    wall = time.perf_counter() - t_start
+    stats = {"workers": workers, "exchange": exchange, "exchange_every": k, "updates": updates_done,
+             "examples": examples, "restarts": restarts, "bytes_to_driver": bytes_up,
+             "bytes_from_driver": bytes_down,
+             "bytes_per_update_per_worker": (bytes_up + bytes_down) / max(1, updates_done) / workers,
+             "combine_seconds": exchange_seconds, "seconds": wall}
+    return DistributedResult(state=final, history=history, stats=stats, records=records)
+
+
+def _snapshot(state):
+    return copy.deepcopy(state)

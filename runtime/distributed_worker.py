@@ -1,0 +1,245 @@
+"""One data-parallel worker: a full model replica that trains on its own shard of the data.
+
+Plain Python (no Ray here): `runtime/distributed.py` runs it either in-process (tests, debugging) or as
+a Ray actor. Every replica holds identical weights, optimizer state and LSH tables at the start of every
+step, because every replica applies the same combined gradient with the same optimizer and rebuilds its
+hash tables at the same global steps with the same seeds. That is what keeps active sets consistent
+without shipping tables around.
+
+A step is split in two so the driver can combine gradients in between:
+    grads, n, loss_sum = worker.compute(step)      # forward + backward on the local batch, no update
+    worker.apply(combined, lr)                     # identical optimizer update on every replica
+The executor provides both halves when it has `gradients(batch, active)` / `apply_gradients(grads, lr)`;
+otherwise `GradientProbe` recovers the gradient from the contract's `train_step` (see its docstring) and
+runtime/optim.py's lazy Adam / SGD is applied to the touched rows.
+
+`label_count` (the output layer's count of how often each neuron was a label; not trained) is not a
+gradient: workers send the label ids of their batch and every replica adds the whole global batch's.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+
+from boltc.runtime.dataset import Batch, Dataset
+from boltc.runtime.distributed_exchange import Key, RowGrad
+from boltc.runtime import optim
+
+
+NOT_TRAINED = ("label_count",)
+PROBE_LR = float(2 ** 16)
+
+
+def param_shapes(state) -> dict[Key, tuple[int, ...]]:
+    return {(layer, name): arr.shape for layer, ts in state.params.items() for name, arr in ts.items()
+            if name not in NOT_TRAINED}
+
+
+def to_param_grads(grads: dict[Key, RowGrad]) -> dict:
+    """RowGrads -> the optimizer's `{layer: {tensor: ParamGrad(rows, None, values)}}`."""
+    from boltc.runtime.numpy_rules import ParamGrad
+    out: dict = {}
+    for (layer, name), g in grads.items():
+        out.setdefault(layer, {})[name] = ParamGrad(g.rows, None, g.values)
+    return out
+
+
+def to_rowgrads(grads, shapes: dict[Key, tuple[int, ...]]) -> dict[Key, RowGrad]:
+    """Normalise an executor's gradient dict ({layer: {tensor: ParamGrad | ndarray | RowGrad}}) to RowGrads.
+
+    A ParamGrad block with a column subset (rows x cols) is widened to full rows: merging blocks whose
+    column sets differ between workers is not worth the bookkeeping, and full rows are what lazy Adam
+    updates anyway.
+    """
+    out: dict[Key, RowGrad] = {}
+    for layer, ts in grads.items():
+        for name, g in ts.items():
+            shape = shapes[(layer, name)]
+            if isinstance(g, RowGrad):
+                out[(layer, name)] = g
+            elif isinstance(g, np.ndarray):
+                out[(layer, name)] = RowGrad(None, np.ascontiguousarray(g, np.float32))
+            else:                                       # ParamGrad(rows, cols, value)
+                rows, cols, val = g.rows, getattr(g, "cols", None), np.asarray(g.value, np.float32)
+                if cols is not None:
+                    width = shape[1]
+                    full = np.zeros((val.shape[0], width), np.float32)
+                    full[:, cols] = val
+                    val = full
+                if rows is None:
+                    out[(layer, name)] = RowGrad(None, np.ascontiguousarray(val.reshape(shape)))
+                else:
+                    out[(layer, name)] = RowGrad(np.asarray(rows, np.int32), np.ascontiguousarray(val))
+    return out
+
+
+class GradientProbe:
+    """The gradient of one batch from an executor that only has the contract's `train_step`.
+
+    A second executor shares nothing with the real one: it runs on a scratch copy of the touched rows
+    with plain SGD at lr = 2**16 and momentum 0, so `(W_before - W_after) / 2**16` is the gradient. The
+    large power-of-two step makes the update dominate W, so rounding costs about one float32 ulp of the
+    gradient itself (at lr = 1 a gradient below ulp(W) ~ 1e-9 would vanish, and Adam, which normalises
+    by |g|, would turn that rounding into a visible weight change). Touched rows are known without scanning: the batch's
+    feature ids for an `in_major` layer over a sparse input, the active ids for a sparse `out_major`
+    layer (chosen here with `state.lsh` and passed as `active=`, so the same sets are used), all rows
+    otherwise. Costs one extra forward pass per step; executors with `gradients()` skip all of this.
+    """
+
+    def __init__(self, plan: dict, state, make_executor):
+        self.plan = plan
+        sgd = copy.deepcopy(plan)
+        sgd["train"] = {**sgd["train"], "optimizer": "sgd", "momentum": 0.0}
+        # scratch replica: weights only (plain SGD reads no moments; active sets always come from outside)
+        self.state = type(state)(params=copy.deepcopy(state.params), m={}, v={}, step=state.step, lsh={})
+        self.ex = make_executor(sgd, self.state)
+        self.shapes = param_shapes(state)
+        self.layers = {l["name"]: l for l in plan["layers"]}
+
+    def touched(self, batch: Batch, active: dict) -> dict[Key, np.ndarray | None]:
+        rows: dict[Key, np.ndarray | None] = {}
+        for (layer, name), shape in self.shapes.items():      # label_count is left out of shapes
+            spec = self.layers[layer]
+            r = None
+            if spec.get("op") in ("fc", "embedding") and spec.get("layout") == "in_major" and spec.get("input_sparse") \
+                    and name == "W":
+                x = batch.inputs[spec["inputs"][0]]
+                r = np.unique(x.indices).astype(np.int32)
+            elif spec.get("op") == "fc" and spec.get("hash") and layer in active and len(shape) >= 1 \
+                    and (name == "b" or spec.get("layout") == "out_major"):
+                r = np.unique(active[layer]).astype(np.int32)
+            rows[(layer, name)] = r
+        return rows
+
+    def gradients(self, state, batch: Batch, active: dict):
+        touched = self.touched(batch, active)
+        for (layer, name), r in touched.items():        # bring the scratch replica to the live weights
+            src, dst = state.params[layer][name], self.state.params[layer][name]
+            if r is None:
+                dst[...] = src
+            else:
+                dst[r] = src[r]
+        before = {k: (self.state.params[k[0]][k[1]].copy() if r is None else self.state.params[k[0]][k[1]][r].copy())
+                  for k, r in touched.items()}
+        self.state.step = state.step
+        losses = self.ex.train_step(batch, PROBE_LR, active=active or None)
+        out = {}
+        for k, r in touched.items():
+            after = self.state.params[k[0]][k[1]] if r is None else self.state.params[k[0]][k[1]][r]
+            out[k] = RowGrad(r, ((before[k] - after) * np.float32(1.0 / PROBE_LR)).astype(np.float32))
+        return np.asarray(losses, np.float32), out
+
+
+class Worker:
+    """A replica + a shard. `make_executor(plan, state)` builds the single-machine executor."""
+
+    def __init__(self, plan: dict, state, shard: Dataset, rank: int, world: int, local_batch: int,
+                 make_executor, seed: int = 0):
+        self.plan, self.state, self.data = plan, state, shard
+        self.rank, self.world, self.local_batch = rank, world, int(local_batch)
+        self.ex = make_executor(plan, state)
+        self.shapes = param_shapes(state)
+        self.native_grads = hasattr(self.ex, "gradients") and hasattr(self.ex, "apply_gradients")
+        self.probe = None if self.native_grads else GradientProbe(plan, state, make_executor)
+        self.seed = seed
+        self.optimizer = optim.make_optimizer(plan["train"])
+        self.output = next((l for l in plan["layers"] if l["name"] == plan.get("output")), None)
+        self.start_epoch(0)
+        self.last_rows = np.zeros(0, np.int64)
+        self.last_active: dict = {}
+        self.compute_seconds = 0.0
+
+    # ------------------------------------------------------------------ data
+    def start_epoch(self, epoch: int) -> None:
+        """Reseed from (seed, rank, epoch) so a run resumed at an epoch boundary replays the same batches."""
+        self.epoch = int(epoch)
+        self.rng = np.random.default_rng([self.seed, 7919, self.rank, self.epoch])
+        self._order, self._pos, self._local_epoch = np.zeros(0, np.int64), 0, -1
+
+    def _next_rows(self) -> np.ndarray:
+        """The next `local_batch` rows of a shuffled pass over the shard (passes run back to back)."""
+        take = []
+        need = self.local_batch
+        while need > 0:
+            if self._pos >= self._order.size:
+                self._local_epoch += 1
+                order_rng = np.random.default_rng([self.seed, 104729, self.rank, self.epoch, self._local_epoch])
+                self._order, self._pos = order_rng.permutation(self.data.rows).astype(np.int64), 0
+                if self._order.size == 0:
+                    break
+            chunk = self._order[self._pos:self._pos + need]
+            self._pos += chunk.size
+            need -= chunk.size
+            take.append(chunk)
+        return np.concatenate(take) if take else np.zeros(0, np.int64)
+
+    # ------------------------------------------------------------------ one step
+    def select_active(self, batch: Batch) -> dict:
+        """Active sets of every sparse layer whose input is a model input (others left to the executor)."""
+        active = {}
+        lsh = getattr(self.state, "lsh", {}) or {}
+        for layer in self.plan["layers"]:
+            if layer.get("op") != "fc" or not layer.get("hash") or layer["name"] not in lsh:
+                continue
+            if layer["inputs"][0] in batch.inputs:
+                x = batch.inputs[layer["inputs"][0]]
+            else:
+                vals = self.ex.forward(batch, mode="train", active=active or None)
+                x = vals[layer["inputs"][0]]
+            x = x.toarray() if hasattr(x, "toarray") else x
+            labels = batch.labels if layer["name"] == self.plan.get("output") else None
+            active[layer["name"]] = lsh[layer["name"]].select(np.asarray(x, np.float32), labels,
+                                                               int(layer["active"]), self.rng)
+        return active
+
+    def compute(self, step: int, record: bool = False):
+        """Forward + backward on the next local batch: (row-sparse grads, examples, loss sum[, rows, active])."""
+        t0 = time.perf_counter()
+        rows = self._next_rows()
+        batch = self.data.take(rows)
+        if self.native_grads:
+            losses, grads = self.ex.gradients(batch, active=None)
+            grads = to_rowgrads(grads, self.shapes)
+            active = dict(getattr(self.ex, "last_active", {}) or {})
+        else:
+            active = self.select_active(batch)
+            losses, grads = self.probe.gradients(self.state, batch, active)
+        grads = {k: g for k, g in grads.items() if k[1] not in NOT_TRAINED}
+        labels = np.zeros(0, np.int32)
+        if self.output is not None and "label_count" in self.state.params.get(self.output["name"], {}):
+            labels = batch.labels.indices.astype(np.int32)
+        self.last_rows, self.last_active = rows, active
+        self.compute_seconds += time.perf_counter() - t0
+        out = (grads, int(rows.size), float(np.sum(losses)), labels)
+        return out + ((rows, active) if record else ())
+
+    def apply(self, grads: dict[Key, RowGrad], lr: float, labels: np.ndarray | None = None) -> None:
+        """The same update on every replica: optimizer on the combined gradient, label counts of the batch."""
+        if self.native_grads:
+            self.ex.apply_gradients(to_param_grads(grads), lr)
+        else:
+            self.state.step += 1                 # optim's Adam expects the step to count this update
+            self.optimizer.apply(self.state, to_param_grads(grads), lr)
+        if labels is not None and labels.size:
+            np.add.at(self.state.params[self.output["name"]]["label_count"], labels, 1.0)
+
+    # ------------------------------------------------------------------ hash tables
+    def after_update(self, epoch: int, index: int, updates_per_epoch: int) -> None:
+        """The single-machine trainer's LSH upkeep (executor.after_step), counted in global updates: every
+        replica rebuilds the same weights with the same seeds at the same step, so tables stay equal.
+
+        Known gap: once tables freeze, the executor inserts labels a lookup missed (BOLT's insert_missed);
+        each replica sees different labels, so frozen tables can drift apart slightly. Only which neurons
+        are sampled differs; the exchanged gradients stay exact for the sets each replica chose.
+        """
+        if hasattr(self.ex, "after_step"):
+            self.ex.after_step(epoch, index, updates_per_epoch)
+
+    # ------------------------------------------------------------------ state
+    def get_state(self):
+        return self.state
+
+    def ping(self) -> int:
+        return self.rank
