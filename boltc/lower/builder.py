@@ -166,6 +166,21 @@ class Kernel:
         b.position_at_end(end)
 
     @contextmanager
+    def while_(self, cond_fn, name: str = "w"):
+        """while (cond_fn()) { body } — cond_fn emits the test in the loop header."""
+        b = self.b
+        head = b.append_basic_block(f"{name}.head")
+        body = b.append_basic_block(f"{name}.body")
+        end = b.append_basic_block(f"{name}.end")
+        b.branch(head)
+        b.position_at_end(head)
+        b.cbranch(cond_fn(), body, end)
+        b.position_at_end(body)
+        yield
+        b.branch(head)
+        b.position_at_end(end)
+
+    @contextmanager
     def if_(self, cond):
         with self.b.if_then(cond):
             yield

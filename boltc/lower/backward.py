@@ -1,0 +1,196 @@
+"""Backward kernels of `fc`, fused with the optimizer update of the rows they touch.
+
+Gradient accumulation across threads (DESIGN.md section 3, the race-free variant): after the forward
+pass the batch's active sets are inverted (neuron -> the flat positions (b, k) where it is active, in
+increasing order; `invert` below). Weight-gradient work is then split by ranges of *unique neurons*:
+each thread owns its rows, sums their gradient in a fixed order into a per-thread scratch row, and
+applies lazy Adam / SGD to that row at once. No races, no per-thread copy of a 670k-row gradient,
+no gradient buffer at all, and results that do not depend on the thread count.
+"""
+from __future__ import annotations
+
+from boltc.lower.builder import F32, I32, I64, Kernel, KernelModule
+
+# hyper-parameter array layout (float32), filled by the runtime each step
+HYPER = ("lr", "beta1", "beta2", "eps", "bc1", "bc2", "momentum")
+
+
+def act_grad(k: Kernel, act_out, dh, activation: str):
+    """d(pre-activation) from d(post-activation) dh and the post-activation value act_out."""
+    if activation in ("linear", None):
+        return dh
+    if activation == "relu":
+        return k.select(k.fcmp(">", act_out, k.f32(0.0)), dh, k.f32(0.0))
+    if activation == "sigmoid":
+        return k.b.fmul(dh, k.b.fmul(act_out, k.b.fsub(k.f32(1.0), act_out)))
+    if activation == "tanh":
+        return k.b.fmul(dh, k.b.fsub(k.f32(1.0), k.b.fmul(act_out, act_out)))
+    raise ValueError(f"no backward lowering for activation {activation!r}")
+
+
+def input_grad(km: KernelModule, name: str, in_dim: int, k_active: int, gather: bool,
+               in_activation: str) -> None:
+    """dx[b, :] = act'(x[b, :]) * sum_k grad[b, k] * W[n, :],  n = ids[b, k] or k (out-major W).
+
+    Split by examples: every thread owns its rows of dx, so the result is thread-count independent."""
+    k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("grad", "ptr"), ("ids", "ptr"), ("W", "ptr"),
+                         ("x", "ptr"), ("dx", "ptr")])
+    a = k.arg
+    IN, K = k.i64(in_dim), k.i64(k_active)
+    with k.loop(a["b0"], a["b1"], "b") as b:
+        xb = k.mul(b, IN)
+        gb = k.mul(b, K)
+        with k.loop(0, in_dim, "j0") as j:
+            k.st(a["dx"], k.add(xb, j), k.f32(0.0))
+        with k.loop(0, k_active, "k") as kk:
+            g = k.ld(a["grad"], k.add(gb, kk))
+            n = k.ld_i32_as_i64(a["ids"], k.add(gb, kk)) if gather else kk
+            wb = k.mul(n, IN)
+            with k.loop(0, in_dim, "j") as j:
+                o = k.add(xb, j)
+                k.st(a["dx"], o, k.fadd(k.ld(a["dx"], o), k.fmul(g, k.ld(a["W"], k.add(wb, j)))))
+        if in_activation not in ("linear", None):
+            with k.loop(0, in_dim, "j2") as j:
+                o = k.add(xb, j)
+                k.st(a["dx"], o, act_grad(k, k.ld(a["x"], o), k.ld(a["dx"], o), in_activation))
+    k.ret()
+
+
+def invert(km: KernelModule, name: str, dim: int) -> None:
+    """Counting sort of n neuron ids (int32) into segments: serial (it is a few ms at 670k).
+
+    Outputs: uniq[u] (first-seen order), seg[u]..seg[u+1] the positions in pos, pos = flat positions
+    in increasing order within each neuron, nuniq[0] = number of unique ids.
+    counts (dim int32) must be zero on entry and is zero again on exit; offs is dim int64 scratch."""
+    k = km.kernel(name, [("ids", "ptr"), ("n", "i64"), ("counts", "ptr"), ("offs", "ptr"),
+                         ("uniq", "ptr"), ("seg", "ptr"), ("pos", "ptr"), ("nuniq", "ptr")])
+    a = k.arg
+    nu = k.var(I64, k.i64(0))
+    zero32 = k.b.trunc(k.i64(0), I32)
+    with k.loop(0, a["n"], "p") as p:
+        n = k.ld_i32_as_i64(a["ids"], p)
+        c = k.ld(a["counts"], n, I32)
+        with k.if_(k.b.icmp_signed("==", c, zero32)):
+            k.st(a["uniq"], k.get(nu), k.b.trunc(n, I32))
+            k.set(nu, k.add(k.get(nu), k.i64(1)))
+        k.st(a["counts"], n, k.b.add(c, k.b.trunc(k.i64(1), I32)))
+    run = k.var(I64, k.i64(0))
+    with k.loop(0, k.get(nu), "u") as u:
+        n = k.ld_i32_as_i64(a["uniq"], u)
+        k.st(a["seg"], u, k.get(run))
+        k.st(a["offs"], n, k.get(run))
+        k.set(run, k.add(k.get(run), k.b.sext(k.ld(a["counts"], n, I32), I64)))
+        k.st(a["counts"], n, zero32)
+    k.st(a["seg"], k.get(nu), k.get(run))
+    with k.loop(0, a["n"], "p2") as p:
+        n = k.ld_i32_as_i64(a["ids"], p)
+        o = k.ld(a["offs"], n, I64)
+        k.st(a["pos"], o, k.b.trunc(p, I32))
+        k.st(a["offs"], n, k.add(o, k.i64(1)))
+    k.st(a["nuniq"], k.i64(0), k.get(nu))
+    k.ret()
+
+
+def _hyper(k: Kernel):
+    return {h: k.ld(k.arg["hyper"], k.i64(i)) for i, h in enumerate(HYPER)}
+
+
+def _update(k: Kernel, hp, optimizer: str, param, m, v, idx, g) -> None:
+    """One element of lazy Adam / SGD (the formulas of runtime/optim in the interpreter)."""
+    w = k.ld(param, idx)
+    if optimizer == "adam":
+        mn = k.b.fadd(k.b.fmul(hp["beta1"], k.ld(m, idx)), k.b.fmul(k.b.fsub(k.f32(1.0), hp["beta1"]), g))
+        vn = k.b.fadd(k.b.fmul(hp["beta2"], k.ld(v, idx)),
+                      k.b.fmul(k.b.fsub(k.f32(1.0), hp["beta2"]), k.b.fmul(g, g)))
+        k.st(m, idx, mn)
+        k.st(v, idx, vn)
+        mhat = k.b.fdiv(mn, hp["bc1"])
+        vhat = k.b.fdiv(vn, hp["bc2"])
+        step = k.b.fdiv(k.b.fmul(hp["lr"], mhat), k.b.fadd(k.sqrt(vhat), hp["eps"]))
+        k.st(param, idx, k.b.fsub(w, step))
+    elif optimizer == "sgd":
+        mn = k.b.fadd(k.b.fmul(hp["momentum"], k.ld(m, idx)), g)
+        k.st(m, idx, mn)
+        k.st(param, idx, k.b.fsub(w, k.b.fmul(hp["lr"], mn)))
+    else:
+        raise ValueError(f"no lowering for optimizer {optimizer!r}")
+
+
+def rows_update_out_major(km: KernelModule, name: str, in_dim: int, k_active: int, gather: bool,
+                          bias: bool, optimizer: str) -> None:
+    """For unique neurons u in [u0, u1): g = sum_{p in seg(u)} grad[p] * x[p // K, :]; update W[n, :]
+    (and bias[n] with sum grad[p]). gather=False: dense layer, neuron u = u, positions b*K + u."""
+    k = km.kernel(name, [("u0", "i64"), ("u1", "i64"), ("uniq", "ptr"), ("seg", "ptr"), ("pos", "ptr"),
+                         ("nrows", "i64"), ("grad", "ptr"), ("x", "ptr"), ("W", "ptr"), ("bias", "ptr"),
+                         ("mW", "ptr"), ("vW", "ptr"), ("mb", "ptr"), ("vb", "ptr"), ("hyper", "ptr"),
+                         ("scratch", "ptr")])
+    a = k.arg
+    IN, K = k.i64(in_dim), k.i64(k_active)
+    hp = _hyper(k)
+    with k.loop(a["u0"], a["u1"], "u") as u:
+        with k.loop(0, in_dim, "j0") as j:
+            k.st(a["scratch"], j, k.f32(0.0))
+        gb = k.var(F32, k.f32(0.0))
+
+        def accumulate(p, b):
+            g = k.ld(a["grad"], p)
+            k.set(gb, k.b.fadd(k.get(gb), g))
+            xb = k.mul(b, IN)
+            with k.loop(0, in_dim, "j") as j:
+                k.st(a["scratch"], j, k.fadd(k.ld(a["scratch"], j), k.fmul(g, k.ld(a["x"], k.add(xb, j)))))
+
+        if gather:
+            n = k.ld_i32_as_i64(a["uniq"], u)
+            s0 = k.ld(a["seg"], u, I64)
+            s1 = k.ld(a["seg"], k.add(u, k.i64(1)), I64)
+            with k.loop(s0, s1, "s") as s:
+                p = k.ld_i32_as_i64(a["pos"], s)
+                accumulate(p, k.b.sdiv(p, K))
+        else:
+            n = u
+            with k.loop(0, a["nrows"], "bb") as b:
+                accumulate(k.add(k.mul(b, K), u), b)
+        wb = k.mul(n, IN)
+        with k.loop(0, in_dim, "j2") as j:
+            _update(k, hp, optimizer, a["W"], a["mW"], a["vW"], k.add(wb, j), k.ld(a["scratch"], j))
+        if bias:
+            _update(k, hp, optimizer, a["bias"], a["mb"], a["vb"], n, k.get(gb))
+    k.ret()
+
+
+def rows_update_in_major(km: KernelModule, name: str, dim: int, optimizer: str) -> None:
+    """Sparse-input layer, W in-major (in_dim, dim): for unique features u in [u0, u1):
+    g = sum_{p in seg(u)} values[p] * dz[prow[p], :]; update W[f, :]. (Dense bias: `dense_update`.)"""
+    k = km.kernel(name, [("u0", "i64"), ("u1", "i64"), ("uniq", "ptr"), ("seg", "ptr"), ("pos", "ptr"),
+                         ("prow", "ptr"), ("values", "ptr"), ("dz", "ptr"), ("W", "ptr"), ("mW", "ptr"),
+                         ("vW", "ptr"), ("hyper", "ptr"), ("scratch", "ptr")])
+    a = k.arg
+    D = k.i64(dim)
+    hp = _hyper(k)
+    with k.loop(a["u0"], a["u1"], "u") as u:
+        with k.loop(0, dim, "j0") as j:
+            k.st(a["scratch"], j, k.f32(0.0))
+        f = k.ld_i32_as_i64(a["uniq"], u)
+        s0 = k.ld(a["seg"], u, I64)
+        s1 = k.ld(a["seg"], k.add(u, k.i64(1)), I64)
+        with k.loop(s0, s1, "s") as s:
+            p = k.ld_i32_as_i64(a["pos"], s)
+            val = k.ld(a["values"], p)
+            zb = k.mul(k.ld_i32_as_i64(a["prow"], p), D)
+            with k.loop(0, dim, "j") as j:
+                k.st(a["scratch"], j, k.fadd(k.ld(a["scratch"], j), k.fmul(val, k.ld(a["dz"], k.add(zb, j)))))
+        wb = k.mul(f, D)
+        with k.loop(0, dim, "j2") as j:
+            _update(k, hp, optimizer, a["W"], a["mW"], a["vW"], k.add(wb, j), k.ld(a["scratch"], j))
+    k.ret()
+
+
+def dense_update(km: KernelModule, name: str, optimizer: str) -> None:
+    """param[i] updated with grad[i] for i in [i0, i1) (biases of dense layers: every entry touched)."""
+    k = km.kernel(name, [("i0", "i64"), ("i1", "i64"), ("param", "ptr"), ("grad", "ptr"), ("m", "ptr"),
+                         ("v", "ptr"), ("hyper", "ptr")])
+    a = k.arg
+    hp = _hyper(k)
+    with k.loop(a["i0"], a["i1"], "i") as i:
+        _update(k, hp, optimizer, a["param"], a["m"], a["v"], i, k.ld(a["grad"], i))
+    k.ret()

@@ -1,0 +1,175 @@
+"""Integer kernels: DWTA hashing, bucket lookup into exactly K de-duplicated active ids, top-k.
+
+They reproduce runtime/lsh.py (the spec): the same hash codes bit for bit (DWTA) and the same active
+sets up to the random fill (labels first, then bucket contents in table order, de-duplicated; the fill
+uses a per-example splitmix64 stream instead of numpy's generator).
+"""
+from __future__ import annotations
+
+from boltc.lower.builder import F32, I32, I64, Kernel, KernelModule
+
+PROBES = 10          # == runtime/lsh.py _PROBES
+
+
+def lower_hash(km: KernelModule, layer: dict, h: dict) -> dict:
+    name = layer["name"]
+    out = {"lookup": f"{name}__lookup"}
+    lookup(km, out["lookup"], layer["dim"], layer["active"])
+    if h["family"] == "dwta":
+        out["hash"] = f"{name}__hash"
+        dwta_hash(km, out["hash"], layer["in_dim"], h["tables"], h["hashes"], h["range_bits"],
+                  h.get("bin_size", 8))
+    return out
+
+
+def dwta_hash(km: KernelModule, name: str, in_dim: int, tables: int, hashes: int, range_bits: int,
+              bin_size: int) -> None:
+    """buckets[b, t] for rows x[b, :] (dense, in_dim wide), b in [b0, b1).
+
+    idx (n_hashes, bin_size) int32 and probe (PROBES, n_hashes) int32 come from the LSHIndex (they change
+    on every rehash, so they are arguments, not constants). scratch: 4 * n_hashes int32 per thread."""
+    n_h = tables * hashes
+    bits = bin_size.bit_length() - 1
+    k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("x", "ptr"), ("idx", "ptr"), ("probe", "ptr"),
+                         ("buckets", "ptr"), ("scratch", "ptr")])
+    a = k.arg
+    zero32 = k.b.trunc(k.i64(0), I32)
+    one32 = k.b.trunc(k.i64(1), I32)
+    code, empty = a["scratch"], k.addr(a["scratch"], k.i64(n_h), I32)
+    code2, empty2 = k.addr(a["scratch"], k.i64(2 * n_h), I32), k.addr(a["scratch"], k.i64(3 * n_h), I32)
+    with k.loop(a["b0"], a["b1"], "b") as b:
+        xb = k.mul(b, k.i64(in_dim))
+        with k.loop(0, n_h, "h") as hh:
+            best = k.var(F32, k.ld(a["x"], k.add(xb, k.ld_i32_as_i64(a["idx"], k.mul(hh, k.i64(bin_size))))))
+            arg = k.var(I32, zero32)
+            nz = k.var(I32, zero32)
+            with k.loop(0, bin_size, "w") as w:
+                v = k.ld(a["x"], k.add(xb, k.ld_i32_as_i64(a["idx"], k.add(k.mul(hh, k.i64(bin_size)), w))))
+                # numpy argmax: the first maximum wins, so only a strictly larger value moves it
+                gt = k.fcmp(">", v, k.get(best))
+                k.set(arg, k.select(gt, k.b.trunc(w, I32), k.get(arg)))
+                k.set(best, k.select(gt, v, k.get(best)))
+                k.set(nz, k.b.or_(k.get(nz), k.b.zext(k.b.fcmp_unordered("!=", v, k.f32(0.0)), I32)))
+            k.st(code, hh, k.get(arg))
+            k.st(empty, hh, k.b.xor(k.get(nz), one32))
+        # densification: an empty hash borrows the code of probe[t][h] if that one was non-empty at the
+        # start of round t (the vectorised spec updates all hashes of a round at once: double buffer)
+        with k.loop(0, PROBES, "t") as t:
+            with k.loop(0, n_h, "h2") as hh:
+                k.st(code2, hh, k.ld(code, hh, I32))
+                k.st(empty2, hh, k.ld(empty, hh, I32))
+            with k.loop(0, n_h, "h3") as hh:
+                e = k.ld(empty2, hh, I32)
+                with k.if_(k.b.icmp_signed("!=", e, zero32)):
+                    src = k.ld_i32_as_i64(a["probe"], k.add(k.mul(t, k.i64(n_h)), hh))
+                    with k.if_(k.b.icmp_signed("==", k.ld(empty2, src, I32), zero32)):
+                        k.st(code, hh, k.ld(code2, src, I32))
+                        k.st(empty, hh, zero32)
+        with k.loop(0, tables, "tb") as tb:
+            acc = k.var(I64, k.i64(0))
+            with k.loop(0, hashes, "j") as j:
+                hh = k.add(k.mul(tb, k.i64(hashes)), j)
+                c = k.b.sext(k.ld(code, hh, I32), I64)
+                c = k.select(k.b.icmp_signed("!=", k.ld(empty, hh, I32), zero32), k.i64(0), c)
+                k.set(acc, k.add(k.get(acc), k.b.shl(c, k.mul(j, k.i64(bits)))))
+            bucket = k.b.and_(k.get(acc), k.i64((1 << range_bits) - 1))
+            k.st(a["buckets"], k.add(k.mul(b, k.i64(tables)), tb), k.b.trunc(bucket, I32))
+    k.ret()
+
+
+def _splitmix(k: Kernel, state_slot):
+    """Advance a splitmix64 state (an i64 slot) and return the next 64-bit output."""
+    s = k.b.add(k.get(state_slot), k.i64(0x9E3779B97F4A7C15 - (1 << 64)))
+    k.set(state_slot, s)
+    z = k.b.mul(k.b.xor(s, k.b.lshr(s, k.i64(30))), k.i64(0xBF58476D1CE4E5B9 - (1 << 64)))
+    z = k.b.mul(k.b.xor(z, k.b.lshr(z, k.i64(27))), k.i64(0x94D049BB133111EB - (1 << 64)))
+    return k.b.xor(z, k.b.lshr(z, k.i64(31)))
+
+
+def lookup(km: KernelModule, name: str, dim: int, k_active: int) -> None:
+    """out[b, :K] = labels of b, then tables[t, buckets[b, t], r] for t, r in order, de-duplicated,
+    then random ids, for b in [b0, b1). `marks` is a per-thread int32 scratch of `dim` entries holding
+    stamps: an id is taken in row b iff marks[id] == stamp0 + b (no clearing between examples; the
+    caller advances stamp0 by the batch size and zeroes marks before the int32 stamps wrap).
+    has_labels = 0 skips the labels (inference). The random fill draws from splitmix64(seed, b)."""
+    k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("buckets", "ptr"), ("tables", "ptr"),
+                         ("ntables", "i64"), ("nbuckets", "i64"), ("reservoir", "i64"),
+                         ("lab_indptr", "ptr"), ("lab_indices", "ptr"), ("has_labels", "i64"),
+                         ("seed", "i64"), ("stamp0", "i64"), ("out", "ptr"), ("marks", "ptr")])
+    a = k.arg
+    K = k.i64(k_active)
+    L, NB, R = a["ntables"], a["nbuckets"], a["reservoir"]
+    with k.loop(a["b0"], a["b1"], "b") as b:
+        stamp = k.b.trunc(k.add(a["stamp0"], b), I32)
+        ob = k.mul(b, K)
+        cnt = k.var(I64, k.i64(0))
+
+        def offer(n64):
+            with k.if_(k.icmp("<", k.get(cnt), K)):
+                with k.if_(k.b.icmp_signed("!=", k.ld(a["marks"], n64, I32), stamp)):
+                    k.st(a["marks"], n64, stamp)
+                    k.st(a["out"], k.add(ob, k.get(cnt)), k.b.trunc(n64, I32))
+                    k.set(cnt, k.add(k.get(cnt), k.i64(1)))
+
+        with k.if_(k.icmp("!=", a["has_labels"], k.i64(0))):
+            l0 = k.ld(a["lab_indptr"], b, I64)
+            l1 = k.ld(a["lab_indptr"], k.add(b, k.i64(1)), I64)
+            with k.loop(l0, l1, "l") as li:
+                offer(k.ld_i32_as_i64(a["lab_indices"], li))
+        with k.loop(0, L, "t") as t:
+            bucket = k.ld_i32_as_i64(a["buckets"], k.add(k.mul(b, L), t))
+            base = k.mul(k.add(k.mul(t, NB), bucket), R)
+            with k.loop(0, R, "r") as r:
+                n = k.ld_i32_as_i64(a["tables"], k.add(base, r))
+                with k.if_(k.icmp(">=", n, k.i64(0))):
+                    offer(n)
+        rng = k.var(I64, k.b.xor(k.b.mul(a["seed"], k.i64(0x2545F4914F6CDD1D)), b))
+        with k.while_(lambda: k.icmp("<", k.get(cnt), K), "fill"):
+            offer(k.b.urem(_splitmix(k, rng), k.i64(dim)))
+    k.ret()
+
+
+def topk(km: KernelModule, name: str, k_in: int, gather: bool) -> None:
+    """The k_out best scores of each row, descending (ties: the earlier position first, as a stable
+    sort), for b in [b0, b1). n = ids[b, j] (gather) or j. With use_mask, neurons whose mask[n] == 0
+    are skipped (never-seen labels, see runtime/interp.py). Rows with fewer candidates get id -1."""
+    k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("scores", "ptr"), ("ids", "ptr"), ("mask", "ptr"),
+                         ("use_mask", "i64"), ("kout", "i64"), ("out_ids", "ptr"), ("out_scores", "ptr")])
+    a = k.arg
+    K, KO = k.i64(k_in), a["kout"]
+    with k.loop(a["b0"], a["b1"], "b") as b:
+        o = k.mul(b, KO)
+        sb = k.mul(b, K)
+        c = k.var(I64, k.i64(0))
+        with k.loop(0, k_in, "j") as j:
+            s = k.ld(a["scores"], k.add(sb, j))
+            n = k.ld_i32_as_i64(a["ids"], k.add(sb, j)) if gather else j
+            masked = k.b.and_(k.icmp("!=", a["use_mask"], k.i64(0)),
+                              k.b.fcmp_unordered("==", k.ld(a["mask"], k.select(
+                                  k.icmp("!=", a["use_mask"], k.i64(0)), n, k.i64(0))), k.f32(0.0)))
+            with k.if_(k.b.not_(masked)):
+                full = k.icmp(">=", k.get(c), KO)
+                last = k.select(full, k.b.sub(KO, k.i64(1)), k.i64(0))
+                better = k.fcmp(">", s, k.ld(a["out_scores"], k.add(o, last)))
+                with k.if_(k.b.or_(k.b.not_(full), better)):
+                    pos = k.var(I64, k.select(full, last, k.get(c)))
+                    k.set(c, k.select(full, k.get(c), k.add(k.get(c), k.i64(1))))
+
+                    def cond():
+                        p = k.get(pos)
+                        prev = k.select(k.icmp(">", p, k.i64(0)), k.b.sub(p, k.i64(1)), k.i64(0))
+                        lower = k.fcmp("<", k.ld(a["out_scores"], k.add(o, prev)), s)
+                        return k.b.and_(k.icmp(">", p, k.i64(0)), lower)
+
+                    with k.while_(cond, "ins"):
+                        p = k.get(pos)
+                        q = k.b.sub(p, k.i64(1))
+                        k.st(a["out_scores"], k.add(o, p), k.ld(a["out_scores"], k.add(o, q)))
+                        k.st(a["out_ids"], k.add(o, p), k.ld(a["out_ids"], k.add(o, q), I32))
+                        k.set(pos, q)
+                    k.st(a["out_scores"], k.add(o, k.get(pos)), s)
+                    k.st(a["out_ids"], k.add(o, k.get(pos)), k.b.trunc(n, I32))
+        with k.loop(k.get(c), KO, "pad") as j:
+            k.st(a["out_scores"], k.add(o, j), k.f32(float("-inf")))
+            k.st(a["out_ids"], k.add(o, j), k.b.trunc(k.i64(-1), I32))
+    k.ret()

@@ -1,0 +1,66 @@
+"""Small plans and batches for the native-backend tests (hand-written plans: no front end needed)."""
+import numpy as np
+import scipy.sparse as sp
+
+from boltc.runtime.dataset import Batch, as_csr
+
+
+def make_plan(in_dim=300, hidden=24, out_dim=500, active=None, hidden_act="relu", optimizer="adam",
+              family="dwta", extra_hidden=0, sparse_input=True, lr=1e-3, momentum=0.0):
+    active = out_dim if active is None else active
+    layers = [{"name": "hidden", "op": "fc", "inputs": ["features"], "in_dim": in_dim, "dim": hidden,
+               "activation": hidden_act, "bias": True, "input_sparse": sparse_input,
+               "layout": "in_major" if sparse_input else "out_major", "sparsity": 1.0, "active": hidden,
+               "hash": None}]
+    prev = "hidden"
+    for i in range(extra_hidden):
+        layers.append({"name": f"h{i}", "op": "fc", "inputs": [prev], "in_dim": hidden, "dim": hidden,
+                       "activation": "tanh", "bias": True, "input_sparse": False, "layout": "out_major",
+                       "sparsity": 1.0, "active": hidden, "hash": None})
+        prev = f"h{i}"
+    h = None
+    if active < out_dim:
+        h = ({"family": "dwta", "hashes": 2, "range_bits": 6, "tables": 8, "reservoir": 16, "bin_size": 8,
+              "rehash_every": 0.25, "rebuild_every": 0.05, "freeze_after": 1} if family == "dwta" else
+             {"family": "srp", "hashes": 6, "range_bits": 6, "tables": 8, "reservoir": 16,
+              "rehash_every": 0.25, "rebuild_every": 0.05, "freeze_after": 1})
+    layers.append({"name": "scores", "op": "fc", "inputs": [prev], "in_dim": hidden, "dim": out_dim,
+                   "activation": "softmax", "bias": True, "input_sparse": False, "layout": "out_major",
+                   "sparsity": active / out_dim, "active": active, "hash": h})
+    return {"format": 1, "model": "t",
+            "inputs": [{"name": "features", "kind": "sparse" if sparse_input else "dense", "dim": in_dim}],
+            "target": {"name": "labels", "kind": "multi", "classes": out_dim, "column": None},
+            "layers": layers, "output": "scores", "loss": "cross_entropy", "metrics": ["precision@1"],
+            "train": {"optimizer": optimizer, "lr": lr, "beta1": 0.9, "beta2": 0.999, "eps": 1e-7,
+                      "momentum": momentum, "batch": 16, "epochs": 1, "schedule": {"kind": "constant"},
+                      "sampler": {"kind": "uniform"}, "threads": 0, "seed": 3, "checkpoint_every": 1,
+                      "inference": "dense"},
+            "data": {}, "memory": {}}
+
+
+def make_batch(rng, B, in_dim, out_dim, nnz=12, max_labels=3, sparse_input=True):
+    if sparse_input:
+        rows = []
+        for _ in range(B):
+            cols = rng.choice(in_dim, size=rng.integers(1, nnz + 1), replace=False)
+            rows.append((cols, rng.random(cols.size).astype(np.float32) + 0.1))
+        indptr = np.cumsum([0] + [len(c) for c, _ in rows])
+        x = as_csr(sp.csr_matrix((np.concatenate([v for _, v in rows]), np.concatenate([c for c, _ in rows]),
+                                  indptr), shape=(B, in_dim)))
+    else:
+        x = rng.standard_normal((B, in_dim)).astype(np.float32)
+    lab_rows = [np.sort(rng.choice(out_dim, size=rng.integers(1, max_labels + 1), replace=False)) for _ in range(B)]
+    lindptr = np.cumsum([0] + [len(r) for r in lab_rows])
+    labels = as_csr(sp.csr_matrix((np.ones(lindptr[-1], np.float32), np.concatenate(lab_rows), lindptr),
+                                  shape=(B, out_dim)))
+    return Batch(inputs={"features": x}, labels=labels)
+
+
+def random_active(rng, labels, B, out_dim, k):
+    """Per row: the labels first, then distinct random ids, exactly k (the selection contract)."""
+    out = np.empty((B, k), np.int32)
+    for b in range(B):
+        lab = labels.indices[labels.indptr[b]:labels.indptr[b + 1]][:k]
+        rest = rng.permutation(np.setdiff1d(np.arange(out_dim), lab))[:k - len(lab)]
+        out[b] = np.r_[lab, rest]
+    return out
