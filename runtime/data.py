@@ -63,7 +63,11 @@ def load_dataset(source, plan: dict, with_labels: bool = True) -> Dataset:
         raise DataError("data file not found", Location(path, 0))
     fmt = source.get("format") or _guess_format(path)
     if fmt in TABLE_FORMATS:
-        return _table(path, fmt, plan, with_labels)
+        try:        # the text engineer's chunked reader (class-name mapping, quoting options) when present
+            from boltc.runtime.csvdata import load_csv_dataset
+        except ImportError:
+            return _table(path, fmt, plan, with_labels)
+        return load_csv_dataset({**source, "path": path, "format": fmt}, plan, need_labels=with_labels)
     if fmt not in ("xc", "svmlight"):
         raise DataError(f"unknown data format {fmt!r} (xc, svmlight, csv, tsv)", Location(path, 0))
     sparse_inputs = [i for i in _inputs(plan) if i.get("kind") in ("sparse", "dense")]

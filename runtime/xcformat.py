@@ -311,8 +311,21 @@ def _stack(parts: list[sp.csr_matrix], n_cols: int) -> sp.csr_matrix:
     return m
 
 
-def write_xc(path: str | os.PathLike, X: sp.csr_matrix, Y: sp.csr_matrix, value_format: str = "%.6g") -> None:
-    """Write XC text (gzip when the name ends in .gz). Rows are formatted in blocks for speed."""
+def format_rows(X: sp.csr_matrix, Y: sp.csr_matrix, value_format: str = ".6g") -> bytes:
+    """XC body lines for the rows of (X, Y). Tokens are formatted in one pass over flat lists (about
+    0.4 us per nonzero), then joined per row; a row without labels starts with a space, as the format says."""
+    X = sp.csr_matrix(X)
+    Y = sp.csr_matrix(Y)
+    fmt = "{}:{:" + value_format + "}"
+    tok = [fmt.format(j, v) for j, v in zip(X.indices.tolist(), X.data.tolist())]
+    lab = list(map(str, Y.indices.tolist()))
+    xp, yp = X.indptr.tolist(), Y.indptr.tolist()
+    lines = [",".join(lab[yp[i]:yp[i + 1]]) + " " + " ".join(tok[xp[i]:xp[i + 1]]) for i in range(X.shape[0])]
+    return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+def write_xc(path: str | os.PathLike, X: sp.csr_matrix, Y: sp.csr_matrix, value_format: str = ".6g") -> None:
+    """Write an XC file (gzip when the name ends in .gz), atomically."""
     X = sp.csr_matrix(X)
     Y = sp.csr_matrix(Y)
     path = Path(path)
@@ -320,14 +333,6 @@ def write_xc(path: str | os.PathLike, X: sp.csr_matrix, Y: sp.csr_matrix, value_
     tmp = path.with_name(path.name + ".tmp")
     with opener(tmp, "wb") as f:
         f.write(f"{X.shape[0]} {X.shape[1]} {Y.shape[1]}\n".encode())
-        out = io.StringIO()
-        for i in range(X.shape[0]):
-            ls = Y.indices[Y.indptr[i]:Y.indptr[i + 1]]
-            xs = slice(X.indptr[i], X.indptr[i + 1])
-            fv = " ".join(f"{j}:{value_format % v}" for j, v in zip(X.indices[xs].tolist(), X.data[xs].tolist()))
-            out.write(",".join(map(str, ls.tolist())) + " " + fv + "\n")
-            if (i & 4095) == 4095:
-                f.write(out.getvalue().encode())
-                out = io.StringIO()
-        f.write(out.getvalue().encode())
+        for s in range(0, X.shape[0], 65536):
+            f.write(format_rows(X[s:s + 65536], Y[s:s + 65536], value_format))
     os.replace(tmp, path)

@@ -46,7 +46,7 @@ def test_small_chunks_give_the_same_matrix(tmp_path):
     Y0 = sp.random(200, 30, density=0.05, format="csr", random_state=2, dtype=np.float32)
     Y0.data[:] = 1
     p = tmp_path / "r.txt"
-    xcformat.write_xc(p, X0, Y0, value_format="%.9g")
+    xcformat.write_xc(p, X0, Y0, value_format=".9g")
     X, Y = xcformat.read_xc(p, chunk_bytes=97)
     np.testing.assert_array_equal(X.toarray(), X0.toarray())
     np.testing.assert_array_equal(Y.toarray(), Y0.toarray())

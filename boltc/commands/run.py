@@ -1,11 +1,104 @@
-"""`boltc run`: not implemented yet."""
-HELP = "run (not implemented yet)"
+"""`boltc run model.bolt`: the main job. Compile, train on the data the file names, evaluate on its test
+set (dense inference, and sparse inference too when the output layer is LSH-sparse), save the model.
+
+The other runtime commands (train, eval, predict, inspect) share the helpers below.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HELP = "compile, train on the model's data block, evaluate and save (the main job)"
 
 
-def add_arguments(p):
-    p.add_argument("args", nargs="*")
+# ---------------------------------------------------------------- shared helpers
+
+def add_backend_arguments(p) -> None:
+    p.add_argument("--backend", choices=("native", "numpy"), default=None,
+                   help="kernels to run (default: native when available, else numpy)")
+    p.add_argument("--threads", type=int, default=None, help="worker threads (0 = all cores)")
+
+
+def add_train_arguments(p) -> None:
+    p.add_argument("--epochs", type=int, default=None, help="override the train block's epochs")
+    p.add_argument("--lr", type=float, default=None, help="override the learning rate")
+    p.add_argument("--batch", type=int, default=None, help="override the batch size")
+    p.add_argument("--seed", type=int, default=None, help="override the training seed")
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint file written after every epoch (default: OUTPUT.ckpt)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the final metrics as JSON on stdout")
+
+
+def note(model) -> None:
+    _ = model.executor                  # build it now so the backend choice is known
+    if model.backend_note:
+        print(model.backend_note, file=sys.stderr)
+
+
+def is_sparse_output(plan: dict) -> bool:
+    out = next((l for l in plan["layers"] if l["name"] == plan["output"]), {})
+    return bool(out.get("hash"))
+
+
+def evaluate_both(model, data) -> dict:
+    """{"dense": metrics, "sparse": metrics (LSH-sparse outputs only)}."""
+    res = {"dense": model.evaluate(data, sparse=False)}
+    if is_sparse_output(model.plan):
+        res["sparse"] = model.evaluate(data, sparse=True)
+    return res
+
+
+def metrics_table(results: dict) -> str:
+    cols = list(results)
+    names = [k for k in results[cols[0]] if k != "examples_per_s"]
+    head = f"{'metric':<14}" + "".join(f"{c + ' inference':>20}" for c in cols)
+    lines = [head, "-" * len(head)]
+    for n in names:
+        lines.append(f"{n:<14}" + "".join(f"{results[c].get(n, float('nan')):>20.2f}" for c in cols))
+    lines.append(f"{'examples/s':<14}" + "".join(f"{results[c].get('examples_per_s', 0):>20,.0f}" for c in cols))
+    return "\n".join(lines)
+
+
+def train_and_report(model, args, train, validation, test, output: Path) -> int:
+    ckpt = Path(args.checkpoint) if args.checkpoint else output.with_name(output.name + ".ckpt")
+    note(model)
+    hist = model.fit(train, validation, epochs=args.epochs, checkpoint=ckpt, resume=args.resume,
+                     progress=not args.no_progress)
+    model.save(output)
+    epochs = hist.get("epochs", [])
+    train_s = sum(e["seconds"] for e in epochs)
+    upkeep = sum(e.get("upkeep_seconds", 0.0) for e in epochs)
+    print(f"trained {len(epochs)} epochs in {train_s:.1f}s on the {model.backend} backend "
+          f"(hash-table upkeep {100 * upkeep / train_s if train_s else 0:.1f}% of training time)", file=sys.stderr)
+    results = evaluate_both(model, test) if test is not None else {}
+    if results:
+        print(metrics_table(results))
+    print(f"saved {output}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"metrics": results, "train_seconds": train_s, "epochs": epochs}, indent=1, default=float))
+    return 0
+
+
+# ---------------------------------------------------------------- boltc run
+
+def add_arguments(p) -> None:
+    p.add_argument("model", help="the .bolt file")
+    p.add_argument("-o", "--output", default=None, help="saved model (default: MODEL_NAME.boltc)")
+    add_backend_arguments(p)
+    add_train_arguments(p)
 
 
 def run(args) -> int:
-    from boltc.errors import BoltError
-    raise BoltError("'boltc run' is not implemented yet")
+    import boltc
+    from boltc.errors import DataError
+    model = boltc.compile(args.model, backend=args.backend, threads=args.threads,
+                          lr=args.lr, batch=args.batch, seed=args.seed)
+    data = model.plan.get("data") or {}
+    if not data.get("train"):
+        raise DataError(f"{args.model} has no data block naming a train set; use `boltc train` with --train")
+    output = Path(args.output or f"{model.plan.get('model') or Path(args.model).stem}.boltc")
+    test = data.get("test") or data.get("validation")
+    return train_and_report(model, args, data["train"], data.get("validation") or data.get("test"), test, output)

@@ -1,11 +1,33 @@
-"""`boltc train`: not implemented yet."""
-HELP = "train (not implemented yet)"
+"""`boltc train model.bolt --train F --test F -o out.boltc`: train with a progress bar, per-epoch metrics
+and checkpoints; flags override the model's data and train blocks; `--resume` continues a killed run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from boltc.commands.run import add_backend_arguments, add_train_arguments, train_and_report
+
+HELP = "train a .bolt model on data files (flags override the data block), with checkpoints and resume"
 
 
-def add_arguments(p):
-    p.add_argument("args", nargs="*")
+def add_arguments(p) -> None:
+    p.add_argument("model", help="the .bolt file")
+    p.add_argument("--train", default=None, help="training data (XC, svmlight, CSV/TSV)")
+    p.add_argument("--validation", default=None, help="data for per-epoch metrics (default: --test)")
+    p.add_argument("--test", default=None, help="data for the final metrics")
+    p.add_argument("-o", "--output", required=True, help="saved model file (.boltc)")
+    add_backend_arguments(p)
+    add_train_arguments(p)
 
 
 def run(args) -> int:
-    from boltc.errors import BoltError
-    raise BoltError("'boltc train' is not implemented yet")
+    import boltc
+    from boltc.errors import DataError
+    model = boltc.compile(args.model, backend=args.backend, threads=args.threads,
+                          lr=args.lr, batch=args.batch, seed=args.seed)
+    data = model.plan.get("data") or {}
+    train = args.train or data.get("train")
+    if train is None:
+        raise DataError("no training data: give --train FILE or a data block in the model")
+    test = args.test or data.get("test")
+    validation = args.validation or args.test or data.get("validation") or data.get("test")
+    return train_and_report(model, args, train, validation, test, Path(args.output))

@@ -1,0 +1,221 @@
+"""The Python API:
+
+    m = boltc.compile("model.bolt")                  # or .bolt text; backend="native"|"numpy", threads=N
+    m.fit(train, validation=test, epochs=None)       # files, scipy.sparse CSR, numpy arrays, (X, Y) tuples
+    m.evaluate(test)                                  # {"precision@1": ..., ...} in percent
+    ids, scores = m.predict(X, top_k=5)              # X: file, CSR, array, or list of strings (text models)
+    m.save("model.boltc");  m = boltc.load("model.boltc")
+
+Backend (decision): `backend=None` picks "native" when runtime/native.py imports and builds, else the
+NumPy interpreter, and says so once in `Model.backend_note` (the CLI prints it). Both compute the same
+function (the interpreter is the specification).
+Overrides: keyword arguments of `compile` that name train settings (lr, epochs, batch, seed, optimizer,
+inference, schedule, sampler, ...) replace the .bolt file's train block, so scripts can tune without
+editing the model file.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+
+from boltc.errors import BackendError, BoltError, DataError
+
+BACKENDS = ("native", "numpy")
+
+
+def _make_executor(plan: dict, state, backend: str | None, threads: int | None):
+    from boltc.runtime.executor import make_executor
+    threads = int(plan.get("train", {}).get("threads", 0) if threads is None else threads)
+    if backend is None:
+        try:
+            return make_executor(plan, state, "native", threads), "native", None
+        except (BackendError, ImportError, NotImplementedError) as e:
+            note = f"note: using the numpy backend (native backend unavailable: {getattr(e, 'message', e)})"
+            return make_executor(plan, state, "numpy", threads), "numpy", note
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r} (expected 'native' or 'numpy')")
+    return make_executor(plan, state, backend, threads), backend, None
+
+
+class Model:
+    """A compiled model: the plan, its state (weights, hash tables) and training history."""
+
+    def __init__(self, source: str, plan: dict, state=None, history: dict | None = None,
+                 backend: str | None = None, threads: int | None = None, file: str | None = None):
+        self.source, self.plan, self.file = source, plan, file
+        self._state = state
+        self.history = history or {"epochs": []}
+        self._backend_req, self.threads = backend, threads
+        self._executor = None
+        self.backend = backend
+        self.backend_note: str | None = None
+
+    # ------------------------------------------------------------ state and executor
+    @property
+    def state(self):
+        if self._state is None:
+            from boltc.runtime.state import ModelState
+            self._state = ModelState.init(self.plan)
+        return self._state
+
+    @property
+    def executor(self):
+        if self._executor is None:
+            self._executor, self.backend, self.backend_note = _make_executor(
+                self.plan, self.state, self._backend_req, self.threads)
+        return self._executor
+
+    def _set_state(self, state) -> None:
+        self._state, self._executor = state, None
+
+    # ------------------------------------------------------------ data
+    def dataset(self, data, labels=None, with_labels: bool = True):
+        """Any accepted input -> runtime Dataset (files, plan data entries, matrices, strings)."""
+        from boltc.runtime.data import as_dataset, load_dataset
+        if data is None:
+            raise DataError("no data given (and the model's data block names none)")
+        is_text_model = any(i.get("kind") in ("text", "categorical") for i in self.plan.get("inputs", []))
+        if isinstance(data, str) and is_text_model and not Path(data).exists():
+            data = [data]                               # one raw text to classify
+        if labels is None and (isinstance(data, (str, os.PathLike)) or (isinstance(data, dict) and "kind" in data)):
+            return load_dataset(data, self.plan, with_labels=with_labels)
+        return as_dataset(data, self.plan, labels)
+
+    def data_source(self, split: str):
+        return (self.plan.get("data") or {}).get(split)
+
+    # ------------------------------------------------------------ training
+    def fit(self, train=None, validation=None, epochs: int | None = None, *, labels=None,
+            checkpoint: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
+            callbacks=()) -> dict:
+        """Train; `train`/`validation` default to the data block's train and validation (or test) sets.
+        With `checkpoint`, a checkpoint is written after every epoch; `resume=True` continues from it."""
+        from boltc.runtime import savefile
+        from boltc.runtime.trainer import Trainer
+        train = train if train is not None else self.data_source("train")
+        if train is None:
+            raise DataError("no training data: pass it to fit() or name it in the model's data block")
+        if validation is None:
+            validation = self.data_source("validation") or self.data_source("test")
+        train_ds = self.dataset(train, labels)
+        if train_ds.labels is None:
+            raise DataError("the training data has no labels", None)
+        val_ds = self.dataset(validation) if validation is not None else None
+        if train_ds.class_names and not self.plan["target"].get("class_names"):
+            self.plan["target"]["class_names"] = list(train_ds.class_names)
+        saved = None
+        if resume and checkpoint and Path(checkpoint).exists():
+            saved = savefile.load_model(checkpoint)
+            if saved.plan.get("layers") != self.plan.get("layers"):
+                raise BoltError(f"checkpoint {checkpoint} is for a different model (its layers differ)")
+            self._set_state(savefile.state_from_saved(saved, checkpoint))
+            self.plan["train"] = saved.plan.get("train", self.plan["train"])
+        trainer = Trainer(self.plan, self.state, self.executor, source=self.source, checkpoint=checkpoint,
+                          progress=progress)
+        if saved is not None:
+            trainer.restore(saved)
+        else:
+            trainer.history = {"epochs": list(self.history.get("epochs", [])), "step": int(self.state.step)}
+            trainer.epochs_done = 0
+        e = epochs if epochs is not None else self.plan["train"].get("epochs", 1)
+        if saved is None and self.history.get("epochs"):
+            # a second fit() continues training: count epochs from here
+            trainer.epochs_done = len(self.history["epochs"])
+            e = trainer.epochs_done + int(e)
+        self.history = trainer.fit(train_ds, val_ds, epochs=e, callbacks=callbacks)
+        self.history["backend"] = self.backend
+        self.history["train_source"] = train_ds.source
+        return self.history
+
+    # ------------------------------------------------------------ inference
+    def _sparse_default(self, sparse):
+        if sparse is not None:
+            return bool(sparse)
+        return self.plan.get("train", {}).get("inference", "dense") == "sparse"
+
+    def evaluate(self, data=None, labels=None, *, sparse: bool | None = None, metrics=None) -> dict:
+        from boltc.runtime.trainer import evaluate, metric_names
+        data = data if data is not None else (self.data_source("test") or self.data_source("validation"))
+        ds = self.dataset(data, labels)
+        if ds.labels is None:
+            raise DataError(f"{ds.source or 'the data'} has no labels to evaluate against")
+        names = list(metrics) if metrics else metric_names(self.plan)
+        binary = self.plan["target"].get("kind") == "binary"
+        return evaluate(self.executor, ds, names, sparse=self._sparse_default(sparse), binary=binary)
+
+    def predict(self, X, top_k: int = 5, *, sparse: bool | None = None, batch: int = 1024):
+        """(ids (n, k) int32, scores (n, k) float32), best first."""
+        ds = self.dataset(X, with_labels=False)
+        sparse = self._sparse_default(sparse)
+        ids, scores = [], []
+        for s in range(0, ds.rows, batch):
+            b = ds.take(np.arange(s, min(s + batch, ds.rows)))
+            b.labels = None
+            i, sc = self.executor.predict(b, top_k, sparse=sparse)
+            ids.append(i)
+            scores.append(sc)
+        if not ids:
+            return np.zeros((0, top_k), np.int32), np.zeros((0, top_k), np.float32)
+        return np.concatenate(ids), np.concatenate(scores)
+
+    def class_name(self, i: int) -> str:
+        names = self.plan["target"].get("class_names")
+        return names[i] if names and 0 <= i < len(names) else str(i)
+
+    # ------------------------------------------------------------ persistence
+    def save(self, path) -> None:
+        from boltc.runtime import savefile
+        saved = savefile.state_to_saved(self.source, self.plan, self.state, self.history)
+        savefile.save_model(path, saved)
+
+    def summary(self) -> dict:
+        """What `boltc inspect` shows: graph, shapes, parameters, memory, sparsity and hashing, history."""
+        layers = []
+        params = self.state.params if self._state is not None else {}
+        for l in self.plan["layers"]:
+            p = params.get(l["name"], {})
+            layers.append({"name": l["name"], "op": l["op"], "inputs": l["inputs"], "dim": l.get("dim"),
+                           "in_dim": l.get("in_dim"), "activation": l.get("activation"),
+                           "shapes": {k: list(a.shape) for k, a in p.items() if k != "label_count"},
+                           "parameters": int(sum(a.size for k, a in p.items() if k != "label_count")),
+                           "sparsity": l.get("sparsity"), "active": l.get("active"), "hash": l.get("hash")})
+        lsh_bytes = sum(i.tables.nbytes + i.counts.nbytes for i in self.state.lsh.values()) if self._state else 0
+        weight_bytes = sum(a.nbytes for p in params.values() for a in p.values())
+        return {"model": self.plan.get("model"), "inputs": self.plan.get("inputs"), "target": self.plan.get("target"),
+                "layers": layers, "output": self.plan.get("output"), "loss": self.plan.get("loss"),
+                "parameters": int(sum(l["parameters"] for l in layers)),
+                "memory": {"weights_bytes": int(weight_bytes), "hash_table_bytes": int(lsh_bytes),
+                           "planned": self.plan.get("memory")},
+                "train": self.plan.get("train"), "history": self.history}
+
+
+def compile(source, backend: str | None = None, threads: int | None = None, **train_overrides) -> Model:  # noqa: A001
+    """Parse, check and plan a .bolt file (a path or the text) into a trainable Model."""
+    from boltc.plan import load_model_source, read_source
+    text, file = read_source(source)
+    _, plan = load_model_source(source)
+    plan = copy.deepcopy(plan)
+    apply_overrides(plan, train_overrides)
+    return Model(text, plan, backend=backend, threads=threads, file=file)
+
+
+def apply_overrides(plan: dict, overrides: dict) -> None:
+    train = plan.setdefault("train", {})
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if k not in train and k not in ("schedule", "sampler", "inference", "seed", "threads"):
+            raise BoltError(f"unknown train setting {k!r} (the train block has: {', '.join(sorted(train))})")
+        train[k] = v
+
+
+def load(path, backend: str | None = None, threads: int | None = None) -> Model:
+    """A saved model (.boltc) ready for evaluate / predict / more training."""
+    from boltc.runtime import savefile
+    saved = savefile.load_model(path)
+    state = savefile.state_from_saved(saved, path)
+    return Model(saved.source, saved.plan, state=state, history=saved.history, backend=backend,
+                 threads=threads, file=str(path))
