@@ -134,7 +134,8 @@ def bind(call: ast.Call, params: tuple[Param, ...], what: str, problems: list[Pr
         try:
             out[p.name] = p.convert(value)
         except Problem as e:
-            problems.append(Problem(f"{p.name} of {what}: {e.message}", e.loc))
+            msg = e.message if e.message.startswith("unknown") else f"{p.name} of {what}: {e.message}"
+            problems.append(Problem(msg, e.loc))
 
     if len(call.args) > len(positional):
         first_extra = call.args[len(positional)]

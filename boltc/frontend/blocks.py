@@ -20,7 +20,7 @@ TRAIN_DEFAULTS = {
 # Decision: plain SGD needs a larger step than Adam's 1e-3 to move in a few epochs.
 SGD_DEFAULT_LR = 0.01
 
-_POS = real(0.0, low_open=True, what="a positive number")
+_POS = real(0.0, low_open=True)
 _OPTIMIZERS = {
     "adam": (Param("lr", _POS, TRAIN_DEFAULTS["lr"]), Param("beta1", real(0.0, 1.0), 0.9),
              Param("beta2", real(0.0, 1.0), 0.999), Param("eps", _POS, 1e-7)),

@@ -104,11 +104,23 @@ class Builder:
                                          model.loc))
         self.graph.graph["model"] = model.name
         for st in model.body:
+            before = len(self.problems)
             try:
                 self.statement(st)
             except Problem as e:
                 self.problems.append(e)
+            if len(self.problems) > before:
+                self.broken(st)
+        # a model with mistakes is incomplete: validate then skips "the model has no loss" and the like,
+        # which would only repeat the mistake that lost it
+        self.graph.graph["incomplete"] = bool(self.problems)
         return self.graph
+
+    def broken(self, st) -> None:
+        """A declaration that failed still defines its name, so uses of it are not reported again."""
+        name = getattr(st, "name", None)
+        if isinstance(st, (ast.Declare, ast.Assign)) and "node" not in self.graph.nodes.get(name, {}):
+            self.graph.add_node(name, broken=True)
 
     def once(self, key: str, loc: ir.Loc) -> None:
         if key in self.seen_once:
@@ -157,7 +169,7 @@ class Builder:
         got = bind(call, _input_params(call.name, st.name), call.name, self.problems)
         attrs = {"kind": call.name, **got}
         if call.name == "text":
-            attrs["tokenizer"], attrs["char_k"] = got["tokenizer"]
+            attrs["tokenizer"], attrs["char_k"] = got.get("tokenizer", ("words", None))
         self.add(ir.Node(st.name, "input", (), attrs, st.name_loc, attrs.get("dim")))
 
     def target(self, st: ast.Declare) -> None:

@@ -142,8 +142,11 @@ def parse_tree(text: str, file: str = "<string>") -> ast.Model:
         tree = _parser().parse(text)
     except lark.exceptions.UnexpectedCharacters as e:
         ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else "?"
-        hint = " (strings use double quotes)" if ch == "'" else ""
-        raise _error(f"unexpected character '{ch}'{hint}", text, file, e.line, e.column) from None
+        if ch == '"':
+            msg = "this string is never closed (a string ends on its own line)"
+        else:
+            msg = f"unexpected character '{ch}'" + (" (strings use double quotes)" if ch == "'" else "")
+        raise _error(msg, text, file, e.line, e.column) from None
     except lark.exceptions.UnexpectedToken as e:
         if e.token.type == "$END":
             unclosed = _unclosed_bracket(text, file)

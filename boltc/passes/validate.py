@@ -24,20 +24,23 @@ def _is_sparse_input(n: ir.Node | None) -> bool:
 def find_errors(g: nx.DiGraph) -> list:
     errs = []
     get = lambda name: g.nodes[name].get("node") if name in g.nodes else None   # noqa: E731
+    broken = {n for n in g.nodes if g.nodes[n].get("broken")}    # declared, but with a mistake reported
     defined = [get(n) for n in g.nodes if get(n) is not None]
     for n in defined:          # references to names that were never defined
         for src in n.inputs:
-            if get(src) is None:
+            if get(src) is None and src not in broken:
                 errs.append(error(g, f"'{src}' is not defined", word_loc(g, n.loc, src) if n.loc.line else n.loc))
     loss = g.graph.get("loss")
     mloc = model_loc(g)
     inputs = [n for n in defined if n.op == "input"]
     targets = [n for n in defined if n.op == "target"]
-    if not inputs:
+    if g.graph.get("incomplete"):
+        pass                   # the parser's errors explain what is missing
+    elif not inputs:
         errs.append(error(g, "the model has no input; add e.g. `input features: sparse(1000)`", mloc))
-    if not targets:
+    if not targets and not g.graph.get("incomplete"):
         errs.append(error(g, "the model has no target; add e.g. `target labels: multilabel(100)`", mloc))
-    if loss is None:
+    if loss is None and not g.graph.get("incomplete"):
         errs.append(error(g, "the model has no loss; add e.g. `loss cross_entropy(scores, labels)`", mloc))
     try:
         cycle = nx.find_cycle(g)
@@ -51,7 +54,8 @@ def find_errors(g: nx.DiGraph) -> list:
         errs += _type_errors(g, n, get)
     if loss is not None:
         errs += _loss_errors(g, loss, get)
-        if not any("is not defined" in e.message for e in errs):   # a typo'd name is the real mistake
+        # a typo'd name or a rejected layer is the real mistake, not the layers it leaves unused
+        if not g.graph.get("incomplete") and not any("is not defined" in e.message for e in errs):
             errs += _unused(g, loss.output, get)
     errs += _metric_errors(g, targets[0] if targets else None)
     return errs
@@ -86,9 +90,9 @@ def _type_errors(g, n: ir.Node, get) -> list:
 def _loss_errors(g, loss: ir.Loss, get) -> list:
     errs = []
     out, tgt = get(loss.output), get(loss.target)
-    if out is None:
+    if out is None and loss.output not in g.nodes:
         errs.append(error(g, f"'{loss.output}' is not defined", word_loc(g, loss.loc, loss.output)))
-    if tgt is None:
+    if tgt is None and loss.target not in g.nodes:
         errs.append(error(g, f"'{loss.target}' is not defined", word_loc(g, loss.loc, loss.target)))
     if out is None or tgt is None:
         return errs

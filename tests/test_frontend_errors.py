@@ -1,0 +1,168 @@
+"""Malformed .bolt inputs: each raises the project's own error type with the exact line and column and
+a message in the user's words (never lark's token names, never a traceback).
+
+Each case edits one line of a small valid model; the expected location was worked out by hand from
+the edited text (1-based line and column of the offending character).
+"""
+import pytest
+
+from boltc.cli import main
+from boltc.commands.check import check_source
+from boltc.errors import BoltError, BoltErrorGroup, BoltSyntaxError, BoltValidationError
+
+BASE = '''model m {
+  input x: sparse(100)
+  target y: multilabel(10)
+  h = fc(x, 8, relu)
+  s = fc(h, 10, softmax)
+  loss cross_entropy(s, y)
+  metrics precision@1
+}
+'''
+
+
+def sub(old, new):
+    assert old in BASE, old
+    return BASE.replace(old, new, 1)
+
+
+def block(name, *lines):
+    """BASE with a train/data block (its first line is line 8, settings start at line 9)."""
+    body = "".join(f"    {ln}\n" for ln in lines)
+    return sub("  metrics precision@1\n", f"  metrics precision@1\n  {name} {{\n{body}  }}\n")
+
+
+SYNTAX, VALID = BoltSyntaxError, BoltValidationError
+# (id, source, error type, message fragment, line, column)
+CASES = [
+    ("empty", "", SYNTAX, "empty file", 1, 1),
+    ("no_model_keyword", sub("model m {", "modle m {"), VALID, "starts with `model <name> {`, found 'modle'", 1, 1),
+    ("missing_open_brace", sub("model m {", "model m"), SYNTAX, "expected '{', found 'input'", 2, 3),
+    ("unclosed_model", BASE.rstrip()[:-1], SYNTAX, "'{' is never closed", 1, 9),
+    ("unclosed_paren", sub("sparse(100)", "sparse(100"), SYNTAX, "expected ')' or ',', found 'target'", 3, 3),
+    ("single_quotes", sub("relu)", "'relu')"), SYNTAX, "strings use double quotes", 4, 16),
+    ("bad_character", sub("fc(x, 8", "fc(x; 8"), SYNTAX, "unexpected character ';'", 4, 11),
+    ("unclosed_string", block("data", 'train "a.txt'), SYNTAX, "string is never closed", 9, 11),
+    ("trailing_words", BASE + "extra\n", SYNTAX, "expected the end of the file, found 'extra'", 9, 1),
+    ("unknown_input_kind", sub("sparse(100)", "sprase(100)"), VALID,
+     "unknown input kind 'sprase'; expected sparse, dense, text or categorical", 2, 12),
+    ("unknown_declaration", sub("input x:", "inptu x:"), VALID, "unknown declaration 'inptu'", 2, 3),
+    ("unknown_target_kind", sub("multilabel(10)", "multi(10)"), VALID, "unknown target kind 'multi'", 3, 13),
+    ("unknown_layer", sub("fc(x, 8", "dense(x, 8"), VALID,
+     "unknown layer 'dense'; expected fc, embedding, concat or layernorm", 4, 7),
+    ("unknown_activation", sub("8, relu", "8, rleu"), VALID, "unknown activation 'rleu'", 4, 16),
+    ("negative_width", sub("fc(x, 8", "fc(x, -8"), VALID, "dim of fc: expected a whole number >= 1, found -8", 4, 13),
+    ("fractional_width", sub("fc(x, 8", "fc(x, 8.5"), VALID, "expected a whole number, found 8.5", 4, 13),
+    ("sparsity_above_one", sub("softmax)", "softmax, sparsity=1.5)"), VALID,
+     "expected auto or a fraction in (0, 1], found 1.5", 5, 35),
+    ("unknown_fc_option", sub("softmax)", "softmax, sparse=0.1)"), VALID, "unknown option 'sparse' for fc", 5, 26),
+    ("unknown_hash", sub("softmax)", "softmax, hash=lsh)"), VALID,
+     "expected auto, none, dwta(...) or srp(...), found lsh", 5, 31),
+    ("unknown_dwta_option", sub("softmax)", "softmax, sparsity=0.1, hash=dwta(tabels=3))"), VALID,
+     "unknown option 'tabels' for dwta", 5, 50),
+    ("too_many_arguments", sub("fc(x, 8, relu)", "fc(x, 8, relu, 3)"), VALID,
+     "fc takes 3 positional argument(s)", 4, 22),
+    ("missing_width", sub("fc(x, 8, relu)", "fc(x)"), VALID, "fc needs 'dim'", 4, 7),
+    ("undefined_name", sub("fc(x, 8", "fc(z, 8"), VALID, "'z' is not defined", 4, 10),
+    ("self_reference", sub("fc(x, 8", "fc(h, 8"), VALID, "layer 'h' uses itself as its input", 4, 10),
+    ("unknown_loss", sub("cross_entropy(s, y)", "mse(s, y)"), VALID, "unknown loss 'mse'", 6, 8),
+    ("loss_on_a_layer", sub("cross_entropy(s, y)", "cross_entropy(s, h)"), VALID,
+     "the second argument of cross_entropy must be the target; 'h' is not", 6, 25),
+    ("loss_needs_softmax", sub("10, softmax", "10, sigmoid"), VALID,
+     "cross_entropy needs a softmax output; 's' uses sigmoid", 5, 17),
+    ("output_width_mismatch", sub("fc(h, 10", "fc(h, 12"), VALID, "'s' has 12 outputs but 'y' needs 10 outputs", 5, 13),
+    ("unknown_metric", sub("precision@1", "precison@1"), VALID, "unknown metric 'precison@1'", 7, 11),
+    ("metric_without_cutoff", sub("precision@1", "precision"), VALID, "precision needs a cut-off", 7, 11),
+    ("metric_cutoff_too_big", sub("precision@1", "precision@11"), VALID,
+     "precision@11 asks for more than the 10 classes of 'y'", 7, 11),
+    ("no_loss", sub("  loss cross_entropy(s, y)\n", ""), VALID, "the model has no loss", 1, 1),
+    ("cycle", sub("h = fc(x, 8", "h = fc(s, 8"), VALID, "layers form a cycle: h -> s -> h", 5, 3),
+    ("embedding_of_dense_input", sub("input x: sparse(100)", "input x: dense(100)").replace(
+        "fc(x, 8, relu)", "embedding(x, 8)"), VALID, "embedding needs a sparse input", 4, 17),
+    ("concat_of_sparse_input", sub("h = fc(x, 8, relu)", "e = fc(x, 8, relu)\n  h = concat(e, x)"), VALID,
+     "concat needs dense values; 'x' is a sparse input", 5, 17),
+    ("unused_layer", sub("  loss", "  extra = fc(h, 3, relu)\n  loss"), VALID,
+     "'extra' is not used by the loss output 's'", 6, 3),
+    ("unknown_train_setting", block("train", "optimiser adam"), VALID, "unknown train setting 'optimiser'", 9, 5),
+    ("batch_zero", block("train", "batch 0"), VALID, "batch: expected a whole number >= 1, found 0", 9, 11),
+    ("setting_twice", block("train", "epochs 2", "epochs 3"), VALID,
+     "'epochs' is given twice in the train block (first at line 9)", 10, 5),
+    ("unknown_optimizer", block("train", "optimizer adamw(lr=0.1)"), VALID,
+     "unknown optimizer 'adamw'; expected adam or sgd", 9, 15),
+    ("negative_lr", block("train", "optimizer adam(lr=-0.1)"), VALID, "lr of adam: expected a number > 0", 9, 23),
+    ("unknown_sampler", block("train", "sampler random"), VALID, "unknown sampler 'random'", 9, 13),
+    ("unknown_data_split", block("data", 'training "a.txt"'), VALID, "unknown data setting 'training'", 9, 5),
+    ("unknown_file_format", block("data", 'train file("a.txt", format=json)'), VALID,
+     "unknown format 'json'; expected xc, svmlight, csv or tsv", 9, 32),
+    ("synthetic_without_rows", block("data", "train synthetic(features=100)"), VALID, "synthetic needs 'rows'", 9, 11),
+    ("synthetic_wider_than_input", block("data", "train synthetic(rows=10, features=200)"), VALID,
+     "synthetic train data has 200 features but input 'x' has 100", 9, 30),
+    ("sparse_without_hash", sub("softmax)", "softmax, sparsity=0.5, hash=none)"), VALID,
+     "needs a hash to choose its active neurons", 5, 40),
+    ("hash_on_dense_layer", sub("softmax)", "softmax, sparsity=1.0, hash=dwta(tables=2))"), VALID,
+     "hash settings have no effect on a dense layer", 5, 40),
+    ("chars_zero", sub("input x: sparse(100)", "input x: text(tokenizer=chars(0))"), VALID,
+     "expected a character n-gram length >= 1, found 0", 2, 33),
+]
+
+
+def _errors(source):
+    with pytest.raises(BoltError) as info:
+        check_source(source, "m.bolt")
+    e = info.value
+    return e.errors if isinstance(e, BoltErrorGroup) else [e]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_malformed_input_is_located(case):
+    _, source, kind, message, line, column = case
+    errors = _errors(source)
+    assert len(errors) == 1, [e.render() for e in errors]
+    e = errors[0]
+    assert isinstance(e, kind)
+    assert message in e.message
+    assert (e.location.file, e.location.line, e.location.column) == ("m.bolt", line, column)
+
+
+def test_at_least_thirty_cases():
+    assert len(CASES) >= 30
+
+
+def test_all_errors_in_one_run_in_source_order():
+    source = sub("fc(x, 8", "fc(z, 8").replace("precision@1", "precison@1").replace("10, softmax", "10, sofmax")
+    got = [(e.location.line, e.location.column, e.message.split(";")[0]) for e in _errors(source)]
+    assert got == [(4, 10, "'z' is not defined"), (5, 17, "unknown activation 'sofmax'"),
+                   (7, 11, "unknown metric 'precison@1'")]
+
+
+def test_two_consequences_of_one_wrong_loss_are_both_named():
+    got = [(e.location.line, e.location.column) for e in _errors(sub("cross_entropy(s, y)", "binary_cross_entropy(s, y)"))]
+    assert got == [(5, 17), (6, 8)]
+
+
+def test_render_shows_line_and_caret():
+    (e,) = _errors(sub("fc(x, 8", "fc(z, 8"))
+    assert e.render().splitlines() == ["m.bolt:4:10: error: 'z' is not defined", "      h = fc(z, 8, relu)",
+                                       "             ^"]
+
+
+def test_check_command_prints_errors_and_exits_1(tmp_path, capsys):
+    path = tmp_path / "bad.bolt"
+    path.write_text(sub("8, relu", "8, rleu"))
+    assert main(["check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{path}:4:16: error: unknown activation 'rleu'")
+    assert "Traceback" not in err
+
+
+def test_check_command_one_line_when_valid(tmp_path, capsys):
+    path = tmp_path / "ok.bolt"
+    path.write_text(BASE)
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [f"{path}: ok: model m, 2 layers"]
+
+
+def test_missing_file_is_a_bolt_error(tmp_path, capsys):
+    assert main(["check", str(tmp_path / "nope.bolt")]) == 1
+    assert "no such file" in capsys.readouterr().err
