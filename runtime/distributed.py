@@ -298,7 +298,7 @@ def _start_workers(kind, ray, plan, state, shards, local, opts, fail_at, timeout
 @dataclass
 class DistributedResult:
     state: object
-    history: list = field(default_factory=list)    # per epoch: loss, examples/s, bytes, metrics
+    history: dict = field(default_factory=dict)    # the Trainer's format: {"epochs": [record...], "step": n}
     stats: dict = field(default_factory=dict)
     records: list = field(default_factory=list)    # with record=True: per update, per worker (rows, active)
 
@@ -307,33 +307,24 @@ def _split(total: int, n: int) -> list[int]:
     return [total // n + (1 if i < total % n else 0) for i in range(n)]
 
 
-def _evaluate(plan, state, dataset, backend, threads, batch=1024) -> dict:
-    from boltc.runtime.executor import make_executor
-    from boltc.runtime.metrics import MetricAccumulator
-    names = plan.get("metrics") or ["precision@1"]
-    acc = MetricAccumulator(names, binary=(plan.get("target") or {}).get("kind") == "binary")
-    ex = make_executor(plan, state, backend=backend, threads=threads)
-    for lo in range(0, dataset.rows, batch):
-        b = dataset.take(np.arange(lo, min(dataset.rows, lo + batch)))
-        ids, scores = ex.predict(b, top_k=acc.kmax)
-        acc.add(ids, b.labels, scores)
-    return acc.result()
-
-
 def train_distributed(plan: dict, state, train_source, validation=None, workers: int = 2,
                       address: str | None = None, *, epochs: int | None = None, exchange: str = "sparse",
                       exchange_every: int = 1, backend: str = "numpy", threads_per_worker: int = 1,
                       cpus_per_worker: float = 1.0, timeout: float = 300.0, max_restarts: int = 1,
-                      checkpoint=None, max_updates: int | None = None, in_process: bool = False,
+                      checkpoint=None, source: str = "", history: dict | None = None,
+                      epochs_done: int | None = None, max_updates: int | None = None, in_process: bool = False,
                       record: bool = False, progress=None, fail_at: dict | None = None) -> DistributedResult:
     """Train `state` (a ModelState for `plan`) data-parallel on `workers` replicas; returns the trained state.
 
     train_source: a path, a plan data entry (file or synthetic) or a Dataset. validation: a Dataset (or
-    None) evaluated by the driver after each epoch. address: None = start a local Ray instance, "auto" =
-    the running cluster, "ray://host:port" = Ray client. checkpoint: callable(state, epoch, history)
-    called after each epoch (the single-machine trainer's saver). A state whose `step` is past epoch
-    boundaries (a resumed checkpoint) continues from that epoch. in_process=True runs the same protocol
-    without Ray. fail_at={rank: update} kills a worker at that update (tests of the fault path).
+    None) evaluated by the driver after each epoch (the trainer's `evaluate`, dense inference).
+    address: None = start a local Ray instance, "auto" = the running cluster, "ray://host:port" = Ray
+    client. checkpoint: a path (a `.boltc` checkpoint written after every `checkpoint_every` epochs in
+    the single-machine trainer's format, so `boltc train --resume` works on it either way) or a
+    callable(state, epochs_done, history). Resuming: pass the checkpoint's state, its history and
+    epochs_done (default: state.step // updates per epoch); epochs run from there.
+    in_process=True runs the same protocol without Ray. fail_at={rank: update} kills a worker at that
+    update (tests of the fault path). Returns the final state, the history and exchange statistics.
     """
     if exchange not in ("sparse", "dense"):
         raise BoltError(f"exchange must be 'sparse' or 'dense', not {exchange!r}")
@@ -352,7 +343,10 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
     ray, started = (None, False) if in_process else connect(address, workers, cpus_per_worker)
     kind = "inprocess" if in_process else "ray"
     log = progress or (lambda msg: None)
-    restarts, history, records = 0, [], []
+    restarts, records = 0, []
+    history = dict(history or {})
+    history.setdefault("epochs", [])
+    save = _checkpointer(checkpoint, source, plan)
     bytes_up = bytes_down = updates_done = examples = 0
     exchange_seconds = 0.0
     t_start = time.perf_counter()
@@ -364,12 +358,13 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
         per_epoch = max(1, math.ceil(total_rows / (batch * k)))
         total_updates = epochs * per_epoch
         from boltc.runtime.optim import lr_at
-        last_good = (int(state.step) // per_epoch, state)  # resume: a saved state continues its epoch
+        start = int(state.step) // per_epoch if epochs_done is None else int(epochs_done)
+        last_good = (start, state)                          # resume: continue after the epochs done
         epoch = last_good[0]
         while epoch < epochs:
             try:
                 runner.call("start_epoch", [(epoch,)] * workers, timeout=timeout)
-                t0, loss_sum, n_sum, prev = time.perf_counter(), 0.0, 0, None
+                t0, loss_sum, n_sum, prev, lr = time.perf_counter(), 0.0, 0, None, float(train["lr"])
                 for index in range(per_epoch):
                     update = epoch * per_epoch + index
                     if max_updates is not None and update >= max_updates:
@@ -405,15 +400,22 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
                 runner = _start_workers(kind, ray, plan, state_to_load, shards, local, opts, None, timeout)
                 continue
             seconds = time.perf_counter() - t0
-            entry = {"epoch": epoch + 1, "loss": loss_sum / max(1, n_sum), "examples_per_s": n_sum / max(seconds, 1e-9),
-                     "seconds": seconds}
-            if validation is not None:
-                entry["validation"] = _evaluate(plan, new_state, validation, backend, threads_per_worker)
-            history.append(entry)
-            log(f"epoch {epoch + 1}/{epochs}: loss {entry['loss']:.4f}, {entry['examples_per_s']:.0f} examples/s"
-                + (f", {entry['validation']}" if "validation" in entry else ""))
-            if checkpoint is not None:
-                checkpoint(new_state, epoch + 1, history)
+            entry = {"epoch": epoch + 1, "loss": loss_sum / max(1, n_sum), "seconds": seconds,
+                     "examples_per_s": n_sum / max(seconds, 1e-9), "upkeep_seconds": 0.0, "upkeep_share": 0.0,
+                     "lr": lr, "workers": workers, "exchange": exchange}
+            if validation is not None and validation.labels is not None:
+                from boltc.runtime.executor import make_executor
+                from boltc.runtime.trainer import evaluate, metric_names
+                ex = make_executor(plan, new_state, backend=backend, threads=threads_per_worker)
+                entry["validation"] = evaluate(ex, validation, metric_names(plan),
+                                               binary=(plan.get("target") or {}).get("kind") == "binary")
+            history["epochs"].append(entry)
+            history["step"] = int(new_state.step)
+            from boltc.runtime.trainer import format_record
+            log(format_record(entry) + f" ({workers} workers, {exchange} exchange)")
+            every = max(1, int(train.get("checkpoint_every", 1)))
+            if save is not None and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
+                save(new_state, epoch + 1, history)
             last_good = (epoch + 1, _snapshot(new_state) if kind == "inprocess" else new_state)
             epoch += 1
             if max_updates is not None and updates_done >= max_updates:
@@ -433,6 +435,19 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
              "bytes_per_update_per_worker": (bytes_up + bytes_down) / max(1, updates_done) / workers,
              "combine_seconds": exchange_seconds, "seconds": wall}
     return DistributedResult(state=final, history=history, stats=stats, records=records)
+
+
+def _checkpointer(checkpoint, source: str, plan: dict):
+    """A path -> save a `.boltc` checkpoint exactly as the single-machine Trainer does."""
+    if checkpoint is None or callable(checkpoint):
+        return checkpoint
+
+    def save(state, epochs_done, history):
+        from boltc.runtime import savefile
+        saved = savefile.state_to_saved(source, plan, state, history, {"epochs_done": epochs_done, "sampler": None},
+                                        with_optimizer=True)
+        savefile.save_model(Path(checkpoint), saved)
+    return save
 
 
 def _snapshot(state):

@@ -1,0 +1,222 @@
+"""Data-parallel training (runtime/distributed.py), checked against single-process training.
+
+Oracles:
+- exact: one process running the executor's own `train_step` on the same global batches (the workers'
+  local batches concatenated, the same active sets) must reach the same weights. Stated tolerance:
+  2e-6 absolute on every weight after 2 epochs (float32; the gradients are summed in a different order).
+- Ray vs in-process: the same protocol must give bit-identical weights (same seeds, same order of sums).
+- sparse vs dense exchange: identical weights, and the sparse exchange sends fewer bytes.
+- loose: single-process `Trainer.fit` (its own batch order, same total batch) on the same data reaches
+  the same validation precision@1 within 5 points.
+The Ray tests start one local cluster on loopback (2 CPUs) for the module and skip when Ray is absent.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from boltc.errors import DependencyError
+from boltc.plan import load_model_source
+from boltc.runtime.data import load_dataset
+from boltc.runtime.dataset import Batch
+from boltc.runtime.distributed import (DistributedError, load_shard, plan_shards, require_ray,
+                                       train_distributed)
+from boltc.runtime.executor import make_executor
+from boltc.runtime.state import ModelState
+
+TINY = Path(__file__).parents[1] / "models" / "tiny.bolt"
+ROWS = 640                     # 10 updates of 64 per epoch: small enough for seconds, wide (500 labels)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    _, plan = load_model_source(TINY)
+    plan["train"]["epochs"] = 2
+    train = dict(plan["data"]["train"], rows=ROWS)
+    test = dict(plan["data"]["test"], rows=300)
+    return plan, train, load_dataset(test, plan)
+
+
+def _params(state):
+    return {(l, t): a for l, ts in state.params.items() for t, a in ts.items()}
+
+
+def _max_diff(a, b):
+    pa, pb = _params(a), _params(b)
+    assert pa.keys() == pb.keys()
+    return max(float(np.abs(pa[k] - pb[k]).max()) for k in pa)
+
+
+def _replay_single_process(plan, train, records, state):
+    """Single-process oracle: the executor's train_step on each global batch the workers drew."""
+    shards = [load_shard(s, plan) for s in plan_shards(train, plan, len(records[0]))]
+    ex = make_executor(plan, state)
+    per_epoch = -(-ROWS // plan["train"]["batch"])
+    name = next(iter(plan["inputs"]))["name"]
+    for u, rec in enumerate(records):
+        parts = [sh.take(rows) for sh, (rows, _) in zip(shards, rec)]
+        batch = Batch(inputs={name: sp.vstack([p.inputs[name] for p in parts], format="csr")},
+                      labels=sp.vstack([p.labels for p in parts], format="csr"))
+        active = {}
+        for _, acts in rec:
+            for a in acts:
+                for layer, ids in a.items():
+                    active.setdefault(layer, []).append(ids)
+        ex.train_step(batch, plan["train"]["lr"], active={k: np.concatenate(v) for k, v in active.items()})
+        ex.after_step(u // per_epoch, u % per_epoch, per_epoch)
+    return state
+
+
+def test_in_process_matches_single_process_on_the_same_batches(tiny):
+    plan, train, _ = tiny
+    init = ModelState.init(plan)
+    res = train_distributed(plan, copy.deepcopy(init), train, workers=2, in_process=True, record=True)
+    assert res.stats["updates"] == 20 and res.stats["examples"] == 20 * 64
+    assert len(res.records[0]) == 2 and all(len(r[0]) == 32 for r in res.records[0])
+    oracle = _replay_single_process(plan, train, res.records, copy.deepcopy(init))
+    assert _max_diff(res.state, oracle) < 2e-6
+    assert res.state.step == 20
+    # it trained: the loss of epoch 2 is below epoch 1's
+    assert res.history["epochs"][1]["loss"] < res.history["epochs"][0]["loss"]
+
+
+def _widened(plan, train, width=20000):
+    """The tiny model with a 20,000-wide input and output: wide enough that a batch touches few rows."""
+    plan = copy.deepcopy(plan)
+    plan["inputs"][0]["dim"] = width
+    plan["target"]["classes"] = width
+    for layer in plan["layers"]:
+        if layer["name"] == "hidden":
+            layer["in_dim"] = width
+        if layer["name"] == "scores":
+            layer["dim"] = width
+    return plan, dict(train, features=width, labels=width)
+
+
+def test_sparse_and_dense_exchange_train_identically_and_sparse_sends_less(tiny):
+    plan, train = _widened(*tiny[:2])
+    init = ModelState.init(plan)
+    kw = dict(workers=2, in_process=True, max_updates=6)
+    sparse = train_distributed(plan, copy.deepcopy(init), train, exchange="sparse", **kw)
+    dense = train_distributed(plan, copy.deepcopy(init), train, exchange="dense", **kw)
+    assert _max_diff(sparse.state, dense.state) < 1e-6
+    dense_model_bytes = sum(a.nbytes for (l, t), a in _params(init).items() if t != "label_count")
+    # dense: every worker sends the whole gradient and receives it back
+    assert dense.stats["bytes_per_update_per_worker"] >= 2 * dense_model_bytes
+    # sparse: a worker's 32 examples touch <= 32 * 16 input rows and <= 32 * 100 output rows of 20,000
+    assert sparse.stats["bytes_per_update_per_worker"] < 0.4 * dense.stats["bytes_per_update_per_worker"]
+
+
+def test_exchange_every_k_equals_one_process_with_k_times_the_batch(tiny):
+    plan, train, _ = tiny
+    init = ModelState.init(plan)
+    res = train_distributed(plan, copy.deepcopy(init), train, workers=2, in_process=True, exchange_every=2,
+                            max_updates=3, record=True)
+    assert res.stats["updates"] == 3 and res.state.step == 3 and res.stats["examples"] == 3 * 128
+    # each record holds both accumulated local batches of a worker: replay them as one batch of 128
+    plan2 = copy.deepcopy(plan)
+    plan2["train"]["batch"] = 128
+    ex = make_executor(plan2, init)
+    shards = [load_shard(s, plan) for s in plan_shards(train, plan, 2)]
+    for rec in res.records:
+        parts = [sh.take(rows) for sh, (rows, _) in zip(shards, rec)]
+        batch = Batch(inputs={"features": sp.vstack([p.inputs["features"] for p in parts], format="csr")},
+                      labels=sp.vstack([p.labels for p in parts], format="csr"))
+        active = {"scores": np.concatenate([a["scores"] for _, acts in rec for a in acts])}
+        ex.train_step(batch, plan["train"]["lr"], active=active)
+        ex.after_step(0, 0, 1000)
+    assert _max_diff(res.state, init) < 2e-6
+
+
+def test_checkpoint_then_resume_equals_uninterrupted(tiny, tmp_path):
+    from boltc.runtime import savefile
+    plan, train, _ = tiny
+    init = ModelState.init(plan)
+    whole = train_distributed(plan, copy.deepcopy(init), train, workers=2, in_process=True)
+    ckpt = tmp_path / "ckpt.boltc"
+    train_distributed(plan, copy.deepcopy(init), train, workers=2, in_process=True, epochs=1, checkpoint=ckpt,
+                      source=TINY.read_text())
+    saved = savefile.load_model(ckpt)
+    assert saved.optimizer["epochs_done"] == 1 and saved.history["epochs"][0]["epoch"] == 1
+    state = savefile.state_from_saved(saved, ckpt)
+    resumed = train_distributed(plan, state, train, workers=2, in_process=True, history=saved.history)
+    assert [e["epoch"] for e in resumed.history["epochs"]] == [1, 2]
+    assert _max_diff(resumed.state, whole.state) == 0.0
+
+
+def test_worker_loss_restarts_from_epoch_state_or_fails_clearly(tiny):
+    plan, train, _ = tiny
+    init = ModelState.init(plan)
+    whole = train_distributed(plan, copy.deepcopy(init), train, workers=2, in_process=True)
+    again = train_distributed(plan, copy.deepcopy(init), train, workers=2, in_process=True, fail_at={1: 13})
+    assert again.stats["restarts"] == 1
+    assert _max_diff(again.state, whole.state) == 0.0
+    with pytest.raises(DistributedError, match=r"worker 1 died .* epoch 2.*--resume"):
+        train_distributed(plan, copy.deepcopy(init), train, workers=2, in_process=True, fail_at={1: 13},
+                          max_restarts=0)
+
+
+def test_file_shards_are_read_by_byte_range(tiny, tmp_path):
+    from boltc.runtime import synth, xcformat
+    plan, train, _ = tiny
+    X, Y = synth.generate({k: v for k, v in train.items() if k != "kind"})
+    path = tmp_path / "train.txt"
+    xcformat.write_xc(path, X, Y)
+    shards = plan_shards(str(path), plan, 2)
+    assert [s["kind"] for s in shards] == ["range", "range"] and shards[0]["end"] == shards[1]["start"]
+    parts = [load_shard(s, plan) for s in shards]
+    assert sum(p.rows for p in parts) == ROWS
+    got = sp.vstack([p.inputs["features"] for p in parts]).tocsr()
+    assert abs(got - X).max() < 1e-5 and (sp.vstack([p.labels for p in parts]) != Y).nnz == 0
+    res = train_distributed(plan, ModelState.init(plan), str(path), workers=2, in_process=True, max_updates=2)
+    assert res.stats["examples"] == 128
+
+
+def test_without_ray_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)       # `import ray` now raises ImportError
+    with pytest.raises(DependencyError, match=r"pip install boltc\[distributed\]"):
+        require_ray()
+
+
+# ------------------------------------------------------------------------------------------------ Ray
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, address="local",
+             _temp_dir=str(Path("/tmp") / f"boltc_ray_test_{np.random.randint(1 << 30)}"))
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_two_workers_match_single_process(tiny, ray_cluster):
+    from boltc.runtime.trainer import Trainer
+    plan, train, test = tiny
+    init = ModelState.init(plan)
+    on_ray = train_distributed(plan, copy.deepcopy(init), train, validation=test, workers=2, timeout=120)
+    local = train_distributed(plan, copy.deepcopy(init), train, workers=2, in_process=True, record=True)
+    assert _max_diff(on_ray.state, local.state) == 0.0                   # same protocol, same bits
+    oracle = _replay_single_process(plan, train, local.records, copy.deepcopy(init))
+    assert _max_diff(on_ray.state, oracle) < 2e-6                        # = one process, same batches
+    # one process with its own batch order and the same total batch: same quality within 5 points
+    single = copy.deepcopy(init)
+    hist = Trainer(plan, single, make_executor(plan, single), progress=False).fit(
+        load_dataset(train, plan), test)
+    p1_single = hist["epochs"][-1]["validation"]["precision@1"]
+    p1_ray = on_ray.history["epochs"][-1]["validation"]["precision@1"]
+    assert abs(p1_single - p1_ray) < 5.0
+    assert on_ray.stats["bytes_per_update_per_worker"] > 0
+
+
+def test_ray_dead_worker_restarts_then_fails_clearly(tiny, ray_cluster):
+    plan, train, _ = tiny
+    init = ModelState.init(plan)
+    whole = train_distributed(plan, copy.deepcopy(init), train, workers=2, in_process=True)
+    again = train_distributed(plan, copy.deepcopy(init), train, workers=2, timeout=120, fail_at={0: 12})
+    assert again.stats["restarts"] == 1 and _max_diff(again.state, whole.state) == 0.0
+    with pytest.raises(DistributedError, match=r"worker 0 died"):
+        train_distributed(plan, copy.deepcopy(init), train, workers=2, timeout=120, fail_at={0: 3}, max_restarts=0)
