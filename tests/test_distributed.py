@@ -85,8 +85,8 @@ def test_in_process_matches_single_process_on_the_same_batches(tiny):
     assert res.history["epochs"][1]["loss"] < res.history["epochs"][0]["loss"]
 
 
-def _widened(plan, train, width=20000):
-    """The tiny model with a 20,000-wide input and output: wide enough that a batch touches few rows."""
+def _widened(plan, train, width=10000):
+    """The tiny model with a 10,000-wide input and output: wide enough that a batch touches few rows."""
     plan = copy.deepcopy(plan)
     plan["inputs"][0]["dim"] = width
     plan["target"]["classes"] = width
@@ -101,15 +101,15 @@ def _widened(plan, train, width=20000):
 def test_sparse_and_dense_exchange_train_identically_and_sparse_sends_less(tiny):
     plan, train = _widened(*tiny[:2])
     init = ModelState.init(plan)
-    kw = dict(workers=2, in_process=True, max_updates=6)
+    kw = dict(workers=2, in_process=True, max_updates=4)
     sparse = train_distributed(plan, copy.deepcopy(init), train, exchange="sparse", **kw)
     dense = train_distributed(plan, copy.deepcopy(init), train, exchange="dense", **kw)
     assert _max_diff(sparse.state, dense.state) < 1e-6
     dense_model_bytes = sum(a.nbytes for (l, t), a in _params(init).items() if t != "label_count")
     # dense: every worker sends the whole gradient and receives it back
     assert dense.stats["bytes_per_update_per_worker"] >= 2 * dense_model_bytes
-    # sparse: a worker's 32 examples touch <= 32 * 16 input rows and <= 32 * 100 output rows of 20,000
-    assert sparse.stats["bytes_per_update_per_worker"] < 0.4 * dense.stats["bytes_per_update_per_worker"]
+    # sparse: a worker's 32 examples touch <= 32 * 16 input rows and <= 32 * 100 output rows of 10,000
+    assert sparse.stats["bytes_per_update_per_worker"] < 0.5 * dense.stats["bytes_per_update_per_worker"]
 
 
 def test_exchange_every_k_equals_one_process_with_k_times_the_batch(tiny):
