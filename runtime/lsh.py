@@ -64,35 +64,58 @@ class LSHIndex:
             self.signs = np.zeros((0, 0), dtype=np.float32)
             self.probe = np.stack([rng.permutation(self.n_hashes) for _ in range(_PROBES)]).astype(np.int32)
 
-    def _codes(self, vals: np.ndarray) -> np.ndarray:
-        """vals (n, n_hashes, width) -> bucket ids (n, L)."""
-        n = vals.shape[0]
-        if self.family == "srp":
-            bits = ((vals * self.signs).sum(axis=2) > 0).astype(np.int64).reshape(n, self.L, self.range_bits)
-            return (bits << np.arange(self.range_bits)).sum(axis=2).astype(np.int32)
-        code = vals.argmax(axis=2)
-        empty = ~(vals != 0).any(axis=2)
+    def _dwta_codes(self, v: np.ndarray) -> np.ndarray:
+        """v (n_hashes, bin_size, n) gathered values -> (n_hashes, n) winner index, densified.
+        The winner is the first position holding the bin's maximum (np.argmax's tie rule), computed
+        with whole-array max/compare passes: several times faster than argmax over a short axis."""
+        best = v[:, 0, :].copy()
+        nonzero = best != 0
+        for j in range(1, v.shape[1]):
+            np.maximum(best, v[:, j, :], out=best)
+            nonzero |= v[:, j, :] != 0
+        last = np.int16(v.shape[1] - 1)
+        code = np.full(best.shape, last, dtype=np.int16)
+        for j in range(v.shape[1] - 2, -1, -1):           # descending: the smallest j holding the max wins
+            code -= (code - np.int16(j)) * (v[:, j, :] == best)
+        empty = ~nonzero
         for t in range(_PROBES):
             if not empty.any():
                 break
             src = self.probe[t]
-            fill = empty & ~empty[:, src]
-            code = np.where(fill, code[:, src], code)
-            empty = empty & ~fill
-        code = np.where(empty, 0, code).astype(np.int64).reshape(n, self.L, self.hashes)
-        shift = int(np.log2(self.bin_size)) * np.arange(self.hashes)
-        return ((code << shift).sum(axis=2) & ((1 << self.range_bits) - 1)).astype(np.int32)
+            fill = empty & ~empty[src]
+            code += (code[src] - code) * fill
+            empty &= ~fill
+        code *= ~empty                                     # still empty after the probes: code 0
+        return code.astype(np.int64)
+
+    def _buckets(self, bits_or_codes: np.ndarray, per_table: int, width_bits: int) -> np.ndarray:
+        """(L * per_table, n) codes -> (n, L) int32 buckets: a table's codes concatenated, low bits first."""
+        c = bits_or_codes.reshape(self.L, per_table, -1)
+        shift = (width_bits * np.arange(per_table, dtype=np.int64))[None, :, None]
+        b = (c << shift).sum(axis=1) & ((1 << self.range_bits) - 1)
+        return np.ascontiguousarray(b.T).astype(np.int32)
 
     def hash(self, x) -> np.ndarray:
-        """x (B, in_dim) dense or CSR -> (B, L) int32 bucket ids."""
-        flat = self.idx.ravel()
+        """x (B, in_dim) dense or CSR -> (B, L) int32 bucket ids.
+        Works on x transposed (in_dim, B) so the gathers are whole contiguous rows."""
         n = x.shape[0]
+        flat = self.idx.ravel()
         step = max(1, _CHUNK // max(1, flat.size))
         out = np.empty((n, self.L), dtype=np.int32)
         for s in range(0, n, step):
             part = x[s:s + step]
-            vals = part[:, flat].toarray() if sp.issparse(part) else np.asarray(part)[:, flat]
-            out[s:s + step] = self._codes(vals.reshape(vals.shape[0], self.n_hashes, -1))
+            m = part.shape[0]
+            if sp.issparse(part):
+                xt = sp.csr_matrix(part.T)
+                v = xt[flat].toarray()
+            else:
+                v = np.ascontiguousarray(np.asarray(part).T)[flat]
+            v = v.reshape(self.n_hashes, -1, m)
+            if self.family == "srp":
+                bits = (np.einsum("hwn,hw->hn", v, self.signs) > 0).astype(np.int64)
+                out[s:s + step] = self._buckets(bits, self.range_bits, 1)
+            else:
+                out[s:s + step] = self._buckets(self._dwta_codes(v), self.hashes, int(np.log2(self.bin_size)))
         return out
 
     # ------------------------------------------------------------ tables
@@ -112,7 +135,8 @@ class LSHIndex:
             t1 = min(self.L, t0 + per)
             keys = (np.arange(t0, t1, dtype=np.int64)[None, :] * nb + buckets[:, t0:t1]).ravel()
             ids = np.repeat(np.arange(self.dim, dtype=np.int32), t1 - t0)
-            order = np.lexsort((rng.random(keys.size), keys))        # random order inside each bucket
+            # random order inside each bucket: one argsort of (key, random) packed into an int64
+            order = np.argsort((keys << 20) | rng.integers(0, 1 << 20, keys.size))
             ks, ids = keys[order], ids[order]
             start = np.r_[True, ks[1:] != ks[:-1]]
             first = np.flatnonzero(start)
@@ -151,35 +175,62 @@ class LSHIndex:
     def select(self, x, labels: sp.csr_matrix | None, active: int, rng: np.random.Generator,
                insert_missed: bool = False) -> np.ndarray:
         """(B, active) int32: labels first, then bucket contents in table order (de-duplicated), then
-        uniform random fill; exactly `active` distinct ids per row. With `insert_missed`, labels that the
-        lookup did not retrieve are inserted into the example's probed buckets (BOLT's frozen tables)."""
+        uniform random fill; exactly `active` distinct ids per row, in that order. With `insert_missed`,
+        labels that the lookup did not retrieve are inserted into the example's probed buckets (BOLT's
+        frozen tables). A row with more labels than `active` keeps its first `active` labels."""
         B, dim = x.shape[0], self.dim
         active = int(min(active, dim))
         buckets = self.hash(x)
         cand = self.tables[np.arange(self.L)[None, :], buckets].reshape(B, -1)    # (B, L*res), table order
-        rows_c = np.repeat(np.arange(B, dtype=np.int64), cand.shape[1])
-        ids_c = cand.ravel().astype(np.int64)
-        prio_c = np.tile(np.arange(cand.shape[1], dtype=np.int64), B) + (1 << 32)
-        ok = ids_c >= 0
-        rows, ids, prio = [rows_c[ok]], [ids_c[ok]], [prio_c[ok]]
         if labels is not None:
             lab = sp.csr_matrix(labels)
             lrows = np.repeat(np.arange(B, dtype=np.int64), np.diff(lab.indptr))
             lids = lab.indices.astype(np.int64)
-            lprio = np.arange(lids.size, dtype=np.int64) - np.repeat(lab.indptr[:-1], np.diff(lab.indptr))
-            rows.insert(0, lrows); ids.insert(0, lids); prio.insert(0, lprio)
+            lpos = np.arange(lids.size, dtype=np.int64) - np.repeat(lab.indptr[:-1], np.diff(lab.indptr))
             if insert_missed and lids.size:
-                missed = ~np.isin(lrows * dim + lids, rows_c[ok] * dim + ids_c[ok])
+                ok = cand >= 0
+                ckeys = np.repeat(np.arange(B, dtype=np.int64), cand.shape[1])[ok.ravel()] * dim + cand[ok]
+                missed = ~np.isin(lrows * dim + lids, ckeys)
                 self.insert(lids[missed], buckets[lrows[missed]], rng)
-        rows, ids, prio = np.concatenate(rows), np.concatenate(ids), np.concatenate(prio)
-        rows, ids, prio = _first_k(rows, ids, prio, dim, active)
+        else:
+            lrows = lids = lpos = np.zeros(0, dtype=np.int64)
+        if B * dim <= _CHUNK:
+            return self._select_dense(cand, lrows, lids, lpos, active, rng)
+        return self._select_sorted(cand, lrows, lids, lpos, active, rng)
+
+    def _select_dense(self, cand, lrows, lids, lpos, active, rng):
+        """Small B * dim: a (B, dim) priority matrix. Priority = label position, else 2^20 + the first
+        position in the bucket candidates, else 2^40 + a random key (uniform fill without replacement);
+        the `active` smallest per row, sorted by priority."""
+        B, dim = cand.shape[0], self.dim
+        prio = (np.int64(1) << 40) + rng.integers(0, 1 << 30, size=(B, dim))
+        rows = np.repeat(np.arange(B), cand.shape[1])
+        pos = np.tile(np.arange(cand.shape[1], dtype=np.int64), B) + (1 << 20)
+        flat = cand.ravel()
+        ok = flat >= 0
+        np.minimum.at(prio, (rows[ok], flat[ok]), pos[ok])     # an id seen twice keeps its first position
+        prio[lrows, lids] = lpos                                # label ids are unique within a row
+        part = np.argpartition(prio, active - 1, axis=1)[:, :active] if active < dim else \
+            np.tile(np.arange(dim), (B, 1))
+        order = np.argsort(np.take_along_axis(prio, part, axis=1), axis=1)
+        return np.take_along_axis(part, order, axis=1).astype(np.int32)
+
+    def _select_sorted(self, cand, lrows, lids, lpos, active, rng):
+        """Wide layers: candidates as (row, id, priority) lists, de-duplicated and cut by sorting."""
+        B, dim = cand.shape[0], self.dim
+        rows_c = np.repeat(np.arange(B, dtype=np.int64), cand.shape[1])
+        ids_c = cand.ravel().astype(np.int64)
+        prio_c = np.tile(np.arange(cand.shape[1], dtype=np.int64), B) + (1 << 20)
+        ok = ids_c >= 0
+        rows, ids, prio = _first_k(np.r_[lrows, rows_c[ok]], np.r_[lids, ids_c[ok]],
+                                   np.r_[lpos, prio_c[ok]], dim, active)
         for attempt in range(8):                                   # random fill, without duplicates
             need = active - np.bincount(rows, minlength=B)
             if not need.any():
                 break
             fr = np.repeat(np.arange(B, dtype=np.int64), need + need // 2 + 2)
             fid = rng.integers(0, dim, size=fr.size)
-            fprio = (np.int64(2) << 32) + attempt * fr.size + np.arange(fr.size, dtype=np.int64)
+            fprio = (np.int64(1) << 36) + (attempt << 30) + np.arange(fr.size, dtype=np.int64)
             rows, ids, prio = _first_k(np.r_[rows, fr], np.r_[ids, fid], np.r_[prio, fprio], dim, active)
         need = active - np.bincount(rows, minlength=B)
         if need.any():                                             # dense-ish sets: fill from the complement
@@ -190,7 +241,7 @@ class LSHIndex:
                 extra_r.append(np.full(need[b], b, dtype=np.int64))
             rows = np.r_[rows, np.concatenate(extra_r)]
             ids = np.r_[ids, np.concatenate(extra_i)]
-            prio = np.r_[prio, np.full(rows.size - prio.size, np.int64(3) << 32)]
+            prio = np.r_[prio, np.full(rows.size - prio.size, np.int64(1) << 39)]
             rows, ids, prio = _first_k(rows, ids, prio, dim, active)
         return ids.reshape(B, active).astype(np.int32)
 
@@ -206,6 +257,14 @@ class LSHIndex:
         if self.family == "dwta":
             out["probe"] = self.probe
         return out
+
+    def state_dict(self) -> dict:
+        """Nested plain data (JSON scalars + arrays) for a model file; inverse: `from_state`."""
+        return {"meta": self.meta(), "arrays": dict(self.arrays())}
+
+    @classmethod
+    def from_state(cls, d: dict) -> "LSHIndex":
+        return cls.from_arrays(d["meta"], d["arrays"])
 
     @classmethod
     def from_arrays(cls, meta: dict, arrays: dict[str, np.ndarray]) -> "LSHIndex":
@@ -231,16 +290,24 @@ class LSHIndex:
 
 def _first_k(rows, ids, prio, dim, k):
     """De-duplicate (row, id) keeping the lowest priority, then keep the k lowest priorities per row.
-    Returns (rows, ids, prio) sorted by (row, prio)."""
+    Returns (rows, ids, prio) sorted by (row, prio). Priorities are < 2^40 so (key, prio) and
+    (row, prio) pack into one int64 each: one argsort instead of a two-key lexsort."""
     keys = rows * dim + ids
-    order = np.lexsort((prio, keys))
+    order = _argsort_pairs(keys, prio)
     keys_s = keys[order]
     first = np.r_[True, keys_s[1:] != keys_s[:-1]]
     sel = order[first]
     rows, ids, prio = rows[sel], ids[sel], prio[sel]
-    order = np.lexsort((prio, rows))
+    order = _argsort_pairs(rows, prio)
     rows, ids, prio = rows[order], ids[order], prio[order]
     start = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if rows.size else np.zeros(0, np.int64)
     rank = np.arange(rows.size) - np.repeat(start, np.diff(np.r_[start, rows.size]))
     keep = rank < k
     return rows[keep], ids[keep], prio[keep]
+
+
+def _argsort_pairs(major: np.ndarray, minor: np.ndarray) -> np.ndarray:
+    """Order by (major, minor) for minor < 2^40: a packed int64 argsort when major < 2^23, else lexsort."""
+    if major.size and int(major.max()) >= (1 << 23):
+        return np.lexsort((minor, major))
+    return np.argsort((major << 40) | minor)

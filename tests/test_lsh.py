@@ -1,0 +1,188 @@
+"""LSHIndex: active-set invariants, tables, insertion, persistence, and retrieval against brute force."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from boltc.runtime.lsh import LSHIndex, _CHUNK
+
+
+def _labels(rows, dim):
+    r = [i for i, ls in enumerate(rows) for _ in ls]
+    c = [l for ls in rows for l in ls]
+    return sp.csr_matrix((np.ones(len(c), np.float32), (r, c)), shape=(len(rows), dim))
+
+
+def _index(family="dwta", in_dim=32, dim=300, tables=6, reservoir=8, seed=0):
+    bits = 6 if family == "dwta" else 6
+    idx = LSHIndex(family, in_dim, dim, 2 if family == "dwta" else bits, bits, tables, reservoir, seed=seed)
+    W = np.random.default_rng(seed).standard_normal((dim, in_dim)).astype(np.float32)
+    idx.build(W)
+    return idx, W
+
+
+@pytest.mark.parametrize("family", ["dwta", "srp"])
+@pytest.mark.parametrize("wide", [False, True])
+def test_active_set_invariants(family, wide, monkeypatch):
+    """Labels first (in order), exact size, no duplicates, ids in range; then bucket contents."""
+    if wide:                       # force the sort-based path used by wide layers
+        monkeypatch.setattr("boltc.runtime.lsh._CHUNK", 1)
+    idx, W = _index(family)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((20, 32)).astype(np.float32)
+    lab = [list(rng.choice(300, rng.integers(0, 5), replace=False)) for _ in range(20)]
+    labels = _labels(lab, 300)
+    for k in (1, 7, 40, 299, 300):
+        a = idx.select(x, labels, k, np.random.default_rng(2))
+        assert a.shape == (20, k) and a.dtype == np.int32
+        assert ((a >= 0) & (a < 300)).all()
+        assert all(len(set(r)) == k for r in a)
+        for r, ls in zip(a, lab):
+            ls = sorted(ls)
+            assert list(r[:min(k, len(ls))]) == ls[:k]          # labels first, cut to k when too many
+    # after the labels come the example's bucket contents, in table order
+    a = idx.select(x, None, 40, np.random.default_rng(2))
+    b = idx.hash(x)
+    for i in range(20):
+        cand = [c for c in idx.tables[np.arange(idx.L), b[i]].ravel() if c >= 0]
+        first = list(dict.fromkeys(cand))[:40]
+        assert list(a[i, :len(first)]) == first
+
+
+def test_dense_and_sorted_paths_agree_on_the_deterministic_part(monkeypatch):
+    idx, W = _index()
+    x = np.random.default_rng(3).standard_normal((10, 32)).astype(np.float32)
+    labels = _labels([[1, 2]] * 10, 300)
+    a = idx.select(x, labels, 50, np.random.default_rng(0))
+    monkeypatch.setattr("boltc.runtime.lsh._CHUNK", 1)
+    b = idx.select(x, labels, 50, np.random.default_rng(0))
+    b_hash = idx.hash(x)
+    for i in range(10):
+        n_det = len(set([1, 2]) | set(c for c in idx.tables[np.arange(idx.L), b_hash[i]].ravel() if c >= 0))
+        n_det = min(n_det, 50)
+        assert list(a[i, :n_det]) == list(b[i, :n_det])
+
+
+def test_random_fill_is_uniform():
+    idx, W = _index(tables=1, reservoir=1)
+    x = np.zeros((4000, 32), np.float32)                     # all examples hash alike
+    a = idx.select(x, None, 3, np.random.default_rng(0))
+    fixed = idx.tables[0, idx.hash(x[:1])[0, 0], 0]          # the one bucket entry: always position 0
+    assert (a[:, 0] == fixed).all()
+    counts = np.delete(np.bincount(a[:, 1:].ravel(), minlength=300), fixed)
+    expected = a[:, 1:].size / 299
+    assert counts.sum() == a[:, 1:].size
+    assert counts.max() < expected * 2 and counts.min() > expected * 0.3
+    # chi-square against uniform: 298 degrees of freedom, far below the 1e-6 tail (about 420)
+    assert ((counts - expected) ** 2 / expected).sum() < 420
+
+
+def test_build_places_every_neuron_in_its_bucket():
+    idx, W = _index(reservoir=300)                           # big enough that nothing overflows
+    b = idx.hash(W)
+    for t in range(idx.L):
+        for n in range(0, 300, 37):
+            assert n in idx.tables[t, b[n, t]]
+    assert idx.counts.sum() == 300 * idx.L
+    assert ((idx.tables >= 0).sum(axis=2) == idx.counts).all()
+
+
+def test_reservoir_overflow_keeps_exactly_reservoir():
+    idx = LSHIndex("dwta", 8, 500, 1, 3, 2, 4, seed=0)
+    idx.build(np.random.default_rng(0).standard_normal((500, 8)).astype(np.float32))
+    full = idx.counts >= 4
+    assert ((idx.tables >= 0).sum(axis=2)[full] == 4).all()
+    for t in range(2):
+        for bkt in range(8):
+            got = idx.tables[t, bkt][idx.tables[t, bkt] >= 0]
+            assert len(set(got)) == len(got)
+
+
+def test_hash_dense_equals_csr_and_dwta_is_argmax():
+    idx, W = _index()
+    x = sp.random(15, 32, density=0.3, format="csr", random_state=np.random.RandomState(0), dtype=np.float32)
+    np.testing.assert_array_equal(idx.hash(x), idx.hash(x.toarray()))
+    # a non-empty bin's code is the argmax over its dims
+    v = W[:, idx.idx.ravel()].reshape(300, idx.n_hashes, 8)
+    codes = v.argmax(axis=2).reshape(300, idx.L, idx.hashes)
+    expect = (codes << (3 * np.arange(idx.hashes))).sum(axis=2)
+    np.testing.assert_array_equal(idx.hash(W), expect)
+
+
+def test_missed_labels_are_inserted_into_probed_buckets():
+    idx, W = _index(reservoir=2)
+    x = np.random.default_rng(4).standard_normal((3, 32)).astype(np.float32)
+    labels = _labels([[17], [42, 43], []], 300)
+    idx.select(x, labels, 20, np.random.default_rng(0), insert_missed=True)
+    b = idx.hash(x)
+    for i, ls in enumerate([[17], [42, 43], []]):
+        for l in ls:
+            for t in range(idx.L):
+                bucket = idx.tables[t, b[i, t]]
+                # inserted, unless the bucket was already full and the reservoir draw kept the old ones
+                assert l in bucket or idx.counts[t, b[i, t]] > 2
+    # on a fresh index with room, every probed bucket gains the label
+    idx2, _ = _index(reservoir=64)
+    idx2.select(x, labels, 20, np.random.default_rng(0), insert_missed=True)
+    for t in range(idx2.L):
+        assert 17 in idx2.tables[t, b[0, t]]
+
+
+def test_persistence_round_trip():
+    idx, W = _index("srp")
+    idx.frozen = True
+    again = LSHIndex.from_state(idx.state_dict())
+    x = np.random.default_rng(5).standard_normal((8, 32)).astype(np.float32)
+    np.testing.assert_array_equal(again.select(x, None, 30, np.random.default_rng(0)),
+                                  idx.select(x, None, 30, np.random.default_rng(0)))
+    assert again.frozen
+
+
+def _angle(a, b):
+    return np.arccos(np.clip(a @ b / np.linalg.norm(a) / np.linalg.norm(b), -1, 1))
+
+
+def test_srp_collision_rate_matches_formula():
+    """One SRP table of K bits: P(same bucket) = (1 - theta/pi)^K (hyperplanes on all dims; +-1 entries,
+    close to the Gaussian formula in 128 dims)."""
+    rng = np.random.default_rng(0)
+    d, K, L = 128, 4, 1000
+    q = rng.standard_normal(d)
+    neurons = np.stack([q * c + rng.standard_normal(d) for c in (0.0, 0.5, 1.0, 2.0, 4.0)]).astype(np.float32)
+    idx = LSHIndex("srp", d, 5, K, K, L, 8, seed=1)
+    hq, hn = idx.hash(q[None].astype(np.float32)), idx.hash(neurons)
+    rate = (hn == hq).mean(axis=1)
+    theory = np.array([(1 - _angle(q, n) / np.pi) ** K for n in neurons])
+    np.testing.assert_allclose(rate, theory, atol=0.05)
+
+
+@pytest.mark.parametrize("family", ["dwta", "srp"])
+def test_retrieval_of_top_inner_products_rises_with_tables(family):
+    """The fraction of an example's true top-5 neurons (by inner product) found in its buckets rises with
+    L as 1 - (1 - p)^L predicts, where p is the single-table collision rate measured on the same data."""
+    rng = np.random.default_rng(0)
+    d, dim = 32, 2000
+    W = rng.standard_normal((dim, d)).astype(np.float32)
+    x = rng.standard_normal((60, d)).astype(np.float32)
+    top = np.argsort(-(x @ W.T), axis=1)[:, :5]
+    K = 2 if family == "dwta" else 6
+    bits = 6
+    recalls = []
+    idx = LSHIndex(family, d, dim, K, bits, 64, dim, seed=3)
+    idx.build(W)
+    bx, bw = idx.hash(x), idx.hash(W)
+    hit = (bw[top] == bx[:, None, :])                       # (60, 5, L): same bucket in table t
+    p = hit.mean()
+    for L in (1, 4, 16, 64):
+        found = hit[:, :, :L].any(axis=2).mean()
+        recalls.append(found)
+        # collisions in different tables are independent given the pair: average the formula over pairs
+        per_pair = hit.mean(axis=2)
+        assert abs(found - (1 - (1 - per_pair) ** L).mean()) < 0.12
+    assert recalls == sorted(recalls) and recalls[-1] > recalls[0] + 0.3
+    # top neurons collide more often than random ones
+    rand = rng.integers(0, dim, (60, 5))
+    assert p > (bw[rand] == bx[:, None, :]).mean() * 1.5
+    # the active set (cut at 400 ids, reached after the first ~13 tables' buckets) holds them at least
+    # at the 4-table rate
+    a = idx.select(x, None, 400, np.random.default_rng(0))
+    assert np.mean([np.isin(top[i], a[i]).mean() for i in range(60)]) >= recalls[1] - 0.05
