@@ -47,7 +47,10 @@ def _hash(problems):
         if isinstance(v, ast.Call) and v.name in ("dwta", "srp"):
             params = _DWTA if v.name == "dwta" else _SRP
             got = bind(v, params, v.name, problems)
-            return {"family": v.name, **{HASH_KEYS[k]: x for k, x in got.items() if x is not None}}
+            spec = {"family": v.name, **{HASH_KEYS[k]: x for k, x in got.items() if x is not None}}
+            if v.name == "srp" and "hashes" in spec:
+                spec["range_bits"] = spec["hashes"]        # SRP: one bucket bit per hash, always
+            return spec
         raise Problem(f"expected auto, none, dwta(...) or srp(...), found {ast.describe(v)}", v.loc)
     return conv
 

@@ -53,9 +53,10 @@ def find_errors(g: nx.DiGraph) -> list:
     for n in defined:
         errs += _type_errors(g, n, get)
     if loss is not None:
-        errs += _loss_errors(g, loss, get)
+        loss_errs = _loss_errors(g, loss, get)
+        errs += loss_errs
         # a typo'd name or a rejected layer is the real mistake, not the layers it leaves unused
-        if not g.graph.get("incomplete") and not any("is not defined" in e.message for e in errs):
+        if not g.graph.get("incomplete") and not loss_errs and not any("is not defined" in e.message for e in errs):
             errs += _unused(g, loss.output, get)
     errs += _metric_errors(g, targets[0] if targets else None)
     return errs

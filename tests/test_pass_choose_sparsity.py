@@ -1,0 +1,66 @@
+"""choose_sparsity: before/after pairs as .bolt text. The after text is the before text with the
+automatic sparsity written out; the pass's graph must equal the parsed after text (modulo the choices)."""
+import pytest
+
+from boltc import ir
+from boltc.frontend import parse
+from boltc.passes import bolt_rules
+from boltc.passes.choose_sparsity import choose_sparsity
+from boltc.passes.infer_shapes import infer_shapes
+from boltc.passes.validate import validate
+
+
+def model(out_width, scores="", hidden=""):
+    return f'''model m {{
+  input x: sparse(100)
+  target y: multilabel({out_width})
+  h = fc(x, 16, relu{hidden})
+  s = fc(h, {out_width}, softmax{scores})
+  loss cross_entropy(s, y)
+}}'''
+
+
+def nodes(g):
+    return [ir.replace(n, loc=ir.Loc()) for n in ir.nodes(g)]
+
+
+def run(text):
+    return choose_sparsity(infer_shapes(validate(parse(text))))
+
+
+def expect(before, after):
+    got = run(before)
+    assert nodes(got) == nodes(infer_shapes(parse(after)))
+    return got
+
+
+@pytest.mark.parametrize("width, sparsity", [
+    (449, 1.0), (450, 0.2), (899, 0.2), (900, 0.1), (1799, 0.1), (1800, 0.05), (3999, 0.05), (4000, 0.02),
+    (9999, 0.02), (10000, 0.01), (19999, 0.01), (20000, 0.005), (670091, 0.005)])
+def test_bolts_table_at_every_boundary(width, sparsity):
+    got = expect(model(width), model(width, f", sparsity={sparsity!r}", ", sparsity=1.0"))
+    choice = next(c for c in got.graph["choices"] if c.node == "s")
+    assert (choice.key, choice.value) == ("sparsity", sparsity)
+    assert "BOLT" in choice.reason
+
+
+def test_hidden_layers_stay_dense_and_say_why():
+    got = expect(model(5000), model(5000, ", sparsity=0.02", ", sparsity=1.0"))
+    (hidden,) = [c for c in got.graph["choices"] if c.node == "h"]
+    assert hidden.value == 1.0 and "hidden layer" in hidden.reason
+
+
+def test_sparsity_given_by_hand_is_kept_and_not_a_choice():
+    got = expect(model(300, ", sparsity=0.5", ", sparsity=0.25"), model(300, ", sparsity=0.5", ", sparsity=0.25"))
+    assert got.graph["choices"] == []
+
+
+def test_hash_none_makes_auto_dense():
+    got = expect(model(50000, ", hash=none"), model(50000, ", sparsity=1.0, hash=none", ", sparsity=1.0"))
+    assert "hash=none" in next(c for c in got.graph["choices"] if c.node == "s").reason
+
+
+def test_the_table_is_monotone():
+    widths = [10, 449, 450, 1000, 5000, 15000, 10**6]
+    values = [bolt_rules.bolt_sparsity(w) for w in widths]
+    assert values == sorted(values, reverse=True)
