@@ -1,0 +1,65 @@
+"""The sampler's native kernels against the NumPy implementation (the oracle)."""
+import numpy as np
+import pytest
+
+from boltc.runtime import sampler_native as sn
+from boltc.runtime.dataset import Dataset
+from boltc.runtime.nw_sketch import NWSketch
+from boltc.runtime.sampler import make_sampler
+
+pytestmark = pytest.mark.skipif(not sn.available(), reason="native kernels unavailable (no llvmlite codegen)")
+
+
+@pytest.mark.parametrize("rows,bits", [(1, 1), (5, 3), (16, 10)])
+def test_native_update_and_query_match_numpy(rows, bits):
+    rng = np.random.default_rng(rows * 100 + bits)
+    n = 3000
+    codes = rng.integers(0, 1 << bits, (n, rows)).astype(np.int32)
+    a, b = NWSketch(rows, bits), NWSketch(rows, bits)
+    for _ in range(3):
+        batch = rng.integers(0, n, 257)              # repeated rows in a batch must all count
+        losses = rng.gamma(1.0, size=257)
+        sn.update(a, codes, batch, losses, True)
+        sn.update(b, codes, batch, losses, False)
+        a.decay(0.7)
+        b.decay(0.7)
+    assert np.allclose(a.loss, b.loss, rtol=1e-12, atol=1e-12)
+    assert np.allclose(a.count, b.count, rtol=1e-12, atol=1e-12)   # same sums, other order
+    assert a.total_count == pytest.approx(b.total_count)
+    empty = np.zeros((4, rows), dtype=np.int32)
+    empty[:] = np.argmin(b.count, axis=1)           # (likely) empty cells -> prior on both paths
+    for q in (codes, empty):
+        assert np.allclose(sn.query(a, q, True), sn.query(b, q, False), rtol=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 3, 1000, 50000])
+def test_native_alias_table_encodes_the_distribution(n):
+    rng = np.random.default_rng(n)
+    p = rng.gamma(0.3, size=n) + 1e-9
+    p[: n // 10] = 0.0 if n > 10 else p[: n // 10]   # zero-probability columns are never drawn
+    p /= p.sum()
+    prob, alias = sn.build_alias(p, True)
+    assert np.allclose(sn.alias_distribution(prob, alias), p, atol=1e-15, rtol=1e-9)
+    assert alias.min() >= 0 and alias.max() < n
+
+
+def test_sampler_native_and_numpy_paths_agree():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((600, 20)).astype(np.float32)
+    ds = Dataset(inputs={"x": x}, labels=None)
+    spec = {"kind": "nw_sketch", "refresh": 2}
+    fast = make_sampler(spec, ds, 30, seed=1)
+    assert fast.native
+    slow = type(fast)({**fast.spec}, ds, 30, seed=1, use_native=False)
+    losses = 1.0 + (x[:, 0] > 0)
+    for epoch in range(2):
+        for (rows, _), _ in zip(fast.batches(epoch), range(5)):
+            fast.observe(rows, losses[rows])
+            slow.observe(rows, losses[rows])
+    slow.sketch.loss[...] = fast.sketch.loss   # same evidence -> same predictions and probabilities
+    slow.sketch.count[...] = fast.sketch.count
+    slow.sketch.total_loss, slow.sketch.total_count = fast.sketch.total_loss, fast.sketch.total_count
+    fast.refresh()
+    slow.refresh()
+    assert np.allclose(fast.pred, slow.pred, rtol=1e-12)
+    assert np.allclose(fast.p, slow.p, rtol=1e-12)
