@@ -192,3 +192,14 @@ def test_debug_levels(monkeypatch, capsys):
     monkeypatch.setenv("BOLTC_DEBUG", "0")
     load_model_source(KITCHEN_SINK)
     assert capsys.readouterr().err == ""
+
+
+def test_the_language_reference_example_is_a_valid_model():
+    import re
+    from boltc.commands.check import check_source
+    doc = (Path(__file__).parents[1] / "docs" / "language.md").read_text()
+    (example,) = re.findall(r"```\n(model everything.*?)```", doc, re.S)
+    graph = check_source(example, "language.md")
+    assert {n.op for n in ir.nodes(graph)} == set(ir.OPS)          # shows every op
+    assert {n.attrs["kind"] for n in ir.nodes(graph) if n.op == "input"} == set(ir.INPUT_KINDS)
+    assert graphs_equal(parse(example), parse(format_source(parse(example))))

@@ -59,11 +59,13 @@ def _data_shapes(g) -> list:
             continue
         if src.kind == "synthetic":
             feats, labels = src.options.get("features"), src.options.get("labels")
+            if len(inputs) != 1 or inputs[0].attrs["kind"] not in ("sparse", "dense"):
+                kinds = ", ".join(f"{n.name} ({n.attrs['kind']})" for n in inputs)
+                errs.append(error(g, f"synthetic(...) data feeds a model with exactly one sparse or dense input; "
+                                     f"this one has {kinds}", src.loc))
+                continue
             for n in inputs:
-                if n.attrs["kind"] not in ("sparse", "dense"):
-                    errs.append(error(g, f"synthetic(...) data fills sparse inputs only; '{n.name}' is a "
-                                         f"{n.attrs['kind']} input", src.loc))
-                elif feats is not None and feats > n.dim:
+                if feats is not None and feats > n.dim:
                     errs.append(error(g, f"synthetic {split} data has {feats} features but input '{n.name}' "
                                          f"has {n.dim}", word_loc(g, src.loc, "features")))
             for t in targets:
