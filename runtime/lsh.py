@@ -69,10 +69,15 @@ class LSHIndex:
         The winner is the first position holding the bin's maximum (np.argmax's tie rule), computed
         with whole-array max/compare passes: several times faster than argmax over a short axis."""
         best = v[:, 0, :].copy()
-        nonzero = best != 0
         for j in range(1, v.shape[1]):
             np.maximum(best, v[:, j, :], out=best)
-            nonzero |= v[:, j, :] != 0
+        # a bin can only be all-zero where its max is 0: check just those (rare for weight rows)
+        nonzero = best != 0
+        maybe = np.flatnonzero(~nonzero)
+        if maybe.size:
+            h, n = np.divmod(maybe, best.shape[1])
+            sub = v[h, :, n]                                  # (len(maybe), bin_size)
+            nonzero.reshape(-1)[maybe] = (sub != 0).any(axis=1)
         last = np.int16(v.shape[1] - 1)
         code = np.full(best.shape, last, dtype=np.int16)
         for j in range(v.shape[1] - 2, -1, -1):           # descending: the smallest j holding the max wins
@@ -130,20 +135,19 @@ class LSHIndex:
         self.counts.fill(0)
         rng = self._build_rng()
         nb = 1 << self.range_bits
-        per = max(1, _CHUNK // max(1, self.dim))
-        for t0 in range(0, self.L, per):
-            t1 = min(self.L, t0 + per)
-            keys = (np.arange(t0, t1, dtype=np.int64)[None, :] * nb + buckets[:, t0:t1]).ravel()
-            ids = np.repeat(np.arange(self.dim, dtype=np.int32), t1 - t0)
-            # random order inside each bucket: one argsort of (key, random) packed into an int64
-            order = np.argsort((keys << 20) | rng.integers(0, 1 << 20, keys.size))
-            ks, ids = keys[order], ids[order]
-            start = np.r_[True, ks[1:] != ks[:-1]]
-            first = np.flatnonzero(start)
+        perm = rng.permutation(self.dim).astype(np.int32)          # random order inside each bucket
+        buckets = buckets[perm]
+        flat_tables = self.tables.reshape(self.L, -1)
+        for t in range(self.L):
+            key = buckets[:, t]
+            # a stable sort by bucket keeps the random order; 16-bit keys take numpy's radix sort
+            order = np.argsort(key.astype(np.uint16) if nb <= 1 << 16 else key, kind="stable")
+            ks, ids = key[order].astype(np.int64), perm[order]
+            first = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
             rank = np.arange(ks.size) - np.repeat(first, np.diff(np.r_[first, ks.size]))
             keep = rank < self.reservoir
-            self.tables.reshape(-1)[ks[keep] * self.reservoir + rank[keep]] = ids[keep]
-            self.counts.reshape(-1)[:] += np.bincount(keys, minlength=self.L * nb).astype(np.int32)
+            flat_tables[t, ks[keep] * self.reservoir + rank[keep]] = ids[keep]
+            self.counts[t] = np.bincount(key, minlength=nb)
 
     def insert(self, ids: np.ndarray, buckets: np.ndarray, rng: np.random.Generator) -> int:
         """Insert neuron ids[i] into its buckets[i] (L,) of every table, reservoir-style, skipping a bucket

@@ -179,10 +179,11 @@ def fc_backward(layer, params, cache, grad, wrt_pre=False):
         if in_major:
             grads["W"] = ParamGrad(feats, cols, block)
         else:
-            grads["W"] = ParamGrad(cols, feats, block.T)
+            grads["W"] = ParamGrad(cols, feats, np.ascontiguousarray(block.T))
+    elif in_major:
+        grads["W"] = ParamGrad(None, cols, x.T @ G)                      # (in, |cols|)
     else:
-        block = x.T @ G                                                  # (in, |cols|)
-        grads["W"] = ParamGrad(None, cols, block) if in_major else ParamGrad(cols, None, block.T)
+        grads["W"] = ParamGrad(cols, None, G.T @ x)                      # (|cols|, in), contiguous
     if has_bias:
         grads["b"] = ParamGrad(cols, None, G.sum(axis=0))
     # input gradient (none for a sparse input: a leaf)

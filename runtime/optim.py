@@ -14,14 +14,18 @@ import math
 import numpy as np
 
 
-def _index(pg):
-    if pg.rows is not None and pg.cols is not None:
-        return np.ix_(pg.rows, pg.cols)
-    if pg.rows is not None:
-        return pg.rows
-    if pg.cols is not None:
-        return (slice(None), pg.cols)
-    return slice(None)
+def _index(pg, shape):
+    """Index of the touched block, and whether it is a view (slices: update in place, no copies).
+    A rows/cols list covering every row/column (sorted unique ids) becomes a slice."""
+    rows = None if pg.rows is None or len(pg.rows) == shape[0] else pg.rows
+    cols = None if pg.cols is None or len(shape) < 2 or len(pg.cols) == shape[1] else pg.cols
+    if rows is not None and cols is not None:
+        return np.ix_(rows, cols), False
+    if rows is not None:
+        return rows, False
+    if cols is not None:
+        return (slice(None), cols), False
+    return slice(None), True
 
 
 class Adam:
@@ -36,12 +40,22 @@ class Adam:
         for layer, tensors in grads.items():
             for name, pg in tensors.items():
                 W, m, v = state.params[layer][name], state.m[layer][name], state.v[layer][name]
-                ix = _index(pg)
+                ix, is_view = _index(pg, W.shape)
                 g = pg.value.astype(W.dtype, copy=False)
-                mi = self.b1 * m[ix] + (1 - self.b1) * g
-                vi = self.b2 * v[ix] + (1 - self.b2) * (g * g)
-                m[ix], v[ix] = mi, vi
-                W[ix] -= (lr / c1) * mi / (np.sqrt(vi / c2) + self.eps)
+                mi, vi = m[ix], v[ix]                   # views when is_view, else gathered copies
+                mi *= self.b1
+                mi += (1 - self.b1) * g
+                vi *= self.b2
+                vi += (1 - self.b2) * (g * g)
+                denom = np.sqrt(vi * (1 / c2))
+                denom += self.eps
+                step = mi / denom
+                step *= lr / c1
+                if is_view:
+                    W[ix] -= step
+                else:
+                    m[ix], v[ix] = mi, vi
+                    W[ix] -= step
 
 
 class SGD:
@@ -52,7 +66,7 @@ class SGD:
         for layer, tensors in grads.items():
             for name, pg in tensors.items():
                 W = state.params[layer][name]
-                ix = _index(pg)
+                ix, _ = _index(pg, W.shape)
                 g = pg.value.astype(W.dtype, copy=False)
                 if self.mu:
                     m = state.m[layer][name]
