@@ -134,7 +134,7 @@ def read_source(path_or_text) -> tuple[str, str]:
         return path_or_text, "<string>"
     path = Path(path_or_text)
     try:
-        return path.read_text(encoding="utf-8"), str(path)
+        return path.read_text(encoding="utf-8-sig"), str(path)   # -sig: a BOM is not a character
     except FileNotFoundError:
         raise BoltError(f"no such file: {path}") from None
     except (OSError, UnicodeDecodeError) as e:

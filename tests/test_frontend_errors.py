@@ -166,3 +166,16 @@ def test_check_command_one_line_when_valid(tmp_path, capsys):
 def test_missing_file_is_a_bolt_error(tmp_path, capsys):
     assert main(["check", str(tmp_path / "nope.bolt")]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_caret_stays_under_the_column_with_tabs():
+    (e,) = _errors(sub("  h = fc(x, 8, relu)", "\th = fc(x, 8, rleu)"))
+    line, caret = e.render().splitlines()[1:]
+    assert (e.location.line, e.location.column) == (4, 15)
+    assert line[caret.index("^")] == "r" and line[caret.index("^"):].startswith("rleu")
+
+
+def test_byte_order_mark_and_crlf_files_check(tmp_path, capsys):
+    path = tmp_path / "bom.bolt"
+    path.write_bytes(b"\xef\xbb\xbf" + BASE.replace("\n", "\r\n").encode())
+    assert main(["check", str(path)]) == 0

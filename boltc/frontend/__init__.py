@@ -10,12 +10,7 @@ import networkx as nx
 from boltc.errors import BoltError, BoltErrorGroup, BoltValidationError, Location
 from boltc.frontend.build import Builder
 from boltc.frontend.format import format_source, graphs_equal  # noqa: F401
-from boltc.frontend.parser import parse_tree
-
-
-def source_line(text: str, line: int) -> str | None:
-    lines = text.splitlines()
-    return lines[line - 1] if 0 < line <= len(lines) else None
+from boltc.frontend.parser import parse_tree, source_line
 
 
 def parse_collect(text: str, file: str = "<string>") -> tuple[nx.DiGraph, list[BoltError]]:

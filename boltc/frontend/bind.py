@@ -100,24 +100,11 @@ def reference(v):
     return v.text
 
 
-def plain(v):
-    """Any scalar (pass-through options such as synthetic(...) generator settings)."""
-    if isinstance(v, ast.Number):
-        return v.value
-    if isinstance(v, ast.String):
-        return v.value
-    if isinstance(v, ast.Name):
-        return {"true": True, "false": False}.get(v.text, v.text)
-    raise Problem(f"expected a number, name or string, found {ast.describe(v)}", v.loc)
-
-
 # ---- binding ----
 
-def bind(call: ast.Call, params: tuple[Param, ...], what: str, problems: list[Problem],
-         extra: Converter | None = None) -> dict[str, Any]:
+def bind(call: ast.Call, params: tuple[Param, ...], what: str, problems: list[Problem]) -> dict[str, Any]:
     """Match `call`'s arguments to `params`; return {name: value}. Mistakes go to `problems`.
 
-    `extra`: when given, unknown keywords are accepted and converted with it (pass-through options).
     Parameters not given take their default; a missing required one is reported at the call.
     """
     by_name = {p.name: p for p in params}
@@ -150,12 +137,6 @@ def bind(call: ast.Call, params: tuple[Param, ...], what: str, problems: list[Pr
     for kw in call.kwargs:
         p = by_name.get(kw.key) or aliases.get(kw.key)
         if p is None:
-            if extra is not None:
-                try:
-                    out[kw.key] = extra(kw.value)
-                except Problem as e:
-                    problems.append(e)
-                continue
             known = one_of_words(sorted(by_name)) if by_name else "none"
             problems.append(Problem(f"unknown option '{kw.key}' for {what}; expected {known}", kw.loc))
             continue

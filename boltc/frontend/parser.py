@@ -94,13 +94,15 @@ class _BadString(Exception):
         self.tok = tok
 
 
-def _source_line(text: str, line: int) -> str | None:
+def source_line(text: str, line: int) -> str | None:
+    """Line `line` (1-based) of `text` for an error message. A tab becomes one space so that the caret,
+    placed `column - 1` spaces in, stays under the column (columns count a tab as one character)."""
     lines = text.splitlines()
-    return lines[line - 1] if 0 < line <= len(lines) else None
+    return lines[line - 1].replace("\t", " ") if 0 < line <= len(lines) else None
 
 
 def _error(message: str, text: str, file: str, line: int, column: int) -> BoltSyntaxError:
-    return BoltSyntaxError(message, Location(file, line, column), _source_line(text, line))
+    return BoltSyntaxError(message, Location(file, line, column), source_line(text, line))
 
 
 def _unclosed_bracket(text: str, file: str) -> BoltSyntaxError | None:

@@ -10,8 +10,8 @@ from boltc.errors import BoltErrorGroup, BoltValidationError, Location
 
 
 def source_line(g: nx.DiGraph, line: int) -> str | None:
-    lines = (g.graph.get("source") or "").splitlines()
-    return lines[line - 1] if 0 < line <= len(lines) else None
+    from boltc.frontend.parser import source_line as line_of
+    return line_of(g.graph.get("source") or "", line)
 
 
 def error(g: nx.DiGraph, message: str, loc: ir.Loc | None) -> BoltValidationError:
