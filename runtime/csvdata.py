@@ -67,7 +67,9 @@ def _dialect(path: str, fmt: str | None, opts: dict) -> dict:
     quote = opts.get("quote", '"' if fmt == "csv" else None)
     if quote in (None, "", "none", False):
         return {"delimiter": delim, "quoting": csv.QUOTE_NONE}
-    return {"delimiter": delim, "quotechar": quote, "doublequote": True, "quoting": csv.QUOTE_MINIMAL}
+    # strict: a quote never closed before the end of the file is an error, not a silently long field
+    return {"delimiter": delim, "quotechar": quote, "doublequote": True, "quoting": csv.QUOTE_MINIMAL,
+            "strict": True}
 
 
 def _open_text(path: str, encoding: str):
