@@ -27,6 +27,24 @@ from boltc.runtime.native_kernels import compile_plan, ptr
 from boltc.runtime.threads import ThreadPool
 
 _STAMP_LIMIT = (1 << 31) - 1
+# Fixed chunks of the wide layer's unique neurons for the fused update + input gradient: each chunk has
+# its own input-gradient buffer (B x in_dim, small), summed in chunk order afterwards. The chunking does
+# not depend on the thread count, so neither does the result.
+N_CHUNKS = 8
+# Below this batch size the active-set forward gathers per example (no inversion: batch-1 latency);
+# above it, it runs in neuron order (each weight row read once, in address order).
+NEURON_MAJOR_MIN_BATCH = 32
+
+
+def _act_grad(activation: str, act: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Same formulas as boltc/lower/backward.py act_grad (and the spec's activation_backward)."""
+    if activation == "relu":
+        return d * (act > 0)
+    if activation == "sigmoid":
+        return d * (act * (1 - act))
+    if activation == "tanh":
+        return d * (1 - act * act)
+    return d
 
 
 def _csr(x) -> sp.csr_matrix:
@@ -173,9 +191,16 @@ class NativeExecutor:
                     labels = batch.labels if mode == "train" else None
                     ids = self._select(layer, cur, labels, rng_seed, insert_missed and getattr(
                         self.state.lsh[name], "frozen", False))
+                self._inv = None
                 if ids is not None and ids.shape[1] == layer["active"] and self.k.has(name, "fwd_active"):
                     out = np.empty(ids.shape, np.float32)
-                    self.pool.run(self.k.fn(name, "fwd_active"), B, ptr(cur), ptr(ids), ptr(W), ptr(b), ptr(out))
+                    if B >= NEURON_MAJOR_MIN_BATCH:
+                        self._inv = inv = self._invert(ids, layer["dim"])
+                        self.pool.run(self.k.fn(name, "fwd_neuron"), inv[3], ptr(inv[0]), ptr(inv[1]),
+                                      ptr(inv[2]), ptr(cur), ptr(W), ptr(b), ptr(out))
+                    else:
+                        self.pool.run(self.k.fn(name, "fwd_active"), B, ptr(cur), ptr(ids), ptr(W), ptr(b),
+                                      ptr(out))
                 elif ids is not None:
                     raise BoltValidationError(
                         f"layer {name!r}: active sets must hold {layer['active']} ids per example")
@@ -271,6 +296,20 @@ class NativeExecutor:
                 continue
             x_in = acts[i - 1] if i > 0 else xin
             dx = None
+            if i > 0 and i == len(self.layers) - 1 and sparse_out:
+                uniq, seg, pos, nu = self._inv if self._inv is not None else self._invert(ids, layer["dim"])
+                bounds = [(c * nu // N_CHUNKS, (c + 1) * nu // N_CHUNKS) for c in range(N_CHUNKS)]
+                dxbufs = np.zeros((N_CHUNKS,) + x_in.shape, np.float32)
+                scratch = [np.empty(layer["in_dim"], np.float32) for _ in range(N_CHUNKS)]
+                self.pool.run_chunks(self.k.fn(lname, "upd_active_dx"), bounds, ptr(uniq), ptr(seg), ptr(pos),
+                                     B, ptr(g), ptr(x_in), ptr(W), ptr(b), ptr(m["W"]), ptr(v["W"]), ptr(mb),
+                                     ptr(vb), ptr(hyper),
+                                     per_chunk=[(ptr(scratch[c]), ptr(dxbufs[c])) for c in range(N_CHUNKS)])
+                dx = dxbufs[0]
+                for c in range(1, N_CHUNKS):           # fixed order: thread-count independent
+                    dx += dxbufs[c]
+                g = np.ascontiguousarray(_act_grad(self.layers[i - 1]["activation"], x_in, dx), np.float32)
+                continue
             if i > 0:
                 dx = np.empty_like(x_in)
                 role, gids = ("dx_active", ids) if (i == len(self.layers) - 1 and sparse_out) else ("dx", None)

@@ -57,6 +57,27 @@ class ThreadPool:
             for f in futs:
                 f.result()
 
+    def run_chunks(self, fn, bounds: list[tuple[int, int]], *args, per_chunk=None) -> None:
+        """fn(lo, hi, *args, *per_chunk[c]) for fixed chunks c, dealt round-robin to the threads.
+        Chunks (not threads) own output buffers, so sums over chunks are thread-count independent."""
+        per_chunk = per_chunk or [()] * len(bounds)
+
+        def work(t):
+            for c in range(t, len(bounds), nthreads):
+                lo, hi = bounds[c]
+                if hi > lo:
+                    fn(lo, hi, *args, *per_chunk[c])
+
+        nthreads = min(self.threads, len(bounds)) if self._pool is not None else 1
+        if nthreads <= 1:
+            work(0) if nthreads == 1 else None
+            return
+        with self._lock:
+            futs = [self._pool.submit(work, t) for t in range(1, nthreads)]
+            work(0)
+            for f in futs:
+                f.result()
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)

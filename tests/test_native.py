@@ -190,3 +190,20 @@ def test_unsupported_plan_runs_on_the_interpreter():
     assert not nx.native and "layernorm" in nx.fallback_reason
     batch = make_batch(np.random.default_rng(8), 4, 50, 20)
     np.testing.assert_array_equal(nx.train_step(batch, 1e-3), ix.train_step(batch, 1e-3))
+
+
+def test_large_batch_neuron_order_path_matches_interpreter():
+    """B >= 32 takes the neuron-order forward and the update fused with the input gradient."""
+    from boltc.runtime.native import NEURON_MAJOR_MIN_BATCH
+    B = NEURON_MAJOR_MIN_BATCH + 8
+    plan = make_plan(200, 20, 300, 30, lr=1e-3)
+    nx, ix = pair(plan)
+    rng = np.random.default_rng(9)
+    for _ in range(3):
+        batch = make_batch(rng, B, 200, 300)
+        active = {"scores": random_active(rng, batch.labels, B, 300, 30)}
+        fa, fb = nx.forward(batch, "train", active), ix.forward(batch, "train", active)
+        np.testing.assert_allclose(fa["scores"][1], fb["scores"][1], rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(nx.train_step(batch, 1e-3, active=active),
+                                   ix.train_step(batch, 1e-3, active=active), rtol=RTOL, atol=ATOL)
+    assert_params_close(nx.state, ix.state, lr=1e-3)

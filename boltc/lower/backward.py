@@ -59,7 +59,7 @@ def input_grad(km: KernelModule, name: str, in_dim: int, k_active: int, gather: 
 def invert(km: KernelModule, name: str, dim: int) -> None:
     """Counting sort of n neuron ids (int32) into segments: serial (it is a few ms at 670k).
 
-    Outputs: uniq[u] (first-seen order), seg[u]..seg[u+1] the positions in pos, pos = flat positions
+    Outputs: uniq[u] (increasing ids), seg[u]..seg[u+1] the positions in pos, pos = flat positions
     in increasing order within each neuron, nuniq[0] = number of unique ids.
     counts (dim int32) must be zero on entry and is zero again on exit; offs is dim int64 scratch."""
     k = km.kernel(name, [("ids", "ptr"), ("n", "i64"), ("counts", "ptr"), ("offs", "ptr"),
@@ -74,13 +74,19 @@ def invert(km: KernelModule, name: str, dim: int) -> None:
             k.st(a["uniq"], k.get(nu), k.b.trunc(n, I32))
             k.set(nu, k.add(k.get(nu), k.i64(1)))
         k.st(a["counts"], n, k.b.add(c, k.b.trunc(k.i64(1), I32)))
+    # segments in increasing neuron order (a scan of `dim` counters): the update passes then sweep
+    # W, m and v in address order, which the hardware prefetcher streams at memory bandwidth
     run = k.var(I64, k.i64(0))
-    with k.loop(0, k.get(nu), "u") as u:
-        n = k.ld_i32_as_i64(a["uniq"], u)
-        k.st(a["seg"], u, k.get(run))
-        k.st(a["offs"], n, k.get(run))
-        k.set(run, k.add(k.get(run), k.b.sext(k.ld(a["counts"], n, I32), I64)))
-        k.st(a["counts"], n, zero32)
+    u = k.var(I64, k.i64(0))
+    with k.loop(0, dim, "nn") as n:
+        c = k.b.sext(k.ld(a["counts"], n, I32), I64)
+        with k.if_(k.icmp(">", c, k.i64(0))):
+            k.st(a["uniq"], k.get(u), k.b.trunc(n, I32))
+            k.st(a["seg"], k.get(u), k.get(run))
+            k.st(a["offs"], n, k.get(run))
+            k.set(run, k.add(k.get(run), c))
+            k.set(u, k.add(k.get(u), k.i64(1)))
+            k.st(a["counts"], n, zero32)
     k.st(a["seg"], k.get(nu), k.get(run))
     with k.loop(0, a["n"], "p2") as p:
         n = k.ld_i32_as_i64(a["ids"], p)
@@ -117,13 +123,13 @@ def _update(k: Kernel, hp, optimizer: str, param, m, v, idx, g) -> None:
 
 
 def rows_update_out_major(km: KernelModule, name: str, in_dim: int, k_active: int, gather: bool,
-                          bias: bool, optimizer: str) -> None:
+                          bias: bool, optimizer: str, fuse_dx: bool = False) -> None:
     """For unique neurons u in [u0, u1): g = sum_{p in seg(u)} grad[p] * x[p // K, :]; update W[n, :]
     (and bias[n] with sum grad[p]). gather=False: dense layer, neuron u = u, positions b*K + u."""
     k = km.kernel(name, [("u0", "i64"), ("u1", "i64"), ("uniq", "ptr"), ("seg", "ptr"), ("pos", "ptr"),
                          ("nrows", "i64"), ("grad", "ptr"), ("x", "ptr"), ("W", "ptr"), ("bias", "ptr"),
                          ("mW", "ptr"), ("vW", "ptr"), ("mb", "ptr"), ("vb", "ptr"), ("hyper", "ptr"),
-                         ("scratch", "ptr")])
+                         ("scratch", "ptr")] + ([("dxbuf", "ptr")] if fuse_dx else []))
     a = k.arg
     IN, K = k.i64(in_dim), k.i64(k_active)
     hp = _hyper(k)
@@ -132,12 +138,16 @@ def rows_update_out_major(km: KernelModule, name: str, in_dim: int, k_active: in
             k.st(a["scratch"], j, k.f32(0.0))
         gb = k.var(F32, k.f32(0.0))
 
-        def accumulate(p, b):
+        def accumulate(p, b, wb=None):
             g = k.ld(a["grad"], p)
             k.set(gb, k.b.fadd(k.get(gb), g))
             xb = k.mul(b, IN)
             with k.loop(0, in_dim, "j") as j:
                 k.st(a["scratch"], j, k.fadd(k.ld(a["scratch"], j), k.fmul(g, k.ld(a["x"], k.add(xb, j)))))
+                if wb is not None:
+                    # the input gradient, from W before its update, into this chunk's own buffer
+                    o = k.add(xb, j)
+                    k.st(a["dxbuf"], o, k.fadd(k.ld(a["dxbuf"], o), k.fmul(g, k.ld(a["W"], k.add(wb, j)))))
 
         if gather:
             n = k.ld_i32_as_i64(a["uniq"], u)
@@ -145,7 +155,7 @@ def rows_update_out_major(km: KernelModule, name: str, in_dim: int, k_active: in
             s1 = k.ld(a["seg"], k.add(u, k.i64(1)), I64)
             with k.loop(s0, s1, "s") as s:
                 p = k.ld_i32_as_i64(a["pos"], s)
-                accumulate(p, k.b.sdiv(p, K))
+                accumulate(p, k.b.sdiv(p, K), k.mul(n, IN) if fuse_dx else None)
         else:
             n = u
             with k.loop(0, a["nrows"], "bb") as b:
@@ -193,4 +203,32 @@ def dense_update(km: KernelModule, name: str, optimizer: str) -> None:
     hp = _hyper(k)
     with k.loop(a["i0"], a["i1"], "i") as i:
         _update(k, hp, optimizer, a["param"], a["m"], a["v"], i, k.ld(a["grad"], i))
+    k.ret()
+
+
+def fwd_by_neuron(km: KernelModule, name: str, in_dim: int, k_active: int, bias: bool) -> None:
+    """The active-set forward in neuron order: for unique neurons u in [u0, u1) and each position p
+    where it is active, out[p] = bias[n] + dot(h[p // K, :], W[n, :]). Each weight row is read once per
+    batch, in address order (h, B x in_dim, stays in cache); each out[p] is written by one thread and
+    computed exactly as the gather kernel computes it."""
+    k = km.kernel(name, [("u0", "i64"), ("u1", "i64"), ("uniq", "ptr"), ("seg", "ptr"), ("pos", "ptr"),
+                         ("h", "ptr"), ("W", "ptr"), ("bias", "ptr"), ("out", "ptr")])
+    a = k.arg
+    IN, K = k.i64(in_dim), k.i64(k_active)
+    with k.loop(a["u0"], a["u1"], "u") as u:
+        n = k.ld_i32_as_i64(a["uniq"], u)
+        wb = k.mul(n, IN)
+        bn = k.ld(a["bias"], n) if bias else None
+        s0 = k.ld(a["seg"], u, I64)
+        s1 = k.ld(a["seg"], k.add(u, k.i64(1)), I64)
+        with k.loop(s0, s1, "s") as s:
+            p = k.ld_i32_as_i64(a["pos"], s)
+            hb = k.mul(k.b.sdiv(p, K), IN)
+            acc = k.var(F32, k.f32(0.0))
+            with k.loop(0, in_dim, "j") as j:
+                k.set(acc, k.fadd(k.get(acc), k.fmul(k.ld(a["h"], k.add(hb, j)), k.ld(a["W"], k.add(wb, j)))))
+            v = k.get(acc)
+            if bias:
+                v = k.b.fadd(v, bn)
+            k.st(a["out"], p, v)
     k.ret()

@@ -60,6 +60,10 @@ def lower_fc(km: KernelModule, layer: dict, ctx: dict) -> dict:
             fwd.softmax_ce(km, out["ce"], k)
             out["upd_active"] = _sym(layer, "upd_active")
             bw.rows_update_out_major(km, out["upd_active"], in_dim, k, True, bias, opt)
+            out["upd_active_dx"] = _sym(layer, "upd_active_dx")
+            bw.rows_update_out_major(km, out["upd_active_dx"], in_dim, k, True, bias, opt, fuse_dx=True)
+            out["fwd_neuron"] = _sym(layer, "fwd_neuron")
+            bw.fwd_by_neuron(km, out["fwd_neuron"], in_dim, k, bias)
             out["dx_active"] = _sym(layer, "dx_active")
             if not ctx["is_first"]:
                 bw.input_grad(km, out["dx_active"], in_dim, k, True, ctx["in_activation"])
