@@ -160,6 +160,8 @@ class Builder:
                 self.graph.graph["data"] = build_data(st.body, self.problems)
             return None
         key = st.call.name if isinstance(st, ast.Bare) else st.key
+        if key in ("input", "target") and isinstance(st, ast.Setting):
+            raise Problem(f"write `{key} name: kind(...)`, with a ':' after the name", st.loc)
         raise Problem(f"unknown statement '{key}'; expected input, target, a layer (name = op(...)), "
                       "loss, metrics, train { } or data { }", st.loc)
 

@@ -123,6 +123,38 @@ def _unclosed_bracket(text: str, file: str) -> BoltSyntaxError | None:
     return _error(f"'{tok}' is never closed (the file ends first)", text, file, tok.line, tok.column)
 
 
+def _tokens_before(text: str, tok: Token) -> list[Token]:
+    try:
+        return [t for t in _parser().lex(text) if t.start_pos < tok.start_pos]
+    except lark.exceptions.LarkError:
+        return []
+
+
+# the parser state right after the first word of a statement accepts exactly these
+_STATEMENT_START = {"EQUAL", "LBRACE", "LPAR", "NAME", "SIGNED_NUMBER", "STRING"}
+
+
+def _explain_unexpected(text: str, tok: Token, expected: set) -> str | None:
+    """A better message for the two commonest slips, where the parser's view is confusing:
+    a bracket left open at the end of a line, and a statement word with nothing after it."""
+    before = _tokens_before(text, tok)
+    if not before or tok.type == "$END":
+        return None
+    stack = []
+    for t in before:
+        if t.type in ("LBRACE", "LPAR"):
+            stack.append(t)
+        elif t.type in ("RBRACE", "RPAR") and stack:
+            stack.pop()
+    if stack and stack[-1].type == "LPAR" and "RPAR" in expected and tok.line > before[-1].line:
+        o = stack[-1]
+        return f"expected ')' to close the '(' at line {o.line}, column {o.column}, found {_found(tok)}"
+    if expected == _STATEMENT_START and before[-1].type == "NAME":
+        return (f"'{before[-1]}' needs a value (statements are `word value`, `name = op(...)`, "
+                f"`word name: kind(...)` or `word {{ ... }}`), found {_found(tok)}")
+    return None
+
+
 def _expected_words(expected) -> str:
     words = sorted({TOKEN_WORDS.get(t, t.lower()) for t in expected if not t.startswith("__")})
     if not words:
@@ -157,7 +189,10 @@ def parse_tree(text: str, file: str = "<string>") -> ast.Model:
             if not text.strip():
                 raise _error("empty file: expected `model <name> { ... }`", text, file, 1, 1) from None
         line, column = _token_position(e.token, text)
-        msg = f"expected {_expected_words(e.expected)}, found {_found(e.token)}"
+        # `accepts` (what the parser can really take here) is narrower than `expected` (its table row)
+        expected = set(getattr(e, "accepts", None) or e.expected)
+        msg = _explain_unexpected(text, e.token, expected) or \
+            f"expected {_expected_words(expected)}, found {_found(e.token)}"
         raise _error(msg, text, file, line, column) from None
     except lark.exceptions.UnexpectedEOF as e:
         unclosed = _unclosed_bracket(text, file)
