@@ -16,19 +16,19 @@ def add_arguments(p):
 
 def check_source(text: str, file: str):
     """Return the planned graph; raise BoltError / BoltErrorGroup holding every error found."""
+    from boltc import debug, ir
     from boltc.errors import BoltErrorGroup
     from boltc.frontend import parse_collect
     from boltc.passes import run_pipeline
     from boltc.passes.validate import find_errors
-    graph, errors = parse_collect(text, file)
-    errors = errors + _graph_errors(graph, find_errors)
+    with debug.stage("parse"):
+        graph, errors = parse_collect(text, file)
+    if not errors:
+        debug.dump(2, "graph after parse", ir.format_graph(graph))
+    errors = errors + find_errors(graph)
     if errors:
         raise errors[0] if len(errors) == 1 else BoltErrorGroup(_dedupe(errors))
     return run_pipeline(graph)
-
-
-def _graph_errors(graph, find_errors):
-    return find_errors(graph)
 
 
 def _dedupe(errors):
