@@ -77,8 +77,9 @@ def read_shard(path: str, start: int, end: int, fmt: str = "xc", features: int |
     if not blob.strip():
         return (sp.csr_matrix((0, features or 0), dtype=np.float32), sp.csr_matrix((0, classes or 0), dtype=np.float32))
     try:
-        n_rows, lr, lids, fr, fids, vals, _ = xcformat._parse_block(blob, str(path), 1, features, classes, one_based,
-                                                                    drop_negative=fmt == "svmlight")
+        parsed = xcformat._parse_block(blob, str(path), 1, features, classes, one_based,
+                                       drop_negative=fmt == "svmlight")
+        n_rows, lr, lids, fr, fids, vals = parsed[:6]      # later fields (line counts) are not needed here
     except DataError as e:
         local = e.location.line if e.location else 1
         raise DataError(e.message, Location(str(path), _line_number(path, start) + local - 1)) from None

@@ -177,21 +177,27 @@ class Worker:
 
     # ------------------------------------------------------------------ one step
     def select_active(self, batch: Batch) -> dict:
-        """Active sets of every sparse layer whose input is a model input (others left to the executor)."""
-        active = {}
+        """Active sets of every LSH-sparse layer, chosen here so the probe can name the touched rows.
+
+        Layers before the last sparse one are evaluated with the NumPy rules (the executable spec), which
+        skips the output layer's forward that a full `executor.forward` would waste.
+        """
+        from boltc.runtime.numpy_rules import NUMPY_RULES
         lsh = getattr(self.state, "lsh", {}) or {}
+        hashed = [l["name"] for l in self.plan["layers"] if l.get("hash") and l["name"] in lsh]
+        active, values = {}, dict(batch.inputs)
         for layer in self.plan["layers"]:
-            if layer.get("op") != "fc" or not layer.get("hash") or layer["name"] not in lsh:
-                continue
-            if layer["inputs"][0] in batch.inputs:
-                x = batch.inputs[layer["inputs"][0]]
-            else:
-                vals = self.ex.forward(batch, mode="train", active=active or None)
-                x = vals[layer["inputs"][0]]
-            x = x.toarray() if hasattr(x, "toarray") else x
-            labels = batch.labels if layer["name"] == self.plan.get("output") else None
-            active[layer["name"]] = lsh[layer["name"]].select(np.asarray(x, np.float32), labels,
-                                                               int(layer["active"]), self.rng)
+            if not hashed:
+                break
+            name = layer["name"]
+            ins = [values[n] for n in layer["inputs"]]
+            if name in hashed:
+                labels = batch.labels if name == self.plan.get("output") else None
+                active[name] = lsh[name].select(ins[0], labels, int(layer["active"]), self.rng)
+                hashed.remove(name)
+            if hashed:
+                values[name], _ = NUMPY_RULES[layer["op"]].forward(layer, self.state.params.get(name, {}), ins,
+                                                                  active.get(name), False)
         return active
 
     def compute(self, step: int, record: bool = False):
