@@ -99,7 +99,8 @@ def choose_hashing(g: nx.DiGraph) -> nx.DiGraph:
             continue
         spec = hash_spec(n, given, rows, rows_reason, h.graph["choices"])
         ir.replace_node(h, n.with_attrs(hash=spec))
-        mb = R.hash_table_bytes(spec) / 1e6
-        h.graph["choices"].append(ir.Choice(n.name, "hash.memory", f"{mb:,.0f} MB",
+        size = R.hash_table_bytes(spec)
+        text = f"{size / 1e6:,.0f} MB" if size >= 10**7 else f"{size / 1e3:,.1f} kB"
+        h.graph["choices"].append(ir.Choice(n.name, "hash.memory", text,
                                             f"{spec['tables']} x 2^{spec['range_bits']} x {spec['reservoir']} x 4 B"))
     return h
