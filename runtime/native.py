@@ -113,8 +113,26 @@ class NativeExecutor:
                 return _spec(x)
             return self._dwta(_k.fn(self.output, "hash"), _index, np.ascontiguousarray(x, dtype=np.float32))
 
+        def native_build(w_out_major, _index=index, _k=kernels):
+            self._build_tables(_k.fn(self.output, "build"), _index, w_out_major)
+
         index.hash = native_hash
+        index.build = native_build
         index._native_hash = True
+
+    def _build_tables(self, fn, index, w: np.ndarray, chunk: int = 1 << 16) -> None:
+        """Refill every table from the neurons' weight rows: native hashing in chunks of neurons (bounded
+        memory), then reservoir insertion split by tables (see boltc/lower/select.py build_tables)."""
+        index.builds += 1
+        seed = (index.seed * 1000003 + index.builds) & ((1 << 63) - 1)
+        L = index.L
+        if index.tables.shape[1] * index.tables.shape[2] * L > 0:
+            pass
+        for n0 in range(0, w.shape[0], chunk):
+            part = np.ascontiguousarray(w[n0:n0 + chunk], dtype=np.float32)
+            buckets = index.hash(part)
+            self.pool.run(fn, L, ptr(buckets), n0, part.shape[0], ptr(index.tables), ptr(index.counts),
+                          seed, int(n0 == 0))
 
     def _dwta(self, fn, index, x: np.ndarray) -> np.ndarray:
         n = x.shape[0]

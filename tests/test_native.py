@@ -207,3 +207,22 @@ def test_large_batch_neuron_order_path_matches_interpreter():
         np.testing.assert_allclose(nx.train_step(batch, 1e-3, active=active),
                                    ix.train_step(batch, 1e-3, active=active), rtol=RTOL, atol=ATOL)
     assert_params_close(nx.state, ix.state, lr=1e-3)
+
+
+def test_native_table_build_matches_spec_counts_and_unfull_buckets():
+    """Bucket fill counts equal the spec's; a bucket that did not overflow holds exactly the same
+    neurons (which neurons a full bucket keeps is random in both: a uniform subset)."""
+    plan = make_plan(300, 24, 3000, 60)
+    state = ModelState.init(plan)                        # built by the spec
+    index = state.lsh["scores"]
+    spec_tables, spec_counts = index.tables.copy(), index.counts.copy()
+    NativeExecutor(plan, state, threads=2)               # installs the native hash + build
+    index.build(state.params["scores"]["W"])
+    np.testing.assert_array_equal(index.counts, spec_counts)
+    for t in range(index.L):
+        for bk in range(index.tables.shape[1]):
+            got = index.tables[t, bk]
+            if spec_counts[t, bk] <= index.reservoir:
+                assert sorted(got[got >= 0]) == sorted(spec_tables[t, bk][spec_tables[t, bk] >= 0])
+            else:
+                assert (got >= 0).all() and len(set(got)) == index.reservoir

@@ -15,6 +15,8 @@ def lower_hash(km: KernelModule, layer: dict, h: dict) -> dict:
     name = layer["name"]
     out = {"lookup": f"{name}__lookup"}
     lookup(km, out["lookup"], layer["dim"], layer["active"])
+    out["build"] = f"{name}__build"
+    build_tables(km, out["build"], h["tables"], h["range_bits"], h["reservoir"])
     if h["family"] == "dwta":
         out["hash"] = f"{name}__hash"
         dwta_hash(km, out["hash"], layer["in_dim"], h["tables"], h["hashes"], h["range_bits"],
@@ -172,4 +174,36 @@ def topk(km: KernelModule, name: str, k_in: int, gather: bool) -> None:
         with k.loop(k.get(c), KO, "pad") as j:
             k.st(a["out_scores"], k.add(o, j), k.f32(float("-inf")))
             k.st(a["out_ids"], k.add(o, j), k.b.trunc(k.i64(-1), I32))
+    k.ret()
+
+
+def build_tables(km: KernelModule, name: str, tables: int, range_bits: int, reservoir: int) -> None:
+    """Insert neurons n0 + i (i < count) into the tables t in [t0, t1) by reservoir sampling, given their
+    buckets (count, tables) int32. Split by tables: a thread owns its tables, so no races, and the
+    result does not depend on the thread count. reset != 0 first empties the tables of the range.
+    The spec (LSHIndex.build) keeps a uniform random subset of each bucket's neurons; this is the same
+    distribution (reservoir sampling), drawn from splitmix64(seed, table, neuron)."""
+    nb = 1 << range_bits
+    k = km.kernel(name, [("t0", "i64"), ("t1", "i64"), ("buckets", "ptr"), ("n0", "i64"), ("count", "i64"),
+                         ("tables", "ptr"), ("counts", "ptr"), ("seed", "i64"), ("reset", "i64")])
+    a = k.arg
+    R, NB, L = k.i64(reservoir), k.i64(nb), k.i64(tables)
+    with k.if_(k.icmp("!=", a["reset"], k.i64(0))):
+        with k.loop(k.mul(a["t0"], k.i64(nb * reservoir)), k.mul(a["t1"], k.i64(nb * reservoir)), "z") as i:
+            k.st(a["tables"], i, k.b.trunc(k.i64(-1), I32))
+        with k.loop(k.mul(a["t0"], NB), k.mul(a["t1"], NB), "zc") as i:
+            k.st(a["counts"], i, k.b.trunc(k.i64(0), I32))
+    with k.loop(0, a["count"], "i") as i:
+        n = k.add(a["n0"], i)
+        with k.loop(a["t0"], a["t1"], "t") as t:
+            cell = k.add(k.mul(t, NB), k.ld_i32_as_i64(a["buckets"], k.add(k.mul(i, L), t)))
+            c = k.ld_i32_as_i64(a["counts"], cell)
+            k.st(a["counts"], cell, k.b.trunc(k.add(c, k.i64(1)), I32))
+            slot = k.var(I64, c)
+            with k.if_(k.icmp(">=", c, R)):
+                st = k.var(I64, k.b.xor(k.b.mul(a["seed"], k.i64(0x2545F4914F6CDD1D)),
+                                        k.b.add(k.b.mul(n, k.i64(0x100000001B3)), t)))
+                k.set(slot, k.b.urem(_splitmix(k, st), k.add(c, k.i64(1))))
+            with k.if_(k.icmp("<", k.get(slot), R)):
+                k.st(a["tables"], k.add(k.mul(cell, R), k.get(slot)), k.b.trunc(n, I32))
     k.ret()
