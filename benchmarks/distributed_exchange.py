@@ -46,10 +46,12 @@ def single_process(plan, state, train_source, updates, warmup, backend):
     B = plan["train"]["batch"]
     rng = np.random.default_rng(0)
     t0 = None
+    per_epoch = -(-ds.rows // B)
     for u in range(updates):
         if u == warmup:
             t0 = time.perf_counter()
         ex.train_step(ds.take(rng.choice(ds.rows, B, replace=False)), plan["train"]["lr"])
+        ex.after_step(0, u, per_epoch)                 # the same LSH upkeep schedule as the workers
     return (updates - warmup) * B / (time.perf_counter() - t0)
 
 
@@ -65,7 +67,8 @@ def run_mode(plan, init, train_source, mode, updates, warmup, backend, timeout):
                  "examples_per_s": epoch["examples_per_s"],
                  "bytes_per_update_per_worker": res.stats["bytes_per_update_per_worker"],
                  "bytes_to_driver": res.stats["bytes_to_driver"], "bytes_from_driver": res.stats["bytes_from_driver"],
-                 "combine_seconds": res.stats["combine_seconds"], "wall_seconds_with_startup": wall}
+                 "combine_seconds": res.stats["combine_seconds"], "wall_seconds_with_startup": wall,
+                 "worker_seconds": res.stats["worker_seconds"]}
 
 
 def main(argv=None):
@@ -96,7 +99,8 @@ def main(argv=None):
             states[mode] = res.state
             rows.append(row)
             print(f"  {mode:6s}: {row['examples_per_s']:8.1f} examples/s, "
-                  f"{row['bytes_per_update_per_worker'] / 1e6:9.2f} MB per update per worker")
+                  f"{row['bytes_per_update_per_worker'] / 1e6:9.2f} MB per update per worker, "
+                  f"driver combine {row['combine_seconds']:.1f} s, workers {row['worker_seconds']}")
     finally:
         ray.shutdown()
     diff = max(float(np.abs(states["sparse"].params[l][t] - states["dense"].params[l][t]).max())

@@ -44,6 +44,7 @@ from boltc.runtime.distributed_shard import (read_shard, row_ranges, shard_range
 from boltc.runtime.distributed_worker import Worker
 
 INSTALL_HINT = "pip install boltc[distributed]"
+EXCHANGES = ("sparse", "dense", "factors")     # touched rows | whole tensors (baseline) | sufficient factors
 
 
 class DistributedError(BoltError):
@@ -115,9 +116,10 @@ class ShardWorker(Worker):
     """
 
     def __init__(self, plan, state, shard_spec, rank, world, local_batch, backend="numpy", threads=1,
-                 seed=0, exchange="sparse", fail_at=None):
+                 seed=0, exchange="sparse", fail_at=None, global_batch=None):
         self._args = (plan, state, shard_spec, rank, world, local_batch, backend, threads, seed)
         self.exchange, self.fail_at = exchange, fail_at
+        self.global_batch = int(global_batch or plan["train"]["batch"])
 
     def setup(self) -> int:
         from boltc.runtime.executor import make_executor
@@ -141,6 +143,11 @@ class ShardWorker(Worker):
             self.finish(prev)
         if self.fail_at is not None and update == self.fail_at:
             self.die()                                    # test hook for the fault path
+        if self.exchange == "factors":
+            parts = [self.compute_factors(record) for _ in range(accumulate)]
+            out = ([p[0] for p in parts], sum(p[1] for p in parts), sum(p[2] for p in parts),
+                   np.concatenate([p[3] for p in parts]))
+            return out + ((np.concatenate([p[4] for p in parts]), [p[5] for p in parts]) if record else ())
         parts = [self.compute(update, record) for _ in range(accumulate)]
         if accumulate == 1:
             grads, n, loss, labels = parts[0][:4]
@@ -153,11 +160,31 @@ class ShardWorker(Worker):
         extra = (np.concatenate([p[4] for p in parts]), [p[5] for p in parts]) if record else ()
         return (grads, n, loss, labels) + extra
 
+    def compute_factors(self, record: bool):
+        """One local batch's sufficient factors (distributed_factors.py) instead of its gradient."""
+        from boltc.runtime import distributed_factors as fx
+        t0 = time.perf_counter()
+        rows = self._next_rows()
+        batch = self.data.take(rows)
+        active = self.select_active(batch)
+        losses, factors = fx.local_factors(self.plan, self.state, batch, active, self.global_batch)
+        labels = batch.labels.indices.astype(np.int32) if self._counts_labels() else np.zeros(0, np.int32)
+        self.compute_seconds += time.perf_counter() - t0
+        return (factors, int(rows.size), float(np.sum(losses)), labels) + ((rows, active) if record else ())
+
+    def _counts_labels(self) -> bool:
+        return self.output is not None and "label_count" in self.state.params.get(self.output["name"], {})
+
     def die(self):
         os._exit(3)                                       # the actor's process goes away, as on a lost machine
 
     def finish(self, prev) -> None:
         grads, lr, labels, epoch, index, per_epoch = prev
+        if self.exchange == "factors":
+            from boltc.runtime.distributed_factors import rebuild
+            t0 = time.perf_counter()
+            grads = rebuild(self.plan, grads)
+            self.apply_seconds += time.perf_counter() - t0
         if self.exchange == "dense":   # a dense sum does not say which rows were touched: take the nonzero ones
             grads = {k: (_nonzero_rows(g) if k in self.row_sparse else g) for k, g in grads.items()}
         self.apply(grads, lr, labels)
@@ -272,7 +299,7 @@ def connect(address: str | None, workers: int, cpus_per_worker: float = 1.0, tem
 
 def _start_workers(kind, ray, plan, state, shards, local, opts, fail_at, timeout):
     args = [(plan, None, s, r, len(shards), local[r], opts["backend"], opts["threads"], opts["seed"],
-             opts["exchange"], (fail_at or {}).get(r)) for r, s in enumerate(shards)]
+             opts["exchange"], (fail_at or {}).get(r), opts["global_batch"]) for r, s in enumerate(shards)]
     if kind == "inprocess":
         ws = []
         for a in args:
@@ -326,8 +353,12 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
     in_process=True runs the same protocol without Ray. fail_at={rank: update} kills a worker at that
     update (tests of the fault path). Returns the final state, the history and exchange statistics.
     """
-    if exchange not in ("sparse", "dense"):
-        raise BoltError(f"exchange must be 'sparse' or 'dense', not {exchange!r}")
+    if exchange not in EXCHANGES:
+        raise BoltError(f"exchange must be one of {', '.join(EXCHANGES)}, not {exchange!r}")
+    if exchange == "factors":
+        from boltc.runtime.distributed_factors import supports
+        if not supports(plan):
+            raise BoltError("exchange 'factors' handles models made of fc layers only; use 'sparse'")
     workers, k = int(workers), max(1, int(exchange_every))
     if workers < 1:
         raise BoltError("workers must be at least 1")
@@ -339,11 +370,11 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
     local = _split(batch, workers)
     shards = plan_shards(train_source, plan, workers)
     opts = {"backend": backend, "threads": threads_per_worker, "seed": int(train.get("seed", 0)),
-            "exchange": exchange, "cpus_per_worker": cpus_per_worker}
+            "exchange": exchange, "cpus_per_worker": cpus_per_worker, "global_batch": batch * k}
     ray, started = (None, False) if in_process else connect(address, workers, cpus_per_worker)
     kind = "inprocess" if in_process else "ray"
     log = progress or (lambda msg: None)
-    restarts, records = 0, []
+    restarts, records, worker_seconds = 0, [], []
     history = dict(history or {})
     history.setdefault("epochs", [])
     save = _checkpointer(checkpoint, source, plan)
@@ -373,9 +404,15 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
                     shared = runner.share(prev)
                     parts = runner.call("sync_step", [(shared, update, k, record)] * workers, timeout=timeout)
                     tx = time.perf_counter()
-                    grads = combine([p[0] for p in parts], [p[1] for p in parts])
                     labels = np.concatenate([p[3] for p in parts])
-                    up, down = sum(grads_nbytes(p[0]) + p[3].nbytes for p in parts), grads_nbytes(grads) + labels.nbytes
+                    if exchange == "factors":            # factors cannot be summed: all of them, in worker order
+                        from boltc.runtime.distributed_factors import factors_nbytes
+                        grads = [f for p in parts for f in p[0]]
+                        up = sum(factors_nbytes(f) for p in parts for f in p[0]) + labels.nbytes
+                        down = up
+                    else:
+                        grads = combine([p[0] for p in parts], [p[1] for p in parts])
+                        up, down = sum(grads_nbytes(p[0]) + p[3].nbytes for p in parts), grads_nbytes(grads) + labels.nbytes
                     bytes_up, bytes_down = bytes_up + up, bytes_down + workers * down
                     exchange_seconds += time.perf_counter() - tx
                     prev = (grads, lr, labels, epoch, index, per_epoch)
@@ -385,6 +422,7 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
                         records.append([(p[4], p[5]) for p in parts])
                 if prev is not None:                         # the epoch's last update, then the epoch's state
                     runner.call("finish", [(runner.share(prev),)] * workers, timeout=timeout)
+                worker_seconds = runner.call("timings", timeout=timeout)
                 new_state = runner.call("get_state", timeout=timeout)[0] if kind == "ray" else runner.workers[0].state
             except _WorkerFailed as f:
                 where = f"worker {f.rank} {f.why} in epoch {epoch + 1}"
@@ -433,7 +471,8 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
              "examples": examples, "restarts": restarts, "bytes_to_driver": bytes_up,
              "bytes_from_driver": bytes_down,
              "bytes_per_update_per_worker": (bytes_up + bytes_down) / max(1, updates_done) / workers,
-             "combine_seconds": exchange_seconds, "seconds": wall}
+             "combine_seconds": exchange_seconds, "seconds": wall,
+             "worker_seconds": worker_seconds if updates_done else []}
     return DistributedResult(state=final, history=history, stats=stats, records=records)
 
 

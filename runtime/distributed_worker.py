@@ -149,7 +149,7 @@ class Worker:
         self.start_epoch(0)
         self.last_rows = np.zeros(0, np.int64)
         self.last_active: dict = {}
-        self.compute_seconds = 0.0
+        self.compute_seconds = self.apply_seconds = self.upkeep_seconds = 0.0
 
     # ------------------------------------------------------------------ data
     def start_epoch(self, epoch: int) -> None:
@@ -223,6 +223,7 @@ class Worker:
 
     def apply(self, grads: dict[Key, RowGrad], lr: float, labels: np.ndarray | None = None) -> None:
         """The same update on every replica: optimizer on the combined gradient, label counts of the batch."""
+        t0 = time.perf_counter()
         if self.native_grads:
             self.ex.apply_gradients(to_param_grads(grads), lr)
         else:
@@ -230,6 +231,7 @@ class Worker:
             self.optimizer.apply(self.state, to_param_grads(grads), lr)
         if labels is not None and labels.size:
             np.add.at(self.state.params[self.output["name"]]["label_count"], labels, 1.0)
+        self.apply_seconds += time.perf_counter() - t0
 
     # ------------------------------------------------------------------ hash tables
     def after_update(self, epoch: int, index: int, updates_per_epoch: int) -> None:
@@ -240,8 +242,10 @@ class Worker:
         each replica sees different labels, so frozen tables can drift apart slightly. Only which neurons
         are sampled differs; the exchanged gradients stay exact for the sets each replica chose.
         """
+        t0 = time.perf_counter()
         if hasattr(self.ex, "after_step"):
             self.ex.after_step(epoch, index, updates_per_epoch)
+        self.upkeep_seconds += time.perf_counter() - t0
 
     # ------------------------------------------------------------------ state
     def get_state(self):
@@ -249,3 +253,7 @@ class Worker:
 
     def ping(self) -> int:
         return self.rank
+
+    def timings(self) -> dict:
+        """Seconds this worker spent on gradients, on optimizer updates and on LSH upkeep."""
+        return {"gradient": self.compute_seconds, "update": self.apply_seconds, "upkeep": self.upkeep_seconds}
