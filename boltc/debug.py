@@ -7,7 +7,8 @@
     4          + LLVM IR of the kernels (lowering)
     5          + optimized IR and assembly (codegen)
 
-Use: `with debug.stage("parse"): ...`, `debug.dump(level, title, text)`, `if debug.level() >= 4: ...`.
+Use: `with debug.stage("parse"): ...`, `debug.dump(level, title, text_or_function)`,
+`if debug.level() >= 4: ...`.
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def stage(name: str):
         print(f"[boltc] {name}: {(time.perf_counter() - start) * 1e3:.1f} ms", file=sys.stderr)
 
 
-def dump(at_level: int, title: str, text: str) -> None:
-    """Print `text` under a title when BOLTC_DEBUG >= at_level."""
+def dump(at_level: int, title: str, text) -> None:
+    """Print `text` under a title when BOLTC_DEBUG >= at_level. `text` may be a function returning the
+    text, so that costly dumps (IR, assembly, graphs) are only built when they will be printed."""
     if level() >= at_level:
-        print(f"[boltc] ---- {title} ----\n{text}", file=sys.stderr)
+        print(f"[boltc] ---- {title} ----\n{text() if callable(text) else text}", file=sys.stderr)

@@ -111,7 +111,7 @@ def to_plan(graph: nx.DiGraph) -> dict:
         "choices": [{"node": c.node, "key": c.key, "value": c.value, "reason": c.reason}
                     for c in g.graph.get("choices", [])],
     }
-    debug.dump(3, "plan", _json(plan))
+    debug.dump(3, "plan", lambda: _json(plan))
     return plan
 
 
@@ -148,6 +148,6 @@ def load_model_source(path_or_text) -> tuple[nx.DiGraph, dict]:
     text, file = read_source(path_or_text)
     with debug.stage("parse"):
         graph = parse(text, file)
-    debug.dump(2, "graph after parse", ir.format_graph(graph))
+    debug.dump(2, "graph after parse", lambda: ir.format_graph(graph))
     graph = run_pipeline(graph)
     return graph, to_plan(graph)

@@ -24,7 +24,7 @@ def check_source(text: str, file: str):
     with debug.stage("parse"):
         graph, errors = parse_collect(text, file)
     if not errors:
-        debug.dump(2, "graph after parse", ir.format_graph(graph))
+        debug.dump(2, "graph after parse", lambda: ir.format_graph(graph))
     errors = errors + find_errors(graph)
     if errors:
         raise errors[0] if len(errors) == 1 else BoltErrorGroup(_dedupe(errors))

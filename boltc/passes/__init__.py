@@ -24,7 +24,7 @@ def run_pipeline(graph: nx.DiGraph, until: str | None = None) -> nx.DiGraph:
     for name, fn in PIPELINE:
         with debug.stage(name):
             graph = fn(graph)
-        debug.dump(2, f"graph after {name}", ir.format_graph(graph))
+        debug.dump(2, f"graph after {name}", lambda: ir.format_graph(graph))
         if name == until:
             break
     return graph
