@@ -1,0 +1,97 @@
+"""Artifacts: object + bitcode + manifest; loaded in a fresh process without compiling; rebuilt from
+bitcode on a CPU lacking features; tampering detected."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from boltc.errors import ModelFileError
+from boltc.lower import artifact
+from boltc.runtime.dataset import Batch
+from native_helpers import make_batch, make_plan
+
+HERE = Path(__file__).parent
+
+FRESH = r"""
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[2])
+from boltc import codegen
+def no_compiler(*a, **k):
+    raise AssertionError("loading an artifact must not compile")
+codegen.compile_module = no_compiler
+codegen.optimize = no_compiler
+codegen.object_from_bitcode = no_compiler
+from boltc.lower.artifact import load_artifact
+from native_helpers import make_batch
+plan, state, ex = load_artifact(sys.argv[1], threads=2)
+assert ex.native
+batch = make_batch(np.random.default_rng(11), 20, 120, 400)
+ids, sc = ex.predict(batch, 5)
+sids, ssc = ex.predict(batch, 5, sparse=True)
+print(json.dumps({"ids": ids.tolist(), "scores": sc.tolist(), "sids": sids.tolist(), "sscores": ssc.tolist()}))
+"""
+
+
+def test_artifact_loads_in_a_fresh_process_without_compiling_and_predicts_the_same(tmp_path):
+    plan = make_plan(120, 16, 400, 30)
+    out = tmp_path / "m.boltc"
+    artifact.write_artifact(None, plan, out)
+    _, state, ex = artifact.load_artifact(out)
+    batch = make_batch(np.random.default_rng(11), 20, 120, 400)
+    ids, sc = ex.predict(batch, 5)
+    sids, ssc = ex.predict(batch, 5, sparse=True)
+    from boltc.runtime.interp import NumpyExecutor
+    spec_ids, spec_sc = NumpyExecutor(plan, state).predict(batch, 5)
+    np.testing.assert_array_equal(ids, spec_ids)
+    env = dict(os.environ, BOLTC_CACHE=str(tmp_path / "empty-cache"))
+    r = subprocess.run([sys.executable, "-c", FRESH, str(out), str(HERE)], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    np.testing.assert_array_equal(np.array(got["ids"]), ids)
+    np.testing.assert_array_equal(np.array(got["scores"], np.float32), sc)
+    np.testing.assert_array_equal(np.array(got["sids"]), sids)
+    np.testing.assert_array_equal(np.array(got["sscores"], np.float32), ssc)
+    assert not (tmp_path / "empty-cache").exists() or not any((tmp_path / "empty-cache").iterdir())
+
+
+def test_missing_cpu_feature_rebuilds_from_bitcode():
+    plan = make_plan(50, 8, 60, 10)
+    members = artifact.native_members(plan)
+    man = json.loads(members[artifact.MANIFEST])
+    assert man["symbols"] and man["cpu"] and man["ir_hash"] and man["llvmlite"]
+    k_ok = artifact.load_native(members)
+    assert not k_ok.rebuilt
+    man["features"] += ",+a-feature-no-cpu-has"
+    members[artifact.MANIFEST] = json.dumps(man).encode()
+    k = artifact.load_native(members)
+    assert k.rebuilt
+    # the rebuilt kernels compute the same forward as the shipped ones
+    from boltc.runtime.native import NativeExecutor
+    from boltc.runtime.state import ModelState
+    state = ModelState.init(plan)
+    batch = make_batch(np.random.default_rng(1), 7, 50, 60)
+    a = NativeExecutor(plan, state, kernels=k_ok).forward(batch, "dense")["scores"]
+    b = NativeExecutor(plan, state, kernels=k).forward(batch, "dense")["scores"]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_tampered_native_members_are_refused():
+    plan = make_plan(50, 8, 60, 10)
+    members = artifact.native_members(plan)
+    bad = dict(members)
+    bad[artifact.OBJ] = members[artifact.OBJ][:-8] + b"\0" * 8
+    with pytest.raises(ModelFileError, match="kernels.o"):
+        artifact.load_native(bad)
+    bad = dict(members)
+    bad[artifact.BC] = members[artifact.BC][:100]
+    with pytest.raises(ModelFileError, match="kernels.bc"):
+        artifact.load_native(bad)
+    bad = {artifact.BC: members[artifact.BC]}
+    with pytest.raises(ModelFileError, match="manifest"):
+        artifact.load_native(bad)
