@@ -491,3 +491,56 @@ def _checkpointer(checkpoint, source: str, plan: dict):
 
 def _snapshot(state):
     return copy.deepcopy(state)
+
+
+# ---------------------------------------------------------------------------------------------- API glue
+def fit_model(model, train=None, validation=None, epochs: int | None = None, *, workers: int | None = None,
+              address: str | None = None, exchange: str | None = None, checkpoint=None, resume: bool = False,
+              progress: bool = True) -> dict:
+    """`Model.fit` on a Ray cluster: what `boltc train --workers N` and a `distributed(...)` train block run.
+
+    Settings come from the arguments, else from the plan's `train.distributed` block. `address` "auto"
+    (the .bolt default) joins the running cluster when there is one and otherwise starts a local one;
+    None starts a local one; "ray://host:port" uses Ray client. Checkpoints and `resume` use the
+    single-machine trainer's file format, so a run may switch between one machine and many.
+    """
+    import sys
+    from boltc.runtime import savefile
+    dist = dict(model.plan.get("train", {}).get("distributed") or {})
+    workers = int(workers or dist.get("workers") or 2)
+    address = address if address is not None else dist.get("address")
+    train = train if train is not None else model.data_source("train")
+    if train is None:
+        raise DataError("no training data: pass it to fit() or name it in the model's data block")
+    if validation is None:
+        validation = model.data_source("validation") or model.data_source("test")
+    if not (isinstance(train, (str, os.PathLike)) or (isinstance(train, dict) and "kind" in train)):
+        train = model.dataset(train)                       # in-memory data: the driver slices it
+    val_ds = model.dataset(validation) if validation is not None else None
+    state, history, done = model.state, {"epochs": list(model.history.get("epochs", []))}, None
+    if resume and checkpoint and Path(checkpoint).exists():
+        saved = savefile.load_model(checkpoint)
+        if saved.plan.get("layers") != model.plan.get("layers"):
+            raise BoltError(f"checkpoint {checkpoint} is for a different model (its layers differ)")
+        state, history = savefile.state_from_saved(saved, checkpoint), dict(saved.history or {})
+        done = int((saved.optimizer or {}).get("epochs_done", 0))
+    log = (lambda msg: print(msg, file=sys.stderr)) if progress else None
+    res = train_distributed(model.plan, state, train, val_ds, workers, _resolve_address(address),
+                            epochs=epochs if epochs is not None else model.plan["train"].get("epochs", 1),
+                            exchange=exchange or dist.get("exchange", "sparse"),
+                            exchange_every=int(dist.get("exchange_every", 1)),
+                            backend=getattr(model, "backend", None) or "numpy", checkpoint=checkpoint,
+                            source=getattr(model, "source", ""), history=history, epochs_done=done, progress=log)
+    model._set_state(res.state)
+    model.history = dict(res.history, distributed=res.stats)
+    return model.history
+
+
+def _resolve_address(address: str | None) -> str | None:
+    """"auto": a running cluster if `ray status` would find one (RAY_ADDRESS or a local head), else a new
+    local instance (None). Anything else is passed to ray.init as is."""
+    if address != "auto":
+        return address
+    if os.environ.get("RAY_ADDRESS"):
+        return "auto"
+    return "auto" if Path("/tmp/ray/ray_current_cluster").exists() else None

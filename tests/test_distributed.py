@@ -232,3 +232,20 @@ def test_ray_dead_worker_restarts_then_fails_clearly(tiny, ray_cluster):
     assert again.stats["restarts"] == 1 and _max_diff(again.state, whole.state) == 0.0
     with pytest.raises(DistributedError, match=r"worker 0 died"):
         train_distributed(plan, copy.deepcopy(init), train, workers=2, timeout=120, fail_at={0: 3}, max_restarts=0)
+
+
+def test_fit_model_trains_a_compiled_model_on_ray_and_writes_a_resumable_checkpoint(tiny, ray_cluster, tmp_path):
+    import boltc
+    from boltc.runtime import savefile
+    from boltc.runtime.distributed import fit_model
+    plan, train, test = tiny
+    model = boltc.compile(str(TINY), backend="numpy")
+    ckpt = tmp_path / "tiny.ckpt"
+    hist = fit_model(model, train, test, epochs=1, workers=2, checkpoint=ckpt, progress=False)
+    assert hist["distributed"]["workers"] == 2 and hist["epochs"][0]["epoch"] == 1
+    assert model.state.step == 10
+    saved = savefile.load_model(ckpt)
+    assert saved.optimizer["epochs_done"] == 1 and saved.optimizer["step"] == 10
+    # the trained replica serves: its metrics equal the driver's validation of the same state
+    got = model.evaluate(test, sparse=False)
+    assert abs(got["precision@1"] - hist["epochs"][0]["validation"]["precision@1"]) < 1e-9
