@@ -135,3 +135,35 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
         for k, arr in tensors.items():
             np.testing.assert_array_equal(b.params[layer][k], arr, err_msg=f"{layer}.{k}")
     assert [e["loss"] for e in a.history["epochs"]] == [e["loss"] for e in b.history["epochs"]]
+
+
+TEXT_MODEL = """
+model txt {
+  input  sentence: text(tokenizer=words, ngrams=1, dim=1024)
+  target positive: binary(column="label")
+  hidden = fc(sentence, 8, relu)
+  score  = fc(hidden, 1, sigmoid)
+  loss    binary_cross_entropy(score, positive)
+  metrics accuracy
+  train {
+    optimizer adam(lr=0.05)
+    batch     8
+    epochs    15
+  }
+}
+"""
+
+
+def test_text_model_train_and_predict_text(tmp_path, capsys):
+    rows = ["label\tsentence"] + [f"1\tgood great fine {i}" for i in range(20)] + \
+           [f"0\tbad awful poor {i}" for i in range(20)]
+    (tmp_path / "t.tsv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "txt.bolt").write_text(TEXT_MODEL)
+    out = tmp_path / "txt.boltc"
+    assert main(["train", str(tmp_path / "txt.bolt"), "--train", str(tmp_path / "t.tsv"), "--test",
+                 str(tmp_path / "t.tsv"), "-o", str(out), "--backend", "numpy", "--no-progress"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    assert main(["predict", str(out), "--text", "great and good", "--text", "awful, bad", "--backend", "numpy"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [l.split("\t")[0] for l in lines] == ["1", "0"]
+    assert float(lines[0].split("\t")[1]) > 0.5 > float(lines[1].split("\t")[1])

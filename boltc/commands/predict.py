@@ -1,5 +1,6 @@
 """`boltc predict out.boltc --input F --top-k 5`: top-k labels per row, one output line per input row:
-`label:score label:score ...` (class names for text models). Rows come from --input (a data file), from
+`label:score label:score ...` (class names for text models); binary models print the predicted class,
+a tab and P(positive). Rows come from --input (a data file), from
 --text "..." (text models), or from stdin (`f:v f:v` rows for sparse models, one text per line for text
 models)."""
 from __future__ import annotations
@@ -43,6 +44,12 @@ def run(args) -> int:
     ids, scores = model.predict(data, top_k=args.top_k, sparse=sparse)
     named = bool(model.plan["target"].get("class_names"))
     out = sys.stdout
+    if model.plan["target"].get("kind") == "binary":
+        # one probability per row: print the predicted class, a tab, P(positive)
+        names = model.plan["target"].get("class_names") or ["0", "1"]
+        for p in scores[:, 0].tolist():
+            out.write(f"{names[1] if p >= 0.5 else names[0]}\t{p:.4g}\n")
+        return 0
     for row_ids, row_scores in zip(ids.tolist(), scores.tolist()):
         out.write(" ".join(f"{model.class_name(i) if named else i}:{s:.4g}"
                            for i, s in zip(row_ids, row_scores) if i >= 0) + "\n")
