@@ -174,6 +174,21 @@ def cached_object(ir_text: str, target: Target | None = None) -> tuple[bytes, st
     return obj, key
 
 
+def cached_module(ir_text: str, target: Target | None = None) -> tuple[bytes, bytes, str]:
+    """(object, bitcode, key), both from the on-disk cache when present (artifacts need both)."""
+    target = target or host_target()
+    key = cache_key(ir_text, target)
+    po, pb = cache_dir() / f"{key}.o", cache_dir() / f"{key}.bc"
+    if po.exists() and pb.exists():
+        obj, bc = po.read_bytes(), pb.read_bytes()
+        if obj and bc:
+            return obj, bc, key
+    obj, bc = compile_module(ir_text, target)
+    _atomic_write(pb, bc)
+    _atomic_write(po, obj)
+    return obj, bc, key
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

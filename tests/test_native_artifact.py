@@ -24,6 +24,7 @@ from boltc import codegen
 def no_compiler(*a, **k):
     raise AssertionError("loading an artifact must not compile")
 codegen.compile_module = no_compiler
+codegen.cached_module = no_compiler
 codegen.optimize = no_compiler
 codegen.object_from_bitcode = no_compiler
 from boltc.lower.artifact import load_artifact

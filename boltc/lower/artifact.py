@@ -36,7 +36,7 @@ def native_members(plan: dict) -> dict[str, bytes]:
     km, symbols = lower_plan(plan)
     text = km.ir_text()
     target = codegen.host_target()
-    obj, bitcode = codegen.compile_module(text, target)
+    obj, bitcode, _ = codegen.cached_module(text, target)
     manifest = {"format": NATIVE_FORMAT, "symbols": km.signatures, "layers": symbols,
                 **target.as_dict(), "llvmlite": llvmlite.__version__, "flags": codegen.FLAGS,
                 "ir_hash": codegen.ir_hash(text), "cache_key": codegen.cache_key(text, target),
