@@ -88,3 +88,12 @@ def test_csv_with_text_column(tmp_path):
     with pytest.raises(DataError) as e:
         data.load_dataset(str(tmp_path / "u.csv"), plan)
     assert e.value.location.line == 3
+
+
+def test_l2_normalize_option(tmp_path):
+    (tmp_path / "a.txt").write_text("3 6 4\n0 1:3 4:4\n1 \n2 0:2\n")
+    d = data.load_dataset({"kind": "file", "path": str(tmp_path / "a.txt"), "normalize": "l2"}, PLAN)
+    np.testing.assert_allclose(d.inputs["x"].toarray()[[0, 2]], [[0, 0.6, 0, 0, 0.8, 0], [1, 0, 0, 0, 0, 0]])
+    assert d.inputs["x"][1].nnz == 0
+    with pytest.raises(DataError, match="normalize"):
+        data.load_dataset({"kind": "file", "path": str(tmp_path / "a.txt"), "normalize": "l3"}, PLAN)
