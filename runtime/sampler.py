@@ -88,10 +88,15 @@ def resolve_spec(spec: dict | None, n_rows: int | None = None, batch: int | None
     if out["bits"] == "auto" and n_rows is not None:
         out["bits"] = int(min(14, max(4, round(math.log2(max(n_rows, 2))) - 4)))
         reasons["bits"] += f" -> {out['bits']} for N={n_rows}"
-    if out["refresh"] == "auto" and n_rows is not None and batch is not None:
+    if n_rows is not None and batch is not None:
         steps = max(1, math.ceil(n_rows / batch))
-        out["refresh"] = max(1, steps // 10)
-        reasons["refresh"] += f" -> every {out['refresh']} steps ({steps} steps per epoch)"
+        if out["refresh"] == "auto":
+            out["refresh"] = max(1, steps // 10)
+            reasons["refresh"] += f" -> every {out['refresh']} steps ({steps} steps per epoch)"
+        elif out["refresh"] < 1:      # a fraction of an epoch
+            frac = out["refresh"]
+            out["refresh"] = max(1, round(frac * steps))
+            reasons["refresh"] += f" ({frac} of an epoch -> every {out['refresh']} steps)"
     out["reasons"] = reasons
     return out
 
@@ -111,8 +116,9 @@ def _validate(s: dict, location: Location | None) -> None:
     need(s["bits"] == "auto" or (is_int(s["bits"]) and 1 <= s["bits"] <= 24),
          f"bits must be an integer in [1, 24] or auto, got {s['bits']!r}")
     need(is_num(s["mix"]) and 0.0 < s["mix"] <= 1.0, f"mix must be in (0, 1], got {s['mix']!r}")
-    need(s["refresh"] == "auto" or (is_int(s["refresh"]) and s["refresh"] >= 1),
-         f"refresh must be a positive number of steps or auto, got {s['refresh']!r}")
+    need(s["refresh"] == "auto" or (is_int(s["refresh"]) and s["refresh"] >= 1)
+         or (is_num(s["refresh"]) and 0 < s["refresh"] < 1),
+         f"refresh must be a number of steps (>= 1), a fraction of an epoch (< 1) or auto, got {s['refresh']!r}")
     need(is_num(s["decay"]) and 0.0 < s["decay"] <= 1.0, f"decay must be in (0, 1], got {s['decay']!r}")
     need(isinstance(s["reweight"], (bool, np.bool_)), f"reweight must be true or false, got {s['reweight']!r}")
     need(is_num(s["temperature"]) and s["temperature"] > 0, f"temperature must be > 0, got {s['temperature']!r}")

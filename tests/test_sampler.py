@@ -187,6 +187,7 @@ def test_resolve_spec_fills_defaults_with_reasons_and_rejects_bad_input():
     assert r["bits"] == 13 and "auto" in r["reasons"]["bits"]
     assert r["refresh"] == 39                       # 391 steps per epoch / 10
     assert set(r["reasons"]) >= {"rows", "bits", "mix", "refresh", "decay", "reweight", "temperature"}
+    assert resolve_spec({"kind": "nw_sketch", "refresh": 0.25}, n_rows=1000, batch=10)["refresh"] == 25
     assert resolve_spec(None)["kind"] == "uniform"
     assert resolve_spec({"kind": "nw_sketch"})["bits"] == "auto"
     loc = Location("m.bolt", 12, 9)
