@@ -27,6 +27,7 @@ from boltc.runtime.numpy_rules import LOSS_RULES, NUMPY_RULES
 from boltc.runtime.optim import make_optimizer
 
 _SPARSE_INFERENCE_SEED = 0x5EED
+DEFAULT_RANDOM_SHARE = 0.25     # share of a training active set kept for uniform random negatives
 
 
 class NumpyExecutor:
@@ -68,8 +69,10 @@ class NumpyExecutor:
                 is_out = name == self.output
                 labels = batch.labels if (mode == "train" and is_out) else None
                 index = self.state.lsh[name]
+                share = layer["hash"].get("random_share", DEFAULT_RANDOM_SHARE) if labels is not None else 0
                 ids = index.select(ins[0], labels, layer["active"], rng,
-                                   insert_missed=insert_missed and is_out and index.frozen)
+                                   insert_missed=insert_missed and is_out and index.frozen,
+                                   reserve=int(share * layer["active"]))
             rule = NUMPY_RULES[layer["op"]]
             values[name], caches[name] = rule.forward(layer, self.state.params.get(name, {}), ins, ids,
                                                       name == self.output)

@@ -138,16 +138,19 @@ class LSHIndex:
         perm = rng.permutation(self.dim).astype(np.int32)          # random order inside each bucket
         buckets = buckets[perm]
         flat_tables = self.tables.reshape(self.L, -1)
-        for t in range(self.L):
-            key = buckets[:, t]
-            # a stable sort by bucket keeps the random order; 16-bit keys take numpy's radix sort
-            order = np.argsort(key.astype(np.uint16) if nb <= 1 << 16 else key, kind="stable")
-            ks, ids = key[order].astype(np.int64), perm[order]
+        # tables in groups of ~2^16 keys: one sort per group (a per-table loop costs more than the
+        # sort itself for narrow layers); a stable sort keeps the random order within a bucket
+        per = max(1, (1 << 16) // self.dim)
+        for t0 in range(0, self.L, per):
+            t1 = min(self.L, t0 + per)
+            key = (buckets[:, t0:t1].T.astype(np.int64) + (np.arange(t1 - t0) * nb)[:, None]).ravel()
+            order = np.argsort(key.astype(np.uint16) if (t1 - t0) * nb <= 1 << 16 else key, kind="stable")
+            ks, ids = key[order], np.tile(perm, t1 - t0)[order]
             first = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
             rank = np.arange(ks.size) - np.repeat(first, np.diff(np.r_[first, ks.size]))
             keep = rank < self.reservoir
-            flat_tables[t, ks[keep] * self.reservoir + rank[keep]] = ids[keep]
-            self.counts[t] = np.bincount(key, minlength=nb)
+            flat_tables[t0:t1].reshape(-1)[ks[keep] * self.reservoir + rank[keep]] = ids[keep]
+            self.counts[t0:t1] = np.bincount(key, minlength=(t1 - t0) * nb).reshape(t1 - t0, nb)
 
     def insert(self, ids: np.ndarray, buckets: np.ndarray, rng: np.random.Generator) -> int:
         """Insert neuron ids[i] into its buckets[i] (L,) of every table, reservoir-style, skipping a bucket
@@ -177,11 +180,15 @@ class LSHIndex:
 
     # ------------------------------------------------------------ active sets
     def select(self, x, labels: sp.csr_matrix | None, active: int, rng: np.random.Generator,
-               insert_missed: bool = False) -> np.ndarray:
+               insert_missed: bool = False, reserve: int = 0) -> np.ndarray:
         """(B, active) int32: labels first, then bucket contents in table order (de-duplicated), then
         uniform random fill; exactly `active` distinct ids per row, in that order. With `insert_missed`,
         labels that the lookup did not retrieve are inserted into the example's probed buckets (BOLT's
-        frozen tables). A row with more labels than `active` keeps its first `active` labels."""
+        frozen tables). A row with more labels than `active` keeps its first `active` labels.
+        `reserve` keeps at least that many slots of each row for the uniform random fill (bucket
+        contents are cut at `active - reserve - |labels|`): every neuron then has a chance to be a
+        negative for every input (see `interp.py`: without it dense inference is biased towards
+        frequent labels that the buckets rarely return)."""
         B, dim = x.shape[0], self.dim
         active = int(min(active, dim))
         buckets = self.hash(x)
@@ -198,9 +205,23 @@ class LSHIndex:
                 self.insert(lids[missed], buckets[lrows[missed]], rng)
         else:
             lrows = lids = lpos = np.zeros(0, dtype=np.int64)
+        if reserve > 0:
+            cand = self._cut_candidates(cand, lrows, lids, max(0, active - reserve))
         if B * dim <= _CHUNK:
             return self._select_dense(cand, lrows, lids, lpos, active, rng)
         return self._select_sorted(cand, lrows, lids, lpos, active, rng)
+
+    def _cut_candidates(self, cand, lrows, lids, room):
+        """Drop bucket candidates past the first `room - |labels_b|` distinct non-label ids of row b."""
+        B, dim = cand.shape[0], self.dim
+        keys = np.arange(B, dtype=np.int64)[:, None] * dim + cand
+        valid = cand >= 0
+        first = np.zeros(cand.size, dtype=bool)
+        first[np.unique(np.where(valid, keys, -1).ravel(), return_index=True)[1]] = True
+        first = first.reshape(cand.shape) & valid & ~np.isin(keys, lrows * dim + lids)
+        allowed = np.maximum(0, room - np.bincount(lrows, minlength=B))
+        keep = np.cumsum(first, axis=1) <= allowed[:, None]
+        return np.where(keep, cand, -1)
 
     def _select_dense(self, cand, lrows, lids, lpos, active, rng):
         """Small B * dim: a (B, dim) priority matrix. Priority = label position, else 2^20 + the first

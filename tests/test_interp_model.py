@@ -198,3 +198,25 @@ def test_unknown_op_is_a_validation_error():
     p = plan([{"name": "q", "op": "conv", "inputs": ["x"], "dim": 3}], 30, 3)
     with pytest.raises(BoltValidationError):
         make_executor(p, ModelState(params={}, m={}, v={}))
+
+
+def test_neurons_never_seen_as_labels_are_excluded_from_inference():
+    """A neuron that was never a training label cannot win, in dense or sparse inference, even when its
+    (untrained) weights would give it the top score; before any training nothing is masked."""
+    ds = separable(200, 60, 20, seed=7)
+    layers = [fc("h", ["x"], 60, 16, "relu", input_sparse=True),
+              fc("out", ["h"], 16, 20, "softmax", active=10, hash=dwta(tables=4))]
+    p = plan(layers, 60, 20, lr=1e-2)
+    state = ModelState.init(p)
+    ex = make_executor(p, state)
+    batch = ds.take(np.arange(50))
+    state.params["out"]["b"][7] = 100.0                         # neuron 7 would win everywhere
+    assert (ex.predict(batch, 1)[0][:, 0] == 7).all()          # untrained model: nothing masked
+    keep = np.asarray(ds.labels.argmax(1)).ravel() != 7
+    train = ds.take(np.flatnonzero(keep))
+    ex.train_step(train, 1e-2)
+    state.params["out"]["b"][7] = 100.0
+    assert state.params["out"]["label_count"][7] == 0 and state.params["out"]["label_count"].sum() == keep.sum()
+    for sparse in (False, True):
+        ids, scores = ex.predict(batch, 3, sparse=sparse)
+        assert not (ids == 7).any()

@@ -186,3 +186,22 @@ def test_retrieval_of_top_inner_products_rises_with_tables(family):
     # at the 4-table rate
     a = idx.select(x, None, 400, np.random.default_rng(0))
     assert np.mean([np.isin(top[i], a[i]).mean() for i in range(60)]) >= recalls[1] - 0.05
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_reserve_keeps_room_for_random_negatives(wide, monkeypatch):
+    if wide:
+        monkeypatch.setattr("boltc.runtime.lsh._CHUNK", 1)
+    idx, W = _index(tables=12, reservoir=16)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((30, 32)).astype(np.float32)
+    lab = [sorted(rng.choice(300, rng.integers(0, 4), replace=False)) for _ in range(30)]
+    a = idx.select(x, _labels(lab, 300), 40, np.random.default_rng(0), reserve=15)
+    b = idx.hash(x)
+    for i in range(30):
+        assert list(a[i, :len(lab[i])]) == lab[i] and len(set(a[i])) == 40
+        cand = [c for c in idx.tables[np.arange(idx.L), b[i]].ravel() if c >= 0 and c not in lab[i]]
+        distinct = list(dict.fromkeys(cand))
+        allowed = 40 - 15 - len(lab[i])
+        assert len(distinct) > allowed                      # the cut binds in this setting
+        assert list(a[i, len(lab[i]):len(lab[i]) + allowed]) == distinct[:allowed]
