@@ -49,7 +49,7 @@ CASES = [
     ("unclosed_string", block("data", 'train "a.txt'), SYNTAX, "string is never closed", 9, 11),
     ("trailing_words", BASE + "extra\n", SYNTAX, "expected the end of the file, found 'extra'", 9, 1),
     ("unknown_input_kind", sub("sparse(100)", "sprase(100)"), VALID,
-     "unknown input kind 'sprase'; expected sparse, dense, text or categorical", 2, 12),
+     "unknown input kind 'sprase' (did you mean 'sparse'?); expected sparse, dense, text or categorical", 2, 12),
     ("unknown_declaration", sub("input x:", "inptu x:"), VALID, "unknown declaration 'inptu'", 2, 3),
     ("unknown_target_kind", sub("multilabel(10)", "multi(10)"), VALID, "unknown target kind 'multi'", 3, 13),
     ("unknown_layer", sub("fc(x, 8", "dense(x, 8"), VALID,
@@ -92,7 +92,7 @@ CASES = [
     ("setting_twice", block("train", "epochs 2", "epochs 3"), VALID,
      "'epochs' is given twice in the train block (first at line 9)", 10, 5),
     ("unknown_optimizer", block("train", "optimizer adamw(lr=0.1)"), VALID,
-     "unknown optimizer 'adamw'; expected adam or sgd", 9, 15),
+     "unknown optimizer 'adamw' (did you mean 'adam'?); expected adam or sgd", 9, 15),
     ("negative_lr", block("train", "optimizer adam(lr=-0.1)"), VALID, "lr of adam: expected a number > 0", 9, 23),
     ("unknown_sampler", block("train", "sampler random"), VALID, "unknown sampler 'random'", 9, 13),
     ("unknown_data_split", block("data", 'training "a.txt"'), VALID, "unknown data setting 'training'", 9, 5),
@@ -135,8 +135,14 @@ def test_at_least_thirty_cases():
 def test_all_errors_in_one_run_in_source_order():
     source = sub("fc(x, 8", "fc(z, 8").replace("precision@1", "precison@1").replace("10, softmax", "10, sofmax")
     got = [(e.location.line, e.location.column, e.message.split(";")[0]) for e in _errors(source)]
-    assert got == [(4, 10, "'z' is not defined"), (5, 17, "unknown activation 'sofmax'"),
-                   (7, 11, "unknown metric 'precison@1'")]
+    assert got == [(4, 10, "'z' is not defined"), (5, 17, "unknown activation 'sofmax' (did you mean 'softmax'?)"),
+                   (7, 11, "unknown metric 'precison@1' (did you mean 'precision'?)")]
+
+
+def test_a_misspelt_name_gets_the_nearest_defined_one():
+    (e,) = _errors(sub("fc(h, 10", "fc(hh, 10").replace("h = fc(x", "hidden = fc(x").replace("fc(hh", "fc(hiden"))
+    assert e.message == "'hiden' is not defined; did you mean 'hidden'?"
+    assert (e.location.line, e.location.column) == (5, 10)
 
 
 def test_two_consequences_of_one_wrong_loss_are_both_named():

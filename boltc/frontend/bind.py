@@ -6,6 +6,7 @@ mistake at the exact argument (unknown option, missing value, wrong type), in wo
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -34,6 +35,12 @@ class Param:
     default: Any = REQUIRED
     positional: bool = False      # may be given by position (in declaration order)
     alias: str | None = None      # a second accepted keyword (e.g. dwta's `bits` for `range`)
+
+
+def did_you_mean(word: str, choices) -> str:
+    """'; did you mean X?' when one choice is close to `word` (a typo), else ''."""
+    near = difflib.get_close_matches(word, [c for c in choices if c], n=1, cutoff=0.7)
+    return f" (did you mean '{near[0]}'?)" if near else ""
 
 
 def one_of_words(words) -> str:
@@ -76,7 +83,8 @@ def word(*choices: str, what: str = "") -> Converter:
         if not isinstance(v, ast.Name):
             raise Problem(f"expected {label}, found {ast.describe(v)}", v.loc)
         if v.text not in choices:
-            raise Problem(f"unknown {what or 'value'} '{v.text}'; expected {one_of_words(choices)}", v.loc)
+            raise Problem(f"unknown {what or 'value'} '{v.text}'{did_you_mean(v.text, choices)}; expected "
+                          f"{one_of_words(choices)}", v.loc)
         return v.text
     return conv
 
@@ -138,7 +146,8 @@ def bind(call: ast.Call, params: tuple[Param, ...], what: str, problems: list[Pr
         p = by_name.get(kw.key) or aliases.get(kw.key)
         if p is None:
             known = one_of_words(sorted(by_name)) if by_name else "none"
-            problems.append(Problem(f"unknown option '{kw.key}' for {what}; expected {known}", kw.loc))
+            hint = did_you_mean(kw.key, list(by_name) + list(aliases))
+            problems.append(Problem(f"unknown option '{kw.key}' for {what}{hint}; expected {known}", kw.loc))
             continue
         put(p, kw.value, kw.loc)
     for p in params:

@@ -9,7 +9,7 @@ import copy
 
 from boltc import ir
 from boltc.frontend import ast
-from boltc.frontend.bind import (Param, Problem, as_call, bind, boolean, integer, one_of_words, real,
+from boltc.frontend.bind import (Param, Problem, as_call, bind, boolean, did_you_mean, integer, one_of_words, real,
                                  string, word)
 
 TRAIN_DEFAULTS = {
@@ -63,7 +63,8 @@ def _given(d: dict) -> dict:
 def _choose(value: ast.Value, table: dict, what: str, problems) -> tuple[str, dict] | None:
     call = as_call(value)
     if call.name not in table:
-        raise Problem(f"unknown {what} '{call.name}'; expected {one_of_words(table)}", call.loc)
+        raise Problem(f"unknown {what} '{call.name}'{did_you_mean(call.name, table)}; expected "
+                      f"{one_of_words(table)}", call.loc)
     return call.name, bind(call, table[call.name], call.name, problems)
 
 
@@ -87,7 +88,8 @@ def build_train(body, problems: list[Problem]) -> dict:
                 continue
             if not isinstance(st, ast.Setting) or key not in _SCALARS and key not in (
                     "optimizer", "schedule", "sampler"):
-                raise Problem(f"unknown train setting '{key}'; expected {one_of_words(TRAIN_WORDS)}", st.loc)
+                raise Problem(f"unknown train setting '{key}'{did_you_mean(key, TRAIN_WORDS)}; expected "
+                              f"{one_of_words(TRAIN_WORDS)}", st.loc)
             seen[key] = st.loc.line
             value = _one_value(st)
             if key == "optimizer":
@@ -147,7 +149,8 @@ def build_data(body, problems: list[Problem]) -> dict:
         try:
             key = st.call.name if isinstance(st, ast.Bare) else getattr(st, "key", getattr(st, "keyword", "?"))
             if not isinstance(st, ast.Setting) or key not in DATA_SPLITS:
-                raise Problem(f"unknown data setting '{key}'; expected train, test or validation", st.loc)
+                raise Problem(f"unknown data setting '{key}'{did_you_mean(key, DATA_SPLITS)}; expected train, "
+                              "test or validation", st.loc)
             if data[key] is not None:
                 raise Problem(f"'{key}' is given twice in the data block", st.loc)
             data[key] = data_source(_one_value(st), problems)

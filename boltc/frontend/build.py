@@ -11,7 +11,7 @@ import networkx as nx
 
 from boltc import ir
 from boltc.frontend import ast
-from boltc.frontend.bind import (Param, Problem, as_call, bind, boolean, integer, one_of_words, real,
+from boltc.frontend.bind import (Param, Problem, as_call, bind, boolean, did_you_mean, integer, one_of_words, real,
                                  reference, string, word)
 from boltc.frontend.blocks import build_data, build_train, default_train
 
@@ -77,6 +77,7 @@ def _input_params(kind: str, name: str) -> tuple[Param, ...]:
             Param("seed", integer(0), 0), Param("normalize", word("l2", "none"), "none"))
 
 
+STATEMENT_WORDS = ("input", "target", "loss", "metrics", "train", "data")
 TARGETS = {"label": "single", "multilabel": "multi", "binary": "binary"}
 LAYER_WORDS = ("fc", "embedding", "concat", "layernorm")
 
@@ -162,14 +163,15 @@ class Builder:
         key = st.call.name if isinstance(st, ast.Bare) else st.key
         if key in ("input", "target") and isinstance(st, ast.Setting):
             raise Problem(f"write `{key} name: kind(...)`, with a ':' after the name", st.loc)
-        raise Problem(f"unknown statement '{key}'; expected input, target, a layer (name = op(...)), "
+        raise Problem(f"unknown statement '{key}'{did_you_mean(key, STATEMENT_WORDS)}; expected input, target, a layer (name = op(...)), "
                       "loss, metrics, train { } or data { }", st.loc)
 
     def input(self, st: ast.Declare) -> None:
         call = as_call(st.value)
         kinds = ir.INPUT_KINDS
         if call.name not in kinds:
-            raise Problem(f"unknown input kind '{call.name}'; expected {one_of_words(kinds)}", call.loc)
+            raise Problem(f"unknown input kind '{call.name}'{did_you_mean(call.name, kinds)}; expected "
+                          f"{one_of_words(kinds)}", call.loc)
         self.define(st.name, st.name_loc)
         got = bind(call, _input_params(call.name, st.name), call.name, self.problems)
         attrs = {"kind": call.name, **got}
@@ -180,7 +182,8 @@ class Builder:
     def target(self, st: ast.Declare) -> None:
         call = as_call(st.value)
         if call.name not in TARGETS:
-            raise Problem(f"unknown target kind '{call.name}'; expected label(n), multilabel(n) or binary",
+            raise Problem(f"unknown target kind '{call.name}'{did_you_mean(call.name, TARGETS)}; expected label(n), "
+                          "multilabel(n) or binary",
                           call.loc)
         self.define(st.name, st.name_loc)
         self.once("target", st.loc)
@@ -195,7 +198,8 @@ class Builder:
     def layer(self, st: ast.Assign) -> None:
         call = as_call(st.value)
         if call.name not in LAYER_WORDS:
-            raise Problem(f"unknown layer '{call.name}'; expected {one_of_words(LAYER_WORDS)}", call.loc)
+            raise Problem(f"unknown layer '{call.name}'{did_you_mean(call.name, LAYER_WORDS)}; expected "
+                          f"{one_of_words(LAYER_WORDS)}", call.loc)
         self.define(st.name, st.loc)
         if call.name == "concat":
             if call.kwargs:
@@ -226,7 +230,8 @@ class Builder:
             raise Problem("loss takes one value, e.g. loss cross_entropy(scores, labels)", st.values[1].loc)
         call = as_call(st.values[0])
         if call.name not in ir.LOSSES:
-            raise Problem(f"unknown loss '{call.name}'; expected {one_of_words(ir.LOSSES)}", call.loc)
+            raise Problem(f"unknown loss '{call.name}'{did_you_mean(call.name, ir.LOSSES)}; expected "
+                          f"{one_of_words(ir.LOSSES)}", call.loc)
         params = (Param("output", reference, positional=True), Param("target", reference, positional=True))
         got = bind(call, params, call.name, self.problems)
         if "output" in got and "target" in got:
@@ -245,7 +250,9 @@ class Builder:
             elif isinstance(v, ast.Name) and v.text in ("precision", "recall"):
                 raise Problem(f"{v.text} needs a cut-off, e.g. {v.text}@1", v.loc)
             else:
-                raise Problem(f"unknown metric '{ast.describe(v)}'; expected precision@k, recall@k or accuracy",
+                word = v.name if isinstance(v, ast.AtK) else ast.describe(v)
+                hint = did_you_mean(word, ("precision", "recall", "accuracy"))
+                raise Problem(f"unknown metric '{ast.describe(v)}'{hint}; expected precision@k, recall@k or accuracy",
                               v.loc)
         if len({str(m) for m in out}) != len(out):
             raise Problem("a metric is listed twice", st.loc)

@@ -5,6 +5,8 @@ are the layers with an input-major weight layout built for it; everything else n
 """
 from __future__ import annotations
 
+import difflib
+
 import networkx as nx
 
 from boltc import ir
@@ -15,6 +17,14 @@ LOSS_FITS = {   # loss -> (target kinds, output activation)
     "cross_entropy": (("single", "multi"), "softmax"),
     "binary_cross_entropy": (("binary",), "sigmoid"),
 }
+
+
+def _undefined(g, name: str, loc) -> object:
+    """'x' is not defined, with the closest defined name when one is near (a typo)."""
+    known = [n for n in g.nodes if g.nodes[n].get("node") is not None]
+    near = difflib.get_close_matches(name, known, n=1, cutoff=0.7)
+    hint = f"; did you mean '{near[0]}'?" if near else ""
+    return error(g, f"'{name}' is not defined{hint}", loc)
 
 
 def _is_sparse_input(n: ir.Node | None) -> bool:
@@ -29,7 +39,7 @@ def find_errors(g: nx.DiGraph) -> list:
     for n in defined:          # references to names that were never defined
         for src in n.inputs:
             if get(src) is None and src not in broken:
-                errs.append(error(g, f"'{src}' is not defined", word_loc(g, n.loc, src) if n.loc.line else n.loc))
+                errs.append(_undefined(g, src, word_loc(g, n.loc, src) if n.loc.line else n.loc))
     loss = g.graph.get("loss")
     mloc = model_loc(g)
     inputs = [n for n in defined if n.op == "input"]
@@ -92,9 +102,9 @@ def _loss_errors(g, loss: ir.Loss, get) -> list:
     errs = []
     out, tgt = get(loss.output), get(loss.target)
     if out is None and loss.output not in g.nodes:
-        errs.append(error(g, f"'{loss.output}' is not defined", word_loc(g, loss.loc, loss.output)))
+        errs.append(_undefined(g, loss.output, word_loc(g, loss.loc, loss.output)))
     if tgt is None and loss.target not in g.nodes:
-        errs.append(error(g, f"'{loss.target}' is not defined", word_loc(g, loss.loc, loss.target)))
+        errs.append(_undefined(g, loss.target, word_loc(g, loss.loc, loss.target)))
     if out is None or tgt is None:
         return errs
     if tgt.op != "target":
