@@ -423,7 +423,9 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
                 if prev is not None:                         # the epoch's last update, then the epoch's state
                     runner.call("finish", [(runner.share(prev),)] * workers, timeout=timeout)
                 worker_seconds = runner.call("timings", timeout=timeout)
-                new_state = runner.call("get_state", timeout=timeout)[0] if kind == "ray" else runner.workers[0].state
+                # Ray returns read-only zero-copy arrays: copy, so the caller can keep training the state
+                new_state = copy.deepcopy(runner.call("get_state", timeout=timeout)[0] if kind == "ray"
+                                          else runner.workers[0].state)
             except _WorkerFailed as f:
                 where = f"worker {f.rank} {f.why} in epoch {epoch + 1}"
                 runner.shutdown()
@@ -454,7 +456,7 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
             every = max(1, int(train.get("checkpoint_every", 1)))
             if save is not None and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
                 save(new_state, epoch + 1, history)
-            last_good = (epoch + 1, _snapshot(new_state) if kind == "inprocess" else new_state)
+            last_good = (epoch + 1, new_state)
             epoch += 1
             if max_updates is not None and updates_done >= max_updates:
                 break
@@ -487,10 +489,6 @@ def _checkpointer(checkpoint, source: str, plan: dict):
                                         with_optimizer=True)
         savefile.save_model(Path(checkpoint), saved)
     return save
-
-
-def _snapshot(state):
-    return copy.deepcopy(state)
 
 
 # ---------------------------------------------------------------------------------------------- API glue

@@ -249,3 +249,4 @@ def test_fit_model_trains_a_compiled_model_on_ray_and_writes_a_resumable_checkpo
     # the trained replica serves: its metrics equal the driver's validation of the same state
     got = model.evaluate(test, sparse=False)
     assert abs(got["precision@1"] - hist["epochs"][0]["validation"]["precision@1"]) < 1e-9
+    assert all(a.flags.writeable for ts in model.state.params.values() for a in ts.values())
