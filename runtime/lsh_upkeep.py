@@ -71,7 +71,13 @@ class LSHUpkeep:
                 idx.frozen = True
                 continue
             if done == batches_per_epoch and self.frozen(layer, epoch + 1):
-                idx.frozen = True              # the next batch starts the frozen epochs: keep the tables
+                # the next batch starts the frozen epochs: one last refill from the trained weights, so
+                # the frozen tables (and sparse inference) never hold the random initial hashing, even
+                # when the budget stretched the interval past the epoch (wide layers, slow hashing)
+                from boltc.runtime.state import neuron_rows
+                idx.build(neuron_rows(layer, self.state.params[layer["name"]]["W"]))
+                self.rebuilds += 1
+                idx.frozen = True
                 continue
             rebuild, rehash = self.intervals(layer, batches_per_epoch)
             if done % rehash == 0:

@@ -53,12 +53,12 @@ def test_upkeep_schedule_rebuilds_rehashes_then_freezes():
     seed0 = s.lsh["out"].seed
     for bi in range(100):
         up.after_step(0, bi, 100)
-    assert up.rebuilds == 19 and up.rehashes == 3         # the end of the epoch freezes instead
+    assert up.rebuilds == 20 and up.rehashes == 3         # the end of the epoch: refill, then freeze
     assert s.lsh["out"].seed == seed0 + 3 and s.lsh["out"].frozen
     builds = s.lsh["out"].builds
     for bi in range(100):
         up.after_step(1, bi, 100)
-    assert s.lsh["out"].builds == builds and up.rebuilds == 19
+    assert s.lsh["out"].builds == builds and up.rebuilds == 20
 
 
 def test_upkeep_budget_stretches_the_rebuild_interval():
@@ -68,3 +68,9 @@ def test_upkeep_budget_stretches_the_rebuild_interval():
     tight, loose = LSHUpkeep(p, s, budget=1e-4), LSHUpkeep(p, s, budget=1e9)
     r_tight, h_tight = tight.intervals(layer, 100)
     assert r_tight > loose.intervals(layer, 100)[0] and h_tight >= r_tight
+    # past the epoch: no rebuild during it, but the tables are refilled once before they freeze
+    assert r_tight > 100
+    seed0 = s.lsh["out"].seed
+    for bi in range(100):
+        tight.after_step(0, bi, 100)
+    assert tight.rebuilds == 1 and tight.rehashes == 0 and s.lsh["out"].seed == seed0 and s.lsh["out"].frozen
