@@ -18,6 +18,7 @@ SOURCES = {p.stem: p.read_text() for p in sorted((ROOT / "models").glob("*.bolt"
 SOURCES["language_reference"] = LANGUAGE_EXAMPLE.group(1)
 TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|[A-Za-z_][A-Za-z0-9_]*|[0-9.eE+-]+|\S')
 MUTANTS_PER_FILE = 300
+LARK_WORDS = re.compile(r"\b(RPAR|LPAR|RBRACE|LBRACE|NAME|SIGNED_NUMBER|INT|STRING|COMMA|EQUAL|COLON|AT)\b|\$END|__ANON")
 
 
 def mutate(text: str, rng: random.Random) -> str:
@@ -52,6 +53,8 @@ def outcome(text: str, file: str) -> str:
             loc = err.location
             assert loc is not None and loc.file == file and loc.line >= 1, err.render()
             assert err.render().startswith(f"{file}:{loc.line}"), err.render()
+            unquoted = re.sub(r"'[^']*'|\"[^\"]*\"", "", err.message)     # what the user wrote may be anything
+            assert not LARK_WORDS.search(unquoted), err.message         # the rest is in words, not lark's
         return type(errors[0]).__name__
 
 
