@@ -26,7 +26,6 @@ from boltc.runtime.interp import NumpyExecutor, _SPARSE_INFERENCE_SEED
 from boltc.runtime.native_kernels import compile_plan, ptr
 from boltc.runtime.threads import ThreadPool
 
-_STAMP_LIMIT = (1 << 31) - 1
 # Fixed chunks of the wide layer's unique neurons for the fused update + input gradient: each chunk has
 # its own input-gradient buffer (B x in_dim, small), summed in chunk order afterwards. The chunking does
 # not depend on the thread count, so neither does the result.
@@ -85,7 +84,6 @@ class NativeExecutor:
         self.scratch = [np.zeros(widest, np.float32) for _ in range(self.threads)]
         self._counts = {}          # per inverted dimension: zeroed int32 counts + int64 offsets
         self._marks = None
-        self._stamp = 1
         self._install_native_hash()
 
     @property
@@ -151,21 +149,16 @@ class NativeExecutor:
             return index.select(h, labels, layer["active"], rng, insert_missed=insert_missed)
         B, K, dim = h.shape[0], layer["active"], layer["dim"]
         buckets = index.hash(h)
-        if self._marks is None:
-            self._marks = [np.zeros(dim, np.int32) for _ in range(self.threads)]
-        if self._stamp + B >= _STAMP_LIMIT:
-            for m in self._marks:
-                m.fill(0)
-            self._stamp = 1
+        if self._marks is None:                # per-thread bitsets, zero between calls
+            self._marks = [np.zeros(dim // 32 + 1, np.int32) for _ in range(self.threads)]
         out = np.empty((B, K), np.int32)
         lab = _csr(labels) if labels is not None else None
         tables = index.tables
         self.pool.run(self.k.fn(layer["name"], "lookup"), B, ptr(buckets), ptr(tables), index.L,
                       tables.shape[1], index.reservoir, ptr(lab.indptr) if lab is not None else None,
                       ptr(lab.indices) if lab is not None else None, int(lab is not None),
-                      int(rng_seed) & ((1 << 63) - 1), self._stamp, ptr(out),
+                      int(rng_seed) & ((1 << 63) - 1), ptr(out),
                       per_thread=[ptr(m) for m in self._marks])
-        self._stamp += B
         if insert_missed and lab is not None and lab.nnz:
             self._insert_missed(index, buckets, lab, np.random.default_rng(rng_seed))
         return out
