@@ -245,7 +245,7 @@ class NWSketchSampler:
                 self.hasher = SRPHasher(x.shape[1], self.rows_r, self.bits, self.seed)
                 codes = np.empty((self.n, self.rows_r), dtype=np.int32)
                 for s in range(0, self.n, HASH_CHUNK):
-                    codes[s:s + HASH_CHUNK] = self.hasher.hash(x[s:s + HASH_CHUNK])
+                    codes[s:s + HASH_CHUNK] = native.hash_rows(self.hasher, x[s:s + HASH_CHUNK], self.native)
             self.codes = np.ascontiguousarray(codes, dtype=np.int32)   # (N, R) bucket ids
         if self.codes.shape != (self.n, self.rows_r):
             raise ValueError(f"codes must have shape {(self.n, self.rows_r)}, got {self.codes.shape}")

@@ -93,6 +93,80 @@ def _emit_query(km, rows, bits, F64, I64):
     k.ret()
 
 
+class _HashKernel:
+    """SRP hashing of CSR rows for one (R, K): z = x . P (through the feature fold), then K sign bits."""
+
+    def __init__(self, rows: int, bits: int):
+        from boltc import codegen
+        from boltc.lower.builder import KernelModule
+
+        km = KernelModule(f"srp_hash_r{rows}_k{bits}")
+        _emit_hash(km, rows, bits)
+        self.lib, _ = codegen.build(km.ir_text())
+        vp, i64 = ctypes.c_void_p, ctypes.c_int64
+        self._hash = ctypes.CFUNCTYPE(None, i64, i64, vp, vp, vp, vp, vp, vp, vp, vp)(self.lib.address("srp_hash"))
+
+    def hash(self, hasher, x) -> np.ndarray:
+        n = x.shape[0]
+        indptr = np.ascontiguousarray(x.indptr, dtype=np.int64)
+        indices = np.ascontiguousarray(x.indices, dtype=np.int32)
+        data = np.ascontiguousarray(x.data, dtype=np.float32)
+        proj = np.ascontiguousarray(hasher.proj, dtype=np.float32)
+        z = np.empty(hasher.rows * hasher.bits, dtype=np.float32)
+        codes = np.empty((n, hasher.rows), dtype=np.int32)
+        self._hash(0, n, indptr.ctypes.data, indices.ctypes.data, data.ctypes.data, hasher.feat_row.ctypes.data,
+                   hasher.feat_sign.ctypes.data, proj.ctypes.data, z.ctypes.data, codes.ctypes.data)
+        return codes
+
+
+def _emit_hash(km, rows, bits):
+    """srp_hash(b0, b1, indptr i64*, indices i32*, data f32*, feat_row i32*, feat_sign f32*,
+    proj f32* (P, R*K), z f32* (R*K scratch), codes i32* (N, R))"""
+    from boltc.lower.builder import F32, I32, I64
+    import llvmlite.ir as ir
+    rk = rows * bits
+    k = km.kernel("srp_hash", [("b0", "i64"), ("b1", "i64"), ("indptr", "ptr"), ("indices", "ptr"),
+                               ("data", "ptr"), ("feat_row", "ptr"), ("feat_sign", "ptr"), ("proj", "ptr"),
+                               ("z", "ptr"), ("codes", "ptr")])
+    a, b = k.arg, k.b
+    with k.loop(a["b0"], a["b1"], "i") as i:
+        with k.loop(0, rk, "p0") as p:
+            k.st(a["z"], p, k.f32(0.0))
+        lo = k.ld(a["indptr"], i, I64)
+        hi = k.ld(a["indptr"], k.add(i, k.i64(1)), I64)
+        with k.loop(lo, hi, "e") as e:
+            j = k.ld_i32_as_i64(a["indices"], e)
+            sv = k.fmul(k.ld(a["data"], e, F32), k.ld(a["feat_sign"], j, F32))
+            base = k.mul(k.ld_i32_as_i64(a["feat_row"], j), k.i64(rk))
+            with k.loop(0, rk, "p") as p:
+                acc = k.fadd(k.ld(a["z"], p, F32), k.fmul(sv, k.ld(a["proj"], k.add(base, p), F32)))
+                k.st(a["z"], p, acc)
+        with k.loop(0, rows, "r") as r:
+            code = k.var(I32, ir.Constant(I32, 0))
+            with k.loop(0, bits, "kb") as kb:
+                zv = k.ld(a["z"], k.add(k.mul(r, k.i64(bits)), kb), F32)
+                bit = b.zext(k.fcmp(">", zv, k.f32(0.0)), I32)
+                k.set(code, b.or_(k.get(code), b.shl(bit, b.trunc(kb, I32))))
+            k.st(a["codes"], k.add(k.mul(i, k.i64(rows)), r), k.get(code))
+    k.ret()
+
+
+def hash_rows(hasher, x, use_native: bool) -> np.ndarray:
+    """(B, R) int32 bucket ids of the CSR rows x (native when available; else SRPHasher.hash)."""
+    key = ("hash", hasher.rows, hasher.bits)
+    if use_native:
+        if key not in _LIBS:
+            with _LOCK:
+                if key not in _LIBS:
+                    try:
+                        _LIBS[key] = _HashKernel(hasher.rows, hasher.bits)
+                    except Exception:  # noqa: BLE001
+                        _LIBS[key] = False
+        if _LIBS[key]:
+            return _LIBS[key].hash(hasher, x)
+    return hasher.hash(x)
+
+
 def _f64(v: float):
     import llvmlite.ir as ir
     return ir.Constant(ir.DoubleType(), v)
