@@ -3,12 +3,14 @@
 The 100,000-label synthetic problem (models/synth100k.bolt: 100k sparse features -> fc 256 relu -> fc
 100k softmax at BOLT's sparsity 0.005; SYNTHETIC data, fewer rows than the model file names so the run
 takes minutes). Two Ray workers on one local cluster (this machine has 2 cores), global batch 256
-(128 per worker), the same seeds: both modes train identically (checked: max weight difference), only
+(128 per worker), the same seeds: all modes train identically (checked: max weight difference), only
 what crosses the wire differs:
   - sparse: each worker sends the touched rows of each gradient (row ids + values), the driver sums
     them and broadcasts the combined rows once;
   - dense:  each worker sends every gradient tensor whole and receives the whole sum (what BOLT's
-    all-reduce moves), replicas update the rows that are nonzero.
+    all-reduce moves), replicas update the rows that are nonzero;
+  - factors: each worker sends each fc layer's input and pre-activation gradient on its active ids
+    (runtime/distributed_factors.py); every replica rebuilds the global batch's gradient from them.
 Reported per mode: examples/s (wall time of the timed updates, after warm-up updates), bytes each worker
 sends + receives per update, and the ratios sparse/dense, all measured in the same run. A single-process
 run of the same updates (the executor's train_step, no Ray) gives the 1-worker reference.
@@ -76,6 +78,7 @@ def main(argv=None):
     ap.add_argument("--rows", type=int, default=4096, help="synthetic training rows (an epoch = rows/256 updates)")
     ap.add_argument("--backend", default="numpy", choices=("numpy", "native"))
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--modes", default="sparse,dense,factors", help="exchanges to measure, comma-separated")
     ap.add_argument("--out", default=str(RESULTS / "distributed_exchange.json"))
     args = ap.parse_args(argv)
 
@@ -94,7 +97,7 @@ def main(argv=None):
     try:
         rows = []
         states = {}
-        for mode in ("sparse", "dense"):
+        for mode in args.modes.split(","):
             res, row = run_mode(plan, init, train_source, mode, updates, 0, args.backend, args.timeout)
             states[mode] = res.state
             rows.append(row)
@@ -103,11 +106,13 @@ def main(argv=None):
                   f"driver combine {row['combine_seconds']:.1f} s, workers {row['worker_seconds']}")
     finally:
         ray.shutdown()
-    diff = max(float(np.abs(states["sparse"].params[l][t] - states["dense"].params[l][t]).max())
-               for l in states["sparse"].params for t in states["sparse"].params[l])
+    ref = states[rows[0]["mode"]]
+    diffs = {m: max(float(np.abs(st.params[l][t] - ref.params[l][t]).max()) for l in st.params for t in st.params[l])
+             for m, st in states.items()}
     single = single_process(plan, copy.deepcopy(init), train_source, min(updates, 8), 2, args.backend)
 
-    sp_, de = rows
+    by = {r["mode"]: r for r in rows}
+    sp_, de = by.get("sparse", rows[0]), by.get("dense", rows[-1])
     dense_model = sum(a.nbytes for l, ts in init.params.items() for t, a in ts.items() if t != "label_count")
     result = {
         "benchmark": "distributed_exchange", "data": "SYNTHETIC synth100k (100,000 features, 100,000 labels)",
@@ -117,8 +122,11 @@ def main(argv=None):
         "dense_gradient_bytes": dense_model,
         "ratio_bytes_sparse_over_dense": sp_["bytes_per_update_per_worker"] / de["bytes_per_update_per_worker"],
         "ratio_examples_per_s_sparse_over_dense": sp_["examples_per_s"] / de["examples_per_s"],
-        "max_weight_difference_sparse_vs_dense": diff,
+        "max_weight_difference_vs_" + rows[0]["mode"]: diffs,
     }
+    if "factors" in by:
+        result["ratio_bytes_factors_over_dense"] = by["factors"]["bytes_per_update_per_worker"] / de["bytes_per_update_per_worker"]
+        result["ratio_examples_per_s_factors_over_dense"] = by["factors"]["examples_per_s"] / de["examples_per_s"]
     print()
     print("| exchange | examples/s | MB per update per worker (sent + received) |")
     print("|---|---|---|")
@@ -126,8 +134,11 @@ def main(argv=None):
         print(f"| {r['mode']} (2 Ray workers) | {r['examples_per_s']:.1f} | {r['bytes_per_update_per_worker'] / 1e6:.2f} |")
     print(f"| single process (no exchange) | {single:.1f} | 0 |")
     print(f"sparse/dense: bytes {result['ratio_bytes_sparse_over_dense']:.4f}, "
-          f"examples/s {result['ratio_examples_per_s_sparse_over_dense']:.2f}x; "
-          f"dense gradient {dense_model / 1e6:.1f} MB; max |w_sparse - w_dense| = {diff:.2e}")
+          f"examples/s {result['ratio_examples_per_s_sparse_over_dense']:.2f}x; dense gradient {dense_model / 1e6:.1f} MB")
+    if "factors" in by:
+        print(f"factors/dense: bytes {result['ratio_bytes_factors_over_dense']:.5f}, "
+              f"examples/s {result['ratio_examples_per_s_factors_over_dense']:.2f}x")
+    print(f"max weight difference vs {rows[0]['mode']}: " + ", ".join(f"{m} {d:.1e}" for m, d in diffs.items()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
