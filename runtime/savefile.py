@@ -93,22 +93,60 @@ def unflatten_state(skeleton, members: dict[str, np.ndarray]):
 
 # ---------------------------------------------------------------- the archive
 
-def write_archive(path, members: dict[str, bytes], meta: dict | None = None) -> None:
-    """Write members + manifest atomically."""
+class _HashingWriter:
+    """File-like sink that hashes and counts what passes through to `raw`."""
+
+    def __init__(self, raw):
+        self.raw, self.sha, self.size = raw, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        mv = memoryview(data).cast("B")
+        self.sha.update(mv)
+        self.size += mv.nbytes
+        return self.raw.write(mv)
+
+
+class _HashingReader:
+    def __init__(self, raw):
+        self.raw, self.sha, self.size = raw, hashlib.sha256(), 0
+
+    def read(self, n=-1) -> bytes:
+        data = self.raw.read(n)
+        self.sha.update(data)
+        self.size += len(data)
+        return data
+
+    def readinto(self, b) -> int:           # np.lib.format reads big arrays with readinto when it can
+        data = self.read(len(b))
+        memoryview(b).cast("B")[:len(data)] = data
+        return len(data)
+
+
+def write_archive(path, members: dict[str, bytes | np.ndarray], meta: dict | None = None) -> None:
+    """Write members (bytes, or arrays streamed as .npy without an in-memory copy) and the manifest
+    (written last: it needs every member's hash) atomically."""
     path = Path(path)
-    manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
-        "versions": _versions(), **(meta or {}),
-        "members": {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-                    for name, data in sorted(members.items())},
-    }
+    listed = {}
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as raw:
-            with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED) as z:
-                z.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+            with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
                 for name, data in sorted(members.items()):
-                    z.writestr(name, data)
+                    if isinstance(data, np.ndarray):
+                        if data.dtype == object:
+                            raise TypeError(f"{name}: object arrays cannot be saved (no pickle)")
+                        with z.open(name, "w", force_zip64=data.nbytes > (1 << 30)) as f:
+                            h = _HashingWriter(f)
+                            np.lib.format.write_array(h, np.ascontiguousarray(data), allow_pickle=False)
+                    else:
+                        h = hashlib.sha256(data)
+                        z.writestr(name, data)
+                        listed[name] = {"sha256": h.hexdigest(), "size": len(data)}
+                        continue
+                    listed[name] = {"sha256": h.sha.hexdigest(), "size": h.size}
+                manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "versions": _versions(),
+                            **(meta or {}), "members": listed}
+                z.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp, path)
@@ -117,8 +155,9 @@ def write_archive(path, members: dict[str, bytes], meta: dict | None = None) -> 
             tmp.unlink()
 
 
-def read_archive(path) -> tuple[dict, dict[str, bytes]]:
-    """(manifest, {member: bytes}) after every integrity check."""
+def read_archive(path) -> tuple[dict, dict[str, bytes | np.ndarray]]:
+    """(manifest, {member: bytes, or ndarray for .npy members}) after every integrity check. Arrays are
+    read straight from the archive while their hash is computed (one pass, no second copy)."""
     path = Path(path)
     if not path.exists():
         raise _err(path, "model file not found")
@@ -149,11 +188,34 @@ def read_archive(path) -> tuple[dict, dict[str, bytes]]:
         for name, info in listed.items():
             if name not in names:
                 raise _err(path, f"member {name!r} is missing")
-            data = _read_member(z, name, path)
-            if len(data) != info.get("size") or hashlib.sha256(data).hexdigest() != info.get("sha256"):
+            if name.endswith(".npy"):
+                value, sha, size = _read_array(z, name, path)
+            else:
+                value = _read_member(z, name, path)
+                sha, size = hashlib.sha256(value).hexdigest(), len(value)
+            if size != info.get("size") or sha != info.get("sha256"):
                 raise _err(path, f"member {name!r}: checksum mismatch (file was modified or damaged)")
-            out[name] = data
+            out[name] = value
     return manifest, out
+
+
+def _read_array(z: zipfile.ZipFile, name: str, path):
+    try:
+        with z.open(name) as f:
+            h = _HashingReader(f)
+            try:
+                arr = np.lib.format.read_array(h, allow_pickle=False)
+            except ValueError as e:
+                # a damaged header, or an object array (which would need pickle): hash what is left so a
+                # tampered member is reported as a checksum mismatch, a bad but listed one as invalid
+                while h.read(1 << 20):
+                    pass
+                arr = e
+            while h.read(1 << 20):          # trailing bytes are part of the member too
+                pass
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        raise _err(path, f"member {name!r} cannot be read: truncated or damaged ({e})") from None
+    return arr, h.sha.hexdigest(), h.size
 
 
 def _read_member(z: zipfile.ZipFile, name: str, path) -> bytes:
@@ -196,15 +258,15 @@ def save_model(path, model: SavedModel) -> None:
     }
     for layer, tensors in model.params.items():
         for t, a in tensors.items():
-            members[f"params/{layer}.{t}.npy"] = npy_bytes(a)
+            members[f"params/{layer}.{t}.npy"] = np.asarray(a)
     for layer, state in model.lsh.items():
         skel, arrays = flatten_state(state, f"lsh/{layer}.")
         members[f"lsh/{layer}.json"] = json.dumps(skel).encode()
-        members.update({k: npy_bytes(v) for k, v in arrays.items()})
+        members.update({k: np.asarray(v) for k, v in arrays.items()})
     if model.optimizer is not None:
         skel, arrays = flatten_state(model.optimizer, "optimizer/")
         members["optimizer/state.json"] = json.dumps(skel).encode()
-        members.update({k: npy_bytes(v) for k, v in arrays.items()})
+        members.update({k: np.asarray(v) for k, v in arrays.items()})
     members.update(model.extra)
     write_archive(path, members, {"model": model.plan.get("model")})
 
@@ -221,7 +283,12 @@ def load_model(path) -> SavedModel:
         except ValueError:
             raise _err(path, f"member {name!r} is not valid JSON") from None
 
-    arrays = {n: npy_load(d, path, n) for n, d in members.items() if n.endswith(".npy")}
+    arrays = {}
+    for n, d in members.items():
+        if n.endswith(".npy"):
+            if isinstance(d, Exception):
+                raise _err(path, f"member {n!r} is not a valid .npy array ({d})")
+            arrays[n] = d
     params: dict[str, dict[str, np.ndarray]] = {}
     for n, a in arrays.items():
         if n.startswith("params/"):

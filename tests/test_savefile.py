@@ -126,3 +126,18 @@ def test_newer_format_and_not_a_model(tmp_path):
 def test_no_pickle_anywhere():
     with pytest.raises(TypeError):
         savefile.npy_bytes(np.array([{"a": 1}], dtype=object))
+
+
+def test_pickled_array_member_is_refused_even_with_a_matching_checksum(tmp_path):
+    import io
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    p = tmp_path / "m.boltc"
+    m = sample_model()
+    savefile.save_model(p, m)
+    _, members = savefile.read_archive(p)
+    raw = {n: (v if isinstance(v, bytes) else v) for n, v in members.items()}
+    raw["params/hidden.b.npy"] = buf.getvalue()          # manifest recomputed: the hash matches
+    savefile.write_archive(p, raw)
+    with pytest.raises(ModelFileError, match=r"params/hidden\.b\.npy.*not a valid \.npy"):
+        savefile.load_model(p)
