@@ -104,6 +104,12 @@ def test_train_defaults():
     assert "distributed" not in g.graph["train"]
 
 
+def test_inference_modes():
+    base = "model m { input x: sparse(5) target y: label(3) s = fc(x, 3, softmax) loss cross_entropy(s, y) "
+    for mode in ("dense", "sparse", "both"):
+        assert parse(base + f"train {{ inference {mode} }} }}").graph["train"]["inference"] == mode
+
+
 def test_sgd_default_lr_and_bare_optimizer_word():
     g = parse("model m { input x: sparse(5) target y: label(3) s = fc(x, 3, softmax) loss cross_entropy(s, y) "
               "train { optimizer sgd } }")

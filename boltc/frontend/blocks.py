@@ -45,8 +45,8 @@ _DISTRIBUTED = (Param("workers", integer(1), positional=True), Param("address", 
                 Param("exchange_every", integer(1), 1))
 _SCALARS = {
     "batch": ("batch", integer(1)), "epochs": ("epochs", integer(1)), "threads": ("threads", integer(0)),
-    "seed": ("seed", integer(0)), "checkpoint": ("checkpoint_every", integer(0, what="a number of epochs")),
-    "inference": ("inference", word("dense", "sparse", what="inference mode")),
+    "seed": ("seed", integer(0)), "checkpoint": ("checkpoint_every", integer(1, what="a number of epochs")),
+    "inference": ("inference", word("dense", "sparse", "both", what="inference mode")),
 }
 TRAIN_WORDS = ("optimizer", "batch", "epochs", "schedule", "sampler", "threads", "seed", "checkpoint",
                "inference", "distributed(...)")
