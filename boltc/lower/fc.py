@@ -65,21 +65,39 @@ def dense_fc_fwd(km: KernelModule, name: str, in_dim: int, k_active: int, activa
                          ("bias", "ptr"), ("out", "ptr")])
     a = k.arg
     IN, K = k.i64(in_dim), k.i64(k_active)
-    with k.loop(a["b0"], a["b1"], "b") as b:
+
+    def dot_into(b, kk, n):
         hb = k.mul(b, IN)
-        ob = k.mul(b, K)
-        with k.loop(0, k_active, "k") as kk:
-            n = k.ld_i32_as_i64(a["ids"], k.add(ob, kk)) if gather else kk
-            wb = k.mul(n, IN)
-            acc = k.var(F32, k.f32(0.0))
-            with k.loop(0, in_dim, "j") as j:
-                prod = k.fmul(k.ld(a["h"], k.add(hb, j)), k.ld(a["W"], k.add(wb, j)))
-                k.set(acc, k.fadd(k.get(acc), prod))
-            s = k.get(acc)
-            if bias:
-                s = k.b.fadd(s, k.ld(a["bias"], n))
-            k.st(a["out"], k.add(ob, kk), s)
-        apply_activation(k, a["out"], ob, k_active, activation)
+        wb = k.mul(n, IN)
+        acc = k.var(F32, k.f32(0.0))
+        with k.loop(0, in_dim, "j") as j:
+            prod = k.fmul(k.ld(a["h"], k.add(hb, j)), k.ld(a["W"], k.add(wb, j)))
+            k.set(acc, k.fadd(k.get(acc), prod))
+        s = k.get(acc)
+        if bias:
+            s = k.b.fadd(s, k.ld(a["bias"], n))
+        k.st(a["out"], k.add(k.mul(b, K), kk), s)
+
+    if gather:
+        with k.loop(a["b0"], a["b1"], "b") as b:
+            ob = k.mul(b, K)
+            with k.loop(0, k_active, "k") as kk:
+                dot_into(b, kk, k.ld_i32_as_i64(a["ids"], k.add(ob, kk)))
+    else:
+        # every neuron for every example: tile the neurons so a block of weight rows (~32 KB) is read
+        # from memory once per slice of examples, not once per example
+        block = max(1, min(k_active, (32 * 1024) // max(4, in_dim * 4)))
+        nblocks = -(-k_active // block)
+        with k.loop(0, nblocks, "blk") as blk:
+            n0 = k.mul(blk, k.i64(block))
+            n1 = k.add(n0, k.i64(block))
+            n1 = k.select(k.icmp("<", n1, K), n1, K)
+            with k.loop(a["b0"], a["b1"], "b") as b:
+                with k.loop(n0, n1, "k") as kk:
+                    dot_into(b, kk, kk)
+    if activation not in ("linear", "softmax", None):
+        with k.loop(a["b0"], a["b1"], "ba") as b:
+            apply_activation(k, a["out"], k.mul(b, K), k_active, activation)
     k.ret()
 
 
