@@ -20,6 +20,8 @@ import os
 import numpy as np
 import scipy.sparse as sp
 
+from pathlib import Path
+
 from boltc.errors import DataError, Location
 from boltc.runtime import xcformat
 from boltc.runtime.dataset import Dataset
@@ -103,3 +105,49 @@ def slice_dataset(ds: Dataset, lo: int, hi: int) -> Dataset:
     labels = ds.labels[rows] if ds.labels is not None else None
     return Dataset(inputs=ins, labels=labels, class_names=ds.class_names,
                    source=f"{ds.source}[{lo}:{hi}]", meta=dict(ds.meta))
+
+
+def plan_shards(source, plan: dict, workers: int) -> list[dict]:
+    """One shard description per worker; small, sent to the worker, which loads the rows itself."""
+    if isinstance(source, (str, os.PathLike)):
+        source = {"kind": "file", "path": str(source), "format": None}
+    if isinstance(source, dict) and source.get("kind") == "synthetic":
+        rows = int(source["rows"])
+        return [{"kind": "synthetic", "source": source, "lo": lo, "hi": hi} for lo, hi in row_ranges(rows, workers)]
+    if isinstance(source, dict) and source.get("kind", "file") == "file":
+        from boltc.runtime.data import _guess_format
+        path = str(source["path"])
+        if not Path(path).exists():
+            raise DataError("data file not found", Location(path, 0))
+        fmt = source.get("format") or _guess_format(path)
+        if fmt in ("xc", "svmlight") and not path.endswith(".gz"):
+            one_based = fmt == "svmlight" and svmlight_one_based(path)
+            return [{"kind": "range", "path": path, "start": a, "end": b, "format": fmt, "one_based": one_based}
+                    for a, b in shard_ranges(path, workers)]
+    # gzip, CSV/TSV, in-memory data: the driver reads once and hands each worker its slice
+    from boltc.runtime.data import load_dataset
+    ds = load_dataset(source, plan)
+    return [{"kind": "dataset", "dataset": slice_dataset(ds, lo, hi)} for lo, hi in row_ranges(ds.rows, workers)]
+
+
+def load_shard(spec: dict, plan: dict) -> Dataset:
+    """Worker side: the rows of one shard, checked against the plan like any data source."""
+    from boltc.runtime import data, synth
+    if spec["kind"] == "dataset":
+        return spec["dataset"]
+    inp = next(i for i in plan["inputs"] if i.get("kind") in ("sparse", "dense"))
+    classes = int(plan["target"]["classes"]) if plan.get("target") else None
+    if spec["kind"] == "synthetic":
+        opts = {k: v for k, v in spec["source"].items() if k not in ("kind", "loc")}
+        opts.setdefault("features", int(inp["dim"]))
+        if classes is not None:
+            opts.setdefault("labels", classes)
+        X, Y = synth.generate(opts, spec["lo"], spec["hi"])
+        where = f"synthetic rows [{spec['lo']}, {spec['hi']})"
+    else:
+        X, Y = read_shard(spec["path"], spec["start"], spec["end"], spec["format"], int(inp["dim"]),
+                          classes if spec["format"] == "xc" else None, spec["one_based"])
+        where = spec["path"]
+    ds = data._checked(X, Y, inp, plan, where)
+    ds.meta["shard"] = {k: v for k, v in spec.items() if k != "source"}
+    return ds
