@@ -40,3 +40,13 @@ def test_compile_reports_model_errors_like_check(tmp_path, capsys):
     bad.write_text(TINY.read_text().replace("fc(features, 32, relu)", "fc(feature, 32, relu)"))
     assert main(["compile", str(bad)]) == 1
     assert f"{bad}:9:15: error: 'feature' is not defined" in capsys.readouterr().err
+
+
+def test_compile_shows_the_samplers_settings_and_reasons(tmp_path, capsys):
+    model = tmp_path / "tn.bolt"
+    model.write_text(TINY.read_text().replace("    seed      7\n", "    seed      7\n    sampler   nw_sketch(rows=32)\n"))
+    assert main(["compile", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "sampler nw_sketch" in out
+    assert "rows         32     set in the model file" in out
+    assert "-> 7 for N=2000" in out            # bits = round(log2(2000)) - 4 = 7 from the 2,000 synthetic rows

@@ -50,6 +50,23 @@ def _notes(n) -> str:
     return ""
 
 
+def _sampler_lines(graph, plan: dict) -> list[str]:
+    """The training sampler's settings with the runtime's reasons (it resolves its own defaults)."""
+    spec = plan["train"]["sampler"]
+    if spec.get("kind") != "nw_sketch":
+        return []
+    try:
+        from boltc.runtime.sampler import resolve_spec
+    except ImportError:
+        return []
+    from boltc.passes.choose_hashing import train_rows
+    rows, _ = train_rows(graph)
+    resolved = resolve_spec(spec, rows, plan["train"]["batch"])
+    reasons = resolved.get("reasons", {})
+    return ["", "sampler nw_sketch" + ("" if rows else " (training rows unknown: bits and refresh decided at run time)")] + \
+        _table([[key, str(resolved[key]), reasons.get(key, "")] for key in reasons if key != "kind"])
+
+
 def explain(graph, plan: dict, full: bool) -> str:
     from boltc import ir
     from boltc.frontend import format_source
@@ -77,6 +94,7 @@ def explain(graph, plan: dict, full: bool) -> str:
     out += ["", "automatic choices:"]
     choices = graph.graph.get("choices", [])
     out += _table([[f"{c.node}.{c.key}", str(c.value), c.reason] for c in choices]) if choices else ["  (none)"]
+    out += _sampler_lines(graph, plan)
     if full:
         out += ["", "the model with every choice written out:", ""]
         out += ["  " + line if line else "" for line in format_source(graph).splitlines()]

@@ -26,6 +26,16 @@ _OPTIMIZERS = {
              Param("beta2", real(0.0, 1.0), 0.999), Param("eps", _POS, 1e-7)),
     "sgd": (Param("lr", _POS, SGD_DEFAULT_LR), Param("momentum", real(0.0, 1.0), 0.0)),
 }
+
+
+def _auto_or(conv):
+    def convert(v):
+        if isinstance(v, ast.Name) and v.text == "auto":
+            return None          # None: not given, the sampler decides
+        return conv(v)
+    return convert
+
+
 _WARMUP = Param("warmup", integer(0, what="a number of steps"), None)
 _SCHEDULES = {
     "constant": (_WARMUP,),
@@ -36,10 +46,11 @@ _SCHEDULES = {
 }
 _SAMPLERS = {
     "uniform": (),
-    "nw_sketch": (Param("rows", integer(1), None), Param("bits", integer(1, 24), None),
-                  Param("mix", real(0.0, 1.0), None), Param("refresh", _POS, None),
+    # the keys runtime/sampler.py reads (NW_KEYS); `auto` (or leaving one out) takes the sampler's default
+    "nw_sketch": (Param("rows", integer(1), None), Param("bits", _auto_or(integer(1, 24)), None),
+                  Param("mix", real(0.0, 1.0), None), Param("refresh", _auto_or(_POS), None),
                   Param("decay", real(0.0, 1.0), None), Param("reweight", boolean, None),
-                  Param("temperature", _POS, None)),
+                  Param("temperature", _POS, None), Param("clip", _POS, None), Param("seed", integer(0), None)),
 }
 _DISTRIBUTED = (Param("workers", integer(1), positional=True), Param("address", string, "auto"),
                 Param("exchange_every", integer(1), 1))

@@ -19,7 +19,7 @@ from boltc import ir
 from boltc.passes import bolt_rules as R
 
 
-def _train_rows(g: nx.DiGraph) -> tuple[int | None, str]:
+def train_rows(g: nx.DiGraph) -> tuple[int | None, str]:
     """Rows of the training data if cheaply known: synthetic(rows=), or an XC file's header line."""
     src = (g.graph.get("data") or {}).get("train")
     if src is None:
@@ -86,7 +86,7 @@ def hash_spec(n: ir.Node, given: dict | str, rows, rows_reason, choices: list) -
 
 def choose_hashing(g: nx.DiGraph) -> nx.DiGraph:
     h = ir.copy_graph(g)
-    rows, rows_reason = _train_rows(h)
+    rows, rows_reason = train_rows(h)
     for n in ir.nodes(h):
         if n.op != "fc":
             continue
