@@ -5,7 +5,6 @@ runtime and the native lowering read. Data paths are made absolute against the .
 """
 from __future__ import annotations
 
-import gzip
 import os
 from pathlib import Path
 
@@ -34,15 +33,8 @@ def guess_format(path: Path) -> str | None:
     suffixes = [s for s in path.suffixes if s != ".gz"]
     if suffixes and suffixes[-1].lower() in _SUFFIX_FORMATS:
         return _SUFFIX_FORMATS[suffixes[-1].lower()]
-    try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-            head = f.readline().split()
-        if len(head) == 3 and all(x.isdigit() for x in head):
-            return "xc"
-    except OSError:
-        pass
-    return None
+    from boltc.passes.common import xc_header
+    return "xc" if xc_header(path) is not None else None
 
 
 def _data_entry(src: ir.DataSource, base: Path) -> dict:

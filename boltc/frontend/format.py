@@ -116,9 +116,7 @@ def _train_lines(t: dict) -> list[str]:
     for key in ("schedule", "sampler"):
         if t[key] != d[key]:
             s = t[key]
-            kw = _kw(s)
-            if s["kind"] == "step":    # `every` is positional-or-keyword; keyword is clearest
-                pass
+            kw = _kw(s)          # every option as a keyword (step's `every` may be positional; this is clearer)
             lines.append(f"{key} " + (_call(s["kind"], [], kw) if kw else s["kind"]))
     if t["inference"] != d["inference"]:
         lines.append(f"inference {t['inference']}")

@@ -9,7 +9,6 @@ DWTA rule, range_bits = K, L and reservoir as above.
 """
 from __future__ import annotations
 
-import gzip
 import math
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import networkx as nx
 
 from boltc import ir
 from boltc.passes import bolt_rules as R
+from boltc.passes.common import xc_header
 
 
 def train_rows(g: nx.DiGraph) -> tuple[int | None, str]:
@@ -29,14 +29,9 @@ def train_rows(g: nx.DiGraph) -> tuple[int | None, str]:
     path = Path(src.path)
     if not path.is_absolute():
         path = Path(g.graph.get("file") or ".").parent / path
-    try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-            head = f.readline().split()
-        if len(head) == 3 and all(x.isdigit() for x in head):
-            return int(head[0]), f"{head[0]} rows (header of {path.name})"
-    except OSError:
-        pass
+    header = xc_header(path)
+    if header is not None:
+        return header[0], f"{header[0]} rows (header of {path.name})"
     return None, "training rows unknown at compile time"
 
 

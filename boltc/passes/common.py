@@ -1,7 +1,9 @@
 """Helpers shared by the passes: located errors, finding a word on a source line, the output layer."""
 from __future__ import annotations
 
+import gzip
 import re
+from pathlib import Path
 
 import networkx as nx
 
@@ -59,4 +61,18 @@ def target_node(g: nx.DiGraph) -> ir.Node | None:
         n = g.nodes[name].get("node")
         if n is not None and n.op == "target":
             return n
+    return None
+
+
+def xc_header(path: Path) -> tuple[int, int, int] | None:
+    """(rows, features, labels) from an XC file's first line `N D L` (plain or gzip), else None.
+    Reading one line is cheap enough to do at compile time, and it tells the passes the data's size."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+            head = f.readline(4096).split()
+    except (OSError, EOFError):
+        return None
+    if len(head) == 3 and all(x.isdigit() for x in head):
+        return int(head[0]), int(head[1]), int(head[2])
     return None
