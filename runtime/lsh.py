@@ -28,6 +28,17 @@ _CHUNK = 1 << 24          # max elements of a temporary gather (keeps hashing 67
 _PROBES = 10              # densification attempts before an empty DWTA bin falls back to code 0
 
 
+DEFAULT_RANDOM_SHARE = 0.25     # share of a training active set kept for uniform random negatives
+
+
+def training_reserve(layer: dict) -> int:
+    """Slots of an output layer's *training* active set kept for uniform random negatives
+    (`hash.random_share` of `active`, default 0.25; see `select(reserve=)`). Both executors pass this
+    to `select` when labels are given, and 0 at inference."""
+    share = float((layer.get("hash") or {}).get("random_share", DEFAULT_RANDOM_SHARE))
+    return int(share * layer["active"])
+
+
 class LSHIndex:
     def __init__(self, family: str, in_dim: int, dim: int, hashes: int, range_bits: int, tables: int,
                  reservoir: int, seed: int = 0, bin_size: int = 8):
