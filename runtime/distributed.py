@@ -15,6 +15,13 @@ Scheme (synchronous; every replica identical at every step):
      lazy Adam update and runs the same LSH upkeep (same seeds, same weights -> same tables).
   `exchange="dense"` sends every gradient tensor whole instead (the dense all-reduce baseline; replicas
   then recover touched rows as the nonzero ones, so both modes train identically and only bytes differ).
+  `exchange="factors"` sends each fc layer's input and pre-activation gradient instead, from which
+  every replica rebuilds the global gradient (distributed_factors.py): ~50x fewer bytes than rows here.
+
+Modules: distributed_shard.py (byte-range shards), distributed_worker.py (a replica's step),
+distributed_cluster.py (worker actors, runners, Ray start-up), distributed_exchange.py /
+distributed_factors.py (what is sent and how it is combined), this file (the synchronous driver loop,
+checkpoints, restarts, and `fit_model` for the API and CLI).
 
 Faults: every wait on a worker has a timeout (`timeout`, seconds). A worker that dies or stops answering
 makes the run restart all workers from the last epoch-boundary state (at most `max_restarts` times; the

@@ -92,8 +92,11 @@ class GradientProbe:
         self.plan = plan
         sgd = copy.deepcopy(plan)
         sgd["train"] = {**sgd["train"], "optimizer": "sgd", "momentum": 0.0}
-        # scratch replica: weights only (plain SGD reads no moments; active sets always come from outside)
-        self.state = type(state)(params=copy.deepcopy(state.params), m={}, v={}, step=state.step, lsh={})
+        # scratch replica: weights and zero moments (the native backend's fused kernels take moment
+        # pointers even for plain SGD); no LSH tables, since active sets always come from outside
+        params = copy.deepcopy(state.params)
+        zeros = {n: {k: np.zeros_like(a) for k, a in p.items()} for n, p in params.items()}
+        self.state = type(state)(params=params, m=zeros, v=copy.deepcopy(zeros), step=state.step, lsh={})
         self.ex = make_executor(sgd, self.state)
         self.shapes = param_shapes(state)
         self.layers = {l["name"]: l for l in plan["layers"]}

@@ -124,6 +124,16 @@ def test_factor_exchange_trains_like_the_row_exchange_with_far_fewer_bytes(tiny)
     assert factors.stats["bytes_per_update_per_worker"] < 0.2 * rows.stats["bytes_per_update_per_worker"]
 
 
+def test_native_backend_workers_match_numpy_workers(tiny):
+    """The gradient probe also drives the native executor (whose kernels fuse gradient and update)."""
+    plan, train, _ = tiny
+    init = ModelState.init(plan)
+    kw = dict(workers=2, in_process=True, max_updates=4)
+    on_numpy = train_distributed(plan, copy.deepcopy(init), train, backend="numpy", **kw)
+    on_native = train_distributed(plan, copy.deepcopy(init), train, backend="native", **kw)
+    assert _max_diff(on_numpy.state, on_native.state) < 1e-5
+
+
 def test_exchange_every_k_equals_one_process_with_k_times_the_batch(tiny):
     plan, train, _ = tiny
     init = ModelState.init(plan)
