@@ -66,3 +66,18 @@ def test_xc_file_cannot_feed_a_text_input():
     with pytest.raises(BoltValidationError) as info:
         infer_shapes(parse(BEFORE.replace("}", '  data { train file("a.txt", format=xc) }\n}')))
     assert "has no columns for the text input 't'" in info.value.message
+
+
+def test_an_xc_files_header_is_checked_against_the_model(tmp_path):
+    (tmp_path / "train.txt").write_text("2 1200 40\n1 3:1.0\n0,2 5:0.5\n")
+    text = BEFORE.replace("input b: dense(7)\n", "").replace("input t: text(dim=512)\n", "").replace(
+        "e = embedding(t, 24)\n", "").replace("concat(e, h, b)", "concat(h)").replace(
+        "c = concat(h)", "c = fc(h, 8, relu)").replace("}", '  data { train "train.txt" }\n}')
+    path = tmp_path / "m.bolt"
+    path.write_text(text)
+    with pytest.raises(BoltValidationError) as info:
+        infer_shapes(parse(text, str(path)))
+    assert info.value.message == "the train file has 1200 features but input 'a' has 1000"
+    assert (info.value.location.line, info.value.location.column) == (9, 16)     # the "train.txt" string
+    (tmp_path / "train.txt").write_text("2 1000 40\n1 3:1.0\n0,2 5:0.5\n")
+    assert infer_shapes(parse(text, str(path))).graph["data"]["train"].path == "train.txt"

@@ -4,10 +4,12 @@ wide as the target has classes, and a synthetic data source matches the model's 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import networkx as nx
 
 from boltc import ir
-from boltc.passes.common import error, raise_all, word_loc
+from boltc.passes.common import error, raise_all, word_loc, xc_header
 
 
 def _given(n: ir.Node, dims: dict) -> int:
@@ -50,6 +52,12 @@ def _loss_width(g, dims) -> list:
     return []
 
 
+def _path(g, path: str) -> Path:
+    p = Path(path).expanduser()
+    file = g.graph.get("file") or "<string>"
+    return p if p.is_absolute() or file.startswith("<") else Path(file).parent / p
+
+
 def _data_shapes(g) -> list:
     errs = []
     inputs = [n for n in ir.nodes(g) if n.op == "input"]
@@ -72,7 +80,18 @@ def _data_shapes(g) -> list:
                 if labels is not None and t.attrs["kind"] != "binary" and labels > t.dim:
                     errs.append(error(g, f"synthetic {split} data has {labels} labels but target '{t.name}' "
                                          f"has {t.dim} classes", word_loc(g, src.loc, "labels")))
-        elif src.format in ("xc", "svmlight"):
+        elif src.format in ("xc", None) and (header := xc_header(_path(g, src.path))) is not None:
+            # an XC file says its width in its first line: a mismatch is caught here, not mid-training
+            _, feats, labels = header
+            for n in inputs:
+                if n.attrs["kind"] in ("sparse", "dense") and feats > n.dim:
+                    errs.append(error(g, f"the {split} file has {feats} features but input '{n.name}' has {n.dim}",
+                                      src.loc))
+            for t in targets:
+                if t.attrs["kind"] != "binary" and labels > t.dim:
+                    errs.append(error(g, f"the {split} file has {labels} labels but target '{t.name}' has "
+                                         f"{t.dim} classes", src.loc))
+        if src.kind == "file" and src.format in ("xc", "svmlight"):
             for n in inputs:
                 if n.attrs["kind"] in ("text", "categorical"):
                     errs.append(error(g, f"a {src.format} file has no columns for the {n.attrs['kind']} input "
