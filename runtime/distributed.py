@@ -80,6 +80,8 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
     in_process=True runs the same protocol without Ray. fail_at={rank: update} kills a worker at that
     update (tests of the fault path). Returns the final state, the history and exchange statistics.
     """
+    if not in_process:
+        require_ray()                                   # before any data is read: fail fast, say what to install
     if exchange not in EXCHANGES:
         raise BoltError(f"exchange must be one of {', '.join(EXCHANGES)}, not {exchange!r}")
     if exchange == "factors":
@@ -231,6 +233,7 @@ def fit_model(model, train=None, validation=None, epochs: int | None = None, *, 
     """
     import sys
     from boltc.runtime import savefile
+    require_ray()
     dist = dict(model.plan.get("train", {}).get("distributed") or {})
     workers = int(workers or dist.get("workers") or 2)
     address = address if address is not None else dist.get("address")

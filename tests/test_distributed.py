@@ -199,10 +199,34 @@ def test_file_shards_are_read_by_byte_range(tiny, tmp_path):
     assert res.stats["examples"] == 128
 
 
-def test_without_ray_the_error_says_what_to_install(monkeypatch):
+def test_without_ray_the_error_says_what_to_install(monkeypatch, tiny):
     monkeypatch.setitem(sys.modules, "ray", None)       # `import ray` now raises ImportError
     with pytest.raises(DependencyError, match=r"pip install boltc\[distributed\]"):
         require_ray()
+    plan, train, _ = tiny
+    with pytest.raises(DependencyError, match=r"pip install boltc\[distributed\]") as err:
+        train_distributed(plan, ModelState.init(plan), train, workers=2)
+    assert "error: distributed training" in err.value.render()
+
+
+def _bad_row_file(tmp_path, plan, train):
+    from boltc.runtime import synth, xcformat
+    X, Y = synth.generate({k: v for k, v in train.items() if k != "kind"})
+    path = tmp_path / "bad.txt"
+    xcformat.write_xc(path, X, Y)
+    lines = path.read_text().splitlines()
+    lines[500] = "3,4 12:0.5 oops"                     # file line 501: in the second worker's range
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_bad_row_in_a_workers_range_is_reported_with_the_file_line(tiny, tmp_path):
+    from boltc.errors import DataError
+    plan, train, _ = tiny
+    path = _bad_row_file(tmp_path, plan, train)
+    with pytest.raises(DataError) as err:
+        train_distributed(plan, ModelState.init(plan), str(path), workers=2, in_process=True)
+    assert err.value.location.line == 501 and err.value.location.file == str(path)
 
 
 # ------------------------------------------------------------------------------------------------ Ray
@@ -232,6 +256,15 @@ def test_ray_two_workers_match_single_process(tiny, ray_cluster):
     p1_ray = on_ray.history["epochs"][-1]["validation"]["precision@1"]
     assert abs(p1_single - p1_ray) < 5.0
     assert on_ray.stats["bytes_per_update_per_worker"] > 0
+
+
+def test_ray_worker_data_error_reaches_the_driver_with_its_location(tiny, ray_cluster, tmp_path):
+    from boltc.errors import DataError
+    plan, train, _ = tiny
+    path = _bad_row_file(tmp_path, plan, train)
+    with pytest.raises(DataError) as err:
+        train_distributed(plan, ModelState.init(plan), str(path), workers=2, timeout=120)
+    assert err.value.location.line == 501
 
 
 def test_ray_dead_worker_restarts_then_fails_clearly(tiny, ray_cluster):
