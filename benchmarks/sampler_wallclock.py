@@ -1,227 +1,214 @@
 """Does the adaptive NW-sketch sampler reach uniform sampling's accuracy sooner, in wall-clock time?
 
-For each dataset (bibtex and delicious from ../shared/data, plus a seeded synthetic set) and each of three
-seeds, the same pipeline is trained twice, once drawing batches with `sampler uniform` and once with
-`sampler nw_sketch` (defaults), for the same number of epochs (an epoch is N draws either way). P@1 on
-the test set is measured after every epoch with the clock stopped; the clock covers everything training
-does, including building the sampler (hashing every example) and every refresh.
+For each dataset (bibtex and delicious from ../shared/data, and the project's seeded synthetic set of
+models/quickstart.bolt) and each of three seeds, the same boltc pipeline (`boltc.compile(model.bolt)` +
+`Model.fit`: same model file, executor, trainer, seed) is trained twice, once with `sampler uniform` and
+once with `sampler nw_sketch` (its defaults unless --spec says otherwise), for the same number of epochs
+(an epoch is N draws either way). The two runs of a seed advance in lockstep (one step of each, in
+turn), because these machines are shared and noisy: a load spike then slows both alike. Each run's
+clock covers its own steps (draw, take, train_step, after_step, observe: the trainer's loop body) plus
+building its sampler (hashing every example); test P@1 is read after every epoch with the clock stopped.
 
-Reported: uniform's final P@1 (mean over seeds), the time each sampler needs to reach it (interpolated
-between epochs; mean over seeds), their ratio (goal <= 0.7), the sampler's share of training time and the
-rank correlation between the sketch's predicted losses and true losses on a random subset of 512
-training rows. Writes benchmarks/results/sampler_wallclock.json and sampler_wallclock.png.
+Reported per dataset: uniform's final P@1 (mean over seeds) = the target; the time each sampler needs to
+reach it (linearly interpolated between epochs, mean over seeds; "k/3" when only k seeds reach it); the
+ratio nw_sketch / uniform (goal <= 0.7); the sampler's share of training time; the rank correlation
+between the sketch's predicted losses and the true losses of 512 random training rows (every 2 epochs)
+and the free one (prediction at draw time vs loss observed). Writes benchmarks/results/
+sampler_wallclock.json and .png.
 
-The pipeline (until boltc's trainer is wired in here): a NumPy MLP, sparse input -> fc(hidden, relu) ->
-fc(labels, softmax), cross entropy against the normalised multi-hot target, Adam, per-example losses fed to
-the sampler's observe() exactly as the trainer does. Identical for both samplers; only the draws differ.
+Each dataset runs in a child process (a native-code crash in one cannot take the others down); when the
+native backend fails there, that dataset is rerun on the NumPy backend and the table says so.
 
-    python benchmarks/sampler_wallclock.py            # full run (about 10 minutes on 2 cores)
-    python benchmarks/sampler_wallclock.py --quick    # one seed, fewer epochs (smoke run)
+    python benchmarks/sampler_wallclock.py                     # full run
+    python benchmarks/sampler_wallclock.py --quick             # 1 seed, fewer epochs (smoke run)
+    python benchmarks/sampler_wallclock.py --spec '{"mix": 0.1}' --only delicious
 """
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 
-from boltc.runtime.dataset import Dataset, as_csr
-from boltc.runtime.sampler import make_sampler, resolve_spec
-
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"
+PROBLEMS = {  # name: (model file, epochs, data needed)
+    "bibtex": ("models/bibtex.bolt", 10, "bibtex"),
+    "delicious": ("models/delicious.bolt", 8, "delicious"),
+    "synthetic": ("models/quickstart.bolt", 5, None),
+}
 
 
-# -- data ------------------------------------------------------------------------------------------
-def load_xc(name: str):
-    from boltc.runtime.xcformat import read_xc
-    folder = DATA / name / "xc_split"
-    if not folder.exists():
-        return None
-    xtr, ytr = read_xc(folder / "train.txt.gz")
-    xte, yte = read_xc(folder / "test.txt.gz")
-    d, c = max(xtr.shape[1], xte.shape[1]), max(ytr.shape[1], yte.shape[1])
-    fix = lambda m, cols: as_csr(sp.csr_matrix((m.data, m.indices, m.indptr), shape=(m.shape[0], cols)))
-    return fix(xtr, d), fix(ytr, c), fix(xte, d), fix(yte, c)
+# -- one dataset (child process) -------------------------------------------------------------------
+def true_losses(model, ds, rows):
+    """Per-example cross entropy (normalised multi-hot target) of the dense model on `rows`."""
+    b = ds.take(rows)
+    out = np.asarray(model.executor.forward(b, mode="dense")[model.plan["output"]], dtype=np.float64)
+    if not np.allclose(out.sum(axis=1), 1.0, atol=1e-3):      # logits -> probabilities
+        out = np.exp(out - out.max(axis=1, keepdims=True))
+        out /= out.sum(axis=1, keepdims=True)
+    y = b.labels.tocsr()
+    counts = np.maximum(np.diff(y.indptr), 1)
+    logp = np.log(np.maximum(out[np.repeat(np.arange(len(rows)), np.diff(y.indptr)), y.indices], 1e-30))
+    return -np.bincount(np.repeat(np.arange(len(rows)), np.diff(y.indptr)), weights=logp,
+                        minlength=len(rows)) / counts
 
 
-def synthetic(rows=20000, test=4000, features=3000, labels=200, seed=0):
-    """Power-law label frequencies; each label a sparse prototype; each example one label's prototype
-    (a random 60% of its features) plus Zipf noise features; rows L2-normalised. SYNTHETIC."""
-    rng = np.random.default_rng(seed)
-    freq = 1.0 / np.arange(1, labels + 1) ** 1.1
-    freq /= freq.sum()
-    protos = [rng.choice(features, 30, replace=False) for _ in range(labels)]
-    noise_p = 1.0 / np.arange(1, features + 1)
-    noise_p /= noise_p.sum()
-
-    def make(n):
-        y = rng.choice(labels, n, p=freq)
-        indptr, idx = [0], []
-        for lab in y:
-            own = protos[lab][rng.random(30) < 0.6]
-            idx.append(np.unique(np.concatenate([own, rng.choice(features, 15, p=noise_p)])))
-            indptr.append(indptr[-1] + idx[-1].size)
-        cols = np.concatenate(idx)
-        x = sp.csr_matrix((np.ones(cols.size, np.float32), cols, indptr), shape=(n, features))
-        x = sp.diags(1.0 / np.sqrt(np.asarray(x.multiply(x).sum(1)).ravel())) @ x
-        yy = sp.csr_matrix((np.ones(n, np.float32), y, np.arange(n + 1)), shape=(n, labels))
-        return as_csr(x), as_csr(yy)
-
-    xtr, ytr = make(rows)
-    xte, yte = make(test)
-    return xtr, ytr, xte, yte
-
-
-# -- the pipeline ----------------------------------------------------------------------------------
-class MLP:
-    """sparse x -> relu(x W1 + b1) -> softmax(h W2 + b2); Adam (beta 0.9/0.999, eps 1e-7)."""
-
-    def __init__(self, d, hidden, classes, lr, seed):
-        rng = np.random.default_rng(seed)
-        self.p = {"W1": (rng.standard_normal((d, hidden)) * np.sqrt(2.0 / 64)).astype(np.float32),
-                  "b1": np.zeros(hidden, np.float32),
-                  "W2": (rng.standard_normal((hidden, classes)) * np.sqrt(1.0 / hidden)).astype(np.float32),
-                  "b2": np.zeros(classes, np.float32)}
-        self.m = {k: np.zeros_like(v) for k, v in self.p.items()}
-        self.v = {k: np.zeros_like(v) for k, v in self.p.items()}
-        self.lr, self.t = lr, 0
-
-    def forward(self, x):
-        pre = np.asarray(x @ self.p["W1"]) + self.p["b1"]
-        h = np.maximum(pre, 0)
-        z = h @ self.p["W2"] + self.p["b2"]
-        z -= z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        prob = e / e.sum(axis=1, keepdims=True)
-        return pre, h, prob
-
-    @staticmethod
-    def losses(prob, y):
-        yn = sp.diags(1.0 / np.maximum(np.asarray(y.sum(1)).ravel(), 1)) @ y
-        lp = np.log(np.maximum(prob, 1e-30))
-        return -np.asarray(yn.multiply(lp).sum(1)).ravel(), yn
-
-    def train_step(self, x, y, weights=None):
-        pre, h, prob = self.forward(x)
-        loss, yn = self.losses(prob, y)
-        scale = np.full(x.shape[0], 1.0 / x.shape[0], np.float32)
-        if weights is not None:
-            scale *= weights
-        dz = (prob - yn.toarray()) * scale[:, None]
-        g = {"W2": h.T @ dz, "b2": dz.sum(0)}
-        dh = (dz @ self.p["W2"].T) * (pre > 0)
-        g["W1"] = np.asarray(x.T @ dh)
-        g["b1"] = dh.sum(0)
-        self.t += 1
-        c1, c2 = 1 - 0.9 ** self.t, 1 - 0.999 ** self.t
-        for k, gk in g.items():
-            self.m[k] = 0.9 * self.m[k] + 0.1 * gk
-            self.v[k] = 0.999 * self.v[k] + 0.001 * gk * gk
-            self.p[k] -= (self.lr * (self.m[k] / c1) / (np.sqrt(self.v[k] / c2) + 1e-7)).astype(np.float32)
-        return loss
-
-    def p_at_1(self, x, y, chunk=4096):
-        hits = 0
-        for s in range(0, x.shape[0], chunk):
-            top = self.forward(x[s:s + chunk])[2].argmax(1)
-            hits += np.asarray(y[s:s + chunk][np.arange(top.size), top]).ravel().sum()
-        return hits / x.shape[0]
-
-
-def run(data, spec, seed, epochs, hidden, lr, batch):
-    xtr, ytr, xte, yte = data
-    model = MLP(xtr.shape[1], hidden, ytr.shape[1], lr, seed)
-    ds = Dataset(inputs={"x": xtr}, labels=ytr)
-    clock = 0.0
-    t0 = time.perf_counter()
-    sampler = make_sampler(spec, ds, batch, seed)
-    clock += time.perf_counter() - t0
-    curve = [(0.0, model.p_at_1(xte, yte))]
-    rank = []
-    probe = np.random.default_rng(seed + 99).choice(xtr.shape[0], min(512, xtr.shape[0]), replace=False)
-    for epoch in range(epochs):
+def run_pair(model_file, specs, seed, epochs, backend):
+    """Train one model per sampler spec in lockstep: step k of every model runs back to back, so the
+    machine's load (shared, noisy) hits all of them alike. Each step is the trainer's own loop body
+    (runtime/trainer.py): draw, take, train_step, after_step, observe."""
+    import boltc
+    from boltc.runtime.optim import lr_at
+    from boltc.runtime.sampler import make_sampler
+    from boltc.runtime.trainer import evaluate
+    models = [boltc.compile(str(ROOT / model_file), backend=backend, sampler=sp_, seed=seed, epochs=epochs)
+              for sp_ in specs]
+    train = models[0].dataset(models[0].data_source("train"))
+    test = models[0].dataset(models[0].data_source("test"))
+    cfg = models[0].plan["train"]
+    batch, base_lr = int(cfg["batch"]), float(cfg["lr"])
+    bpe = -(-train.rows // batch)
+    out = []
+    for m, spec in zip(models, specs):
+        ex = m.executor                                  # built (and compiled) before the clock starts
         t0 = time.perf_counter()
-        for rows, weights in sampler.batches(epoch):
-            losses = model.train_step(xtr[rows], ytr[rows], weights)
-            sampler.observe(rows, losses)
-        clock += time.perf_counter() - t0
-        curve.append((clock, model.p_at_1(xte, yte)))        # clock stopped while evaluating
-        if epoch % 2 == 1 and hasattr(sampler, "predict"):
-            true = model.losses(model.forward(xtr[probe])[2], ytr[probe])[0]
-            rank.append(sampler.rank_correlation(true, probe))
-    st = sampler.stats()
-    overhead = st["overhead_s"] + st.get("hash_s", 0.0)
-    return {"curve": curve, "train_s": clock, "sampler_s": overhead, "share": overhead / clock,
-            "rank_correlation": rank, "final": curve[-1][1], "stats": {k: v for k, v in st.items()}}
+        sampler = make_sampler(spec, train, batch, seed)
+        out.append({"ex": ex, "sampler": sampler, "clock": time.perf_counter() - t0, "curve": [], "rank": []})
+    probe = np.random.default_rng(seed + 99).choice(train.rows, min(512, train.rows), replace=False)
+    for epoch in range(epochs):
+        gens = [iter(o["sampler"].batches(epoch)) for o in out]
+        for bi in range(bpe):
+            lr = lr_at(base_lr, cfg.get("schedule"), epoch * bpe + bi, epochs * bpe, bpe)
+            for o, g in zip(out, gens):
+                t0 = time.perf_counter()
+                rows, weights = next(g)
+                b = train.take(rows)
+                if weights is not None:
+                    b.weights = np.asarray(weights, dtype=np.float32)
+                losses = o["ex"].train_step(b, lr)
+                o["ex"].after_step(epoch, bi, bpe)
+                o["sampler"].observe(rows, losses)
+                o["clock"] += time.perf_counter() - t0
+        for o, m in zip(out, models):                     # clock stopped
+            p1 = evaluate(o["ex"], test, ["precision@1"])["precision@1"] / 100.0
+            o["curve"].append((o["clock"], p1))
+            if epoch % 2 == 1 and hasattr(o["sampler"], "predict"):
+                o["rank"].append(o["sampler"].rank_correlation(true_losses(m, train, probe), probe))
+    results = []
+    for o, m in zip(out, models):
+        st = o["sampler"].stats()
+        overhead = float(st.get("overhead_s", 0.0)) + float(st.get("hash_s", 0.0))
+        results.append({"curve": o["curve"], "train_s": o["clock"], "sampler_s": overhead,
+                        "share": overhead / o["clock"], "final": o["curve"][-1][1], "rank_correlation": o["rank"],
+                        "observed_rank_correlation": st.get("observed_rank_correlation"), "backend": m.backend,
+                        "stats": {k: v for k, v in st.items() if isinstance(v, (int, float, str, type(None)))}})
+    return results
 
 
+def child(args):
+    model_file, epochs, _ = PROBLEMS[args.child]
+    epochs = args.epochs or (max(2, epochs // 2) if args.quick else epochs)
+    nw = {"kind": "nw_sketch", **json.loads(args.spec)}
+    runs = {"uniform": [], "nw_sketch": []}
+    for seed in range(1 if args.quick else args.seeds):
+        pair = run_pair(model_file, [{"kind": "uniform"}, nw], seed, epochs, args.backend)
+        for kind, r in zip(("uniform", "nw_sketch"), pair):
+            runs[kind].append(r)
+            print(f"  {args.child} seed {seed} {kind}: final P@1 {r['final']:.4f} in {r['train_s']:.1f}s",
+                  file=sys.stderr, flush=True)
+    Path(args.out).write_text(json.dumps({"epochs": epochs, "runs": runs}, default=float))
+
+
+# -- the report ------------------------------------------------------------------------------------
 def time_to_reach(curve, target):
-    """First time the curve reaches target, linearly interpolated between epochs; None if never."""
-    for (t0, a0), (t1, a1) in zip(curve, curve[1:]):
-        if a1 >= target:
-            return t0 + (t1 - t0) * ((target - a0) / (a1 - a0) if a1 > a0 else 1.0) if a0 < target else t0
+    """First time the curve reaches target, interpolated between epochs (from 0 at time 0); None if never."""
+    prev_t, prev_a = 0.0, 0.0
+    for t, a in curve:
+        if a >= target:
+            return prev_t + (t - prev_t) * ((target - prev_a) / (a - prev_a) if a > prev_a else 1.0)
+        prev_t, prev_a = t, a
     return None
+
+
+def summarise(name, res, seeds):
+    runs = res["runs"]
+    target = float(np.mean([r["final"] for r in runs["uniform"]]))
+    entry = {"target_p_at_1": target, "epochs": res["epochs"], "runs": runs, "backend": res.get("backend")}
+    for kind, rs in runs.items():
+        reach = [time_to_reach(r["curve"], target) for r in rs]
+        rc = [x for r in rs for x in r["rank_correlation"] if x is not None]
+        orc = [r["observed_rank_correlation"] for r in rs if r.get("observed_rank_correlation") is not None]
+        entry[kind] = {
+            "final_p_at_1": float(np.mean([r["final"] for r in rs])),
+            "time_to_target_s": float(np.mean(reach)) if all(t is not None for t in reach) else None,
+            "reached": sum(t is not None for t in reach),
+            "train_s": float(np.mean([r["train_s"] for r in rs])),
+            "sampler_share": float(np.mean([r["share"] for r in rs])),
+            "rank_correlation": float(np.mean(rc)) if rc else None,
+            "observed_rank_correlation": float(np.mean(orc)) if orc else None,
+        }
+        e = entry[kind]
+        tt = f"{e['time_to_target_s']:.2f}" if e["time_to_target_s"] is not None else f"({e['reached']}/{len(rs)})"
+        fmt = lambda v: f"{v:.3f}" if v is not None else "-"
+        print(f"{name:10} {kind:9} {e['final_p_at_1']:9.4f} {tt:>11} {e['train_s']:8.2f} "
+              f"{100 * e['sampler_share']:8.1f}% {fmt(e['rank_correlation']):>9} {fmt(e['observed_rank_correlation']):>9}")
+    u, a = entry["uniform"]["time_to_target_s"], entry["nw_sketch"]["time_to_target_s"]
+    entry["time_ratio"] = (a / u) if (a is not None and u) else None
+    ratio = "not reached" if entry["time_ratio"] is None else f"{entry['time_ratio']:.3f}"
+    print(f"{name:10} nw_sketch / uniform time to reach P@1 {target:.4f}: {ratio}  [{res.get('backend')}]")
+    return entry
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--spec", default="{}", help="JSON overrides for nw_sketch, e.g. '{\"mix\": 0.3}'")
+    ap.add_argument("--epochs", type=int, default=0, help="override every dataset's epochs")
+    ap.add_argument("--spec", default="{}", help="JSON overrides of nw_sketch's defaults")
     ap.add_argument("--only", default="", help="comma-separated dataset names")
+    ap.add_argument("--backend", default="native")
+    ap.add_argument("--child", default="")
+    ap.add_argument("--out", default="")
+    ap.add_argument("--tag", default="", help="suffix of the result files")
     args = ap.parse_args()
-    seeds = 1 if args.quick else args.seeds
-    nw = {"kind": "nw_sketch", **json.loads(args.spec)}
-    problems = {  # name: (loader, epochs, hidden, lr, batch)
-        "bibtex": (lambda: load_xc("bibtex"), 20, 256, 1e-3, 128),
-        "delicious": (lambda: load_xc("delicious"), 10, 256, 1e-3, 128),
-        "synthetic": (lambda: synthetic(), 8, 128, 1e-3, 128),
-    }
-    if args.only:
-        problems = {k: v for k, v in problems.items() if k in args.only.split(",")}
-    report = {"spec": resolve_spec(nw), "datasets": {}, "note": "synthetic = seeded generator (SYNTHETIC figures)"}
-    print(f"{'dataset':10} {'sampler':9} {'final P@1':>9} {'t->target s':>11} {'train s':>8} "
-          f"{'sampler %':>9} {'rank corr':>9}")
-    for name, (load, epochs, hidden, lr, batch) in problems.items():
-        data = load()
-        if data is None:
-            print(f"{name:10} skipped: {DATA / name} not found")
+    if args.child:
+        return child(args)
+    from boltc.runtime.sampler import resolve_spec
+    names = [n for n in PROBLEMS if not args.only or n in args.only.split(",")]
+    report = {"spec": resolve_spec({"kind": "nw_sketch", **json.loads(args.spec)}), "datasets": {},
+              "note": "synthetic = models/quickstart.bolt's seeded generator: SYNTHETIC figures",
+              "command": " ".join(["python", "benchmarks/sampler_wallclock.py"] + sys.argv[1:])}
+    done = {}
+    for name in names:
+        need = PROBLEMS[name][2]
+        if need and not (DATA / need).exists():
+            print(f"{name}: skipped ({DATA / need} not found)")
             continue
-        if args.quick:
-            epochs = max(2, epochs // 3)
-        runs = {"uniform": [], "nw_sketch": []}
-        for seed in range(seeds):
-            for kind, spec in (("uniform", {"kind": "uniform"}), ("nw_sketch", nw)):
-                runs[kind].append(run(data, spec, seed, epochs, hidden, lr, batch))
-        target = float(np.mean([r["final"] for r in runs["uniform"]]))
-        entry = {"target_p_at_1": target, "epochs": epochs, "rows": data[0].shape[0], "runs": runs}
-        for kind, rs in runs.items():
-            reach = [time_to_reach(r["curve"], target) for r in rs]
-            entry[kind] = {
-                "final_p_at_1": float(np.mean([r["final"] for r in rs])),
-                "time_to_target_s": (float(np.mean(reach)) if all(t is not None for t in reach) else None),
-                "reached": sum(t is not None for t in reach),
-                "train_s": float(np.mean([r["train_s"] for r in rs])),
-                "sampler_share": float(np.mean([r["share"] for r in rs])),
-                "rank_correlation": [x for r in rs for x in r["rank_correlation"] if x is not None],
-            }
-            e = entry[kind]
-            rc = np.mean(e["rank_correlation"]) if e["rank_correlation"] else float("nan")
-            tt = f"{e['time_to_target_s']:.2f}" if e["time_to_target_s"] is not None else f"({e['reached']}/{seeds})"
-            print(f"{name:10} {kind:9} {e['final_p_at_1']:9.4f} {tt:>11} {e['train_s']:8.2f} "
-                  f"{100 * e['sampler_share']:8.1f}% {rc:9.3f}")
-        u, a = entry["uniform"]["time_to_target_s"], entry["nw_sketch"]["time_to_target_s"]
-        entry["time_ratio"] = (a / u) if (a is not None and u) else None
-        print(f"{name:10} time ratio nw_sketch / uniform to reach P@1 {target:.4f}: "
-              f"{entry['time_ratio'] if entry['time_ratio'] is None else round(entry['time_ratio'], 3)}")
-        report["datasets"][name] = entry
+        for backend in dict.fromkeys([args.backend, "numpy"]):
+            with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
+                cmd = [sys.executable, __file__, "--child", name, "--out", tmp.name, "--backend", backend,
+                       "--seeds", str(args.seeds), "--spec", args.spec, "--epochs", str(args.epochs)]
+                if args.quick:
+                    cmd.append("--quick")
+                if subprocess.run(cmd).returncode == 0:
+                    done[name] = {**json.loads(Path(tmp.name).read_text()), "backend": backend}
+                    break
+                print(f"{name}: the {backend} backend failed; retrying on numpy", file=sys.stderr)
+    print(f"\n{'dataset':10} {'sampler':9} {'final P@1':>9} {'t->target':>11} {'train s':>8} "
+          f"{'sampler':>9} {'rank corr':>9} {'observed':>9}")
+    for name, res in done.items():
+        report["datasets"][name] = summarise(name, res, args.seeds)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "sampler_wallclock.json").write_text(json.dumps(report, indent=1, default=float))
-    plot(report, RESULTS / "sampler_wallclock.png")
+    stem = "sampler_wallclock" + (f"_{args.tag}" if args.tag else "")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1, default=float))
+    plot(report, RESULTS / f"{stem}.png")
 
 
 def plot(report, path):
@@ -240,13 +227,14 @@ def plot(report, path):
         entry = report["datasets"][name]
         for kind, colour in (("uniform", "tab:blue"), ("nw_sketch", "tab:red")):
             for i, r in enumerate(entry["runs"][kind]):
-                t, a = zip(*r["curve"])
-                ax.plot(t, a, color=colour, alpha=0.8, label=kind if i == 0 else None)
-        ax.axhline(entry["target_p_at_1"], color="gray", ls="--", lw=0.8, label="uniform final")
-        ax.set_title(name + (" (synthetic)" if name == "synthetic" else ""))
+                t, a = zip(*([(0.0, 0.0)] + [tuple(p) for p in r["curve"]]))
+                ax.plot(t, a, color=colour, alpha=0.7, marker=".", label=kind if i == 0 else None)
+        ax.axhline(entry["target_p_at_1"], color="gray", ls="--", lw=0.8, label="uniform final (mean)")
+        ax.set_ylim(max(0.0, entry["target_p_at_1"] - 0.25), min(1.0, entry["target_p_at_1"] + 0.08))
+        ax.set_title(f"{name}{' (SYNTHETIC)' if name == 'synthetic' else ''} [{entry.get('backend')}]")
         ax.set_xlabel("training wall-clock (s)")
         ax.set_ylabel("test P@1")
-        ax.legend()
+        ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     print(f"wrote {path}")

@@ -147,9 +147,21 @@ def sampling_probabilities(pred: np.ndarray, mix: float, temperature: float) -> 
     return p / p.sum()
 
 
+def rankdata(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank (as scipy.stats.rankdata; importing scipy.stats
+    costs seconds, once, inside a training run)."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    start = np.flatnonzero(np.concatenate(([True], xs[1:] != xs[:-1])))
+    ends = np.append(start[1:], xs.size)
+    avg = (start + ends + 1) / 2.0                       # mean of ranks start+1 .. end
+    ranks = np.empty(x.size)
+    ranks[order] = np.repeat(avg, ends - start)
+    return ranks
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     """Spearman rank correlation (average ranks for ties); None when undefined."""
-    from scipy.stats import rankdata
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     ok = np.isfinite(a) & np.isfinite(b)
     if ok.sum() < 3:
@@ -313,8 +325,8 @@ class NWSketchSampler:
     def rank_correlation(self, true_losses: np.ndarray, rows: np.ndarray) -> float | None:
         """Spearman correlation between true losses (computed by the trainer on a random subset) and
         the sketch's predictions for those rows; kept for stats()."""
-        with self._timer:
-            self._rank_corr = spearman(self.predict(rows), true_losses)
+        # a diagnostic the trainer asks for every few epochs: not part of the sampler's overhead
+        self._rank_corr = spearman(self.predict(rows), true_losses)
         return self._rank_corr
 
     def probabilities(self) -> np.ndarray:

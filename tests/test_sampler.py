@@ -171,6 +171,12 @@ def test_rank_correlation_of_predictions_with_true_losses():
     assert rho > 0.9
     assert s.stats()["rank_correlation"] == rho
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    from scipy.stats import rankdata as scipy_rankdata, spearmanr
+    from boltc.runtime.sampler import rankdata
+    ties = np.array([3.0, 1.0, 3.0, 2.0, 1.0, 3.0, 0.5])
+    assert np.array_equal(rankdata(ties), scipy_rankdata(ties))
+    a, b = np.random.default_rng(1).random((2, 50))
+    assert spearman(a, np.round(b, 1)) == pytest.approx(spearmanr(a, np.round(b, 1))[0])
     assert UniformSampler(10, 2).rank_correlation(true[:3], np.arange(3)) is None
 
 
