@@ -126,12 +126,25 @@ def _scatter_dense(active: np.ndarray, vals: np.ndarray, dim: int) -> np.ndarray
 
 # ---------------------------------------------------------------- fc
 
+UNION_RATIO = 16      # gather path when the batch's union of active ids exceeds 16x the per-row count
+_GATHER_CHUNK = 1 << 22
+
+
+def _use_gather(layer, x, union_size: int, k: int) -> bool:
+    """Wide sparse layers (union of a batch's active sets >> per-example active count, e.g. 100k labels
+    at 500 active): per-example row gathers cost B*k*in instead of the union GEMM's B*|U|*in. Only for a
+    dense input and out_major W (a neuron's row contiguous), which is how wide output layers are laid out."""
+    return (union_size > UNION_RATIO * k and not sp.issparse(x)
+            and layer.get("layout", "out_major") != "in_major")
+
+
 def fc_forward(layer, params, inputs, active, as_pairs=False):
     """z = x @ W (+ b) over the active neurons of each example (all when `active` is None); value = f(z).
 
     Layout: `in_major` W is (in_dim, dim), `out_major` W is (dim, in_dim) (CONTRACTS.md section 4).
     With an active set, the batch's union U of active ids is gathered once (W[U]) and z is read back per
-    example from x @ W[U]^T: one GEMM instead of B small gathers."""
+    example from x @ W[U]^T: one GEMM instead of B small gathers; when U is much wider than one
+    example's set (`_use_gather`), each example's rows are gathered instead, in chunks of examples."""
     x = inputs[0]
     W, b = params["W"], params.get("b")
     in_major = layer.get("layout", "out_major") == "in_major"
@@ -144,14 +157,22 @@ def fc_forward(layer, params, inputs, active, as_pairs=False):
     active = np.asarray(active)
     union, inv = np.unique(active, return_inverse=True)
     inv = inv.reshape(active.shape)
-    wu = W[:, union] if in_major else W[union].T          # (in, |U|)
-    full = _matmul(x, wu)
-    z = np.take_along_axis(full, inv, axis=1)
+    cache = {"x": x, "active": active, "union": union, "inv": inv, "pairs": as_pairs}
+    if _use_gather(layer, x, len(union), active.shape[1]):
+        B, k = active.shape
+        z = np.empty((B, k), dtype=np.result_type(x.dtype, W.dtype))
+        step = max(1, _GATHER_CHUNK // max(1, k * W.shape[1]))
+        for s in range(0, B, step):
+            z[s:s + step] = np.einsum("bki,bi->bk", W[active[s:s + step]], x[s:s + step])
+        cache["gather"] = True
+    else:
+        wu = W[:, union] if in_major else W[union].T          # (in, |U|)
+        z = np.take_along_axis(_matmul(x, wu), inv, axis=1)
+        cache["wu"], cache["gather"] = wu, False
     if b is not None:
         z = z + b[active]
     act = activate(layer["activation"], z)
-    cache = {"x": x, "z": z, "act": act, "active": active, "union": union, "inv": inv, "wu": wu,
-             "pairs": as_pairs}
+    cache.update(z=z, act=act)
     value = (active, act) if as_pairs else _scatter_dense(active, act, layer["dim"])
     return value, cache
 
@@ -165,6 +186,18 @@ def fc_backward(layer, params, cache, grad, wrt_pre=False):
     dz = grad if wrt_pre else activation_backward(layer["activation"], cache["z"], cache["act"], grad)
     sparse_x = sp.issparse(x)
     grads = {}
+    if active is not None and cache["gather"]:
+        # sparse (B x |U|) and (B x dim) matrices of dz: every product below costs B*k*in
+        B, k = active.shape
+        rows = np.repeat(np.arange(B), k)
+        Gu = sp.csr_matrix((dz.ravel(), (cache["inv"].ravel(), rows)), shape=(len(cache["union"]), B))
+        grads["W"] = ParamGrad(cache["union"], None, np.asarray(Gu @ x))
+        if has_bias:
+            grads["b"] = ParamGrad(cache["union"], None,
+                                   np.bincount(cache["inv"].ravel(), weights=dz.ravel(),
+                                               minlength=len(cache["union"])).astype(dz.dtype))
+        S = sp.csr_matrix((dz.ravel(), (rows, active.ravel())), shape=(B, params["W"].shape[0]))
+        return [np.asarray(S @ params["W"])], grads
     if active is None:
         G, cols, wfull = dz, None, params["W"]
     else:

@@ -204,3 +204,18 @@ def test_binary_cross_entropy_hand_values():
 def test_softmax_is_over_given_columns():
     z = np.array([[0.0, np.log(3.0)]])
     np.testing.assert_allclose(activate("softmax", z), [[0.25, 0.75]])
+
+
+@pytest.mark.parametrize("act", ["softmax", "relu"])
+def test_fc_wide_sparse_output_gather_path(act, monkeypatch):
+    """The per-example gather path of wide layers (union >> k) has the same values and gradients."""
+    monkeypatch.setattr("boltc.runtime.numpy_rules.UNION_RATIO", 0)
+    rng = np.random.default_rng(11)
+    layer, params = _fc(5, 40, act), _params(rng, (40, 5), 40)
+    x = rng.standard_normal((4, 5))
+    active = _active(rng, 4, 40, 3)
+    _, cache = NUMPY_RULES["fc"].forward(layer, params, [x], active, act == "softmax")
+    assert cache["gather"]
+    dense, _ = NUMPY_RULES["fc"].forward({**layer, "activation": "linear"}, params, [x], None)
+    np.testing.assert_allclose(cache["z"], np.take_along_axis(dense, active.astype(np.int64), 1))
+    _check(layer, params, [x], active=active, as_pairs=act == "softmax")
