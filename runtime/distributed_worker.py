@@ -29,6 +29,14 @@ from boltc.runtime import optim
 
 
 NOT_TRAINED = ("label_count",)
+
+
+def _training_reserve(layer: dict) -> int:
+    try:
+        from boltc.runtime.lsh import training_reserve
+    except ImportError:                 # an LSH module without the random-fill reserve
+        return 0
+    return int(training_reserve(layer))
 PROBE_LR = float(2 ** 16)
 
 
@@ -196,7 +204,10 @@ class Worker:
             ins = [values[n] for n in layer["inputs"]]
             if name in hashed:
                 labels = batch.labels if name == self.plan.get("output") else None
-                active[name] = lsh[name].select(ins[0], labels, int(layer["active"]), self.rng)
+                # as the single-machine executor selects in training (random-fill reserve), except that
+                # missed labels are never inserted into frozen tables: replicas would insert different ones
+                reserve = _training_reserve(layer) if labels is not None else 0
+                active[name] = lsh[name].select(ins[0], labels, int(layer["active"]), self.rng, reserve=reserve)
                 hashed.remove(name)
             if hashed:
                 values[name], _ = NUMPY_RULES[layer["op"]].forward(layer, self.state.params.get(name, {}), ins,
@@ -241,9 +252,9 @@ class Worker:
         """The single-machine trainer's LSH upkeep (executor.after_step), counted in global updates: every
         replica rebuilds the same weights with the same seeds at the same step, so tables stay equal.
 
-        Known gap: once tables freeze, the executor inserts labels a lookup missed (BOLT's insert_missed);
-        each replica sees different labels, so frozen tables can drift apart slightly. Only which neurons
-        are sampled differs; the exchanged gradients stay exact for the sets each replica chose.
+        Decision: once tables freeze, BOLT inserts labels a lookup missed into the probed buckets. Each
+        replica sees different labels, so inserting would make the replicas' tables drift apart;
+        distributed runs skip it (select_active never inserts) and the tables stay identical.
         """
         t0 = time.perf_counter()
         if hasattr(self.ex, "after_step"):
