@@ -65,8 +65,14 @@ def metrics_table(results: dict) -> str:
 def train_and_report(model, args, train, validation, test, output: Path) -> int:
     ckpt = Path(args.checkpoint) if args.checkpoint else output.with_name(output.name + ".ckpt")
     note(model)
-    hist = model.fit(train, validation, epochs=args.epochs, checkpoint=ckpt, resume=args.resume,
-                     progress=not args.no_progress)
+    try:
+        hist = model.fit(train, validation, epochs=args.epochs, checkpoint=ckpt, resume=args.resume,
+                         progress=not args.no_progress)
+    except KeyboardInterrupt:
+        if ckpt.exists():
+            print(f"interrupted: the last checkpoint is {ckpt}; run the same command with --resume to continue",
+                  file=sys.stderr)
+        raise
     model.save(output)
     epochs = hist.get("epochs", [])
     train_s = sum(e["seconds"] for e in epochs)
