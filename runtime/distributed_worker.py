@@ -219,12 +219,11 @@ class Worker:
         t0 = time.perf_counter()
         rows = self._next_rows()
         batch = self.data.take(rows)
+        active = self.select_active(batch)          # chosen here in every path: identical rules everywhere
         if self.native_grads:
-            losses, grads = self.ex.gradients(batch, active=None)
+            losses, grads = self.ex.gradients(batch, active=active or None)
             grads = to_rowgrads(grads, self.shapes)
-            active = dict(getattr(self.ex, "last_active", {}) or {})
         else:
-            active = self.select_active(batch)
             losses, grads = self.probe.gradients(self.state, batch, active)
         grads = {k: g for k, g in grads.items() if k[1] not in NOT_TRAINED}
         labels = np.zeros(0, np.int32)

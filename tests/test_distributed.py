@@ -134,6 +134,37 @@ def test_native_backend_workers_match_numpy_workers(tiny):
     assert _max_diff(on_numpy.state, on_native.state) < 1e-5
 
 
+def test_executors_with_a_gradients_api_are_used_directly(tiny, monkeypatch):
+    """An executor offering gradients()/apply_gradients() (the split of train_step requested from the
+    executor owners) skips the probe; the result must not change."""
+    from boltc.runtime import distributed_factors as fx
+    from boltc.runtime import executor as executor_mod
+    from boltc.runtime.distributed_worker import to_param_grads
+    from boltc.runtime.interp import NumpyExecutor
+    from boltc.runtime.optim import make_optimizer
+
+    class WithGradients(NumpyExecutor):
+        calls = 0
+
+        def gradients(self, batch, active=None):
+            WithGradients.calls += 1
+            loss, factors = fx.local_factors(self.plan, self.state, batch, active or {}, batch.size)
+            return loss, to_param_grads(fx.rebuild(self.plan, [factors]))
+
+        def apply_gradients(self, grads, lr):
+            self.state.step += 1
+            make_optimizer(self.plan["train"]).apply(self.state, grads, lr)
+
+    plan, train, _ = tiny
+    init = ModelState.init(plan)
+    probed = train_distributed(plan, copy.deepcopy(init), train, workers=2, in_process=True, max_updates=4)
+    monkeypatch.setattr(executor_mod, "make_executor", lambda plan, state, backend="numpy", threads=0:
+                        WithGradients(plan, state, threads))
+    direct = train_distributed(plan, copy.deepcopy(init), train, workers=2, in_process=True, max_updates=4)
+    assert WithGradients.calls == 8
+    assert _max_diff(probed.state, direct.state) < 2e-6
+
+
 def test_exchange_every_k_equals_one_process_with_k_times_the_batch(tiny):
     plan, train, _ = tiny
     init = ModelState.init(plan)
