@@ -176,20 +176,39 @@ class Model:
         layers = []
         params = self.state.params if self._state is not None else {}
         for l in self.plan["layers"]:
-            p = params.get(l["name"], {})
+            p = params.get(l["name"])
+            shapes = ({k: list(a.shape) for k, a in p.items() if k != "label_count"} if p is not None
+                      else _planned_shapes(l))
             layers.append({"name": l["name"], "op": l["op"], "inputs": l["inputs"], "dim": l.get("dim"),
-                           "in_dim": l.get("in_dim"), "activation": l.get("activation"),
-                           "shapes": {k: list(a.shape) for k, a in p.items() if k != "label_count"},
-                           "parameters": int(sum(a.size for k, a in p.items() if k != "label_count")),
+                           "in_dim": l.get("in_dim"), "activation": l.get("activation"), "shapes": shapes,
+                           "parameters": int(sum(int(np.prod(v)) for v in shapes.values())),
                            "sparsity": l.get("sparsity"), "active": l.get("active"), "hash": l.get("hash")})
-        lsh_bytes = sum(i.tables.nbytes + i.counts.nbytes for i in self.state.lsh.values()) if self._state else 0
-        weight_bytes = sum(a.nbytes for p in params.values() for a in p.values())
+        if self._state is not None:
+            lsh_bytes = sum(i.tables.nbytes + i.counts.nbytes for i in self._state.lsh.values())
+            weight_bytes = sum(a.nbytes for p in params.values() for a in p.values())
+        else:       # not built yet: what it will take (float32 weights; tables L * 2^range * reservoir int32)
+            weight_bytes = 4 * sum(l["parameters"] for l in layers)
+            lsh_bytes = sum(4 * h["tables"] * (1 << h["range_bits"]) * (h["reservoir"] + 1)
+                            for h in (l.get("hash") for l in self.plan["layers"]) if h)
         return {"model": self.plan.get("model"), "inputs": self.plan.get("inputs"), "target": self.plan.get("target"),
                 "layers": layers, "output": self.plan.get("output"), "loss": self.plan.get("loss"),
                 "parameters": int(sum(l["parameters"] for l in layers)),
                 "memory": {"weights_bytes": int(weight_bytes), "hash_table_bytes": int(lsh_bytes),
                            "planned": self.plan.get("memory")},
                 "train": self.plan.get("train"), "history": self.history}
+
+
+def _planned_shapes(layer: dict) -> dict:
+    """Parameter shapes a layer will have (CONTRACTS.md section 4), without allocating them."""
+    op = layer["op"]
+    if op == "fc":
+        W = [layer["in_dim"], layer["dim"]] if layer.get("layout") == "in_major" else [layer["dim"], layer["in_dim"]]
+        return {"W": W, **({"b": [layer["dim"]]} if layer.get("bias", True) else {})}
+    if op == "embedding":
+        return {"W": [layer["in_dim"], layer["dim"]]}
+    if op == "layernorm":
+        return {"gamma": [layer["dim"]], "beta": [layer["dim"]]}
+    return {}
 
 
 def compile(source, backend: str | None = None, threads: int | None = None, **train_overrides) -> Model:  # noqa: A001
