@@ -61,7 +61,7 @@ class ModelState:
 
     @classmethod
     def init(cls, plan: dict, seed: int | None = None) -> "ModelState":
-        """Fresh parameters for `plan`, LSH indexes built from the initial weights."""
+        """Fresh parameters for `plan`, LSH indexes filled with random buckets (see below)."""
         seed = plan.get("train", {}).get("seed", 0) if seed is None else seed
         params = {}
         for layer in plan["layers"]:
@@ -75,7 +75,10 @@ class ModelState:
         for layer in plan["layers"]:
             if layer.get("hash"):
                 idx = make_lsh(layer, seed)
-                idx.build(neuron_rows(layer, params[layer["name"]]["W"]))
+                # the initial weights are i.i.d. random, so their buckets are uniformly random: draw
+                # those directly instead of hashing (a minute of NumPy at 100k neurons); the first
+                # scheduled rebuild hashes the trained weights
+                idx.build_random()
                 state.lsh[layer["name"]] = idx
         return state
 

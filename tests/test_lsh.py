@@ -205,3 +205,15 @@ def test_reserve_keeps_room_for_random_negatives(wide, monkeypatch):
         allowed = 40 - 15 - len(lab[i])
         assert len(distinct) > allowed                      # the cut binds in this setting
         assert list(a[i, len(lab[i]):len(lab[i]) + allowed]) == distinct[:allowed]
+
+
+def test_random_initial_tables_are_valid_and_seeded():
+    a = LSHIndex("dwta", 32, 300, 2, 6, 6, 8, seed=4)
+    b = LSHIndex("dwta", 32, 300, 2, 6, 6, 8, seed=4)
+    a.build_random(); b.build_random()
+    np.testing.assert_array_equal(a.tables, b.tables)
+    assert a.counts.sum() == 300 * 6
+    assert ((a.tables >= 0).sum(axis=2) == np.minimum(a.counts, 8)).all()
+    for t in range(6):                                       # each neuron at most once per table
+        ids = a.tables[t][a.tables[t] >= 0]
+        assert len(ids) == len(set(ids))
