@@ -98,3 +98,21 @@ def test_lr_schedules_hand_values():
     assert lr_at(2.0, {"kind": "linear", "end": 0.0, "warmup": 4}, 54, 104) == pytest.approx(1.0)
     with pytest.raises(ValueError):
         lr_at(1.0, {"kind": "exp"}, 0, 10)
+
+
+def test_lazy_adam_row_chunks_match_one_block(monkeypatch):
+    rng = np.random.default_rng(3)
+    W0 = rng.standard_normal((50, 4))
+    rows = np.sort(rng.choice(50, 30, replace=False))
+    cols = np.array([0, 2])
+    grads = [rng.standard_normal((30, 2)) for _ in range(3)]
+    out = []
+    for chunk in (1000, 7):
+        monkeypatch.setattr("boltc.runtime.optim.ROW_CHUNK", chunk)
+        st, opt = _state(W0), Adam()
+        for g in grads:
+            st.step += 1
+            opt.apply(st, {"l": {"W": ParamGrad(rows, cols, g)}}, 0.01)
+        out.append(st.params["l"]["W"])
+    np.testing.assert_array_equal(out[0], out[1])
+    assert not np.array_equal(out[0], W0)
