@@ -47,6 +47,7 @@ from boltc.runtime.distributed_cluster import (EXCHANGES, INSTALL_HINT, Distribu
                                                _start_workers, _WorkerFailed, connect, require_ray)
 from boltc.runtime.distributed_exchange import combine, grads_nbytes
 from boltc.runtime.distributed_shard import load_shard, plan_shards  # noqa: F401 (re-exported)
+from boltc.runtime.distributed_worker import facts_nbytes, merge_facts
 
 # ---------------------------------------------------------------------------------------------- driver
 @dataclass
@@ -133,18 +134,19 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
                     shared = runner.share(prev)
                     parts = runner.call("sync_step", [(shared, update, k, record)] * workers, timeout=timeout)
                     tx = time.perf_counter()
-                    labels = np.concatenate([p[3] for p in parts])
+                    facts = merge_facts([p[3] for p in parts])
                     if exchange == "factors":            # factors cannot be summed: all of them, in worker order
                         from boltc.runtime.distributed_factors import factors_nbytes
                         grads = [f for p in parts for f in p[0]]
-                        up = sum(factors_nbytes(f) for p in parts for f in p[0]) + labels.nbytes
+                        up = sum(factors_nbytes(f) for p in parts for f in p[0]) + facts_nbytes(facts)
                         down = up
                     else:
                         grads = combine([p[0] for p in parts], [p[1] for p in parts])
-                        up, down = sum(grads_nbytes(p[0]) + p[3].nbytes for p in parts), grads_nbytes(grads) + labels.nbytes
+                        up = sum(grads_nbytes(p[0]) + facts_nbytes(p[3]) for p in parts)
+                        down = grads_nbytes(grads) + facts_nbytes(facts)
                     bytes_up, bytes_down = bytes_up + up, bytes_down + workers * down
                     exchange_seconds += time.perf_counter() - tx
-                    prev = (grads, lr, labels, epoch, index, per_epoch)
+                    prev = (grads, lr, facts, epoch, index, per_epoch)
                     n = sum(p[1] for p in parts)
                     loss_sum, n_sum, updates_done, examples = loss_sum + sum(p[2] for p in parts), n_sum + n, updates_done + 1, examples + n
                     if record:

@@ -19,7 +19,7 @@ import numpy as np
 from boltc.errors import BoltError, DependencyError
 from boltc.runtime.distributed_exchange import combine, densify
 from boltc.runtime.distributed_shard import load_shard
-from boltc.runtime.distributed_worker import Worker
+from boltc.runtime.distributed_worker import Worker, merge_facts
 
 INSTALL_HINT = "pip install boltc[distributed]"
 EXCHANGES = ("sparse", "dense", "factors")     # touched rows | whole tensors (baseline) | sufficient factors
@@ -67,8 +67,8 @@ class ShardWorker(Worker):
     def sync_step(self, prev, update: int, accumulate: int, record: bool = False):
         """Apply the previous combined update (if any), then compute this update's local gradient.
 
-        `prev` = (combined grads, lr, label ids, epoch, index in epoch, updates per epoch) or None.
-        Returns (grads, examples, loss sum, label ids[, rows, active]).
+        `prev` = (combined grads, lr, batch facts, epoch, index in epoch, updates per epoch) or None.
+        Returns (grads, examples, loss sum, batch facts[, rows, active]).
         """
         if prev is not None:
             self.finish(prev)
@@ -77,19 +77,19 @@ class ShardWorker(Worker):
         if self.exchange == "factors":
             parts = [self.compute_factors(record) for _ in range(accumulate)]
             out = ([p[0] for p in parts], sum(p[1] for p in parts), sum(p[2] for p in parts),
-                   np.concatenate([p[3] for p in parts]))
+                   merge_facts([p[3] for p in parts]))
             return out + ((np.concatenate([p[4] for p in parts]), [p[5] for p in parts]) if record else ())
         parts = [self.compute(update, record) for _ in range(accumulate)]
         if accumulate == 1:
-            grads, n, loss, labels = parts[0][:4]
+            grads, n, loss, facts = parts[0][:4]
         else:
             grads = combine([p[0] for p in parts], [p[1] for p in parts])
             n, loss = sum(p[1] for p in parts), sum(p[2] for p in parts)
-            labels = np.concatenate([p[3] for p in parts])
+            facts = merge_facts([p[3] for p in parts])
         if self.exchange == "dense":
             grads = densify(grads, self.shapes)
         extra = (np.concatenate([p[4] for p in parts]), [p[5] for p in parts]) if record else ()
-        return (grads, n, loss, labels) + extra
+        return (grads, n, loss, facts) + extra
 
     def compute_factors(self, record: bool):
         """One local batch's sufficient factors (distributed_factors.py) instead of its gradient."""
@@ -99,18 +99,15 @@ class ShardWorker(Worker):
         batch = self.data.take(rows)
         active = self.select_active(batch)
         losses, factors = fx.local_factors(self.plan, self.state, batch, active, self.global_batch)
-        labels = batch.labels.indices.astype(np.int32) if self._counts_labels() else np.zeros(0, np.int32)
         self.compute_seconds += time.perf_counter() - t0
-        return (factors, int(rows.size), float(np.sum(losses)), labels) + ((rows, active) if record else ())
-
-    def _counts_labels(self) -> bool:
-        return self.output is not None and "label_count" in self.state.params.get(self.output["name"], {})
+        return (factors, int(rows.size), float(np.sum(losses)), self.batch_facts(batch)) + \
+            ((rows, active) if record else ())
 
     def die(self):
         os._exit(3)                                       # the actor's process goes away, as on a lost machine
 
     def finish(self, prev) -> None:
-        grads, lr, labels, epoch, index, per_epoch = prev
+        grads, lr, facts, epoch, index, per_epoch = prev
         if self.exchange == "factors":
             from boltc.runtime.distributed_factors import rebuild
             t0 = time.perf_counter()
@@ -118,7 +115,7 @@ class ShardWorker(Worker):
             self.apply_seconds += time.perf_counter() - t0
         if self.exchange == "dense":   # a dense sum does not say which rows were touched: take the nonzero ones
             grads = {k: (_nonzero_rows(g) if k in self.row_sparse else g) for k, g in grads.items()}
-        self.apply(grads, lr, labels)
+        self.apply(grads, lr, facts)
         self.after_update(epoch, index, per_epoch)
 
 

@@ -31,6 +31,35 @@ from boltc.runtime import optim
 NOT_TRAINED = ("label_count",)
 
 
+def missed_labels(index, x, labels) -> tuple[np.ndarray, np.ndarray]:
+    """(label ids, their buckets (n, L)) of the labels that x's lookup did not retrieve: what
+    `LSHIndex.select(insert_missed=True)` inserts, computed without inserting."""
+    import scipy.sparse as sp
+    buckets = index.hash(x)
+    cand = index.tables[np.arange(index.L)[None, :], buckets].reshape(buckets.shape[0], -1).astype(np.int64)
+    lab = sp.csr_matrix(labels)
+    lrows = np.repeat(np.arange(lab.shape[0], dtype=np.int64), np.diff(lab.indptr))
+    lids = lab.indices.astype(np.int64)
+    crow = np.repeat(np.arange(cand.shape[0], dtype=np.int64), cand.shape[1])
+    ok = cand.ravel() >= 0
+    missed = ~np.isin(lrows * index.dim + lids, crow[ok] * index.dim + cand.ravel()[ok])
+    return lids[missed].astype(np.int32), np.ascontiguousarray(buckets[lrows[missed]])
+
+
+def merge_facts(parts: list[dict]) -> dict:
+    """Every worker's batch facts, concatenated in worker order."""
+    inserts: dict = {}
+    for p in parts:
+        for name, (ids, b) in p.get("inserts", {}).items():
+            inserts.setdefault(name, []).append((ids, b))
+    return {"labels": np.concatenate([p["labels"] for p in parts]) if parts else np.zeros(0, np.int32),
+            "inserts": {n: (np.concatenate([i for i, _ in v]), np.concatenate([b for _, b in v])) for n, v in inserts.items()}}
+
+
+def facts_nbytes(facts: dict) -> int:
+    return int(facts["labels"].nbytes + sum(i.nbytes + b.nbytes for i, b in facts.get("inserts", {}).values()))
+
+
 def _training_reserve(layer: dict) -> int:
     try:
         from boltc.runtime.lsh import training_reserve
@@ -157,6 +186,7 @@ class Worker:
         self.seed = seed
         self.optimizer = optim.make_optimizer(plan["train"])
         self.output = next((l for l in plan["layers"] if l["name"] == plan.get("output")), None)
+        self.pending_inserts: dict = {}
         self.start_epoch(0)
         self.last_rows = np.zeros(0, np.int64)
         self.last_active: dict = {}
@@ -204,10 +234,13 @@ class Worker:
             ins = [values[n] for n in layer["inputs"]]
             if name in hashed:
                 labels = batch.labels if name == self.plan.get("output") else None
-                # as the single-machine executor selects in training (random-fill reserve), except that
-                # missed labels are never inserted into frozen tables: replicas would insert different ones
+                # as the single-machine executor selects in training (random-fill reserve); missed labels
+                # of frozen tables are collected here and inserted by every replica (see apply)
                 reserve = _training_reserve(layer) if labels is not None else 0
-                active[name] = lsh[name].select(ins[0], labels, int(layer["active"]), self.rng, reserve=reserve)
+                index = lsh[name]
+                active[name] = index.select(ins[0], labels, int(layer["active"]), self.rng, reserve=reserve)
+                if labels is not None and getattr(index, "frozen", False):
+                    self.pending_inserts[name] = missed_labels(index, ins[0], labels)
                 hashed.remove(name)
             if hashed:
                 values[name], _ = NUMPY_RULES[layer["op"]].forward(layer, self.state.params.get(name, {}), ins,
@@ -226,24 +259,36 @@ class Worker:
         else:
             losses, grads = self.probe.gradients(self.state, batch, active)
         grads = {k: g for k, g in grads.items() if k[1] not in NOT_TRAINED}
+        self.last_rows, self.last_active = rows, active
+        self.compute_seconds += time.perf_counter() - t0
+        out = (grads, int(rows.size), float(np.sum(losses)), self.batch_facts(batch))
+        return out + ((rows, active) if record else ())
+
+    def batch_facts(self, batch: Batch) -> dict:
+        """What every replica needs from this batch besides the gradient: label ids (for label_count) and
+        the labels frozen LSH tables missed (for BOLT's insertion), gathered since the last call."""
         labels = np.zeros(0, np.int32)
         if self.output is not None and "label_count" in self.state.params.get(self.output["name"], {}):
             labels = batch.labels.indices.astype(np.int32)
-        self.last_rows, self.last_active = rows, active
-        self.compute_seconds += time.perf_counter() - t0
-        out = (grads, int(rows.size), float(np.sum(losses)), labels)
-        return out + ((rows, active) if record else ())
+        facts, self.pending_inserts = {"labels": labels, "inserts": self.pending_inserts}, {}
+        return facts
 
-    def apply(self, grads: dict[Key, RowGrad], lr: float, labels: np.ndarray | None = None) -> None:
-        """The same update on every replica: optimizer on the combined gradient, label counts of the batch."""
+    def apply(self, grads: dict[Key, RowGrad], lr: float, facts: dict | None = None) -> None:
+        """The same update on every replica: optimizer on the combined gradient, then the global batch's
+        label counts and missed-label insertions (with a generator seeded by the step: same on all)."""
         t0 = time.perf_counter()
         if self.native_grads:
             self.ex.apply_gradients(to_param_grads(grads), lr)
         else:
             self.state.step += 1                 # optim's Adam expects the step to count this update
             self.optimizer.apply(self.state, to_param_grads(grads), lr)
+        facts = facts or {}
+        labels = facts.get("labels")
         if labels is not None and labels.size:
             np.add.at(self.state.params[self.output["name"]]["label_count"], labels, 1.0)
+        for name, (ids, buckets) in sorted((facts.get("inserts") or {}).items()):
+            if ids.size:
+                self.state.lsh[name].insert(ids, buckets, np.random.default_rng([self.seed, int(self.state.step), 0x1D5]))
         self.apply_seconds += time.perf_counter() - t0
 
     # ------------------------------------------------------------------ hash tables
@@ -251,9 +296,10 @@ class Worker:
         """The single-machine trainer's LSH upkeep (executor.after_step), counted in global updates: every
         replica rebuilds the same weights with the same seeds at the same step, so tables stay equal.
 
-        Decision: once tables freeze, BOLT inserts labels a lookup missed into the probed buckets. Each
-        replica sees different labels, so inserting would make the replicas' tables drift apart;
-        distributed runs skip it (select_active never inserts) and the tables stay identical.
+        Once tables freeze, BOLT inserts the labels a lookup missed into the probed buckets. A replica
+        inserting only its own batch's labels would drift from the others, so workers report their
+        missed labels (`batch_facts`) and every replica inserts the whole global batch's, in worker order
+        with a step-seeded generator, after the update: tables stay identical.
         """
         t0 = time.perf_counter()
         if hasattr(self.ex, "after_step"):

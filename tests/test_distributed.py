@@ -6,8 +6,9 @@ Oracles:
   2e-6 absolute on every weight after 2 epochs (float32; the gradients are summed in a different order).
 - Ray vs in-process: the same protocol must give bit-identical weights (same seeds, same order of sums).
 - sparse vs dense exchange: identical weights, and the sparse exchange sends fewer bytes.
-- loose: single-process `Trainer.fit` (its own batch order, same total batch) on the same data reaches
-  the same validation precision@1 within 5 points.
+- loose: single-process `Trainer.fit` (its own batch order, same total batch) on the same data has each
+  epoch's mean training loss within 2% (measured: within 0.7% over 4 seeds) and the final validation
+  precision@1 within 5 points.
 The Ray tests start one local cluster on loopback (2 CPUs) for the module and skip when Ray is absent.
 """
 from __future__ import annotations
@@ -96,6 +97,29 @@ def _widened(plan, train, width=10000):
         if layer["name"] == "scores":
             layer["dim"] = width
     return plan, dict(train, features=width, labels=width)
+
+
+def test_frozen_tables_get_the_whole_batchs_missed_labels_on_every_replica(tiny, monkeypatch):
+    """After the tables freeze (epoch 2 of the tiny model), labels a lookup missed are inserted as in
+    BOLT; every replica inserts the global batch's, so the replicas' tables stay identical."""
+    from boltc.runtime import distributed_cluster
+    plan, train, _ = tiny
+    init = ModelState.init(plan)
+    seen = []
+    real = distributed_cluster.InProcessRunner.shutdown
+
+    def keep_states(self):
+        seen.append([w.state for w in self.workers])
+        real(self)
+    monkeypatch.setattr(distributed_cluster.InProcessRunner, "shutdown", keep_states)
+    one_epoch = train_distributed(plan, copy.deepcopy(init), train, workers=2, in_process=True, epochs=1)
+    two_epochs = train_distributed(plan, copy.deepcopy(init), train, workers=2, in_process=True, epochs=2)
+    a, b = seen[-1]
+    assert a.lsh["scores"].frozen and b.lsh["scores"].frozen
+    np.testing.assert_array_equal(a.lsh["scores"].tables, b.lsh["scores"].tables)
+    np.testing.assert_array_equal(a.lsh["scores"].counts, b.lsh["scores"].counts)
+    inserted = int(two_epochs.state.lsh["scores"].counts.sum() - one_epoch.state.lsh["scores"].counts.sum())
+    assert inserted > 0
 
 
 def test_sparse_and_dense_exchange_train_identically_and_sparse_sends_less(tiny):
@@ -283,6 +307,8 @@ def test_ray_two_workers_match_single_process(tiny, ray_cluster):
     single = copy.deepcopy(init)
     hist = Trainer(plan, single, make_executor(plan, single), progress=False).fit(
         load_dataset(train, plan), test)
+    for mine, theirs in zip(on_ray.history["epochs"], hist["epochs"]):
+        assert abs(mine["loss"] - theirs["loss"]) < 0.02 * theirs["loss"]          # mean training loss
     p1_single = hist["epochs"][-1]["validation"]["precision@1"]
     p1_ray = on_ray.history["epochs"][-1]["validation"]["precision@1"]
     assert abs(p1_single - p1_ray) < 5.0
