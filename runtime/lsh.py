@@ -222,7 +222,7 @@ class LSHIndex:
             if insert_missed and lids.size:
                 ok = cand >= 0
                 ckeys = np.repeat(np.arange(B, dtype=np.int64), cand.shape[1])[ok.ravel()] * dim + cand[ok]
-                missed = ~np.isin(lrows * dim + lids, ckeys)
+                missed = ~_member(lrows * dim + lids, ckeys)
                 self.insert(lids[missed], buckets[lrows[missed]], rng)
         else:
             lrows = lids = lpos = np.zeros(0, dtype=np.int64)
@@ -239,7 +239,7 @@ class LSHIndex:
         valid = cand >= 0
         first = np.zeros(cand.size, dtype=bool)
         first[np.unique(np.where(valid, keys, -1).ravel(), return_index=True)[1]] = True
-        first = first.reshape(cand.shape) & valid & ~np.isin(keys, lrows * dim + lids)
+        first = first.reshape(cand.shape) & valid & ~_member(keys, lrows * dim + lids)
         allowed = np.maximum(0, room - np.bincount(lrows, minlength=B))
         keep = np.cumsum(first, axis=1) <= allowed[:, None]
         return np.where(keep, cand, -1)
@@ -350,6 +350,15 @@ def _first_k(rows, ids, prio, dim, k):
     rank = np.arange(rows.size) - np.repeat(start, np.diff(np.r_[start, rows.size]))
     keep = rank < k
     return rows[keep], ids[keep], prio[keep]
+
+
+def _member(a: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """np.isin(a, keys) by binary search in the sorted keys: sorts only `keys` (often the short side)."""
+    keys = np.sort(keys.ravel())
+    if keys.size == 0:
+        return np.zeros(a.shape, dtype=bool)
+    pos = np.minimum(np.searchsorted(keys, a), keys.size - 1)
+    return keys[pos] == a
 
 
 def _argsort_pairs(major: np.ndarray, minor: np.ndarray) -> np.ndarray:
