@@ -28,8 +28,11 @@ ASSUMED_NNZ = 64
 
 
 class LSHUpkeep:
-    def __init__(self, plan: dict, state, budget: float = 0.08):
+    def __init__(self, plan: dict, state, budget: float = 0.08, gather_weight: float = GATHER_WEIGHT,
+                 sort_weight: float = SORT_WEIGHT):
+        # a backend with faster hashing (native kernels) passes its own weights, measured the same way
         self.plan, self.state, self.budget = plan, state, budget
+        self.gather_weight, self.sort_weight = gather_weight, sort_weight
         self.layers = [l for l in plan["layers"] if l.get("hash") and l["name"] in state.lsh]
         self.seconds = 0.0
         self.rebuilds = 0
@@ -47,7 +50,7 @@ class LSHUpkeep:
 
     def _rebuild_cost(self, layer) -> float:
         idx = self.state.lsh[layer["name"]]
-        return layer["dim"] * (GATHER_WEIGHT * idx.idx.size + SORT_WEIGHT * idx.L)
+        return layer["dim"] * (self.gather_weight * idx.idx.size + self.sort_weight * idx.L)
 
     def intervals(self, layer: dict, batches_per_epoch: int) -> tuple[int, int]:
         """(rebuild, rehash) intervals in batches for `layer`."""
