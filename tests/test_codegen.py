@@ -70,3 +70,26 @@ def test_bitcode_rebuild_for_a_generic_cpu():
     generic = codegen.Target(codegen.host_target().triple, "x86-64", "")
     obj = codegen.object_from_bitcode(bitcode, generic)
     assert obj[:4] == b"\x7fELF"
+
+
+def test_every_layer_op_has_a_lowering_rule():
+    from boltc import ir
+    from boltc.lower.rules import HOST, LOWERING_RULES
+    assert set(LOWERING_RULES) == set(ir.LAYER_OPS)
+    assert callable(LOWERING_RULES["fc"])
+    assert all(callable(r) or r is HOST for r in LOWERING_RULES.values())
+
+
+def test_native_support_names_the_reason():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    from native_helpers import make_plan
+    from boltc.lower.rules import native_support
+    assert native_support(make_plan()) is None
+    p = make_plan()
+    p["loss"] = "binary_cross_entropy"
+    assert "binary_cross_entropy" in native_support(p)
+    p = make_plan()
+    p["layers"][0]["layout"] = "out_major"
+    assert "layout" in native_support(p)
