@@ -33,24 +33,28 @@ from boltc.runtime.dataset import Dataset, as_csr
 from boltc.runtime.nw_sketch import NWSketch, SRPHasher
 
 SAMPLER_KINDS = ("uniform", "nw_sketch")
-NW_KEYS = ("rows", "bits", "mix", "refresh", "decay", "reweight", "temperature", "clip", "seed")
+NW_KEYS = ("rows", "bits", "mix", "refresh", "decay", "reweight", "temperature", "clip", "excess", "seed")
 HASH_CHUNK = 8192                 # rows hashed at a time (bounds the (chunk, R*K) projection buffer)
 OBSERVED_WINDOW = 4096            # (predicted, observed) pairs kept for the free rank correlation
 
 DEFAULTS = {
     "rows": (16, "16 rows: the sketch's error falls as 1/sqrt(R) (measured ~3% at R=10, ~1% at R=100 vs "
                  "the exact estimator); 16 costs 16 gathers per example per refresh"),
-    "bits": ("auto", "auto: log2(N) - 4 clamped to [4, 14], about 16 examples per bucket on average, "
-                     "local enough to track per-region loss, wide enough to pool evidence"),
-    "mix": (0.2, "0.2 of uniform: every example keeps p >= 0.2/N (no starvation; weights <= 5)"),
+    "bits": ("auto", "auto: log2(N) - 1 clamped to [4, 16], about 2 examples per bucket: each example's "
+                     "prediction is mostly its own recent loss, pooled over R rows with its nearest "
+                     "neighbours (rank correlation with true losses 0.83 vs 0.70 at ~16 per bucket)"),
+    "mix": (0.1, "0.1 of uniform: every example keeps p >= 0.1/N (no starvation; weights <= 10)"),
     "refresh": ("auto", "auto: about 10 refreshes per epoch (refresh cost O(N R) stays a few percent "
                         "of an epoch)"),
     "decay": (0.5, "0.5 per epoch: losses fall as the model learns; evidence older than ~2 epochs "
                    "weighs little"),
     "reweight": (False, "off: drawing hard examples more often without reweighting reached target "
                         "accuracy faster; reweight=true gives unbiased gradients"),
-    "temperature": (1.0, "1.0: probabilities proportional to predicted loss, as in the method"),
+    "temperature": (0.5, "0.5: p proportional to predicted loss squared; loss-proportional (1.0) stayed "
+                         "within 1.5x of uniform on the benchmark sets and changed little"),
     "clip": (None, "none: weights are already bounded by 1/mix"),
+    "excess": (True, "on: the sketch learns loss - log(labels of the example), the part of the cross "
+                     "entropy against a normalised multi-hot target that training can remove (0 for one label)"),
     "seed": (None, "the training seed"),
 }
 
@@ -86,7 +90,7 @@ def resolve_spec(spec: dict | None, n_rows: int | None = None, batch: int | None
             out[key], reasons[key] = DEFAULTS[key]
     _validate(out, location)
     if out["bits"] == "auto" and n_rows is not None:
-        out["bits"] = int(min(14, max(4, round(math.log2(max(n_rows, 2))) - 4)))
+        out["bits"] = int(min(16, max(4, round(math.log2(max(n_rows, 2))) - 1)))
         reasons["bits"] += f" -> {out['bits']} for N={n_rows}"
     if n_rows is not None and batch is not None:
         steps = max(1, math.ceil(n_rows / batch))
@@ -123,6 +127,7 @@ def _validate(s: dict, location: Location | None) -> None:
     need(isinstance(s["reweight"], (bool, np.bool_)), f"reweight must be true or false, got {s['reweight']!r}")
     need(is_num(s["temperature"]) and s["temperature"] > 0, f"temperature must be > 0, got {s['temperature']!r}")
     need(s["clip"] is None or (is_num(s["clip"]) and s["clip"] >= 1.0), f"clip must be >= 1, got {s['clip']!r}")
+    need(isinstance(s["excess"], (bool, np.bool_)), f"excess must be true or false, got {s['excess']!r}")
     need(s["seed"] is None or is_int(s["seed"]), f"seed must be an integer, got {s['seed']!r}")
 
 
@@ -248,6 +253,13 @@ class NWSketchSampler:
         steps_per_epoch = max(1, math.ceil(self.n / self.batch))
         self.decay_per_refresh = float(spec["decay"]) ** (self.refresh_every / steps_per_epoch)
         self.native = native.available() if use_native is None else bool(use_native)
+        # Irreducible part of each example's loss: cross entropy against a normalised multi-hot target of
+        # c labels is at least log(c). Without removing it, examples with many labels look "hard" forever.
+        self.loss_floor = None
+        if spec.get("excess", True) and dataset.labels is not None:
+            counts = np.diff(sp.csr_matrix(dataset.labels).indptr)
+            if counts.max(initial=0) > 1:
+                self.loss_floor = np.log(np.maximum(counts, 1)).astype(np.float64)
         self._timer = _Timer()
         self._hash_timer = _Timer()
         self.sketch = NWSketch(self.rows_r, self.bits)
@@ -304,6 +316,8 @@ class NWSketchSampler:
         with self._timer:
             rows = np.asarray(rows, dtype=np.int64)
             losses = np.asarray(losses, dtype=np.float64)
+            if self.loss_floor is not None:
+                losses = np.maximum(losses - self.loss_floor[rows], 0.0)
             ok = np.isfinite(losses)
             if not ok.all():
                 rows, losses = rows[ok], losses[ok]

@@ -81,7 +81,7 @@ def test_an_epoch_is_n_draws_in_batches():
 def test_hard_subpopulation_is_drawn_more_often():
     ds, group = _dataset()
     hard = group == 0                               # a region of input space with high loss
-    s = make_sampler({"kind": "nw_sketch", "refresh": 5, "mix": 0.2}, ds, 50, seed=1)
+    s = make_sampler({"kind": "nw_sketch", "refresh": 5, "mix": 0.2, "temperature": 1.0}, ds, 50, seed=1)
     share = []
     for epoch in range(3):
         drawn = np.concatenate([_observe(s, rows, hard) for rows, _ in s.batches(epoch)])
@@ -190,7 +190,7 @@ def test_non_finite_losses_are_ignored():
 def test_resolve_spec_fills_defaults_with_reasons_and_rejects_bad_input():
     r = resolve_spec({"kind": "nw_sketch", "rows": 32}, n_rows=100_000, batch=256)
     assert r["rows"] == 32 and r["reasons"]["rows"] == "set in the model file"
-    assert r["bits"] == 13 and "auto" in r["reasons"]["bits"]
+    assert r["bits"] == 16 and "auto" in r["reasons"]["bits"]
     assert r["refresh"] == 39                       # 391 steps per epoch / 10
     assert set(r["reasons"]) >= {"rows", "bits", "mix", "refresh", "decay", "reweight", "temperature"}
     assert resolve_spec({"kind": "nw_sketch", "refresh": 0.25}, n_rows=1000, batch=10)["refresh"] == 25
@@ -213,3 +213,17 @@ def test_sparse_multi_input_datasets_are_hashed():
     assert s.codes.shape == (300, 4) and s.codes.max() < 64
     assert isinstance(make_sampler(None, ds, 30), UniformSampler)
     assert isinstance(s, NWSketchSampler)
+
+
+def test_multilabel_losses_are_learnt_above_their_floor():
+    # cross entropy against a normalised multi-hot target of c labels is at least log(c)
+    x = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
+    labels = sp.csr_matrix(np.array([[1, 0, 0], [1, 1, 0], [1, 1, 1], [0, 0, 1]], dtype=np.float32))
+    ds = Dataset(inputs={"x": x}, labels=labels)
+    s = make_sampler({"kind": "nw_sketch", "rows": 2, "bits": 3}, ds, 2)
+    rows = np.arange(4)
+    s.observe(rows, np.array([0.5, np.log(2) + 0.25, np.log(3) - 0.1, 1.0]))
+    assert s.sketch.total_loss == pytest.approx(0.5 + 0.25 + 0.0 + 1.0)
+    off = make_sampler({"kind": "nw_sketch", "rows": 2, "bits": 3, "excess": False}, ds, 2)
+    off.observe(rows, np.array([0.5, 1.0, 1.0, 1.0]))
+    assert off.sketch.total_loss == pytest.approx(3.5)
