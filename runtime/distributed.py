@@ -155,8 +155,7 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
                     runner.call("finish", [(runner.share(prev),)] * workers, timeout=timeout)
                 worker_seconds = runner.call("timings", timeout=timeout)
                 # Ray returns read-only zero-copy arrays: copy, so the caller can keep training the state
-                new_state = copy.deepcopy(runner.call("get_state", timeout=timeout)[0] if kind == "ray"
-                                          else runner.workers[0].state)
+                new_state = copy.deepcopy(runner.call("get_state", timeout=timeout)[0])
             except _WorkerFailed as f:
                 where = f"worker {f.rank} {f.why} in epoch {epoch + 1}"
                 runner.shutdown()

@@ -19,7 +19,7 @@ import numpy as np
 from boltc.errors import BoltError, DependencyError
 from boltc.runtime.distributed_exchange import combine, densify
 from boltc.runtime.distributed_shard import load_shard
-from boltc.runtime.distributed_worker import Worker, merge_facts
+from boltc.runtime.distributed_worker import Worker, merge_facts, portable_state
 
 INSTALL_HINT = "pip install boltc[distributed]"
 EXCHANGES = ("sparse", "dense", "factors")     # touched rows | whole tensors (baseline) | sufficient factors
@@ -232,13 +232,13 @@ def _start_workers(kind, ray, plan, state, shards, local, opts, fail_at, timeout
         ws = []
         for a in args:
             a = list(a)
-            a[1] = copy.deepcopy(state)                      # a replica each, as on separate machines
+            a[1] = copy.deepcopy(portable_state(state))      # a replica each, as on separate machines
             ws.append(ShardWorker(*a))
         runner = InProcessRunner(ws)
         runner.rows = runner.call("setup")
         return runner
     remote_cls = ray.remote(num_cpus=opts["cpus_per_worker"], max_restarts=0)(ShardWorker)
-    state_ref = ray.put(state)
+    state_ref = ray.put(portable_state(state))
     actors = []
     for a in args:
         a = list(a)

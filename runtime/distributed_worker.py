@@ -31,6 +31,16 @@ from boltc.runtime import optim
 NOT_TRAINED = ("label_count",)
 
 
+def portable_state(state):
+    """The state with LSH indexes rebuilt from their plain arrays (meta() + arrays()): an executor may
+    attach native hash functions (ctypes) to an index, which can neither be pickled for Ray nor shared
+    between replicas. Weights and moments are shared, not copied."""
+    from boltc.runtime.lsh import LSHIndex
+    lsh = {n: LSHIndex.from_arrays(idx.meta(), {k: np.array(a) for k, a in idx.arrays().items()})
+           for n, idx in (getattr(state, "lsh", {}) or {}).items()}
+    return type(state)(params=state.params, m=state.m, v=state.v, step=int(state.step), lsh=lsh)
+
+
 def missed_labels(index, x, labels) -> tuple[np.ndarray, np.ndarray]:
     """(label ids, their buckets (n, L)) of the labels that x's lookup did not retrieve: what
     `LSHIndex.select(insert_missed=True)` inserts, computed without inserting."""
@@ -308,7 +318,7 @@ class Worker:
 
     # ------------------------------------------------------------------ state
     def get_state(self):
-        return self.state
+        return portable_state(self.state)
 
     def ping(self) -> int:
         return self.rank

@@ -350,3 +350,15 @@ def test_fit_model_trains_a_compiled_model_on_ray_and_writes_a_resumable_checkpo
     got = model.evaluate(test, sparse=False)
     assert abs(got["precision@1"] - hist["epochs"][0]["validation"]["precision@1"]) < 1e-9
     assert all(a.flags.writeable for ts in model.state.params.values() for a in ts.values())
+
+
+def test_ray_native_workers_from_a_state_a_native_executor_has_used(tiny, ray_cluster):
+    """The native executor attaches ctypes hash functions to the LSH indexes; workers must still get
+    (and return) a plain copy of the state."""
+    plan, train, _ = tiny
+    init = ModelState.init(plan)
+    make_executor(plan, init, backend="native")              # patches init.lsh with native hashing
+    local = train_distributed(plan, copy.deepcopy(ModelState.init(plan)), train, workers=2, in_process=True,
+                              backend="native", max_updates=3)
+    on_ray = train_distributed(plan, init, train, workers=2, backend="native", max_updates=3, timeout=120)
+    assert _max_diff(local.state, on_ray.state) == 0.0
