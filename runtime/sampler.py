@@ -340,6 +340,10 @@ class NWSketchSampler:
         """Spearman correlation between true losses (computed by the trainer on a random subset) and
         the sketch's predictions for those rows; kept for stats()."""
         # a diagnostic the trainer asks for every few epochs: not part of the sampler's overhead
+        rows = np.asarray(rows, dtype=np.int64)
+        true_losses = np.asarray(true_losses, dtype=np.float64)
+        if self.loss_floor is not None:           # compare like with like: the sketch learns the excess
+            true_losses = true_losses - self.loss_floor[rows]
         self._rank_corr = spearman(self.predict(rows), true_losses)
         return self._rank_corr
 
