@@ -79,3 +79,13 @@ def test_native_srp_hash_matches_numpy(cap):
     clear = (np.abs(z) > 1e-4).all(axis=2)
     assert np.array_equal(native_codes[clear], numpy_codes[clear])
     assert clear.mean() > 0.95 and (native_codes == numpy_codes).mean() > 0.999
+
+
+def test_a_million_draws_from_the_native_alias_table_pass_a_chi_square_test():
+    from scipy.stats import chisquare
+    from boltc.runtime.sampler import sampling_probabilities
+    p = sampling_probabilities(np.random.default_rng(8).gamma(0.5, size=80), 0.1, 0.5)
+    prob, alias = sn.build_alias(p, True)
+    counts = np.bincount(sn.draw_alias(prob, alias, np.random.default_rng(12), 1_000_000), minlength=80)
+    assert chisquare(counts, 1_000_000 * p)[1] > 1e-3
+    assert p.min() >= 0.1 / 80 * (1 - 1e-12) and p.sum() == pytest.approx(1.0, abs=1e-12)
