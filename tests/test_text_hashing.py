@@ -152,3 +152,13 @@ def test_featurize_strings_for_predict():
         T.featurize_strings(["x"], two)
     ds2 = T.featurize_strings([{"text": "a b", "city": "Paris"}], two)
     assert ds2.inputs["c"].indices.tolist() == [T.feature_id("Paris", 1000)]
+
+
+def test_featurising_in_blocks_equals_one_block(monkeypatch):
+    texts = [f"row {i} " + "word " * (i % 7) + "crème" for i in range(50)]
+    e = _entry(ngrams=3, values="log", normalize="l2", dim=257)
+    whole = T._featurize_block(texts, T.check_entry(e))
+    monkeypatch.setattr(T, "BLOCK_CHARS", 64)          # forces about 20 blocks
+    blocks = T.featurize_column(texts, e)
+    assert blocks.shape == whole.shape and (blocks != whole).nnz == 0
+    assert blocks.indptr.dtype == np.int64
