@@ -17,7 +17,8 @@ run of the same updates (the executor's train_step, no Ray) gives the 1-worker r
 
     python benchmarks/distributed_exchange.py                 # 4096 rows: 16 updates per mode (~5 min)
     python benchmarks/distributed_exchange.py --rows 1536     # quicker smoke run
-Writes benchmarks/results/distributed_exchange.json.
+    python benchmarks/distributed_exchange.py --backend native   # workers on the llvmlite backend
+Writes benchmarks/results/distributed_exchange.json (distributed_exchange_native.json with --backend native).
 """
 from __future__ import annotations
 
@@ -79,8 +80,9 @@ def main(argv=None):
     ap.add_argument("--backend", default="numpy", choices=("numpy", "native"))
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--modes", default="sparse,dense,factors", help="exchanges to measure, comma-separated")
-    ap.add_argument("--out", default=str(RESULTS / "distributed_exchange.json"))
+    ap.add_argument("--out", default=None, help="default: results/distributed_exchange[_native].json")
     args = ap.parse_args(argv)
+    args.out = args.out or str(RESULTS / ("distributed_exchange" + ("" if args.backend == "numpy" else "_native") + ".json"))
 
     import ray
     _, plan = load_model_source(ROOT / "models" / "synth100k.bolt")
