@@ -109,7 +109,7 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
     history.setdefault("epochs", [])
     save = _checkpointer(checkpoint, source, plan)
     bytes_up = bytes_down = updates_done = examples = 0
-    exchange_seconds = 0.0
+    exchange_seconds = upkeep_before = 0.0
     t_start = time.perf_counter()
     try:
         runner = _start_workers(kind, ray, plan, state, shards, local, opts, fail_at, timeout)
@@ -168,10 +168,14 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
                 log(f"{where}: restarting all workers from epoch {last_good[0] + 1} (restart {restarts}/{max_restarts})")
                 epoch, state_to_load = last_good
                 runner = _start_workers(kind, ray, plan, state_to_load, shards, local, opts, None, timeout)
+                upkeep_before = 0.0
                 continue
             seconds = time.perf_counter() - t0
+            upkeep = worker_seconds[0]["upkeep"] - upkeep_before if worker_seconds else 0.0
+            upkeep_before += upkeep
             entry = {"epoch": epoch + 1, "loss": loss_sum / max(1, n_sum), "seconds": seconds,
-                     "examples_per_s": n_sum / max(seconds, 1e-9), "upkeep_seconds": 0.0, "upkeep_share": 0.0,
+                     "examples_per_s": n_sum / max(seconds, 1e-9), "upkeep_seconds": upkeep,
+                     "upkeep_share": upkeep / seconds if seconds > 0 else 0.0,
                      "lr": lr, "workers": workers, "exchange": exchange}
             if validation is not None and validation.labels is not None:
                 from boltc.runtime.executor import make_executor
@@ -191,6 +195,8 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
             if max_updates is not None and updates_done >= max_updates:
                 break
         final = last_good[1]
+    except _WorkerFailed as f:                                # while (re)starting workers
+        raise DistributedError(f"worker {f.rank} {f.why} while starting the workers") from None
     finally:
         try:
             runner.shutdown()
