@@ -327,8 +327,8 @@ def test_ray_worker_data_error_reaches_the_driver_with_its_location(tiny, ray_cl
 def test_ray_dead_worker_restarts_then_fails_clearly(tiny, ray_cluster):
     plan, train, _ = tiny
     init = ModelState.init(plan)
-    whole = train_distributed(plan, copy.deepcopy(init), train, workers=2, in_process=True)
-    again = train_distributed(plan, copy.deepcopy(init), train, workers=2, timeout=120, fail_at={0: 12})
+    whole = train_distributed(plan, copy.deepcopy(init), train, workers=2, in_process=True, epochs=1)
+    again = train_distributed(plan, copy.deepcopy(init), train, workers=2, timeout=120, fail_at={0: 6}, epochs=1)
     assert again.stats["restarts"] == 1 and _max_diff(again.state, whole.state) == 0.0
     with pytest.raises(DistributedError, match=r"worker 0 died"):
         train_distributed(plan, copy.deepcopy(init), train, workers=2, timeout=120, fail_at={0: 3}, max_restarts=0)
