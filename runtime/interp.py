@@ -51,7 +51,8 @@ class NumpyExecutor:
         train = plan.get("train", {})
         self.seed = int(train.get("seed", 0))
         self.optimizer = make_optimizer(train)
-        self.upkeep = LSHUpkeep(plan, state)
+        # train.upkeep_budget: the share of step work LSH table upkeep may take (default 0.08)
+        self.upkeep = LSHUpkeep(plan, state, budget=float(train.get("upkeep_budget", 0.08)))
 
     @property
     def upkeep_seconds(self) -> float:
