@@ -63,6 +63,9 @@ class NumpyExecutor:
         if mode not in ("train", "dense", "sparse"):
             raise ValueError(f"mode must be 'train', 'dense' or 'sparse', not {mode!r}")
         values = dict(batch.inputs)
+        missing = [i["name"] for i in self.plan.get("inputs", []) if i["name"] not in values]
+        if missing:
+            raise BoltValidationError(f"the batch has no values for input(s) {', '.join(missing)}")
         caches = {}
         for layer in self.layers:
             name = layer["name"]

@@ -220,3 +220,10 @@ def test_neurons_never_seen_as_labels_are_excluded_from_inference():
     for sparse in (False, True):
         ids, scores = ex.predict(batch, 3, sparse=sparse)
         assert not (ids == 7).any()
+
+
+def test_batch_without_an_input_is_a_validation_error():
+    p = plan([fc("out", ["x"], 30, 8, "softmax", input_sparse=True)], 30, 8)
+    ex = make_executor(p, ModelState.init(p))
+    with pytest.raises(BoltValidationError, match="x"):
+        ex.predict(Batch(inputs={"other": np.zeros((2, 30), np.float32)}, labels=None), 1)
