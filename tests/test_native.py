@@ -213,8 +213,9 @@ def test_native_table_build_matches_spec_counts_and_unfull_buckets():
     """Bucket fill counts equal the spec's; a bucket that did not overflow holds exactly the same
     neurons (which neurons a full bucket keeps is random in both: a uniform subset)."""
     plan = make_plan(300, 24, 3000, 60)
-    state = ModelState.init(plan)                        # built by the spec
+    state = ModelState.init(plan)
     index = state.lsh["scores"]
+    index.build(state.params["scores"]["W"])             # the spec's build, from the weights
     spec_tables, spec_counts = index.tables.copy(), index.counts.copy()
     NativeExecutor(plan, state, threads=2)               # installs the native hash + build
     index.build(state.params["scores"]["W"])
