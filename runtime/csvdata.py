@@ -85,6 +85,19 @@ def _open_text(path: str, encoding: str):
     return io.TextIOWrapper(f, encoding=encoding, newline="")
 
 
+def _bad_utf8(path: str, encoding: str) -> DataError:
+    """The error path of a decode failure: re-read the file as bytes to name the line and column."""
+    with _open_text(path, encoding) as f:
+        raw = f.buffer
+        for line_no, line in enumerate(raw, start=1):
+            try:
+                line.decode(encoding)
+            except UnicodeDecodeError as e:
+                return DataError(f"not {encoding.removesuffix('-sig').upper()} text: byte 0x{line[e.start]:02x} "
+                                 f"({e.reason})", Location(path, line_no, e.start + 1))
+    return DataError(f"not {encoding} text", Location(path, 0))
+
+
 def _column_index(header: list[str], column, who: str, path: str) -> int | None:
     if isinstance(column, int) or (isinstance(column, str) and _INT.match(column) and column not in header):
         i = int(column)
@@ -96,7 +109,7 @@ def _column_index(header: list[str], column, who: str, path: str) -> int | None:
     return None
 
 
-def _rows(reader, path: str, width: int):
+def _rows(reader, path: str, width: int, encoding: str):
     """(start line, fields) of every non-blank row; csv errors become located DataErrors."""
     line = reader.line_num
     while True:
@@ -106,8 +119,8 @@ def _rows(reader, path: str, width: int):
             return
         except csv.Error as e:
             raise DataError(f"malformed CSV: {e}", Location(path, line + 1)) from None
-        except UnicodeDecodeError as e:
-            raise DataError(f"not UTF-8 text ({e.reason})", Location(path, reader.line_num + 1)) from None
+        except UnicodeDecodeError:
+            raise _bad_utf8(path, encoding) from None
         start, line = line + 1, reader.line_num
         if not fields:
             continue
@@ -227,7 +240,8 @@ def load_csv_dataset(source, plan: dict, class_names: list[str] | None = None, n
         class_names = target.get("class_names")
     max_rows = opts.get("max_rows") or opts.get("rows")
     t_start = time.perf_counter()
-    with _open_text(path, opts.get("encoding", "utf-8-sig")) as f:
+    encoding = opts.get("encoding", "utf-8-sig")
+    with _open_text(path, encoding) as f:
         reader = csv.reader(f, **dialect)
         header_flag = opts.get("header", True)
         header_flag = header_flag not in (False, "false", "no", 0)
@@ -235,8 +249,10 @@ def load_csv_dataset(source, plan: dict, class_names: list[str] | None = None, n
             first = next(reader) if header_flag else None
         except StopIteration:
             raise DataError("the file is empty (expected a header row)", Location(path, 1)) from None
-        except (csv.Error, UnicodeDecodeError) as e:
+        except csv.Error as e:
             raise DataError(f"cannot read the header: {e}", Location(path, 1)) from None
+        except UnicodeDecodeError:
+            raise _bad_utf8(path, encoding) from None
         names = opts.get("names")
         if names:
             header = [n.strip() for n in (names.split(",") if isinstance(names, str) else names)]
@@ -257,7 +273,7 @@ def load_csv_dataset(source, plan: dict, class_names: list[str] | None = None, n
         if li is None and need_labels and target:
             raise DataError(f"label column '{label_col}' named by target '{target.get('name')}' is not in "
                             f"the file; its columns are {', '.join(header)}", Location(path, 1))
-        rows_iter = _rows(reader, path, width=len(header))
+        rows_iter = _rows(reader, path, len(header), encoding)
         mapper = _LabelMapper(target, class_names, path, li, label_col, opts) if li is not None else None
 
         parts: dict[str, list[sp.csr_matrix]] = {e["name"]: [] for e in entries}

@@ -324,10 +324,12 @@ def featurize_strings(strings, plan: dict) -> Dataset:
         raise BoltError("the model has no text or categorical input to featurise strings for")
     if isinstance(strings, str):
         strings = [strings]
+    elif not isinstance(strings, (dict, list)):
+        strings = list(strings)                # tuples, numpy arrays of str, generators
     if isinstance(strings, dict):
         columns = {k: [str(v) for v in vals] for k, vals in strings.items()}
         n = len(next(iter(columns.values()))) if columns else 0
-    elif strings and isinstance(strings[0], dict):
+    elif len(strings) and isinstance(strings[0], dict):
         n = len(strings)
         columns = {e["column"]: [str(r.get(e["column"], "")) for r in strings] for e in entries}
     else:

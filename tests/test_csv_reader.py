@@ -169,3 +169,12 @@ def test_20newsgroups_file_reads_with_its_real_header():
     assert ds.class_names[0] == "alt.atheism"                      # rows 0..318 are alt.atheism
     assert np.all(ds.labels.indices == 0)
     assert all(ds.inputs["doc"][i].nnz > 0 for i in range(300))
+
+
+def test_invalid_utf8_is_a_located_error(tmp_path):
+    p = tmp_path / "bad.csv"
+    p.write_bytes(b"label,text\n0,fine\n1,caf\xe9 latin-1\n")
+    with pytest.raises(DataError) as e:
+        load_csv_dataset(str(p), _plan())
+    loc = e.value.location
+    assert (loc.file, loc.line, loc.column) == (str(p), 3, 6) and "UTF-8" in e.value.message

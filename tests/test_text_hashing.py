@@ -162,3 +162,11 @@ def test_featurising_in_blocks_equals_one_block(monkeypatch):
     blocks = T.featurize_column(texts, e)
     assert blocks.shape == whole.shape and (blocks != whole).nnz == 0
     assert blocks.indptr.dtype == np.int64
+
+
+def test_featurize_strings_accepts_arrays_and_tuples():
+    plan = {"inputs": [_entry()], "target": None}
+    a = T.featurize_strings(np.array(["good movie", "bad"]), plan).inputs["doc"]
+    b = T.featurize_strings(("good movie", "bad"), plan).inputs["doc"]
+    assert (a != b).nnz == 0 and a[0].indices.tolist() == sorted({T.feature_id("good", 1000),
+                                                                 T.feature_id("movie", 1000)})
