@@ -146,7 +146,8 @@ def test_native_selection_follows_spec_order_and_cuts_to_exactly_k():
         kern = Kernels(lib, km.signatures, {"scores": {"lookup": "lk"}})
         nx.k = kern
         ids = nx._select(layer_k, h, batch.labels, 123, False)
-        spec = index.select(h, batch.labels, k, np.random.default_rng(0))
+        from boltc.runtime.lsh import training_reserve
+        spec = index.select(h, batch.labels, k, np.random.default_rng(0), reserve=training_reserve(layer_k))
         assert ids.shape == (20, k)
         for b in range(20):
             assert len(set(ids[b])) == k
@@ -156,7 +157,8 @@ def test_native_selection_follows_spec_order_and_cuts_to_exactly_k():
             buckets = index.hash(h[b:b + 1])[0]
             cand = index.tables[np.arange(index.L), buckets].ravel()
             determined = len(dict.fromkeys([*labs, *cand[cand >= 0]]))
-            n = min(k, determined)
+            room = max(len(labs), k - training_reserve(layer_k))     # the rest is the random fill
+            n = min(k, determined, room)
             np.testing.assert_array_equal(ids[b, :n], spec[b, :n])
 
 

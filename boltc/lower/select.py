@@ -97,7 +97,7 @@ def lookup(km: KernelModule, name: str, dim: int, k_active: int) -> None:
     k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("buckets", "ptr"), ("tables", "ptr"),
                          ("ntables", "i64"), ("nbuckets", "i64"), ("reservoir", "i64"),
                          ("lab_indptr", "ptr"), ("lab_indices", "ptr"), ("has_labels", "i64"),
-                         ("seed", "i64"), ("out", "ptr"), ("marks", "ptr")])
+                         ("seed", "i64"), ("room", "i64"), ("out", "ptr"), ("marks", "ptr")])
     a = k.arg
     K = k.i64(k_active)
     L, NB, R = a["ntables"], a["nbuckets"], a["reservoir"]
@@ -106,8 +106,8 @@ def lookup(km: KernelModule, name: str, dim: int, k_active: int) -> None:
         ob = k.mul(b, K)
         cnt = k.var(I64, k.i64(0))
 
-        def offer(n64):
-            with k.if_(k.icmp("<", k.get(cnt), K)):
+        def offer(n64, cap=K):
+            with k.if_(k.icmp("<", k.get(cnt), cap)):
                 word = k.b.lshr(n64, k.i64(5))
                 bit = k.b.shl(k.b.trunc(k.i64(1), I32), k.b.trunc(k.b.and_(n64, k.i64(31)), I32))
                 w = k.ld(a["marks"], word, I32)
@@ -121,14 +121,19 @@ def lookup(km: KernelModule, name: str, dim: int, k_active: int) -> None:
             l1 = k.ld(a["lab_indptr"], k.add(b, k.i64(1)), I64)
             with k.loop(l0, l1, "l") as li:
                 offer(k.ld_i32_as_i64(a["lab_indices"], li))
+        # the training reserve (runtime/lsh.py training_reserve): bucket contents stop at `room` ids
+        # (labels included), the rest of the row is left to the uniform random fill
+        after_labels = k.get(cnt)
+        cap = k.select(k.icmp(">", a["room"], after_labels), a["room"], after_labels)
+        cap = k.select(k.icmp("<", cap, K), cap, K)
         with k.loop(0, L, "t") as t:
-            with k.if_(k.icmp("<", k.get(cnt), K)):
+            with k.if_(k.icmp("<", k.get(cnt), cap)):
                 bucket = k.ld_i32_as_i64(a["buckets"], k.add(k.mul(b, L), t))
                 base = k.mul(k.add(k.mul(t, NB), bucket), R)
                 with k.loop(0, R, "r") as r:
                     n = k.ld_i32_as_i64(a["tables"], k.add(base, r))
                     with k.if_(k.icmp(">=", n, k.i64(0))):
-                        offer(n)
+                        offer(n, cap)
         rng = k.var(I64, k.b.xor(k.b.mul(a["seed"], k.i64(0x2545F4914F6CDD1D)), b))
         with k.while_(lambda: k.icmp("<", k.get(cnt), K), "fill"):
             offer(k.b.urem(_splitmix(k, rng), k.i64(dim)))
