@@ -9,8 +9,8 @@ turn), because these machines are shared and noisy: a load spike then slows both
 clock covers its own steps (draw, take, train_step, after_step, observe: the trainer's loop body) plus
 building its sampler (hashing every example); test P@1 is read after every epoch with the clock stopped.
 
-Reported per dataset: uniform's final P@1 (mean over seeds) = the target; the time each sampler needs to
-reach it (linearly interpolated between epochs, mean over seeds; "k/3" when only k seeds reach it); the
+Reported per dataset: uniform's final P@1 (mean over seeds) = the target; the time each sampler's mean
+curve (mean over seeds of time and P@1 after each epoch) needs to reach it, interpolated between epochs; the
 ratio nw_sketch / uniform (goal <= 0.7); the sampler's share of training time; the rank correlation
 between the sketch's predicted losses and the true losses of 512 random training rows (every 2 epochs)
 and the free one (prediction at draw time vs loss observed). Writes benchmarks/results/
@@ -137,25 +137,34 @@ def time_to_reach(curve, target):
     return None
 
 
+def mean_curve(runs):
+    """Mean over seeds of (time, P@1) after each epoch."""
+    return [tuple(x) for x in np.mean(np.array([r["curve"] for r in runs], dtype=np.float64), axis=0)]
+
+
 def summarise(name, res, seeds):
+    """Target = uniform's final P@1, mean over seeds. Time to target is read off each sampler's mean
+    curve (mean time and mean P@1 after each epoch): a single seed's curve may never reach a mean."""
     runs = res["runs"]
     target = float(np.mean([r["final"] for r in runs["uniform"]]))
     entry = {"target_p_at_1": target, "epochs": res["epochs"], "runs": runs, "backend": res.get("backend")}
     for kind, rs in runs.items():
         reach = [time_to_reach(r["curve"], target) for r in rs]
+        mean = mean_curve(rs)
         rc = [x for r in rs for x in r["rank_correlation"] if x is not None]
         orc = [r["observed_rank_correlation"] for r in rs if r.get("observed_rank_correlation") is not None]
         entry[kind] = {
             "final_p_at_1": float(np.mean([r["final"] for r in rs])),
-            "time_to_target_s": float(np.mean(reach)) if all(t is not None for t in reach) else None,
-            "reached": sum(t is not None for t in reach),
+            "mean_curve": mean,
+            "time_to_target_s": time_to_reach(mean, target),
+            "seeds_reaching_target": sum(t is not None for t in reach),
             "train_s": float(np.mean([r["train_s"] for r in rs])),
             "sampler_share": float(np.mean([r["share"] for r in rs])),
             "rank_correlation": float(np.mean(rc)) if rc else None,
             "observed_rank_correlation": float(np.mean(orc)) if orc else None,
         }
         e = entry[kind]
-        tt = f"{e['time_to_target_s']:.2f}" if e["time_to_target_s"] is not None else f"({e['reached']}/{len(rs)})"
+        tt = f"{e['time_to_target_s']:.2f}" if e["time_to_target_s"] is not None else "never"
         fmt = lambda v: f"{v:.3f}" if v is not None else "-"
         print(f"{name:10} {kind:9} {e['final_p_at_1']:9.4f} {tt:>11} {e['train_s']:8.2f} "
               f"{100 * e['sampler_share']:8.1f}% {fmt(e['rank_correlation']):>9} {fmt(e['observed_rank_correlation']):>9}")
@@ -164,6 +173,10 @@ def summarise(name, res, seeds):
     ratio = "not reached" if entry["time_ratio"] is None else f"{entry['time_ratio']:.3f}"
     print(f"{name:10} nw_sketch / uniform time to reach P@1 {target:.4f}: {ratio}  [{res.get('backend')}]")
     return entry
+
+
+TABLE_HEAD = (f"{'dataset':10} {'sampler':9} {'final P@1':>9} {'t->target':>11} {'train s':>8} "
+              f"{'sampler':>9} {'rank corr':>9} {'observed':>9}")
 
 
 def main():
@@ -177,9 +190,19 @@ def main():
     ap.add_argument("--child", default="")
     ap.add_argument("--out", default="")
     ap.add_argument("--tag", default="", help="suffix of the result files")
+    ap.add_argument("--from-json", default="", help="re-summarise the runs stored in a result file")
     args = ap.parse_args()
     if args.child:
         return child(args)
+    if args.from_json:
+        report = json.loads(Path(args.from_json).read_text())
+        print(TABLE_HEAD)
+        for name, entry in report["datasets"].items():
+            report["datasets"][name] = summarise(name, {"runs": entry["runs"], "epochs": entry["epochs"],
+                                                        "backend": entry.get("backend")}, args.seeds)
+        Path(args.from_json).write_text(json.dumps(report, indent=1, default=float))
+        plot(report, Path(args.from_json).with_suffix(".png"))
+        return None
     from boltc.runtime.sampler import resolve_spec
     names = [n for n in PROBLEMS if not args.only or n in args.only.split(",")]
     report = {"spec": resolve_spec({"kind": "nw_sketch", **json.loads(args.spec)}), "datasets": {},
@@ -201,8 +224,7 @@ def main():
                     done[name] = {**json.loads(Path(tmp.name).read_text()), "backend": backend}
                     break
                 print(f"{name}: the {backend} backend failed; retrying on numpy", file=sys.stderr)
-    print(f"\n{'dataset':10} {'sampler':9} {'final P@1':>9} {'t->target':>11} {'train s':>8} "
-          f"{'sampler':>9} {'rank corr':>9} {'observed':>9}")
+    print("\n" + TABLE_HEAD)
     for name, res in done.items():
         report["datasets"][name] = summarise(name, res, args.seeds)
     RESULTS.mkdir(parents=True, exist_ok=True)
