@@ -33,7 +33,8 @@ from boltc.runtime.dataset import Dataset, as_csr
 from boltc.runtime.nw_sketch import NWSketch, SRPHasher
 
 SAMPLER_KINDS = ("uniform", "nw_sketch")
-NW_KEYS = ("rows", "bits", "mix", "refresh", "decay", "reweight", "temperature", "clip", "excess", "seed")
+NW_KEYS = ("rows", "bits", "mix", "refresh", "decay", "reweight", "temperature", "clip", "excess", "warmup",
+           "seed")
 HASH_CHUNK = 8192                 # rows hashed at a time (bounds the (chunk, R*K) projection buffer)
 OBSERVED_WINDOW = 4096            # (predicted, observed) pairs kept for the free rank correlation
 
@@ -55,6 +56,8 @@ DEFAULTS = {
     "clip": (None, "none: weights are already bounded by 1/mix"),
     "excess": (True, "on: the sketch learns loss - log(labels of the example), the part of the cross "
                      "entropy against a normalised multi-hot target that training can remove (0 for one label)"),
+    "warmup": (1, "1 epoch of uniform draws first: the sketch sees every example once before it is trusted "
+                  "(adapting on a cold sketch while losses fall fastest cost accuracy early on)"),
     "seed": (None, "the training seed"),
 }
 
@@ -128,6 +131,7 @@ def _validate(s: dict, location: Location | None) -> None:
     need(is_num(s["temperature"]) and s["temperature"] > 0, f"temperature must be > 0, got {s['temperature']!r}")
     need(s["clip"] is None or (is_num(s["clip"]) and s["clip"] >= 1.0), f"clip must be >= 1, got {s['clip']!r}")
     need(isinstance(s["excess"], (bool, np.bool_)), f"excess must be true or false, got {s['excess']!r}")
+    need(is_int(s["warmup"]) and s["warmup"] >= 0, f"warmup must be a number of epochs >= 0, got {s['warmup']!r}")
     need(s["seed"] is None or is_int(s["seed"]), f"seed must be an integer, got {s['seed']!r}")
 
 
@@ -250,6 +254,7 @@ class NWSketchSampler:
         self.mix, self.temperature = float(spec["mix"]), float(spec["temperature"])
         self.refresh_every = int(spec["refresh"])
         self.reweight, self.clip = bool(spec["reweight"]), spec["clip"]
+        self.warmup = int(spec.get("warmup", 0))
         steps_per_epoch = max(1, math.ceil(self.n / self.batch))
         self.decay_per_refresh = float(spec["decay"]) ** (self.refresh_every / steps_per_epoch)
         self.native = native.available() if use_native is None else bool(use_native)
@@ -296,9 +301,13 @@ class NWSketchSampler:
 
     def batches(self, epoch: int):
         rng = np.random.default_rng([self.seed, int(epoch), 0xB01])
+        if epoch < self.warmup:          # uniform epochs: every example once, the sketch still learns
+            yield from self._warmup_batches(rng)
+            return
         for start in range(0, self.n, self.batch):
             with self._timer:
-                if self.step % self.refresh_every == 0 and self.step > 0:
+                first_adaptive = start == 0 and epoch == self.warmup and self.warmup > 0
+                if first_adaptive or (self.step % self.refresh_every == 0 and self.step > 0):
                     self.refresh()
                 size = min(self.batch, self.n - start)
                 rows = native.draw_alias(self._alias_prob, self._alias_idx, rng, size)
@@ -311,6 +320,15 @@ class NWSketchSampler:
                 self.step += 1
                 self.draws += size
             yield rows, weights
+
+    def _warmup_batches(self, rng):
+        with self._timer:
+            order = rng.permutation(self.n).astype(np.int64)
+        for start in range(0, self.n, self.batch):
+            rows = order[start:start + self.batch]
+            self.step += 1
+            self.draws += rows.size
+            yield rows, (np.ones(rows.size, dtype=np.float32) if self.reweight else None)
 
     def observe(self, rows: np.ndarray, losses: np.ndarray) -> None:
         with self._timer:

@@ -70,18 +70,24 @@ def test_uniform_sampler_draws_every_row_once_per_epoch_reproducibly():
     assert not np.array_equal(rows, other)
 
 
-def test_an_epoch_is_n_draws_in_batches():
-    ds, _ = _dataset(n=1001)
-    s = make_sampler({"kind": "nw_sketch", "refresh": 3}, ds, 64, seed=0)
-    sizes = [r.size for r, w in s.batches(0)]
-    assert sum(sizes) == 1001 and max(sizes) == 64
-    assert all(w is None for _, w in s.batches(1))
+def test_an_epoch_is_n_draws_in_batches_and_warmup_epochs_are_uniform():
+    ds, group = _dataset(n=1001)
+    s = make_sampler({"kind": "nw_sketch", "refresh": 3, "warmup": 2}, ds, 64, seed=0)
+    for epoch in range(3):
+        rows = [r for r, w in s.batches(epoch) if s.observe(r, 1.0 + (group[r] == 0)) is None]
+        sizes = [r.size for r in rows]
+        assert sum(sizes) == 1001 and max(sizes) == 64
+        if epoch < 2:                                # warm-up: a permutation, every example once
+            assert np.array_equal(np.sort(np.concatenate(rows)), np.arange(1001))
+    assert s.refreshes >= 1 and s.p.max() > 1.5 / 1001
+    assert all(w is None for _, w in s.batches(3))
 
 
 def test_hard_subpopulation_is_drawn_more_often():
     ds, group = _dataset()
     hard = group == 0                               # a region of input space with high loss
-    s = make_sampler({"kind": "nw_sketch", "refresh": 5, "mix": 0.2, "temperature": 1.0}, ds, 50, seed=1)
+    s = make_sampler({"kind": "nw_sketch", "refresh": 5, "mix": 0.2, "temperature": 1.0, "warmup": 0}, ds, 50,
+                     seed=1)
     share = []
     for epoch in range(3):
         drawn = np.concatenate([_observe(s, rows, hard) for rows, _ in s.batches(epoch)])
@@ -111,7 +117,8 @@ def test_reweighted_draws_give_the_full_gradient_of_a_frozen_linear_model():
     grads = (x @ w - y)[:, None] * x                            # per-example squared-loss gradients
     full = grads.mean(axis=0)
     ds = Dataset(inputs={"x": x.astype(np.float32)}, labels=None)
-    s = make_sampler({"kind": "nw_sketch", "reweight": True, "refresh": 1, "mix": 0.1}, ds, 40, seed=2)
+    s = make_sampler({"kind": "nw_sketch", "reweight": True, "refresh": 1, "mix": 0.1, "warmup": 0}, ds, 40,
+                     seed=2)
     for rows, _ in s.batches(0):                                # learn a non-uniform distribution
         s.observe(rows, 0.5 * (x[rows] @ w - y[rows]) ** 2)
     p = s.probabilities()
