@@ -49,8 +49,8 @@ DEFAULTS = {
                         "of an epoch)"),
     "decay": (0.5, "0.5 per epoch: losses fall as the model learns; evidence older than ~2 epochs "
                    "weighs little"),
-    "reweight": (False, "off: drawing hard examples more often without reweighting reached target "
-                        "accuracy faster; reweight=true gives unbiased gradients"),
+    "reweight": (False, "off: focusing on hard examples is the point (as in the method); reweight=true makes "
+                        "gradients unbiased (not benchmarked yet)"),
     "temperature": (0.5, "0.5: p proportional to predicted loss squared; loss-proportional (1.0) stayed "
                          "within 1.5x of uniform on the benchmark sets and changed little"),
     "clip": (None, "none: weights are already bounded by 1/mix"),
