@@ -37,13 +37,14 @@ TUNED = {
 }
 
 
-def run_one(name: str, backend: str | None, epochs: int | None, model_dir: Path) -> dict:
+def run_one(name: str, backend: str | None, epochs: int | None, model_dir: Path, extra: dict | None = None) -> dict:
     import boltc
     bolt = model_dir / f"{name}.bolt"
     overrides = dict(TUNED[name])
     normalize = overrides.pop("normalize", "none")
     if epochs:
         overrides["epochs"] = epochs
+    overrides.update({k: v for k, v in (extra or {}).items() if v is not None})
     m = boltc.compile(str(bolt), backend=backend, **overrides)
     # the data block's files, with the row normalisation chosen for this data set (a data-entry option)
     train = m.dataset({**m.plan["data"]["train"], "normalize": normalize})
@@ -93,6 +94,9 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--model-dir", type=Path, default=ROOT / "models",
                     help="folder of <dataset>.bolt files (default: the shipped models/)")
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--tag", default="", help="suffix for the result files")
     args = ap.parse_args()
     names = [args.only] if args.only else sorted(GOALS)
@@ -100,7 +104,8 @@ def main() -> int:
     if missing:
         print(f"skipped: shared data not found for {', '.join(missing)} under {DATA}")
         return 0
-    rows = [run_one(n, args.backend, args.epochs, args.model_dir) for n in names]
+    extra = {"lr": args.lr, "batch": args.batch, "seed": args.seed}
+    rows = [run_one(n, args.backend, args.epochs, args.model_dir, extra) for n in names]
     print(f"{'dataset':<11}{'sparsity':>9}{'train s':>9}{'ex/s':>9}{'P@1 d':>8}{'P@3 d':>8}{'P@5 d':>8}"
           f"{'P@1 s':>8}{'P@3 s':>8}{'P@5 s':>8}{'goal':>7}{'upkeep':>8}")
     for r in rows:
