@@ -26,7 +26,8 @@ def add_train_arguments(p) -> None:
     p.add_argument("--batch", type=int, default=None, help="override the batch size")
     p.add_argument("--seed", type=int, default=None, help="override the training seed")
     p.add_argument("--checkpoint", default=None,
-                   help="checkpoint file written after every epoch (default: OUTPUT.ckpt)")
+                   help="checkpoint file written after every epoch (default: OUTPUT.ckpt, removed after a "
+                        "finished run)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON on stdout")
@@ -74,6 +75,8 @@ def train_and_report(model, args, train, validation, test, output: Path) -> int:
                   file=sys.stderr)
         raise
     model.save(output)
+    if not args.checkpoint and ckpt.exists():
+        ckpt.unlink()       # the run finished and the model is saved: the default checkpoint has done its job
     epochs = hist.get("epochs", [])
     train_s = sum(e["seconds"] for e in epochs)
     upkeep = sum(e.get("upkeep_seconds", 0.0) for e in epochs)
