@@ -71,7 +71,7 @@ def run_one(name: str, seed: int, backend: str | None) -> dict:
         ids_a, _ = m.predict(texts[:50], top_k=1)
         ids_b, _ = loaded.predict(texts[:50], top_k=1)
         cli = subprocess.run([sys.executable, "-m", "boltc.cli", "predict", str(path), "--text", texts[0],
-                              "--top-k", "2"], capture_output=True, text=True, timeout=300)
+                              "--top-k", "2", "--backend", m.backend], capture_output=True, text=True, timeout=300)
     lat_ms = np.array(lat) * 1e3
     return {"model": name, "seed": seed, "backend": m.backend, "test_accuracy": round(acc, 2),
             "epoch_accuracy": [round(e.get("validation", {}).get("accuracy", float("nan")), 2) for e in hist["epochs"]],
@@ -165,7 +165,7 @@ def main() -> int:
               f"{np.mean([r['featurize_s'] for r in rs]):.2f} | "
               f"{np.mean([r['latency_batch1_ms']['median'] for r in rs]):.3f} / "
               f"{np.mean([r['latency_batch1_ms']['p99'] for r in rs]):.3f} |")
-    for r in runs[:len(MODELS)]:
+    for r in [next(r for r in runs if r["model"] == n) for n in MODELS if any(r["model"] == n for r in runs)]:
         print(f"\n`boltc predict {r['model']}.boltc --text ...` -> exit {r['cli_predict']['returncode']}: "
               f"{r['cli_predict']['stdout'] or r['cli_predict']['stderr']}")
     if failures:
