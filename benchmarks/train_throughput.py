@@ -240,6 +240,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer steps / rows (a smoke run)")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-numpy", action="store_true")
+    ap.add_argument("--tag", default="", help="results/train_throughput_<tag>.json (default: no suffix)")
     args = ap.parse_args(argv)
     bw = memory_bandwidth()
     print(f"memory bandwidth this run (2 threads, read): {bw / 1e9:.1f} GB/s")
@@ -249,7 +250,8 @@ def main(argv=None) -> int:
     if args.shape in ("100k", "both"):
         out["100k"] = run_100k(args, bw)
     out["peak_rss_bytes"] = peak_rss_bytes()
-    print(f"\nwrote {write_json('train_throughput', out)}")
+    name = f"train_throughput_{args.tag}" if args.tag else "train_throughput"
+    print(f"\nwrote {write_json(name, out)}")
     return 0
 
 
