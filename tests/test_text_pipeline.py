@@ -104,3 +104,42 @@ def test_unknown_label_in_a_test_file_is_located(trained):
         m.evaluate(str(bad))
     assert (e.value.location.line, e.value.location.column) == (3, 1)
     assert "unknown label 'fishing'" in e.value.message
+
+
+SHOPS = """
+model shops {
+  input  doc:  text(column="review", ngrams=1, dim=2048, values=log)
+  input  shop: categorical(column="store", dim=64)
+  target verdict: label(2, column="label")
+  a = fc(doc, 8, relu)
+  b = fc(shop, 8, relu)
+  c = concat(a, b)
+  scores = fc(c, 2, softmax)
+  loss cross_entropy(scores, verdict)
+  metrics accuracy
+  train {
+    optimizer adam(lr=0.02)
+    batch 16
+    epochs 10
+  }
+}
+"""
+
+
+def test_a_text_and_a_categorical_column_feed_one_model(tmp_path):
+    # the label needs both columns: "yes" when the review says good OR the store is north
+    rng = random.Random(0)
+    rows = ["label,review,store"]
+    for _ in range(400):
+        store = rng.choice(["north", "south", "east", "west"])
+        word = rng.choice(["good", "bad"])
+        label = "yes" if word == "good" or store == "north" else "no"
+        rows.append(f"{label},{word} item {rng.choice('xyz')},{store}")
+    path = tmp_path / "shops.csv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    m = boltc.compile(SHOPS, backend="numpy")
+    m.fit(str(path), progress=False)
+    assert m.plan["target"]["class_names"] == ["no", "yes"]
+    ids, _ = m.predict([{"review": "bad item", "store": "south"}, {"review": "bad item", "store": "north"},
+                        {"review": "good item", "store": "west"}], top_k=1)
+    assert [m.class_name(i) for i in ids[:, 0]] == ["no", "yes", "yes"]
