@@ -170,3 +170,19 @@ def test_featurize_strings_accepts_arrays_and_tuples():
     b = T.featurize_strings(("good movie", "bad"), plan).inputs["doc"]
     assert (a != b).nnz == 0 and a[0].indices.tolist() == sorted({T.feature_id("good", 1000),
                                                                  T.feature_id("movie", 1000)})
+
+
+def test_native_span_hashing_equals_the_numpy_specification(monkeypatch):
+    rng = np.random.default_rng(0)
+    buf = rng.integers(0, 256, 5000).astype(np.uint8)
+    starts = rng.integers(0, 4900, 700)
+    lengths = rng.integers(0, 90, 700)
+    init = rng.integers(0, 2**32, 700, dtype=np.uint64).astype(np.uint32)
+    expected = T.hash_spans_numpy(buf, starts, lengths, init)
+    np.testing.assert_array_equal(T.hash_spans(buf, starts, lengths, init), expected)
+    texts = ["Hello, World! héllo wörld", "a b c d e", "", "x" * 200]
+    e = _entry(ngrams=3, dim=1 << 20)
+    native = T.featurize_column(texts, e)
+    monkeypatch.setattr(T, "_NATIVE", [None])          # force the NumPy loop
+    numpy_path = T.featurize_column(texts, e)
+    assert (native != numpy_path).nnz == 0
