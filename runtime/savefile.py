@@ -189,7 +189,11 @@ def read_archive(path) -> tuple[dict, dict[str, bytes | np.ndarray]]:
             if name not in names:
                 raise _err(path, f"member {name!r} is missing")
             if name.endswith(".npy"):
-                value, sha, size = _read_array(z, name, path)
+                zinfo = z.getinfo(name)
+                if zinfo.compress_type == zipfile.ZIP_STORED and zinfo.file_size > (1 << 20):
+                    value, sha, size = _read_array_direct(path, zinfo, name)
+                else:
+                    value, sha, size = _read_array(z, name, path)
             else:
                 value = _read_member(z, name, path)
                 sha, size = hashlib.sha256(value).hexdigest(), len(value)
@@ -216,6 +220,47 @@ def _read_array(z: zipfile.ZipFile, name: str, path):
     except (zipfile.BadZipFile, EOFError, OSError) as e:
         raise _err(path, f"member {name!r} cannot be read: truncated or damaged ({e})") from None
     return arr, h.sha.hexdigest(), h.size
+
+
+def _read_array_direct(path, zinfo: zipfile.ZipInfo, name: str):
+    """A large stored .npy member read straight into its array with one `readinto` (no 256 KiB chunk
+    loop through the zip layer, no CRC pass: the sha256 of the manifest is the stronger check). Measured
+    on a 2.6 GB Amazon-670K-shaped model: the chunked path read at ~40 MB/s under load."""
+    import struct
+    try:
+        with open(path, "rb") as f:
+            f.seek(zinfo.header_offset)
+            local = f.read(30)
+            if len(local) != 30 or local[:4] != b"PK\x03\x04":
+                raise _err(path, f"member {name!r}: damaged local header")
+            n_name, n_extra = struct.unpack("<HH", local[26:30])
+            start = zinfo.header_offset + 30 + n_name + n_extra
+            f.seek(start)
+            sha = hashlib.sha256()
+            try:
+                version = np.lib.format.read_magic(f)
+                shape, fortran, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                         else np.lib.format.read_array_header_2_0(f))
+            except ValueError as e:
+                return e, "", -1
+            header_len = f.tell() - start
+            f.seek(start)
+            sha.update(f.read(header_len))
+            if dtype.hasobject:
+                return ValueError("object arrays need pickle"), "", -1
+            arr = np.empty(shape[::-1] if fortran else shape, dtype=dtype)
+            view = memoryview(arr).cast("B") if arr.nbytes else memoryview(b"")
+            got = f.readinto(view) if arr.nbytes else 0
+            if got != arr.nbytes:
+                raise _err(path, f"member {name!r} cannot be read: truncated")
+            sha.update(view)
+            size = header_len + got
+            if size < zinfo.file_size:                 # bytes after the array still belong to the member
+                sha.update(f.read(zinfo.file_size - size))
+                size = zinfo.file_size
+            return (arr.T if fortran else arr), sha.hexdigest(), size
+    except OSError as e:
+        raise _err(path, f"member {name!r} cannot be read: {e.strerror}") from None
 
 
 def _read_member(z: zipfile.ZipFile, name: str, path) -> bytes:
@@ -338,19 +383,25 @@ def state_from_saved(saved: SavedModel, path="<model>"):
             raise _err(path, f"member 'params/{layer['name']}.*.npy' is missing")
         if layer.get("hash") and layer["name"] not in saved.lsh:
             raise _err(path, f"member 'lsh/{layer['name']}.json' is missing")
-    params = {n: {k: np.array(a, dtype=np.float32) for k, a in p.items()} for n, p in saved.params.items()}
+    # arrays come fresh from the file: use them in place (no copy of 670k-wide weights); fresh moments
+    # are np.zeros (calloc: pages are only touched where lazy Adam writes)
+    def f32(a):
+        a = np.asarray(a, dtype=np.float32)
+        return a if a.flags.c_contiguous and a.flags.writeable else np.array(a, dtype=np.float32, order="C")
+
+    params = {n: {k: f32(a) for k, a in p.items()} for n, p in saved.params.items()}
     if saved.optimizer is not None:
-        m = {n: {k: np.array(a, dtype=np.float32) for k, a in p.items()} for n, p in saved.optimizer["m"].items()}
-        v = {n: {k: np.array(a, dtype=np.float32) for k, a in p.items()} for n, p in saved.optimizer["v"].items()}
+        m = {n: {k: f32(a) for k, a in p.items()} for n, p in saved.optimizer["m"].items()}
+        v = {n: {k: f32(a) for k, a in p.items()} for n, p in saved.optimizer["v"].items()}
         step = int(saved.optimizer["step"])
     else:
-        m = {n: {k: np.zeros_like(a) for k, a in p.items()} for n, p in params.items()}
-        v = {n: {k: np.zeros_like(a) for k, a in p.items()} for n, p in params.items()}
+        m = {n: {k: np.zeros(a.shape, np.float32) for k, a in p.items()} for n, p in params.items()}
+        v = {n: {k: np.zeros(a.shape, np.float32) for k, a in p.items()} for n, p in params.items()}
         step = int((saved.history or {}).get("step", 0))
     lsh = {}
     for name, st in saved.lsh.items():
         try:
-            lsh[name] = LSHIndex.from_arrays(st["meta"], {k: np.array(a) for k, a in st["arrays"].items()})
+            lsh[name] = LSHIndex.from_arrays(st["meta"], dict(st["arrays"]))
         except (KeyError, ValueError) as e:
             raise _err(path, f"member 'lsh/{name}.json': bad hash index ({e})") from None
     return ModelState(params=params, m=m, v=v, step=step, lsh=lsh)

@@ -141,3 +141,22 @@ def test_pickled_array_member_is_refused_even_with_a_matching_checksum(tmp_path)
     savefile.write_archive(p, raw)
     with pytest.raises(ModelFileError, match=r"params/hidden\.b\.npy.*not a valid \.npy"):
         savefile.load_model(p)
+
+
+def test_large_member_direct_read_round_trip_and_tamper(tmp_path):
+    """Members over 1 MiB are read straight from the file (a different path from small ones)."""
+    rng = np.random.default_rng(1)
+    big = rng.normal(size=(700, 600)).astype(np.float32)          # 1.6 MiB
+    m = sample_model()
+    m.params["out"] = {"W": big, "b": np.arange(5, dtype=np.int64)}
+    p = tmp_path / "big.boltc"
+    savefile.save_model(p, m)
+    r = savefile.load_model(p)
+    np.testing.assert_array_equal(r.params["out"]["W"], big)
+    assert r.params["out"]["W"].dtype == np.float32 and r.params["out"]["W"].flags.c_contiguous
+    raw = bytearray(p.read_bytes())
+    i = raw.find(big[350].tobytes())
+    raw[i + 3] ^= 0x01
+    p.write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match=r"params/out\.W\.npy.*checksum"):
+        savefile.load_model(p)
