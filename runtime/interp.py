@@ -27,7 +27,7 @@ import scipy.sparse as sp
 
 from boltc.errors import BoltValidationError
 from boltc.runtime.lsh import training_reserve
-from boltc.runtime.lsh_upkeep import LSHUpkeep
+from boltc.runtime.lsh_upkeep import DEFAULT_BUDGET, LSHUpkeep
 from boltc.runtime.numpy_rules import LOSS_RULES, NUMPY_RULES, logq_shift
 from boltc.runtime.optim import make_optimizer
 
@@ -55,8 +55,8 @@ class NumpyExecutor:
         train = plan.get("train", {})
         self.seed = int(train.get("seed", 0))
         self.optimizer = make_optimizer(train)
-        # train.upkeep_budget: the share of step work LSH table upkeep may take (default 0.08)
-        self.upkeep = LSHUpkeep(plan, state, budget=float(train.get("upkeep_budget", 0.08)))
+        # train.upkeep_budget: the share of step work LSH table upkeep may take (default 0.06)
+        self.upkeep = LSHUpkeep(plan, state, budget=float(train.get("upkeep_budget", DEFAULT_BUDGET)))
 
     @property
     def upkeep_seconds(self) -> float:
