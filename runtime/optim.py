@@ -43,8 +43,11 @@ def _row_blocks(pg, shape):
 
 
 class Adam:
-    def __init__(self, beta1=0.9, beta2=0.999, eps=1e-7):
-        self.b1, self.b2, self.eps = beta1, beta2, eps
+    """Lazy Adam; `weight_decay` > 0 adds AdamW's decoupled decay W -= lr * wd * W on the touched
+    blocks of weight matrices (`W`; not biases or layernorm), so often-updated rows shrink more often."""
+
+    def __init__(self, beta1=0.9, beta2=0.999, eps=1e-7, weight_decay=0.0):
+        self.b1, self.b2, self.eps, self.wd = beta1, beta2, eps, weight_decay
 
     def apply(self, state, grads: dict, lr: float) -> None:
         """`grads[layer][tensor]` = ParamGrad; uses and advances nothing but the touched blocks.
@@ -67,6 +70,8 @@ class Adam:
                     step *= lr / c1
                     if not is_view:
                         m[ix], v[ix] = mi, vi
+                    if self.wd and name == "W":
+                        step += (lr * self.wd) * W[ix]
                     W[ix] -= step
 
 
@@ -92,7 +97,8 @@ class SGD:
 def make_optimizer(train: dict):
     kind = train.get("optimizer", "adam")
     if kind == "adam":
-        return Adam(train.get("beta1", 0.9), train.get("beta2", 0.999), train.get("eps", 1e-7))
+        return Adam(train.get("beta1", 0.9), train.get("beta2", 0.999), train.get("eps", 1e-7),
+                    train.get("weight_decay", 0.0))
     if kind == "sgd":
         return SGD(train.get("momentum", 0.0))
     raise ValueError(f"unknown optimizer {kind!r}")

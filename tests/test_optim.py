@@ -116,3 +116,18 @@ def test_lazy_adam_row_chunks_match_one_block(monkeypatch):
         out.append(st.params["l"]["W"])
     np.testing.assert_array_equal(out[0], out[1])
     assert not np.array_equal(out[0], W0)
+
+
+def test_adamw_decay_only_on_touched_weight_rows():
+    W0 = np.array([[1.0, -2.0], [3.0, 4.0]])
+    st = _state(W0)
+    st.params["l"]["b"] = np.array([1.0, 1.0]); st.m["l"]["b"] = np.zeros(2); st.v["l"]["b"] = np.zeros(2)
+    st.step = 1
+    g = np.array([[0.5, -0.5]])
+    Adam(weight_decay=0.1).apply(st, {"l": {"W": ParamGrad(np.array([0]), None, g),
+                                            "b": ParamGrad(np.array([0]), None, np.array([0.5]))}}, 0.01)
+    # first step: m/(1-b1) = g, v/(1-b2) = g^2, so the Adam step is lr * sign(g) (up to eps)
+    expect0 = W0[0] - 0.01 * np.sign(g[0]) * (0.5 / (0.5 + 1e-7)) - 0.01 * 0.1 * W0[0]
+    np.testing.assert_allclose(st.params["l"]["W"][0], expect0, rtol=1e-12)
+    np.testing.assert_array_equal(st.params["l"]["W"][1], W0[1])          # untouched: no decay
+    np.testing.assert_allclose(st.params["l"]["b"], [1.0 - 0.01 * (0.5 / (0.5 + 1e-7)), 1.0])  # no decay
