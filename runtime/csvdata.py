@@ -220,7 +220,8 @@ def load_csv_dataset(source, plan: dict, class_names: list[str] | None = None, n
                      chunk_rows: int = CHUNK_ROWS) -> Dataset:
     """Read a CSV/TSV file named by `source` (a path or a plan data entry) as the plan's inputs.
 
-    `need_labels=False` (predict): a file without the target column gives `labels=None`.
+    `need_labels=False` (predict): the label column is not read (a file may lack it, or hold labels the
+    model does not know: predicting does not need them); `labels` is None.
     """
     if isinstance(source, (str, Path)):
         source = {"kind": "file", "path": str(source)}
@@ -269,7 +270,7 @@ def load_csv_dataset(source, plan: dict, class_names: list[str] | None = None, n
                                 f"its columns are {', '.join(header)}", Location(path, 1))
             cols.append(i)
         label_col = str(target.get("column") or "label")
-        li = _column_index(header, label_col, "the target", path) if target else None
+        li = _column_index(header, label_col, "the target", path) if target and need_labels else None
         if li is None and need_labels and target:
             raise DataError(f"label column '{label_col}' named by target '{target.get('name')}' is not in "
                             f"the file; its columns are {', '.join(header)}", Location(path, 1))

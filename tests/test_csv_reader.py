@@ -85,6 +85,9 @@ def test_unknown_label_at_predict_time_names_file_line_and_column(tmp_path):
     loc = e.value.location
     assert (loc.file, loc.line, loc.column) == (path, 3, 2)
     assert "unknown label 'neutral'" in e.value.message and "column 'label'" in e.value.message
+    # predicting needs no labels: the same file featurises, the label column is ignored
+    ds = load_csv_dataset(path, _plan(classes=2), class_names=["neg", "pos"], need_labels=False)
+    assert ds.labels is None and ds.rows == 2 and ds.class_names == ["neg", "pos"]
 
 
 def test_class_names_from_the_plan_fix_the_mapping(tmp_path):
