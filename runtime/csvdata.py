@@ -40,6 +40,7 @@ from boltc.runtime.dataset import Dataset
 from boltc.runtime.text import featurize_column, featurizer_inputs
 
 CHUNK_ROWS = 8192            # rows featurised at once: amortises NumPy calls, bounds raw text in memory
+CHUNK_CHARS = 4 << 20        # ... or fewer rows when they hold this much text (long documents)
 _INT = re.compile(r"[+-]?\d+\Z")
 _BINARY = {"1": 1, "0": 0, "true": 1, "false": 0, "yes": 1, "no": 0, "pos": 1, "neg": 0,
            "positive": 1, "negative": 0, "+1": 1, "-1": 0}
@@ -291,15 +292,18 @@ def load_csv_dataset(source, plan: dict, class_names: list[str] | None = None, n
                 col.clear()
             feat_seconds += time.perf_counter() - t0
 
+        chunk_chars = 0
         for line, fields in rows_iter:
             for c, i in zip(chunk, cols):
                 c.append(fields[i])
+                chunk_chars += len(fields[i])
             if mapper is not None:
                 labels.append(fields[li])
                 label_lines.append(line)
             n += 1
-            if len(chunk[0]) >= chunk_rows:
+            if len(chunk[0]) >= chunk_rows or chunk_chars >= CHUNK_CHARS:
                 flush()
+                chunk_chars = 0
             if max_rows and n >= int(max_rows):
                 break
         flush()
