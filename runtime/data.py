@@ -12,9 +12,6 @@ naming the source (fewer is fine: the matrix is widened).
 """
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import os
 from pathlib import Path
 
@@ -63,11 +60,8 @@ def load_dataset(source, plan: dict, with_labels: bool = True) -> Dataset:
     if not Path(path).exists():
         raise DataError("data file not found", Location(path, 0))
     fmt = source.get("format") or _guess_format(path)
-    if fmt in TABLE_FORMATS:
-        try:        # the text engineer's chunked reader (class-name mapping, quoting options) when present
-            from boltc.runtime.csvdata import load_csv_dataset
-        except ImportError:
-            return _table(path, fmt, plan, with_labels)
+    if fmt in TABLE_FORMATS:        # text/categorical columns: runtime/csvdata.py (chunked, class names)
+        from boltc.runtime.csvdata import load_csv_dataset
         return load_csv_dataset({**source, "path": path, "format": fmt}, plan, need_labels=with_labels)
     if fmt not in ("xc", "svmlight"):
         raise DataError(f"unknown data format {fmt!r} (xc, svmlight, csv, tsv)", Location(path, 0))
@@ -190,77 +184,6 @@ def _labels_from(labels, plan: dict, n: int) -> sp.csr_matrix:
     if Y.shape[0] != n:
         raise BoltError(f"{Y.shape[0]} rows of labels for {n} rows of inputs")
     return as_csr(Y)
-
-
-# ---------------------------------------------------------------- CSV / TSV with text columns
-
-def _table(path: str, fmt: str, plan: dict, with_labels: bool) -> Dataset:
-    """Header row, then one row per example; text/categorical inputs read their `column`, the target
-    reads `target.column` (default 'label'). Labels may be ids or names (names -> sorted class list)."""
-    from boltc.runtime import text as textmod
-    opener = gzip.open if open(path, "rb").read(2) == b"\x1f\x8b" else open
-    with opener(path, "rt", encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t" if fmt == "tsv" else ",")
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise DataError("empty table (expected a header row)", Location(path, 1)) from None
-        except csv.Error as e:
-            raise DataError(f"malformed table: {e}", Location(path, 1)) from None
-        rows = []
-        try:
-            for row in reader:
-                if row:
-                    rows.append((reader.line_num, row))
-        except csv.Error as e:
-            raise DataError(f"malformed table: {e}", Location(path, reader.line_num)) from None
-    col = {name: i for i, name in enumerate(header)}
-    for line, row in rows:
-        if len(row) != len(header):
-            raise DataError(f"row has {len(row)} fields, the header has {len(header)}", Location(path, line))
-    inputs = {}
-    for e in textmod.featurizer_inputs(plan):
-        c = e["column"] or e["name"]
-        if c not in col:
-            raise DataError(f"input '{e['name']}' reads column '{c}', which is not in the header "
-                            f"({', '.join(header)})", Location(path, 1))
-        inputs[e["name"]] = textmod.featurize_column([r[col[c]] for _, r in rows], e)
-    others = [i for i in _inputs(plan) if i.get("kind") not in ("text", "categorical")]
-    if others:
-        raise DataError(f"a table feeds only text/categorical inputs, not '{others[0]['name']}'", Location(path, 0))
-    target = _target(plan)
-    labels = None
-    class_names = target.get("class_names")
-    tcol = target.get("column") or "label"
-    if with_labels and target and tcol in col:
-        raw = [r[col[tcol]].strip() for _, r in rows]
-        labels, class_names = _table_labels(raw, rows, target, path, class_names)
-    return Dataset(inputs=inputs, labels=labels, class_names=class_names, source=path)
-
-
-def _table_labels(raw, rows, target, path, class_names):
-    classes = int(target["classes"])
-    ids = np.empty(len(raw), dtype=np.int64)
-    names = list(class_names) if class_names else None
-    if names is None and all(s.lstrip("-").isdigit() for s in raw):
-        ids[:] = [int(s) for s in raw]
-    else:
-        names = names or sorted(set(raw))
-        index = {n: i for i, n in enumerate(names)}
-        for k, s in enumerate(raw):
-            if s not in index:
-                raise DataError(f"unknown class {s!r}", Location(path, rows[k][0]))
-            ids[k] = index[s]
-    if target.get("kind") == "binary":
-        pos = np.flatnonzero(ids > 0)
-        Y = sp.csr_matrix((np.ones(pos.size, np.float32), (pos, np.zeros(pos.size, int))), shape=(len(raw), 1))
-        return as_csr(Y), names
-    bad = np.flatnonzero((ids < 0) | (ids >= classes))
-    if bad.size:
-        raise DataError(f"label {raw[bad[0]]} is outside the target's {classes} classes",
-                        Location(path, rows[bad[0]][0]))
-    Y = sp.csr_matrix((np.ones(ids.size, np.float32), (np.arange(ids.size), ids)), shape=(len(raw), classes))
-    return as_csr(Y), names
 
 
 def read_rows_text(text: str, plan: dict) -> Dataset:

@@ -26,7 +26,7 @@ import numpy as np
 
 from boltc.runtime import metrics as metrics_mod
 from boltc.runtime import savefile
-from boltc.runtime.dataset import Batch, Dataset
+from boltc.runtime.dataset import Dataset
 from boltc.runtime.optim import lr_at
 
 DEFAULT_METRICS = ("precision@1", "precision@3", "precision@5")

@@ -21,7 +21,6 @@ growing CSR arrays; `iter_chunks` yields CSR chunks for data larger than memory.
 from __future__ import annotations
 
 import gzip
-import io
 import itertools
 import os
 import re
