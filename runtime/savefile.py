@@ -53,13 +53,6 @@ def npy_bytes(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def npy_load(data: bytes, path, member: str) -> np.ndarray:
-    try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as e:       # ValueError for object arrays, others for a damaged header
-        raise _err(path, f"member {member!r} is not a valid .npy array ({e})") from None
-
-
 def flatten_state(state, prefix: str) -> tuple[object, dict[str, np.ndarray]]:
     """Nested dicts/lists of arrays and JSON scalars -> (JSON skeleton, {member name: array}).
     An array is replaced in the skeleton by {"__npy__": member name}."""
