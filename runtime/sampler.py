@@ -53,7 +53,7 @@ DEFAULTS = {
                         "gradients unbiased (not benchmarked yet)"),
     "temperature": (0.25, "0.25: p proportional to predicted loss^4. Loss-proportional (1.0) stayed within 1.5x "
                           "of uniform and changed nothing measurable; on the synthetic benchmark 0.5 / 0.33 / "
-                          "0.25 reached uniform's final P@1 in 0.85x / 0.78x / 0.60x the wall-clock"),
+                          "0.25 reached uniform's final P@1 in 0.85x / 0.78x / 0.60-0.70x the wall-clock"),
     "clip": (None, "none: weights are already bounded by 1/mix"),
     "excess": (True, "on: the sketch learns loss - log(labels of the example), the part of the cross "
                      "entropy against a normalised multi-hot target that training can remove (0 for one label)"),
