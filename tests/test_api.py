@@ -108,9 +108,19 @@ def test_overrides_and_errors(tmp_path):
         boltc.compile(str(tmp_path / "missing.bolt"))
 
 
-def test_resume_through_the_api(tmp_path):
+def _native_available():
+    try:
+        import boltc.runtime.native  # noqa: F401
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("native", marks=pytest.mark.skipif(
+    not _native_available(), reason="native backend not importable"))])
+def test_resume_through_the_api(tmp_path, backend):
     ck = tmp_path / "ck.boltc"
-    ref = boltc.compile(MODEL, backend="numpy")
+    ref = boltc.compile(MODEL, backend=backend)
     ref.fit(progress=False)
 
     class Stop(Exception):
@@ -119,10 +129,10 @@ def test_resume_through_the_api(tmp_path):
     def stop(trainer, record):
         if record["epoch"] == 2:
             raise Stop()
-    m = boltc.compile(MODEL, backend="numpy")
+    m = boltc.compile(MODEL, backend=backend)
     with pytest.raises(Stop):
         m.fit(checkpoint=ck, progress=False, callbacks=[stop])
-    m2 = boltc.compile(MODEL, backend="numpy")
+    m2 = boltc.compile(MODEL, backend=backend)
     m2.fit(checkpoint=ck, resume=True, progress=False)
     assert [e["loss"] for e in m2.history["epochs"]] == [e["loss"] for e in ref.history["epochs"]]
     for layer, tensors in ref.state.params.items():
