@@ -138,3 +138,17 @@ def test_resume_through_the_api(tmp_path, backend):
     for layer, tensors in ref.state.params.items():
         for k, a in tensors.items():
             np.testing.assert_array_equal(m2.state.params[layer][k], a)
+
+
+@pytest.mark.skipif(not _native_available(), reason="native backend not importable")
+def test_native_save_load_identical_predictions(tmp_path):
+    m = boltc.compile(MODEL, backend="native", epochs=1)
+    m.fit(progress=False)
+    m.save(tmp_path / "n.boltc")
+    m2 = boltc.load(tmp_path / "n.boltc", backend="native")
+    test = m.plan["data"]["test"]
+    for sparse in (False, True):
+        i1, s1 = m.predict(test, top_k=5, sparse=sparse)
+        i2, s2 = m2.predict(test, top_k=5, sparse=sparse)
+        np.testing.assert_array_equal(i1, i2)
+        np.testing.assert_array_equal(s1, s2)
