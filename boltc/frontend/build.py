@@ -192,7 +192,7 @@ class Builder:
             params = (Param("classes", integer(1), positional=True),) + params
         got = bind(call, params, call.name, self.problems)
         classes = got.get("classes", 1)
-        attrs = {"kind": TARGETS[call.name], "classes": classes, "column": got["column"]}
+        attrs = {"kind": TARGETS[call.name], "classes": classes, "column": got.get("column")}
         self.add(ir.Node(st.name, "target", (), attrs, st.name_loc, classes if isinstance(classes, int) else None))
 
     def layer(self, st: ast.Assign) -> None:
