@@ -49,4 +49,4 @@ def test_compile_shows_the_samplers_settings_and_reasons(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "sampler nw_sketch" in out
     assert "rows         32     set in the model file" in out
-    assert "-> 7 for N=2000" in out            # bits = round(log2(2000)) - 4 = 7 from the 2,000 synthetic rows
+    assert "-> 10 for N=2000" in out           # bits = round(log2(2000)) - 1 = 10 from the 2,000 synthetic rows
