@@ -336,10 +336,12 @@ class LSHIndex:
 
 def _first_k(rows, ids, prio, dim, k):
     """De-duplicate (row, id) keeping the lowest priority, then keep the k lowest priorities per row.
-    Returns (rows, ids, prio) sorted by (row, prio). Priorities are < 2^40 so (key, prio) and
-    (row, prio) pack into one int64 each: one argsort instead of a two-key lexsort."""
+    Returns (rows, ids, prio) sorted by (row, prio). Priorities are < 2^40 so (row, prio) packs into one
+    int64: one argsort instead of a two-key lexsort."""
     keys = rows * dim + ids
-    order = _argsort_pairs(keys, prio)
+    # callers pass entries in nondecreasing priority order within each (row, id), so a stable sort by
+    # key alone keeps the lowest priority first (cheaper than a two-key sort when keys need > 23 bits)
+    order = np.argsort(keys, kind="stable")
     keys_s = keys[order]
     first = np.r_[True, keys_s[1:] != keys_s[:-1]]
     sel = order[first]
