@@ -162,3 +162,22 @@ def softmax_ce(km: KernelModule, name: str, k_active: int) -> None:
             y = k.select(is_hit, ywt, k.f32(0.0))
             k.st(a["grad"], i, k.b.fmul(sc, k.b.fsub(k.b.fmul(s, p), y)))
     k.ret()
+
+
+def row_logsumexp(km: KernelModule, name: str, k_active: int) -> None:
+    """out[b] = log(sum_k exp(z[b, k])) for rows [b0, b1), max-shifted; no temporaries (predict turns
+    its top-k logits into the spec's softmax probabilities with it)."""
+    k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("z", "ptr"), ("out", "ptr")])
+    a = k.arg
+    K = k.i64(k_active)
+    with k.loop(a["b0"], a["b1"], "b") as b:
+        ob = k.mul(b, K)
+        mx = k.var(F32, k.f32(float("-inf")))
+        with k.loop(0, k_active, "k") as kk:
+            k.set(mx, k.fmax(k.get(mx), k.ld(a["z"], k.add(ob, kk))))
+        m = k.get(mx)
+        tot = k.var(F32, k.f32(0.0))
+        with k.loop(0, k_active, "k2") as kk:
+            k.set(tot, k.fadd(k.get(tot), k.exp(k.b.fsub(k.ld(a["z"], k.add(ob, kk)), m))))
+        k.st(a["out"], b, k.b.fadd(m, k.log(k.get(tot))))
+    k.ret()

@@ -71,8 +71,12 @@ def lower_fc(km: KernelModule, layer: dict, ctx: dict) -> dict:
             bw.invert(km, out["invert"], dim)
             out["topk"] = _sym(layer, "topk")
             sel.topk(km, out["topk"], k, True)
+            out["lse"] = _sym(layer, "lse")
+            fwd.row_logsumexp(km, out["lse"], k)
         out["topk_all"] = _sym(layer, "topk_all")
         sel.topk(km, out["topk_all"], dim, False)
+        out["lse_all"] = _sym(layer, "lse_all")
+        fwd.row_logsumexp(km, out["lse_all"], dim)
         if layer.get("hash"):
             h = layer["hash"]
             out.update(sel.lower_hash(km, layer, h))
