@@ -92,8 +92,8 @@ def test_train_block_values():
                  "batch": 128, "epochs": 7, "schedule": {"kind": "step", "every": 2, "gamma": 0.5, "warmup": 10},
                  "sampler": {"kind": "nw_sketch", "rows": 16, "bits": 6, "mix": 0.3, "decay": 0.9,
                              "reweight": True, "temperature": 2.0},
-                 "threads": 2, "seed": 11, "checkpoint_every": 2, "inference": "sparse",
-                 "distributed": {"workers": 4, "address": "10.0.0.1:6379", "exchange_every": 2}}
+                 "threads": 2, "seed": 11, "checkpoint_every": 2, "inference": "sparse", "weight_decay": 0.0,
+                 "distributed": {"workers": 4, "address": "10.0.0.1:6379", "exchange_every": 2, "exchange": "sparse"}}
 
 
 def test_train_defaults():
@@ -162,7 +162,7 @@ def test_plan_inputs_entries_carry_featuriser_attrs(tmp_path):
                                      "delimiter": ";", "header": True}
     assert plan["data"]["test"]["format"] == "csv"           # from the name
     assert plan["data"]["validation"]["format"] == "tsv"
-    assert plan["train"]["distributed"] == {"workers": 4, "address": "10.0.0.1:6379", "exchange_every": 2}
+    assert plan["train"]["distributed"] == {"workers": 4, "address": "10.0.0.1:6379", "exchange_every": 2, "exchange": "sparse"}
     layers = {layer["name"]: layer for layer in plan["layers"]}
     assert layers["bag"] == {"name": "bag", "op": "embedding", "inputs": ["shop"], "in_dim": 512, "dim": 16,
                              "reduce": "mean", "input_sparse": True, "layout": "in_major"}

@@ -15,7 +15,7 @@ from boltc.frontend.bind import (Param, Problem, as_call, bind, boolean, did_you
 TRAIN_DEFAULTS = {
     "optimizer": "adam", "lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-7, "momentum": 0.0,
     "batch": 256, "epochs": 5, "schedule": {"kind": "constant"}, "sampler": {"kind": "uniform"},
-    "threads": 0, "seed": 0, "checkpoint_every": 1, "inference": "dense",
+    "threads": 0, "seed": 0, "checkpoint_every": 1, "inference": "dense", "weight_decay": 0.0,
 }
 # Decision: plain SGD needs a larger step than Adam's 1e-3 to move in a few epochs.
 SGD_DEFAULT_LR = 0.01
@@ -23,7 +23,9 @@ SGD_DEFAULT_LR = 0.01
 _POS = real(0.0, low_open=True)
 _OPTIMIZERS = {
     "adam": (Param("lr", _POS, TRAIN_DEFAULTS["lr"]), Param("beta1", real(0.0, 1.0), 0.9),
-             Param("beta2", real(0.0, 1.0), 0.999), Param("eps", _POS, 1e-7)),
+             Param("beta2", real(0.0, 1.0), 0.999), Param("eps", _POS, 1e-7),
+             # decoupled (AdamW) decay on the touched weight rows; 0 = plain lazy Adam as BOLT
+             Param("weight_decay", real(0.0), 0.0)),
     "sgd": (Param("lr", _POS, SGD_DEFAULT_LR), Param("momentum", real(0.0, 1.0), 0.0)),
 }
 
@@ -48,12 +50,14 @@ _SAMPLERS = {
     "uniform": (),
     # the keys runtime/sampler.py reads (NW_KEYS); `auto` (or leaving one out) takes the sampler's default
     "nw_sketch": (Param("rows", integer(1), None), Param("bits", _auto_or(integer(1, 24)), None),
-                  Param("mix", real(0.0, 1.0), None), Param("refresh", _auto_or(_POS), None),
+                  Param("mix", real(0.0, 1.0, low_open=True), None), Param("refresh", _auto_or(_POS), None),
                   Param("decay", real(0.0, 1.0), None), Param("reweight", boolean, None),
-                  Param("temperature", _POS, None), Param("clip", _POS, None), Param("seed", integer(0), None)),
+                  Param("temperature", _POS, None), Param("clip", _POS, None), Param("seed", integer(0), None),
+                  Param("warmup", integer(0, what="a number of epochs"), None), Param("excess", boolean, None)),
 }
 _DISTRIBUTED = (Param("workers", integer(1), positional=True), Param("address", string, "auto"),
-                Param("exchange_every", integer(1), 1))
+                Param("exchange_every", integer(1), 1),
+                Param("exchange", word("sparse", "dense", "factors", what="exchange"), "sparse"))
 _SCALARS = {
     "batch": ("batch", integer(1)), "epochs": ("epochs", integer(1)), "threads": ("threads", integer(0)),
     "seed": ("seed", integer(0)), "checkpoint": ("checkpoint_every", integer(1, what="a number of epochs")),

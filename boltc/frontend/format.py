@@ -104,7 +104,7 @@ def _train_lines(t: dict) -> list[str]:
     d = TRAIN_DEFAULTS
     lines = []
     if t["optimizer"] == "adam":
-        kw = [(k, fmt_value(t[k])) for k in ("lr", "beta1", "beta2", "eps") if t[k] != d[k]]
+        kw = [(k, fmt_value(t[k])) for k in ("lr", "beta1", "beta2", "eps", "weight_decay") if t[k] != d[k]]
     else:
         kw = [(k, fmt_value(t[k])) for k, dv in (("lr", SGD_DEFAULT_LR), ("momentum", 0.0)) if t[k] != dv]
     if t["optimizer"] != "adam" or kw:
@@ -121,7 +121,7 @@ def _train_lines(t: dict) -> list[str]:
     if t["inference"] != d["inference"]:
         lines.append(f"inference {t['inference']}")
     if t.get("distributed"):
-        lines.append(_call("distributed", [], _kw(t["distributed"])))
+        lines.append(_call("distributed", [], _kw(t["distributed"], words=("exchange",))))
     return lines
 
 
