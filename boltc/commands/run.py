@@ -31,6 +31,12 @@ def add_train_arguments(p) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON on stdout")
+    p.add_argument("--workers", type=int, default=None,
+                   help="train data-parallel on N Ray workers (needs: pip install boltc[distributed])")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join: auto (the running one, else a local one) or ray://host:port")
+    p.add_argument("--exchange", choices=("sparse", "dense", "factors"), default=None,
+                   help="what workers exchange each step (default: the model's distributed block, else sparse)")
 
 
 def note(model) -> None:
@@ -67,8 +73,14 @@ def train_and_report(model, args, train, validation, test, output: Path) -> int:
     ckpt = Path(args.checkpoint) if args.checkpoint else output.with_name(output.name + ".ckpt")
     note(model)
     try:
-        hist = model.fit(train, validation, epochs=args.epochs, checkpoint=ckpt, resume=args.resume,
-                         progress=not args.no_progress)
+        if getattr(args, "workers", None) or model.plan["train"].get("distributed"):
+            from boltc.runtime.distributed import fit_model
+            hist = fit_model(model, train, validation, epochs=args.epochs, workers=args.workers,
+                             address=args.address, exchange=args.exchange, checkpoint=ckpt,
+                             resume=args.resume, progress=not args.no_progress)
+        else:
+            hist = model.fit(train, validation, epochs=args.epochs, checkpoint=ckpt, resume=args.resume,
+                             progress=not args.no_progress)
     except KeyboardInterrupt:
         if ckpt.exists():
             print(f"interrupted: the last checkpoint is {ckpt}; run the same command with --resume to continue",
