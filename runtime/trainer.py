@@ -119,6 +119,18 @@ class Trainer:
         self._sampler_state = opt.get("sampler")
 
     # ------------------------------------------------------------ the loop
+    def _measure_rank_correlation(self, train, epoch: int) -> None:
+        """Every RANK_CORR_EVERY epochs: rank correlation of the adaptive sampler's predicted losses with
+        true losses on a random subset. Its own generator, so training's random streams are untouched."""
+        if not hasattr(self.sampler, "rank_correlation") or getattr(self.sampler, "kind", None) == "uniform" \
+                or type(self.sampler).__name__.startswith("Uniform") or (epoch + 1) % RANK_CORR_EVERY:
+            return
+        rng = np.random.default_rng([int(self.plan["train"].get("seed", 0)), epoch, 7919])
+        rows = np.sort(rng.choice(train.rows, size=min(RANK_CORR_ROWS, train.rows), replace=False))
+        losses = true_losses(self.ex, self.plan, train.take(rows))
+        if losses is not None:
+            self.sampler.rank_correlation(losses, rows)
+
     def fit(self, train: Dataset, validation: Dataset | None = None, epochs: int | None = None,
             callbacks=()) -> dict:
         cfg = self.train_cfg
@@ -131,6 +143,8 @@ class Trainer:
         if state:
             self.sampler.load_state_dict(state)
             self._sampler_state = None
+        stats0 = self.sampler.stats() if hasattr(self.sampler, "stats") else {}
+        self._sampler_overhead = float(stats0.get("overhead_s", 0.0))
         bpe = math.ceil(train.rows / batch)
         total_steps = epochs * bpe
         base_lr = float(cfg.get("lr", 1e-3))
@@ -170,8 +184,12 @@ class Trainer:
                         record["validation"] = evaluate(self.ex, validation, names, sparse=False, binary=self.binary)
                     if want_sparse:
                         record["validation_sparse"] = evaluate(self.ex, validation, names, sparse=True, binary=self.binary)
+                self._measure_rank_correlation(train, epoch)
                 sampler_stats = self.sampler.stats() if hasattr(self.sampler, "stats") else {}
                 record["sampler"] = {k: v for k, v in sampler_stats.items() if isinstance(v, (int, float, str))}
+                overhead = float(sampler_stats.get("overhead_s", 0.0))       # cumulative in the sampler
+                record["sampler_share"] = (overhead - self._sampler_overhead) / seconds if seconds > 0 else 0.0
+                self._sampler_overhead = overhead
                 self.history.setdefault("epochs", []).append(record)
                 self.epochs_done = epoch + 1
                 if self.checkpoint is not None and (self.epochs_done % max(1, int(cfg.get("checkpoint_every", 1))) == 0
@@ -194,11 +212,36 @@ class Trainer:
 def format_record(r: dict) -> str:
     parts = [f"epoch {r['epoch']}", f"loss {r['loss']:.4f}", f"{r['examples_per_s']:,.0f} ex/s",
              f"{r['seconds']:.1f}s", f"upkeep {100 * r['upkeep_share']:.1f}%"]
+    smp = r.get("sampler") or {}
+    if smp.get("kind") not in (None, "uniform") and r.get("seconds"):
+        parts.append(f"sampler {100 * r.get('sampler_share', 0.0):.1f}%")
+        if smp.get("rank_correlation") is not None:
+            parts.append(f"loss rank corr {smp['rank_correlation']:.2f}")
     for key, tag in (("validation", ""), ("validation_sparse", " sparse")):
         for k, v in (r.get(key) or {}).items():
             if k != "examples_per_s":
                 parts.append(f"{k}{tag} {v:.2f}")
     return "  ".join(parts)
+
+
+RANK_CORR_EVERY = 2        # epochs between checks of the sampler's predictions (issue 6)
+RANK_CORR_ROWS = 512       # random training rows whose true loss is computed for the check
+
+
+def true_losses(ex, plan: dict, batch) -> np.ndarray | None:
+    """Per-example cross entropy of the dense model against the normalised multi-hot target (the loss
+    the trainer minimises), without a training step. None for binary targets (not what the sketch ranks)."""
+    if plan["target"]["kind"] == "binary" or batch.labels is None:
+        return None
+    out = np.asarray(ex.forward(batch, mode="dense")[plan["output"]], dtype=np.float64)
+    if not np.allclose(out.sum(axis=1), 1.0, atol=1e-3):          # logits -> probabilities
+        out = np.exp(out - out.max(axis=1, keepdims=True))
+        out /= out.sum(axis=1, keepdims=True)
+    y = batch.labels.tocsr()
+    per_row = np.diff(y.indptr)
+    owner = np.repeat(np.arange(y.shape[0]), per_row)
+    logp = np.log(np.maximum(out[owner, y.indices], 1e-30))
+    return -np.bincount(owner, weights=logp, minlength=y.shape[0]) / np.maximum(per_row, 1)
 
 
 def _progress(enabled: bool, total: int):
