@@ -39,13 +39,20 @@ def test_active_set_invariants(family, wide, monkeypatch):
         for r, ls in zip(a, lab):
             ls = sorted(ls)
             assert list(r[:min(k, len(ls))]) == ls[:k]          # labels first, cut to k when too many
-    # after the labels come the example's bucket contents, in table order
-    a = idx.select(x, None, 40, np.random.default_rng(2))
+    # with labels, the example's bucket contents follow in table order
+    a = idx.select(x, labels, 40, np.random.default_rng(2))
     b = idx.hash(x)
     for i in range(20):
-        cand = [c for c in idx.tables[np.arange(idx.L), b[i]].ravel() if c >= 0]
-        first = list(dict.fromkeys(cand))[:40]
-        assert list(a[i, :len(first)]) == first
+        cand = [c for c in idx.tables[np.arange(idx.L), b[i]].ravel() if c >= 0 and c not in lab[i]]
+        first = list(dict.fromkeys(cand))[:40 - len(lab[i])]
+        assert list(a[i, len(lab[i]):len(lab[i]) + len(first)]) == first
+    # at inference (no labels) distinct candidates come most-collisions first, ties in table order
+    a = idx.select(x, None, 40, np.random.default_rng(2))
+    for i in range(20):
+        cand = [int(c) for c in idx.tables[np.arange(idx.L), b[i]].ravel() if c >= 0]
+        pos = {c: cand.index(c) for c in set(cand)}
+        ranked = sorted(pos, key=lambda c: (-cand.count(c), pos[c]))[:40]
+        assert list(a[i, :len(ranked)]) == ranked
 
 
 def test_dense_and_sorted_paths_agree_on_the_deterministic_part(monkeypatch):
