@@ -111,6 +111,19 @@ def main(argv=None) -> int:
     rows.append({"kernel": "sparse input fc (embedding bag)", "ms": round(t * 1e3, 2),
                  "GFLOP/s": round(2.0 * B * NNZ * IN / t / 1e9, 1), "GB/s": round(by / t / 1e9, 1),
                  "% of bandwidth": f"{by / t / bwidth:.0%}"})
+    # vector width: LLVM's default on this CPU vs 256-bit vectors (DESIGN.md section 4: measure both)
+    host = codegen.host_target()
+    narrow = codegen.Target(host.triple, host.cpu, host.features + ",+prefer-256-bit")
+    lib256, _ = codegen.build(km.ir_text(), narrow)
+    k256 = Kernels(lib256, km.signatures, {"b": {n: n for n in km.signatures}})
+    for label, kk in (("default width", k), ("prefer-256-bit", k256)):
+        t = best_of(lambda: pool.run(kk.fn("b", "gather"), B, ptr(h), ptr(ids), ptr(W), ptr(bias), ptr(out)), reps)
+        rows.append({"kernel": f"active fc, gather, {label}", "ms": round(t * 1e3, 1),
+                     "GFLOP/s": round(flops / t / 1e9, 1), "GB/s": round(B * K * IN * 4 / t / 1e9, 1),
+                     "% of bandwidth": f"{B * K * IN * 4 / t / bwidth:.0%}"})
+    width = max(int(w) for w in __import__("re").findall(r"<(\d+) x float>", codegen.optimized_ir(km.ir_text())))
+    width256 = max(int(w) for w in __import__("re").findall(r"<(\d+) x float>", codegen.optimized_ir(km.ir_text(), narrow)))
+    print(f"widest float vector: default {width} lanes, prefer-256-bit {width256} lanes")
     print(f"memory bandwidth this run ({args.threads} threads, read 1 GiB): {bwidth / 1e9:.1f} GB/s; "
           f"W = {W.nbytes / 1e6:.0f} MB (out-major {dim} x {IN})")
     print(table(rows, ["kernel", "ms", "GFLOP/s", "GB/s", "% of bandwidth"]))
