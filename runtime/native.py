@@ -142,8 +142,6 @@ class NativeExecutor:
         index.builds += 1
         seed = (index.seed * 1000003 + index.builds) & ((1 << 63) - 1)
         L = index.L
-        if index.tables.shape[1] * index.tables.shape[2] * L > 0:
-            pass
         for n0 in range(0, w.shape[0], chunk):
             part = np.ascontiguousarray(w[n0:n0 + chunk], dtype=np.float32)
             buckets = index.hash(part)
