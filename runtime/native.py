@@ -101,6 +101,7 @@ class NativeExecutor:
         self.scratch = [np.zeros(widest, np.float32) for _ in range(self.threads)]
         self._counts = {}          # per inverted dimension: zeroed int32 counts + int64 offsets
         self._marks = None
+        self._ranked_scratch = None
         self._hash_scratch = {}
         self._install_native_hash()
 
@@ -175,6 +176,8 @@ class NativeExecutor:
         out = np.empty((B, K), np.int32)
         lab = _csr(labels) if labels is not None else None
         tables = index.tables
+        if lab is None and self.k.has(layer["name"], "lookup_ranked"):
+            return self._lookup_ranked(layer, index, buckets, out, rng_seed)
         self.pool.run(self.k.fn(layer["name"], "lookup"), B, ptr(buckets), ptr(tables), index.L,
                       tables.shape[1], index.reservoir, ptr(lab.indptr) if lab is not None else None,
                       ptr(lab.indices) if lab is not None else None, int(lab is not None),
@@ -182,6 +185,19 @@ class NativeExecutor:
                       per_thread=[ptr(m) for m in self._marks])
         if insert_missed and lab is not None and lab.nnz:
             self._insert_missed(index, buckets, lab, np.random.default_rng(rng_seed))
+        return out
+
+    def _lookup_ranked(self, layer, index, buckets, out, rng_seed: int) -> np.ndarray:
+        """Inference: candidates ranked by collisions across the tables (LSHIndex.rank_by_collisions)."""
+        dim, cap = layer["dim"], index.L * index.reservoir
+        scr = self._ranked_scratch
+        if scr is None or scr[0][0].size < dim or scr[0][1].size < cap:
+            scr = self._ranked_scratch = [(np.zeros(dim, np.uint8), np.empty(cap, np.int32),
+                                           np.empty(256, np.int64)) for _ in range(self.threads)]
+        self.pool.run(self.k.fn(layer["name"], "lookup_ranked"), buckets.shape[0], ptr(buckets),
+                      ptr(index.tables), index.L, index.tables.shape[1], index.reservoir,
+                      int(rng_seed) & ((1 << 63) - 1), ptr(out),
+                      per_thread=[(ptr(c), ptr(t), ptr(h)) for c, t, h in scr])
         return out
 
     @staticmethod

@@ -43,11 +43,13 @@ class ThreadPool:
         return out
 
     def run(self, fn, n: int, *args, per_thread=None, min_per_thread: int = 1) -> None:
-        """fn(lo, hi, *args[, per_thread[i]]) for each slice; returns when every slice is done."""
+        """fn(lo, hi, *args[, *per_thread[i]]) for each slice (a tuple per_thread[i] passes several
+        scratch pointers); returns when every slice is done."""
         if n <= 0:
             return
         parts = self.slices(n, min_per_thread)
-        extra = (lambda i: (per_thread[i],)) if per_thread is not None else (lambda i: ())
+        extra = (lambda i: per_thread[i] if isinstance(per_thread[i], tuple) else (per_thread[i],)) \
+            if per_thread is not None else (lambda i: ())
         if len(parts) == 1 or self._pool is None:
             fn(0, n, *args, *extra(0))
             return

@@ -93,3 +93,21 @@ def test_native_support_names_the_reason():
     p = make_plan()
     p["layers"][0]["layout"] = "out_major"
     assert "layout" in native_support(p)
+
+
+def test_softmax_kernels_build_for_trip_counts_that_crashed_llvm():
+    """LLVM 22's LoopVectorize aborted the process on these constant trip counts (bibtex's 159-wide
+    output and its 79-wide active set); Kernel.opaque_i64 keeps the loops vectorized without that.
+    Built in a child process: an LLVM assertion cannot be caught in this one."""
+    import subprocess
+    import sys
+    code = ("from boltc.lower.builder import KernelModule\n"
+            "from boltc.lower import fc\n"
+            "from boltc import codegen\n"
+            "km = KernelModule('t')\n"
+            "for k in (79, 159):\n"
+            "    fc.softmax_ce(km, f'ce{k}', k)\n"
+            "    fc.row_logsumexp(km, f'lse{k}', k)\n"
+            "assert '<' in codegen.optimized_ir(km.ir_text())\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]

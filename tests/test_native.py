@@ -162,6 +162,37 @@ def test_native_selection_follows_spec_order_and_cuts_to_exactly_k():
             np.testing.assert_array_equal(ids[b, :n], spec[b, :n])
 
 
+def test_native_inference_selection_ranks_by_collisions_like_the_spec():
+    """Sparse inference: distinct bucket contents, most collisions across the tables first, ties in
+    table order (LSHIndex.rank_by_collisions), then random fill; exactly k distinct ids."""
+    plan = make_plan(300, 24, 500, 40)
+    nx, _ = pair(plan)
+    index = nx.state.lsh["scores"]
+    layer = plan["layers"][-1]
+    rng = np.random.default_rng(8)
+    batch = make_batch(rng, 20, 300, 500)
+    h = nx.forward(batch, "dense")["hidden"]
+    for k in (5, 40, 499):
+        layer_k = dict(layer, active=k)
+        from boltc.lower.builder import KernelModule
+        from boltc.lower import select as sel
+        from boltc.runtime.native_kernels import Kernels
+        from boltc import codegen
+        km = KernelModule()
+        sel.lookup(km, "lk", 500, k)
+        sel.lookup_ranked(km, "lkr", 500, k)
+        lib, _ = codegen.build(km.ir_text())
+        nx.k = Kernels(lib, km.signatures, {"scores": {"lookup": "lk", "lookup_ranked": "lkr"}})
+        ids = nx._select(layer_k, h, None, 321, False)
+        spec = index.select(h, None, k, np.random.default_rng(0))
+        assert ids.shape == (20, k)
+        for b in range(20):
+            assert len(set(ids[b])) == k and ((ids[b] >= 0) & (ids[b] < 500)).all()
+            cand = index.tables[np.arange(index.L), index.hash(h[b:b + 1])[0]].ravel()
+            n = min(k, len(set(cand[cand >= 0].tolist())))
+            np.testing.assert_array_equal(ids[b, :n], spec[b, :n])
+
+
 def test_predict_matches_interpreter_dense_and_sparse():
     plan = make_plan(300, 24, 500, 40)
     nx, ix = pair(plan)

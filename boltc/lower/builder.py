@@ -72,6 +72,16 @@ class Kernel:
     def f32(v: float):
         return ir.Constant(F32, float(v))
 
+    def opaque_i64(self, v: int, tag: str):
+        """`v` loaded from a writable module global, so LLVM cannot specialise a loop on its value.
+        Workaround: LLVM 22's LoopVectorize aborts the process (assertion 'VPlan cost model and legacy
+        cost model disagreed') on the softmax/log-sum-exp loops for some constant trip counts (79 and
+        159 were seen: bibtex's output layer); a runtime trip count keeps them vectorized without it."""
+        gv = ir.GlobalVariable(self.km.module, I64, name=f"boltc.trip.{self.fn.name}.{tag}")
+        gv.initializer = ir.Constant(I64, int(v))
+        with self.b.goto_entry_block():
+            return self.b.load(gv)
+
     def var(self, ty, init):
         """A mutable local (alloca in the entry block; mem2reg turns it into SSA)."""
         with self.b.goto_entry_block():

@@ -114,14 +114,15 @@ def softmax_ce(km: KernelModule, name: str, k_active: int) -> None:
                          ("loss", "ptr"), ("grad", "ptr")])
     a = k.arg
     K = k.i64(k_active)
+    N = k.opaque_i64(k_active, "k")          # loop bound: see Kernel.opaque_i64
     with k.loop(a["b0"], a["b1"], "b") as b:
         ob = k.mul(b, K)
         mx = k.var(F32, k.f32(float("-inf")))
-        with k.loop(0, k_active, "k") as kk:
+        with k.loop(0, N, "k") as kk:
             k.set(mx, k.fmax(k.get(mx), k.ld(a["logits"], k.add(ob, kk))))
         m = k.get(mx)
         tot = k.var(F32, k.f32(0.0))
-        with k.loop(0, k_active, "k2") as kk:
+        with k.loop(0, N, "k2") as kk:
             i = k.add(ob, kk)
             z = k.b.fsub(k.ld(a["logits"], i), m)
             k.st(a["logits"], i, z)
@@ -134,7 +135,7 @@ def softmax_ce(km: KernelModule, name: str, k_active: int) -> None:
         sc = k.ld(a["scale"], b)
         loss = k.var(F32, k.f32(0.0))
         ysum = k.var(F32, k.f32(0.0))
-        with k.loop(0, k_active, "k3") as kk:
+        with k.loop(0, N, "k3") as kk:
             i = k.add(ob, kk)
             # log p from the shifted logit (not log of a p rounded to zero): finite loss for tiny p
             logp = k.b.fsub(k.ld(a["logits"], i), logtot)
@@ -150,7 +151,7 @@ def softmax_ce(km: KernelModule, name: str, k_active: int) -> None:
             k.set(loss, k.b.fsub(k.get(loss), k.b.fmul(y, logp)))
         k.st(a["loss"], b, k.get(loss))
         s = k.get(ysum)
-        with k.loop(0, k_active, "k4") as kk:
+        with k.loop(0, N, "k4") as kk:
             i = k.add(ob, kk)
             p = k.ld(a["logits"], i)
             n = k.ld(a["ids"], i, I32)
@@ -170,14 +171,15 @@ def row_logsumexp(km: KernelModule, name: str, k_active: int) -> None:
     k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("z", "ptr"), ("out", "ptr")])
     a = k.arg
     K = k.i64(k_active)
+    N = k.opaque_i64(k_active, "k")          # loop bound: see Kernel.opaque_i64
     with k.loop(a["b0"], a["b1"], "b") as b:
         ob = k.mul(b, K)
         mx = k.var(F32, k.f32(float("-inf")))
-        with k.loop(0, k_active, "k") as kk:
+        with k.loop(0, N, "k") as kk:
             k.set(mx, k.fmax(k.get(mx), k.ld(a["z"], k.add(ob, kk))))
         m = k.get(mx)
         tot = k.var(F32, k.f32(0.0))
-        with k.loop(0, k_active, "k2") as kk:
+        with k.loop(0, N, "k2") as kk:
             k.set(tot, k.fadd(k.get(tot), k.exp(k.b.fsub(k.ld(a["z"], k.add(ob, kk)), m))))
         k.st(a["out"], b, k.b.fadd(m, k.log(k.get(tot))))
     k.ret()

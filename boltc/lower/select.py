@@ -6,6 +6,8 @@ uses a per-example splitmix64 stream instead of numpy's generator).
 """
 from __future__ import annotations
 
+import llvmlite.ir as ir
+
 from boltc.lower.builder import F32, I32, I64, Kernel, KernelModule
 
 PROBES = 10          # == runtime/lsh.py _PROBES
@@ -13,8 +15,9 @@ PROBES = 10          # == runtime/lsh.py _PROBES
 
 def lower_hash(km: KernelModule, layer: dict, h: dict) -> dict:
     name = layer["name"]
-    out = {"lookup": f"{name}__lookup"}
+    out = {"lookup": f"{name}__lookup", "lookup_ranked": f"{name}__lookup_ranked"}
     lookup(km, out["lookup"], layer["dim"], layer["active"])
+    lookup_ranked(km, out["lookup_ranked"], layer["dim"], layer["active"])
     out["build"] = f"{name}__build"
     build_tables(km, out["build"], h["tables"], h["range_bits"], h["reservoir"])
     if h["family"] == "dwta":
@@ -140,6 +143,79 @@ def lookup(km: KernelModule, name: str, dim: int, k_active: int) -> None:
         with k.loop(0, K, "c") as j:                      # leave the bitset empty for the next row
             n = k.ld_i32_as_i64(a["out"], k.add(ob, j))
             k.st(a["marks"], k.b.lshr(n, k.i64(5)), zero32)
+    k.ret()
+
+
+I8 = ir.IntType(8)
+MAX_COUNT = 255          # collision counts saturate here (uint8 per neuron: 670 KB per thread at 670k)
+
+
+def lookup_ranked(km: KernelModule, name: str, dim: int, k_active: int) -> None:
+    """Inference lookup (runtime/lsh.py LSHIndex.rank_by_collisions): out[b, :K] = the distinct ids of
+    b's probed buckets, most collisions across the L tables first, ties in order of first appearance
+    (table order), cut to K, then random ids. Per-thread scratch: `counts` (dim bytes, zero on entry
+    and exit), `touched` (L * reservoir int32), `hist` (256 int64). Counting sort by count: O(L R + K)
+    per example, no comparison sort."""
+    k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("buckets", "ptr"), ("tables", "ptr"),
+                         ("ntables", "i64"), ("nbuckets", "i64"), ("reservoir", "i64"),
+                         ("seed", "i64"), ("out", "ptr"), ("counts", "ptr"), ("touched", "ptr"),
+                         ("hist", "ptr")])
+    a = k.arg
+    K = k.i64(k_active)
+    L, NB, R = a["ntables"], a["nbuckets"], a["reservoir"]
+    zero8, one8 = ir.Constant(I8, 0), ir.Constant(I8, 1)
+
+    def count_of(n64):
+        return k.b.zext(k.ld(a["counts"], n64, I8), I64)
+
+    with k.loop(a["b0"], a["b1"], "b") as b:
+        ob = k.mul(b, K)
+        nt = k.var(I64, k.i64(0))
+        with k.loop(0, L, "t") as t:                        # count collisions, remember first sightings
+            bucket = k.ld_i32_as_i64(a["buckets"], k.add(k.mul(b, L), t))
+            base = k.mul(k.add(k.mul(t, NB), bucket), R)
+            with k.loop(0, R, "r") as r:
+                n = k.ld_i32_as_i64(a["tables"], k.add(base, r))
+                with k.if_(k.icmp(">=", n, k.i64(0))):
+                    c = count_of(n)
+                    with k.if_(k.icmp("==", c, k.i64(0))):
+                        k.st(a["touched"], k.get(nt), k.b.trunc(n, I32))
+                        k.set(nt, k.add(k.get(nt), k.i64(1)))
+                    with k.if_(k.icmp("<", c, k.i64(MAX_COUNT))):
+                        k.st(a["counts"], n, k.b.trunc(k.add(c, k.i64(1)), I8))
+        with k.loop(0, MAX_COUNT + 1, "h0") as c:
+            k.st(a["hist"], c, k.i64(0))
+        with k.loop(0, k.get(nt), "h1") as i:
+            c = count_of(k.ld_i32_as_i64(a["touched"], i))
+            k.st(a["hist"], c, k.add(k.ld(a["hist"], c, I64), k.i64(1)))
+        run = k.var(I64, k.i64(0))                          # start offset of each count, descending
+        with k.loop(0, MAX_COUNT, "h2") as i:
+            c = k.b.sub(k.i64(MAX_COUNT), i)
+            h = k.ld(a["hist"], c, I64)
+            k.st(a["hist"], c, k.get(run))
+            k.set(run, k.add(k.get(run), h))
+        with k.loop(0, k.get(nt), "p") as i:                # stable placement: first sightings in order
+            n = k.ld_i32_as_i64(a["touched"], i)
+            c = count_of(n)
+            pos = k.ld(a["hist"], c, I64)
+            k.st(a["hist"], c, k.add(pos, k.i64(1)))
+            with k.if_(k.icmp("<", pos, K)):
+                k.st(a["out"], k.add(ob, pos), k.b.trunc(n, I32))
+        with k.loop(0, k.get(nt), "z") as i:                # counts now mark only the chosen ids
+            k.st(a["counts"], k.ld_i32_as_i64(a["touched"], i), zero8)
+        ntv = k.get(nt)
+        cnt = k.var(I64, k.select(k.icmp("<", ntv, K), ntv, K))
+        with k.loop(0, k.get(cnt), "m") as j:
+            k.st(a["counts"], k.ld_i32_as_i64(a["out"], k.add(ob, j)), one8)
+        rng = k.var(I64, k.b.xor(k.b.mul(a["seed"], k.i64(0x2545F4914F6CDD1D)), b))
+        with k.while_(lambda: k.icmp("<", k.get(cnt), K), "fill"):
+            n = k.b.urem(_splitmix(k, rng), k.i64(dim))
+            with k.if_(k.icmp("==", count_of(n), k.i64(0))):
+                k.st(a["counts"], n, one8)
+                k.st(a["out"], k.add(ob, k.get(cnt)), k.b.trunc(n, I32))
+                k.set(cnt, k.add(k.get(cnt), k.i64(1)))
+        with k.loop(0, K, "c") as j:                        # leave the counts zero for the next row
+            k.st(a["counts"], k.ld_i32_as_i64(a["out"], k.add(ob, j)), zero8)
     k.ret()
 
 
