@@ -26,26 +26,31 @@ from boltc.errors import BackendError, BoltError, DataError
 BACKENDS = ("native", "numpy")
 
 
-def _make_executor(plan: dict, state, backend: str | None, threads: int | None):
+def _make_executor(plan: dict, state, backend: str | None, threads: int | None, kernels=None):
     from boltc.runtime.executor import make_executor
     threads = int(plan.get("train", {}).get("threads", 0) if threads is None else threads)
     if backend is None:
         try:
-            return make_executor(plan, state, "native", threads), "native", None
+            return make_executor(plan, state, "native", threads, kernels=kernels), "native", None
         except (BackendError, ImportError, NotImplementedError) as e:
             note = f"note: using the numpy backend (native backend unavailable: {getattr(e, 'message', e)})"
             return make_executor(plan, state, "numpy", threads), "numpy", note
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r} (expected 'native' or 'numpy')")
-    return make_executor(plan, state, backend, threads), backend, None
+    return make_executor(plan, state, backend, threads, kernels=kernels if backend == "native" else None), \
+        backend, None
 
 
 class Model:
     """A compiled model: the plan, its state (weights, hash tables) and training history."""
 
     def __init__(self, source: str, plan: dict, state=None, history: dict | None = None,
-                 backend: str | None = None, threads: int | None = None, file: str | None = None):
+                 backend: str | None = None, threads: int | None = None, file: str | None = None,
+                 native_members: dict | None = None):
         self.source, self.plan, self.file = source, plan, file
+        # a compiled artifact's native/ members: its shipped object code runs (checksummed; rebuilt
+        # from its bitcode on a CPU lacking features) instead of lowering the plan again
+        self._native_members = native_members
         self._state = state
         self.history = history or {"epochs": []}
         self._backend_req, self.threads = backend, threads
@@ -64,8 +69,12 @@ class Model:
     @property
     def executor(self):
         if self._executor is None:
+            kernels = None
+            if self._native_members and self._backend_req in (None, "native"):
+                from boltc.lower.artifact import load_native
+                kernels = load_native(self._native_members, self.file or "<model>")
             self._executor, self.backend, self.backend_note = _make_executor(
-                self.plan, self.state, self._backend_req, self.threads)
+                self.plan, self.state, self._backend_req, self.threads, kernels)
         return self._executor
 
     def _set_state(self, state) -> None:
@@ -236,5 +245,6 @@ def load(path, backend: str | None = None, threads: int | None = None) -> Model:
     from boltc.runtime import savefile
     saved = savefile.load_model(path)
     state = savefile.state_from_saved(saved, path)
+    native = {k: v for k, v in (saved.extra or {}).items() if k.startswith("native/")} or None
     return Model(saved.source, saved.plan, state=state, history=saved.history, backend=backend,
-                 threads=threads, file=str(path))
+                 threads=threads, file=str(path), native_members=native)

@@ -32,7 +32,8 @@ class Executor(Protocol):
         """Called by the trainer after every train_step: LSH table upkeep on schedule."""
 
 
-def make_executor(plan: dict, state, backend: str = "numpy", threads: int = 0) -> Executor:
+def make_executor(plan: dict, state, backend: str = "numpy", threads: int = 0, kernels=None) -> Executor:
+    """`kernels`: prebuilt native kernels (from a compiled artifact's native/ members); native only."""
     if backend == "numpy":
         from boltc.runtime.interp import NumpyExecutor
         return NumpyExecutor(plan, state, threads=threads)
@@ -41,5 +42,5 @@ def make_executor(plan: dict, state, backend: str = "numpy", threads: int = 0) -
             from boltc.runtime.native import NativeExecutor
         except ImportError as e:
             raise BackendError(f"the native backend is not available ({e}); use backend='numpy'") from e
-        return NativeExecutor(plan, state, threads=threads)
+        return NativeExecutor(plan, state, threads=threads, kernels=kernels)
     raise BackendError(f"unknown backend {backend!r} (expected 'numpy' or 'native')")

@@ -96,3 +96,24 @@ def test_tampered_native_members_are_refused():
     bad = {artifact.BC: members[artifact.BC]}
     with pytest.raises(ModelFileError, match="manifest"):
         artifact.load_native(bad)
+
+
+def test_boltc_load_runs_the_artifacts_shipped_kernels(tmp_path, monkeypatch):
+    """`boltc compile -o` then `boltc.load`: the executor links the shipped object code; lowering the
+    plan again is never needed (made to fail here), and predictions equal the interpreter's."""
+    import boltc
+    from boltc.cli import main
+    model = Path(__file__).parents[1] / "models" / "tiny.bolt"
+    out = tmp_path / "tiny.boltc"
+    assert main(["compile", str(model), "-o", str(out)]) == 0
+
+    def no_lowering(plan):
+        raise AssertionError("the plan was lowered again instead of using the artifact's kernels")
+    monkeypatch.setattr("boltc.runtime.native.compile_plan", no_lowering)
+    m = boltc.load(out)
+    X = m.dataset(m.data_source("test"))
+    ids, scores = m.predict(X.inputs["features"][:32], top_k=5)
+    assert m.backend == "native" and m.executor.native
+    ref = boltc.load(out, backend="numpy")
+    ids_ref, scores_ref = ref.predict(X.inputs["features"][:32], top_k=5)
+    np.testing.assert_allclose(scores, scores_ref, rtol=1e-5, atol=1e-6)
