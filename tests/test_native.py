@@ -260,3 +260,24 @@ def test_native_table_build_matches_spec_counts_and_unfull_buckets():
                 assert sorted(got[got >= 0]) == sorted(spec_tables[t, bk][spec_tables[t, bk] >= 0])
             else:
                 assert (got >= 0).all() and len(set(got)) == index.reservoir
+
+
+def test_predict_of_a_dense_two_class_output_without_label_counts_matches_interpreter():
+    """A dense 2-class softmax (SST-2's shape) before any training has no label counts: the top-k
+    kernel must not read the mask through a null pointer (it segfaulted), and answers like the spec."""
+    import scipy.sparse as sp
+    import boltc
+    src = """model t {
+  input x: sparse(2048)
+  target y: label(2)
+  h = fc(x, 8, relu)
+  s = fc(h, 2, softmax)
+  loss cross_entropy(s, y)
+}"""
+    X = sp.random(10, 2048, density=0.01, format="csr", dtype=np.float32, random_state=0)
+    nat = boltc.compile(src, backend="native")
+    ids, scores = nat.predict(X, top_k=1)
+    ref = boltc.compile(src, backend="numpy")
+    ref._set_state(nat.state)
+    ids_ref, scores_ref = ref.predict(X, top_k=1)
+    np.testing.assert_allclose(scores, scores_ref, rtol=1e-5, atol=1e-6)
