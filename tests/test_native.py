@@ -126,6 +126,19 @@ def test_native_dwta_hash_equals_spec_hash():
     np.testing.assert_array_equal(index.hash(h), type(index).hash(index, h))
 
 
+def lookup_kernels(k: int, dim: int = 500):
+    """The training and inference lookup kernels of a 'scores' layer with k active of dim neurons."""
+    from boltc import codegen
+    from boltc.lower import select as sel
+    from boltc.lower.builder import KernelModule
+    from boltc.runtime.native_kernels import Kernels
+    km = KernelModule()
+    sel.lookup(km, "lk", dim, k)
+    sel.lookup_ranked(km, "lkr", dim, k)
+    lib, _ = codegen.build(km.ir_text())
+    return Kernels(lib, km.signatures, {"scores": {"lookup": "lk", "lookup_ranked": "lkr"}})
+
+
 def test_native_selection_follows_spec_order_and_cuts_to_exactly_k():
     plan = make_plan(300, 24, 500, 40)
     nx, _ = pair(plan)
@@ -136,15 +149,7 @@ def test_native_selection_follows_spec_order_and_cuts_to_exactly_k():
     h = nx.forward(batch, "dense")["hidden"]
     for k in (5, 40, 499):
         layer_k = dict(layer, active=k)
-        from boltc.lower.builder import KernelModule
-        from boltc.lower import select as sel
-        from boltc.runtime.native_kernels import Kernels
-        from boltc import codegen
-        km = KernelModule()
-        sel.lookup(km, "lk", 500, k)
-        lib, _ = codegen.build(km.ir_text())
-        kern = Kernels(lib, km.signatures, {"scores": {"lookup": "lk"}})
-        nx.k = kern
+        nx.k = lookup_kernels(k)
         ids = nx._select(layer_k, h, batch.labels, 123, False)
         from boltc.runtime.lsh import training_reserve
         spec = index.select(h, batch.labels, k, np.random.default_rng(0), reserve=training_reserve(layer_k))
@@ -174,15 +179,7 @@ def test_native_inference_selection_ranks_by_collisions_like_the_spec():
     h = nx.forward(batch, "dense")["hidden"]
     for k in (5, 40, 499):
         layer_k = dict(layer, active=k)
-        from boltc.lower.builder import KernelModule
-        from boltc.lower import select as sel
-        from boltc.runtime.native_kernels import Kernels
-        from boltc import codegen
-        km = KernelModule()
-        sel.lookup(km, "lk", 500, k)
-        sel.lookup_ranked(km, "lkr", 500, k)
-        lib, _ = codegen.build(km.ir_text())
-        nx.k = Kernels(lib, km.signatures, {"scores": {"lookup": "lk", "lookup_ranked": "lkr"}})
+        nx.k = lookup_kernels(k)
         ids = nx._select(layer_k, h, None, 321, False)
         spec = index.select(h, None, k, np.random.default_rng(0))
         assert ids.shape == (20, k)

@@ -101,6 +101,23 @@ def dense_fc_fwd(km: KernelModule, name: str, in_dim: int, k_active: int, activa
     k.ret()
 
 
+def max_and_sum_exp(k: Kernel, z, ob, n, store_shifted: bool):
+    """(m, sum_j exp(z[ob + j] - m)) with m = max_j z[ob + j], j < n; with store_shifted the row is
+    overwritten by z - m (softmax keeps it to form log p without a second subtraction)."""
+    mx = k.var(F32, k.f32(float("-inf")))
+    with k.loop(0, n, "k") as kk:
+        k.set(mx, k.fmax(k.get(mx), k.ld(z, k.add(ob, kk))))
+    m = k.get(mx)
+    tot = k.var(F32, k.f32(0.0))
+    with k.loop(0, n, "k2") as kk:
+        i = k.add(ob, kk)
+        shifted = k.b.fsub(k.ld(z, i), m)
+        if store_shifted:
+            k.st(z, i, shifted)
+        k.set(tot, k.fadd(k.get(tot), k.exp(shifted)))
+    return m, k.get(tot)
+
+
 def softmax_ce(km: KernelModule, name: str, k_active: int) -> None:
     """Softmax over the active set, per-example loss, and the logits' gradient, for rows [b0, b1).
 
@@ -117,17 +134,8 @@ def softmax_ce(km: KernelModule, name: str, k_active: int) -> None:
     N = k.opaque_i64(k_active, "k")          # loop bound: see Kernel.opaque_i64
     with k.loop(a["b0"], a["b1"], "b") as b:
         ob = k.mul(b, K)
-        mx = k.var(F32, k.f32(float("-inf")))
-        with k.loop(0, N, "k") as kk:
-            k.set(mx, k.fmax(k.get(mx), k.ld(a["logits"], k.add(ob, kk))))
-        m = k.get(mx)
-        tot = k.var(F32, k.f32(0.0))
-        with k.loop(0, N, "k2") as kk:
-            i = k.add(ob, kk)
-            z = k.b.fsub(k.ld(a["logits"], i), m)
-            k.st(a["logits"], i, z)
-            k.set(tot, k.fadd(k.get(tot), k.exp(z)))
-        logtot = k.log(k.get(tot))
+        _, tot = max_and_sum_exp(k, a["logits"], ob, N, store_shifted=True)
+        logtot = k.log(tot)
         l0 = k.ld(a["lab_indptr"], b, I64)
         l1 = k.ld(a["lab_indptr"], k.add(b, k.i64(1)), I64)
         nlab = k.b.sitofp(k.b.sub(l1, l0), F32)
@@ -174,12 +182,6 @@ def row_logsumexp(km: KernelModule, name: str, k_active: int) -> None:
     N = k.opaque_i64(k_active, "k")          # loop bound: see Kernel.opaque_i64
     with k.loop(a["b0"], a["b1"], "b") as b:
         ob = k.mul(b, K)
-        mx = k.var(F32, k.f32(float("-inf")))
-        with k.loop(0, N, "k") as kk:
-            k.set(mx, k.fmax(k.get(mx), k.ld(a["z"], k.add(ob, kk))))
-        m = k.get(mx)
-        tot = k.var(F32, k.f32(0.0))
-        with k.loop(0, N, "k2") as kk:
-            k.set(tot, k.fadd(k.get(tot), k.exp(k.b.fsub(k.ld(a["z"], k.add(ob, kk)), m))))
-        k.st(a["out"], b, k.b.fadd(m, k.log(k.get(tot))))
+        m, tot = max_and_sum_exp(k, a["z"], ob, N, store_shifted=False)
+        k.st(a["out"], b, k.b.fadd(m, k.log(tot)))
     k.ret()
