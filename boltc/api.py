@@ -112,9 +112,11 @@ class Model:
         train_ds = self.dataset(train, labels)
         if train_ds.labels is None:
             raise DataError("the training data has no labels", None)
-        val_ds = self.dataset(validation) if validation is not None else None
+        # the class-name mapping comes from the training set and must be fixed before the validation
+        # set is read: otherwise string labels could map to different ids in the two files
         if train_ds.class_names and not self.plan["target"].get("class_names"):
             self.plan["target"]["class_names"] = list(train_ds.class_names)
+        val_ds = self.dataset(validation) if validation is not None else None
         saved = None
         if resume and checkpoint and Path(checkpoint).exists():
             saved = savefile.load_model(checkpoint)

@@ -143,3 +143,18 @@ def test_a_text_and_a_categorical_column_feed_one_model(tmp_path):
     ids, _ = m.predict([{"review": "bad item", "store": "south"}, {"review": "bad item", "store": "north"},
                         {"review": "good item", "store": "west"}], top_k=1)
     assert [m.class_name(i) for i in ids[:, 0]] == ["no", "yes", "yes"]
+
+
+def test_validation_file_lacking_a_class_uses_the_training_class_ids(tmp_path):
+    """String labels: the mapping is fixed from the training file before the validation file is read,
+    so a validation file holding only 'sports' still calls it class 2 (cooking, space, sports)."""
+    train = _corpus(tmp_path / "train.csv", 120, 3)
+    rng = random.Random(4)
+    rows = ["topic,body"] + [f'sports,"{_sentence(rng, "sports")}"' for _ in range(30)]
+    (tmp_path / "val.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    m = boltc.compile(MODEL, backend="numpy")
+    hist = m.fit(train, validation=str(tmp_path / "val.csv"), progress=False)
+    assert m.plan["target"]["class_names"] == ["cooking", "space", "sports"]
+    val = m.dataset(str(tmp_path / "val.csv"))
+    assert set(val.labels.indices.tolist()) == {2}
+    assert hist["epochs"][-1]["validation"]["accuracy"] >= 90.0
