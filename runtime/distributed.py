@@ -242,7 +242,7 @@ def fit_model(model, train=None, validation=None, epochs: int | None = None, *, 
     from boltc.runtime import savefile
     require_ray()
     dist = dict(model.plan.get("train", {}).get("distributed") or {})
-    workers = int(workers or dist.get("workers") or 2)
+    workers = int(workers if workers is not None else (dist.get("workers") or 2))   # 0 is an error, not "unset"
     address = address if address is not None else dist.get("address")
     train = train if train is not None else model.data_source("train")
     if train is None:

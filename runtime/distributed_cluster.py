@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import socket
 import time
 from functools import partial
 
@@ -208,6 +209,21 @@ class RayRunner:
         self.actors = []
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A `host:port` or `ray://host:port` that does not answer fails in seconds with a clear message;
+    ray.init itself retries for minutes. "auto" is left to Ray (it finds the running cluster)."""
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise DistributedError(f"Ray address {address!r} is not auto, host:port or ray://host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise DistributedError(f"cannot reach the Ray cluster at {address} ({e}); is it running?") from None
+
+
 def connect(address: str | None, workers: int, cpus_per_worker: float = 1.0, temp_dir: str | None = None):
     """Join (`address` = "auto" or "ray://host:port") or start a local Ray instance. -> (ray, started_here)."""
     ray = require_ray()
@@ -219,7 +235,10 @@ def connect(address: str | None, workers: int, cpus_per_worker: float = 1.0, tem
             ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
                      _temp_dir=temp_dir or f"/tmp/boltc_ray_{os.getpid()}")
         else:
+            _check_reachable(address)
             ray.init(address=address, log_to_driver=False)
+    except DistributedError:
+        raise
     except Exception as e:       # ConnectionError, ValueError, RuntimeError from ray.init: say where
         raise DistributedError(f"could not start or join the Ray cluster at {address or 'a new local instance'}: {e}") from None
     return ray, True

@@ -73,7 +73,7 @@ def train_and_report(model, args, train, validation, test, output: Path) -> int:
     ckpt = Path(args.checkpoint) if args.checkpoint else output.with_name(output.name + ".ckpt")
     note(model)
     try:
-        if getattr(args, "workers", None) or model.plan["train"].get("distributed"):
+        if getattr(args, "workers", None) is not None or model.plan["train"].get("distributed"):
             from boltc.runtime.distributed import fit_model
             hist = fit_model(model, train, validation, epochs=args.epochs, workers=args.workers,
                              address=args.address, exchange=args.exchange, checkpoint=ckpt,

@@ -1,0 +1,24 @@
+"""Bad distributed settings fail at once with a clear message: no silent fallback, no minutes of retries."""
+from pathlib import Path
+
+import pytest
+
+from boltc.cli import main
+
+TINY = str(Path(__file__).parents[1] / "models" / "tiny.bolt")
+
+
+def test_zero_workers_is_an_error_not_a_single_process_run(tmp_path, capsys):
+    assert main(["train", TINY, "--workers", "0", "-o", str(tmp_path / "t.boltc"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "workers must be at least 1" in err or "pip install boltc[distributed]" in err
+    assert not (tmp_path / "t.boltc").exists()
+
+
+def test_unreachable_ray_address_fails_fast_and_names_it():
+    pytest.importorskip("ray")
+    from boltc.runtime.distributed_cluster import DistributedError, connect
+    with pytest.raises(DistributedError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
+        connect("127.0.0.1:1", workers=2)
+    with pytest.raises(DistributedError, match="not auto, host:port"):
+        connect("nonsense", workers=2)
