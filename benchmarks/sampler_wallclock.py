@@ -47,17 +47,9 @@ PROBLEMS = {  # name: (model file, epochs, data needed)
 
 # -- one dataset (child process) -------------------------------------------------------------------
 def true_losses(model, ds, rows):
-    """Per-example cross entropy (normalised multi-hot target) of the dense model on `rows`."""
-    b = ds.take(rows)
-    out = np.asarray(model.executor.forward(b, mode="dense")[model.plan["output"]], dtype=np.float64)
-    if not np.allclose(out.sum(axis=1), 1.0, atol=1e-3):      # logits -> probabilities
-        out = np.exp(out - out.max(axis=1, keepdims=True))
-        out /= out.sum(axis=1, keepdims=True)
-    y = b.labels.tocsr()
-    counts = np.maximum(np.diff(y.indptr), 1)
-    logp = np.log(np.maximum(out[np.repeat(np.arange(len(rows)), np.diff(y.indptr)), y.indices], 1e-30))
-    return -np.bincount(np.repeat(np.arange(len(rows)), np.diff(y.indptr)), weights=logp,
-                        minlength=len(rows)) / counts
+    """Per-example cross entropy of the dense model on `rows` (the trainer's own measure)."""
+    from boltc.runtime.trainer import true_losses as losses_of
+    return losses_of(model.executor, model.plan, ds.take(rows))
 
 
 def run_pair(model_file, specs, seed, epochs, backend):

@@ -102,7 +102,6 @@ class NativeExecutor:
         self._counts = {}          # per inverted dimension: zeroed int32 counts + int64 offsets
         self._marks = None
         self._ranked_scratch = None
-        self._no_mask = np.ones(1, np.float32)
         self._hash_scratch = {}
         self._install_native_hash()
 
@@ -417,10 +416,8 @@ class NativeExecutor:
         out_ids = np.empty((B, k), np.int32)
         out_sc = np.empty((B, k), np.float32)
         role = "topk" if ids is not None else "topk_all"
-        # the kernel may load mask[0] even when use_mask is 0 (the select is not a branch): never NULL
-        mask = counts if use_mask else self._no_mask
         self.pool.run(self.k.fn(self.output, role), B, ptr(z), ptr(ids),
-                      ptr(mask), int(use_mask), k, ptr(out_ids), ptr(out_sc))
+                      ptr(counts) if use_mask else None, int(use_mask), k, ptr(out_ids), ptr(out_sc))
         # scores as the spec reports them: softmax probabilities over the row (masking happens after)
         lse = np.empty((B, 1), np.float32)
         self.pool.run(self.k.fn(self.output, "lse" if ids is not None else "lse_all"), B, ptr(z), ptr(lse))

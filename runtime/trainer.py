@@ -122,8 +122,7 @@ class Trainer:
     def _measure_rank_correlation(self, train, epoch: int) -> None:
         """Every RANK_CORR_EVERY epochs: rank correlation of the adaptive sampler's predicted losses with
         true losses on a random subset. Its own generator, so training's random streams are untouched."""
-        if not hasattr(self.sampler, "rank_correlation") or getattr(self.sampler, "kind", None) == "uniform" \
-                or type(self.sampler).__name__.startswith("Uniform") or (epoch + 1) % RANK_CORR_EVERY:
+        if getattr(self.sampler, "kind", "uniform") == "uniform" or (epoch + 1) % RANK_CORR_EVERY:
             return
         rng = np.random.default_rng([int(self.plan["train"].get("seed", 0)), epoch, 7919])
         rows = np.sort(rng.choice(train.rows, size=min(RANK_CORR_ROWS, train.rows), replace=False))

@@ -6,30 +6,9 @@ import scipy.sparse as sp
 import boltc
 from boltc.errors import BackendError, BoltError, DataError, ModelFileError
 from boltc.runtime import xcformat
+from runtime_models import tiny_source
 
-MODEL = """
-model tiny {
-  input  features: sparse(300)
-  target labels:   multilabel(40)
-
-  hidden = fc(features, 16, relu)
-  scores = fc(hidden, 40, softmax, sparsity=0.25)
-
-  loss    cross_entropy(scores, labels)
-  metrics precision@1, precision@3
-
-  train {
-    optimizer adam(lr=1e-2)
-    batch     32
-    epochs    3
-  }
-
-  data {
-    train synthetic(rows=300, seed=1, nnz=20, proto_nnz=24, max_labels=1, noise=0.0)
-    test  synthetic(rows=100, seed=2, nnz=20, proto_nnz=24, max_labels=1, noise=0.0)
-  }
-}
-"""
+MODEL = tiny_source(epochs=3)
 
 
 @pytest.fixture(scope="module")

@@ -10,31 +10,12 @@ import pytest
 
 from boltc.cli import main
 from boltc.runtime import savefile, xcformat
-
-MODEL = """
-model tiny {
-  input  features: sparse(300)
-  target labels:   multilabel(40)
-  hidden = fc(features, 16, relu)
-  scores = fc(hidden, 40, softmax, sparsity=0.25)
-  loss    cross_entropy(scores, labels)
-  metrics precision@1, precision@3
-  train {
-    optimizer adam(lr=1e-2)
-    batch     32
-    epochs    EPOCHS
-  }
-  data {
-    train synthetic(rows=ROWS, seed=1, nnz=20, proto_nnz=24, max_labels=1, noise=0.0)
-    test  synthetic(rows=100, seed=2, nnz=20, proto_nnz=24, max_labels=1, noise=0.0)
-  }
-}
-"""
+from runtime_models import tiny_source
 
 
 def model_file(tmp_path, epochs=2, rows=300):
     p = tmp_path / "tiny.bolt"
-    p.write_text(MODEL.replace("EPOCHS", str(epochs)).replace("ROWS", str(rows)))
+    p.write_text(tiny_source(epochs, rows))
     return p
 
 

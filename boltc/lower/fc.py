@@ -118,6 +118,17 @@ def max_and_sum_exp(k: Kernel, z, ob, n, store_shifted: bool):
     return m, k.get(tot)
 
 
+def target_weight(k: Kernel, a, i, l0, l1, ywt):
+    """ywt when the neuron at position i (ids[i]) is one of the row's labels lab_indices[l0:l1], else 0."""
+    n = k.ld(a["ids"], i, I32)
+    hit = k.var(I32, k.b.trunc(k.i64(0), I32))
+    with k.loop(l0, l1, "l") as li:
+        eq = k.b.icmp_signed("==", k.ld(a["lab_indices"], li, I32), n)
+        k.set(hit, k.b.or_(k.get(hit), k.b.zext(eq, I32)))
+    is_hit = k.b.icmp_signed("!=", k.get(hit), k.b.trunc(k.i64(0), I32))
+    return k.select(is_hit, ywt, k.f32(0.0))
+
+
 def softmax_ce(km: KernelModule, name: str, k_active: int) -> None:
     """Softmax over the active set, per-example loss, and the logits' gradient, for rows [b0, b1).
 
@@ -148,13 +159,7 @@ def softmax_ce(km: KernelModule, name: str, k_active: int) -> None:
             # log p from the shifted logit (not log of a p rounded to zero): finite loss for tiny p
             logp = k.b.fsub(k.ld(a["logits"], i), logtot)
             k.st(a["logits"], i, k.exp(logp))
-            n = k.ld(a["ids"], i, I32)
-            hit = k.var(I32, k.b.trunc(k.i64(0), I32))
-            with k.loop(l0, l1, "l") as li:
-                eq = k.b.icmp_signed("==", k.ld(a["lab_indices"], li, I32), n)
-                k.set(hit, k.b.or_(k.get(hit), k.b.zext(eq, I32)))
-            is_hit = k.b.icmp_signed("!=", k.get(hit), k.b.trunc(k.i64(0), I32))
-            y = k.select(is_hit, ywt, k.f32(0.0))
+            y = target_weight(k, a, i, l0, l1, ywt)
             k.set(ysum, k.b.fadd(k.get(ysum), y))
             k.set(loss, k.b.fsub(k.get(loss), k.b.fmul(y, logp)))
         k.st(a["loss"], b, k.get(loss))
@@ -162,13 +167,7 @@ def softmax_ce(km: KernelModule, name: str, k_active: int) -> None:
         with k.loop(0, N, "k4") as kk:
             i = k.add(ob, kk)
             p = k.ld(a["logits"], i)
-            n = k.ld(a["ids"], i, I32)
-            hit = k.var(I32, k.b.trunc(k.i64(0), I32))
-            with k.loop(l0, l1, "l2") as li:
-                eq = k.b.icmp_signed("==", k.ld(a["lab_indices"], li, I32), n)
-                k.set(hit, k.b.or_(k.get(hit), k.b.zext(eq, I32)))
-            is_hit = k.b.icmp_signed("!=", k.get(hit), k.b.trunc(k.i64(0), I32))
-            y = k.select(is_hit, ywt, k.f32(0.0))
+            y = target_weight(k, a, i, l0, l1, ywt)
             k.st(a["grad"], i, k.b.fmul(sc, k.b.fsub(k.b.fmul(s, p), y)))
     k.ret()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from boltc.lower.builder import F32, I32, I64, Kernel, KernelModule
+from boltc.lower.builder import F32, I1, I32, I64, Kernel, KernelModule
 
 PROBES = 10          # == runtime/lsh.py _PROBES
 
@@ -234,10 +234,12 @@ def topk(km: KernelModule, name: str, k_in: int, gather: bool) -> None:
         with k.loop(0, k_in, "j") as j:
             s = k.ld(a["scores"], k.add(sb, j))
             n = k.ld_i32_as_i64(a["ids"], k.add(sb, j)) if gather else j
-            masked = k.b.and_(k.icmp("!=", a["use_mask"], k.i64(0)),
-                              k.b.fcmp_unordered("==", k.ld(a["mask"], k.select(
-                                  k.icmp("!=", a["use_mask"], k.i64(0)), n, k.i64(0))), k.f32(0.0)))
-            with k.if_(k.b.not_(masked)):
+            # mask[n] is read only under use_mask (a NULL mask is allowed); LLVM unswitches the
+            # loop-invariant test, so the unmasked loop carries no load at all
+            masked = k.var(I1, ir.Constant(I1, 0))
+            with k.if_(k.icmp("!=", a["use_mask"], k.i64(0))):
+                k.set(masked, k.b.fcmp_unordered("==", k.ld(a["mask"], n), k.f32(0.0)))
+            with k.if_(k.b.not_(k.get(masked))):
                 full = k.icmp(">=", k.get(c), KO)
                 last = k.select(full, k.b.sub(KO, k.i64(1)), k.i64(0))
                 better = k.fcmp(">", s, k.ld(a["out_scores"], k.add(o, last)))
