@@ -111,6 +111,7 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
     bytes_up = bytes_down = updates_done = examples = 0
     exchange_seconds = upkeep_before = 0.0
     t_start = time.perf_counter()
+    runner = None
     try:
         runner = _start_workers(kind, ray, plan, state, shards, local, opts, fail_at, timeout)
         total_rows = sum(runner.rows)
@@ -198,10 +199,8 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
     except _WorkerFailed as f:                                # while (re)starting workers
         raise DistributedError(f"worker {f.rank} {f.why} while starting the workers") from None
     finally:
-        try:
+        if runner is not None:                                # None: the workers never started
             runner.shutdown()
-        except NameError:
-            pass
         if started:
             ray.shutdown()
     wall = time.perf_counter() - t_start

@@ -266,11 +266,8 @@ def _read_member(z: zipfile.ZipFile, name: str, path) -> bytes:
 def _versions() -> dict:
     import scipy
     v = {"python": sys.version.split()[0], "numpy": np.__version__, "scipy": scipy.__version__}
-    try:
-        from boltc import __version__
-        v["boltc"] = __version__
-    except Exception:
-        pass
+    from boltc import __version__
+    v["boltc"] = __version__
     return v
 
 
