@@ -122,13 +122,15 @@ class Trainer:
     def _measure_rank_correlation(self, train, epoch: int) -> None:
         """Every RANK_CORR_EVERY epochs: rank correlation of the adaptive sampler's predicted losses with
         true losses on a random subset. Its own generator, so training's random streams are untouched."""
-        if getattr(self.sampler, "kind", "uniform") == "uniform" or (epoch + 1) % RANK_CORR_EVERY:
+        if getattr(self.sampler, "kind", "uniform") == "uniform" or (epoch + 1) % RANK_CORR_EVERY \
+                or self.plan["target"]["kind"] == "binary":
             return
         rng = np.random.default_rng([int(self.plan["train"].get("seed", 0)), epoch, 7919])
         rows = np.sort(rng.choice(train.rows, size=min(RANK_CORR_ROWS, train.rows), replace=False))
-        losses = true_losses(self.ex, self.plan, train.take(rows))
-        if losses is not None:
-            self.sampler.rank_correlation(losses, rows)
+        # in chunks: a dense forward of 512 rows of a 670k-wide output would hold 1.4 GB of scores
+        losses = np.concatenate([true_losses(self.ex, self.plan, train.take(rows[i:i + RANK_CORR_CHUNK]))
+                                 for i in range(0, rows.size, RANK_CORR_CHUNK)])
+        self.sampler.rank_correlation(losses, rows)
 
     def fit(self, train: Dataset, validation: Dataset | None = None, epochs: int | None = None,
             callbacks=()) -> dict:
@@ -225,6 +227,7 @@ def format_record(r: dict) -> str:
 
 RANK_CORR_EVERY = 2        # epochs between checks of the sampler's predictions (issue 6)
 RANK_CORR_ROWS = 512       # random training rows whose true loss is computed for the check
+RANK_CORR_CHUNK = 64       # rows per dense forward (bounds the (rows, output width) score matrix)
 
 
 def true_losses(ex, plan: dict, batch) -> np.ndarray | None:
