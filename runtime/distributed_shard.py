@@ -8,7 +8,7 @@ first range. A line belongs to the range that holds its first byte, so every row
 Decisions:
 - Compressed (.gz) files cannot be seeked: `shard_ranges` refuses them with a DataError saying to
   decompress (reading a gzip stream to a byte offset means every worker inflates the file up to there).
-- Rows are parsed by runtime/xcformat.py's block parser (the whole-file reader's inner step); line
+- Rows are parsed by runtime/xcformat.py's `parse_rows` (the whole-file reader's inner step); line
   numbers in errors are global (counted from the file start only when an error is raised, so the happy
   path never scans the prefix).
 - A synthetic or in-memory source is sharded by contiguous row ranges (`row_ranges`).
@@ -68,7 +68,7 @@ def read_shard(path: str, start: int, end: int, fmt: str = "xc", features: int |
                classes: int | None = None, one_based: bool = False) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """Parse the rows of `path` whose first byte lies in [start, end) -> (X, Y) CSR.
 
-    Uses the project's vectorised block parser (runtime/xcformat.py) on the range; its error lines are
+    Uses the project's vectorised block parser (`xcformat.parse_rows`) on the range; its error lines are
     shifted to file line numbers (the prefix is only counted when an error is raised).
     """
     with open(path, "rb") as f:
@@ -79,23 +79,17 @@ def read_shard(path: str, start: int, end: int, fmt: str = "xc", features: int |
     if not blob.strip():
         return (sp.csr_matrix((0, features or 0), dtype=np.float32), sp.csr_matrix((0, classes or 0), dtype=np.float32))
     try:
-        parsed = xcformat._parse_block(blob, str(path), 1, features, classes, one_based,
-                                       drop_negative=fmt == "svmlight")
-        n_rows, lr, lids, fr, fids, vals = parsed[:6]      # later fields (line counts) are not needed here
+        return xcformat.parse_rows(blob, str(path), 1, features, classes, one_based,
+                                   drop_negative=fmt == "svmlight")
     except DataError as e:
         local = e.location.line if e.location else 1
         raise DataError(e.message, Location(str(path), _line_number(path, start) + local - 1)) from None
-    d = features if features is not None else int(fids.max(initial=-1)) + 1
-    c = classes if classes is not None else int(lids.max(initial=-1)) + 1
-    X = xcformat._csr(fr, fids, vals, n_rows, d)
-    Y = xcformat._csr(lr, lids, np.ones(lids.size, np.float32), n_rows, c)
-    return X, Y
 
 
 def svmlight_one_based(path: str) -> bool:
     """The same rule as the whole-file reader: 1-based unless a feature 0 appears in the first chunk."""
     with open(path, "rb") as f:
-        return not xcformat._has_zero_feature(f.read(xcformat.CHUNK_BYTES))
+        return xcformat.looks_one_based(f.read(xcformat.CHUNK_BYTES))
 
 
 def slice_dataset(ds: Dataset, lo: int, hi: int) -> Dataset:

@@ -243,7 +243,31 @@ def _parse_block(block: bytes, path: str, first_line: int, n_features: int | Non
     lab_rows = row_of_line[tok_line[lab_pos]] if lab_pos.size else np.zeros(0, np.int64)
     lab_ids = nums[lab_pos] if lab_pos.size else np.zeros(0)
     return (n_rows, lab_rows, lab_ids.astype(np.int64), row_of_line[tok_line[idx_pos]],
-            feats.astype(np.int64), vals.astype(np.float32), n_lines, first_line)
+            feats.astype(np.int64), vals.astype(np.float32))
+
+
+def parse_rows(block: bytes, path: str = "<bytes>", first_line: int = 1, n_features: int | None = None,
+               n_labels: int | None = None, one_based: bool = False,
+               drop_negative: bool = False) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Parse a block of whole XC/svmlight data lines (no XC header) into (X, Y) CSR.
+
+    The public face of the block parser that `iter_chunks` runs on each chunk; other readers of byte
+    ranges (the distributed shard reader) call it instead of re-implementing the format.
+    - `block` holds whole lines, each ending in a newline (the caller adds one after a last line without
+      it); blank lines are skipped, `# comments` and `qid:` tokens are dropped, carriage returns ignored.
+    - `path` and `first_line` (the 1-based file line of the block's first line) only place errors: a
+      malformed token raises DataError(message, Location(path, line of that token)).
+    - `n_features` / `n_labels` bound the ids (an id out of range is an error); None takes the width from
+      the largest id in the block (so two blocks may then differ in width).
+    - `one_based` shifts feature ids down by one (svmlight's convention; see `looks_one_based`);
+      `drop_negative` drops label -1 (svmlight binary files' negatives).
+    X is (rows, D) float32 with int32 indices and int64 indptr; Y is (rows, L) ones at the label ids.
+    """
+    n_rows, lr, lids, fr, fids, vals = _parse_block(block, path, first_line, n_features, n_labels,
+                                                    one_based, drop_negative)
+    d = n_features if n_features is not None else int(fids.max(initial=-1)) + 1
+    c = n_labels if n_labels is not None else int(lids.max(initial=-1)) + 1
+    return _csr(fr, fids, vals, n_rows, d), _csr(lr, lids, np.ones(lids.size, np.float32), n_rows, c)
 
 
 def _csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int, n_cols: int) -> sp.csr_matrix:
@@ -291,13 +315,14 @@ def iter_chunks(path: str | os.PathLike, fmt: str | None = None, n_features: int
         if not decided:
             first = next(blocks, None)
             if first is not None:
-                one_based = not _has_zero_feature(first)
+                one_based = looks_one_based(first)
                 blocks = itertools.chain([first], blocks)
 
         def parse(item):
             block, line0 = item
-            return _parse_block(block, path, line0, n_features, n_labels, one_based,
-                                drop_negative=fmt == "svmlight")
+            X, Y = parse_rows(block, path, line0, n_features, n_labels, one_based,
+                              drop_negative=fmt == "svmlight")
+            return X, Y, line0
 
         def numbered():
             nonlocal line_no
@@ -305,13 +330,9 @@ def iter_chunks(path: str | os.PathLike, fmt: str | None = None, n_features: int
                 yield block, line_no
                 line_no += block.count(b"\n")
 
-        for n_rows, lr, lids, fr, fids, vals, n_lines, line0 in _ordered_map(parse, numbered()):
-            d = n_features if n_features is not None else int(fids.max(initial=-1)) + 1
-            c = n_labels if n_labels is not None else int(lids.max(initial=-1)) + 1
-            X = _csr(fr, fids, vals, n_rows, d)
-            Y = _csr(lr, lids, np.ones(lids.size, np.float32), n_rows, c)
+        for X, Y, line0 in _ordered_map(parse, numbered()):
             yield XCChunk(X, Y, row, line0)
-            row += n_rows
+            row += X.shape[0]
         if header is not None and header[0] != row:
             raise DataError(f"the header says {header[0]} rows but the file has {row}", Location(path, 1))
 
@@ -334,8 +355,10 @@ def _ordered_map(fn, items):
             yield pending.popleft().result()
 
 
-def _has_zero_feature(block: bytes) -> bool:
-    return re.search(rb"(?:^|[\s])0+:", block) is not None
+def looks_one_based(block: bytes) -> bool:
+    """svmlight's id convention as sklearn decides it: 1-based unless some feature id 0 appears in
+    `block` (the readers pass the file's first chunk, CHUNK_BYTES, so a stream need not look ahead)."""
+    return re.search(rb"(?:^|[\s])0+:", block) is None
 
 
 def read_xc(path: str | os.PathLike, fmt: str | None = None, n_features: int | None = None,
