@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 
-from boltc.commands.run import add_backend_arguments, evaluate_both, metrics_table, note
+from boltc.commands.run import add_backend_arguments, evaluate_both, load_from_args, metrics_table, note
+from boltc.errors import DataError
 
 HELP = "evaluate a saved model on labelled data"
 
@@ -19,9 +20,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import boltc
-    from boltc.errors import DataError
-    model = boltc.load(args.model, backend=args.backend, threads=args.threads)
+    model = load_from_args(args)
     test = args.test or (model.plan.get("data") or {}).get("test")
     if test is None:
         raise DataError("no test data: give --test FILE")
@@ -29,12 +28,7 @@ def run(args) -> int:
     metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
     if args.sparse or args.dense:
         results = {("sparse" if args.sparse else "dense"): model.evaluate(test, sparse=args.sparse, metrics=metrics)}
-    elif metrics:
-        results = {"dense": model.evaluate(test, sparse=False, metrics=metrics)}
-        from boltc.commands.run import is_sparse_output
-        if is_sparse_output(model.plan):
-            results["sparse"] = model.evaluate(test, sparse=True, metrics=metrics)
     else:
-        results = evaluate_both(model, test)
+        results = evaluate_both(model, test, metrics)
     print(json.dumps(results, indent=1) if args.json else metrics_table(results))
     return 0

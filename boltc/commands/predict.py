@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import sys
 
-from boltc.commands.run import add_backend_arguments, note
+from boltc.commands.run import add_backend_arguments, load_from_args, note
+from boltc.errors import BoltError
 
 HELP = "print the top-k predictions for rows from a file, stdin or --text"
 
@@ -23,10 +24,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import boltc
-    from boltc.errors import BoltError
     from boltc.runtime.data import read_rows_text
-    model = boltc.load(args.model, backend=args.backend, threads=args.threads)
+    model = load_from_args(args)
     if args.top_k < 1:
         raise BoltError("--top-k must be at least 1")
     text_model = any(i.get("kind") in ("text", "categorical") for i in model.plan.get("inputs", []))

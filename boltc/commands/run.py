@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from boltc.errors import DataError
+
 HELP = "compile, train on the model's data block, evaluate and save (the main job)"
 
 
@@ -21,6 +23,9 @@ def add_backend_arguments(p) -> None:
 
 
 def add_train_arguments(p) -> None:
+    """The options of the training commands (run, train): backend, train-block overrides, checkpoints
+    and distribution."""
+    add_backend_arguments(p)
     p.add_argument("--epochs", type=int, default=None, help="override the train block's epochs")
     p.add_argument("--lr", type=float, default=None, help="override the learning rate")
     p.add_argument("--batch", type=int, default=None, help="override the batch size")
@@ -39,6 +44,21 @@ def add_train_arguments(p) -> None:
                    help="what workers exchange each step (default: the model's distributed block, else sparse)")
 
 
+def compile_from_args(args):
+    """(model, its data block) for `run` and `train`: the .bolt file compiled with the command line's
+    backend and its overrides of the train block."""
+    import boltc
+    model = boltc.compile(args.model, backend=args.backend, threads=args.threads,
+                          lr=args.lr, batch=args.batch, seed=args.seed)
+    return model, model.plan.get("data") or {}
+
+
+def load_from_args(args):
+    """The saved model of `eval` and `predict`, on the command line's backend and threads."""
+    import boltc
+    return boltc.load(args.model, backend=args.backend, threads=args.threads)
+
+
 def note(model) -> None:
     _ = model.executor                  # build it now so the backend choice is known
     if model.backend_note:
@@ -50,11 +70,11 @@ def is_sparse_output(plan: dict) -> bool:
     return bool(out.get("hash"))
 
 
-def evaluate_both(model, data) -> dict:
-    """{"dense": metrics, "sparse": metrics (LSH-sparse outputs only)}."""
-    res = {"dense": model.evaluate(data, sparse=False)}
+def evaluate_both(model, data, metrics: list[str] | None = None) -> dict:
+    """{"dense": metrics, "sparse": metrics (LSH-sparse outputs only)}; `metrics` None = the model's."""
+    res = {"dense": model.evaluate(data, sparse=False, metrics=metrics)}
     if is_sparse_output(model.plan):
-        res["sparse"] = model.evaluate(data, sparse=True)
+        res["sparse"] = model.evaluate(data, sparse=True, metrics=metrics)
     return res
 
 
@@ -108,16 +128,11 @@ def train_and_report(model, args, train, validation, test, output: Path) -> int:
 def add_arguments(p) -> None:
     p.add_argument("model", help="the .bolt file")
     p.add_argument("-o", "--output", default=None, help="saved model (default: MODEL_NAME.boltc)")
-    add_backend_arguments(p)
     add_train_arguments(p)
 
 
 def run(args) -> int:
-    import boltc
-    from boltc.errors import DataError
-    model = boltc.compile(args.model, backend=args.backend, threads=args.threads,
-                          lr=args.lr, batch=args.batch, seed=args.seed)
-    data = model.plan.get("data") or {}
+    model, data = compile_from_args(args)
     if not data.get("train"):
         raise DataError(f"{args.model} has no data block naming a train set; use `boltc train` with --train")
     output = Path(args.output or f"{model.plan.get('model') or Path(args.model).stem}.boltc")

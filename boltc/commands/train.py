@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from boltc.commands.run import add_backend_arguments, add_train_arguments, train_and_report
+from boltc.commands.run import add_train_arguments, compile_from_args, train_and_report
+from boltc.errors import DataError
 
 HELP = "train a .bolt model on data files (flags override the data block), with checkpoints and resume"
 
@@ -15,16 +16,11 @@ def add_arguments(p) -> None:
     p.add_argument("--validation", default=None, help="data for per-epoch metrics (default: --test)")
     p.add_argument("--test", default=None, help="data for the final metrics")
     p.add_argument("-o", "--output", required=True, help="saved model file (.boltc)")
-    add_backend_arguments(p)
     add_train_arguments(p)
 
 
 def run(args) -> int:
-    import boltc
-    from boltc.errors import DataError
-    model = boltc.compile(args.model, backend=args.backend, threads=args.threads,
-                          lr=args.lr, batch=args.batch, seed=args.seed)
-    data = model.plan.get("data") or {}
+    model, data = compile_from_args(args)
     train = args.train or data.get("train")
     if train is None:
         raise DataError("no training data: give --train FILE or a data block in the model")
