@@ -154,30 +154,9 @@ class Kernel:
 
     # --- control flow ----------------------------------------------------------------------------
     @contextmanager
-    def loop(self, start, stop, name: str = "i"):
-        """for (i = start; i < stop; ++i) — yields i (i64)."""
-        b = self.b
-        start = self.i64(start) if isinstance(start, int) else start
-        stop = self.i64(stop) if isinstance(stop, int) else stop
-        pre = b.block
-        head = b.append_basic_block(f"{name}.head")
-        body = b.append_basic_block(f"{name}.body")
-        end = b.append_basic_block(f"{name}.end")
-        b.branch(head)
-        b.position_at_end(head)
-        i = b.phi(I64, name=name)
-        i.add_incoming(start, pre)
-        b.cbranch(b.icmp_signed("<", i, stop), body, end)
-        b.position_at_end(body)
-        yield i
-        nxt = b.add(i, self.i64(1), flags=["nsw", "nuw"])
-        i.add_incoming(nxt, b.block)
-        b.branch(head)
-        b.position_at_end(end)
-
-    @contextmanager
-    def while_(self, cond_fn, name: str = "w"):
-        """while (cond_fn()) { body } — cond_fn emits the test in the loop header."""
+    def _head_body_end(self, name: str, cond_fn):
+        """The one loop skeleton under `loop` and `while_`: blocks NAME.head (cond_fn() emits the test
+        there), NAME.body (the caller's code, then back to head) and NAME.end (where the builder is left)."""
         b = self.b
         head = b.append_basic_block(f"{name}.head")
         body = b.append_basic_block(f"{name}.body")
@@ -189,6 +168,32 @@ class Kernel:
         yield
         b.branch(head)
         b.position_at_end(end)
+
+    @contextmanager
+    def loop(self, start, stop, name: str = "i"):
+        """for (i = start; i < stop; ++i) — yields i (i64)."""
+        b = self.b
+        start = self.i64(start) if isinstance(start, int) else start
+        stop = self.i64(stop) if isinstance(stop, int) else stop
+        pre = b.block
+        i = None
+
+        def test():
+            nonlocal i
+            i = b.phi(I64, name=name)
+            i.add_incoming(start, pre)
+            return b.icmp_signed("<", i, stop)
+
+        with self._head_body_end(name, test):
+            yield i
+            nxt = b.add(i, self.i64(1), flags=["nsw", "nuw"])
+            i.add_incoming(nxt, b.block)       # the latch: wherever the body's code left the builder
+
+    @contextmanager
+    def while_(self, cond_fn, name: str = "w"):
+        """while (cond_fn()) { body } — cond_fn emits the test in the loop header."""
+        with self._head_body_end(name, cond_fn):
+            yield
 
     @contextmanager
     def if_(self, cond):
