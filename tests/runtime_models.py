@@ -1,4 +1,5 @@
-"""Model sources shared by the runtime tests (API and CLI): a tiny separable sparse problem."""
+"""Model sources and fixture writers shared by the runtime tests (API, CLI, text pipeline): a tiny separable
+sparse problem, a small text classifier."""
 
 
 def tiny_source(epochs: int = 3, rows: int = 300) -> str:
@@ -22,3 +23,45 @@ model tiny {{
   }}
 }}
 """
+
+
+def text_source(text_options: str, classes: int | None = None, label_column: str = "label", hidden: int = 8,
+                lr: float = 0.01, batch: int = 16, epochs: int = 8) -> str:
+    """A text classifier: one text input `doc` -> `hidden` relu -> a sigmoid score and binary cross
+    entropy (classes None: a binary target), or a softmax over `classes` and cross entropy (label(n));
+    metric accuracy. `text_options` are text(...)'s arguments as written in .bolt."""
+    if classes is None:
+        target, output, loss = f'binary(column="{label_column}")', "fc(hidden, 1, sigmoid)", "binary_cross_entropy"
+    else:
+        target, output, loss = (f'label({classes}, column="{label_column}")', f"fc(hidden, {classes}, softmax)",
+                                "cross_entropy")
+    return f"""
+model text {{
+  input  doc: text({text_options})
+  target y:   {target}
+  hidden = fc(doc, {hidden}, relu)
+  scores = {output}
+  loss    {loss}(scores, y)
+  metrics accuracy
+  train {{
+    optimizer adam(lr={lr})
+    batch     {batch}
+    epochs    {epochs}
+  }}
+}}
+"""
+
+
+def write_lines(path, lines) -> str:
+    """`lines` as a UTF-8 text file, one a line (CSV/TSV fixtures); returns the path as a string."""
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def write_test_set(model, path):
+    """The model's own test set (its data block) written as an XC file, values exact to float32
+    ('.9g'), so that reading it back gives the same rows; returns that Dataset."""
+    from boltc.runtime import xcformat
+    ds = model.dataset(model.plan["data"]["test"])
+    xcformat.write_xc(path, ds.inputs["features"], ds.labels, value_format=".9g")
+    return ds

@@ -5,8 +5,7 @@ import scipy.sparse as sp
 
 import boltc
 from boltc.errors import BackendError, BoltError, DataError, ModelFileError
-from boltc.runtime import xcformat
-from runtime_models import tiny_source
+from runtime_models import tiny_source, write_test_set
 
 MODEL = tiny_source(epochs=3)
 
@@ -26,25 +25,29 @@ def test_fit_uses_the_data_block_and_learns(trained):
     assert res["precision@1"] > 50.0          # 40 well-separated classes; chance is 2.5
 
 
+def _assert_same_predictions(a, b, data, sparse):
+    """Two models answer `data` with the same top-5 ids and bit-identical scores."""
+    i1, s1 = a.predict(data, top_k=5, sparse=sparse)
+    i2, s2 = b.predict(data, top_k=5, sparse=sparse)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(s1, s2)
+
+
 @pytest.mark.parametrize("sparse", [False, True])
 def test_save_load_identical_predictions(tmp_path, trained, sparse):
     p = tmp_path / "m.boltc"
     trained.save(p)
     m2 = boltc.load(p, backend="numpy")
     test = trained.plan["data"]["test"]
-    i1, s1 = trained.predict(test, top_k=5, sparse=sparse)
-    i2, s2 = m2.predict(test, top_k=5, sparse=sparse)
-    np.testing.assert_array_equal(i1, i2)
-    np.testing.assert_array_equal(s1, s2)
+    _assert_same_predictions(trained, m2, test, sparse)
     assert m2.history["epochs"] == trained.history["epochs"]
     assert m2.evaluate(test, sparse=sparse)["precision@1"] == trained.evaluate(test, sparse=sparse)["precision@1"]
 
 
 def test_inputs_as_file_csr_array_agree(tmp_path, trained):
-    ds = trained.dataset(trained.plan["data"]["test"])
-    X, Y = ds.inputs["features"], ds.labels
     path = tmp_path / "t.txt"
-    xcformat.write_xc(path, X, Y, value_format=".9g")
+    ds = write_test_set(trained, path)
+    X, Y = ds.inputs["features"], ds.labels
     ids_csr, _ = trained.predict(X, top_k=3)
     ids_arr, _ = trained.predict(X.toarray(), top_k=3)
     ids_file, _ = trained.predict(str(path), top_k=3)
@@ -125,9 +128,5 @@ def test_native_save_load_identical_predictions(tmp_path):
     m.fit(progress=False)
     m.save(tmp_path / "n.boltc")
     m2 = boltc.load(tmp_path / "n.boltc", backend="native")
-    test = m.plan["data"]["test"]
     for sparse in (False, True):
-        i1, s1 = m.predict(test, top_k=5, sparse=sparse)
-        i2, s2 = m2.predict(test, top_k=5, sparse=sparse)
-        np.testing.assert_array_equal(i1, i2)
-        np.testing.assert_array_equal(s1, s2)
+        _assert_same_predictions(m, m2, m.plan["data"]["test"], sparse)

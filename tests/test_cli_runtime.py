@@ -10,7 +10,7 @@ import pytest
 
 from boltc.cli import main
 from boltc.runtime import savefile, xcformat
-from runtime_models import tiny_source
+from runtime_models import text_source, tiny_source, write_lines, write_test_set
 
 
 def model_file(tmp_path, epochs=2, rows=300):
@@ -37,9 +37,8 @@ def test_run_eval_inspect_predict(tmp_path, capsys):
     # eval on a file written from the test set gives the same numbers as the run's own evaluation
     import boltc
     m = boltc.load(out, backend="numpy")
-    ds = m.dataset(m.plan["data"]["test"])
     test = tmp_path / "test.txt"
-    xcformat.write_xc(test, ds.inputs["features"], ds.labels, value_format=".9g")
+    ds = write_test_set(m, test)
     assert main(["eval", str(out), "--test", str(test), "--backend", "numpy", "--json", "--dense"]) == 0
     import json
     res = json.loads(capsys.readouterr().out)
@@ -118,27 +117,14 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert [e["loss"] for e in a.history["epochs"]] == [e["loss"] for e in b.history["epochs"]]
 
 
-TEXT_MODEL = """
-model txt {
-  input  sentence: text(tokenizer=words, ngrams=1, dim=1024)
-  target positive: binary(column="label")
-  hidden = fc(sentence, 8, relu)
-  score  = fc(hidden, 1, sigmoid)
-  loss    binary_cross_entropy(score, positive)
-  metrics accuracy
-  train {
-    optimizer adam(lr=0.05)
-    batch     8
-    epochs    15
-  }
-}
-"""
+TEXT_MODEL = text_source('column="sentence", tokenizer=words, ngrams=1, dim=1024', hidden=8, lr=0.05, batch=8,
+                         epochs=15)
 
 
 def test_text_model_train_and_predict_text(tmp_path, capsys):
     rows = ["label\tsentence"] + [f"1\tgood great fine {i}" for i in range(20)] + \
            [f"0\tbad awful poor {i}" for i in range(20)]
-    (tmp_path / "t.tsv").write_text("\n".join(rows) + "\n")
+    write_lines(tmp_path / "t.tsv", rows)
     (tmp_path / "txt.bolt").write_text(TEXT_MODEL)
     out = tmp_path / "txt.boltc"
     assert main(["train", str(tmp_path / "txt.bolt"), "--train", str(tmp_path / "t.tsv"), "--test",

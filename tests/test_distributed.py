@@ -53,22 +53,29 @@ def _max_diff(a, b):
     return max(float(np.abs(pa[k] - pb[k]).max()) for k in pa)
 
 
+def _global_batch(plan, shards, rec):
+    """One recorded update as a single process sees it: the workers' local batches stacked in worker
+    order, and their active sets concatenated the same way."""
+    name = next(iter(plan["inputs"]))["name"]
+    parts = [sh.take(rows) for sh, (rows, _) in zip(shards, rec)]
+    batch = Batch(inputs={name: sp.vstack([p.inputs[name] for p in parts], format="csr")},
+                  labels=sp.vstack([p.labels for p in parts], format="csr"))
+    active = {}
+    for _, acts in rec:
+        for a in acts:
+            for layer, ids in a.items():
+                active.setdefault(layer, []).append(ids)
+    return batch, {k: np.concatenate(v) for k, v in active.items()}
+
+
 def _replay_single_process(plan, train, records, state):
     """Single-process oracle: the executor's train_step on each global batch the workers drew."""
     shards = [load_shard(s, plan) for s in plan_shards(train, plan, len(records[0]))]
     ex = make_executor(plan, state)
     per_epoch = -(-ROWS // plan["train"]["batch"])
-    name = next(iter(plan["inputs"]))["name"]
     for u, rec in enumerate(records):
-        parts = [sh.take(rows) for sh, (rows, _) in zip(shards, rec)]
-        batch = Batch(inputs={name: sp.vstack([p.inputs[name] for p in parts], format="csr")},
-                      labels=sp.vstack([p.labels for p in parts], format="csr"))
-        active = {}
-        for _, acts in rec:
-            for a in acts:
-                for layer, ids in a.items():
-                    active.setdefault(layer, []).append(ids)
-        ex.train_step(batch, plan["train"]["lr"], active={k: np.concatenate(v) for k, v in active.items()})
+        batch, active = _global_batch(plan, shards, rec)
+        ex.train_step(batch, plan["train"]["lr"], active=active)
         ex.after_step(u // per_epoch, u % per_epoch, per_epoch)
     return state
 
@@ -99,6 +106,14 @@ def _widened(plan, train, width=10000):
     return plan, dict(train, features=width, labels=width)
 
 
+def _widened_exchanges(tiny, *exchanges):
+    """(initial state, one 4-update in-process run per exchange) of the widened model, same start."""
+    plan, train = _widened(*tiny[:2])
+    init = ModelState.init(plan)
+    return init, [train_distributed(plan, copy.deepcopy(init), train, exchange=e, workers=2, in_process=True,
+                                    max_updates=4) for e in exchanges]
+
+
 def test_frozen_tables_get_the_whole_batchs_missed_labels_on_every_replica(tiny, monkeypatch):
     """After the tables freeze (epoch 2 of the tiny model), labels a lookup missed are inserted as in
     BOLT; every replica inserts the global batch's, so the replicas' tables stay identical."""
@@ -123,11 +138,7 @@ def test_frozen_tables_get_the_whole_batchs_missed_labels_on_every_replica(tiny,
 
 
 def test_sparse_and_dense_exchange_train_identically_and_sparse_sends_less(tiny):
-    plan, train = _widened(*tiny[:2])
-    init = ModelState.init(plan)
-    kw = dict(workers=2, in_process=True, max_updates=4)
-    sparse = train_distributed(plan, copy.deepcopy(init), train, exchange="sparse", **kw)
-    dense = train_distributed(plan, copy.deepcopy(init), train, exchange="dense", **kw)
+    init, (sparse, dense) = _widened_exchanges(tiny, "sparse", "dense")
     assert _max_diff(sparse.state, dense.state) < 1e-6
     dense_model_bytes = sum(a.nbytes for (l, t), a in _params(init).items() if t != "label_count")
     # dense: every worker sends the whole gradient and receives it back
@@ -137,11 +148,7 @@ def test_sparse_and_dense_exchange_train_identically_and_sparse_sends_less(tiny)
 
 
 def test_factor_exchange_trains_like_the_row_exchange_with_far_fewer_bytes(tiny):
-    plan, train = _widened(*tiny[:2])
-    init = ModelState.init(plan)
-    kw = dict(workers=2, in_process=True, max_updates=4)
-    rows = train_distributed(plan, copy.deepcopy(init), train, exchange="sparse", **kw)
-    factors = train_distributed(plan, copy.deepcopy(init), train, exchange="factors", **kw)
+    _, (rows, factors) = _widened_exchanges(tiny, "sparse", "factors")
     assert _max_diff(rows.state, factors.state) < 2e-6
     # a worker sends 32 sparse inputs (16 nnz), 32 x 32 hidden values and dz, 32 x 100 output dz + ids:
     # ~38 kB, and receives both workers' (~76 kB); touched rows cost ~726 kB here (measured)
@@ -201,10 +208,8 @@ def test_exchange_every_k_equals_one_process_with_k_times_the_batch(tiny):
     ex = make_executor(plan2, init)
     shards = [load_shard(s, plan) for s in plan_shards(train, plan, 2)]
     for rec in res.records:
-        parts = [sh.take(rows) for sh, (rows, _) in zip(shards, rec)]
-        batch = Batch(inputs={"features": sp.vstack([p.inputs["features"] for p in parts], format="csr")},
-                      labels=sp.vstack([p.labels for p in parts], format="csr"))
-        active = {"scores": np.concatenate([a["scores"] for _, acts in rec for a in acts])}
+        batch, active = _global_batch(plan, shards, rec)
+        assert batch.size == 128 and set(active) == {"scores"}
         ex.train_step(batch, plan["train"]["lr"], active=active)
         ex.after_step(0, 0, 1000)
     assert _max_diff(res.state, init) < 2e-6
@@ -238,12 +243,18 @@ def test_worker_loss_restarts_from_epoch_state_or_fails_clearly(tiny):
                           max_restarts=0)
 
 
-def test_file_shards_are_read_by_byte_range(tiny, tmp_path):
+def _synthetic_file(tmp_path, train, name):
+    """The synthetic training rows written as an XC file; returns (path, X, Y)."""
     from boltc.runtime import synth, xcformat
-    plan, train, _ = tiny
     X, Y = synth.generate({k: v for k, v in train.items() if k != "kind"})
-    path = tmp_path / "train.txt"
+    path = tmp_path / name
     xcformat.write_xc(path, X, Y)
+    return path, X, Y
+
+
+def test_file_shards_are_read_by_byte_range(tiny, tmp_path):
+    plan, train, _ = tiny
+    path, X, Y = _synthetic_file(tmp_path, train, "train.txt")
     shards = plan_shards(str(path), plan, 2)
     assert [s["kind"] for s in shards] == ["range", "range"] and shards[0]["end"] == shards[1]["start"]
     parts = [load_shard(s, plan) for s in shards]
@@ -265,10 +276,7 @@ def test_without_ray_the_error_says_what_to_install(monkeypatch, tiny):
 
 
 def _bad_row_file(tmp_path, plan, train):
-    from boltc.runtime import synth, xcformat
-    X, Y = synth.generate({k: v for k, v in train.items() if k != "kind"})
-    path = tmp_path / "bad.txt"
-    xcformat.write_xc(path, X, Y)
+    path, _, _ = _synthetic_file(tmp_path, train, "bad.txt")
     lines = path.read_text().splitlines()
     lines[500] = "3,4 12:0.5 oops"                     # file line 501: in the second worker's range
     path.write_text("\n".join(lines) + "\n")

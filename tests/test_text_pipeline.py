@@ -11,6 +11,7 @@ import pytest
 import boltc
 from boltc.cli import main as cli_main
 from boltc.errors import DataError
+from runtime_models import text_source, write_lines
 
 TOPICS = {
     "sports": "ball goal team match score player coach league referee stadium",
@@ -18,21 +19,8 @@ TOPICS = {
     "cooking": "recipe oven flour butter sauce garlic onion bake simmer spoon",
 }
 
-MODEL = """
-model topics {
-  input  doc:   text(column="body", tokenizer=words, ngrams=2, dim=4096, values=log)
-  target topic: label(3, column="topic")
-  hidden = fc(doc, 16, relu)
-  scores = fc(hidden, 3, softmax)
-  loss    cross_entropy(scores, topic)
-  metrics accuracy
-  train {
-    optimizer adam(lr=0.01)
-    batch     16
-    epochs    8
-  }
-}
-"""
+MODEL = text_source('column="body", tokenizer=words, ngrams=2, dim=4096, values=log', classes=3,
+                    label_column="topic", hidden=16, lr=0.01, batch=16, epochs=8)
 
 
 def _sentence(rng, topic):
@@ -46,8 +34,7 @@ def _corpus(path, n, seed):
     for _ in range(n):
         t = rng.choice(sorted(TOPICS))
         rows.append(f'{t},"{_sentence(rng, t)}, ""quoted""\nsecond line"')
-    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return str(path)
+    return write_lines(path, rows)
 
 
 @pytest.fixture(scope="module")
@@ -135,10 +122,8 @@ def test_a_text_and_a_categorical_column_feed_one_model(tmp_path):
         word = rng.choice(["good", "bad"])
         label = "yes" if word == "good" or store == "north" else "no"
         rows.append(f"{label},{word} item {rng.choice('xyz')},{store}")
-    path = tmp_path / "shops.csv"
-    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     m = boltc.compile(SHOPS, backend="numpy")
-    m.fit(str(path), progress=False)
+    m.fit(write_lines(tmp_path / "shops.csv", rows), progress=False)
     assert m.plan["target"]["class_names"] == ["no", "yes"]
     ids, _ = m.predict([{"review": "bad item", "store": "south"}, {"review": "bad item", "store": "north"},
                         {"review": "good item", "store": "west"}], top_k=1)
@@ -150,11 +135,11 @@ def test_validation_file_lacking_a_class_uses_the_training_class_ids(tmp_path):
     so a validation file holding only 'sports' still calls it class 2 (cooking, space, sports)."""
     train = _corpus(tmp_path / "train.csv", 120, 3)
     rng = random.Random(4)
-    rows = ["topic,body"] + [f'sports,"{_sentence(rng, "sports")}"' for _ in range(30)]
-    (tmp_path / "val.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    val_path = write_lines(tmp_path / "val.csv",
+                           ["topic,body"] + [f'sports,"{_sentence(rng, "sports")}"' for _ in range(30)])
     m = boltc.compile(MODEL, backend="numpy")
-    hist = m.fit(train, validation=str(tmp_path / "val.csv"), progress=False)
+    hist = m.fit(train, validation=val_path, progress=False)
     assert m.plan["target"]["class_names"] == ["cooking", "space", "sports"]
-    val = m.dataset(str(tmp_path / "val.csv"))
+    val = m.dataset(val_path)
     assert set(val.labels.indices.tolist()) == {2}
     assert hist["epochs"][-1]["validation"]["accuracy"] >= 90.0
