@@ -1,7 +1,9 @@
 """The `train { }` and `data { }` blocks -> the plain dicts kept in graph.graph["train"] / ["data"].
 
 The train dict has exactly the keys of the plan's "train" entry (docs/CONTRACTS.md section 3), with
-every default filled in (boltc.plan.TRAIN_DEFAULTS), so a runtime never guesses.
+every default filled in (boltc.plan.TRAIN_DEFAULTS), so a runtime never guesses. The exceptions are
+`distributed` and OPTIONAL_TRAIN_KEYS (tuning knobs whose default belongs to the runtime that reads
+them): present only when the block sets them.
 """
 from __future__ import annotations
 
@@ -62,9 +64,14 @@ _SCALARS = {
     "batch": ("batch", integer(1)), "epochs": ("epochs", integer(1)), "threads": ("threads", integer(0)),
     "seed": ("seed", integer(0)), "checkpoint": ("checkpoint_every", integer(1, what="a number of epochs")),
     "inference": ("inference", word("dense", "sparse", "both", what="inference mode")),
+    # LSH table upkeep may cost at most this share of the training steps' work (runtime/lsh_upkeep.py;
+    # absent = its DEFAULT_BUDGET, 0.06). Capped at 1 so that a percentage (`6` for 6%) is an error.
+    "upkeep_budget": ("upkeep_budget", real(0.0, 1.0, low_open=True, what="a fraction of the step work")),
 }
+# keys written into the plan only when the block sets them (the runtime holds their defaults)
+OPTIONAL_TRAIN_KEYS = ("upkeep_budget",)
 TRAIN_WORDS = ("optimizer", "batch", "epochs", "schedule", "sampler", "threads", "seed", "checkpoint",
-               "inference", "distributed(...)")
+               "inference", "upkeep_budget", "distributed(...)")
 
 
 def default_train() -> dict:

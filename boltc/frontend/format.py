@@ -12,7 +12,7 @@ import json
 import networkx as nx
 
 from boltc import ir
-from boltc.frontend.blocks import SGD_DEFAULT_LR, TRAIN_DEFAULTS
+from boltc.frontend.blocks import OPTIONAL_TRAIN_KEYS, SGD_DEFAULT_LR, TRAIN_DEFAULTS
 from boltc.frontend.build import CATEGORICAL_DEFAULT_DIM, HASH_KEYS, TEXT_DEFAULT_DIM
 
 _PLAN_TO_BOLT_HASH = {v: k for k, v in HASH_KEYS.items()}
@@ -120,6 +120,9 @@ def _train_lines(t: dict) -> list[str]:
             lines.append(f"{key} " + (_call(s["kind"], [], kw) if kw else s["kind"]))
     if t["inference"] != d["inference"]:
         lines.append(f"inference {t['inference']}")
+    for key in OPTIONAL_TRAIN_KEYS:
+        if key in t:
+            lines.append(f"{key} {fmt_value(t[key])}")
     if t.get("distributed"):
         lines.append(_call("distributed", [], _kw(t["distributed"], words=("exchange",))))
     return lines
