@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from boltc.runtime.dataset import Batch, as_csr
-from boltc.runtime.state import ModelState, _zeros_like, init_params, make_lsh, neuron_rows
+from boltc.runtime.state import ModelState, init_params, make_lsh, neuron_rows, zero_moments
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -66,7 +66,7 @@ def fresh_state(plan: dict, seed: int = 0) -> ModelState:
     out = plan["layers"][-1]
     if out.get("hash"):
         params[out["name"]]["label_count"] = np.zeros(out["dim"], np.float32)
-    state = ModelState(params=params, m=_zeros_like(params), v=_zeros_like(params))
+    state = ModelState(params=params, m=zero_moments(plan, params), v=zero_moments(plan, params))
     if out.get("hash"):
         state.lsh[out["name"]] = make_lsh(out, seed)
     return state

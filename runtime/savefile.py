@@ -7,7 +7,8 @@ Members (all stored uncompressed: weights do not compress and stored members can
     params/<layer>.<t>.npy     weights
     lsh/<layer>.<a>.npy        hash tables and hash functions (+ lsh/<layer>.json for scalars)
     history.json               training history (per-epoch metrics, times)
-    optimizer/...              checkpoints only: Adam moments, step, sampler and trainer state
+    optimizer/...              checkpoints only: Adam moments (in their storage dtype: float32, or
+                               bfloat16 bits as uint16), step, sampler and trainer state
     native/...                 optional native artefacts
 Arrays are `.npy` loaded with `allow_pickle=False`; nested state (dicts of arrays and JSON scalars) is
 flattened by `flatten_state` into one JSON member plus one `.npy` per array.
@@ -34,7 +35,9 @@ import numpy as np
 from boltc.errors import ModelFileError, Location
 
 FORMAT = "boltc-model"
-FORMAT_VERSION = 1
+# 2: a checkpoint may hold bfloat16 moments as uint16 arrays, which a reader of version 1 would take
+# for numbers; files without them are still written as version 1, so older readers keep reading them
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 
 
@@ -303,7 +306,9 @@ def save_model(path, model: SavedModel) -> None:
         members["optimizer/state.json"] = json.dumps(skel).encode()
         members.update({k: np.asarray(v) for k, v in arrays.items()})
     members.update(model.extra)
-    write_archive(path, members, {"model": model.plan.get("model")})
+    bf16 = any(k.startswith("optimizer/") and isinstance(a, np.ndarray) and a.dtype == np.uint16
+               for k, a in members.items())
+    write_archive(path, members, {"model": model.plan.get("model"), "format_version": 2 if bf16 else 1})
 
 
 def load_model(path) -> SavedModel:
@@ -362,10 +367,37 @@ def state_to_saved(source: str, plan: dict, state, history: dict | None = None,
                       optimizer=opt)
 
 
+def _writable(a, dtype) -> np.ndarray:
+    a = np.asarray(a, dtype=dtype)
+    return a if a.flags.c_contiguous and a.flags.writeable else np.array(a, dtype=dtype, order="C")
+
+
+def _moments(saved: dict, params: dict, dts: dict) -> dict:
+    """A checkpoint's moments in the storage the plan asks for: as saved when the dtypes agree (float32
+    files of older versions included), else converted: bf16 -> f32 exactly, f32 -> bf16 rounded to
+    nearest even (as every update stores them). A tensor the file lacks starts at zero."""
+    from boltc.runtime.optim import bf16_from_f32, f32_from_bf16
+    out = {}
+    for n, p in params.items():
+        out[n] = {}
+        for k, a in p.items():
+            want, got = dts[n][k], (saved.get(n) or {}).get(k)
+            if got is None:
+                out[n][k] = np.zeros(a.shape, want)
+                continue
+            got = np.asarray(got)
+            if got.dtype != want and got.dtype == np.uint16:
+                got = f32_from_bf16(got)                 # stored bf16, plan wants f32
+            if got.dtype != want and want == np.uint16:
+                got = bf16_from_f32(got)
+            out[n][k] = _writable(got, want)
+    return out
+
+
 def state_from_saved(saved: SavedModel, path="<model>"):
     """A ModelState from a loaded model file (moments zero unless the file is a checkpoint)."""
     from boltc.runtime.lsh import LSHIndex
-    from boltc.runtime.state import ModelState
+    from boltc.runtime.state import ModelState, moment_numpy_dtypes, zero_moments
     plan = saved.plan
     for layer in plan.get("layers", []):
         want = layer["op"] in ("fc", "embedding", "layernorm")
@@ -375,18 +407,14 @@ def state_from_saved(saved: SavedModel, path="<model>"):
             raise _err(path, f"member 'lsh/{layer['name']}.json' is missing")
     # arrays come fresh from the file: use them in place (no copy of 670k-wide weights); fresh moments
     # are np.zeros (calloc: pages are only touched where lazy Adam writes)
-    def f32(a):
-        a = np.asarray(a, dtype=np.float32)
-        return a if a.flags.c_contiguous and a.flags.writeable else np.array(a, dtype=np.float32, order="C")
-
-    params = {n: {k: f32(a) for k, a in p.items()} for n, p in saved.params.items()}
+    params = {n: {k: _writable(a, np.float32) for k, a in p.items()} for n, p in saved.params.items()}
+    dts = moment_numpy_dtypes(plan, params)
     if saved.optimizer is not None:
-        m = {n: {k: f32(a) for k, a in p.items()} for n, p in saved.optimizer["m"].items()}
-        v = {n: {k: f32(a) for k, a in p.items()} for n, p in saved.optimizer["v"].items()}
+        m = _moments(saved.optimizer.get("m") or {}, params, dts)
+        v = _moments(saved.optimizer.get("v") or {}, params, dts)
         step = int(saved.optimizer["step"])
     else:
-        m = {n: {k: np.zeros(a.shape, np.float32) for k, a in p.items()} for n, p in params.items()}
-        v = {n: {k: np.zeros(a.shape, np.float32) for k, a in p.items()} for n, p in params.items()}
+        m, v = zero_moments(plan, params), zero_moments(plan, params)
         step = int((saved.history or {}).get("step", 0))
     lsh = {}
     for name, st in saved.lsh.items():

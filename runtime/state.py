@@ -8,6 +8,11 @@ The output layer of a model trained with an LSH-sparse output also holds `label_
 how often each neuron was a training label. It is not trained; dense and sparse inference use it to
 exclude neurons that were never a label (see `interp.NumpyExecutor._mask_unseen`). `m`/`v` mirror the
 structure of `params` (zeros for `label_count`) so savers can treat every tensor alike.
+
+Adam's moments of a tensor are float32, or bfloat16 stored as uint16 bits when the plan says so
+(`adam(moments=...)`, resolved per tensor by boltc/passes/plan_memory_moments.py): `zero_moments`
+makes them, `check_moments` is what an executor calls before kernels write into them. Fresh moments
+are np.zeros (calloc), so their pages only cost memory once lazy Adam touches them.
 """
 from __future__ import annotations
 
@@ -16,7 +21,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from boltc.passes.plan_memory_moments import moment_dtypes, moment_kind
+
 INIT_STD = 0.01
+MOMENT_NUMPY = {"f32": np.dtype(np.float32), "bf16": np.dtype(np.uint16)}   # bf16: its bits, as uint16
 
 
 def _layer_rng(seed: int, name: str) -> np.random.Generator:
@@ -71,7 +79,7 @@ class ModelState:
         out = next((l for l in plan["layers"] if l["name"] == plan["output"]), None)
         if out is not None and out.get("hash"):
             params[out["name"]]["label_count"] = np.zeros(out["dim"], dtype=np.float32)
-        state = cls(params=params, m=_zeros_like(params), v=_zeros_like(params))
+        state = cls(params=params, m=zero_moments(plan, params), v=zero_moments(plan, params))
         for layer in plan["layers"]:
             if layer.get("hash"):
                 idx = make_lsh(layer, seed)
@@ -88,3 +96,28 @@ class ModelState:
 
 def _zeros_like(params):
     return {n: {k: np.zeros_like(a) for k, a in p.items()} for n, p in params.items()}
+
+
+def moment_numpy_dtypes(plan: dict, params: dict) -> dict[str, dict[str, np.dtype]]:
+    """{layer: {tensor: numpy dtype of its moments}} for every tensor in `params`."""
+    kinds = moment_dtypes(plan)
+    return {n: {k: MOMENT_NUMPY[moment_kind(kinds, n, k)] for k in p} for n, p in params.items()}
+
+
+def zero_moments(plan: dict, params: dict) -> dict[str, dict[str, np.ndarray]]:
+    """One moment buffer per parameter, zero, in the storage the plan chose (0x0000 is bf16 +0.0)."""
+    dts = moment_numpy_dtypes(plan, params)
+    return {n: {k: np.zeros(a.shape, dts[n][k]) for k, a in p.items()} for n, p in params.items()}
+
+
+def check_moments(plan: dict, state: "ModelState") -> None:
+    """Raise if a moment array's dtype or shape is not what the plan's kernels will write (a float32
+    kernel writing into a uint16 array would write past its end)."""
+    dts = moment_numpy_dtypes(plan, state.params)
+    for moments in (state.m, state.v):
+        for n, p in state.params.items():
+            for k, a in p.items():
+                got = (moments.get(n) or {}).get(k)
+                if got is None or got.dtype != dts[n][k] or got.shape != a.shape or not got.flags.c_contiguous:
+                    raise ValueError(f"optimizer state of {n}.{k}: expected {dts[n][k]} moments of shape "
+                                     f"{a.shape}, found {None if got is None else (got.dtype, got.shape)}")

@@ -85,7 +85,9 @@ def test_amazon670k_pins_bolts_choices():
     assert scores["layout"] == "out_major" and scores["in_dim"] == 256
     # parameters: 135909*256 + 256 and 256*670091 + 670091, float32
     assert plan["memory"]["weights"] == 4 * (135909 * 256 + 256 + 256 * 670091 + 670091)
-    assert plan["memory"]["optimizer"] == 2 * plan["memory"]["weights"]       # Adam's two moments
+    # Adam's two moments: float32, except bfloat16 for scores.W (adam(moments=auto): over 1 GiB in f32)
+    assert plan["train"]["moment_dtypes"] == {"hidden": {"W": "f32", "b": "f32"}, "scores": {"W": "bf16", "b": "f32"}}
+    assert plan["memory"]["optimizer"] == 2 * 4 * (135909 * 256 + 256 + 670091) + 2 * 2 * 256 * 670091
 
 
 def test_compile_explain_prints_the_pinned_values(capsys):

@@ -18,6 +18,7 @@ TRAIN_DEFAULTS = {
     "optimizer": "adam", "lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-7, "momentum": 0.0,
     "batch": 256, "epochs": 5, "schedule": {"kind": "constant"}, "sampler": {"kind": "uniform"},
     "threads": 0, "seed": 0, "checkpoint_every": 1, "inference": "dense", "weight_decay": 0.0,
+    "moments": "auto",
 }
 # Decision: plain SGD needs a larger step than Adam's 1e-3 to move in a few epochs.
 SGD_DEFAULT_LR = 0.01
@@ -27,7 +28,10 @@ _OPTIMIZERS = {
     "adam": (Param("lr", _POS, TRAIN_DEFAULTS["lr"]), Param("beta1", real(0.0, 1.0), 0.9),
              Param("beta2", real(0.0, 1.0), 0.999), Param("eps", _POS, 1e-7),
              # decoupled (AdamW) decay on the touched weight rows; 0 = plain lazy Adam as BOLT
-             Param("weight_decay", real(0.0), 0.0)),
+             Param("weight_decay", real(0.0), 0.0),
+             # storage of m and v: float32, bfloat16, or auto = bf16 only for very large tensors
+             # (boltc/passes/plan_memory_moments.py has the rule and why)
+             Param("moments", word("f32", "bf16", "auto", what="moment storage"), "auto")),
     "sgd": (Param("lr", _POS, SGD_DEFAULT_LR), Param("momentum", real(0.0, 1.0), 0.0)),
 }
 

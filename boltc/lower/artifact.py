@@ -85,7 +85,7 @@ def initial_state(plan: dict, kernels=None):
     native kernels when the plan is native (the NumPy build of a 670k-neuron table takes minutes)."""
     import numpy as np
     from boltc.lower.rules import native_support
-    from boltc.runtime.state import ModelState, _zeros_like, init_params, make_lsh, neuron_rows
+    from boltc.runtime.state import ModelState, init_params, make_lsh, neuron_rows, zero_moments
     if native_support(plan) is not None:
         return ModelState.init(plan)
     seed = plan.get("train", {}).get("seed", 0)
@@ -93,7 +93,7 @@ def initial_state(plan: dict, kernels=None):
     out = next(l for l in plan["layers"] if l["name"] == plan["output"])
     if out.get("hash"):
         params[out["name"]]["label_count"] = np.zeros(out["dim"], dtype=np.float32)
-    state = ModelState(params=params, m=_zeros_like(params), v=_zeros_like(params))
+    state = ModelState(params=params, m=zero_moments(plan, params), v=zero_moments(plan, params))
     for layer in plan["layers"]:
         if layer.get("hash"):
             state.lsh[layer["name"]] = make_lsh(layer, seed)

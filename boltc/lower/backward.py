@@ -9,10 +9,38 @@ no gradient buffer at all, and results that do not depend on the thread count.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import llvmlite.ir as llir
+
 from boltc.lower.builder import F32, I32, I64, Kernel, KernelModule
+from boltc.passes.plan_memory_moments import moment_dtypes, moment_kind
 
 # hyper-parameter array layout (float32), filled by the runtime each step
 HYPER = ("lr", "beta1", "beta2", "eps", "bc1", "bc2", "momentum")
+I16 = llir.IntType(16)
+
+
+@dataclass(frozen=True)
+class UpdateSpec:
+    """What one update kernel applies: the optimizer, how the moments of the layer's weight matrix and
+    of its bias are stored ("f32" or "bf16"), and AdamW's decoupled weight decay (a plan constant,
+    applied to the weight matrix only, as runtime/optim.py)."""
+    optimizer: str
+    moments_w: str = "f32"
+    moments_b: str = "f32"
+    weight_decay: float = 0.0
+
+
+def update_spec(plan: dict, layer: dict) -> UpdateSpec:
+    train = plan.get("train", {})
+    dtypes = moment_dtypes(plan)
+    return UpdateSpec(train.get("optimizer", "adam"), moment_kind(dtypes, layer["name"], "W"),
+                      moment_kind(dtypes, layer["name"], "b"), float(train.get("weight_decay", 0.0) or 0.0))
+
+
+def _spec(optimizer) -> UpdateSpec:
+    return optimizer if isinstance(optimizer, UpdateSpec) else UpdateSpec(optimizer)
 
 
 def act_grad(k: Kernel, act_out, dh, activation: str):
@@ -101,18 +129,55 @@ def _hyper(k: Kernel):
     return {h: k.ld(k.arg["hyper"], k.i64(i)) for i, h in enumerate(HYPER)}
 
 
-def _update(k: Kernel, hp, optimizer: str, param, m, v, idx, g) -> None:
-    """One element of lazy Adam / SGD (the formulas of runtime/optim in the interpreter)."""
+def load_bf16(k: Kernel, ptr, idx):
+    """A bfloat16 (uint16 bits) widened to float32 exactly: the bits become the float's top half."""
+    bits = k.b.zext(k.ld(ptr, idx, I16), I32)
+    return k.b.bitcast(k.b.shl(bits, llir.Constant(I32, 16)), F32)
+
+
+def store_bf16(k: Kernel, ptr, idx, x):
+    """float32 -> bfloat16 rounded to nearest, ties to even (runtime/optim.py `bf16_from_f32`, the
+    same integer steps); returns the stored value widened back. Branch-free, so the loop vectorizes."""
+    c = lambda v: llir.Constant(I32, v)                                   # noqa: E731
+    b = k.b.bitcast(x, I32)
+    lsb = k.b.and_(k.b.lshr(b, c(16)), c(1))
+    rounded = k.b.lshr(k.b.add(b, k.b.add(c(0x7FFF), lsb)), c(16))
+    is_nan = k.b.icmp_unsigned(">", k.b.and_(b, c(0x7FFFFFFF)), c(0x7F800000))
+    bits = k.b.select(is_nan, k.b.or_(k.b.lshr(b, c(16)), c(0x40)), rounded)
+    k.st(ptr, idx, k.b.trunc(bits, I16))
+    return k.b.bitcast(k.b.shl(bits, c(16)), F32)
+
+
+def _load_moment(k: Kernel, ptr, idx, kind: str):
+    return load_bf16(k, ptr, idx) if kind == "bf16" else k.ld(ptr, idx)
+
+
+def _store_moment(k: Kernel, ptr, idx, x, kind: str):
+    """Store a new moment; returns the value the rest of the update uses (the stored one)."""
+    if kind == "bf16":
+        return store_bf16(k, ptr, idx, x)
+    k.st(ptr, idx, x)
+    return x
+
+
+def _update(k: Kernel, hp, optimizer: str, param, m, v, idx, g, moments: str = "f32",
+            weight_decay: float = 0.0) -> None:
+    """One element of lazy Adam / SGD: runtime/optim.py's formulas and operation order exactly, one
+    rounding per operation (plain fmul/fadd: no `contract`, so never fused into an FMA), so the two
+    backends agree bit for bit given the same gradient. `moments`: storage of m and v (Adam)."""
     w = k.ld(param, idx)
     if optimizer == "adam":
-        mn = k.b.fadd(k.b.fmul(hp["beta1"], k.ld(m, idx)), k.b.fmul(k.b.fsub(k.f32(1.0), hp["beta1"]), g))
-        vn = k.b.fadd(k.b.fmul(hp["beta2"], k.ld(v, idx)),
+        mn = k.b.fadd(k.b.fmul(hp["beta1"], _load_moment(k, m, idx, moments)),
+                      k.b.fmul(k.b.fsub(k.f32(1.0), hp["beta1"]), g))
+        vn = k.b.fadd(k.b.fmul(hp["beta2"], _load_moment(k, v, idx, moments)),
                       k.b.fmul(k.b.fsub(k.f32(1.0), hp["beta2"]), k.b.fmul(g, g)))
-        k.st(m, idx, mn)
-        k.st(v, idx, vn)
+        mn = _store_moment(k, m, idx, mn, moments)
+        vn = _store_moment(k, v, idx, vn, moments)
         mhat = k.b.fdiv(mn, hp["bc1"])
         vhat = k.b.fdiv(vn, hp["bc2"])
         step = k.b.fdiv(k.b.fmul(hp["lr"], mhat), k.b.fadd(k.sqrt(vhat), hp["eps"]))
+        if weight_decay:
+            step = k.b.fadd(step, k.b.fmul(k.b.fmul(hp["lr"], k.f32(weight_decay)), w))
         k.st(param, idx, k.b.fsub(w, step))
     elif optimizer == "sgd":
         mn = k.b.fadd(k.b.fmul(hp["momentum"], k.ld(m, idx)), g)
@@ -123,9 +188,10 @@ def _update(k: Kernel, hp, optimizer: str, param, m, v, idx, g) -> None:
 
 
 def rows_update_out_major(km: KernelModule, name: str, in_dim: int, k_active: int, gather: bool,
-                          bias: bool, optimizer: str, fuse_dx: bool = False) -> None:
+                          bias: bool, optimizer: "str | UpdateSpec", fuse_dx: bool = False) -> None:
     """For unique neurons u in [u0, u1): g = sum_{p in seg(u)} grad[p] * x[p // K, :]; update W[n, :]
     (and bias[n] with sum grad[p]). gather=False: dense layer, neuron u = u, positions b*K + u."""
+    spec = _spec(optimizer)
     k = km.kernel(name, [("u0", "i64"), ("u1", "i64"), ("uniq", "ptr"), ("seg", "ptr"), ("pos", "ptr"),
                          ("nrows", "i64"), ("grad", "ptr"), ("x", "ptr"), ("W", "ptr"), ("bias", "ptr"),
                          ("mW", "ptr"), ("vW", "ptr"), ("mb", "ptr"), ("vb", "ptr"), ("hyper", "ptr"),
@@ -162,15 +228,17 @@ def rows_update_out_major(km: KernelModule, name: str, in_dim: int, k_active: in
                 accumulate(k.add(k.mul(b, K), u), b)
         wb = k.mul(n, IN)
         with k.loop(0, in_dim, "j2") as j:
-            _update(k, hp, optimizer, a["W"], a["mW"], a["vW"], k.add(wb, j), k.ld(a["scratch"], j))
+            _update(k, hp, spec.optimizer, a["W"], a["mW"], a["vW"], k.add(wb, j), k.ld(a["scratch"], j),
+                    spec.moments_w, spec.weight_decay)
         if bias:
-            _update(k, hp, optimizer, a["bias"], a["mb"], a["vb"], n, k.get(gb))
+            _update(k, hp, spec.optimizer, a["bias"], a["mb"], a["vb"], n, k.get(gb), spec.moments_b)
     k.ret()
 
 
-def rows_update_in_major(km: KernelModule, name: str, dim: int, optimizer: str) -> None:
+def rows_update_in_major(km: KernelModule, name: str, dim: int, optimizer: "str | UpdateSpec") -> None:
     """Sparse-input layer, W in-major (in_dim, dim): for unique features u in [u0, u1):
     g = sum_{p in seg(u)} values[p] * dz[prow[p], :]; update W[f, :]. (Dense bias: `dense_update`.)"""
+    spec = _spec(optimizer)
     k = km.kernel(name, [("u0", "i64"), ("u1", "i64"), ("uniq", "ptr"), ("seg", "ptr"), ("pos", "ptr"),
                          ("prow", "ptr"), ("values", "ptr"), ("dz", "ptr"), ("W", "ptr"), ("mW", "ptr"),
                          ("vW", "ptr"), ("hyper", "ptr"), ("scratch", "ptr")])
@@ -191,18 +259,23 @@ def rows_update_in_major(km: KernelModule, name: str, dim: int, optimizer: str) 
                 k.st(a["scratch"], j, k.fadd(k.ld(a["scratch"], j), k.fmul(val, k.ld(a["dz"], k.add(zb, j)))))
         wb = k.mul(f, D)
         with k.loop(0, dim, "j2") as j:
-            _update(k, hp, optimizer, a["W"], a["mW"], a["vW"], k.add(wb, j), k.ld(a["scratch"], j))
+            _update(k, hp, spec.optimizer, a["W"], a["mW"], a["vW"], k.add(wb, j), k.ld(a["scratch"], j),
+                    spec.moments_w, spec.weight_decay)
     k.ret()
 
 
-def dense_update(km: KernelModule, name: str, optimizer: str) -> None:
-    """param[i] updated with grad[i] for i in [i0, i1) (biases of dense layers: every entry touched)."""
+def dense_update(km: KernelModule, name: str, optimizer: "str | UpdateSpec", tensor: str = "b") -> None:
+    """param[i] updated with grad[i] for i in [i0, i1) (biases of dense layers: every entry touched).
+    `tensor` says which of the spec's moment storages applies ("b", or "W": decayed like a weight)."""
+    spec = _spec(optimizer)
+    moments = spec.moments_w if tensor == "W" else spec.moments_b
+    decay = spec.weight_decay if tensor == "W" else 0.0
     k = km.kernel(name, [("i0", "i64"), ("i1", "i64"), ("param", "ptr"), ("grad", "ptr"), ("m", "ptr"),
                          ("v", "ptr"), ("hyper", "ptr")])
     a = k.arg
     hp = _hyper(k)
     with k.loop(a["i0"], a["i1"], "i") as i:
-        _update(k, hp, optimizer, a["param"], a["m"], a["v"], i, k.ld(a["grad"], i))
+        _update(k, hp, spec.optimizer, a["param"], a["m"], a["v"], i, k.ld(a["grad"], i), moments, decay)
     k.ret()
 
 

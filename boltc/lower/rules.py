@@ -25,7 +25,7 @@ def _sym(layer: dict, role: str) -> str:
 
 
 def lower_fc(km: KernelModule, layer: dict, ctx: dict) -> dict:
-    opt = ctx["optimizer"]
+    opt = ctx.get("update") or ctx["optimizer"]     # bw.UpdateSpec: optimizer, moment storage, decay
     name, dim, in_dim = layer["name"], layer["dim"], layer["in_dim"]
     act, bias = layer["activation"], bool(layer.get("bias", True))
     out: dict[str, str] = {}
@@ -140,7 +140,8 @@ def lower_plan(plan: dict) -> tuple[KernelModule, dict[str, dict[str, str]]]:
     layers = plan["layers"]
     syms = {}
     for i, layer in enumerate(layers):
-        ctx = {"optimizer": opt, "is_first": i == 0, "is_output": i == len(layers) - 1,
+        ctx = {"optimizer": opt, "update": bw.update_spec(plan, layer),
+               "is_first": i == 0, "is_output": i == len(layers) - 1,
                "input_sparse": i == 0 and inputs[layer["inputs"][0]]["kind"] in SPARSE_INPUT_KINDS,
                "in_activation": layers[i - 1]["activation"] if i else None}
         syms[layer["name"]] = LOWERING_RULES[layer["op"]](km, layer, ctx)
