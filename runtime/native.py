@@ -25,6 +25,7 @@ from boltc.lower.rules import SPARSE_INPUT_KINDS, native_support
 from boltc.runtime.interp import NumpyExecutor, _SPARSE_INFERENCE_SEED
 from boltc.runtime.lsh import training_reserve
 from boltc.runtime.native_kernels import compile_plan, ptr
+from boltc.runtime.state import check_moments
 from boltc.runtime.threads import ThreadPool
 
 # Fixed chunks of the wide layer's unique neurons for the fused update + input gradient: each chunk has
@@ -92,6 +93,7 @@ class NativeExecutor:
         self.threads = self.pool.threads
         if not self.native:
             return
+        check_moments(plan, state)     # the update kernels write moments in the plan's dtype (f32 / bf16)
         self.k = kernels or compile_plan(plan)
         self.inputs = {i["name"]: i for i in plan["inputs"]}
         self.first_sparse = self.inputs[self.layers[0]["inputs"][0]]["kind"] in SPARSE_INPUT_KINDS
