@@ -6,7 +6,30 @@ Row-major buffers; B = batch, K = active neurons per example.
 """
 from __future__ import annotations
 
-from boltc.lower.builder import F32, I32, I64, Kernel, KernelModule
+import llvmlite.ir as ir
+
+from boltc.lower.builder import F32, I32, I64, PTR, VOID, Kernel, KernelModule
+
+# Software prefetch of gathered weight rows (dense_fc_fwd, gather=True). Measured with
+# benchmarks/kernel_fc.py on the 670,091 x 256 output layer (docs/native.md):
+# - the kernel is bound by memory latency, not FLOPs: each random 1 KB row is 16-17 cache lines the
+#   hardware prefetchers cannot predict, and the out-of-order window covers barely more than one row,
+#   so few misses are in flight per core. Prefetching the row PREFETCH_ROWS positions ahead keeps ~16
+#   rows of misses in flight; it took the kernel from ~42% to ~70% of sequential read bandwidth;
+# - into L2 (locality 2, `prefetcht1`): into L1 (locality 3) or non-temporal (0) gained nothing, the
+#   L1's few fill buffers being the bottleneck those compete for;
+# - distances of 8 to 48 rows of 1 KB measured alike; for 256 B rows 16 beat 64: a distance in rows;
+# - only the first PREFETCH_ROW_BYTES of a row: longer rows are followed by the hardware's L2 stream
+#   prefetcher, and one prefetch per line of a 16 KB row cost 15% when the weights were in cache;
+# - plus the row's last element: numpy places arrays 16 bytes past a 64-byte line, so a 1 KB row
+#   spans 17 lines, and the 17th would otherwise be a demand miss;
+# - computing 2 or 4 rows per iteration (more loads in flight without prefetch) gained at most 10%,
+#   nothing on top of prefetching: one row per iteration keeps the vectorizer's reduction order.
+# When the weights fit in cache prefetching costs 0-6% (2,000 x 256); it is always on for gathers
+# because the kernel does not know how many rows W has.
+PREFETCH_ROWS = 16
+PREFETCH_ROW_BYTES = 1024
+PREFETCH_LOCALITY = 2           # llvm.prefetch locality: 3 = L1 (t0), 2 = L2 (t1), 0 = non-temporal
 
 
 def apply_activation(k: Kernel, ptr, base, n: int, activation: str) -> None:
@@ -56,11 +79,30 @@ def sparse_fc_fwd(km: KernelModule, name: str, dim: int, activation: str, bias: 
     k.ret()
 
 
+def prefetch_row(k: Kernel, W, row_base, in_dim: int) -> None:
+    """Prefetch (read, into L2) the first PREFETCH_ROW_BYTES of the row starting at W[row_base]: one
+    hint per 64-byte line, plus the last element when the whole row is covered (a row that does not
+    start on a line boundary spills into one more line)."""
+    fn = k.km.intrinsic("llvm.prefetch.p0", VOID, [PTR, I32, I32, I32])
+    covered = min(in_dim, PREFETCH_ROW_BYTES // 4)
+    offsets = list(range(0, covered, 16))
+    if covered == in_dim and in_dim - 1 not in offsets:
+        offsets.append(in_dim - 1)
+    consts = [ir.Constant(I32, v) for v in (0, PREFETCH_LOCALITY, 1)]   # read, locality, data cache
+    for off in offsets:
+        k.b.call(fn, [k.addr(W, k.add(row_base, k.i64(off)), F32), *consts])
+
+
 def dense_fc_fwd(km: KernelModule, name: str, in_dim: int, k_active: int, activation: str, bias: bool,
-                 gather: bool) -> None:
+                 gather: bool, prefetch: bool = True) -> None:
     """out[b, k] = act(bias[n] + dot(h[b, :], W[n, :])) with n = ids[b, k] (gather) or n = k.
 
-    W is out-major (dim, in_dim). The dot product is the float reduction that needs `reassoc`."""
+    W is out-major (dim, in_dim). The dot product is the float reduction that needs `reassoc`.
+    A gather prefetches the row it will need PREFETCH_ROWS positions later (see the note at the top;
+    `prefetch=False` builds the kernel without it, for benchmarks/kernel_fc.py to measure the gain).
+    Prefetch hints change no arithmetic, but LLVM may vectorize a short row differently around them
+    (a 20-wide row: across neurons instead of along the row), so the two builds can differ by
+    rounding; for the widths tried in multiples of 8 (8 to 4,096) they gave the same bits."""
     k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("h", "ptr"), ("ids", "ptr"), ("W", "ptr"),
                          ("bias", "ptr"), ("out", "ptr")])
     a = k.arg
@@ -79,13 +121,22 @@ def dense_fc_fwd(km: KernelModule, name: str, in_dim: int, k_active: int, activa
         k.st(a["out"], k.add(k.mul(b, K), kk), s)
 
     if gather:
+        # ids of this slice are ids[b0*K : b1*K]; the lookahead runs over that flat range (into the
+        # next example's ids) and stops at its last entry, never reading past the slice
+        last = k.b.sub(k.mul(a["b1"], K), k.i64(1))
         with k.loop(a["b0"], a["b1"], "b") as b:
             ob = k.mul(b, K)
             with k.loop(0, k_active, "k") as kk:
-                dot_into(b, kk, k.ld_i32_as_i64(a["ids"], k.add(ob, kk)))
+                i = k.add(ob, kk)
+                if prefetch:
+                    ahead = k.add(i, k.i64(PREFETCH_ROWS))
+                    ahead = k.select(k.icmp("<", ahead, last), ahead, last)
+                    prefetch_row(k, a["W"], k.mul(k.ld_i32_as_i64(a["ids"], ahead), IN), in_dim)
+                dot_into(b, kk, k.ld_i32_as_i64(a["ids"], i))
     else:
         # every neuron for every example: tile the neurons so a block of weight rows (~32 KB) is read
-        # from memory once per slice of examples, not once per example
+        # from memory once per slice of examples, not once per example (sequential rows: the hardware
+        # prefetcher already streams them)
         block = max(1, min(k_active, (32 * 1024) // max(4, in_dim * 4)))
         nblocks = -(-k_active // block)
         with k.loop(0, nblocks, "blk") as blk:

@@ -1,0 +1,166 @@
+"""The fc forward kernels alone (boltc/lower/fc.py), against a float64 NumPy oracle: the gather over
+active sets (with its row prefetch), the dense pass, the sparse-input layer; thread-count identity; the
+prefetch lookahead never reads past the ids it was given."""
+import ctypes
+import mmap
+import os
+import re
+
+import numpy as np
+import pytest
+
+from boltc import codegen
+from boltc.lower import fc
+from boltc.lower.builder import KernelModule
+from boltc.runtime.native_kernels import Kernels, ptr
+from boltc.runtime.threads import ThreadPool
+
+RTOL, ATOL = 1e-5, 1e-6            # docs/native.md, "Tolerances"
+
+
+def build(define) -> Kernels:
+    km = KernelModule("test_fc")
+    define(km)
+    lib, _ = codegen.build(km.ir_text())
+    return Kernels(lib, km.signatures, {"t": {n: n for n in km.signatures}})
+
+
+def misaligned(a: np.ndarray, floats: int) -> np.ndarray:
+    """A copy of `a` starting `floats` float32s past a 64-byte boundary (rows straddle cache lines)."""
+    buf = np.empty(a.size + 16 + floats, np.float32)
+    start = (-buf.ctypes.data % 64) // 4 + floats
+    out = buf[start:start + a.size].reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def act(z, activation):
+    return {"linear": z, "relu": np.maximum(z, 0), "sigmoid": 1 / (1 + np.exp(-z)), "tanh": np.tanh(z)}[activation]
+
+
+def gather_oracle(h, ids, W, bias, activation="linear"):
+    z = np.einsum("bj,bkj->bk", h.astype(np.float64), W[ids].astype(np.float64))
+    if bias is not None:
+        z = z + bias[ids]
+    return act(z, activation)
+
+
+def random_case(rng, dim, in_dim, B, K):
+    W = rng.standard_normal((dim, in_dim), dtype=np.float32)
+    bias = rng.standard_normal(dim, dtype=np.float32)
+    h = rng.standard_normal((B, in_dim), dtype=np.float32)
+    ids = np.stack([rng.choice(dim, K, replace=False) for _ in range(B)]).astype(np.int32)
+    return W, bias, h, ids
+
+
+# in_dim: short rows, one line, the shipped 256, rows longer than the prefetched 1 KB, odd widths;
+# K below and above the lookahead distance
+@pytest.mark.parametrize("in_dim,K,dim", [(8, 3, 50), (20, 30, 300), (256, 5, 400), (256, 100, 3000),
+                                          (300, 17, 500), (1000, 40, 200), (33, 64, 1000)])
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_gather_matches_oracle_on_misaligned_weights(in_dim, K, dim, prefetch):
+    rng = np.random.default_rng(in_dim * 1000 + K)
+    B = 7
+    W, bias, h, ids = random_case(rng, dim, in_dim, B, K)
+    k = build(lambda km: fc.dense_fc_fwd(km, "g", in_dim, K, "linear", True, True, prefetch=prefetch))
+    want = gather_oracle(h, ids, W, bias)
+    for floats in (0, 1, 4):
+        Wm = misaligned(W, floats)
+        out = np.full((B, K), np.nan, np.float32)
+        k.fn("t", "g")(0, B, ptr(h), ptr(ids), ptr(Wm), ptr(bias), ptr(out))
+        np.testing.assert_allclose(out, want, rtol=RTOL, atol=ATOL * in_dim)
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
+def test_gather_without_bias_with_activation(activation):
+    rng = np.random.default_rng(3)
+    in_dim, K, dim, B = 64, 24, 500, 5
+    W, _, h, ids = random_case(rng, dim, in_dim, B, K)
+    k = build(lambda km: fc.dense_fc_fwd(km, "g", in_dim, K, activation, False, True))
+    out = np.empty((B, K), np.float32)
+    k.fn("t", "g")(0, B, ptr(h), ptr(ids), ptr(W), None, ptr(out))
+    np.testing.assert_allclose(out, gather_oracle(h, ids, W, None, activation), rtol=RTOL, atol=1e-5)
+
+
+def test_dense_pass_matches_oracle():
+    rng = np.random.default_rng(4)
+    in_dim, dim, B = 40, 77, 6
+    W, bias, h, _ = random_case(rng, dim, in_dim, B, 1)
+    k = build(lambda km: fc.dense_fc_fwd(km, "d", in_dim, dim, "relu", True, False))
+    out = np.empty((B, dim), np.float32)
+    k.fn("t", "d")(0, B, ptr(h), None, ptr(W), ptr(bias), ptr(out))
+    want = np.maximum(h.astype(np.float64) @ W.T.astype(np.float64) + bias, 0)
+    np.testing.assert_allclose(out, want, rtol=RTOL, atol=1e-5)
+
+
+def test_sparse_input_layer_matches_oracle():
+    rng = np.random.default_rng(5)
+    F, dim, B = 300, 48, 9
+    W = rng.standard_normal((F, dim), dtype=np.float32)
+    b = rng.standard_normal(dim, dtype=np.float32)
+    nnz = rng.integers(0, 12, B)
+    indptr = np.concatenate([[0], np.cumsum(nnz)]).astype(np.int64)
+    indices = np.concatenate([np.sort(rng.choice(F, n, replace=False)) for n in nnz]).astype(np.int32)
+    vals = rng.random(indptr[-1], dtype=np.float32)
+    k = build(lambda km: fc.sparse_fc_fwd(km, "s", dim, "tanh", True))
+    out = np.empty((B, dim), np.float32)
+    k.fn("t", "s")(0, B, ptr(indptr), ptr(indices), ptr(vals), ptr(W), ptr(b), ptr(out))
+    want = np.stack([b + vals[indptr[i]:indptr[i + 1]].astype(np.float64) @ W[indices[indptr[i]:indptr[i + 1]]]
+                     for i in range(B)])
+    np.testing.assert_allclose(out, np.tanh(want), rtol=RTOL, atol=1e-5)
+
+
+def test_gather_bits_do_not_depend_on_thread_count():
+    """Each (b, k) is computed by one thread, whole, in a fixed order; the lookahead only hints."""
+    rng = np.random.default_rng(6)
+    in_dim, K, dim, B = 256, 50, 5000, 13
+    W, bias, h, ids = random_case(rng, dim, in_dim, B, K)
+    k = build(lambda km: fc.dense_fc_fwd(km, "g", in_dim, K, "linear", True, True))
+    outs = []
+    for threads in (1, 2, 3):
+        out = np.empty((B, K), np.float32)
+        ThreadPool(threads).run(k.fn("t", "g"), B, ptr(h), ptr(ids), ptr(W), ptr(bias), ptr(out))
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
+
+
+def test_gather_prefetches_each_row_into_l2():
+    km = KernelModule("ir")
+    fc.dense_fc_fwd(km, "g", 256, 100, "linear", True, True)
+    fc.dense_fc_fwd(km, "n", 256, 100, "linear", True, True, prefetch=False)
+    opt = codegen.optimized_ir(km.ir_text())
+    g = opt[opt.index("define void @g("):opt.index("define void @n(")]
+    n = opt[opt.index("define void @n("):]
+    # 16 lines of a 1 KB row + its last element (the 17th line of a row 16 bytes past a boundary)
+    calls = re.findall(r"call void @llvm\.prefetch\.p0\(ptr [^,]+, i32 0, i32 (\d), i32 1\)", g)
+    assert len(calls) == 17 and set(calls) == {str(fc.PREFETCH_LOCALITY)}
+    assert "llvm.prefetch" not in n
+    assert re.search(r"fadd reassoc contract <\d+ x float>", g)     # the row's dot is still vectorized
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork to contain a crash")
+def test_prefetch_lookahead_never_reads_past_the_ids():
+    """ids end right before an unreadable page: a lookahead load past them would crash the child."""
+    in_dim, K, dim, B = 16, 5, 100, 3                 # K < PREFETCH_ROWS: the lookahead clamps
+    rng = np.random.default_rng(7)
+    W, bias, h, ids = random_case(rng, dim, in_dim, B, K)
+    k = build(lambda km: fc.dense_fc_fwd(km, "g", in_dim, K, "linear", True, True))
+    page = mmap.PAGESIZE
+    region = mmap.mmap(-1, 2 * page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.mprotect(ctypes.c_void_p(base + page), ctypes.c_size_t(page), 0) == 0   # PROT_NONE
+    fenced = np.frombuffer(region, np.int32, count=ids.size, offset=page - ids.nbytes).reshape(B, K)
+    fenced[...] = ids
+    out = np.empty((B, K), np.float32)
+    fn = k.fn("t", "g")
+    pid = os.fork()
+    if pid == 0:                                      # child: only native calls, then leave at once
+        for b0, b1 in ((0, B), (1, B), (B - 1, B), (0, 1)):
+            fn(b0, b1, ptr(h), ptr(fenced), ptr(W), ptr(bias), ptr(out))
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child died: status {status}"
+    fn(0, B, ptr(h), ptr(fenced), ptr(W), ptr(bias), ptr(out))
+    np.testing.assert_allclose(out, gather_oracle(h, ids, W, bias), rtol=RTOL, atol=1e-5)
