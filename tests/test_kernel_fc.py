@@ -1,6 +1,6 @@
 """The fc forward kernels alone (boltc/lower/fc.py), against a float64 NumPy oracle: the gather over
-active sets (with its row prefetch), the dense pass, the sparse-input layer; thread-count identity; the
-prefetch lookahead never reads past the ids it was given."""
+active sets and the sparse-input layer (both with their row prefetch, and without), the dense pass;
+thread-count identity; the prefetch lookahead never reads past the ids or indices it was given."""
 import ctypes
 import mmap
 import os
@@ -26,7 +26,7 @@ def build(define) -> Kernels:
 
 
 def misaligned(a: np.ndarray, floats: int) -> np.ndarray:
-    """A copy of `a` starting `floats` float32s past a 64-byte boundary (rows straddle cache lines)."""
+    """A copy of `a` starting `floats` float32s past a 64-byte boundary (rows straddle lines)."""
     buf = np.empty(a.size + 16 + floats, np.float32)
     start = (-buf.ctypes.data % 64) // 4 + floats
     out = buf[start:start + a.size].reshape(a.shape)
@@ -93,21 +93,31 @@ def test_dense_pass_matches_oracle():
     np.testing.assert_allclose(out, want, rtol=RTOL, atol=1e-5)
 
 
-def test_sparse_input_layer_matches_oracle():
-    rng = np.random.default_rng(5)
-    F, dim, B = 300, 48, 9
-    W = rng.standard_normal((F, dim), dtype=np.float32)
-    b = rng.standard_normal(dim, dtype=np.float32)
-    nnz = rng.integers(0, 12, B)
+def csr_case(rng, F, B, max_nnz):
+    nnz = rng.integers(0, max_nnz, B)
     indptr = np.concatenate([[0], np.cumsum(nnz)]).astype(np.int64)
     indices = np.concatenate([np.sort(rng.choice(F, n, replace=False)) for n in nnz]).astype(np.int32)
-    vals = rng.random(indptr[-1], dtype=np.float32)
-    k = build(lambda km: fc.sparse_fc_fwd(km, "s", dim, "tanh", True))
+    return indptr, indices, rng.random(indptr[-1], dtype=np.float32)
+
+
+def sparse_oracle(indptr, indices, vals, W, b, activation):
+    rows = [b + vals[p0:p1].astype(np.float64) @ W[indices[p0:p1]].astype(np.float64)
+            for p0, p1 in zip(indptr[:-1], indptr[1:])]
+    return act(np.stack(rows), activation)
+
+
+@pytest.mark.parametrize("dim", [48, 256, 300])
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_sparse_input_layer_matches_oracle(dim, prefetch):
+    rng = np.random.default_rng(5 + dim)
+    F, B = 300, 9
+    W = misaligned(rng.standard_normal((F, dim), dtype=np.float32), 4)
+    b = rng.standard_normal(dim, dtype=np.float32)
+    indptr, indices, vals = csr_case(rng, F, B, 40)       # rows with 0 to 39 nonzeros
+    k = build(lambda km: fc.sparse_fc_fwd(km, "s", dim, "tanh", True, prefetch=prefetch))
     out = np.empty((B, dim), np.float32)
     k.fn("t", "s")(0, B, ptr(indptr), ptr(indices), ptr(vals), ptr(W), ptr(b), ptr(out))
-    want = np.stack([b + vals[indptr[i]:indptr[i + 1]].astype(np.float64) @ W[indices[indptr[i]:indptr[i + 1]]]
-                     for i in range(B)])
-    np.testing.assert_allclose(out, np.tanh(want), rtol=RTOL, atol=1e-5)
+    np.testing.assert_allclose(out, sparse_oracle(indptr, indices, vals, W, b, "tanh"), rtol=RTOL, atol=1e-5)
 
 
 def test_gather_bits_do_not_depend_on_thread_count():
@@ -139,28 +149,61 @@ def test_gather_prefetches_each_row_into_l2():
     assert re.search(r"fadd reassoc contract <\d+ x float>", g)     # the row's dot is still vectorized
 
 
+def fenced_copy(a: np.ndarray):
+    """(copy of `a` ending right before an unreadable page, the mapping that keeps it alive)."""
+    page = mmap.PAGESIZE
+    pages = -(-a.nbytes // page) + 1
+    region = mmap.mmap(-1, pages * page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    libc = ctypes.CDLL(None, use_errno=True)
+    guard = base + (pages - 1) * page
+    assert libc.mprotect(ctypes.c_void_p(guard), ctypes.c_size_t(page), 0) == 0     # PROT_NONE
+    out = np.frombuffer(region, a.dtype, count=a.size, offset=(pages - 1) * page - a.nbytes).reshape(a.shape)
+    out[...] = a
+    return out, region
+
+
+def survives_in_child(calls) -> bool:
+    """Run the native calls in a forked child (a read of the guard page kills only the child)."""
+    pid = os.fork()
+    if pid == 0:                                      # child: only native calls, then leave at once
+        for call in calls:
+            call()
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork to contain a crash")
-def test_prefetch_lookahead_never_reads_past_the_ids():
+def test_gather_lookahead_never_reads_past_the_ids():
     """ids end right before an unreadable page: a lookahead load past them would crash the child."""
     in_dim, K, dim, B = 16, 5, 100, 3                 # K < PREFETCH_ROWS: the lookahead clamps
     rng = np.random.default_rng(7)
     W, bias, h, ids = random_case(rng, dim, in_dim, B, K)
     k = build(lambda km: fc.dense_fc_fwd(km, "g", in_dim, K, "linear", True, True))
-    page = mmap.PAGESIZE
-    region = mmap.mmap(-1, 2 * page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    base = ctypes.addressof(ctypes.c_char.from_buffer(region))
-    libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.mprotect(ctypes.c_void_p(base + page), ctypes.c_size_t(page), 0) == 0   # PROT_NONE
-    fenced = np.frombuffer(region, np.int32, count=ids.size, offset=page - ids.nbytes).reshape(B, K)
-    fenced[...] = ids
+    fenced, _region = fenced_copy(ids)
     out = np.empty((B, K), np.float32)
     fn = k.fn("t", "g")
-    pid = os.fork()
-    if pid == 0:                                      # child: only native calls, then leave at once
-        for b0, b1 in ((0, B), (1, B), (B - 1, B), (0, 1)):
-            fn(b0, b1, ptr(h), ptr(fenced), ptr(W), ptr(bias), ptr(out))
-        os._exit(0)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child died: status {status}"
+    slices = ((0, B), (1, B), (B - 1, B), (0, 1))
+    assert survives_in_child([lambda s=s: fn(*s, ptr(h), ptr(fenced), ptr(W), ptr(bias), ptr(out))
+                              for s in slices])
     fn(0, B, ptr(h), ptr(fenced), ptr(W), ptr(bias), ptr(out))
     np.testing.assert_allclose(out, gather_oracle(h, ids, W, bias), rtol=RTOL, atol=1e-5)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork to contain a crash")
+def test_sparse_input_lookahead_never_reads_past_the_indices():
+    F, dim, B = 200, 32, 4
+    rng = np.random.default_rng(8)
+    W = rng.standard_normal((F, dim), dtype=np.float32)
+    b = rng.standard_normal(dim, dtype=np.float32)
+    indptr, indices, vals = csr_case(rng, F, B, 6)       # fewer nonzeros than PREFETCH_ROWS
+    fenced, _region = fenced_copy(indices)
+    out = np.empty((B, dim), np.float32)
+    k = build(lambda km: fc.sparse_fc_fwd(km, "s", dim, "relu", True))
+    fn = k.fn("t", "s")
+    slices = ((0, B), (1, B), (B - 1, B), (0, 1))
+    assert survives_in_child([lambda s=s: fn(*s, ptr(indptr), ptr(fenced), ptr(vals), ptr(W), ptr(b), ptr(out))
+                              for s in slices])
+    fn(0, B, ptr(indptr), ptr(fenced), ptr(vals), ptr(W), ptr(b), ptr(out))
+    np.testing.assert_allclose(out, sparse_oracle(indptr, indices, vals, W, b, "relu"), rtol=RTOL, atol=1e-5)
