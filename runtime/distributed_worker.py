@@ -26,6 +26,7 @@ import numpy as np
 from boltc.runtime.dataset import Batch, Dataset
 from boltc.runtime.distributed_exchange import Key, RowGrad
 from boltc.runtime import optim
+from boltc.runtime.lsh import training_fill, training_reserve
 
 
 NOT_TRAINED = ("label_count",)
@@ -70,12 +71,6 @@ def facts_nbytes(facts: dict) -> int:
     return int(facts["labels"].nbytes + sum(i.nbytes + b.nbytes for i, b in facts.get("inserts", {}).values()))
 
 
-def _training_reserve(layer: dict) -> int:
-    try:
-        from boltc.runtime.lsh import training_reserve
-    except ImportError:                 # an LSH module without the random-fill reserve
-        return 0
-    return int(training_reserve(layer))
 PROBE_LR = float(2 ** 16)
 
 
@@ -246,9 +241,11 @@ class Worker:
                 labels = batch.labels if name == self.plan.get("output") else None
                 # as the single-machine executor selects in training (random-fill reserve); missed labels
                 # of frozen tables are collected here and inserted by every replica (see apply)
-                reserve = _training_reserve(layer) if labels is not None else 0
+                reserve = training_reserve(layer) if labels is not None else 0
                 index = lsh[name]
-                active[name] = index.select(ins[0], labels, int(layer["active"]), self.rng, reserve=reserve)
+                fill = training_fill(layer, self.state.params.get(name, {})) if labels is not None else None
+                active[name] = index.select(ins[0], labels, int(layer["active"]), self.rng, reserve=reserve,
+                                            fill=fill)
                 if labels is not None and getattr(index, "frozen", False):
                     self.pending_inserts[name] = missed_labels(index, ins[0], labels)
                 hashed.remove(name)

@@ -26,16 +26,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from boltc.errors import BoltValidationError
-from boltc.runtime.lsh import training_reserve
+from boltc.runtime.lsh import training_fill, training_reserve
 from boltc.runtime.lsh_upkeep import DEFAULT_BUDGET, LSHUpkeep
-from boltc.runtime.numpy_rules import LOSS_RULES, NUMPY_RULES, logq_shift
+from boltc.runtime.numpy_rules import LOSS_RULES, NUMPY_RULES
 from boltc.runtime.optim import make_optimizer
 
 _SPARSE_INFERENCE_SEED = 0x5EED
-# Sampled-softmax log-Q correction on LSH-sparse outputs (`hash.logq`), off by default: measured with
-# lazy Adam it gained 1.5 points of P@1 on delicious (dense 0.674 / sparse 0.662 vs 0.658 / 0.650, 5
-# epochs) but cost 13 points of dense P@1 on the synthetic 100k problem (0.29 vs 0.42, sparse 0.54 both).
-DEFAULT_LOGQ = False
 
 
 class NumpyExecutor:
@@ -81,9 +77,11 @@ class NumpyExecutor:
                 is_out = name == self.output
                 labels = batch.labels if (mode == "train" and is_out) else None
                 index = self.state.lsh[name]
+                train = labels is not None
                 ids = index.select(ins[0], labels, layer["active"], rng,
                                    insert_missed=insert_missed and is_out and index.frozen,
-                                   reserve=training_reserve(layer) if labels is not None else 0)
+                                   reserve=training_reserve(layer) if train else 0,
+                                   fill=training_fill(layer, self.state.params.get(name, {})) if train else None)
             rule = NUMPY_RULES[layer["op"]]
             values[name], caches[name] = rule.forward(layer, self.state.params.get(name, {}), ins, ids,
                                                       name == self.output)
@@ -103,12 +101,7 @@ class NumpyExecutor:
         values, caches = self._run(batch, "train", active, rng, insert_missed=True)
         out_layer = self.by_name[self.output]
         oc = caches[self.output]
-        shift = None
-        if (self.loss_kind == "cross_entropy" and oc.get("active") is not None and out_layer.get("hash")
-                and out_layer["hash"].get("logq", DEFAULT_LOGQ)):
-            shift = logq_shift(oc["active"], batch.labels, out_layer["dim"])
-        loss, dz = LOSS_RULES[self.loss_kind](oc["z"], oc.get("active"), batch.labels, out_layer["dim"],
-                                              neg_shift=shift)
+        loss, dz = LOSS_RULES[self.loss_kind](oc["z"], oc.get("active"), batch.labels, out_layer["dim"])
         B = dz.shape[0]
         w = np.ones(B, dtype=dz.dtype) if batch.weights is None else np.asarray(batch.weights, dz.dtype)
         dz = dz * (w / B)[:, None]

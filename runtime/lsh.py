@@ -16,8 +16,10 @@ neurons were offered to each bucket (reservoir sampling: when a bucket is full, 
 uniform slot with probability reservoir / (count + 1)). `build` fills each bucket with a uniform random
 subset of its neurons (the same distribution as offering them one by one to a reservoir).
 
-`select` = labels first, then bucket contents in table order (de-duplicated), then uniform random fill,
-cut to exactly `active` ids per example, never a duplicate.
+`select` = labels first, then bucket contents in table order (de-duplicated), then random fill, cut to
+exactly `active` ids per example, never a duplicate. In training the fill draws in proportion to how
+often each neuron has been a label so far (`training_fill`); at inference, and for hidden layers, it is
+uniform.
 """
 from __future__ import annotations
 
@@ -37,6 +39,32 @@ def training_reserve(layer: dict) -> int:
     to `select` when labels are given, and 0 at inference."""
     share = float((layer.get("hash") or {}).get("random_share", DEFAULT_RANDOM_SHARE))
     return int(share * layer["active"])
+
+
+DEFAULT_NEGATIVES = "frequency"     # how a training fill draws: "frequency" or "uniform"
+WEIGHTED_ATTEMPTS = 4               # numpy spec: fill rounds drawn by frequency before turning uniform
+
+
+def training_fill(layer: dict, params: dict) -> np.ndarray | None:
+    """The output layer's training fill distribution as (dim,) int64 cumulative weights count_j + 1
+    (`count` = the layer's `label_count` so far), or None for a uniform fill (`hash.negatives`).
+
+    Decision beyond BOLT (whose fill is uniform): under a full softmax every label is pushed down, over
+    an epoch, about as often as it is a target (at the optimum sum_x p(j|x) = count_j). A uniform fill
+    pushes each neuron down equally often whatever its frequency, so frequent labels, pushed up at every
+    occurrence, grow rows that score high for every input and win a dense argmax while sparse inference
+    (which only scores the LSH candidates) hides it. Drawing the fill in proportion to count + 1 restores
+    the full softmax's balance in expectation. Measured on the SYNTHETIC 100k-label problem, 1 epoch
+    (benchmarks/train_throughput.py --shape 100k): P@1 dense 0.442 / sparse 0.549 uniform, 0.615 / 0.619
+    by frequency; (count + 1)^0.75: 0.594 / 0.604; ^0.5: 0.540 / 0.611. A Horvitz-Thompson weight on a
+    uniform fill (log 1/pi added to its logits) was tried and fell to 0.20 / 0.50: lazy Adam normalises
+    each row's step, so weighting a gradient does not make a rare push count more; how often a row is
+    pushed is what counts."""
+    mode = (layer.get("hash") or {}).get("negatives", DEFAULT_NEGATIVES)
+    counts = params.get("label_count")
+    if mode == "uniform" or counts is None:
+        return None
+    return np.cumsum(counts.astype(np.int64) + 1)
 
 
 class LSHIndex:
@@ -201,7 +229,7 @@ class LSHIndex:
 
     # ------------------------------------------------------------ active sets
     def select(self, x, labels: sp.csr_matrix | None, active: int, rng: np.random.Generator,
-               insert_missed: bool = False, reserve: int = 0) -> np.ndarray:
+               insert_missed: bool = False, reserve: int = 0, fill: np.ndarray | None = None) -> np.ndarray:
         """(B, active) int32: labels first, then bucket contents in table order (de-duplicated), then
         uniform random fill; exactly `active` distinct ids per row, in that order. With `insert_missed`,
         labels that the lookup did not retrieve are inserted into the example's probed buckets (BOLT's
@@ -209,7 +237,10 @@ class LSHIndex:
         `reserve` keeps at least that many slots of each row for the uniform random fill (bucket
         contents are cut at `active - reserve - |labels|`): every neuron then has a chance to be a
         negative for every input (see `interp.py`: without it dense inference is biased towards
-        frequent labels that the buckets rarely return)."""
+        frequent labels that the buckets rarely return). `fill` (cumulative weights, see `training_fill`)
+        draws the fill in proportion to the weights instead of uniformly (without replacement: repeated
+        draws are dropped; after WEIGHTED_ATTEMPTS rounds the rest is uniform, so a few dominant weights
+        cannot stall it)."""
         B, dim = x.shape[0], self.dim
         active = int(min(active, dim))
         buckets = self.hash(x)
@@ -229,9 +260,9 @@ class LSHIndex:
             cand = self.rank_by_collisions(cand)
         if reserve > 0:
             cand = self._cut_candidates(cand, lrows, lids, max(0, active - reserve))
-        if B * dim <= _CHUNK:
+        if B * dim <= _CHUNK and fill is None:
             return self._select_dense(cand, lrows, lids, lpos, active, rng)
-        return self._select_sorted(cand, lrows, lids, lpos, active, rng)
+        return self._select_sorted(cand, lrows, lids, lpos, active, rng, fill)
 
     def rank_by_collisions(self, cand: np.ndarray) -> np.ndarray:
         """Inference (no labels): each row's distinct candidates, most collisions first (ties: first
@@ -284,8 +315,9 @@ class LSHIndex:
         order = np.argsort(np.take_along_axis(prio, part, axis=1), axis=1)
         return np.take_along_axis(part, order, axis=1).astype(np.int32)
 
-    def _select_sorted(self, cand, lrows, lids, lpos, active, rng):
-        """Wide layers: candidates as (row, id, priority) lists, de-duplicated and cut by sorting."""
+    def _select_sorted(self, cand, lrows, lids, lpos, active, rng, fill=None):
+        """Wide layers (and weighted fills): candidates as (row, id, priority) lists, de-duplicated and
+        cut by sorting."""
         B, dim = cand.shape[0], self.dim
         rows_c = np.repeat(np.arange(B, dtype=np.int64), cand.shape[1])
         ids_c = cand.ravel().astype(np.int64)
@@ -298,7 +330,10 @@ class LSHIndex:
             if not need.any():
                 break
             fr = np.repeat(np.arange(B, dtype=np.int64), need + need // 2 + 2)
-            fid = rng.integers(0, dim, size=fr.size)
+            if fill is not None and attempt < WEIGHTED_ATTEMPTS:
+                fid = np.searchsorted(fill, rng.integers(0, fill[-1], size=fr.size), side="right")
+            else:
+                fid = rng.integers(0, dim, size=fr.size)
             fprio = (np.int64(1) << 36) + (attempt << 30) + np.arange(fr.size, dtype=np.int64)
             rows, ids, prio = _first_k(np.r_[rows, fr], np.r_[ids, fid], np.r_[prio, fprio], dim, active)
         need = active - np.bincount(rows, minlength=B)
@@ -366,7 +401,7 @@ def _first_k(rows, ids, prio, dim, k):
     # key alone keeps the lowest priority first (cheaper than a two-key sort when keys need > 23 bits)
     order = np.argsort(keys, kind="stable")
     keys_s = keys[order]
-    first = np.r_[True, keys_s[1:] != keys_s[:-1]]
+    first = np.r_[True, keys_s[1:] != keys_s[:-1]] if keys.size else np.zeros(0, dtype=bool)
     sel = order[first]
     rows, ids, prio = rows[sel], ids[sel], prio[sel]
     order = _argsort_pairs(rows, prio)

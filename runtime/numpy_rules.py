@@ -318,17 +318,13 @@ def label_mask(labels: sp.csr_matrix, active: np.ndarray | None, dim: int) -> np
     return np.isin(act_keys, label_keys)
 
 
-def softmax_cross_entropy(z, active, labels, dim, neg_shift=None):
+def softmax_cross_entropy(z, active, labels, dim):
     """p = softmax(z) over the given columns; target t_j = 1/|labels_b| on the example's labels present
     in the columns (a label cut from the active set contributes nothing); loss = -sum_j t_j log p_j;
-    dz = (sum_j t_j) p - t (exact also when some labels were cut). An example without labels: 0, 0.
-    `neg_shift` (B,) adds a per-example constant to the non-label columns before the softmax (the
-    sampled-softmax log-Q correction, see `logq_shift`); dz keeps the same form with the shifted p."""
+    dz = (sum_j t_j) p - t (exact also when some labels were cut). An example without labels: 0, 0."""
     mask = label_mask(labels, active, dim)
     n_labels = np.diff(sp.csr_matrix(labels).indptr).astype(z.dtype)
     t = mask * (np.where(n_labels > 0, 1.0 / np.maximum(n_labels, 1), 0).astype(z.dtype)[:, None])
-    if neg_shift is not None:
-        z = z + np.where(mask, 0, neg_shift.astype(z.dtype)[:, None])
     zs = z - z.max(axis=1, keepdims=True)
     logsum = np.log(np.exp(zs).sum(axis=1, keepdims=True))
     logp = zs - logsum
@@ -337,19 +333,7 @@ def softmax_cross_entropy(z, active, labels, dim, neg_shift=None):
     return loss, dz
 
 
-def logq_shift(active, labels, dim):
-    """(B,) log(1/Q_b) with Q_b = (k - |labels_b|) / (dim - |labels_b|): the chance that a given non-label
-    neuron is among example b's k active ids if they were drawn uniformly. Adding it to the non-label
-    logits in the training softmax makes each sampled negative stand for the 1/Q negatives it samples,
-    so the sampled loss estimates the full softmax (its gradient scale on negatives) and the logits stay
-    comparable across all neurons: dense inference then ranks like sparse inference (module interp)."""
-    k = active.shape[1]
-    n_labels = np.minimum(np.diff(sp.csr_matrix(labels).indptr), k - 1)
-    q = (k - n_labels) / np.maximum(dim - n_labels, 1)
-    return -np.log(np.clip(q, 1e-12, 1.0))
-
-
-def sigmoid_binary_cross_entropy(z, active, labels, dim, neg_shift=None):
+def sigmoid_binary_cross_entropy(z, active, labels, dim):
     """Per neuron in the given columns: s = sigmoid(z), y = 1 on the example's labels else 0;
     loss = sum_j -(y log s + (1-y) log(1-s)) (one term for a binary target); dz = s - y."""
     y = label_mask(labels, active, dim).astype(z.dtype)

@@ -224,3 +224,42 @@ def test_random_initial_tables_are_valid_and_seeded():
     for t in range(6):                                       # each neuron at most once per table
         ids = a.tables[t][a.tables[t] >= 0]
         assert len(ids) == len(set(ids))
+
+
+def test_training_fill_is_cumulative_count_plus_one_unless_uniform():
+    from boltc.runtime.lsh import training_fill
+    layer = {"hash": {"family": "dwta"}}
+    counts = np.array([3, 0, 1], np.float32)
+    np.testing.assert_array_equal(training_fill(layer, {"label_count": counts}), [4, 5, 7])
+    assert training_fill({"hash": {"negatives": "uniform"}}, {"label_count": counts}) is None
+    assert training_fill(layer, {}) is None                      # no label counts: uniform
+
+
+def _fill_only(dim, counts, B, k, seed):
+    """Active sets of B label-less rows from empty tables: everything is the weighted fill."""
+    from boltc.runtime.lsh import training_fill
+    idx, _ = _index(dim=dim)
+    idx.tables.fill(-1)
+    x = np.random.default_rng(seed).standard_normal((B, 32)).astype(np.float32)
+    fill = training_fill({"hash": {}}, {"label_count": counts})
+    return idx.select(x, _labels([[]] * B, dim), k, np.random.default_rng(seed), fill=fill)
+
+
+def test_frequency_fill_draws_in_proportion_to_count_plus_one():
+    from scipy.stats import chisquare
+    dim = 50
+    counts = np.arange(dim, dtype=np.float32)                   # weights 1..50
+    a = _fill_only(dim, counts, 20000, 1, seed=3)                # one slot: exactly the first draw
+    seen = np.bincount(a[:, 0], minlength=dim)
+    w = counts + 1
+    assert chisquare(seen, w / w.sum() * seen.sum()).pvalue > 1e-3
+    assert chisquare(seen).pvalue < 1e-9                         # and clearly not uniform
+
+
+def test_frequency_fill_stays_distinct_and_exact_with_dominant_weights():
+    dim = 50
+    counts = np.zeros(dim, np.float32)
+    counts[[3, 9]] = 1e9                                         # all but certain to be drawn first
+    a = _fill_only(dim, counts, 40, 12, seed=4)
+    for row in a:
+        assert len(set(row)) == 12 and set(row[:2]) == {3, 9}  # the rest: uniform fallback, distinct

@@ -11,6 +11,7 @@ import copy
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from boltc.runtime.interp import NumpyExecutor
 from boltc.runtime.native import NativeExecutor
@@ -278,3 +279,34 @@ def test_predict_of_a_dense_two_class_output_without_label_counts_matches_interp
     ref._set_state(nat.state)
     ids_ref, scores_ref = ref.predict(X, top_k=1)
     np.testing.assert_allclose(scores, scores_ref, rtol=1e-5, atol=1e-6)
+
+
+def _native_fill_only(counts, B, k, seed):
+    """Native training lookup on label-less rows and empty tables: the whole set is the fill."""
+    dim = counts.size
+    plan = make_plan(300, 24, dim, 40)
+    nx, _ = pair(plan)
+    nx.state.lsh["scores"].tables.fill(-1)
+    nx.state.params["scores"]["label_count"] = counts
+    nx.k = lookup_kernels(k, dim)
+    h = np.random.default_rng(seed).random((B, 24)).astype(np.float32)
+    labels = sp.csr_matrix((B, dim), dtype=np.float32)
+    return nx._select(dict(plan["layers"][-1], active=k), h, labels, seed, False)
+
+
+def test_native_frequency_fill_draws_in_proportion_like_the_spec():
+    from scipy.stats import chisquare
+    counts = np.arange(50, dtype=np.float32)                    # weights 1..50 (runtime/lsh.py training_fill)
+    ids = _native_fill_only(counts, 20000, 1, seed=5)
+    seen = np.bincount(ids[:, 0], minlength=50)
+    w = counts + 1
+    assert chisquare(seen, w / w.sum() * seen.sum()).pvalue > 1e-3
+    assert chisquare(seen).pvalue < 1e-9
+
+
+def test_native_frequency_fill_with_dominant_weights_is_distinct_and_exact():
+    counts = np.zeros(50, np.float32)
+    counts[[3, 9]] = 1e9
+    ids = _native_fill_only(counts, 40, 12, seed=6)
+    for row in ids:
+        assert len(set(row)) == 12 and set(row[:2]) == {3, 9}

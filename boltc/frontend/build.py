@@ -32,12 +32,16 @@ def _sparsity(v):
 _DWTA = (Param("tables", integer(1), None), Param("hashes", integer(1, 16), None),
          Param("range", integer(1, 24), None, alias="bits"), Param("reservoir", integer(1), None),
          Param("bin_size", integer(2), None), Param("rehash_every", real(0.0, low_open=True), None),
-         Param("rebuild_every", real(0.0, low_open=True), None), Param("freeze_after", integer(0), None))
+         Param("rebuild_every", real(0.0, low_open=True), None), Param("freeze_after", integer(0), None),
+         # the training active set's random fill: its share of the set, and how it draws (runtime/lsh.py)
+         Param("random_share", real(0.0, 1.0, what="a share in [0, 1]"), None),
+         Param("negatives", word("frequency", "uniform", what="negative sampling"), None))
 _SRP = tuple(p for p in _DWTA if p.name not in ("range", "bin_size"))
 # .bolt spelling -> plan key
 HASH_KEYS = {"tables": "tables", "hashes": "hashes", "range": "range_bits", "reservoir": "reservoir",
              "bin_size": "bin_size", "rehash_every": "rehash_every", "rebuild_every": "rebuild_every",
-             "freeze_after": "freeze_after"}
+             "freeze_after": "freeze_after", "random_share": "random_share", "negatives": "negatives"}
+HASH_WORDS = ("negatives",)          # options whose value is a bare word, not a string
 
 
 def _hash(problems):

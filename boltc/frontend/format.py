@@ -13,7 +13,7 @@ import networkx as nx
 
 from boltc import ir
 from boltc.frontend.blocks import OPTIONAL_TRAIN_KEYS, SGD_DEFAULT_LR, TRAIN_DEFAULTS
-from boltc.frontend.build import CATEGORICAL_DEFAULT_DIM, HASH_KEYS, TEXT_DEFAULT_DIM
+from boltc.frontend.build import CATEGORICAL_DEFAULT_DIM, HASH_KEYS, HASH_WORDS, TEXT_DEFAULT_DIM
 
 _PLAN_TO_BOLT_HASH = {v: k for k, v in HASH_KEYS.items()}
 _TARGET_WORDS = {"single": "label", "multi": "multilabel", "binary": "binary"}
@@ -74,7 +74,8 @@ def _target(n: ir.Node) -> str:
 def _hash(h) -> str:
     if isinstance(h, str):
         return h
-    kw = [(_PLAN_TO_BOLT_HASH[k], fmt_value(v)) for k, v in h.items() if k in _PLAN_TO_BOLT_HASH]
+    kw = [(_PLAN_TO_BOLT_HASH[k], v if k in HASH_WORDS else fmt_value(v)) for k, v in h.items()
+          if k in _PLAN_TO_BOLT_HASH]
     if h["family"] == "srp":
         kw = [(k, v) for k, v in kw if k not in ("range", "bin_size")]   # srp: range == hashes
     return _call(h["family"], [], kw)

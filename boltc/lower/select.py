@@ -91,16 +91,34 @@ def _splitmix(k: Kernel, state_slot):
     return k.b.xor(z, k.b.lshr(z, k.i64(31)))
 
 
+WEIGHTED_DRAWS = 8       # weighted fill draws per active slot before the fill turns uniform
+
+
+def _weighted_pick(k: Kernel, cum, u, dim: int, out_slot) -> None:
+    """out_slot = the first j with cum[j] > u (cum nondecreasing int64): numpy's
+    searchsorted(cum, u, side="right")."""
+    lo, hi = k.var(I64, k.i64(0)), k.var(I64, k.i64(dim))
+    with k.while_(lambda: k.icmp("<", k.get(lo), k.get(hi)), "bsearch"):
+        mid = k.b.lshr(k.add(k.get(lo), k.get(hi)), k.i64(1))
+        gt = k.icmp(">", k.ld(cum, mid, I64), u)
+        k.set(hi, k.select(gt, mid, k.get(hi)))
+        k.set(lo, k.select(gt, k.get(lo), k.add(mid, k.i64(1))))
+    k.set(out_slot, k.get(lo))
+
+
 def lookup(km: KernelModule, name: str, dim: int, k_active: int) -> None:
     """out[b, :K] = labels of b, then tables[t, buckets[b, t], r] for t, r in order, de-duplicated,
     then random ids, for b in [b0, b1). `marks` is a per-thread bitset of dim bits (int32 words, zero
     on entry and on exit): 84 KB at 670k neurons, so the de-duplication stays in L2; each row clears
     the bits it set. has_labels = 0 skips the labels (inference). The random fill draws from
-    splitmix64(seed, b)."""
+    splitmix64(seed, b): with ncum = dim, in proportion to the cumulative int64 weights `cum` (binary
+    search; runtime/lsh.py training_fill) for the first WEIGHTED_DRAWS * K draws, uniform after that
+    (a few dominant weights cannot stall the de-duplication); with any other ncum (0), uniform."""
     k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("buckets", "ptr"), ("tables", "ptr"),
                          ("ntables", "i64"), ("nbuckets", "i64"), ("reservoir", "i64"),
                          ("lab_indptr", "ptr"), ("lab_indices", "ptr"), ("has_labels", "i64"),
-                         ("seed", "i64"), ("room", "i64"), ("out", "ptr"), ("marks", "ptr")])
+                         ("seed", "i64"), ("room", "i64"), ("cum", "ptr"), ("ncum", "i64"),
+                         ("out", "ptr"), ("marks", "ptr")])
     a = k.arg
     K = k.i64(k_active)
     L, NB, R = a["ntables"], a["nbuckets"], a["reservoir"]
@@ -138,8 +156,17 @@ def lookup(km: KernelModule, name: str, dim: int, k_active: int) -> None:
                     with k.if_(k.icmp(">=", n, k.i64(0))):
                         offer(n, cap)
         rng = k.var(I64, k.b.xor(k.b.mul(a["seed"], k.i64(0x2545F4914F6CDD1D)), b))
+        draws = k.var(I64, k.i64(0))
         with k.while_(lambda: k.icmp("<", k.get(cnt), K), "fill"):
-            offer(k.b.urem(_splitmix(k, rng), k.i64(dim)))
+            r = _splitmix(k, rng)
+            pick = k.var(I64, k.b.urem(r, k.i64(dim)))
+            weighted = k.b.and_(k.icmp("==", a["ncum"], k.i64(dim)),
+                                k.icmp("<", k.get(draws), k.i64(WEIGHTED_DRAWS * k_active)))
+            with k.if_(weighted):
+                k.set(draws, k.add(k.get(draws), k.i64(1)))
+                total = k.ld(a["cum"], k.i64(dim - 1), I64)        # >= dim: every weight is count + 1
+                _weighted_pick(k, a["cum"], k.b.urem(r, total), dim, pick)
+            offer(k.get(pick))
         with k.loop(0, K, "c") as j:                      # leave the bitset empty for the next row
             n = k.ld_i32_as_i64(a["out"], k.add(ob, j))
             k.st(a["marks"], k.b.lshr(n, k.i64(5)), zero32)

@@ -17,6 +17,7 @@ import networkx as nx
 from boltc import ir
 from boltc.passes import bolt_rules as R
 from boltc.passes.common import xc_header
+from boltc.runtime.lsh import DEFAULT_NEGATIVES, DEFAULT_RANDOM_SHARE
 
 
 def train_rows(g: nx.DiGraph) -> tuple[int | None, str]:
@@ -48,7 +49,7 @@ def _schedule(spec: dict, rows: int | None, rows_reason: str, choices: list, nam
     fill("freeze_after", R.FREEZE_AFTER, "BOLT: freeze tables after the first epoch, insert missed labels")
 
 
-def hash_spec(n: ir.Node, given: dict | str, rows, rows_reason, choices: list) -> dict:
+def hash_spec(n: ir.Node, given: dict | str, rows, rows_reason, choices: list, is_output: bool = False) -> dict:
     s, dim = n.attrs["sparsity"], n.dim
     spec = {"family": "dwta"} if given == "auto" else dict(given)
     fam = spec["family"]
@@ -75,6 +76,10 @@ def hash_spec(n: ir.Node, given: dict | str, rows, rows_reason, choices: list) -
     b = spec["range_bits"]
     fill("tables", R.tables(s, b), f"BOLT: round({s:g} x 2^{b})")
     fill("reservoir", R.reservoir(dim, b), f"BOLT: 4 x max({dim} // 2^{b}, 1)")
+    if is_output:
+        fill("random_share", DEFAULT_RANDOM_SHARE, "share of the training active set left to random negatives")
+        fill("negatives", DEFAULT_NEGATIVES, "random negatives drawn in proportion to label frequency + 1: "
+             "dense inference then agrees with sparse (runtime/lsh.py training_fill)")
     _schedule(spec, rows, rows_reason, choices, n.name)
     return spec
 
@@ -92,7 +97,9 @@ def choose_hashing(g: nx.DiGraph) -> nx.DiGraph:
                                                     "the layer is dense, so the hash given is not used"))
             ir.replace_node(h, n.with_attrs(hash="none"))
             continue
-        spec = hash_spec(n, given, rows, rows_reason, h.graph["choices"])
+        loss = h.graph.get("loss")
+        spec = hash_spec(n, given, rows, rows_reason, h.graph["choices"],
+                         is_output=loss is not None and loss.output == n.name)
         ir.replace_node(h, n.with_attrs(hash=spec))
         size = R.hash_table_bytes(spec)
         text = f"{size / 1e6:,.0f} MB" if size >= 10**7 else f"{size / 1e3:,.1f} kB"
