@@ -1,12 +1,13 @@
 """Peak memory of training on the Amazon-670K shape (SYNTHETIC data), native backend, next to the
 plan_memory estimate of models/amazon670k.bolt.
 
-  python benchmarks/memory.py [--steps 8]
+  python benchmarks/memory.py [--steps 8] [--moments auto|f32|bf16]
 
 Peak = this process's peak RSS (ru_maxrss) after building the hash tables and `--steps` training
-steps. The plan_memory estimate counts a gradient buffer the size of the weights; the native backend
-never allocates one (each touched row's gradient is summed in a per-chunk scratch row and applied at
-once), so the script also prints the estimate without it. Goal: under 4 GiB (BOLT 7.5, PyTorch 5.5).
+steps; one process per setting (peak RSS cannot be reset), so compare settings by running it twice.
+`--moments` overrides the model's `adam(moments=...)` (default: the model's own, auto = bf16 moments
+for scores.W, whose f32 moments would take 1.28 GiB). The plan_memory estimate is for the native
+backend, which keeps no gradient buffer. Goal: under 4 GiB (BOLT 7.5, PyTorch 5.5).
 """
 from __future__ import annotations
 
@@ -27,8 +28,15 @@ MODEL = Path(__file__).parents[1] / "models" / "amazon670k.bolt"
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--moments", choices=["auto", "f32", "bf16"], default=None,
+                    help="override the model's adam(moments=...) (default: as the model says)")
     args = ap.parse_args(argv)
-    _, plan = load_model_source(str(MODEL))
+    source = MODEL.read_text()
+    if args.moments:
+        assert "adam(lr=1e-4)" in source
+        source = source.replace("adam(lr=1e-4)", f"adam(lr=1e-4, moments={args.moments})")
+    graph, plan = load_model_source(source)
+    kinds = plan["train"]["moment_dtypes"]
     base = peak_rss_bytes()
     out = plan["layers"][-1]
     X, Y = synth_data(args.steps * plan["train"]["batch"], plan["inputs"][0]["dim"], out["dim"])
@@ -44,14 +52,17 @@ def main(argv=None) -> int:
     gib = 1 << 30
     rows = [{"figure": "measured peak RSS (native, 2 threads)", "GiB": round(peak / gib, 2)},
             {"figure": "  of which before the model (Python, libraries, data)", "GiB": round(base / gib, 2)},
-            {"figure": "plan_memory estimate (total)", "GiB": round(est["total"] / gib, 2)},
-            {"figure": "plan_memory estimate without the gradient buffer", "GiB": round((est["total"] - est["gradients"]) / gib, 2)},
+            {"figure": "plan_memory estimate (native backend)", "GiB": round(est["total"] / gib, 2)},
             {"figure": "  weights / optimizer / hash tables", "GiB": " / ".join(
                 f"{est[k] / gib:.2f}" for k in ("weights", "optimizer", "hash_tables"))},
+            {"figure": "  (--backend numpy also: per-batch gradient blocks up to)",
+             "GiB": round(graph.graph["memory"]["numpy_gradients"] / gib, 2)},
             {"figure": "BOLT / PyTorch (PEERS.md)", "GiB": "7.5 / 5.5"}]
-    print(f"peak memory, training {args.steps} steps on the 670k shape ({dt:.1f} s)")
+    storage = ", ".join(f"{layer}.{t} {k}" for layer, ts in kinds.items() for t, k in ts.items())
+    print(f"peak memory, training {args.steps} steps on the 670k shape ({dt:.1f} s); Adam moments: {storage}")
     print(table(rows, ["figure", "GiB"]))
-    print(f"wrote {write_json('memory', {'peak_rss_bytes': peak, 'baseline_rss_bytes': base, 'plan_memory': est, 'steps': args.steps})}")
+    name = "memory" if not args.moments else f"memory_{args.moments}"
+    print(f"wrote {write_json(name, {'peak_rss_bytes': peak, 'baseline_rss_bytes': base, 'plan_memory': est, 'steps': args.steps, 'moments': args.moments or plan['train']['moments'], 'moment_dtypes': kinds})}")
     return 0
 
 

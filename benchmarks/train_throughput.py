@@ -7,6 +7,8 @@
 BOLT's automatic sparsity 0.005 = 3,350 active, DWTA K=5 L=164 range 2^15 reservoir 80).
 100k: 100,000 features -> 256 -> 100,000 labels, 50,000 training rows, one epoch, P@1 on 5,000 test rows
 of the same synthetic task (dense and sparse inference).
+`--moments f32,bf16` trains the native model once per storage of Adam's moments (float32; bfloat16,
+`adam(moments=bf16)`) in the same run: speed and P@1 side by side. Default: f32 only.
 
 Speed is compared as ratios measured in the same run (the machine is shared and noisy). The script also
 measures the memory bandwidth of this run (2 threads reading 1 GiB) and counts the bytes one native
@@ -27,6 +29,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_common import (batches, build_tables, fresh_state, peak_rss_bytes, synth_data, table,  # noqa: E402
                           write_json, xc_plan)
+
+from boltc.passes.plan_memory_moments import MOMENT_BYTES, moment_dtypes  # noqa: E402
 
 from boltc.runtime.interp import NumpyExecutor  # noqa: E402
 from boltc.runtime.native import NativeExecutor  # noqa: E402
@@ -61,10 +65,13 @@ def step_bytes(ex: NativeExecutor, plan: dict, batch) -> int:
     nf = np.unique(x.indices).size
     idx = ex.state.lsh.get(out["name"])
     probe = 0 if idx is None else batch.size * idx.L * idx.reservoir * 4
-    return (nu * row                       # forward: each active neuron's row read once
-            + nu * row * 6 + nu * 4 * 6    # lazy Adam: W, m, v rows read and written (+ bias)
-            + nf * hid["dim"] * 4 * 7      # first layer: row gathered, then W, m, v read+written
-            + probe)                       # LSH buckets probed
+    kinds = moment_dtypes(plan)
+    mo, mh = (MOMENT_BYTES[kinds[layer["name"]]["W"]] for layer in (out, hid))
+    return (nu * row                                   # forward: each active neuron's row read once
+            + nu * out["in_dim"] * (2 * 4 + 4 * mo)    # lazy Adam: W, m, v rows read and written
+            + nu * 4 * 6                               # (+ bias)
+            + nf * hid["dim"] * (3 * 4 + 4 * mh)       # first layer: row gathered, then W, m, v read+written
+            + probe)                                   # LSH buckets probed
 
 
 def time_native(plan, X, Y, batch, steps, warm=2, threads=2):
@@ -173,12 +180,22 @@ def run_670k(args, bw):
     F, L, B = 135909, 670091, 256
     steps = 4 if args.quick else 12
     X, Y = synth_data((steps + 3) * B, F, L, seed=1)
-    plan = xc_plan(F, L, batch=B, lr=1e-4)
-    ex, state, native_eps, t_build, nbytes = time_native(plan, X, Y, B, steps)
-    rows = [{"system": "boltc native (2 threads)", "examples/s": round(native_eps, 1)}]
+    by_moments, rows = {}, []
+    for moments in args.moments:
+        plan = xc_plan(F, L, batch=B, lr=1e-4)
+        plan["train"]["moments"] = moments
+        ex, state, eps, t_build, nb = time_native(plan, X, Y, B, steps)
+        by_moments[moments] = {"native_eps": eps, "bytes_per_example": nb / B, "table_build_s": t_build,
+                               "bandwidth_bound_eps": bw / (nb / B)}
+        rows.append({"system": f"boltc native (2 threads), {moments} moments", "examples/s": round(eps, 1)})
+        if moments == args.moments[0]:              # the interpreter is timed on this one's state
+            native_eps, nbytes, first = eps, nb, (plan, state if not args.no_numpy else None)
+        del ex, state
+        gc.collect()
+    plan, state = first
     bound = bw / (nbytes / B)
     numpy_eps = time_numpy(plan, state, X, Y, B, 1 if args.quick else 2) if not args.no_numpy else None
-    del ex, state
+    del state, first
     gc.collect()
     rows.append({"system": "boltc numpy interpreter", "examples/s": round(numpy_eps, 1) if numpy_eps else "skipped"})
     torch_eps, _ = time_torch(F, L, X, Y, B, 2 if args.quick else 4, lr=1e-4) if not args.no_torch else (None, None)
@@ -188,10 +205,13 @@ def run_670k(args, bw):
         r["x native"] = round(native_eps / v, 1) if isinstance(v, float) else ""
     print(f"\n670k shape (synthetic), batch {B}: table build {t_build:.1f} s (native)")
     print(table(rows, ["system", "examples/s", "x native"]))
-    print(f"bytes moved per example (native, counted): {nbytes / B / 1e6:.2f} MB; "
-          f"bandwidth this run {bw / 1e9:.1f} GB/s -> bound {bound:.0f} examples/s; "
-          f"native at {native_eps / bound:.0%} of it")
-    return {"native_eps": native_eps, "numpy_eps": numpy_eps, "torch_eps": torch_eps,
+    for moments, r in by_moments.items():
+        print(f"{moments} moments: bytes moved per example (native, counted): "
+              f"{r['bytes_per_example'] / 1e6:.2f} MB; "
+              f"bandwidth this run {bw / 1e9:.1f} GB/s -> bound {r['bandwidth_bound_eps']:.0f} examples/s; "
+              f"native at {r['native_eps'] / r['bandwidth_bound_eps']:.0%} of it")
+    return {"moments": args.moments[0], "by_moments": by_moments,
+            "native_eps": native_eps, "numpy_eps": numpy_eps, "torch_eps": torch_eps,
             "table_build_s": t_build, "bytes_per_example": nbytes / B, "bandwidth_Bps": bw,
             "bandwidth_bound_eps": bound, "fraction_of_bound": native_eps / bound,
             "peers": {"bolt_eps": 129, "pytorch_eps": 57}}
@@ -202,25 +222,34 @@ def run_100k(args, bw):
     n_train = 8192 if args.quick else 50000
     X, Y = synth_data(n_train, F, L, seed=1, task=0)
     Xt, Yt = synth_data(2000 if args.quick else 5000, F, L, seed=2, task=0)
-    plan = xc_plan(F, L, batch=B, lr=1e-3)
-    state = fresh_state(plan)
-    ex = NativeExecutor(plan, state, threads=2)
-    build_tables(plan, state)
-    bs = list(batches(X, Y, B))
-    t = time.perf_counter()
-    for i, b in enumerate(bs):
-        ex.train_step(b, plan["train"]["lr"])
-        ex.after_step(0, i, len(bs))
-    native_eps = len(bs) * B / (time.perf_counter() - t)
-    p_dense, p_sparse = precision_at_1(ex, Xt, Yt, False), precision_at_1(ex, Xt, Yt, True)
+    by_moments, rows = {}, []
+    for moments in args.moments:
+        plan = xc_plan(F, L, batch=B, lr=1e-3)
+        plan["train"]["moments"] = moments
+        state = fresh_state(plan)
+        ex = NativeExecutor(plan, state, threads=2)
+        build_tables(plan, state)
+        bs = list(batches(X, Y, B))
+        t = time.perf_counter()
+        for i, b in enumerate(bs):
+            ex.train_step(b, plan["train"]["lr"])
+            ex.after_step(0, i, len(bs))
+        eps = len(bs) * B / (time.perf_counter() - t)
+        p_dense, p_sparse = precision_at_1(ex, Xt, Yt, False), precision_at_1(ex, Xt, Yt, True)
+        by_moments[moments] = {"native_eps": eps, "p1_dense": p_dense, "p1_sparse": p_sparse}
+        rows.append({"system": f"boltc native (2 threads), {moments} moments", "examples/s": round(eps, 1),
+                     "P@1 dense": round(p_dense, 3), "P@1 sparse": round(p_sparse, 3)})
+        if moments == args.moments[0]:              # the interpreter is timed on this one's state
+            native_eps, first = eps, (plan, state if not args.no_numpy else None, p_dense, p_sparse)
+        del ex, state
+        gc.collect()
+    plan, state, p_dense, p_sparse = first
     numpy_eps = time_numpy(plan, state, X, Y, B, 2) if not args.no_numpy else None
-    del ex, state
+    del state, first
     gc.collect()
     torch_eps, torch_p1 = (time_torch(F, L, X, Y, B, None, epoch_rows=n_train, lr=1e-3, Xt=Xt, Yt=Yt)
                            if not args.no_torch else (None, None))
-    rows = [{"system": "boltc native (2 threads)", "examples/s": round(native_eps, 1),
-             "P@1 dense": round(p_dense, 3), "P@1 sparse": round(p_sparse, 3)},
-            {"system": "boltc numpy interpreter", "examples/s": round(numpy_eps, 1) if numpy_eps else "skipped",
+    rows += [{"system": "boltc numpy interpreter", "examples/s": round(numpy_eps, 1) if numpy_eps else "skipped",
              "P@1 dense": "(same math)", "P@1 sparse": ""},
             {"system": "PyTorch dense (2 threads)", "examples/s": round(torch_eps, 1) if torch_eps else "n/a",
              "P@1 dense": round(torch_p1, 3) if torch_p1 is not None else "n/a", "P@1 sparse": ""}]
@@ -229,7 +258,8 @@ def run_100k(args, bw):
         r["x native"] = round(native_eps / v, 1) if isinstance(v, float) else ""
     print(f"\n100k labels (synthetic), {n_train} rows, 1 epoch, batch {B}; test {Xt.shape[0]} rows")
     print(table(rows, ["system", "examples/s", "x native", "P@1 dense", "P@1 sparse"]))
-    return {"native_eps": native_eps, "numpy_eps": numpy_eps, "torch_eps": torch_eps, "p1_dense": p_dense,
+    return {"moments": args.moments[0], "by_moments": by_moments,
+            "native_eps": native_eps, "numpy_eps": numpy_eps, "torch_eps": torch_eps, "p1_dense": p_dense,
             "p1_sparse": p_sparse, "torch_p1": torch_p1, "train_rows": n_train,
             "peers": {"bolt_eps": 509, "bolt_p1_sparse": 0.32, "pytorch_eps": 382, "pytorch_p1": 0.43}}
 
@@ -240,6 +270,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer steps / rows (a smoke run)")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-numpy", action="store_true")
+    ap.add_argument("--moments", default="f32", type=lambda v: v.split(","),
+                    help="storages of Adam's moments to train with, comma-separated (f32,bf16); the first one's "
+                         "state is also timed on the interpreter")
     ap.add_argument("--tag", default="", help="results/train_throughput_<tag>.json (default: no suffix)")
     args = ap.parse_args(argv)
     bw = memory_bandwidth()
