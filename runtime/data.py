@@ -44,7 +44,9 @@ def _target(plan: dict) -> dict:
     return plan.get("target") or {}
 
 
-def load_dataset(source, plan: dict, with_labels: bool = True) -> Dataset:
+def load_dataset(source, plan: dict, with_labels: bool = True, allow_stream: bool = False) -> Dataset:
+    """`allow_stream`: the caller (training, evaluation) can take a runtime/stream.py StreamingDataset,
+    returned for an XC/svmlight file that asks for it (`stream=true`) or is too large for memory."""
     if isinstance(source, Dataset):
         return source
     if isinstance(source, (str, os.PathLike)):
@@ -70,6 +72,10 @@ def load_dataset(source, plan: dict, with_labels: bool = True) -> Dataset:
         raise DataError("an XC/svmlight file feeds a model with exactly one sparse or dense input",
                         Location(path, 0))
     inp = sparse_inputs[0]
+    if allow_stream and with_labels:
+        from boltc.runtime.stream import open_streaming, should_stream
+        if should_stream(path, source.get("stream")):
+            return open_streaming(path, fmt, plan, source)
     X, Y = xcformat.read_xc(path, fmt)
     norm = source.get("normalize", "none")
     if norm not in ("none", "l2", None):
@@ -137,8 +143,9 @@ def _synthetic(source: dict, plan: dict) -> Dataset:
 
 
 def as_dataset(obj, plan: dict, labels=None) -> Dataset:
-    """Python objects -> Dataset: (X, Y) tuples, matrices/arrays of inputs, lists of strings."""
-    if isinstance(obj, Dataset):
+    """Python objects -> Dataset: (X, Y) tuples, matrices/arrays of inputs, lists of strings (a Dataset or
+    a runtime/stream.py StreamingDataset is passed through)."""
+    if isinstance(obj, Dataset) or getattr(obj, "streaming", False):
         return obj
     if isinstance(obj, (str, os.PathLike)):
         return load_dataset(obj, plan)

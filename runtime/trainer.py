@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from boltc.errors import BoltValidationError
 from boltc.runtime import metrics as metrics_mod
 from boltc.runtime import savefile
 from boltc.runtime.dataset import Dataset
@@ -79,8 +80,11 @@ def evaluate(executor, dataset: Dataset, names, sparse: bool = False, batch: int
     """Metrics (percent) of `executor` on a labelled dataset; inference only."""
     acc = metrics_mod.MetricAccumulator(names, binary=binary)
     t0 = time.perf_counter()
-    for s in range(0, dataset.rows, batch):
-        b = dataset.take(np.arange(s, min(s + batch, dataset.rows)))
+    if getattr(dataset, "streaming", False):
+        batches = dataset.eval_batches(batch)
+    else:
+        batches = (dataset.take(np.arange(s, min(s + batch, dataset.rows))) for s in range(0, dataset.rows, batch))
+    for b in batches:
         ids, scores = executor.predict(b, acc.kmax, sparse=sparse)
         acc.add(ids, b.labels, scores)
     out = acc.result()
@@ -132,14 +136,31 @@ class Trainer:
                                  for i in range(0, rows.size, RANK_CORR_CHUNK)])
         self.sampler.rank_correlation(losses, rows)
 
+    def _epoch_batches(self, train, epoch: int, batch: int, seed: int):
+        """(row ids, Batch) of one epoch: the sampler's draws, or a streamed file's own order."""
+        if getattr(train, "streaming", False):
+            yield from train.batches(epoch, batch, seed)
+            return
+        for rows, weights in self.sampler.batches(epoch):
+            b = train.take(rows)
+            if weights is not None:
+                b.weights = np.asarray(weights, dtype=np.float32)
+            yield rows, b
+
     def fit(self, train: Dataset, validation: Dataset | None = None, epochs: int | None = None,
             callbacks=()) -> dict:
         cfg = self.train_cfg
         epochs = int(epochs if epochs is not None else cfg.get("epochs", 1))
         batch = int(cfg.get("batch", 256))
         seed = int(cfg.get("seed", 0))
+        streaming = getattr(train, "streaming", False)
+        if streaming and (cfg.get("sampler") or {}).get("kind", "uniform") != "uniform":
+            raise BoltValidationError(
+                f"sampler {cfg['sampler']['kind']} needs the training set in memory, but {train.source} is "
+                "streamed (too large for memory, or stream=true): use the uniform sampler, or a smaller file")
         if self.sampler is None:
-            self.sampler = make_sampler(cfg.get("sampler"), train, batch, seed)
+            self.sampler = (_UniformSampler(train.rows, batch, seed) if streaming
+                            else make_sampler(cfg.get("sampler"), train, batch, seed))
         state = getattr(self, "_sampler_state", None)
         if state:
             self.sampler.load_state_dict(state)
@@ -160,10 +181,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 up0 = getattr(self.ex, "upkeep_seconds", 0.0)
                 loss_sum, n_seen, lr = 0.0, 0, base_lr
-                for bi, (rows, weights) in enumerate(self.sampler.batches(epoch)):
-                    b = train.take(rows)
-                    if weights is not None:
-                        b.weights = np.asarray(weights, dtype=np.float32)
+                for bi, (rows, b) in enumerate(self._epoch_batches(train, epoch, batch, seed)):
                     lr = lr_at(base_lr, cfg.get("schedule"), epoch * bpe + bi, total_steps, bpe)
                     losses = self.ex.train_step(b, lr)
                     self.ex.after_step(epoch, bi, bpe)

@@ -138,12 +138,14 @@ def build_train(body, problems: list[Problem]) -> dict:
     return train
 
 
-# file options: those runtime/csvdata.py reads (csv/tsv); xc and svmlight files take only format
+# file options: those runtime/csvdata.py reads (csv/tsv); xc and svmlight files take format and stream
 _FILE = (Param("path", string, positional=True),
          Param("format", word("xc", "svmlight", "csv", "tsv", what="format"), None),
          Param("delimiter", string, None), Param("quote", string, None), Param("header", boolean, None),
          Param("names", string, None), Param("label_sep", string, None), Param("encoding", string, None),
-         Param("max_rows", integer(1), None))
+         Param("max_rows", integer(1), None),
+         # xc/svmlight: read in chunks every epoch (runtime/stream.py); left out = when too large for memory
+         Param("stream", boolean, None))
 # synthetic(...): the generator's settings (runtime/synth.py SynthSpec); features and labels default
 # to the model's input width and target classes there, so they may be left out here
 _SYNTHETIC = (Param("rows", integer(1)), Param("features", integer(1), None), Param("labels", integer(1), None),
