@@ -156,3 +156,18 @@ def test_only_amazon670k_gets_bf16_moments_automatically(path):
     bf16 = sorted(f"{layer}.{t}" for layer, ts in kinds.items() for t, k in ts.items() if k == "bf16")
     assert bf16 == (["scores.W"] if path.stem == "amazon670k" else [])
     assert kinds == plan["train"]["moment_dtypes"]
+
+
+def test_python_api_override_and_checkpoint_resume_with_bf16_moments(tmp_path):
+    import boltc
+    from boltc.errors import BoltError
+    m = boltc.compile(str(MODELS / "tiny.bolt"), moments="bf16", epochs=2, backend="native")
+    assert m.plan["train"]["moment_dtypes"]["scores"]["W"] == "bf16"
+    ck = tmp_path / "ck.boltc"
+    m.fit(checkpoint=ck, progress=False)
+    assert m.state.m["scores"]["W"].dtype == np.uint16 and m.state.m["scores"]["W"].any()
+    r = boltc.load(ck)
+    np.testing.assert_array_equal(r.state.v["scores"]["W"], m.state.v["scores"]["W"])
+    np.testing.assert_array_equal(r.state.params["scores"]["W"], m.state.params["scores"]["W"])
+    with pytest.raises(BoltError, match="moments must be one of"):
+        boltc.compile(str(MODELS / "tiny.bolt"), moments="fp16")
