@@ -81,8 +81,9 @@ class Model:
         self._state, self._executor = state, None
 
     # ------------------------------------------------------------ data
-    def dataset(self, data, labels=None, with_labels: bool = True):
-        """Any accepted input -> runtime Dataset (files, plan data entries, matrices, strings)."""
+    def dataset(self, data, labels=None, with_labels: bool = True, allow_stream: bool = False):
+        """Any accepted input -> runtime Dataset (files, plan data entries, matrices, strings); with
+        `allow_stream`, a large XC/svmlight file comes back as a runtime/stream.py StreamingDataset."""
         from boltc.runtime.data import as_dataset, load_dataset
         if data is None:
             raise DataError("no data given (and the model's data block names none)")
@@ -90,7 +91,7 @@ class Model:
         if isinstance(data, str) and is_text_model and not Path(data).exists():
             data = [data]                               # one raw text to classify
         if labels is None and (isinstance(data, (str, os.PathLike)) or (isinstance(data, dict) and "kind" in data)):
-            return load_dataset(data, self.plan, with_labels=with_labels)
+            return load_dataset(data, self.plan, with_labels=with_labels, allow_stream=allow_stream)
         return as_dataset(data, self.plan, labels)
 
     def data_source(self, split: str):
@@ -109,14 +110,14 @@ class Model:
             raise DataError("no training data: pass it to fit() or name it in the model's data block")
         if validation is None:
             validation = self.data_source("validation") or self.data_source("test")
-        train_ds = self.dataset(train, labels)
+        train_ds = self.dataset(train, labels, allow_stream=True)
         if train_ds.labels is None:
             raise DataError("the training data has no labels", None)
         # the class-name mapping comes from the training set and must be fixed before the validation
         # set is read: otherwise string labels could map to different ids in the two files
         if train_ds.class_names and not self.plan["target"].get("class_names"):
             self.plan["target"]["class_names"] = list(train_ds.class_names)
-        val_ds = self.dataset(validation) if validation is not None else None
+        val_ds = self.dataset(validation, allow_stream=True) if validation is not None else None
         saved = None
         if resume and checkpoint and Path(checkpoint).exists():
             saved = savefile.load_model(checkpoint)
@@ -150,7 +151,7 @@ class Model:
     def evaluate(self, data=None, labels=None, *, sparse: bool | None = None, metrics=None) -> dict:
         from boltc.runtime.trainer import evaluate, metric_names
         data = data if data is not None else (self.data_source("test") or self.data_source("validation"))
-        ds = self.dataset(data, labels)
+        ds = self.dataset(data, labels, allow_stream=True)
         if ds.labels is None:
             raise DataError(f"{ds.source or 'the data'} has no labels to evaluate against")
         names = list(metrics) if metrics else metric_names(self.plan)
@@ -240,6 +241,14 @@ def apply_overrides(plan: dict, overrides: dict) -> None:
         if k not in train and k not in ("schedule", "sampler", "inference", "seed", "threads"):
             raise BoltError(f"unknown train setting {k!r} (the train block has: {', '.join(sorted(train))})")
         train[k] = v
+    if "moments" in overrides or "optimizer" in overrides:
+        # plan_memory resolved each tensor's moment storage from the file's setting: resolve it again
+        from boltc.passes.plan_memory_moments import choose, plan_param_sizes
+        try:
+            train["moment_dtypes"] = choose(train.get("moments", "auto"), train.get("optimizer", "adam"),
+                                            plan_param_sizes(plan))
+        except ValueError as e:
+            raise BoltError(str(e)) from None
     if "moments" in overrides or "optimizer" in overrides:
         # plan_memory resolved each tensor's moment storage from the file's setting: resolve it again
         from boltc.passes.plan_memory_moments import choose, plan_param_sizes
