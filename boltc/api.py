@@ -249,14 +249,6 @@ def apply_overrides(plan: dict, overrides: dict) -> None:
                                             plan_param_sizes(plan))
         except ValueError as e:
             raise BoltError(str(e)) from None
-    if "moments" in overrides or "optimizer" in overrides:
-        # plan_memory resolved each tensor's moment storage from the file's setting: resolve it again
-        from boltc.passes.plan_memory_moments import choose, plan_param_sizes
-        try:
-            train["moment_dtypes"] = choose(train.get("moments", "auto"), train.get("optimizer", "adam"),
-                                            plan_param_sizes(plan))
-        except ValueError as e:
-            raise BoltError(str(e)) from None
 
 
 def load(path, backend: str | None = None, threads: int | None = None) -> Model:
