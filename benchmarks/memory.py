@@ -62,7 +62,10 @@ def main(argv=None) -> int:
     print(f"peak memory, training {args.steps} steps on the 670k shape ({dt:.1f} s); Adam moments: {storage}")
     print(table(rows, ["figure", "GiB"]))
     name = "memory" if not args.moments else f"memory_{args.moments}"
-    print(f"wrote {write_json(name, {'peak_rss_bytes': peak, 'baseline_rss_bytes': base, 'plan_memory': est, 'steps': args.steps, 'moments': args.moments or plan['train']['moments'], 'moment_dtypes': kinds})}")
+    payload = {"peak_rss_bytes": peak, "baseline_rss_bytes": base, "plan_memory": est, "steps": args.steps,
+               "moments": args.moments or plan["train"]["moments"], "moment_dtypes": kinds,
+               "numpy_gradients_bytes": graph.graph["memory"]["numpy_gradients"]}
+    print(f"wrote {write_json(name, payload)}")
     return 0
 
 

@@ -56,7 +56,9 @@ def main(argv=None) -> int:
     print(f"{args.shape} shape (synthetic), batch {B}, {len(times['f32'])} alternating steps each, 2 threads")
     print(table(rows, ["moments", "median step ms", "examples/s"]))
     print(f"median per-batch ratio f32 time / bf16 time: {ratio:.2f}")
-    print(f"wrote {write_json(f'moments_ab_{args.shape}', {'shape': args.shape, 'steps': len(times['f32']), 'step_s': times, 'median_step_s': med, 'median_ratio_f32_over_bf16': ratio})}")
+    payload = {"shape": args.shape, "steps": len(times["f32"]), "step_s": times, "median_step_s": med,
+               "median_ratio_f32_over_bf16": ratio}
+    print(f"wrote {write_json(f'moments_ab_{args.shape}', payload)}")
     return 0
 
 

@@ -71,7 +71,8 @@ def test_bf16_moments_halve_the_optimizer_bytes():
     g = run_pipeline(parse(BEFORE.replace("batch 32", "batch 32 optimizer adam(moments=bf16)")))
     mem = g.graph["memory"]
     assert mem["optimizer"] == mem["weights"]                        # 2 moments x 2 bytes per weight
-    assert g.graph["train"]["moment_dtypes"] == {"h": {"W": "bf16", "b": "bf16"}, "n": {"gamma": "bf16", "beta": "bf16"},
+    assert g.graph["train"]["moment_dtypes"] == {"h": {"W": "bf16", "b": "bf16"},
+                                                 "n": {"gamma": "bf16", "beta": "bf16"},
                                                  "s": {"W": "bf16", "b": "bf16"}}
     assert "s.W.adam_m_v (bf16)" in {b["name"] for b in mem["buffers"]}
     g = run_pipeline(parse(BEFORE.replace("batch 32", "batch 32 optimizer adam(moments=f32)")))
