@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from boltc.errors import BoltValidationError
-from boltc.runtime.lsh import training_fill, training_reserve
+from boltc.runtime.lsh import training_reserve
 from boltc.runtime.lsh_upkeep import DEFAULT_BUDGET, LSHUpkeep
 from boltc.runtime.numpy_rules import LOSS_RULES, NUMPY_RULES
 from boltc.runtime.optim import make_optimizer
@@ -81,7 +81,7 @@ class NumpyExecutor:
                 ids = index.select(ins[0], labels, layer["active"], rng,
                                    insert_missed=insert_missed and is_out and index.frozen,
                                    reserve=training_reserve(layer) if train else 0,
-                                   fill=training_fill(layer, self.state.params.get(name, {})) if train else None)
+                                   fill=self.upkeep.fill(layer) if train else None)
             rule = NUMPY_RULES[layer["op"]]
             values[name], caches[name] = rule.forward(layer, self.state.params.get(name, {}), ins, ids,
                                                       name == self.output)

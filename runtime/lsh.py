@@ -45,9 +45,28 @@ DEFAULT_NEGATIVES = "frequency"     # how a training fill draws: "frequency" or 
 WEIGHTED_ATTEMPTS = 4               # numpy spec: fill rounds drawn by frequency before turning uniform
 
 
-def training_fill(layer: dict, params: dict) -> np.ndarray | None:
-    """The output layer's training fill distribution as (dim,) int64 cumulative weights count_j + 1
-    (`count` = the layer's `label_count` so far), or None for a uniform fill (`hash.negatives`).
+FILL_REFRESH = 16                   # training steps between rebuilds of a fill table (lsh_upkeep.py)
+
+
+class FillTable:
+    """The training fill distribution of an output layer: neuron j has weight count_j + 1.
+
+    `cum` (dim,) int64 cumulative weights (the spec draws j = searchsorted(cum, u, "right") for u
+    uniform in [0, cum[-1])); `guide` (dim,) int64 a guide table for the native lookup:
+    guide[g] = searchsorted(cum, g * total // dim, "right") is where the search for any u in bucket
+    g = u * dim // total can start, so a draw costs a couple of loads instead of a 20-step binary search
+    through a table too large for cache (measured at 670k: binary search 9% of the step)."""
+
+    def __init__(self, counts: np.ndarray):
+        self.cum = np.cumsum(np.asarray(counts).astype(np.int64) + 1)
+        dim, total = self.cum.size, int(self.cum[-1])
+        self.guide = np.searchsorted(self.cum, (np.arange(dim, dtype=np.int64) * total) // dim, side="right")
+        self.guide = self.guide.astype(np.int64)
+
+
+def training_fill(layer: dict, params: dict) -> FillTable | None:
+    """The output layer's training fill distribution (weights `label_count` + 1 so far), or None for a
+    uniform fill (`hash.negatives` = uniform, or no label counts).
 
     Decision beyond BOLT (whose fill is uniform): under a full softmax every label is pushed down, over
     an epoch, about as often as it is a target (at the optimum sum_x p(j|x) = count_j). A uniform fill
@@ -55,16 +74,17 @@ def training_fill(layer: dict, params: dict) -> np.ndarray | None:
     occurrence, grow rows that score high for every input and win a dense argmax while sparse inference
     (which only scores the LSH candidates) hides it. Drawing the fill in proportion to count + 1 restores
     the full softmax's balance in expectation. Measured on the SYNTHETIC 100k-label problem, 1 epoch
-    (benchmarks/train_throughput.py --shape 100k): P@1 dense 0.442 / sparse 0.549 uniform, 0.615 / 0.619
+    (benchmarks/train_throughput.py --shape 100k): P@1 dense 0.442 / sparse 0.549 uniform, 0.615 / 0.621
     by frequency; (count + 1)^0.75: 0.594 / 0.604; ^0.5: 0.540 / 0.611. A Horvitz-Thompson weight on a
     uniform fill (log 1/pi added to its logits) was tried and fell to 0.20 / 0.50: lazy Adam normalises
     each row's step, so weighting a gradient does not make a rare push count more; how often a row is
-    pushed is what counts."""
+    pushed is what counts. Executors get the table through `LSHUpkeep.fill`, rebuilt every FILL_REFRESH
+    steps (the counts move slowly; a rebuild is O(dim))."""
     mode = (layer.get("hash") or {}).get("negatives", DEFAULT_NEGATIVES)
     counts = params.get("label_count")
     if mode == "uniform" or counts is None:
         return None
-    return np.cumsum(counts.astype(np.int64) + 1)
+    return FillTable(counts)
 
 
 class LSHIndex:
@@ -229,7 +249,7 @@ class LSHIndex:
 
     # ------------------------------------------------------------ active sets
     def select(self, x, labels: sp.csr_matrix | None, active: int, rng: np.random.Generator,
-               insert_missed: bool = False, reserve: int = 0, fill: np.ndarray | None = None) -> np.ndarray:
+               insert_missed: bool = False, reserve: int = 0, fill: FillTable | None = None) -> np.ndarray:
         """(B, active) int32: labels first, then bucket contents in table order (de-duplicated), then
         uniform random fill; exactly `active` distinct ids per row, in that order. With `insert_missed`,
         labels that the lookup did not retrieve are inserted into the example's probed buckets (BOLT's
@@ -237,7 +257,7 @@ class LSHIndex:
         `reserve` keeps at least that many slots of each row for the uniform random fill (bucket
         contents are cut at `active - reserve - |labels|`): every neuron then has a chance to be a
         negative for every input (see `interp.py`: without it dense inference is biased towards
-        frequent labels that the buckets rarely return). `fill` (cumulative weights, see `training_fill`)
+        frequent labels that the buckets rarely return). `fill` (a FillTable, see `training_fill`)
         draws the fill in proportion to the weights instead of uniformly (without replacement: repeated
         draws are dropped; after WEIGHTED_ATTEMPTS rounds the rest is uniform, so a few dominant weights
         cannot stall it)."""
@@ -331,7 +351,7 @@ class LSHIndex:
                 break
             fr = np.repeat(np.arange(B, dtype=np.int64), need + need // 2 + 2)
             if fill is not None and attempt < WEIGHTED_ATTEMPTS:
-                fid = np.searchsorted(fill, rng.integers(0, fill[-1], size=fr.size), side="right")
+                fid = np.searchsorted(fill.cum, rng.integers(0, fill.cum[-1], size=fr.size), side="right")
             else:
                 fid = rng.integers(0, dim, size=fr.size)
             fprio = (np.int64(1) << 36) + (attempt << 30) + np.arange(fr.size, dtype=np.int64)

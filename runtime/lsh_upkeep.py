@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 import time
 
+from boltc.runtime.lsh import FILL_REFRESH, training_fill
+
 DEFAULT_BUDGET = 0.06
 GATHER_WEIGHT = 6.0
 SORT_WEIGHT = 60.0
@@ -38,6 +40,17 @@ class LSHUpkeep:
         self.seconds = 0.0
         self.rebuilds = 0
         self.rehashes = 0
+        self._fills: dict = {}
+
+    def fill(self, layer: dict):
+        """The layer's training fill table (lsh.training_fill), cached between refreshes. It is rebuilt at
+        the first step after every FILL_REFRESH-th batch of an epoch and at every epoch start, points
+        that depend only on (epoch, batch), so a run resumed from an epoch checkpoint draws exactly as
+        an uninterrupted one."""
+        name = layer["name"]
+        if name not in self._fills:
+            self._fills[name] = training_fill(layer, self.state.params.get(name, {}))
+        return self._fills[name]
 
     # -------------------------------------------------------- cost model
     def _batch_cost(self) -> float:
@@ -69,6 +82,8 @@ class LSHUpkeep:
     def after_step(self, epoch: int, batch_index: int, batches_per_epoch: int) -> None:
         t0 = time.perf_counter()
         done = batch_index + 1                 # batches finished in this epoch
+        if done % FILL_REFRESH == 0 or done >= batches_per_epoch:
+            self._fills.clear()
         for layer in self.layers:
             idx = self.state.lsh[layer["name"]]
             if self.frozen(layer, epoch):

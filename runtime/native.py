@@ -23,7 +23,7 @@ from boltc.errors import BoltValidationError
 from boltc.lower.backward import HYPER
 from boltc.lower.rules import SPARSE_INPUT_KINDS, native_support
 from boltc.runtime.interp import NumpyExecutor, _SPARSE_INFERENCE_SEED
-from boltc.runtime.lsh import training_fill, training_reserve
+from boltc.runtime.lsh import training_reserve
 from boltc.runtime.native_kernels import compile_plan, ptr
 from boltc.runtime.state import check_moments
 from boltc.runtime.threads import ThreadPool
@@ -168,7 +168,7 @@ class NativeExecutor:
     def _select(self, layer, h: np.ndarray, labels, rng_seed: int, insert_missed: bool) -> np.ndarray:
         index = self.state.lsh[layer["name"]]
         reserve = training_reserve(layer) if labels is not None else 0
-        fill = training_fill(layer, self.state.params[layer["name"]]) if labels is not None else None
+        fill = self.upkeep.fill(layer) if labels is not None else None
         if self._hash_layer is None or layer["name"] != self.output or index.family != "dwta":
             rng = np.random.default_rng(rng_seed)
             return index.select(h, labels, layer["active"], rng, insert_missed=insert_missed, reserve=reserve,
@@ -185,8 +185,9 @@ class NativeExecutor:
         self.pool.run(self.k.fn(layer["name"], "lookup"), B, ptr(buckets), ptr(tables), index.L,
                       tables.shape[1], index.reservoir, ptr(lab.indptr) if lab is not None else None,
                       ptr(lab.indices) if lab is not None else None, int(lab is not None),
-                      int(rng_seed) & ((1 << 63) - 1), max(0, K - reserve), ptr(fill),
-                      0 if fill is None else fill.size, ptr(out), per_thread=[ptr(m) for m in self._marks])
+                      int(rng_seed) & ((1 << 63) - 1), max(0, K - reserve),
+                      ptr(fill.cum) if fill else None, ptr(fill.guide) if fill else None,
+                      0 if fill is None else fill.cum.size, ptr(out), per_thread=[ptr(m) for m in self._marks])
         if insert_missed and lab is not None and lab.nnz:
             self._insert_missed(index, buckets, lab, np.random.default_rng(rng_seed))
         return out

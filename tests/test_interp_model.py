@@ -105,17 +105,16 @@ def test_dense_and_sparse_inference_agree_on_wide_output():
     """Many labels never appear in training (as in BOLT's 100k problem): dense inference must not be
     taken over by their untrained rows, and must agree with sparse inference."""
     rng = np.random.default_rng(0)
-    ds = separable(1500, 200, 400, seed=2)
-    seen = rng.choice(400, 60, replace=False)                   # only 60 of 400 labels occur
-    y = seen[rng.integers(0, 60, ds.rows)]
-    ds = separable(1500, 200, 400, seed=2)
+    ds = separable(1500, 200, 60, seed=2)                      # a learnable task over 60 classes ...
+    seen = rng.choice(400, 60, replace=False)                   # ... placed on 60 of 400 output neurons
+    y = seen[ds.labels.indices[ds.labels.indptr[:-1]]]
     ds.labels = sp.csr_matrix((np.ones(ds.rows, np.float32), (np.arange(ds.rows), y)), shape=(ds.rows, 400))
     layers = [fc("h", ["x"], 200, 32, "relu", input_sparse=True),
               fc("out", ["h"], 32, 400, "softmax", active=40, hash=dwta(tables=8, hashes=3))]
     p = plan(layers, 200, 400, lr=1e-2)
-    ex = _train(p, ds, epochs=2)
+    ex = _train(p, ds, epochs=4)
     d, s = _p_at_1(ex, ds, False), _p_at_1(ex, ds, True)
-    assert abs(d - s) <= 0.02
+    assert d >= 0.95 and s >= 0.95 and abs(d - s) <= 0.02
     ids, _ = ex.predict(ds.take(np.arange(200)), 5)
     assert np.isin(ids, seen).all()                             # never an unseen label
 

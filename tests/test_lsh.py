@@ -230,7 +230,7 @@ def test_training_fill_is_cumulative_count_plus_one_unless_uniform():
     from boltc.runtime.lsh import training_fill
     layer = {"hash": {"family": "dwta"}}
     counts = np.array([3, 0, 1], np.float32)
-    np.testing.assert_array_equal(training_fill(layer, {"label_count": counts}), [4, 5, 7])
+    np.testing.assert_array_equal(training_fill(layer, {"label_count": counts}).cum, [4, 5, 7])
     assert training_fill({"hash": {"negatives": "uniform"}}, {"label_count": counts}) is None
     assert training_fill(layer, {}) is None                      # no label counts: uniform
 
@@ -263,3 +263,17 @@ def test_frequency_fill_stays_distinct_and_exact_with_dominant_weights():
     a = _fill_only(dim, counts, 40, 12, seed=4)
     for row in a:
         assert len(set(row)) == 12 and set(row[:2]) == {3, 9}  # the rest: uniform fallback, distinct
+
+
+def test_fill_guide_never_starts_past_the_answer():
+    from boltc.runtime.lsh import FillTable
+    counts = np.random.default_rng(3).poisson(2.0, 37).astype(np.float32)
+    counts[[5, 6, 30]] = [40, 0, 90]
+    t = FillTable(counts)
+    u = np.arange(t.cum[-1])
+    want = np.searchsorted(t.cum, u, side="right")
+    start = t.guide[u * t.cum.size // t.cum[-1]]
+    assert (start <= want).all() and (want < t.cum.size).all()
+    # the forward scan the native lookup does from there lands on the spec's draw
+    got = np.array([next(j for j in range(s, t.cum.size) if t.cum[j] > x) for s, x in zip(start, u)])
+    np.testing.assert_array_equal(got, want)

@@ -94,16 +94,14 @@ def _splitmix(k: Kernel, state_slot):
 WEIGHTED_DRAWS = 8       # weighted fill draws per active slot before the fill turns uniform
 
 
-def _weighted_pick(k: Kernel, cum, u, dim: int, out_slot) -> None:
-    """out_slot = the first j with cum[j] > u (cum nondecreasing int64): numpy's
-    searchsorted(cum, u, side="right")."""
-    lo, hi = k.var(I64, k.i64(0)), k.var(I64, k.i64(dim))
-    with k.while_(lambda: k.icmp("<", k.get(lo), k.get(hi)), "bsearch"):
-        mid = k.b.lshr(k.add(k.get(lo), k.get(hi)), k.i64(1))
-        gt = k.icmp(">", k.ld(cum, mid, I64), u)
-        k.set(hi, k.select(gt, mid, k.get(hi)))
-        k.set(lo, k.select(gt, k.get(lo), k.add(mid, k.i64(1))))
-    k.set(out_slot, k.get(lo))
+def _weighted_pick(k: Kernel, cum, guide, u, total, dim: int, out_slot) -> None:
+    """out_slot = the first j with cum[j] > u (cum nondecreasing int64, u < total = cum[dim - 1]): numpy's
+    searchsorted(cum, u, side="right"), found by a forward scan from guide[u * dim // total], which is
+    never past the answer (runtime/lsh.py FillTable)."""
+    j = k.var(I64, k.ld(guide, k.b.udiv(k.mul(u, k.i64(dim)), total), I64))
+    with k.while_(lambda: k.icmp("<=", k.ld(cum, k.get(j), I64), u), "scan"):
+        k.set(j, k.add(k.get(j), k.i64(1)))
+    k.set(out_slot, k.get(j))
 
 
 def lookup(km: KernelModule, name: str, dim: int, k_active: int) -> None:
@@ -111,13 +109,13 @@ def lookup(km: KernelModule, name: str, dim: int, k_active: int) -> None:
     then random ids, for b in [b0, b1). `marks` is a per-thread bitset of dim bits (int32 words, zero
     on entry and on exit): 84 KB at 670k neurons, so the de-duplication stays in L2; each row clears
     the bits it set. has_labels = 0 skips the labels (inference). The random fill draws from
-    splitmix64(seed, b): with ncum = dim, in proportion to the cumulative int64 weights `cum` (binary
-    search; runtime/lsh.py training_fill) for the first WEIGHTED_DRAWS * K draws, uniform after that
+    splitmix64(seed, b): with ncum = dim, in proportion to the cumulative int64 weights `cum` (a guided
+    search; runtime/lsh.py FillTable) for the first WEIGHTED_DRAWS * K draws, uniform after that
     (a few dominant weights cannot stall the de-duplication); with any other ncum (0), uniform."""
     k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("buckets", "ptr"), ("tables", "ptr"),
                          ("ntables", "i64"), ("nbuckets", "i64"), ("reservoir", "i64"),
                          ("lab_indptr", "ptr"), ("lab_indices", "ptr"), ("has_labels", "i64"),
-                         ("seed", "i64"), ("room", "i64"), ("cum", "ptr"), ("ncum", "i64"),
+                         ("seed", "i64"), ("room", "i64"), ("cum", "ptr"), ("guide", "ptr"), ("ncum", "i64"),
                          ("out", "ptr"), ("marks", "ptr")])
     a = k.arg
     K = k.i64(k_active)
@@ -165,7 +163,7 @@ def lookup(km: KernelModule, name: str, dim: int, k_active: int) -> None:
             with k.if_(weighted):
                 k.set(draws, k.add(k.get(draws), k.i64(1)))
                 total = k.ld(a["cum"], k.i64(dim - 1), I64)        # >= dim: every weight is count + 1
-                _weighted_pick(k, a["cum"], k.b.urem(r, total), dim, pick)
+                _weighted_pick(k, a["cum"], a["guide"], k.b.urem(r, total), total, dim, pick)
             offer(k.get(pick))
         with k.loop(0, K, "c") as j:                      # leave the bitset empty for the next row
             n = k.ld_i32_as_i64(a["out"], k.add(ob, j))
