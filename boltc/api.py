@@ -234,12 +234,15 @@ def compile(source, backend: str | None = None, threads: int | None = None, **tr
 
 
 def apply_overrides(plan: dict, overrides: dict) -> None:
+    from boltc.frontend.blocks import OPTIONAL_TRAIN_KEYS
     train = plan.setdefault("train", {})
     for k, v in overrides.items():
         if v is None:
             continue
-        if k not in train and k not in ("schedule", "sampler", "inference", "seed", "threads"):
+        if k not in train and k not in ("schedule", "sampler", "inference", "seed", "threads") + OPTIONAL_TRAIN_KEYS:
             raise BoltError(f"unknown train setting {k!r} (the train block has: {', '.join(sorted(train))})")
+        if k == "upkeep_budget" and not 0.0 < float(v) <= 1.0:
+            raise BoltError(f"upkeep_budget must be a fraction in (0, 1], not {v!r}")
         train[k] = v
     if "moments" in overrides or "optimizer" in overrides:
         # plan_memory resolved each tensor's moment storage from the file's setting: resolve it again

@@ -5,6 +5,7 @@ block sets it (a fraction in (0, 1], checked in boltc/frontend/blocks.py; errors
 test_frontend_errors.py) and leaving it out keeps the runtime's default.
 """
 import boltc
+import pytest
 from boltc.frontend import format_source, graphs_equal, parse
 from boltc.runtime.lsh_upkeep import DEFAULT_BUDGET
 
@@ -44,3 +45,13 @@ def test_the_setting_survives_the_source_round_trip():
     text = format_source(g)
     assert "upkeep_budget 0.5" in text
     assert graphs_equal(g, parse(text))
+
+
+def test_upkeep_budget_as_a_python_override(tmp_path):
+    from boltc.errors import BoltError
+    from runtime_models import tiny_source
+    src = tmp_path / "t.bolt"
+    src.write_text(tiny_source())
+    assert boltc.compile(str(src), backend="numpy", upkeep_budget=0.1).plan["train"]["upkeep_budget"] == 0.1
+    with pytest.raises(BoltError, match="fraction"):
+        boltc.compile(str(src), backend="numpy", upkeep_budget=6)
