@@ -118,11 +118,11 @@ def dense_fc_fwd(km: KernelModule, name: str, in_dim: int, k_active: int, activa
     a = k.arg
     IN, K = k.i64(in_dim), k.i64(k_active)
 
-    def dot_into(b, kk, n):
+    def dot_into(b, kk, n, n_in=in_dim):
         hb = k.mul(b, IN)
         wb = k.mul(n, IN)
         acc = k.var(F32, k.f32(0.0))
-        with k.loop(0, in_dim, "j") as j:
+        with k.loop(0, n_in, "j") as j:
             prod = k.fmul(k.ld(a["h"], k.add(hb, j)), k.ld(a["W"], k.add(wb, j)))
             k.set(acc, k.fadd(k.get(acc), prod))
         s = k.get(acc)
@@ -149,13 +149,19 @@ def dense_fc_fwd(km: KernelModule, name: str, in_dim: int, k_active: int, activa
         # prefetcher already streams them)
         block = max(1, min(k_active, (32 * 1024) // max(4, in_dim * 4)))
         nblocks = -(-k_active // block)
+        # Short rows with few neurons (seen: in_dim <= 40 with <= 8 neurons) were unrolled whole and
+        # LLVM vectorized across *examples*, rounding a row differently in the vector body and in the
+        # remainder, i.e. depending on where a thread's slice starts (results changed with the thread
+        # count). A runtime bound on the dot product keeps it a loop there; elsewhere the constant
+        # stays (a runtime bound cost 2x on 96 x 1000).
+        n_in = k.opaque_i64(in_dim, "in") if in_dim <= 64 and block <= 16 else in_dim
         with k.loop(0, nblocks, "blk") as blk:
             n0 = k.mul(blk, k.i64(block))
             n1 = k.add(n0, k.i64(block))
             n1 = k.select(k.icmp("<", n1, K), n1, K)
             with k.loop(a["b0"], a["b1"], "b") as b:
                 with k.loop(n0, n1, "k") as kk:
-                    dot_into(b, kk, kk)
+                    dot_into(b, kk, kk, n_in)
     if activation not in ("linear", "softmax", None):
         with k.loop(a["b0"], a["b1"], "ba") as b:
             apply_activation(k, a["out"], k.mul(b, K), k_active, activation)
