@@ -1,15 +1,21 @@
 """NativeExecutor: the Executor contract (CONTRACTS.md section 6) on llvmlite kernels.
 
 Same results as NumpyExecutor (the spec) within float32 reassociation error when fed the same active
-sets. Plans that are not chains of `fc` layers with a softmax output (see boltc/lower/rules.py
-`native_support`) run on the interpreter: same contract, only slower; `self.fallback_reason` says why.
+sets. It runs any plan that boltc/lower/rules.py lowers (`native_support(plan)` is None): a DAG of
+fc, embedding, concat and layernorm layers with a softmax + cross-entropy or sigmoid + binary
+cross-entropy output, dense or LSH-sparse. Other plans (a sparse hidden layer, a hidden softmax, a
+sparse output reading a sparse input) run on the interpreter: same contract, only slower;
+`self.fallback_reason` says why.
 
-One training step (the two-layer XC model; every buffer is a numpy array owned here):
+One training step walks the plan like the interpreter: layers in plan order (runtime/native_ops.py
+NATIVE_OPS[op].forward, values by name), the fused loss kernel of the output, then the layers in
+reverse order (NATIVE_OPS[op].backward), each layer's input gradients summed into their producers in
+that fixed order. For the two-layer XC model:
   hidden = act(x @ W1 + b1)       sparse_fc_fwd, split by examples
   ids    = LSH select(hidden)     dwta_hash + lookup, split by examples (or `active=` override)
   z      = hidden . W2[ids] + b2  dense_fc_fwd over the active set, split by examples
   loss, dz                        softmax_ce over the active set, split by examples
-  dh     = act'(hidden) dz W2[ids] input_grad, split by examples (W2 before its update)
+  dh     = act'(hidden) dz W2[ids] fused into W2's update (W2 read before it moves), fixed chunks
   W2, b2 updated                  invert(ids) then rows_update_out_major split by unique neurons
   W1, b1 updated                  invert(x.indices) then rows_update_in_major split by unique features
 Every result is thread-count independent: no kernel writes a row another thread writes.
@@ -21,33 +27,16 @@ import scipy.sparse as sp
 
 from boltc.errors import BoltValidationError
 from boltc.lower.backward import HYPER
-from boltc.lower.rules import SPARSE_INPUT_KINDS, native_support
+from boltc.lower.loss import LOSS_ROLE
+from boltc.lower.rules import SPARSE_INPUT_KINDS, fused_input_activation, native_support
 from boltc.runtime.interp import NumpyExecutor, _SPARSE_INFERENCE_SEED
 from boltc.runtime.lsh import training_reserve
 from boltc.runtime.native_kernels import compile_plan, ptr
+from boltc.runtime.native_ops import (DENSE_GEMM_MIN_WEIGHTS, N_CHUNKS, NATIVE_OPS,  # noqa: F401
+                                      NEURON_MAJOR_MIN_BATCH, Step)
+from boltc.runtime.numpy_rules import activate
 from boltc.runtime.state import check_moments
 from boltc.runtime.threads import ThreadPool
-
-# Fixed chunks of the wide layer's unique neurons for the fused update + input gradient: each chunk has
-# its own input-gradient buffer (B x in_dim, small), summed in chunk order afterwards. The chunking does
-# not depend on the thread count, so neither does the result.
-N_CHUNKS = 8
-# Below this batch size the active-set forward gathers per example (no inversion: batch-1 latency);
-# above it, it runs in neuron order (each weight row read once, in address order).
-NEURON_MAJOR_MIN_BATCH = 32
-# Dense scoring of an output layer at least this big (dim * in_dim) for a batch >= 32 goes to BLAS.
-DENSE_GEMM_MIN_WEIGHTS = 1 << 22
-
-
-def _act_grad(activation: str, act: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """Same formulas as boltc/lower/backward.py act_grad (and the spec's activation_backward)."""
-    if activation == "relu":
-        return d * (act > 0)
-    if activation == "sigmoid":
-        return d * (act * (1 - act))
-    if activation == "tanh":
-        return d * (1 - act * act)
-    return d
 
 
 def _csr(x) -> sp.csr_matrix:
@@ -74,17 +63,13 @@ def _splitmix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def _softmax_rows(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 class NativeExecutor:
     def __init__(self, plan: dict, state, threads: int = 0, kernels=None):
         self.plan, self.state = plan, state
         self.interp = NumpyExecutor(plan, state, threads=threads)     # fallback, upkeep, validation
         self.upkeep = self.interp.upkeep
         self.layers = plan["layers"]
+        self.by_name = {l["name"]: l for l in self.layers}
         self.output = plan["output"]
         self.seed = self.interp.seed
         self.fallback_reason = native_support(plan)
@@ -96,12 +81,18 @@ class NativeExecutor:
         check_moments(plan, state)     # the update kernels write moments in the plan's dtype (f32 / bf16)
         self.k = kernels or compile_plan(plan)
         self.inputs = {i["name"]: i for i in plan["inputs"]}
-        self.first_sparse = self.inputs[self.layers[0]["inputs"][0]]["kind"] in SPARSE_INPUT_KINDS
+        self.loss_role = LOSS_ROLE[plan["loss"]]
+        # activation derivatives applied by a reader's input-gradient kernel (see rules.py), and the
+        # producers whose gradient therefore arrives as the gradient of their pre-activation
+        self.fused_activation = {l["name"]: fused_input_activation(plan, l) for l in self.layers}
+        self.pre_activation_grads = {l["inputs"][0] for l in self.layers if self.fused_activation[l["name"]]}
         # the per-thread row accumulator of the weight updates: one weight row wide
-        widest = max(l["dim"] if (i == 0 and self.first_sparse) else l["in_dim"]
-                     for i, l in enumerate(self.layers))
+        widest = max([l["dim"] if l.get("layout") == "in_major" else l["in_dim"]
+                      for l in self.layers if l["op"] in ("fc", "embedding")] + [1])
         self.scratch = [np.zeros(widest, np.float32) for _ in range(self.threads)]
+        self.scratch_ptrs = [ptr(s) for s in self.scratch]
         self._counts = {}          # per inverted dimension: zeroed int32 counts + int64 offsets
+        self._inv = None           # the output's last inversion (benchmarks/train_throughput.py reads it)
         self._marks = None
         self._ranked_scratch = None
         self._hash_scratch = {}
@@ -118,7 +109,7 @@ class NativeExecutor:
     def _install_native_hash(self) -> None:
         """DWTA indexes hash dense rows with the native kernel (also during table rebuilds, which hash
         every neuron's weight row: the dominant upkeep cost). Codes are identical to the NumPy ones."""
-        out = next(l for l in self.layers if l["name"] == self.output)
+        out = self.by_name[self.output]
         self._hash_layer = out if (out.get("hash") or {}).get("family") == "dwta" and self.k.has(
             out["name"], "hash") else None
         index = self.state.lsh.get(self.output) if self._hash_layer else None
@@ -165,7 +156,7 @@ class NativeExecutor:
                       per_thread=[ptr(s) for s in scratch], min_per_thread=1)
         return out
 
-    def _select(self, layer, h: np.ndarray, labels, rng_seed: int, insert_missed: bool) -> np.ndarray:
+    def select(self, layer, h: np.ndarray, labels, rng_seed: int, insert_missed: bool) -> np.ndarray:
         index = self.state.lsh[layer["name"]]
         reserve = training_reserve(layer) if labels is not None else 0
         fill = self.upkeep.fill(layer) if labels is not None else None
@@ -216,71 +207,38 @@ class NativeExecutor:
         if (~hit).any():
             index.insert(lids[~hit], buckets[lrows[~hit]], rng)
 
+    _select = select           # the name tests/test_native.py calls
+
     # ------------------------------------------------------------ forward
-    def _forward(self, batch, mode: str, active: dict | None, rng_seed: int, insert_missed=False):
+    def _forward(self, batch, mode: str, active: dict | None, seed: int, insert_missed=False):
         if mode not in ("train", "dense", "sparse"):
             raise ValueError(f"mode must be 'train', 'dense' or 'sparse', not {mode!r}")
         values = dict(batch.inputs)
-        x = values[self.layers[0]["inputs"][0]]
-        B = x.shape[0]
-        acts, ids, z = [], None, None
-        cur = _csr(x) if self.first_sparse else np.ascontiguousarray(x, dtype=np.float32)
-        xin = cur
-        for i, layer in enumerate(self.layers):
-            name, p = layer["name"], self.state.params[layer["name"]]
-            W, b = p["W"], p.get("b")
-            is_out = name == self.output
-            if i == 0 and self.first_sparse:
-                out = np.empty((B, layer["dim"]), np.float32)
-                self.pool.run(self.k.fn(name, "fwd"), B, ptr(cur.indptr), ptr(cur.indices), ptr(cur.data),
-                              ptr(W), ptr(b), ptr(out))
-            elif not is_out:
-                out = np.empty((B, layer["dim"]), np.float32)
-                self.pool.run(self.k.fn(name, "fwd"), B, ptr(cur), None, ptr(W), ptr(b), ptr(out))
-            else:
-                if active and name in active:
-                    ids = np.ascontiguousarray(active[name], dtype=np.int32)
-                elif layer.get("hash") and mode != "dense" and name in self.state.lsh:
-                    labels = batch.labels if mode == "train" else None
-                    ids = self._select(layer, cur, labels, rng_seed, insert_missed and getattr(
-                        self.state.lsh[name], "frozen", False))
-                self._inv = None
-                if ids is not None and ids.shape[1] == layer["active"] and self.k.has(name, "fwd_active"):
-                    out = np.empty(ids.shape, np.float32)
-                    if B >= NEURON_MAJOR_MIN_BATCH:
-                        self._inv = inv = self._invert(ids, layer["dim"])
-                        self.pool.run(self.k.fn(name, "fwd_neuron"), inv[3], ptr(inv[0]), ptr(inv[1]),
-                                      ptr(inv[2]), ptr(cur), ptr(W), ptr(b), ptr(out))
-                    else:
-                        self.pool.run(self.k.fn(name, "fwd_active"), B, ptr(cur), ptr(ids), ptr(W), ptr(b),
-                                      ptr(out))
-                elif ids is not None:
-                    raise BoltValidationError(
-                        f"layer {name!r}: active sets must hold {layer['active']} ids per example")
-                elif B >= NEURON_MAJOR_MIN_BATCH and layer["dim"] * layer["in_dim"] >= DENSE_GEMM_MIN_WEIGHTS:
-                    # dense scoring of a wide layer for a batch is a real GEMM (B x in @ in x dim): the
-                    # host BLAS sgemm (numpy's) runs it near FLOP peak, which a dot-product kernel does
-                    # not (measured 4.7 s vs ~1 s for 256 x 670k); its result does not depend on our pool
-                    out = np.matmul(cur, W.T)
-                    if b is not None:
-                        out += b
-                else:
-                    out = np.empty((B, layer["dim"]), np.float32)
-                    self.pool.run(self.k.fn(name, "fwd"), B, ptr(cur), None, ptr(W), ptr(b), ptr(out))
-                z = out
-            if not is_out:
-                values[name] = out
-                acts.append(out)
-                cur = out
-        return values, xin, acts, ids, z
+        missing = [n for n in self.inputs if n not in values]
+        if missing:
+            raise BoltValidationError(f"the batch has no values for input(s) {', '.join(missing)}")
+        for n, spec in self.inputs.items():         # the buffers the kernels read, converted once
+            values[n] = (_csr(values[n]) if spec["kind"] in SPARSE_INPUT_KINDS
+                         else np.ascontiguousarray(values[n], dtype=np.float32))
+        step = Step(mode, batch, values[next(iter(self.inputs))].shape[0], active, seed, insert_missed)
+        caches = {}
+        for layer in self.layers:
+            name = layer["name"]
+            values[name], caches[name] = NATIVE_OPS[layer["op"]][0](
+                self, layer, [values[s] for s in layer["inputs"]], step)
+        self._inv = caches[self.output].get("inv")
+        return values, caches, step
+
+    def _output_value(self, cache):
+        """The output as the spec gives it: (ids, activation) over an active set, else the activation."""
+        act = activate(self.by_name[self.output]["activation"], cache["out"])
+        return (cache["ids"], act) if cache["ids"] is not None else act
 
     def forward(self, batch, mode: str = "dense", active: dict | None = None) -> dict:
         if not self.native:
             return self.interp.forward(batch, mode, active)
-        seed = self._seed(mode)
-        values, _, _, ids, z = self._forward(batch, mode, active, seed)
-        act = _softmax_rows(z)
-        values[self.output] = (ids, act) if ids is not None else act
+        values, caches, _ = self._forward(batch, mode, active, self._seed(mode))
+        values[self.output] = self._output_value(caches[self.output])
         return values
 
     def _seed(self, mode: str) -> int:
@@ -303,8 +261,9 @@ class NativeExecutor:
                 "bc1": 1 - b1 ** step, "bc2": 1 - b2 ** step, "momentum": float(t.get("momentum", 0.0))}
         return np.array([vals[h] for h in HYPER], np.float32)
 
-    def _invert(self, ids: np.ndarray, dim: int):
-        """Neuron -> positions (serial counting sort; a few ms even at 670k)."""
+    def invert(self, ids: np.ndarray, dim: int, fn):
+        """Neuron (or feature) -> positions with the `invert` kernel `fn` made for `dim` (serial
+        counting sort; a few ms even at 670k)."""
         flat = np.ascontiguousarray(ids.reshape(-1), dtype=np.int32)
         n = flat.size
         if dim not in self._counts:
@@ -314,118 +273,67 @@ class NativeExecutor:
         seg = np.empty(n + 1, np.int64)
         pos = np.empty(max(n, 1), np.int32)
         nu = np.zeros(1, np.int64)
-        fn = self._invert_fn(dim)
         fn(ptr(flat), n, ptr(counts), ptr(offs), ptr(uniq), ptr(seg), ptr(pos), ptr(nu))
         return uniq, seg, pos, int(nu[0])
-
-    def _invert_fn(self, dim):
-        for layer in self.layers:
-            if self.k.has(layer["name"], "invert"):
-                d = layer["in_dim"] if layer is self.layers[0] and self.first_sparse else layer["dim"]
-                if d == dim:
-                    return self.k.fn(layer["name"], "invert")
-        raise KeyError(dim)
 
     def train_step(self, batch, lr: float, active: dict | None = None) -> np.ndarray:
         if not self.native:
             return self.interp.train_step(batch, lr, active)
         if batch.labels is None:
             raise BoltValidationError("training needs labels")
-        values, xin, acts, ids, z = self._forward(batch, "train", active, self._seed("train"),
-                                                  insert_missed=True)
-        B = z.shape[0]
-        out_layer = self.layers[-1]
-        name = out_layer["name"]
+        _, caches, step = self._forward(batch, "train", active, self._seed("train"), insert_missed=True)
+        oc = caches[self.output]
+        z, ids, B = oc["out"], oc["ids"], step.B
         lab = _csr(batch.labels)
         w = np.ones(B, np.float32) if batch.weights is None else np.asarray(batch.weights, np.float32)
         scale = np.ascontiguousarray(w / np.float32(B), dtype=np.float32)
         loss = np.empty(B, np.float32)
         grad = np.empty_like(z)
-        sparse_out = ids is not None
-        ce_ids = ids if sparse_out else np.ascontiguousarray(
-            np.broadcast_to(np.arange(out_layer["dim"], dtype=np.int32), z.shape))
-        self.pool.run(self.k.fn(name, "ce" if sparse_out else "ce_all"), B, ptr(z), ptr(ce_ids),
-                      ptr(lab.indptr), ptr(lab.indices), ptr(scale), ptr(loss), ptr(grad))
+        loss_ids = ids if ids is not None else np.ascontiguousarray(
+            np.broadcast_to(np.arange(z.shape[1], dtype=np.int32), z.shape))
+        self.pool.run(self.k.fn(self.output, self.loss_role + ("" if ids is not None else "_all")), B, ptr(z),
+                      ptr(loss_ids), ptr(lab.indptr), ptr(lab.indices), ptr(scale), ptr(loss), ptr(grad))
         self.state.step += 1
-        hyper = self._hyper(lr)
-        scr = [ptr(s) for s in self.scratch]
-        # backward, last layer first; each layer's input gradient is taken before its weights move
-        g = grad
-        for i in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[i]
-            lname = layer["name"]
-            p, m, v = self.state.params[lname], self.state.m[lname], self.state.v[lname]
-            W, b = p["W"], p.get("b")
-            mb, vb = (m.get("b"), v.get("b")) if b is not None else (None, None)
-            if i == 0 and self.first_sparse:
-                self._update_sparse_input(layer, xin, g, hyper, scr)
-                continue
-            x_in = acts[i - 1] if i > 0 else xin
-            dx = None
-            if i > 0 and i == len(self.layers) - 1 and sparse_out:
-                uniq, seg, pos, nu = self._inv if self._inv is not None else self._invert(ids, layer["dim"])
-                bounds = [(c * nu // N_CHUNKS, (c + 1) * nu // N_CHUNKS) for c in range(N_CHUNKS)]
-                dxbufs = np.zeros((N_CHUNKS,) + x_in.shape, np.float32)
-                scratch = [np.empty(layer["in_dim"], np.float32) for _ in range(N_CHUNKS)]
-                self.pool.run_chunks(self.k.fn(lname, "upd_active_dx"), bounds, ptr(uniq), ptr(seg), ptr(pos),
-                                     B, ptr(g), ptr(x_in), ptr(W), ptr(b), ptr(m["W"]), ptr(v["W"]), ptr(mb),
-                                     ptr(vb), ptr(hyper),
-                                     per_chunk=[(ptr(scratch[c]), ptr(dxbufs[c])) for c in range(N_CHUNKS)])
-                dx = dxbufs[0]
-                for c in range(1, N_CHUNKS):           # fixed order: thread-count independent
-                    dx += dxbufs[c]
-                g = np.ascontiguousarray(_act_grad(self.layers[i - 1]["activation"], x_in, dx), np.float32)
-                continue
-            if i > 0:
-                dx = np.empty_like(x_in)
-                role, gids = ("dx_active", ids) if (i == len(self.layers) - 1 and sparse_out) else ("dx", None)
-                self.pool.run(self.k.fn(lname, role), B, ptr(g), ptr(gids), ptr(W), ptr(x_in), ptr(dx))
-            if i == len(self.layers) - 1 and sparse_out:
-                uniq, seg, pos, nu = self._invert(ids, layer["dim"])
-                self.pool.run(self.k.fn(lname, "upd_active"), nu, ptr(uniq), ptr(seg), ptr(pos), B, ptr(g),
-                              ptr(x_in), ptr(W), ptr(b), ptr(m["W"]), ptr(v["W"]), ptr(mb), ptr(vb),
-                              ptr(hyper), per_thread=scr)
-            else:
-                self.pool.run(self.k.fn(lname, "upd"), layer["dim"], None, None, None, B, ptr(g),
-                              ptr(x_in), ptr(W), ptr(b), ptr(m["W"]), ptr(v["W"]), ptr(mb), ptr(vb),
-                              ptr(hyper), per_thread=scr)
-            g = dx
+        step.hyper = self._hyper(lr)
+        # backward, last layer first; value gradients summed into each producer in this fixed order
+        grads = {self.output: grad}
+        for layer in reversed(self.layers):
+            g = grads.pop(layer["name"], None)
+            if g is None:
+                continue                                   # no path from this layer to the loss
+            in_grads = NATIVE_OPS[layer["op"]][1](self, layer, caches[layer["name"]], g, step)
+            for src, dg in zip(layer["inputs"], in_grads):
+                if dg is not None and src in self.by_name:
+                    grads[src] = dg if src not in grads else grads[src] + dg
         counts = self.state.params[self.output].get("label_count")
         if counts is not None:
             counts += np.bincount(lab.indices, minlength=counts.size).astype(np.float32)
         return loss
-
-    def _update_sparse_input(self, layer, x: sp.csr_matrix, dz: np.ndarray, hyper, scr) -> None:
-        lname = layer["name"]
-        p, m, v = self.state.params[lname], self.state.m[lname], self.state.v[lname]
-        B = x.shape[0]
-        uniq, seg, pos, nu = self._invert(x.indices, layer["in_dim"])
-        prow = np.repeat(np.arange(B, dtype=np.int32), np.diff(x.indptr))
-        self.pool.run(self.k.fn(lname, "upd"), nu, ptr(uniq), ptr(seg), ptr(pos), ptr(prow), ptr(x.data),
-                      ptr(dz), ptr(p["W"]), ptr(m["W"]), ptr(v["W"]), ptr(hyper), per_thread=scr)
-        if p.get("b") is not None:
-            db = np.ascontiguousarray(dz.sum(axis=0, dtype=np.float32))
-            self.pool.run(self.k.fn(lname, "bias_upd"), layer["dim"], ptr(p["b"]), ptr(db), ptr(m["b"]),
-                          ptr(v["b"]), ptr(hyper))
 
     # ------------------------------------------------------------ inference
     def predict(self, batch, top_k: int, sparse: bool = False):
         if not self.native:
             return self.interp.predict(batch, top_k, sparse)
         mode = "sparse" if sparse else "dense"
-        _, _, _, ids, z = self._forward(batch, mode, None, self._seed(mode))
+        _, caches, _ = self._forward(batch, mode, None, self._seed(mode))
+        z, ids = caches[self.output]["out"], caches[self.output]["ids"]
         B, n = z.shape
         counts = self.state.params[self.output].get("label_count")
         use_mask = counts is not None and bool(counts.any())
         k = int(top_k)
         out_ids = np.empty((B, k), np.int32)
         out_sc = np.empty((B, k), np.float32)
-        role = "topk" if ids is not None else "topk_all"
-        self.pool.run(self.k.fn(self.output, role), B, ptr(z), ptr(ids),
+        suffix = "" if ids is not None else "_all"
+        self.pool.run(self.k.fn(self.output, "topk" + suffix), B, ptr(z), ptr(ids),
                       ptr(counts) if use_mask else None, int(use_mask), k, ptr(out_ids), ptr(out_sc))
-        # scores as the spec reports them: softmax probabilities over the row (masking happens after)
-        lse = np.empty((B, 1), np.float32)
-        self.pool.run(self.k.fn(self.output, "lse" if ids is not None else "lse_all"), B, ptr(z), ptr(lse))
-        with np.errstate(invalid="ignore"):
-            probs = np.where(out_ids >= 0, np.exp(out_sc - lse), -np.inf).astype(np.float32)
-        return out_ids, probs
+        # scores as the spec reports them: the output activation's values (masking happens after);
+        # both activations are increasing, so the top-k of the logits is the top-k of the scores
+        if self.loss_role == "ce":
+            lse = np.empty((B, 1), np.float32)
+            self.pool.run(self.k.fn(self.output, "lse" + suffix), B, ptr(z), ptr(lse))
+            with np.errstate(invalid="ignore"):
+                scores = np.exp(out_sc - lse)
+        else:
+            with np.errstate(invalid="ignore", over="ignore"):
+                scores = activate("sigmoid", np.where(out_ids >= 0, out_sc, 0).astype(np.float32))
+        return out_ids, np.where(out_ids >= 0, scores, -np.inf).astype(np.float32)

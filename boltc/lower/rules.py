@@ -1,13 +1,25 @@
 """LOWERING_RULES: how each op of a plan becomes native kernels, and `lower_plan(plan)`.
 
 A rule takes (km, layer, ctx) and adds the layer's kernels to the module, returning the names it made
-(role -> kernel name). `HOST` marks an op that the native executor runs with its NumPy rule: today
-`embedding`, `concat` and `layernorm` (cheap, dense, off the hot path of the models we ship).
+(role -> kernel name); runtime/native_ops.py runs each op's roles. Every op of the language has one:
+    fc          here (forward kernels in fc.py, backward + optimizer in backward.py)
+    embedding   embed.py (the sparse-input fc kernel, linear, no bias, optional 1/nnz scale)
+    concat      concat.py (column copies)
+    layernorm   norm.py
+and the output layer's loss (fused with its softmax / sigmoid), top-k and log-sum-exp kernels come from
+loss.py OUTPUT_RULES. `HOST` (an op the executor would run with its NumPy rule) is no longer used by
+any op; it stays as the marker a new op can start with.
 
-Natively lowered plans are chains of `fc` layers: a first layer over a sparse (in-major W) or dense
-(out-major W) input, dense hidden layers, and an output layer with softmax + cross entropy, dense or
-LSH-sparse. `native_support(plan)` says why a plan is not such a chain; the executor then runs the
-interpreter for it (the contract is the same; only speed differs).
+A plan lowers when every layer does and its shape is one the executor runs natively:
+`native_support(plan)` is None, or the reason it is not (the executor then runs the whole plan on the
+interpreter: same contract, only slower). Not lowered today: a sparse (LSH) fc that is not the output,
+a sparse fc reading a sparse input directly, a hidden softmax.
+
+Activation gradients: a gradient flows between layers as the gradient of a layer's *value*; the fc
+that made the value turns it into the gradient of its pre-activation. Where an fc's value has exactly
+one reader and that reader is an fc (every chain), the reader's input-gradient kernel applies the
+activation derivative itself (`fused_input_activation`): one pass less, and the chain's kernels stay
+what they were (a saved artifact's object code keeps its meaning).
 """
 from __future__ import annotations
 
@@ -15,6 +27,10 @@ from boltc.lower import backward as bw
 from boltc.lower import fc as fwd
 from boltc.lower import select as sel
 from boltc.lower.builder import KernelModule
+from boltc.lower.concat import lower_concat
+from boltc.lower.embed import lower_embedding
+from boltc.lower.loss import OUTPUT_RULES
+from boltc.lower.norm import lower_layernorm
 
 HOST = "host"
 SPARSE_INPUT_KINDS = ("sparse", "text", "categorical")
@@ -24,14 +40,33 @@ def _sym(layer: dict, role: str) -> str:
     return f"{layer['name']}__{role}"
 
 
+def is_sparse_layer(layer: dict) -> bool:
+    return layer["op"] == "fc" and layer.get("active", layer["dim"]) < layer["dim"]
+
+
+def fused_input_activation(plan: dict, layer: dict) -> str | None:
+    """The activation of `layer`'s input whose derivative `layer`'s input-gradient kernels apply, or
+    None: when `layer` is an fc reading a dense fc's value that nothing else reads."""
+    if layer["op"] != "fc" or len(layer["inputs"]) != 1:
+        return None
+    src = layer["inputs"][0]
+    prod = next((l for l in plan["layers"] if l["name"] == src), None)
+    if prod is None or prod["op"] != "fc" or is_sparse_layer(prod):
+        return None
+    readers = [l for l in plan["layers"] if src in l["inputs"]]
+    return prod["activation"] if len(readers) == 1 else None
+
+
 def lower_fc(km: KernelModule, layer: dict, ctx: dict) -> dict:
     opt = ctx.get("update") or ctx["optimizer"]     # bw.UpdateSpec: optimizer, moment storage, decay
     name, dim, in_dim = layer["name"], layer["dim"], layer["in_dim"]
     act, bias = layer["activation"], bool(layer.get("bias", True))
+    is_out = ctx["is_output"]
+    f_act = "linear" if is_out else act       # the output's activation is fused with the loss
     out: dict[str, str] = {}
-    if ctx["is_first"] and ctx["input_sparse"]:
+    if ctx["input_sparse"]:
         out["fwd"] = _sym(layer, "fwd")
-        fwd.sparse_fc_fwd(km, out["fwd"], dim, act, bias)
+        fwd.sparse_fc_fwd(km, out["fwd"], dim, f_act, bias)
         out["upd"] = _sym(layer, "upd")
         bw.rows_update_in_major(km, out["upd"], dim, opt)
         out["invert"] = _sym(layer, "invert")
@@ -39,55 +74,39 @@ def lower_fc(km: KernelModule, layer: dict, ctx: dict) -> dict:
         if bias:
             out["bias_upd"] = _sym(layer, "bias_upd")
             bw.dense_update(km, out["bias_upd"], opt)
-        return out
-    is_out = ctx["is_output"]
-    f_act = "linear" if is_out else act       # the output's softmax is fused with the loss
-    out["fwd"] = _sym(layer, "fwd")
-    fwd.dense_fc_fwd(km, out["fwd"], in_dim, dim, f_act, bias, gather=False)
-    out["upd"] = _sym(layer, "upd")
-    bw.rows_update_out_major(km, out["upd"], in_dim, dim, False, bias, opt)
-    if not ctx["is_first"]:
-        out["dx"] = _sym(layer, "dx")
-        bw.input_grad(km, out["dx"], in_dim, dim, False, ctx["in_activation"])
-    if is_out:
-        out["ce_all"] = _sym(layer, "ce_all")
-        fwd.softmax_ce(km, out["ce_all"], dim)
+    else:
+        out["fwd"] = _sym(layer, "fwd")
+        fwd.dense_fc_fwd(km, out["fwd"], in_dim, dim, f_act, bias, gather=False)
+        out["upd"] = _sym(layer, "upd")
+        bw.rows_update_out_major(km, out["upd"], in_dim, dim, False, bias, opt)
+        if ctx["needs_dx"]:
+            out["dx"] = _sym(layer, "dx")
+            bw.input_grad(km, out["dx"], in_dim, dim, False, ctx["in_activation"])
         k = layer["active"]
         if k < dim:
             out["fwd_active"] = _sym(layer, "fwd_active")
             fwd.dense_fc_fwd(km, out["fwd_active"], in_dim, k, "linear", bias, gather=True)
-            out["ce"] = _sym(layer, "ce")
-            fwd.softmax_ce(km, out["ce"], k)
             out["upd_active"] = _sym(layer, "upd_active")
             bw.rows_update_out_major(km, out["upd_active"], in_dim, k, True, bias, opt)
-            out["upd_active_dx"] = _sym(layer, "upd_active_dx")
-            bw.rows_update_out_major(km, out["upd_active_dx"], in_dim, k, True, bias, opt, fuse_dx=True)
             out["fwd_neuron"] = _sym(layer, "fwd_neuron")
             bw.fwd_by_neuron(km, out["fwd_neuron"], in_dim, k, bias)
-            out["dx_active"] = _sym(layer, "dx_active")
-            if not ctx["is_first"]:
-                bw.input_grad(km, out["dx_active"], in_dim, k, True, ctx["in_activation"])
+            if ctx["needs_dx"]:
+                out["upd_active_dx"] = _sym(layer, "upd_active_dx")
+                bw.rows_update_out_major(km, out["upd_active_dx"], in_dim, k, True, bias, opt, fuse_dx=True)
             out["invert"] = _sym(layer, "invert")
             bw.invert(km, out["invert"], dim)
-            out["topk"] = _sym(layer, "topk")
-            sel.topk(km, out["topk"], k, True)
-            out["lse"] = _sym(layer, "lse")
-            fwd.row_logsumexp(km, out["lse"], k)
-        out["topk_all"] = _sym(layer, "topk_all")
-        sel.topk(km, out["topk_all"], dim, False)
-        out["lse_all"] = _sym(layer, "lse_all")
-        fwd.row_logsumexp(km, out["lse_all"], dim)
-        if layer.get("hash"):
-            h = layer["hash"]
-            out.update(sel.lower_hash(km, layer, h))
+    if is_out:
+        out.update(OUTPUT_RULES[ctx["loss"]][1](km, layer, layer["active"] < dim))
+    if layer.get("hash"):
+        out.update(sel.lower_hash(km, layer, layer["hash"]))
     return out
 
 
 LOWERING_RULES = {
     "fc": lower_fc,
-    "embedding": HOST,
-    "concat": HOST,
-    "layernorm": HOST,
+    "embedding": lower_embedding,
+    "concat": lower_concat,
+    "layernorm": lower_layernorm,
 }
 
 
@@ -96,36 +115,37 @@ def native_support(plan: dict) -> str | None:
     layers = plan["layers"]
     if not layers:
         return "the model has no layers"
-    if plan.get("loss") != "cross_entropy":
-        return f"loss {plan.get('loss')!r} is run by the interpreter"
-    inputs = {i["name"]: i for i in plan["inputs"]}
-    prev = None
-    for i, layer in enumerate(layers):
-        if LOWERING_RULES.get(layer["op"]) is HOST:
-            return f"op {layer['op']!r} of layer {layer['name']!r} runs on the host"
-        want = [prev["name"]] if prev else None
-        if want is not None and list(layer["inputs"]) != want:
-            return f"layer {layer['name']!r} is not a chain"
-        if prev is None:
-            if len(layer["inputs"]) != 1 or layer["inputs"][0] not in inputs:
-                return f"first layer {layer['name']!r} does not read one model input"
-            sparse = inputs[layer["inputs"][0]]["kind"] in SPARSE_INPUT_KINDS
-            if sparse != (layer.get("layout") == "in_major"):
-                return f"layer {layer['name']!r}: layout {layer.get('layout')!r} with this input"
-        elif layer.get("layout", "out_major") != "out_major":
-            return f"layer {layer['name']!r}: in-major layout after the first layer"
-        is_out = i == len(layers) - 1
-        if not is_out and layer.get("active", layer["dim"]) < layer["dim"]:
-            return f"hidden layer {layer['name']!r} is sparse"
-        if is_out and layer["activation"] != "softmax":
-            return f"output activation {layer['activation']!r} is run by the interpreter"
-        if is_out and prev is None and layer.get("active", layer["dim"]) < layer["dim"]:
-            return "a sparse output directly over the input"
-        if layer["op"] != "fc":
-            return f"op {layer['op']!r}"
-        prev = layer
+    loss = plan.get("loss")
+    if loss not in OUTPUT_RULES:
+        return f"loss {loss!r} has no native lowering"
     if plan.get("output") != layers[-1]["name"]:
         return "the output is not the last layer"
+    inputs = {i["name"]: i for i in plan["inputs"]}
+    done = set()
+    for layer in layers:
+        name, op = layer["name"], layer["op"]
+        rule = LOWERING_RULES.get(op)
+        if rule is None or rule is HOST:
+            return f"op {op!r} of layer {name!r} runs on the host"
+        missing = [s for s in layer["inputs"] if s not in inputs and s not in done]
+        if missing:
+            return f"layer {name!r} reads {missing[0]!r} before it is computed"
+        is_out = name == plan["output"]
+        if op == "fc":
+            sparse_in = layer["inputs"][0] in inputs and inputs[layer["inputs"][0]]["kind"] in SPARSE_INPUT_KINDS
+            if sparse_in != (layer.get("layout") == "in_major"):
+                return f"layer {name!r}: layout {layer.get('layout')!r} with this input"
+            if is_sparse_layer(layer) and not is_out:
+                return f"hidden layer {name!r} is sparse"
+            if is_sparse_layer(layer) and sparse_in:
+                return f"sparse layer {name!r} reads a sparse input directly"
+            if not is_out and layer["activation"] == "softmax":
+                return f"hidden layer {name!r} has a softmax activation"
+        if is_out:
+            want = OUTPUT_RULES[loss][0]
+            if op != "fc" or layer.get("activation") != want:
+                return f"{loss} needs an fc output with a {want} activation"
+        done.add(name)
     return None
 
 
@@ -136,13 +156,17 @@ def lower_plan(plan: dict) -> tuple[KernelModule, dict[str, dict[str, str]]]:
         raise ValueError(reason)
     km = KernelModule(plan.get("model", "boltc"))
     inputs = {i["name"]: i for i in plan["inputs"]}
+    dims = {i["name"]: i["dim"] for i in plan["inputs"]} | {l["name"]: l["dim"] for l in plan["layers"]}
     opt = plan.get("train", {}).get("optimizer", "adam")
-    layers = plan["layers"]
     syms = {}
-    for i, layer in enumerate(layers):
-        ctx = {"optimizer": opt, "update": bw.update_spec(plan, layer),
-               "is_first": i == 0, "is_output": i == len(layers) - 1,
-               "input_sparse": i == 0 and inputs[layer["inputs"][0]]["kind"] in SPARSE_INPUT_KINDS,
-               "in_activation": layers[i - 1]["activation"] if i else None}
+    for layer in plan["layers"]:
+        src = layer["inputs"][0]
+        ctx = {"plan": plan, "optimizer": opt, "loss": plan["loss"],
+               "update": bw.update_spec(plan, layer) if layer["op"] in ("fc", "embedding") else None,
+               "is_output": layer["name"] == plan["output"],
+               "input_sparse": src in inputs and inputs[src]["kind"] in SPARSE_INPUT_KINDS,
+               "needs_dx": src not in inputs,
+               "in_activation": fused_input_activation(plan, layer),
+               "in_dims": [dims[s] for s in layer["inputs"]]}
         syms[layer["name"]] = LOWERING_RULES[layer["op"]](km, layer, ctx)
     return km, syms

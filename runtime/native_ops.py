@@ -1,0 +1,265 @@
+"""NATIVE_OPS: how the native executor runs each op's kernels (the runtime side of boltc/lower/rules.py),
+keyed by op like NUMPY_RULES:
+    forward(ex, layer, ins, step) -> (value, cache)
+    backward(ex, layer, cache, g, step) -> input gradients (one per input; None for a leaf)
+
+`ex` is the NativeExecutor (pool, kernels, state, scratch); `ins` the layer's input values (a CSR batch
+for a sparse input, C-contiguous float32 arrays otherwise); `step` the per-call context (mode, active
+sets, seeds, hyper-parameters, the inversions of sparse inputs shared by the layers reading them).
+`g` is the gradient of the layer's value, except for (a) the output layer, which gets the gradient of
+its logits from the fused loss kernel, and (b) an fc whose only reader applied its activation
+derivative (rules.fused_input_activation), which gets its pre-activation gradient.
+
+Every kernel writes only rows (or columns) its own slice owns, and gradients are summed in a fixed
+order, so every result is the same for any thread count. Each layer's input gradient is computed from
+its parameters before it updates them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from boltc.errors import BoltValidationError
+from boltc.runtime.native_kernels import ptr
+
+# Fixed chunks of the wide layer's unique neurons for the fused update + input gradient: each chunk has
+# its own input-gradient buffer (B x in_dim, small), summed in chunk order afterwards. The chunking does
+# not depend on the thread count, so neither does the result.
+N_CHUNKS = 8
+# Below this batch size the active-set forward gathers per example (no inversion: batch-1 latency);
+# above it, it runs in neuron order (each weight row read once, in address order).
+NEURON_MAJOR_MIN_BATCH = 32
+# Dense scoring of an output layer at least this big (dim * in_dim) for a batch >= 32 goes to BLAS.
+DENSE_GEMM_MIN_WEIGHTS = 1 << 22
+
+
+@dataclass
+class Step:
+    """What one forward (and backward) call shares between layers."""
+    mode: str
+    batch: object
+    B: int
+    active: dict | None = None
+    seed: int = 0
+    insert_missed: bool = False
+    hyper: np.ndarray | None = None
+    inversions: dict = field(default_factory=dict)     # sparse input name -> (uniq, seg, pos, n, prow)
+
+
+def act_grad(activation: str, act: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Same formulas as boltc/lower/backward.py act_grad (and the spec's activation_backward)."""
+    if activation == "relu":
+        d = d * (act > 0)
+    elif activation == "sigmoid":
+        d = d * (act * (1 - act))
+    elif activation == "tanh":
+        d = d * (1 - act * act)
+    return np.ascontiguousarray(d, dtype=np.float32)
+
+
+def _params(ex, name):
+    return ex.state.params[name], ex.state.m.get(name, {}), ex.state.v.get(name, {})
+
+
+# ---------------------------------------------------------------- sparse inputs (fc and embedding)
+
+def _sparse_forward(ex, layer, x, bias) -> np.ndarray:
+    out = np.empty((x.shape[0], layer["dim"]), np.float32)
+    ex.pool.run(ex.k.fn(layer["name"], "fwd"), x.shape[0], ptr(x.indptr), ptr(x.indices), ptr(x.data),
+                ptr(ex.state.params[layer["name"]]["W"]), ptr(bias), ptr(out))
+    return out
+
+
+def _update_sparse_input(ex, layer, x, dz: np.ndarray, step: Step) -> None:
+    """Lazy update of an in-major W (and a dense bias) from dz: split by the batch's unique features.
+    The inversion of x's feature ids is made once per step for every layer reading the same input."""
+    name, src = layer["name"], layer["inputs"][0]
+    p, m, v = _params(ex, name)
+    inv = step.inversions.get(src)
+    if inv is None:
+        uniq, seg, pos, nu = ex.invert(x.indices, layer["in_dim"], ex.k.fn(name, "invert"))
+        prow = np.repeat(np.arange(x.shape[0], dtype=np.int32), np.diff(x.indptr))
+        inv = step.inversions[src] = (uniq, seg, pos, nu, prow)
+    uniq, seg, pos, nu, prow = inv
+    ex.pool.run(ex.k.fn(name, "upd"), nu, ptr(uniq), ptr(seg), ptr(pos), ptr(prow), ptr(x.data), ptr(dz),
+                ptr(p["W"]), ptr(m["W"]), ptr(v["W"]), ptr(step.hyper), per_thread=ex.scratch_ptrs)
+    if p.get("b") is not None:
+        db = np.ascontiguousarray(dz.sum(axis=0, dtype=np.float32))
+        ex.pool.run(ex.k.fn(name, "bias_upd"), layer["dim"], ptr(p["b"]), ptr(db), ptr(m["b"]), ptr(v["b"]),
+                    ptr(step.hyper))
+
+
+# ---------------------------------------------------------------- fc
+
+def fc_forward(ex, layer, ins, step: Step):
+    name, dim = layer["name"], layer["dim"]
+    p = ex.state.params[name]
+    W, b = p["W"], p.get("b")
+    x, B = ins[0], step.B
+    is_out = name == ex.output
+    cache = {"x": x, "ids": None, "inv": None}
+    if layer.get("layout") == "in_major":
+        out = _sparse_forward(ex, layer, x, b)
+    elif not is_out:
+        out = np.empty((B, dim), np.float32)
+        ex.pool.run(ex.k.fn(name, "fwd"), B, ptr(x), None, ptr(W), ptr(b), ptr(out))
+    else:
+        out = _output_logits(ex, layer, x, step, cache)
+    cache["out"] = out
+    return out, cache
+
+
+def _output_logits(ex, layer, x, step: Step, cache) -> np.ndarray:
+    """The output's logits over its active set (given, or chosen by LSH) or over every neuron."""
+    name, B = layer["name"], step.B
+    p = ex.state.params[name]
+    W, b = p["W"], p.get("b")
+    ids = None
+    if step.active and name in step.active:
+        ids = np.ascontiguousarray(step.active[name], dtype=np.int32)
+    elif layer.get("hash") and step.mode != "dense" and name in ex.state.lsh:
+        labels = step.batch.labels if step.mode == "train" else None
+        ids = ex.select(layer, x, labels, step.seed,
+                        step.insert_missed and getattr(ex.state.lsh[name], "frozen", False))
+    cache["ids"] = ids
+    if ids is not None and ids.shape[1] == layer["active"] and ex.k.has(name, "fwd_active"):
+        out = np.empty(ids.shape, np.float32)
+        if B >= NEURON_MAJOR_MIN_BATCH:
+            cache["inv"] = inv = ex.invert(ids, layer["dim"], ex.k.fn(name, "invert"))
+            ex.pool.run(ex.k.fn(name, "fwd_neuron"), inv[3], ptr(inv[0]), ptr(inv[1]), ptr(inv[2]), ptr(x),
+                        ptr(W), ptr(b), ptr(out))
+        else:
+            ex.pool.run(ex.k.fn(name, "fwd_active"), B, ptr(x), ptr(ids), ptr(W), ptr(b), ptr(out))
+        return out
+    if ids is not None:
+        raise BoltValidationError(f"layer {name!r}: active sets must hold {layer['active']} ids per example")
+    if B >= NEURON_MAJOR_MIN_BATCH and layer["dim"] * layer["in_dim"] >= DENSE_GEMM_MIN_WEIGHTS:
+        # dense scoring of a wide layer for a batch is a real GEMM (B x in @ in x dim): the host BLAS
+        # sgemm (numpy's) runs it near FLOP peak, which a dot-product kernel does not (measured 4.7 s vs
+        # ~1 s for 256 x 670k); its result does not depend on our pool
+        out = np.matmul(x, W.T)
+        if b is not None:
+            out += b
+        return out
+    out = np.empty((B, layer["dim"]), np.float32)
+    ex.pool.run(ex.k.fn(name, "fwd"), B, ptr(x), None, ptr(W), ptr(b), ptr(out))
+    return out
+
+
+def fc_backward(ex, layer, cache, g, step: Step):
+    name, B = layer["name"], step.B
+    if name != ex.output and name not in ex.pre_activation_grads:
+        g = act_grad(layer["activation"], cache["out"], g)
+    x = cache["x"]
+    if layer.get("layout") == "in_major":
+        _update_sparse_input(ex, layer, x, g, step)
+        return [None]
+    p, m, v = _params(ex, name)
+    W, b = p["W"], p.get("b")
+    mb, vb = (m.get("b"), v.get("b")) if b is not None else (None, None)
+    needs_dx = ex.k.has(name, "dx")
+    ids = cache["ids"]
+    if ids is not None:
+        uniq, seg, pos, nu = cache["inv"] if cache["inv"] is not None else ex.invert(
+            ids, layer["dim"], ex.k.fn(name, "invert"))
+        if not needs_dx:
+            ex.pool.run(ex.k.fn(name, "upd_active"), nu, ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x),
+                        ptr(W), ptr(b), ptr(m["W"]), ptr(v["W"]), ptr(mb), ptr(vb), ptr(step.hyper),
+                        per_thread=ex.scratch_ptrs)
+            return [None]
+        # fused: the weight update and the input gradient (from W before its update) in one pass
+        bounds = [(c * nu // N_CHUNKS, (c + 1) * nu // N_CHUNKS) for c in range(N_CHUNKS)]
+        dxbufs = np.zeros((N_CHUNKS,) + x.shape, np.float32)
+        scratch = [np.empty(layer["in_dim"], np.float32) for _ in range(N_CHUNKS)]
+        ex.pool.run_chunks(ex.k.fn(name, "upd_active_dx"), bounds, ptr(uniq), ptr(seg), ptr(pos), B, ptr(g),
+                           ptr(x), ptr(W), ptr(b), ptr(m["W"]), ptr(v["W"]), ptr(mb), ptr(vb), ptr(step.hyper),
+                           per_chunk=[(ptr(scratch[c]), ptr(dxbufs[c])) for c in range(N_CHUNKS)])
+        dx = dxbufs[0]
+        for c in range(1, N_CHUNKS):               # fixed order: thread-count independent
+            dx += dxbufs[c]
+        fused = ex.fused_activation[name]
+        return [act_grad(fused, x, dx) if fused else dx]
+    dx = None
+    if needs_dx:
+        dx = np.empty_like(x)                      # the kernel applies the fused activation derivative
+        ex.pool.run(ex.k.fn(name, "dx"), B, ptr(g), None, ptr(W), ptr(x), ptr(dx))
+    ex.pool.run(ex.k.fn(name, "upd"), layer["dim"], None, None, None, B, ptr(g), ptr(x), ptr(W), ptr(b),
+                ptr(m["W"]), ptr(v["W"]), ptr(mb), ptr(vb), ptr(step.hyper), per_thread=ex.scratch_ptrs)
+    return [dx]
+
+
+# ---------------------------------------------------------------- embedding
+
+def embedding_forward(ex, layer, ins, step: Step):
+    x = ins[0]
+    out = _sparse_forward(ex, layer, x, None)
+    if ex.k.has(layer["name"], "scale"):
+        ex.pool.run(ex.k.fn(layer["name"], "scale"), step.B, ptr(x.indptr), ptr(out))
+    return out, {"x": x}
+
+
+def embedding_backward(ex, layer, cache, g, step: Step):
+    x = cache["x"]
+    if ex.k.has(layer["name"], "scale"):
+        g = np.array(g, dtype=np.float32, order="C")           # scaled in place: a copy of our own
+        ex.pool.run(ex.k.fn(layer["name"], "scale"), step.B, ptr(x.indptr), ptr(g))
+    _update_sparse_input(ex, layer, x, np.ascontiguousarray(g, dtype=np.float32), step)
+    return [None]
+
+
+# ---------------------------------------------------------------- concat
+
+def concat_forward(ex, layer, ins, step: Step):
+    out = np.empty((step.B, layer["dim"]), np.float32)
+    for i, v in enumerate(ins):
+        ex.pool.run(ex.k.fn(layer["name"], f"part{i}"), step.B, ptr(v), ptr(out))
+    return out, {"widths": [v.shape[1] for v in ins]}
+
+
+def concat_backward(ex, layer, cache, g, step: Step):
+    g = np.ascontiguousarray(g, dtype=np.float32)
+    grads = []
+    for i, (src, w) in enumerate(zip(layer["inputs"], cache["widths"])):
+        if src not in ex.by_name:                  # a model input: a leaf
+            grads.append(None)
+            continue
+        d = np.empty((step.B, w), np.float32)
+        ex.pool.run(ex.k.fn(layer["name"], f"grad{i}"), step.B, ptr(g), ptr(d))
+        grads.append(d)
+    return grads
+
+
+# ---------------------------------------------------------------- layernorm
+
+def layernorm_forward(ex, layer, ins, step: Step):
+    p = ex.state.params[layer["name"]]
+    x, B, d = ins[0], step.B, layer["dim"]
+    y, xhat, inv_std = np.empty((B, d), np.float32), np.empty((B, d), np.float32), np.empty(B, np.float32)
+    ex.pool.run(ex.k.fn(layer["name"], "fwd"), B, ptr(x), ptr(p["gamma"]), ptr(p["beta"]), ptr(y), ptr(xhat),
+                ptr(inv_std))
+    return y, {"xhat": xhat, "inv_std": inv_std}
+
+
+def layernorm_backward(ex, layer, cache, g, step: Step):
+    name, B, d = layer["name"], step.B, layer["dim"]
+    p, m, v = _params(ex, name)
+    g = np.ascontiguousarray(g, dtype=np.float32)
+    dx = None
+    if layer["inputs"][0] in ex.by_name:           # gamma before its update
+        dx = np.empty((B, d), np.float32)
+        ex.pool.run(ex.k.fn(name, "bwd"), B, ptr(g), ptr(p["gamma"]), ptr(cache["xhat"]), ptr(cache["inv_std"]),
+                    ptr(dx))
+    dgamma, dbeta = np.empty(d, np.float32), np.empty(d, np.float32)
+    ex.pool.run(ex.k.fn(name, "pgrad"), d, B, ptr(g), ptr(cache["xhat"]), ptr(dgamma), ptr(dbeta))
+    for t, grad in (("gamma", dgamma), ("beta", dbeta)):
+        ex.pool.run(ex.k.fn(name, f"upd_{t}"), d, ptr(p[t]), ptr(grad), ptr(m[t]), ptr(v[t]), ptr(step.hyper))
+    return [dx]
+
+
+NATIVE_OPS = {
+    "fc": (fc_forward, fc_backward),
+    "embedding": (embedding_forward, embedding_backward),
+    "concat": (concat_forward, concat_backward),
+    "layernorm": (layernorm_forward, layernorm_backward),
+}
