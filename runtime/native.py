@@ -160,7 +160,9 @@ class NativeExecutor:
         index = self.state.lsh[layer["name"]]
         reserve = training_reserve(layer) if labels is not None else 0
         fill = self.upkeep.fill(layer) if labels is not None else None
-        if self._hash_layer is None or layer["name"] != self.output or index.family != "dwta":
+        # the output's lookup is native for either family (its buckets come from the native DWTA
+        # kernel, or from the spec's SRP hash: a small matrix product); other layers use the spec
+        if layer["name"] != self.output or not self.k.has(layer["name"], "lookup"):
             rng = np.random.default_rng(rng_seed)
             return index.select(h, labels, layer["active"], rng, insert_missed=insert_missed, reserve=reserve,
                                 fill=fill)
