@@ -3,9 +3,9 @@
 Same results as NumpyExecutor (the spec) within float32 reassociation error when fed the same active
 sets. It runs any plan that boltc/lower/rules.py lowers (`native_support(plan)` is None): a DAG of
 fc, embedding, concat and layernorm layers with a softmax + cross-entropy or sigmoid + binary
-cross-entropy output, dense or LSH-sparse. Other plans (a sparse hidden layer, a hidden softmax, a
-sparse output reading a sparse input) run on the interpreter: same contract, only slower;
-`self.fallback_reason` says why.
+cross-entropy output, dense or LSH-sparse, and LSH-sparse hidden layers. Other plans (a hidden
+softmax, a sparse fc reading a sparse input directly) run on the interpreter: same contract, only
+slower; `self.fallback_reason` says why.
 
 One training step walks the plan like the interpreter: layers in plan order (runtime/native_ops.py
 NATIVE_OPS[op].forward, values by name), the fused loss kernel of the output, then the layers in
@@ -93,7 +93,7 @@ class NativeExecutor:
         self.scratch_ptrs = [ptr(s) for s in self.scratch]
         self._counts = {}          # per inverted dimension: zeroed int32 counts + int64 offsets
         self._inv = None           # the output's last inversion (benchmarks/train_throughput.py reads it)
-        self._marks = None
+        self._marks = {}
         self._ranked_scratch = None
         self._hash_scratch = {}
         self._install_native_hash()
@@ -107,28 +107,26 @@ class NativeExecutor:
 
     # ------------------------------------------------------------ hashing and active sets
     def _install_native_hash(self) -> None:
-        """DWTA indexes hash dense rows with the native kernel (also during table rebuilds, which hash
-        every neuron's weight row: the dominant upkeep cost). Codes are identical to the NumPy ones."""
-        out = self.by_name[self.output]
-        self._hash_layer = out if (out.get("hash") or {}).get("family") == "dwta" and self.k.has(
-            out["name"], "hash") else None
-        index = self.state.lsh.get(self.output) if self._hash_layer else None
-        if index is None or getattr(index, "_native_hash", False):
-            return
-        spec_hash = index.hash
-        kernels = self.k           # the closure keeps the native library alive as long as the index
+        """Every LSH index of the plan refills its tables with the native kernel (reservoir insertion
+        split by tables), and DWTA indexes hash dense rows with the native kernel (also during those
+        rebuilds, which hash every neuron's weight row: the dominant upkeep cost); codes are identical
+        to the NumPy ones. SRP indexes keep the spec's hash (a small matrix product)."""
+        kernels = self.k           # the closures keep the native library alive as long as the index
+        for name, index in self.state.lsh.items():
+            if name not in self.by_name or not self.k.has(name, "build") or getattr(index, "_native_hash", False):
+                continue
+            if index.family == "dwta" and self.k.has(name, "hash"):
+                def native_hash(x, _index=index, _spec=index.hash, _k=kernels, _name=name):
+                    if sp.issparse(x) or _index.family != "dwta":
+                        return _spec(x)
+                    return self._dwta(_k.fn(_name, "hash"), _index, np.ascontiguousarray(x, dtype=np.float32))
+                index.hash = native_hash
 
-        def native_hash(x, _index=index, _spec=spec_hash, _k=kernels):
-            if sp.issparse(x) or _index.family != "dwta":
-                return _spec(x)
-            return self._dwta(_k.fn(self.output, "hash"), _index, np.ascontiguousarray(x, dtype=np.float32))
+            def native_build(w_out_major, _index=index, _k=kernels, _name=name):
+                self._build_tables(_k.fn(_name, "build"), _index, w_out_major)
 
-        def native_build(w_out_major, _index=index, _k=kernels):
-            self._build_tables(_k.fn(self.output, "build"), _index, w_out_major)
-
-        index.hash = native_hash
-        index.build = native_build
-        index._native_hash = True
+            index.build = native_build
+            index._native_hash = True
 
     def _build_tables(self, fn, index, w: np.ndarray, chunk: int = 1 << 16) -> None:
         """Refill every table from the neurons' weight rows: native hashing in chunks of neurons (bounded
@@ -160,16 +158,17 @@ class NativeExecutor:
         index = self.state.lsh[layer["name"]]
         reserve = training_reserve(layer) if labels is not None else 0
         fill = self.upkeep.fill(layer) if labels is not None else None
-        # the output's lookup is native for either family (its buckets come from the native DWTA
-        # kernel, or from the spec's SRP hash: a small matrix product); other layers use the spec
-        if layer["name"] != self.output or not self.k.has(layer["name"], "lookup"):
+        # the lookup is native for either family (buckets from the native DWTA kernel, or from the
+        # spec's SRP hash: a small matrix product)
+        if not self.k.has(layer["name"], "lookup"):
             rng = np.random.default_rng(rng_seed)
             return index.select(h, labels, layer["active"], rng, insert_missed=insert_missed, reserve=reserve,
                                 fill=fill)
         B, K, dim = h.shape[0], layer["active"], layer["dim"]
         buckets = index.hash(h)
-        if self._marks is None:                # per-thread bitsets, zero between calls
-            self._marks = [np.zeros(dim // 32 + 1, np.int32) for _ in range(self.threads)]
+        marks = self._marks.get(dim)
+        if marks is None:                      # per-thread bitsets (per width), zero between calls
+            marks = self._marks[dim] = [np.zeros(dim // 32 + 1, np.int32) for _ in range(self.threads)]
         out = np.empty((B, K), np.int32)
         lab = _csr(labels) if labels is not None else None
         tables = index.tables
@@ -180,7 +179,7 @@ class NativeExecutor:
                       ptr(lab.indices) if lab is not None else None, int(lab is not None),
                       int(rng_seed) & ((1 << 63) - 1), max(0, K - reserve),
                       ptr(fill.cum) if fill else None, ptr(fill.guide) if fill else None,
-                      0 if fill is None else fill.cum.size, ptr(out), per_thread=[ptr(m) for m in self._marks])
+                      0 if fill is None else fill.cum.size, ptr(out), per_thread=[ptr(m) for m in marks])
         if insert_missed and lab is not None and lab.nnz:
             self._insert_missed(index, buckets, lab, np.random.default_rng(rng_seed))
         return out

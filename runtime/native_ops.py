@@ -16,6 +16,7 @@ its parameters before it updates them.
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +46,11 @@ class Step:
     insert_missed: bool = False
     hyper: np.ndarray | None = None
     inversions: dict = field(default_factory=dict)     # sparse input name -> (uniq, seg, pos, n, prow)
+
+    def layer_seed(self, name: str) -> int:
+        """The random-fill seed of a sparse hidden layer: the step's, mixed with the layer's name, so
+        layers do not draw the same fill stream (the output uses the step's seed itself)."""
+        return (self.seed ^ zlib.crc32(name.encode()) * 0x9E3779B97F4A7C15) & ((1 << 63) - 1)
 
 
 def act_grad(activation: str, act: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -101,13 +107,41 @@ def fc_forward(ex, layer, ins, step: Step):
     cache = {"x": x, "ids": None, "inv": None}
     if layer.get("layout") == "in_major":
         out = _sparse_forward(ex, layer, x, b)
-    elif not is_out:
-        out = np.empty((B, dim), np.float32)
-        ex.pool.run(ex.k.fn(name, "fwd"), B, ptr(x), None, ptr(W), ptr(b), ptr(out))
-    else:
+    elif is_out:
         out = _output_logits(ex, layer, x, step, cache)
+    else:
+        ids = cache["ids"] = _active_ids(ex, layer, x, step)
+        if ids is None:
+            out = np.empty((B, dim), np.float32)
+            ex.pool.run(ex.k.fn(name, "fwd"), B, ptr(x), None, ptr(W), ptr(b), ptr(out))
+        else:
+            # a sparse hidden layer: act over the active set, a dense value that is 0 elsewhere (spec)
+            act = np.empty(ids.shape, np.float32)
+            ex.pool.run(ex.k.fn(name, "fwd_active"), B, ptr(x), ptr(ids), ptr(W), ptr(b), ptr(act))
+            out = np.zeros((B, dim), np.float32)
+            np.put_along_axis(out, ids.astype(np.int64), act, axis=1)
     cache["out"] = out
     return out, cache
+
+
+def _active_ids(ex, layer, x, step: Step) -> np.ndarray | None:
+    """The layer's active sets: given (`active=`), chosen by its LSH index (not in dense mode; the
+    output's training sets include the labels), or None (every neuron), as the interpreter decides."""
+    name = layer["name"]
+    ids = None
+    if step.active and name in step.active:
+        ids = np.ascontiguousarray(step.active[name], dtype=np.int32)
+    elif layer.get("hash") and step.mode != "dense" and name in ex.state.lsh:
+        is_out = name == ex.output
+        labels = step.batch.labels if (step.mode == "train" and is_out) else None
+        seed = step.seed if is_out else step.layer_seed(name)
+        ids = ex.select(layer, x, labels, seed,
+                        is_out and step.insert_missed and getattr(ex.state.lsh[name], "frozen", False))
+    if ids is not None and layer["active"] == layer["dim"]:
+        raise BoltValidationError(f"layer {name!r} is dense: the native backend takes no active sets for it")
+    if ids is not None and (ids.ndim != 2 or ids.shape[1] != layer["active"]):
+        raise BoltValidationError(f"layer {name!r}: active sets must hold {layer['active']} ids per example")
+    return ids
 
 
 def _output_logits(ex, layer, x, step: Step, cache) -> np.ndarray:
@@ -115,15 +149,8 @@ def _output_logits(ex, layer, x, step: Step, cache) -> np.ndarray:
     name, B = layer["name"], step.B
     p = ex.state.params[name]
     W, b = p["W"], p.get("b")
-    ids = None
-    if step.active and name in step.active:
-        ids = np.ascontiguousarray(step.active[name], dtype=np.int32)
-    elif layer.get("hash") and step.mode != "dense" and name in ex.state.lsh:
-        labels = step.batch.labels if step.mode == "train" else None
-        ids = ex.select(layer, x, labels, step.seed,
-                        step.insert_missed and getattr(ex.state.lsh[name], "frozen", False))
-    cache["ids"] = ids
-    if ids is not None and ids.shape[1] == layer["active"] and ex.k.has(name, "fwd_active"):
+    ids = cache["ids"] = _active_ids(ex, layer, x, step)
+    if ids is not None:
         out = np.empty(ids.shape, np.float32)
         if B >= NEURON_MAJOR_MIN_BATCH:
             cache["inv"] = inv = ex.invert(ids, layer["dim"], ex.k.fn(name, "invert"))
@@ -132,8 +159,6 @@ def _output_logits(ex, layer, x, step: Step, cache) -> np.ndarray:
         else:
             ex.pool.run(ex.k.fn(name, "fwd_active"), B, ptr(x), ptr(ids), ptr(W), ptr(b), ptr(out))
         return out
-    if ids is not None:
-        raise BoltValidationError(f"layer {name!r}: active sets must hold {layer['active']} ids per example")
     if B >= NEURON_MAJOR_MIN_BATCH and layer["dim"] * layer["in_dim"] >= DENSE_GEMM_MIN_WEIGHTS:
         # dense scoring of a wide layer for a batch is a real GEMM (B x in @ in x dim): the host BLAS
         # sgemm (numpy's) runs it near FLOP peak, which a dot-product kernel does not (measured 4.7 s vs
@@ -149,8 +174,11 @@ def _output_logits(ex, layer, x, step: Step, cache) -> np.ndarray:
 
 def fc_backward(ex, layer, cache, g, step: Step):
     name, B = layer["name"], step.B
+    ids = cache["ids"]
     if name != ex.output and name not in ex.pre_activation_grads:
         g = act_grad(layer["activation"], cache["out"], g)
+        if ids is not None:                        # a sparse hidden layer: its active positions only
+            g = np.ascontiguousarray(np.take_along_axis(g, ids.astype(np.int64), axis=1))
     x = cache["x"]
     if layer.get("layout") == "in_major":
         _update_sparse_input(ex, layer, x, g, step)
@@ -159,7 +187,6 @@ def fc_backward(ex, layer, cache, g, step: Step):
     W, b = p["W"], p.get("b")
     mb, vb = (m.get("b"), v.get("b")) if b is not None else (None, None)
     needs_dx = ex.k.has(name, "dx")
-    ids = cache["ids"]
     if ids is not None:
         uniq, seg, pos, nu = cache["inv"] if cache["inv"] is not None else ex.invert(
             ids, layer["dim"], ex.k.fn(name, "invert"))

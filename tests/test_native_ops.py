@@ -309,3 +309,25 @@ def test_plans_still_run_on_the_interpreter_say_why():
                 [fc("out", "x", 30, 20, "softmax", sparse_in=True, active=5,
                     hash_={"family": "srp", "hashes": 4, "range_bits": 4, "tables": 4, "reservoir": 8})], 20)
     assert "sparse input" in native_support(p)
+
+
+def test_native_srp_table_build_matches_spec_counts_and_unfull_buckets():
+    """SRP indexes refill their tables with the native kernel too (the spec's SRP hash feeds it): bucket
+    counts equal the spec's, buckets that did not overflow hold the same neurons."""
+    h = {"family": "srp", "hashes": 6, "range_bits": 6, "tables": 8, "reservoir": 16, "rehash_every": 0.25,
+         "rebuild_every": 0.05, "freeze_after": 1}
+    plan = plan_of([{"name": "d", "kind": "dense", "dim": 24}],
+                   [fc("out", "d", 24, 2000, "softmax", active=50, hash_=h)], 2000)
+    state = ModelState.init(plan)
+    index = state.lsh["out"]
+    index.build(state.params["out"]["W"])                 # the spec's build
+    spec_tables, spec_counts = index.tables.copy(), index.counts.copy()
+    NativeExecutor(plan, state, threads=2)                # installs the native build
+    assert index._native_hash and index.family == "srp"
+    index.build(state.params["out"]["W"])
+    np.testing.assert_array_equal(index.counts, spec_counts)
+    for t in range(index.L):
+        for bk in range(index.tables.shape[1]):
+            got, want = index.tables[t, bk], spec_tables[t, bk]
+            if spec_counts[t, bk] <= index.reservoir:
+                assert sorted(got[got >= 0]) == sorted(want[want >= 0])

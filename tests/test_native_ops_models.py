@@ -1,6 +1,7 @@
 """Whole DAG models natively vs the interpreter (the spec), fed the same active sets: models/hybrid.bolt
 (embedding bag + fc over one sparse input, concat, layernorm, LSH-sparse softmax; SGD with momentum)
-and the README's every-construct model (four input kinds, a dense-input fc, Adam, a DWTA output).
+the README's every-construct model (four input kinds, a dense-input fc, Adam, a DWTA output) and a
+chain with an LSH-sparse hidden layer (DWTA) under an SRP-sparse output.
 
 Tolerance (float32): as tests/test_native.py, rtol 1e-5 / atol 1e-6, with one stated exception:
 layernorm divides its input's rounding error by the row's standard deviation, which is ~0.01 at
@@ -98,6 +99,28 @@ def assert_params_close(a, b, lr):
             np.testing.assert_allclose(a.params[layer][t], ref, rtol=RTOL, atol=atol, err_msg=f"{layer}.{t}")
 
 
+SPARSE_HIDDEN = """model deep {
+  input  x: sparse(400)
+  target y: multilabel(300)
+  h1     = fc(x, 32, relu)
+  h2     = fc(h1, 200, tanh, sparsity=0.1, hash=auto)
+  scores = fc(h2, 300, softmax, sparsity=0.1, hash=srp())
+  loss   cross_entropy(scores, y)
+}"""
+
+
+def active_sets(plan, rng, labels, B):
+    """Random active sets for every sparse layer (the output's hold the labels first)."""
+    out = {}
+    for l in plan["layers"]:
+        if l["op"] == "fc" and l["active"] < l["dim"]:
+            if l["name"] == plan["output"]:
+                out[l["name"]] = random_active(rng, labels, B, l["dim"], l["active"])
+            else:
+                out[l["name"]] = np.stack([rng.permutation(l["dim"])[:l["active"]] for _ in range(B)]).astype(np.int32)
+    return out
+
+
 def hybrid_plan():
     return boltc.compile(str(MODELS / "hybrid.bolt")).plan
 
@@ -106,7 +129,20 @@ def everything_plan():
     return boltc.compile(EVERYTHING).plan
 
 
-@pytest.mark.parametrize("make", [hybrid_plan, everything_plan], ids=["hybrid", "everything"])
+def sparse_hidden_plan():
+    plan = boltc.compile(SPARSE_HIDDEN).plan
+    # a sparse tanh layer between two others makes gradients of ~eps (1e-7), where Adam's first step
+    # lr * g / (|g| + eps) turns rounding into ~1e-3 lr: eps 1e-4 keeps the test about the kernels
+    # (as tests/test_native.py does for its extra hidden layer)
+    plan["train"]["eps"] = 1e-4
+    return plan
+
+
+PLANS = pytest.mark.parametrize("make", [hybrid_plan, everything_plan, sparse_hidden_plan],
+                                ids=["hybrid", "everything", "sparse_hidden"])
+
+
+@PLANS
 def test_training_steps_match_interpreter(make):
     plan = make()
     out = next(l for l in plan["layers"] if l["name"] == plan["output"])
@@ -118,7 +154,7 @@ def test_training_steps_match_interpreter(make):
         B = 40 if step % 2 else 9                  # neuron-order (B >= 32) and gather paths
         batch = batch_for(plan, rng, B)
         batch.weights = (rng.random(B) + 0.5).astype(np.float32) if step == 2 else None
-        active = {out["name"]: random_active(rng, batch.labels, B, out["dim"], out["active"])}
+        active = active_sets(plan, rng, batch.labels, B)
         assert_values_close(nx.forward(batch, "train", active), ix.forward(batch, "train", active), plan)
         np.testing.assert_allclose(nx.train_step(batch, lr, active=active), ix.train_step(batch, lr, active=active),
                                    rtol=RTOL, atol=ATOL * 10)
@@ -131,7 +167,7 @@ def test_training_steps_match_interpreter(make):
     np.testing.assert_array_equal(ia, ib)
 
 
-@pytest.mark.parametrize("make", [hybrid_plan, everything_plan], ids=["hybrid", "everything"])
+@PLANS
 def test_forward_and_training_identical_for_one_and_two_threads(make):
     plan = make()
     s1 = ModelState.init(plan)

@@ -12,8 +12,8 @@ any op; it stays as the marker a new op can start with.
 
 A plan lowers when every layer does and its shape is one the executor runs natively:
 `native_support(plan)` is None, or the reason it is not (the executor then runs the whole plan on the
-interpreter: same contract, only slower). Not lowered today: a sparse (LSH) fc that is not the output,
-a sparse fc reading a sparse input directly, a hidden softmax.
+interpreter: same contract, only slower). Not lowered today: a sparse (LSH) fc reading a sparse input
+directly (its in-major W has no contiguous neuron rows to gather), a hidden softmax.
 
 Activation gradients: a gradient flows between layers as the gradient of a layer's *value*; the fc
 that made the value turns it into the gradient of its pre-activation. Where an fc's value has exactly
@@ -84,12 +84,15 @@ def lower_fc(km: KernelModule, layer: dict, ctx: dict) -> dict:
             bw.input_grad(km, out["dx"], in_dim, dim, False, ctx["in_activation"])
         k = layer["active"]
         if k < dim:
+            # a sparse hidden layer applies its activation in the gather kernel; the output's stays
+            # linear (fused with the loss) and also has the neuron-order forward for large batches
             out["fwd_active"] = _sym(layer, "fwd_active")
-            fwd.dense_fc_fwd(km, out["fwd_active"], in_dim, k, "linear", bias, gather=True)
+            fwd.dense_fc_fwd(km, out["fwd_active"], in_dim, k, f_act, bias, gather=True)
             out["upd_active"] = _sym(layer, "upd_active")
             bw.rows_update_out_major(km, out["upd_active"], in_dim, k, True, bias, opt)
-            out["fwd_neuron"] = _sym(layer, "fwd_neuron")
-            bw.fwd_by_neuron(km, out["fwd_neuron"], in_dim, k, bias)
+            if is_out:
+                out["fwd_neuron"] = _sym(layer, "fwd_neuron")
+                bw.fwd_by_neuron(km, out["fwd_neuron"], in_dim, k, bias)
             if ctx["needs_dx"]:
                 out["upd_active_dx"] = _sym(layer, "upd_active_dx")
                 bw.rows_update_out_major(km, out["upd_active_dx"], in_dim, k, True, bias, opt, fuse_dx=True)
@@ -135,8 +138,6 @@ def native_support(plan: dict) -> str | None:
             sparse_in = layer["inputs"][0] in inputs and inputs[layer["inputs"][0]]["kind"] in SPARSE_INPUT_KINDS
             if sparse_in != (layer.get("layout") == "in_major"):
                 return f"layer {name!r}: layout {layer.get('layout')!r} with this input"
-            if is_sparse_layer(layer) and not is_out:
-                return f"hidden layer {name!r} is sparse"
             if is_sparse_layer(layer) and sparse_in:
                 return f"sparse layer {name!r} reads a sparse input directly"
             if not is_out and layer["activation"] == "softmax":
