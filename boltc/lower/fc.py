@@ -14,8 +14,8 @@ from boltc.lower.builder import F32, I32, I64, PTR, VOID, Kernel, KernelModule
 # with benchmarks/kernel_fc.py on the 670,091 x 256 output layer (docs/native.md):
 # - the kernel is bound by memory latency, not FLOPs: each random 1 KB row is 16-17 cache lines the
 #   hardware prefetchers cannot predict, and the out-of-order window covers barely more than one row,
-#   so few misses are in flight per core. Prefetching the row PREFETCH_ROWS positions ahead keeps ~16
-#   rows of misses in flight; it took the kernel from ~42% to ~70% of sequential read bandwidth;
+#   so few misses are in flight per core. Prefetching the row PREFETCH_ROWS positions ahead keeps
+#   more in flight: 2.2x faster, 30% -> 65% of the sequential read bandwidth measured in the same run;
 # - into L2 (locality 2, `prefetcht1`): into L1 (locality 3) or non-temporal (0) gained nothing, the
 #   L1's few fill buffers being the bottleneck those compete for;
 # - distances of 8 to 48 rows of 1 KB measured alike; for 256 B rows 16 beat 64: a distance in rows;
@@ -24,7 +24,14 @@ from boltc.lower.builder import F32, I32, I64, PTR, VOID, Kernel, KernelModule
 # - plus the row's last element: numpy places arrays 16 bytes past a 64-byte line, so a 1 KB row
 #   spans 17 lines, and the 17th would otherwise be a demand miss;
 # - computing 2 or 4 rows per iteration (more loads in flight without prefetch) gained at most 10%,
-#   nothing on top of prefetching: one row per iteration keeps the vectorizer's reduction order.
+#   nothing on top of prefetching: one row per iteration keeps the vectorizer's reduction order;
+# - the row's dot product itself is not the limit: 16 `<16 x float>` FMAs with memory operands
+#   against h[b] held in 16 zmm registers (LLVM chains its 4 partial sums into one: ~80 cycles of
+#   latency per row, overlapped across rows by out-of-order execution; a row costs ~400 cycles of
+#   memory time);
+# - W on a 64-byte boundary would gain another ~15% (77% vs 65%), but where numpy puts W is the
+#   runtime's choice, not the kernel's (see docs/native.md). The kernel must not adapt its sum order
+#   to the address: results would then depend on where an array happened to land.
 # When the weights fit in cache prefetching costs 0-6% (2,000 x 256); it is always on for gathers
 # because the kernel does not know how many rows W has.
 PREFETCH_ROWS = 16
