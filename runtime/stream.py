@@ -9,7 +9,7 @@ Decisions:
   take more than STREAM_SHARE of the memory available now (estimated from its size: parsed CSR is about
   CSR_PER_TEXT_BYTE of the text; gzip text about GZIP_RATIO times the compressed size). Only training
   and evaluation stream; `predict` reads its (usually small) input whole.
-- Order: rows are shuffled within windows of about WINDOW_BYTES of parsed data, windows in file order,
+- Order: rows are shuffled within windows of about WINDOW_BYTES (64 MB) of parsed data, windows in file order,
   a fresh permutation per (seed, epoch, window). Batches are full across window boundaries (a window's
   last rows wait for the next one), so an epoch has ceil(rows / batch) batches like an in-memory one
   and the learning-rate schedule and table upkeep see the same step counts. A file sorted by label
@@ -28,12 +28,12 @@ import scipy.sparse as sp
 
 from boltc.errors import DataError, Location
 from boltc.runtime import xcformat
-from boltc.runtime.dataset import Batch
+from boltc.runtime.dataset import Batch, take_rows
 
 STREAM_SHARE = 0.5            # stream when the parsed rows would take more than this share of free memory
-CSR_PER_TEXT_BYTE = 0.8       # "123:0.5 " is ~8-12 bytes of text per nonzero, 8 bytes as CSR
+CSR_PER_TEXT_BYTE = 0.55      # "123:0.0812 " is ~14 bytes of text per nonzero, 8 as CSR (0.53 measured)
 GZIP_RATIO = 4.0              # typical compression of XC text
-WINDOW_BYTES = 256 << 20      # parsed rows shuffled together
+WINDOW_BYTES = 64 << 20       # parsed rows shuffled together (held once, plus the chunks being joined)
 
 
 def available_memory() -> int:
@@ -122,29 +122,39 @@ class StreamingDataset:
             ys.append(Y)
             held += _nbytes(X) + _nbytes(Y)
             if held >= self.window_bytes:
-                yield _vstack(xs), _vstack(ys)
-                xs, ys, held = [], [], 0
+                window = _vstack(xs), _vstack(ys)
+                xs, ys, held = [], [], 0           # the chunks go before the window is used
+                yield window
+                window = None                      # and the window before the next one is read
         if xs:
             yield _vstack(xs), _vstack(ys)
 
     def batches(self, epoch: int, batch: int, seed: int):
-        """(row ids in the file, Batch) of one epoch; every batch full but possibly the last."""
-        carry_x = carry_y = None
+        """(row ids in the file, Batch) of one epoch; every batch full but possibly the last. A window's
+        rows are gathered batch by batch through its permutation (no permuted copy of the window)."""
+        held: list = []                            # (row ids, X, Y) pieces of the batch being filled
+        n_held = 0
         first_row = 0
-        carry_rows = np.zeros(0, np.int64)
         for w, (X, Y) in enumerate(self._windows()):
             perm = np.random.default_rng([int(seed), int(epoch), w, 0x57E]).permutation(X.shape[0])
-            X, Y, rows = X[perm], Y[perm], first_row + perm.astype(np.int64)
+            s = 0
+            while s < perm.size:
+                idx = perm[s:s + batch - n_held]
+                s += idx.size
+                held.append((first_row + idx, take_rows(X, idx), take_rows(Y, idx)))
+                n_held += idx.size
+                if n_held == batch:
+                    yield self._batch(held)
+                    held, n_held = [], 0
             first_row += perm.size
-            if carry_x is not None:
-                X, Y, rows = _vstack([carry_x, X]), _vstack([carry_y, Y]), np.r_[carry_rows, rows]
-            full = (X.shape[0] // batch) * batch
-            for s in range(0, full, batch):
-                yield rows[s:s + batch], Batch(inputs={self.input_name: X[s:s + batch]}, labels=Y[s:s + batch],
-                                               rows=rows[s:s + batch])
-            carry_x, carry_y, carry_rows = X[full:], Y[full:], rows[full:]
-        if carry_x is not None and carry_x.shape[0]:
-            yield carry_rows, Batch(inputs={self.input_name: carry_x}, labels=carry_y, rows=carry_rows)
+            X = Y = None                            # free this window before the next is parsed
+        if n_held:
+            yield self._batch(held)
+
+    def _batch(self, pieces):
+        rows = np.concatenate([p[0] for p in pieces]).astype(np.int64)
+        X, Y = _vstack([p[1] for p in pieces]), _vstack([p[2] for p in pieces])
+        return rows, Batch(inputs={self.input_name: X}, labels=Y, rows=rows)
 
     def eval_batches(self, batch: int):
         """Labelled batches in file order (evaluation)."""
