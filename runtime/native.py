@@ -33,7 +33,7 @@ from boltc.runtime.interp import NumpyExecutor, _SPARSE_INFERENCE_SEED
 from boltc.runtime.lsh import training_reserve
 from boltc.runtime.native_kernels import compile_plan, ptr
 from boltc.runtime.native_ops import (DENSE_GEMM_MIN_WEIGHTS, N_CHUNKS, NATIVE_OPS,  # noqa: F401
-                                      NEURON_MAJOR_MIN_BATCH, Step)
+                                      NEURON_MAJOR_MIN_BATCH, Step, min_items)
 from boltc.runtime.numpy_rules import activate
 from boltc.runtime.state import check_moments
 from boltc.runtime.threads import ThreadPool
@@ -151,7 +151,7 @@ class NativeExecutor:
             scratch = self._hash_scratch[key] = [np.empty(4 * index.n_hashes, np.int32)
                                                  for _ in range(self.threads)]
         self.pool.run(fn, n, ptr(x), ptr(idx), ptr(probe), ptr(out),
-                      per_thread=[ptr(s) for s in scratch], min_per_thread=1)
+                      per_thread=[ptr(s) for s in scratch], min_per_thread=min_items(4 * idx.size))
         return out
 
     def select(self, layer, h: np.ndarray, labels, rng_seed: int, insert_missed: bool) -> np.ndarray:
@@ -179,7 +179,8 @@ class NativeExecutor:
                       ptr(lab.indices) if lab is not None else None, int(lab is not None),
                       int(rng_seed) & ((1 << 63) - 1), max(0, K - reserve),
                       ptr(fill.cum) if fill else None, ptr(fill.guide) if fill else None,
-                      0 if fill is None else fill.cum.size, ptr(out), per_thread=[ptr(m) for m in marks])
+                      0 if fill is None else fill.cum.size, ptr(out), per_thread=[ptr(m) for m in marks],
+                      min_per_thread=min_items(index.L * index.reservoir + 4 * K))
         if insert_missed and lab is not None and lab.nnz:
             self._insert_missed(index, buckets, lab, np.random.default_rng(rng_seed))
         return out
@@ -194,7 +195,8 @@ class NativeExecutor:
         self.pool.run(self.k.fn(layer["name"], "lookup_ranked"), buckets.shape[0], ptr(buckets),
                       ptr(index.tables), index.L, index.tables.shape[1], index.reservoir,
                       int(rng_seed) & ((1 << 63) - 1), ptr(out),
-                      per_thread=[(ptr(c), ptr(t), ptr(h)) for c, t, h in scr])
+                      per_thread=[(ptr(c), ptr(t), ptr(h)) for c, t, h in scr],
+                      min_per_thread=min_items(4 * cap + 4 * layer["active"]))
         return out
 
     @staticmethod
@@ -293,7 +295,8 @@ class NativeExecutor:
         loss_ids = ids if ids is not None else np.ascontiguousarray(
             np.broadcast_to(np.arange(z.shape[1], dtype=np.int32), z.shape))
         self.pool.run(self.k.fn(self.output, self.loss_role + ("" if ids is not None else "_all")), B, ptr(z),
-                      ptr(loss_ids), ptr(lab.indptr), ptr(lab.indices), ptr(scale), ptr(loss), ptr(grad))
+                      ptr(loss_ids), ptr(lab.indptr), ptr(lab.indices), ptr(scale), ptr(loss), ptr(grad),
+                      min_per_thread=min_items(20 * z.shape[1]))
         self.state.step += 1
         step.hyper = self._hyper(lr)
         # backward, last layer first; value gradients summed into each producer in this fixed order
@@ -326,12 +329,13 @@ class NativeExecutor:
         out_sc = np.empty((B, k), np.float32)
         suffix = "" if ids is not None else "_all"
         self.pool.run(self.k.fn(self.output, "topk" + suffix), B, ptr(z), ptr(ids),
-                      ptr(counts) if use_mask else None, int(use_mask), k, ptr(out_ids), ptr(out_sc))
+                      ptr(counts) if use_mask else None, int(use_mask), k, ptr(out_ids), ptr(out_sc),
+                      min_per_thread=min_items(4 * n))
         # scores as the spec reports them: the output activation's values (masking happens after);
         # both activations are increasing, so the top-k of the logits is the top-k of the scores
         if self.loss_role == "ce":
             lse = np.empty((B, 1), np.float32)
-            self.pool.run(self.k.fn(self.output, "lse" + suffix), B, ptr(z), ptr(lse))
+            self.pool.run(self.k.fn(self.output, "lse" + suffix), B, ptr(z), ptr(lse), min_per_thread=min_items(10 * n))
             with np.errstate(invalid="ignore"):
                 scores = np.exp(out_sc - lse)
         else:

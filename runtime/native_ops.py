@@ -33,6 +33,13 @@ N_CHUNKS = 8
 NEURON_MAJOR_MIN_BATCH = 32
 # Dense scoring of an output layer at least this big (dim * in_dim) for a batch >= 32 goes to BLAS.
 DENSE_GEMM_MIN_WEIGHTS = 1 << 22
+# Handing a slice to the pool costs about 0.1 ms (a lock hand-off each way), more than a small kernel
+# spends on its whole range: text_tiny.bolt (64 hidden units, batch 64) trained at 80k ex/s on 2 threads
+# and 188k on 1. So a kernel takes a second thread only for at least this many multiply-adds (or bytes
+# of a copy) per thread, estimated per item at each call (`_run`'s `work`). Wide layers (the 670k
+# chain) always split; results never depend on the split (every kernel is slice-independent).
+MIN_WORK_PER_THREAD = 1 << 18
+ADAM_OPS = 12               # an optimizer update, per element, counted as this many multiply-adds
 
 
 @dataclass
@@ -64,6 +71,16 @@ def act_grad(activation: str, act: np.ndarray, d: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(d, dtype=np.float32)
 
 
+def min_items(work: float) -> int:
+    """Items per thread below which a kernel whose items cost `work` each stays on one thread."""
+    return max(1, int(MIN_WORK_PER_THREAD // max(1.0, work)))
+
+
+def _run(ex, name: str, role: str, n: int, *args, work: float, **kw) -> None:
+    """Layer `name`'s kernel `role` over n items, each about `work` multiply-adds (see MIN_WORK_PER_THREAD)."""
+    ex.pool.run(ex.k.fn(name, role), n, *args, min_per_thread=min_items(work), **kw)
+
+
 def _params(ex, name):
     return ex.state.params[name], ex.state.m.get(name, {}), ex.state.v.get(name, {})
 
@@ -72,8 +89,9 @@ def _params(ex, name):
 
 def _sparse_forward(ex, layer, x, bias) -> np.ndarray:
     out = np.empty((x.shape[0], layer["dim"]), np.float32)
-    ex.pool.run(ex.k.fn(layer["name"], "fwd"), x.shape[0], ptr(x.indptr), ptr(x.indices), ptr(x.data),
-                ptr(ex.state.params[layer["name"]]["W"]), ptr(bias), ptr(out))
+    _run(ex, layer["name"], "fwd", x.shape[0], ptr(x.indptr), ptr(x.indices), ptr(x.data),
+         ptr(ex.state.params[layer["name"]]["W"]), ptr(bias), ptr(out),
+         work=layer["dim"] * (x.nnz / max(1, x.shape[0]) + 1))
     return out
 
 
@@ -88,12 +106,13 @@ def _update_sparse_input(ex, layer, x, dz: np.ndarray, step: Step) -> None:
         prow = np.repeat(np.arange(x.shape[0], dtype=np.int32), np.diff(x.indptr))
         inv = step.inversions[src] = (uniq, seg, pos, nu, prow)
     uniq, seg, pos, nu, prow = inv
-    ex.pool.run(ex.k.fn(name, "upd"), nu, ptr(uniq), ptr(seg), ptr(pos), ptr(prow), ptr(x.data), ptr(dz),
-                ptr(p["W"]), ptr(m["W"]), ptr(v["W"]), ptr(step.hyper), per_thread=ex.scratch_ptrs)
+    _run(ex, name, "upd", nu, ptr(uniq), ptr(seg), ptr(pos), ptr(prow), ptr(x.data), ptr(dz), ptr(p["W"]),
+         ptr(m["W"]), ptr(v["W"]), ptr(step.hyper), per_thread=ex.scratch_ptrs,
+         work=layer["dim"] * (x.nnz / max(1, nu) + ADAM_OPS))
     if p.get("b") is not None:
         db = np.ascontiguousarray(dz.sum(axis=0, dtype=np.float32))
-        ex.pool.run(ex.k.fn(name, "bias_upd"), layer["dim"], ptr(p["b"]), ptr(db), ptr(m["b"]), ptr(v["b"]),
-                    ptr(step.hyper))
+        _run(ex, name, "bias_upd", layer["dim"], ptr(p["b"]), ptr(db), ptr(m["b"]), ptr(v["b"]), ptr(step.hyper),
+             work=ADAM_OPS)
 
 
 # ---------------------------------------------------------------- fc
@@ -113,11 +132,12 @@ def fc_forward(ex, layer, ins, step: Step):
         ids = cache["ids"] = _active_ids(ex, layer, x, step)
         if ids is None:
             out = np.empty((B, dim), np.float32)
-            ex.pool.run(ex.k.fn(name, "fwd"), B, ptr(x), None, ptr(W), ptr(b), ptr(out))
+            _run(ex, name, "fwd", B, ptr(x), None, ptr(W), ptr(b), ptr(out), work=dim * layer["in_dim"])
         else:
             # a sparse hidden layer: act over the active set, a dense value that is 0 elsewhere (spec)
             act = np.empty(ids.shape, np.float32)
-            ex.pool.run(ex.k.fn(name, "fwd_active"), B, ptr(x), ptr(ids), ptr(W), ptr(b), ptr(act))
+            _run(ex, name, "fwd_active", B, ptr(x), ptr(ids), ptr(W), ptr(b), ptr(act),
+                 work=ids.shape[1] * layer["in_dim"])
             out = np.zeros((B, dim), np.float32)
             np.put_along_axis(out, ids.astype(np.int64), act, axis=1)
     cache["out"] = out
@@ -154,10 +174,11 @@ def _output_logits(ex, layer, x, step: Step, cache) -> np.ndarray:
         out = np.empty(ids.shape, np.float32)
         if B >= NEURON_MAJOR_MIN_BATCH:
             cache["inv"] = inv = ex.invert(ids, layer["dim"], ex.k.fn(name, "invert"))
-            ex.pool.run(ex.k.fn(name, "fwd_neuron"), inv[3], ptr(inv[0]), ptr(inv[1]), ptr(inv[2]), ptr(x),
-                        ptr(W), ptr(b), ptr(out))
+            _run(ex, name, "fwd_neuron", inv[3], ptr(inv[0]), ptr(inv[1]), ptr(inv[2]), ptr(x), ptr(W), ptr(b),
+                 ptr(out), work=ids.size / max(1, inv[3]) * layer["in_dim"])
         else:
-            ex.pool.run(ex.k.fn(name, "fwd_active"), B, ptr(x), ptr(ids), ptr(W), ptr(b), ptr(out))
+            _run(ex, name, "fwd_active", B, ptr(x), ptr(ids), ptr(W), ptr(b), ptr(out),
+                 work=ids.shape[1] * layer["in_dim"])
         return out
     if B >= NEURON_MAJOR_MIN_BATCH and layer["dim"] * layer["in_dim"] >= DENSE_GEMM_MIN_WEIGHTS:
         # dense scoring of a wide layer for a batch is a real GEMM (B x in @ in x dim): the host BLAS
@@ -168,7 +189,7 @@ def _output_logits(ex, layer, x, step: Step, cache) -> np.ndarray:
             out += b
         return out
     out = np.empty((B, layer["dim"]), np.float32)
-    ex.pool.run(ex.k.fn(name, "fwd"), B, ptr(x), None, ptr(W), ptr(b), ptr(out))
+    _run(ex, name, "fwd", B, ptr(x), None, ptr(W), ptr(b), ptr(out), work=layer["dim"] * layer["in_dim"])
     return out
 
 
@@ -191,17 +212,24 @@ def fc_backward(ex, layer, cache, g, step: Step):
         uniq, seg, pos, nu = cache["inv"] if cache["inv"] is not None else ex.invert(
             ids, layer["dim"], ex.k.fn(name, "invert"))
         if not needs_dx:
-            ex.pool.run(ex.k.fn(name, "upd_active"), nu, ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x),
-                        ptr(W), ptr(b), ptr(m["W"]), ptr(v["W"]), ptr(mb), ptr(vb), ptr(step.hyper),
-                        per_thread=ex.scratch_ptrs)
+            _run(ex, name, "upd_active", nu, ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x), ptr(W), ptr(b),
+                 ptr(m["W"]), ptr(v["W"]), ptr(mb), ptr(vb), ptr(step.hyper), per_thread=ex.scratch_ptrs,
+                 work=layer["in_dim"] * (ids.size / max(1, nu) + ADAM_OPS))
             return [None]
         # fused: the weight update and the input gradient (from W before its update) in one pass
         bounds = [(c * nu // N_CHUNKS, (c + 1) * nu // N_CHUNKS) for c in range(N_CHUNKS)]
         dxbufs = np.zeros((N_CHUNKS,) + x.shape, np.float32)
         scratch = [np.empty(layer["in_dim"], np.float32) for _ in range(N_CHUNKS)]
-        ex.pool.run_chunks(ex.k.fn(name, "upd_active_dx"), bounds, ptr(uniq), ptr(seg), ptr(pos), B, ptr(g),
-                           ptr(x), ptr(W), ptr(b), ptr(m["W"]), ptr(v["W"]), ptr(mb), ptr(vb), ptr(step.hyper),
-                           per_chunk=[(ptr(scratch[c]), ptr(dxbufs[c])) for c in range(N_CHUNKS)])
+        fn = ex.k.fn(name, "upd_active_dx")
+        args = (ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x), ptr(W), ptr(b), ptr(m["W"]), ptr(v["W"]),
+                ptr(mb), ptr(vb), ptr(step.hyper))
+        per_chunk = [(ptr(scratch[c]), ptr(dxbufs[c])) for c in range(N_CHUNKS)]
+        if nu * layer["in_dim"] * (2 * ids.size / max(1, nu) + ADAM_OPS) >= 2 * MIN_WORK_PER_THREAD:
+            ex.pool.run_chunks(fn, bounds, *args, per_chunk=per_chunk)
+        else:                                      # small: the same chunks in order on this thread
+            for (lo, hi), extra in zip(bounds, per_chunk):
+                if hi > lo:
+                    fn(lo, hi, *args, *extra)
         dx = dxbufs[0]
         for c in range(1, N_CHUNKS):               # fixed order: thread-count independent
             dx += dxbufs[c]
@@ -210,9 +238,10 @@ def fc_backward(ex, layer, cache, g, step: Step):
     dx = None
     if needs_dx:
         dx = np.empty_like(x)                      # the kernel applies the fused activation derivative
-        ex.pool.run(ex.k.fn(name, "dx"), B, ptr(g), None, ptr(W), ptr(x), ptr(dx))
-    ex.pool.run(ex.k.fn(name, "upd"), layer["dim"], None, None, None, B, ptr(g), ptr(x), ptr(W), ptr(b),
-                ptr(m["W"]), ptr(v["W"]), ptr(mb), ptr(vb), ptr(step.hyper), per_thread=ex.scratch_ptrs)
+        _run(ex, name, "dx", B, ptr(g), None, ptr(W), ptr(x), ptr(dx), work=layer["dim"] * layer["in_dim"])
+    _run(ex, name, "upd", layer["dim"], None, None, None, B, ptr(g), ptr(x), ptr(W), ptr(b), ptr(m["W"]),
+         ptr(v["W"]), ptr(mb), ptr(vb), ptr(step.hyper), per_thread=ex.scratch_ptrs,
+         work=layer["in_dim"] * (B + ADAM_OPS))
     return [dx]
 
 
@@ -222,7 +251,7 @@ def embedding_forward(ex, layer, ins, step: Step):
     x = ins[0]
     out = _sparse_forward(ex, layer, x, None)
     if ex.k.has(layer["name"], "scale"):
-        ex.pool.run(ex.k.fn(layer["name"], "scale"), step.B, ptr(x.indptr), ptr(out))
+        _run(ex, layer["name"], "scale", step.B, ptr(x.indptr), ptr(out), work=layer["dim"])
     return out, {"x": x}
 
 
@@ -230,7 +259,7 @@ def embedding_backward(ex, layer, cache, g, step: Step):
     x = cache["x"]
     if ex.k.has(layer["name"], "scale"):
         g = np.array(g, dtype=np.float32, order="C")           # scaled in place: a copy of our own
-        ex.pool.run(ex.k.fn(layer["name"], "scale"), step.B, ptr(x.indptr), ptr(g))
+        _run(ex, layer["name"], "scale", step.B, ptr(x.indptr), ptr(g), work=layer["dim"])
     _update_sparse_input(ex, layer, x, np.ascontiguousarray(g, dtype=np.float32), step)
     return [None]
 
@@ -240,7 +269,7 @@ def embedding_backward(ex, layer, cache, g, step: Step):
 def concat_forward(ex, layer, ins, step: Step):
     out = np.empty((step.B, layer["dim"]), np.float32)
     for i, v in enumerate(ins):
-        ex.pool.run(ex.k.fn(layer["name"], f"part{i}"), step.B, ptr(v), ptr(out))
+        _run(ex, layer["name"], f"part{i}", step.B, ptr(v), ptr(out), work=v.shape[1])
     return out, {"widths": [v.shape[1] for v in ins]}
 
 
@@ -252,7 +281,7 @@ def concat_backward(ex, layer, cache, g, step: Step):
             grads.append(None)
             continue
         d = np.empty((step.B, w), np.float32)
-        ex.pool.run(ex.k.fn(layer["name"], f"grad{i}"), step.B, ptr(g), ptr(d))
+        _run(ex, layer["name"], f"grad{i}", step.B, ptr(g), ptr(d), work=w)
         grads.append(d)
     return grads
 
@@ -263,8 +292,8 @@ def layernorm_forward(ex, layer, ins, step: Step):
     p = ex.state.params[layer["name"]]
     x, B, d = ins[0], step.B, layer["dim"]
     y, xhat, inv_std = np.empty((B, d), np.float32), np.empty((B, d), np.float32), np.empty(B, np.float32)
-    ex.pool.run(ex.k.fn(layer["name"], "fwd"), B, ptr(x), ptr(p["gamma"]), ptr(p["beta"]), ptr(y), ptr(xhat),
-                ptr(inv_std))
+    _run(ex, layer["name"], "fwd", B, ptr(x), ptr(p["gamma"]), ptr(p["beta"]), ptr(y), ptr(xhat), ptr(inv_std),
+         work=4 * d)
     return y, {"xhat": xhat, "inv_std": inv_std}
 
 
@@ -275,12 +304,12 @@ def layernorm_backward(ex, layer, cache, g, step: Step):
     dx = None
     if layer["inputs"][0] in ex.by_name:           # gamma before its update
         dx = np.empty((B, d), np.float32)
-        ex.pool.run(ex.k.fn(name, "bwd"), B, ptr(g), ptr(p["gamma"]), ptr(cache["xhat"]), ptr(cache["inv_std"]),
-                    ptr(dx))
+        _run(ex, name, "bwd", B, ptr(g), ptr(p["gamma"]), ptr(cache["xhat"]), ptr(cache["inv_std"]), ptr(dx),
+             work=5 * d)
     dgamma, dbeta = np.empty(d, np.float32), np.empty(d, np.float32)
-    ex.pool.run(ex.k.fn(name, "pgrad"), d, B, ptr(g), ptr(cache["xhat"]), ptr(dgamma), ptr(dbeta))
+    _run(ex, name, "pgrad", d, B, ptr(g), ptr(cache["xhat"]), ptr(dgamma), ptr(dbeta), work=2 * B)
     for t, grad in (("gamma", dgamma), ("beta", dbeta)):
-        ex.pool.run(ex.k.fn(name, f"upd_{t}"), d, ptr(p[t]), ptr(grad), ptr(m[t]), ptr(v[t]), ptr(step.hyper))
+        _run(ex, name, f"upd_{t}", d, ptr(p[t]), ptr(grad), ptr(m[t]), ptr(v[t]), ptr(step.hyper), work=ADAM_OPS)
     return [dx]
 
 

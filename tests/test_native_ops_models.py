@@ -186,3 +186,23 @@ def test_forward_and_training_identical_for_one_and_two_threads(make):
         for t in s1.params[layer]:
             np.testing.assert_array_equal(s1.params[layer][t], s2.params[layer][t], err_msg=f"{layer}.{t}")
             np.testing.assert_array_equal(s1.m[layer][t], s2.m[layer][t])
+
+
+def test_small_kernels_kept_on_one_thread_give_the_same_bits(monkeypatch):
+    """Below MIN_WORK_PER_THREAD a kernel runs unsplit (the default outside the tests): same results."""
+    from boltc.runtime import native_ops
+    plan = hybrid_plan()
+    s1 = ModelState.init(plan)
+    s2 = copy.deepcopy(s1)
+    split, whole = NativeExecutor(plan, s1, threads=2), NativeExecutor(plan, s2, threads=2)
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        batch = batch_for(plan, rng, 40)
+        monkeypatch.setattr(native_ops, "MIN_WORK_PER_THREAD", 0)
+        la = split.train_step(batch, 1e-2)
+        monkeypatch.setattr(native_ops, "MIN_WORK_PER_THREAD", 1 << 18)
+        lb = whole.train_step(batch, 1e-2)
+        np.testing.assert_array_equal(la, lb)
+    for layer in s1.params:
+        for t in s1.params[layer]:
+            np.testing.assert_array_equal(s1.params[layer][t], s2.params[layer][t], err_msg=f"{layer}.{t}")
