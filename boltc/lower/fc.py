@@ -15,7 +15,8 @@ from boltc.lower.builder import F32, I32, I64, PTR, VOID, Kernel, KernelModule
 # - the kernel is bound by memory latency, not FLOPs: each random 1 KB row is 16-17 cache lines the
 #   hardware prefetchers cannot predict, and the out-of-order window covers barely more than one row,
 #   so few misses are in flight per core. Prefetching the row PREFETCH_ROWS positions ahead keeps
-#   more in flight: 2.2x faster, 30% -> 65% of the sequential read bandwidth measured in the same run;
+#   more in flight: 1.9-2.2x faster, 30-32% -> 63-65% of the sequential read bandwidth measured in
+#   the same run (two runs, at 49 and 24 GB/s);
 # - into L2 (locality 2, `prefetcht1`): into L1 (locality 3) or non-temporal (0) gained nothing, the
 #   L1's few fill buffers being the bottleneck those compete for;
 # - distances of 8 to 48 rows of 1 KB measured alike; for 256 B rows 16 beat 64: a distance in rows;
@@ -29,7 +30,7 @@ from boltc.lower.builder import F32, I32, I64, PTR, VOID, Kernel, KernelModule
 #   against h[b] held in 16 zmm registers (LLVM chains its 4 partial sums into one: ~80 cycles of
 #   latency per row, overlapped across rows by out-of-order execution; a row costs ~400 cycles of
 #   memory time);
-# - W on a 64-byte boundary would gain another ~15% (77% vs 65%), but where numpy puts W is the
+# - W on a 64-byte boundary would gain another 12-18% (71-77%), but where numpy puts W is the
 #   runtime's choice, not the kernel's (see docs/native.md). The kernel must not adapt its sum order
 #   to the address: results would then depend on where an array happened to land.
 # When the weights fit in cache prefetching costs 0-6% (2,000 x 256); it is always on for gathers
@@ -80,8 +81,8 @@ def sparse_fc_fwd(km: KernelModule, name: str, dim: int, activation: str, bias: 
     W is in-major (in_dim, dim): each nonzero gathers one contiguous weight row (an axpy over dim,
     vectorized without reassociation). The rows are as random as the output layer's (75 of 135,909
     features per example), so the row of the nonzero PREFETCH_ROWS ahead is prefetched the same way:
-    measured 2x (8 -> 16 GB/s) on 135,909 x 256 with fresh feature ids per batch, no change on a
-    5,000 x 64 table that stays in cache; the hints change no arithmetic (same bits)."""
+    1.5-2x on 135,909 x 256 with fresh feature ids per batch (1.6x on the synthetic 670k training
+    batches), no change on a 5,000 x 64 table that stays in cache; the hints change no arithmetic."""
     k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("indptr", "ptr"), ("indices", "ptr"),
                          ("values", "ptr"), ("W", "ptr"), ("bias", "ptr"), ("out", "ptr")])
     a = k.arg
