@@ -13,9 +13,13 @@ from dataclasses import dataclass
 
 import llvmlite.ir as llir
 
-from boltc.lower.builder import F32, I32, I64, Kernel, KernelModule
+from boltc.lower.builder import F32, I32, I64, VOID, PTR, Kernel, KernelModule
+from boltc.lower.fc import PREFETCH_LOCALITY, PREFETCH_ROW_BYTES, PREFETCH_ROWS, prefetch_row
 from boltc.passes.plan_memory_moments import moment_dtypes, moment_kind
 
+# Rows the fused update prefetches (gather=True), PREFETCH_ROWS unique neurons ahead: see the note at
+# rows_update_out_major and docs/native.md for what was measured.
+UPDATE_PREFETCH = ("W", "m", "v")
 # hyper-parameter array layout (float32), filled by the runtime each step
 HYPER = ("lr", "beta1", "beta2", "eps", "bc1", "bc2", "momentum")
 I16 = llir.IntType(16)
@@ -160,6 +164,26 @@ def _store_moment(k: Kernel, ptr, idx, x, kind: str):
     return x
 
 
+def _prefetch_bf16_row(k: Kernel, ptr, row_base, in_dim: int) -> None:
+    """fc.prefetch_row for a row of bfloat16 moments (uint16 elements): same lines, half the bytes."""
+    fn = k.km.intrinsic("llvm.prefetch.p0", VOID, [PTR, I32, I32, I32])
+    covered = min(in_dim, PREFETCH_ROW_BYTES // 2)
+    offsets = list(range(0, covered, 32))
+    if covered == in_dim and in_dim - 1 not in offsets:
+        offsets.append(in_dim - 1)
+    consts = [llir.Constant(I32, v) for v in (0, PREFETCH_LOCALITY, 1)]
+    for off in offsets:
+        k.b.call(fn, [k.addr(ptr, k.add(row_base, k.i64(off)), I16), *consts])
+
+
+def _ahead_neuron(k: Kernel, u):
+    """The unique neuron PREFETCH_ROWS positions after u, clamped to the slice's last one (u1 - 1):
+    the lookahead never reads uniq outside [u0, u1)."""
+    last = k.b.sub(k.arg["u1"], k.i64(1))
+    ahead = k.add(u, k.i64(PREFETCH_ROWS))
+    return k.ld_i32_as_i64(k.arg["uniq"], k.select(k.icmp("<", ahead, last), ahead, last))
+
+
 def _update(k: Kernel, hp, optimizer: str, param, m, v, idx, g, moments: str = "f32",
             weight_decay: float = 0.0) -> None:
     """One element of lazy Adam / SGD: runtime/optim.py's formulas and operation order exactly, one
@@ -188,9 +212,12 @@ def _update(k: Kernel, hp, optimizer: str, param, m, v, idx, g, moments: str = "
 
 
 def rows_update_out_major(km: KernelModule, name: str, in_dim: int, k_active: int, gather: bool,
-                          bias: bool, optimizer: "str | UpdateSpec", fuse_dx: bool = False) -> None:
+                          bias: bool, optimizer: "str | UpdateSpec", fuse_dx: bool = False,
+                          prefetch: tuple = UPDATE_PREFETCH) -> None:
     """For unique neurons u in [u0, u1): g = sum_{p in seg(u)} grad[p] * x[p // K, :]; update W[n, :]
-    (and bias[n] with sum grad[p]). gather=False: dense layer, neuron u = u, positions b*K + u."""
+    (and bias[n] with sum grad[p]). gather=False: dense layer, neuron u = u, positions b*K + u.
+    gather=True prefetches the rows named in `prefetch` ("W", "m", "v") of the neuron PREFETCH_ROWS
+    unique positions ahead (see UPDATE_PREFETCH); the dense layer's rows are sequential (no hints)."""
     spec = _spec(optimizer)
     k = km.kernel(name, [("u0", "i64"), ("u1", "i64"), ("uniq", "ptr"), ("seg", "ptr"), ("pos", "ptr"),
                          ("nrows", "i64"), ("grad", "ptr"), ("x", "ptr"), ("W", "ptr"), ("bias", "ptr"),
@@ -200,6 +227,17 @@ def rows_update_out_major(km: KernelModule, name: str, in_dim: int, k_active: in
     IN, K = k.i64(in_dim), k.i64(k_active)
     hp = _hyper(k)
     with k.loop(a["u0"], a["u1"], "u") as u:
+        if gather and prefetch:
+            nb = k.mul(_ahead_neuron(k, u), IN)
+            for t in prefetch:
+                if t == "W":
+                    prefetch_row(k, a["W"], nb, in_dim)
+                elif spec.optimizer == "adam" or t == "m":     # SGD keeps no second moment
+                    mom = a["mW"] if t == "m" else a["vW"]
+                    if spec.moments_w == "bf16" and spec.optimizer == "adam":
+                        _prefetch_bf16_row(k, mom, nb, in_dim)
+                    else:
+                        prefetch_row(k, mom, nb, in_dim)
         with k.loop(0, in_dim, "j0") as j:
             k.st(a["scratch"], j, k.f32(0.0))
         gb = k.var(F32, k.f32(0.0))
@@ -279,16 +317,21 @@ def dense_update(km: KernelModule, name: str, optimizer: "str | UpdateSpec", ten
     k.ret()
 
 
-def fwd_by_neuron(km: KernelModule, name: str, in_dim: int, k_active: int, bias: bool) -> None:
+def fwd_by_neuron(km: KernelModule, name: str, in_dim: int, k_active: int, bias: bool,
+                  prefetch: bool = True) -> None:
     """The active-set forward in neuron order: for unique neurons u in [u0, u1) and each position p
     where it is active, out[p] = bias[n] + dot(h[p // K, :], W[n, :]). Each weight row is read once per
     batch, in address order (h, B x in_dim, stays in cache); each out[p] is written by one thread and
-    computed exactly as the gather kernel computes it."""
+    computed exactly as the gather kernel computes it. The rows are in address order but sparse (479k
+    of 670k at the 670k shape, gaps the hardware prefetcher does not follow): the row of the unique
+    neuron PREFETCH_ROWS ahead is prefetched as in the gather (hints only: same bits)."""
     k = km.kernel(name, [("u0", "i64"), ("u1", "i64"), ("uniq", "ptr"), ("seg", "ptr"), ("pos", "ptr"),
                          ("h", "ptr"), ("W", "ptr"), ("bias", "ptr"), ("out", "ptr")])
     a = k.arg
     IN, K = k.i64(in_dim), k.i64(k_active)
     with k.loop(a["u0"], a["u1"], "u") as u:
+        if prefetch:
+            prefetch_row(k, a["W"], k.mul(_ahead_neuron(k, u), IN), in_dim)
         n = k.ld_i32_as_i64(a["uniq"], u)
         wb = k.mul(n, IN)
         bn = k.ld(a["bias"], n) if bias else None
