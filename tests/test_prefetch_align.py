@@ -1,5 +1,5 @@
-"""Row prefetch in the training kernels (boltc/lower/backward.py: the neuron-order forward and the
-fused update) and 64-byte aligned parameters and moments (runtime/state.py, runtime/savefile.py).
+"""Row prefetch in the training kernels (boltc/lower/backward.py: the neuron-order forward, the fused
+update of the output layer and the sparse-input layer's update) and 64-byte aligned parameters and moments (runtime/state.py, runtime/savefile.py).
 
 Prefetch hints and alignment change speed only: the kernels give the same bits with and without
 hints, on aligned and misaligned rows, and the lookahead never reads uniq outside its slice."""
@@ -190,6 +190,40 @@ def test_fused_update_same_bits_with_prefetch(in_dim, K, B, dim, spec, fuse_dx):
     assert not np.array_equal(want[0], W)              # it did update
 
 
+@pytest.mark.parametrize("dim", [8, 33, 256, 300])
+@pytest.mark.parametrize("spec", SPECS[:2] + SPECS[3:], ids=["adam", "adam-bf16", "sgd"])
+def test_sparse_input_update_same_bits_with_prefetch(dim, spec):
+    rng = np.random.default_rng(dim)
+    F, B, nnz = 400, 6, 9
+    feats = np.stack([rng.choice(F, nnz, replace=False) for _ in range(B)]).astype(np.int32)
+    uniq, seg, pos = inversion(feats)
+    prow = np.repeat(np.arange(B, dtype=np.int32), nnz)
+    vals = rng.random(B * nnz, dtype=np.float32)
+    dz = rng.standard_normal((B, dim), dtype=np.float32)
+    W = rng.standard_normal((F, dim), dtype=np.float32)
+    mdt = np.uint16 if spec.moments_w == "bf16" else np.float32
+    m0 = (rng.random((F, dim), dtype=np.float32) * 0.01).view(np.uint32)
+    m0 = (m0 >> 16).astype(np.uint16) if mdt == np.uint16 else m0.view(np.float32)
+    hyper = np.array([1e-2, 0.9, 0.999, 1e-7, 0.1, 0.001, 0.5], np.float32)
+    k = build(lambda km: (bw.rows_update_in_major(km, "on", dim, spec, prefetch=("W", "m", "v")),
+                          bw.rows_update_in_major(km, "off", dim, spec, prefetch=())))
+    n, want = uniq.size, None
+    for fn in ("off", "on"):
+        for floats in (0, 1, 4):
+            for slices in ([(0, n)], [(0, 1), (1, n // 2), (n // 2, n - 1), (n - 1, n)]):
+                Wm, m, v = misaligned(W, floats), misaligned_any(m0, floats), misaligned_any(m0, floats)
+                scratch = np.empty(dim, np.float32)
+                for u0, u1 in slices:
+                    k.fn("t", fn)(u0, u1, ptr(uniq), ptr(seg), ptr(pos), ptr(prow), ptr(vals), ptr(dz), ptr(Wm),
+                                  ptr(m), ptr(v), ptr(hyper), ptr(scratch))
+                got = (Wm.copy(), m.copy(), v.copy())
+                if want is None:
+                    want = got
+                    assert not np.array_equal(Wm, W)
+                for name, a, w in zip(("W", "m", "v"), got, want):
+                    np.testing.assert_array_equal(bits(a), bits(w), err_msg=f"{fn} +{floats} {slices} {name}")
+
+
 def test_update_prefetch_hints_are_in_the_ir():
     """The default build prefetches the W, m and v rows ahead (17 hints per 1 KB f32 row; a 512 B bf16
     moment row takes 9), the forward the W row; without prefetch no hint is left."""
@@ -215,6 +249,11 @@ def test_update_prefetch_hints_are_in_the_ir():
     assert hints("u16") == sum(17 if t == "W" else 9 for t in bw.UPDATE_PREFETCH)
     assert hints("f") == 17
     assert hints("n") == hints("nf") == 0
+    km = KernelModule("ir2")
+    bw.rows_update_in_major(km, "i", 256, "adam")
+    bw.rows_update_in_major(km, "ni", 256, "adam", prefetch=())
+    opt = codegen.optimized_ir(km.ir_text())
+    assert hints("i") == sum(per[t] for t in bw.UPDATE_PREFETCH) and hints("ni") == 0
 
 
 # ------------------------------------------------------------------ the lookahead stays in its slice
@@ -231,13 +270,16 @@ def test_lookahead_never_reads_past_uniq():
     fenced, _region = fenced_copy(uniq)
     k = build(lambda km: (bw.fwd_by_neuron(km, "f", in_dim, K, True),
                           bw.rows_update_out_major(km, "u", in_dim, K, True, True, "adam"),
-                          bw.rows_update_out_major(km, "d", in_dim, K, True, True, "adam", fuse_dx=True)))
+                          bw.rows_update_out_major(km, "d", in_dim, K, True, True, "adam", fuse_dx=True),
+                          bw.rows_update_in_major(km, "i", K, "adam")))
     out = np.empty((B, K), np.float32)
     g = rng.standard_normal((B, K), dtype=np.float32)
     m, v, mb, vb = (np.zeros_like(W), np.zeros_like(W), np.zeros_like(bias), np.zeros_like(bias))
     hyper = np.array([1e-3, 0.9, 0.999, 1e-7, 0.1, 0.001, 0.0], np.float32)
     scratch, dx = np.empty(in_dim, np.float32), np.zeros((B, in_dim), np.float32)
     n = uniq.size
+    prow = (np.arange(B * K) // K).astype(np.int32)
+    vals = np.ones(B * K, np.float32)
     upd = (ptr(fenced), ptr(seg), ptr(pos), B, ptr(g), ptr(h), ptr(W), ptr(bias), ptr(m), ptr(v), ptr(mb),
            ptr(vb), ptr(hyper), ptr(scratch))
     calls = []
@@ -246,4 +288,8 @@ def test_lookahead_never_reads_past_uniq():
                                                   ptr(out)))
         calls.append(lambda s=s: k.fn("t", "u")(*s, *upd))
         calls.append(lambda s=s: k.fn("t", "d")(*s, *upd, ptr(dx)))
+        # the first layer's update over the same uniq: W (in_dim=100 features x K), rows p // K of g
+        calls.append(lambda s=s: k.fn("t", "i")(*s, ptr(fenced), ptr(seg), ptr(pos), ptr(prow), ptr(vals), ptr(g),
+                                                  ptr(W.reshape(-1)[:dim * K]), ptr(m), ptr(v), ptr(hyper),
+                                                  ptr(scratch)))
     assert survives_in_child(calls)

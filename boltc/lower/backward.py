@@ -184,6 +184,19 @@ def _ahead_neuron(k: Kernel, u):
     return k.ld_i32_as_i64(k.arg["uniq"], k.select(k.icmp("<", ahead, last), ahead, last))
 
 
+def _prefetch_update_rows(k: Kernel, spec: UpdateSpec, which: tuple, row_base, width: int) -> None:
+    """Prefetch the rows `which` ("W", "m", "v") an update will read, at row_base (elements)."""
+    for t in which:
+        if t == "W":
+            prefetch_row(k, k.arg["W"], row_base, width)
+        elif spec.optimizer == "adam" or t == "m":          # SGD keeps no second moment
+            mom = k.arg["mW"] if t == "m" else k.arg["vW"]
+            if spec.moments_w == "bf16" and spec.optimizer == "adam":
+                _prefetch_bf16_row(k, mom, row_base, width)
+            else:
+                prefetch_row(k, mom, row_base, width)
+
+
 def _update(k: Kernel, hp, optimizer: str, param, m, v, idx, g, moments: str = "f32",
             weight_decay: float = 0.0) -> None:
     """One element of lazy Adam / SGD: runtime/optim.py's formulas and operation order exactly, one
@@ -228,16 +241,7 @@ def rows_update_out_major(km: KernelModule, name: str, in_dim: int, k_active: in
     hp = _hyper(k)
     with k.loop(a["u0"], a["u1"], "u") as u:
         if gather and prefetch:
-            nb = k.mul(_ahead_neuron(k, u), IN)
-            for t in prefetch:
-                if t == "W":
-                    prefetch_row(k, a["W"], nb, in_dim)
-                elif spec.optimizer == "adam" or t == "m":     # SGD keeps no second moment
-                    mom = a["mW"] if t == "m" else a["vW"]
-                    if spec.moments_w == "bf16" and spec.optimizer == "adam":
-                        _prefetch_bf16_row(k, mom, nb, in_dim)
-                    else:
-                        prefetch_row(k, mom, nb, in_dim)
+            _prefetch_update_rows(k, spec, prefetch, k.mul(_ahead_neuron(k, u), IN), in_dim)
         with k.loop(0, in_dim, "j0") as j:
             k.st(a["scratch"], j, k.f32(0.0))
         gb = k.var(F32, k.f32(0.0))
@@ -273,9 +277,12 @@ def rows_update_out_major(km: KernelModule, name: str, in_dim: int, k_active: in
     k.ret()
 
 
-def rows_update_in_major(km: KernelModule, name: str, dim: int, optimizer: "str | UpdateSpec") -> None:
+def rows_update_in_major(km: KernelModule, name: str, dim: int, optimizer: "str | UpdateSpec",
+                         prefetch: tuple = UPDATE_PREFETCH) -> None:
     """Sparse-input layer, W in-major (in_dim, dim): for unique features u in [u0, u1):
-    g = sum_{p in seg(u)} values[p] * dz[prow[p], :]; update W[f, :]. (Dense bias: `dense_update`.)"""
+    g = sum_{p in seg(u)} values[p] * dz[prow[p], :]; update W[f, :]. (Dense bias: `dense_update`.)
+    Touched features are as scattered as the output's neurons: the rows `prefetch` of the feature
+    PREFETCH_ROWS unique positions ahead are prefetched the same way."""
     spec = _spec(optimizer)
     k = km.kernel(name, [("u0", "i64"), ("u1", "i64"), ("uniq", "ptr"), ("seg", "ptr"), ("pos", "ptr"),
                          ("prow", "ptr"), ("values", "ptr"), ("dz", "ptr"), ("W", "ptr"), ("mW", "ptr"),
@@ -284,6 +291,8 @@ def rows_update_in_major(km: KernelModule, name: str, dim: int, optimizer: "str 
     D = k.i64(dim)
     hp = _hyper(k)
     with k.loop(a["u0"], a["u1"], "u") as u:
+        if prefetch:
+            _prefetch_update_rows(k, spec, prefetch, k.mul(_ahead_neuron(k, u), D), dim)
         with k.loop(0, dim, "j0") as j:
             k.st(a["scratch"], j, k.f32(0.0))
         f = k.ld_i32_as_i64(a["uniq"], u)
