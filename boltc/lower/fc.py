@@ -204,6 +204,16 @@ def target_weight(k: Kernel, a, i, l0, l1, ywt):
     return k.select(is_hit, ywt, k.f32(0.0))
 
 
+# the arguments of every fused output-loss kernel (softmax_ce here, sigmoid_bce in lower/loss.py)
+LOSS_PARAMS = [("b0", "i64"), ("b1", "i64"), ("logits", "ptr"), ("ids", "ptr"), ("lab_indptr", "ptr"),
+               ("lab_indices", "ptr"), ("scale", "ptr"), ("loss", "ptr"), ("grad", "ptr")]
+
+
+def label_range(k: Kernel, a, b):
+    """[l0, l1): row b's entries in the label CSR."""
+    return k.ld(a["lab_indptr"], b, I64), k.ld(a["lab_indptr"], k.add(b, k.i64(1)), I64)
+
+
 def softmax_ce(km: KernelModule, name: str, k_active: int) -> None:
     """Softmax over the active set, per-example loss, and the logits' gradient, for rows [b0, b1).
 
@@ -212,9 +222,7 @@ def softmax_ce(km: KernelModule, name: str, k_active: int) -> None:
     loss_b = -sum_{k: ids[b,k] in labels} log(p_k) / |labels| and
     grad[b, k] = scale_b * (s_b * p_k - y_k) with s_b = sum_k y_k, scale_b = weight_b / batch
     (scale[b] is given by the caller: importance weight over batch size)."""
-    k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("logits", "ptr"), ("ids", "ptr"),
-                         ("lab_indptr", "ptr"), ("lab_indices", "ptr"), ("scale", "ptr"),
-                         ("loss", "ptr"), ("grad", "ptr")])
+    k = km.kernel(name, LOSS_PARAMS)
     a = k.arg
     K = k.i64(k_active)
     N = k.opaque_i64(k_active, "k")          # loop bound: see Kernel.opaque_i64
@@ -222,8 +230,7 @@ def softmax_ce(km: KernelModule, name: str, k_active: int) -> None:
         ob = k.mul(b, K)
         _, tot = max_and_sum_exp(k, a["logits"], ob, N, store_shifted=True)
         logtot = k.log(tot)
-        l0 = k.ld(a["lab_indptr"], b, I64)
-        l1 = k.ld(a["lab_indptr"], k.add(b, k.i64(1)), I64)
+        l0, l1 = label_range(k, a, b)
         nlab = k.b.sitofp(k.b.sub(l1, l0), F32)
         ywt = k.fdiv(k.f32(1.0), k.fmax(nlab, k.f32(1.0)))
         sc = k.ld(a["scale"], b)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from boltc.lower import fc as fwd
 from boltc.lower import select as sel
-from boltc.lower.builder import F32, I64, Kernel, KernelModule
+from boltc.lower.builder import F32, Kernel, KernelModule
 
 
 def log1p(k: Kernel, u):
@@ -29,16 +29,13 @@ def sigmoid_bce(km: KernelModule, name: str, k_active: int) -> None:
     y = 1 where ids[b, k] is one of the row's labels, else 0;
     loss_b = sum_k max(z, 0) - z y + log1p(exp(-|z|));  grad[b, k] = scale_b (sigmoid(z) - y).
     Both the loss and the sigmoid use e = exp(-|z|) <= 1, so neither overflows; logits -> sigmoid(z)."""
-    k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("logits", "ptr"), ("ids", "ptr"),
-                         ("lab_indptr", "ptr"), ("lab_indices", "ptr"), ("scale", "ptr"),
-                         ("loss", "ptr"), ("grad", "ptr")])
+    k = km.kernel(name, fwd.LOSS_PARAMS)
     a = k.arg
     K = k.i64(k_active)
     N = k.opaque_i64(k_active, "k")          # loop bound: see Kernel.opaque_i64
     with k.loop(a["b0"], a["b1"], "b") as b:
         ob = k.mul(b, K)
-        l0 = k.ld(a["lab_indptr"], b, I64)
-        l1 = k.ld(a["lab_indptr"], k.add(b, k.i64(1)), I64)
+        l0, l1 = fwd.label_range(k, a, b)
         sc = k.ld(a["scale"], b)
         loss = k.var(F32, k.f32(0.0))
         with k.loop(0, N, "k") as kk:
