@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--variants", default="before,fwd,fwd+upd W,fwd+upd Wmv,all,all aligned,before aligned",
                     help="comma-separated kernel names (see KERNELS), each optionally followed by ' aligned'")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--kernel-reps", type=int, default=10,
+                    help="then time the output layer's two big kernels alone, this many alternating turns (0: skip)")
     args = ap.parse_args()
     F, L, B = 135909, 670091, 256
     plan = xc_plan(F, L, batch=B, lr=1e-4)
@@ -146,19 +148,84 @@ def main() -> None:
                 ex.train_step(bs[i % len(bs)], lr)
                 i += 1
             eps[v].append(args.steps * B / (time.perf_counter() - t))
+    # paired: each turn against the first variant's turn of the same round (load drifts between rounds)
+    paired = {v: [a / b for a, b in zip(t, eps[variants[0]])] for v, t in eps.items()}
     base = statistics.median(eps[variants[0]])
     base_best = max(eps[variants[0]])
     rows = [{"variant": v, "median ex/s": round(statistics.median(t), 1), "best ex/s": round(max(t), 1),
              "median ms/step": round(B / statistics.median(t) * 1e3, 1),
              f"median / {variants[0]}": f"{statistics.median(t) / base:.3f}",
-             f"best / {variants[0]}": f"{max(t) / base_best:.3f}"} for v, t in eps.items()]
+             f"best / {variants[0]}": f"{max(t) / base_best:.3f}",
+             "median of paired ratios": f"{statistics.median(paired[v]):.3f}"} for v, t in eps.items()]
     print(f"670k chain (synthetic), batch {B}, {args.threads} threads, {args.rounds} rounds of "
           f"{len(variants)} turns of {args.steps} steps")
     print(table(rows, list(rows[0])))
+    krows = kernel_turns(args, plan, state, execs, use, variants, bs) if args.kernel_reps else []
     path = write_json("train_step_ab" + (f"_{args.tag}" if args.tag else ""),
                       {"rounds": args.rounds, "steps": args.steps, "threads": args.threads, "turns_eps": eps,
-                       "rows": rows})
+                       "paired_ratios": paired, "rows": rows, "kernel_rows": krows})
     print(f"wrote {path}")
+
+
+def kernel_turns(args, plan, state, execs, use, variants, bs) -> list[dict]:
+    """The output layer's neuron-order forward and fused update + input gradient alone, each build on
+    each placement, on the last step's inversion (~479k unique rows: W, m, v far beyond the caches),
+    and the first layer's update on the features of a new batch each call (its W, m, v always
+    aligned: the placement is the output's), in alternating turns; median ms per call."""
+    from boltc.runtime.native_kernels import ptr
+    from boltc.runtime.native_ops import N_CHUNKS
+    out = plan["output"]
+    ex0 = execs[variants[0].removesuffix(" aligned")]
+    uniq, seg, pos, nu = ex0._inv
+    B, K, IN = 256, plan["layers"][-1]["active"], plan["layers"][-1]["in_dim"]
+    rng = np.random.default_rng(0)
+    x = rng.random((B, IN), dtype=np.float32)
+    g = (rng.standard_normal((B, K), dtype=np.float32) * 1e-4)
+    z = np.empty((B, K), np.float32)
+    hyper = ex0._hyper(1e-4)
+    bounds = [(c * nu // N_CHUNKS, (c + 1) * nu // N_CHUNKS) for c in range(N_CHUNKS)]
+    scratch = [np.empty(IN, np.float32) for _ in range(N_CHUNKS)]
+    dxbufs = np.zeros((N_CHUNKS, B, IN), np.float32)
+    hid = plan["layers"][0]
+    first = []
+    for batch in bs[:8]:
+        xb = batch.inputs["features"]
+        u1, s1, p1, n1 = ex0.invert(xb.indices, hid["in_dim"], ex0.k.fn(hid["name"], "invert"))
+        first.append((u1, s1, p1, n1, np.repeat(np.arange(B, dtype=np.int32), np.diff(xb.indptr)), xb.data))
+    dz = rng.standard_normal((B, hid["dim"]), dtype=np.float32) * 1e-4
+    kinds = ("forward", "update", "first")
+    times = {(v, kern): [] for v in variants for kern in kinds}
+    for r in range(args.kernel_reps):
+        for v in (variants if r % 2 == 0 else variants[::-1]):
+            ex = execs[v.removesuffix(" aligned")]
+            use("aligned" if v.endswith(" aligned") else "unaligned")
+            p, m, vv = state.params[out], state.m[out], state.v[out]
+            t = time.perf_counter()
+            ex.pool.run(ex.k.fn(out, "fwd_neuron"), nu, ptr(uniq), ptr(seg), ptr(pos), ptr(x), ptr(p["W"]),
+                        ptr(p["b"]), ptr(z))
+            times[(v, "forward")].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            ex.pool.run_chunks(ex.k.fn(out, "upd_active_dx"), bounds, ptr(uniq), ptr(seg), ptr(pos), B, ptr(g),
+                               ptr(x), ptr(p["W"]), ptr(p["b"]), ptr(m["W"]), ptr(vv["W"]), ptr(m["b"]),
+                               ptr(vv["b"]), ptr(hyper),
+                               per_chunk=[(ptr(scratch[c]), ptr(dxbufs[c])) for c in range(N_CHUNKS)])
+            times[(v, "update")].append(time.perf_counter() - t)
+            u1, s1, p1, n1, prow, vals = first[(r * len(variants) + variants.index(v)) % len(first)]
+            ph, mh, vh = state.params[hid["name"]], state.m[hid["name"]], state.v[hid["name"]]
+            t = time.perf_counter()
+            ex.pool.run(ex.k.fn(hid["name"], "upd"), n1, ptr(u1), ptr(s1), ptr(p1), ptr(prow), ptr(vals), ptr(dz),
+                        ptr(ph["W"]), ptr(mh["W"]), ptr(vh["W"]), ptr(hyper), per_thread=ex.scratch_ptrs)
+            times[(v, "first")].append(time.perf_counter() - t)
+    rows = []
+    for v in variants:
+        f, u, fl = (statistics.median(times[(v, kk)]) * 1e3 for kk in kinds)
+        f0, u0, fl0 = (statistics.median(times[(variants[0], kk)]) * 1e3 for kk in kinds)
+        rows.append({"variant": v, "forward ms": round(f, 1), "forward speed-up": f"{f0 / f:.2f}",
+                     "fused update ms": round(u, 1), "update speed-up": f"{u0 / u:.2f}",
+                     "first-layer update ms": round(fl, 2), "first-layer speed-up": f"{fl0 / fl:.2f}"})
+    print(f"output layer kernels alone ({nu:,} unique rows, {args.kernel_reps} alternating turns, median):")
+    print(table(rows, list(rows[0])))
+    return rows
 
 
 if __name__ == "__main__":

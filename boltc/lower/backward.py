@@ -17,8 +17,12 @@ from boltc.lower.builder import F32, I32, I64, VOID, PTR, Kernel, KernelModule
 from boltc.lower.fc import PREFETCH_LOCALITY, PREFETCH_ROW_BYTES, PREFETCH_ROWS, prefetch_row
 from boltc.passes.plan_memory_moments import moment_dtypes, moment_kind
 
-# Rows the fused update prefetches (gather=True), PREFETCH_ROWS unique neurons ahead: see the note at
-# rows_update_out_major and docs/native.md for what was measured.
+# Rows the update kernels prefetch (fc.prefetch_row: first 1 KB into L2), PREFETCH_ROWS unique neurons
+# (or features) ahead. Measured on the 670k chain, kernels alone, with and without the hints
+# (benchmarks/train_step_ab.py, docs/native.md): the output's fused update 1.10x with W rows, 1.16x with
+# W, m and v rows; the first layer's update 1.20x; the neuron-order forward (its own hint) 1.4x; the
+# step 1.10-1.15x, 1.11-1.20x with W, m, v also 64-byte aligned. The hints change no arithmetic: the same
+# bits with and without them, on aligned and misaligned rows (tests/test_prefetch_align.py).
 UPDATE_PREFETCH = ("W", "m", "v")
 # hyper-parameter array layout (float32), filled by the runtime each step
 HYPER = ("lr", "beta1", "beta2", "eps", "bc1", "bc2", "momentum")
