@@ -165,7 +165,8 @@ def main() -> None:
     print(table(rows, list(rows[0])))
     krows = kernel_turns(args, plan, state, execs, use, variants, bs) if args.kernel_reps else []
     path = write_json("train_step_ab" + (f"_{args.tag}" if args.tag else ""),
-                      {"moments": args.moments, "rounds": args.rounds, "steps": args.steps, "threads": args.threads, "turns_eps": eps,
+                      {"moments": args.moments, "rounds": args.rounds, "steps": args.steps, "threads": args.threads,
+                       "turns_eps": eps,
                        "paired_ratios": paired, "rows": rows, "kernel_rows": krows})
     print(f"wrote {path}")
 

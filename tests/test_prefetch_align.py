@@ -1,5 +1,6 @@
 """Row prefetch in the training kernels (boltc/lower/backward.py: the neuron-order forward, the fused
-update of the output layer and the sparse-input layer's update) and 64-byte aligned parameters and moments (runtime/state.py, runtime/savefile.py).
+update of the output layer and the sparse-input layer's update) and 64-byte aligned parameters and
+moments (runtime/state.py, runtime/savefile.py).
 
 Prefetch hints and alignment change speed only: the kernels give the same bits with and without
 hints, on aligned and misaligned rows, and the lookahead never reads uniq outside its slice."""
