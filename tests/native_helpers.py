@@ -64,3 +64,13 @@ def random_active(rng, labels, B, out_dim, k):
         rest = rng.permutation(np.setdiff1d(np.arange(out_dim), lab))[:k - len(lab)]
         out[b] = np.r_[lab, rest]
     return out
+
+
+def twin_executors(plan, threads=(1, 2)):
+    """Two NativeExecutors over identical fresh states (one per thread count): (state_a, state_b, ex_a, ex_b)."""
+    import copy
+    from boltc.runtime.native import NativeExecutor
+    from boltc.runtime.state import ModelState
+    s1 = ModelState.init(plan)
+    s2 = copy.deepcopy(s1)
+    return s1, s2, NativeExecutor(plan, s1, threads=threads[0]), NativeExecutor(plan, s2, threads=threads[1])

@@ -14,7 +14,7 @@ from boltc.runtime.interp import NumpyExecutor
 from boltc.runtime.native import NativeExecutor
 from boltc.runtime.optim import bf16_from_f32, f32_from_bf16
 from boltc.runtime.state import ModelState, check_moments
-from native_helpers import make_batch, make_plan, random_active
+from native_helpers import make_batch, make_plan, random_active, twin_executors
 
 MODELS = Path(__file__).parents[1] / "models"
 
@@ -70,9 +70,7 @@ def test_native_bf16_training_matches_the_interpreter():
 
 def test_native_bf16_training_is_the_same_for_one_and_two_threads():
     plan = bf16_plan()
-    s1 = ModelState.init(plan)
-    s2 = copy.deepcopy(s1)
-    one, two = NativeExecutor(plan, s1, threads=1), NativeExecutor(plan, s2, threads=2)
+    s1, s2, one, two = twin_executors(plan)
     rng = np.random.default_rng(5)
     for _ in range(3):
         batch = make_batch(rng, 16, 200, 300)

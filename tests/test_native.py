@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from boltc.runtime.interp import NumpyExecutor
 from boltc.runtime.native import NativeExecutor
 from boltc.runtime.state import ModelState
-from native_helpers import make_batch, make_plan, random_active
+from native_helpers import make_batch, make_plan, random_active, twin_executors
 
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -93,9 +93,7 @@ def test_dense_output_and_dense_input_training_match_interpreter():
 
 def test_forward_and_training_identical_for_one_and_two_threads():
     plan = make_plan(300, 24, 500, 40)
-    s1 = ModelState.init(plan)
-    s2 = copy.deepcopy(s1)
-    one, two = NativeExecutor(plan, s1, threads=1), NativeExecutor(plan, s2, threads=2)
+    s1, s2, one, two = twin_executors(plan)
     rng = np.random.default_rng(4)
     for _ in range(3):
         batch = make_batch(rng, 33, 300, 500)

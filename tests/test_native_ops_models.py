@@ -21,7 +21,7 @@ from boltc.runtime.dataset import Batch, as_csr
 from boltc.runtime.interp import NumpyExecutor
 from boltc.runtime.native import NativeExecutor
 from boltc.runtime.state import ModelState
-from native_helpers import random_active
+from native_helpers import random_active, twin_executors
 
 RTOL, ATOL = 1e-5, 1e-6
 MODELS = __import__("pathlib").Path(__file__).resolve().parent.parent / "models"
@@ -170,9 +170,7 @@ def test_training_steps_match_interpreter(make):
 @PLANS
 def test_forward_and_training_identical_for_one_and_two_threads(make):
     plan = make()
-    s1 = ModelState.init(plan)
-    s2 = copy.deepcopy(s1)
-    one, two = NativeExecutor(plan, s1, threads=1), NativeExecutor(plan, s2, threads=2)
+    s1, s2, one, two = twin_executors(plan)
     rng = np.random.default_rng(1)
     for _ in range(3):
         batch = batch_for(plan, rng, 37)
@@ -192,9 +190,7 @@ def test_small_kernels_kept_on_one_thread_give_the_same_bits(monkeypatch):
     """Below MIN_WORK_PER_THREAD a kernel runs unsplit (the default outside the tests): same results."""
     from boltc.runtime import native_ops
     plan = hybrid_plan()
-    s1 = ModelState.init(plan)
-    s2 = copy.deepcopy(s1)
-    split, whole = NativeExecutor(plan, s1, threads=2), NativeExecutor(plan, s2, threads=2)
+    s1, s2, split, whole = twin_executors(plan, threads=(2, 2))
     rng = np.random.default_rng(3)
     for _ in range(3):
         batch = batch_for(plan, rng, 40)
