@@ -70,11 +70,16 @@ class Model:
     def executor(self):
         if self._executor is None:
             kernels = None
+            stale = None
             if self._native_members and self._backend_req in (None, "native"):
-                from boltc.lower.artifact import load_native
-                kernels = load_native(self._native_members, self.file or "<model>")
+                from boltc.lower.artifact import StaleNativeCode, load_native
+                try:
+                    kernels = load_native(self._native_members, self.file or "<model>")
+                except StaleNativeCode as e:
+                    stale = f"note: {self.file or 'the model'}: {e.message}; recompiled from its plan"
             self._executor, self.backend, self.backend_note = _make_executor(
                 self.plan, self.state, self._backend_req, self.threads, kernels)
+            self.backend_note = self.backend_note or stale
         return self._executor
 
     def _set_state(self, state) -> None:

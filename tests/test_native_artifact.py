@@ -1,5 +1,6 @@
 """Artifacts: object + bitcode + manifest; loaded in a fresh process without compiling; rebuilt from
 bitcode on a CPU lacking features; tampering detected."""
+import hashlib
 import json
 import os
 import subprocess
@@ -117,3 +118,38 @@ def test_boltc_load_runs_the_artifacts_shipped_kernels(tmp_path, monkeypatch):
     ref = boltc.load(out, backend="numpy")
     ids_ref, scores_ref = ref.predict(X.inputs["features"][:32], top_k=5)
     np.testing.assert_allclose(scores, scores_ref, rtol=1e-5, atol=1e-6)
+
+
+# sha256 of the reference plans' kernel signatures, per NATIVE_FORMAT. When this test fails, a kernel's
+# calling convention changed: bump boltc/lower/artifact.py NATIVE_FORMAT and add its digest here, so model
+# files of the old format are recompiled instead of being called with the wrong arguments.
+SIGNATURES_OF_FORMAT = {2: "ec7be4d1d06f43d0d565247e699c94e684b2bee6c5af3e044e671cb75b55772c"}
+
+
+def test_kernel_signatures_are_pinned_to_the_native_format():
+    from boltc.lower.rules import lower_plan
+    plans = [make_plan(50, 8, 60, 10), make_plan(50, 8, 60, None, optimizer="sgd")]
+    got = hashlib.sha256(json.dumps([lower_plan(p)[0].signatures for p in plans], sort_keys=True).encode())
+    assert got.hexdigest() == SIGNATURES_OF_FORMAT.get(artifact.NATIVE_FORMAT)
+
+
+def test_native_code_of_another_format_is_recompiled_on_load(tmp_path, monkeypatch):
+    """A file written by a boltc with another kernel calling convention loads, recompiles its kernels
+    from the plan (with a note) and predicts exactly as the current build does."""
+    import boltc
+    model = Path(__file__).parents[1] / "models" / "tiny.bolt"
+    m = boltc.compile(str(model))
+    m.fit(progress=False)
+    old = tmp_path / "old.boltc"
+    monkeypatch.setattr(artifact, "NATIVE_FORMAT", 1)              # as an older boltc wrote it
+    artifact.save_with_native(old, m.source, m.plan, m.state, m.history)
+    monkeypatch.undo()
+    loaded = boltc.load(old)
+    x = m.dataset(m.data_source("test")).inputs["features"]
+    ids, scores = loaded.predict(x, top_k=3)
+    assert loaded.backend == "native" and "recompiled" in loaded.backend_note
+    want_ids, want_scores = m.predict(x, top_k=3)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(scores, want_scores)
+    with pytest.raises(artifact.StaleNativeCode):                  # the low-level loader says why
+        artifact.load_native(dict(loaded._native_members), str(old))

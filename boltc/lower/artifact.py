@@ -23,7 +23,17 @@ import llvmlite
 from boltc import codegen
 from boltc.errors import Location, ModelFileError
 
-NATIVE_FORMAT = 1
+# The kernels' calling convention. Bump it whenever a kernel's signature or what the executor passes
+# it changes (tests/test_native_artifact.py pins the reference plans' signatures to this number): a
+# model file whose native code has another format was built by another boltc version, and calling
+# its kernels with today's arguments would corrupt memory, so it is recompiled from its plan.
+# 2: the training lookup takes the frequency fill table (cum, guide, ncum); bf16 moment updates;
+# kernels of every op.
+NATIVE_FORMAT = 2
+
+
+class StaleNativeCode(ModelFileError):
+    """The file's native code follows another calling convention: recompile from the plan instead."""
 OBJ, BC, MANIFEST = "native/kernels.o", "native/kernels.bc", "native/manifest.json"
 
 
@@ -59,7 +69,8 @@ def load_native(members: dict[str, bytes], where: str = "<model>"):
     except ValueError:
         raise bad(f"member {MANIFEST!r} is not valid JSON") from None
     if man.get("format") != NATIVE_FORMAT:
-        raise bad(f"member {MANIFEST!r}: native format {man.get('format')!r}, expected {NATIVE_FORMAT}")
+        raise StaleNativeCode(f"its native code has format {man.get('format')!r} (this boltc: {NATIVE_FORMAT})",
+                              Location(str(where), 0))
     if _sha(members[BC]) != man.get("bitcode_sha256"):
         raise bad(f"member {BC!r} does not match its checksum in {MANIFEST!r}")
     obj = members.get(OBJ)
@@ -136,5 +147,8 @@ def load_artifact(path, threads: int = 0):
     from boltc.runtime.native import NativeExecutor
     saved = savefile.load_model(path)
     state = savefile.state_from_saved(saved, path)
-    kernels = load_native(saved.extra, path) if saved.extra else None
+    try:
+        kernels = load_native(saved.extra, path) if saved.extra else None
+    except StaleNativeCode:
+        kernels = None                                    # another boltc's kernels: lower the plan again
     return saved.plan, state, NativeExecutor(saved.plan, state, threads=threads, kernels=kernels)
