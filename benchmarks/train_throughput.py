@@ -228,6 +228,8 @@ def run_100k(args, bw):
         plan["train"]["moments"] = moments
         state = fresh_state(plan)
         ex = NativeExecutor(plan, state, threads=2)
+        # as Trainer.fit does for an in-memory set: the negatives weighted by the data's label counts
+        ex.upkeep.set_label_frequency(np.bincount(Y.indices, minlength=L))
         build_tables(plan, state)
         bs = list(batches(X, Y, B))
         t = time.perf_counter()

@@ -79,7 +79,9 @@ def training_fill(layer: dict, params: dict) -> FillTable | None:
     uniform fill (log 1/pi added to its logits) was tried and fell to 0.20 / 0.50: lazy Adam normalises
     each row's step, so weighting a gradient does not make a rare push count more; how often a row is
     pushed is what counts. Executors get the table through `LSHUpkeep.fill`, rebuilt every FILL_REFRESH
-    steps (the counts move slowly; a rebuild is O(dim))."""
+    steps (the counts move slowly; a rebuild is O(dim)). For an in-memory training set the trainer
+    passes the data's label counts (`LSHUpkeep.set_label_frequency`) in place of the running ones:
+    0.634 / 0.633 on the same problem."""
     mode = (layer.get("hash") or {}).get("negatives", DEFAULT_NEGATIVES)
     counts = params.get("label_count")
     if mode == "uniform" or counts is None:

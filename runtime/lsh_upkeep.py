@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
+
 from boltc.runtime.lsh import FILL_REFRESH, training_fill
 
 DEFAULT_BUDGET = 0.06
@@ -41,6 +43,15 @@ class LSHUpkeep:
         self.rebuilds = 0
         self.rehashes = 0
         self._fills: dict = {}
+        self.label_frequency = None        # the training set's label counts, when the trainer knows them
+
+    def set_label_frequency(self, counts) -> None:
+        """Weight the training fill by the training set's label counts (the trainer passes them for an
+        in-memory set) instead of the counts of the labels trained on so far. Measured on the SYNTHETIC
+        100k problem, 1 epoch: P@1 dense / sparse 0.634 / 0.633 against 0.613 / 0.618 with running
+        counts, which also start near uniform and, under the adaptive sampler, count its skewed draws."""
+        self.label_frequency = None if counts is None else np.asarray(counts, dtype=np.float32)
+        self._fills.clear()
 
     def fill(self, layer: dict):
         """The layer's training fill table (lsh.training_fill), cached between refreshes. It is rebuilt at
@@ -49,7 +60,10 @@ class LSHUpkeep:
         an uninterrupted one."""
         name = layer["name"]
         if name not in self._fills:
-            self._fills[name] = training_fill(layer, self.state.params.get(name, {}))
+            params = self.state.params.get(name, {})
+            if self.label_frequency is not None and "label_count" in params:
+                params = {**params, "label_count": self.label_frequency}
+            self._fills[name] = training_fill(layer, params)
         return self._fills[name]
 
     # -------------------------------------------------------- cost model

@@ -161,6 +161,13 @@ class Trainer:
         if self.sampler is None:
             self.sampler = (_UniformSampler(train.rows, batch, seed) if streaming
                             else make_sampler(cfg.get("sampler"), train, batch, seed))
+        upkeep = getattr(self.ex, "upkeep", None)
+        if upkeep is not None and hasattr(upkeep, "set_label_frequency"):
+            # the negatives' weights from the data's label counts (lsh_upkeep.py); a streamed file's
+            # are not known up front, so it keeps the running counts
+            classes = int((self.plan.get("target") or {}).get("classes", 0))
+            upkeep.set_label_frequency(None if streaming or train.labels is None else
+                                       np.bincount(train.labels.indices, minlength=classes))
         state = getattr(self, "_sampler_state", None)
         if state:
             self.sampler.load_state_dict(state)

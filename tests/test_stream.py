@@ -98,3 +98,17 @@ def test_stream_option_in_the_language_and_the_auto_rule(tmp_path, tiny_files, m
     assert not stream.should_stream(path, None)
     monkeypatch.setattr(stream, "available_memory", lambda: 1000)
     assert stream.should_stream(path, None) and not stream.should_stream(path, False)
+
+
+def test_trainer_weights_negatives_by_the_data_label_counts(tmp_path, tiny_files):
+    """In memory the fill's weights are the training set's label counts; streamed, the running ones."""
+    m = _model(tmp_path, epochs=1)
+    m.fit(str(tiny_files["train"]), progress=False)
+    _, Y = xcformat.read_xc(tiny_files["train"])
+    want = np.bincount(Y.indices, minlength=40)
+    np.testing.assert_array_equal(m.executor.upkeep.label_frequency, want)
+    table = m.executor.upkeep.fill(m.plan["layers"][-1])
+    np.testing.assert_array_equal(table.cum, np.cumsum(want + 1))
+    s = _model(tmp_path, epochs=1)
+    s.fit(_streamed(tiny_files["train"], s.plan), progress=False)
+    assert s.executor.upkeep.label_frequency is None
