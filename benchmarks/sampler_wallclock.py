@@ -70,6 +70,8 @@ def run_pair(model_file, specs, seed, epochs, backend):
     out = []
     for m, spec in zip(models, specs):
         ex = m.executor                                  # built (and compiled) before the clock starts
+        # as Trainer.fit does: the negatives weighted by the training set's label counts
+        ex.upkeep.set_label_frequency(np.bincount(train.labels.indices, minlength=train.labels.shape[1]))
         t0 = time.perf_counter()
         sampler = make_sampler(spec, train, batch, seed)
         out.append({"ex": ex, "sampler": sampler, "clock": time.perf_counter() - t0, "curve": [], "rank": []})
