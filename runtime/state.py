@@ -145,10 +145,6 @@ class ModelState:
         return sum(a.size for p in self.params.values() for k, a in p.items() if k != "label_count")
 
 
-def _zeros_like(params):
-    return {n: {k: aligned_zeros(a.shape, a.dtype) for k, a in p.items()} for n, p in params.items()}
-
-
 def moment_numpy_dtypes(plan: dict, params: dict) -> dict[str, dict[str, np.dtype]]:
     """{layer: {tensor: numpy dtype of its moments}} for every tensor in `params`."""
     kinds = moment_dtypes(plan)
