@@ -32,7 +32,7 @@ def lower_embedding(km: KernelModule, layer: dict, ctx: dict) -> dict:
     name, dim = layer["name"], layer["dim"]
     out = {"fwd": f"{name}__fwd", "upd": f"{name}__upd", "invert": f"{name}__invert"}
     fwd.sparse_fc_fwd(km, out["fwd"], dim, "linear", False)
-    bw.rows_update_in_major(km, out["upd"], dim, ctx.get("update") or ctx["optimizer"])
+    bw.rows_update_in_major(km, out["upd"], dim, ctx["update"])
     bw.invert(km, out["invert"], layer["in_dim"])
     if layer.get("reduce", "sum") == "mean":
         out["scale"] = f"{name}__scale"

@@ -58,7 +58,7 @@ def fused_input_activation(plan: dict, layer: dict) -> str | None:
 
 
 def lower_fc(km: KernelModule, layer: dict, ctx: dict) -> dict:
-    opt = ctx.get("update") or ctx["optimizer"]     # bw.UpdateSpec: optimizer, moment storage, decay
+    opt = ctx["update"]                  # bw.UpdateSpec: optimizer, moment storage, decay
     name, dim, in_dim = layer["name"], layer["dim"], layer["in_dim"]
     act, bias = layer["activation"], bool(layer.get("bias", True))
     is_out = ctx["is_output"]
