@@ -44,6 +44,12 @@ def is_sparse_layer(layer: dict) -> bool:
     return layer["op"] == "fc" and layer.get("active", layer["dim"]) < layer["dim"]
 
 
+def reads_sparse_input(layer: dict, inputs: dict) -> bool:
+    """Whether the layer's first input is a sparse model input (`inputs`: model input name -> spec)."""
+    src = layer["inputs"][0]
+    return src in inputs and inputs[src]["kind"] in SPARSE_INPUT_KINDS
+
+
 def fused_input_activation(plan: dict, layer: dict) -> str | None:
     """The activation of `layer`'s input whose derivative `layer`'s input-gradient kernels apply, or
     None: when `layer` is an fc reading a dense fc's value that nothing else reads."""
@@ -135,7 +141,7 @@ def native_support(plan: dict) -> str | None:
             return f"layer {name!r} reads {missing[0]!r} before it is computed"
         is_out = name == plan["output"]
         if op == "fc":
-            sparse_in = layer["inputs"][0] in inputs and inputs[layer["inputs"][0]]["kind"] in SPARSE_INPUT_KINDS
+            sparse_in = reads_sparse_input(layer, inputs)
             if sparse_in != (layer.get("layout") == "in_major"):
                 return f"layer {name!r}: layout {layer.get('layout')!r} with this input"
             if is_sparse_layer(layer) and sparse_in:
@@ -165,7 +171,7 @@ def lower_plan(plan: dict) -> tuple[KernelModule, dict[str, dict[str, str]]]:
         ctx = {"plan": plan, "optimizer": opt, "loss": plan["loss"],
                "update": bw.update_spec(plan, layer) if layer["op"] in ("fc", "embedding") else None,
                "is_output": layer["name"] == plan["output"],
-               "input_sparse": src in inputs and inputs[src]["kind"] in SPARSE_INPUT_KINDS,
+               "input_sparse": reads_sparse_input(layer, inputs),
                "needs_dx": src not in inputs,
                "in_activation": fused_input_activation(plan, layer),
                "in_dims": [dims[s] for s in layer["inputs"]]}
