@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import llvmlite.ir as llir
 
-from boltc.lower.builder import F32, I32, I64, VOID, PTR, Kernel, KernelModule
-from boltc.lower.fc import PREFETCH_LOCALITY, PREFETCH_ROW_BYTES, PREFETCH_ROWS, prefetch_row
+from boltc.lower.builder import F32, I32, I64, Kernel, KernelModule
+from boltc.lower.fc import PREFETCH_ROWS, prefetch_row
 from boltc.passes.plan_memory_moments import moment_dtypes, moment_kind
 
 # Rows the update kernels prefetch (fc.prefetch_row: first 1 KB into L2), PREFETCH_ROWS unique neurons
@@ -168,18 +168,6 @@ def _store_moment(k: Kernel, ptr, idx, x, kind: str):
     return x
 
 
-def _prefetch_bf16_row(k: Kernel, ptr, row_base, in_dim: int) -> None:
-    """fc.prefetch_row for a row of bfloat16 moments (uint16 elements): same lines, half the bytes."""
-    fn = k.km.intrinsic("llvm.prefetch.p0", VOID, [PTR, I32, I32, I32])
-    covered = min(in_dim, PREFETCH_ROW_BYTES // 2)
-    offsets = list(range(0, covered, 32))
-    if covered == in_dim and in_dim - 1 not in offsets:
-        offsets.append(in_dim - 1)
-    consts = [llir.Constant(I32, v) for v in (0, PREFETCH_LOCALITY, 1)]
-    for off in offsets:
-        k.b.call(fn, [k.addr(ptr, k.add(row_base, k.i64(off)), I16), *consts])
-
-
 def _ahead_neuron(k: Kernel, u):
     """The unique neuron PREFETCH_ROWS positions after u, clamped to the slice's last one (u1 - 1):
     the lookahead never reads uniq outside [u0, u1)."""
@@ -195,10 +183,8 @@ def _prefetch_update_rows(k: Kernel, spec: UpdateSpec, which: tuple, row_base, w
             prefetch_row(k, k.arg["W"], row_base, width)
         elif spec.optimizer == "adam" or t == "m":          # SGD keeps no second moment
             mom = k.arg["mW"] if t == "m" else k.arg["vW"]
-            if spec.moments_w == "bf16" and spec.optimizer == "adam":
-                _prefetch_bf16_row(k, mom, row_base, width)
-            else:
-                prefetch_row(k, mom, row_base, width)
+            bf16 = spec.moments_w == "bf16" and spec.optimizer == "adam"
+            prefetch_row(k, mom, row_base, width, I16 if bf16 else F32)
 
 
 def _update(k: Kernel, hp, optimizer: str, param, m, v, idx, g, moments: str = "f32",

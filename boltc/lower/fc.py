@@ -60,18 +60,20 @@ def apply_activation(k: Kernel, ptr, base, n: int, activation: str) -> None:
         k.st(ptr, idx, y)
 
 
-def prefetch_row(k: Kernel, W, row_base, in_dim: int) -> None:
-    """Prefetch (read, into L2) the first PREFETCH_ROW_BYTES of the row starting at W[row_base]: one
-    hint per 64-byte line, plus the last element when the whole row is covered (a row that does not
-    start on a line boundary spills into one more line)."""
+def prefetch_row(k: Kernel, W, row_base, in_dim: int, elem=F32) -> None:
+    """Prefetch (read, into L2) the first PREFETCH_ROW_BYTES of the row starting at W[row_base]
+    (elements of type `elem`: float32 weights, or bfloat16 moments as i16): one hint per 64-byte
+    line, plus the last element when the whole row is covered (a row that does not start on a line
+    boundary spills into one more line)."""
     fn = k.km.intrinsic("llvm.prefetch.p0", VOID, [PTR, I32, I32, I32])
-    covered = min(in_dim, PREFETCH_ROW_BYTES // 4)
-    offsets = list(range(0, covered, 16))
+    size = elem.width // 8 if isinstance(elem, ir.IntType) else 4      # FloatType: float32
+    covered = min(in_dim, PREFETCH_ROW_BYTES // size)
+    offsets = list(range(0, covered, 64 // size))
     if covered == in_dim and in_dim - 1 not in offsets:
         offsets.append(in_dim - 1)
     consts = [ir.Constant(I32, v) for v in (0, PREFETCH_LOCALITY, 1)]   # read, locality, data cache
     for off in offsets:
-        k.b.call(fn, [k.addr(W, k.add(row_base, k.i64(off)), F32), *consts])
+        k.b.call(fn, [k.addr(W, k.add(row_base, k.i64(off)), elem), *consts])
 
 
 def sparse_fc_fwd(km: KernelModule, name: str, dim: int, activation: str, bias: bool,
