@@ -122,15 +122,14 @@ def fc_forward(ex, layer, ins, step: Step):
     p = ex.state.params[name]
     W, b = p["W"], p.get("b")
     x, B = ins[0], step.B
-    is_out = name == ex.output
     cache = {"x": x, "ids": None, "inv": None}
     if layer.get("layout") == "in_major":
         out = _sparse_forward(ex, layer, x, b)
-    elif is_out:
-        out = _output_logits(ex, layer, x, step, cache)
     else:
         ids = cache["ids"] = _active_ids(ex, layer, x, step)
-        if ids is None:
+        if name == ex.output:
+            out = _output_logits(ex, layer, x, ids, W, b, step, cache)
+        elif ids is None:
             out = np.empty((B, dim), np.float32)
             _run(ex, name, "fwd", B, ptr(x), None, ptr(W), ptr(b), ptr(out), work=dim * layer["in_dim"])
         else:
@@ -164,12 +163,10 @@ def _active_ids(ex, layer, x, step: Step) -> np.ndarray | None:
     return ids
 
 
-def _output_logits(ex, layer, x, step: Step, cache) -> np.ndarray:
-    """The output's logits over its active set (given, or chosen by LSH) or over every neuron."""
+def _output_logits(ex, layer, x, ids, W, b, step: Step, cache) -> np.ndarray:
+    """The output's logits over its active set `ids` (given, or chosen by LSH) or, ids None, over every
+    neuron."""
     name, B = layer["name"], step.B
-    p = ex.state.params[name]
-    W, b = p["W"], p.get("b")
-    ids = cache["ids"] = _active_ids(ex, layer, x, step)
     if ids is not None:
         out = np.empty(ids.shape, np.float32)
         if B >= NEURON_MAJOR_MIN_BATCH:
