@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import llvmlite.ir as llir
 
 from boltc.lower.builder import F32, I32, I64, Kernel, KernelModule
-from boltc.lower.fc import PREFETCH_ROWS, prefetch_row
+from boltc.lower.fc import lookahead, prefetch_row
 from boltc.passes.plan_memory_moments import moment_dtypes, moment_kind
 
 # Rows the update kernels prefetch (fc.prefetch_row: first 1 KB into L2), PREFETCH_ROWS unique neurons
@@ -171,9 +171,7 @@ def _store_moment(k: Kernel, ptr, idx, x, kind: str):
 def _ahead_neuron(k: Kernel, u):
     """The unique neuron PREFETCH_ROWS positions after u, clamped to the slice's last one (u1 - 1):
     the lookahead never reads uniq outside [u0, u1)."""
-    last = k.b.sub(k.arg["u1"], k.i64(1))
-    ahead = k.add(u, k.i64(PREFETCH_ROWS))
-    return k.ld_i32_as_i64(k.arg["uniq"], k.select(k.icmp("<", ahead, last), ahead, last))
+    return k.ld_i32_as_i64(k.arg["uniq"], lookahead(k, u, k.b.sub(k.arg["u1"], k.i64(1))))
 
 
 def _prefetch_update_rows(k: Kernel, spec: UpdateSpec, which: tuple, row_base, width: int) -> None:

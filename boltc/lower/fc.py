@@ -76,6 +76,13 @@ def prefetch_row(k: Kernel, W, row_base, in_dim: int, elem=F32) -> None:
         k.b.call(fn, [k.addr(W, k.add(row_base, k.i64(off)), elem), *consts])
 
 
+def lookahead(k: Kernel, i, last):
+    """The index PREFETCH_ROWS after i, clamped to `last` (a slice's final index): a prefetch's
+    lookahead never reads an index array outside the slice it was given."""
+    ahead = k.add(i, k.i64(PREFETCH_ROWS))
+    return k.select(k.icmp("<", ahead, last), ahead, last)
+
+
 def sparse_fc_fwd(km: KernelModule, name: str, dim: int, activation: str, bias: bool,
                   prefetch: bool = True) -> None:
     """out[b, :] = act(bias + sum_p values[p] * W[indices[p], :]) for CSR rows b in [b0, b1).
@@ -100,9 +107,7 @@ def sparse_fc_fwd(km: KernelModule, name: str, dim: int, activation: str, bias: 
         p1 = k.ld(a["indptr"], k.add(b, k.i64(1)), I64)
         with k.loop(p0, p1, "p") as p:
             if prefetch:
-                ahead = k.add(p, k.i64(PREFETCH_ROWS))
-                ahead = k.select(k.icmp("<", ahead, last), ahead, last)
-                prefetch_row(k, a["W"], k.mul(k.ld_i32_as_i64(a["indices"], ahead), D), dim)
+                prefetch_row(k, a["W"], k.mul(k.ld_i32_as_i64(a["indices"], lookahead(k, p, last)), D), dim)
             f = k.ld_i32_as_i64(a["indices"], p)
             v = k.ld(a["values"], p)
             wb = k.mul(f, D)
@@ -149,9 +154,7 @@ def dense_fc_fwd(km: KernelModule, name: str, in_dim: int, k_active: int, activa
             with k.loop(0, k_active, "k") as kk:
                 i = k.add(ob, kk)
                 if prefetch:
-                    ahead = k.add(i, k.i64(PREFETCH_ROWS))
-                    ahead = k.select(k.icmp("<", ahead, last), ahead, last)
-                    prefetch_row(k, a["W"], k.mul(k.ld_i32_as_i64(a["ids"], ahead), IN), in_dim)
+                    prefetch_row(k, a["W"], k.mul(k.ld_i32_as_i64(a["ids"], lookahead(k, i, last)), IN), in_dim)
                 dot_into(b, kk, k.ld_i32_as_i64(a["ids"], i))
     else:
         # every neuron for every example: tile the neurons so a block of weight rows (~32 KB) is read
