@@ -304,14 +304,15 @@ def save_model(path, model: SavedModel) -> None:
         skel, arrays = flatten_state(state, f"lsh/{layer}.")
         members[f"lsh/{layer}.json"] = json.dumps(skel).encode()
         members.update({k: np.asarray(v) for k, v in arrays.items()})
+    version = 1                 # the oldest format that holds the file (see FORMAT_VERSION)
     if model.optimizer is not None:
         skel, arrays = flatten_state(model.optimizer, "optimizer/")
         members["optimizer/state.json"] = json.dumps(skel).encode()
-        members.update({k: np.asarray(v) for k, v in arrays.items()})
+        if any(a.dtype == np.uint16 for a in arrays.values()):      # bfloat16 moments
+            version = 2
+        members.update(arrays)
     members.update(model.extra)
-    bf16 = any(k.startswith("optimizer/") and isinstance(a, np.ndarray) and a.dtype == np.uint16
-               for k, a in members.items())
-    write_archive(path, members, {"model": model.plan.get("model"), "format_version": 2 if bf16 else 1})
+    write_archive(path, members, {"model": model.plan.get("model"), "format_version": version})
 
 
 def load_model(path) -> SavedModel:
