@@ -19,6 +19,8 @@ Decisions:
 """
 from __future__ import annotations
 
+import math
+
 import networkx as nx
 
 from boltc import ir
@@ -44,13 +46,7 @@ def param_shapes(n: ir.Node) -> dict[str, tuple[int, ...]]:
 
 
 def param_count(n: ir.Node) -> int:
-    total = 0
-    for shape in param_shapes(n).values():
-        size = 1
-        for d in shape:
-            size *= d
-        total += size
-    return total
+    return sum(math.prod(shape) for shape in param_shapes(n).values())
 
 
 def machine_memory() -> tuple[int | None, int | None]:
@@ -71,17 +67,10 @@ def gib(b: int) -> str:
     return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.1f} MiB"
 
 
-def _elements(shape: tuple[int, ...]) -> int:
-    size = 1
-    for d in shape:
-        size *= d
-    return size
-
-
 def _numpy_gradient_elements(n: ir.Node, shape: tuple[int, ...], batch: int) -> int:
     """Elements of the interpreter's gradient block for one tensor and batch: every row, except for an
     LSH-sparse fc, whose block holds at most batch x active neuron rows."""
-    size = _elements(shape)
+    size = math.prod(shape)
     sparsity = n.attrs.get("sparsity", 1.0) if n.op == "fc" else 1.0
     if sparsity < 1.0:
         touched = min(n.dim, batch * max(1, int(sparsity * n.dim)))
@@ -96,7 +85,7 @@ def plan_memory(g: nx.DiGraph) -> nx.DiGraph:
     optimizer = train.get("optimizer", "adam")
     layers = [n for n in ir.nodes(h) if n.op in ir.LAYER_OPS]
     setting = train.get("moments", "auto")
-    dtypes = choose(setting, optimizer, {n.name: {t: _elements(s) for t, s in param_shapes(n).items()}
+    dtypes = choose(setting, optimizer, {n.name: {t: math.prod(s) for t, s in param_shapes(n).items()}
                                          for n in layers if param_shapes(n)})
     if train:
         h.graph["train"] = {**train, "moment_dtypes": dtypes}
@@ -105,7 +94,7 @@ def plan_memory(g: nx.DiGraph) -> nx.DiGraph:
     numpy_gradients = 0
     for n in layers:
         for tensor, shape in param_shapes(n).items():
-            size = _elements(shape)
+            size = math.prod(shape)
             buffers.append((n, "weights", f"{n.name}.{tensor}", size * F32))
             numpy_gradients += _numpy_gradient_elements(n, shape, batch) * F32
             if optimizer == "adam":
