@@ -42,6 +42,7 @@ from boltc.lower import backward as bw  # noqa: E402
 from boltc.lower import fc  # noqa: E402
 from boltc.lower.builder import KernelModule  # noqa: E402
 from boltc.runtime.native_kernels import Kernels, ptr  # noqa: E402
+from boltc.runtime.state import aligned_copy  # noqa: E402
 from boltc.runtime.threads import ThreadPool  # noqa: E402
 
 
@@ -72,14 +73,6 @@ def sequential_read(pool: ThreadPool, gib: float = 1.0):
     a = np.ones(int(gib * (1 << 30)) // 4, np.float32)
     parts = np.array_split(a, pool.threads)
     return (lambda: pool.run(lambda lo, hi: [np.add.reduce(p) for p in parts[lo:hi]], len(parts))), a.nbytes
-
-
-def aligned_copy(a: np.ndarray, align: int = 64) -> np.ndarray:
-    buf = np.empty(a.size + align // a.itemsize, a.dtype)
-    off = (-buf.ctypes.data % align) // a.itemsize
-    out = buf[off:off + a.size].reshape(a.shape)
-    out[...] = a
-    return out
 
 
 def widest_float_vector(ir_text: str) -> int:
