@@ -243,7 +243,8 @@ class Worker:
                 # of frozen tables are collected here and inserted by every replica (see apply)
                 reserve = training_reserve(layer) if labels is not None else 0
                 index = lsh[name]
-                fill = training_fill(layer, self.state.params.get(name, {})) if labels is not None else None
+                fill = (training_fill(layer, self.state.params.get(name, {}).get("label_count"))
+                        if labels is not None else None)
                 active[name] = index.select(ins[0], labels, int(layer["active"]), self.rng, reserve=reserve,
                                             fill=fill)
                 if labels is not None and getattr(index, "frozen", False):

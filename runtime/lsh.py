@@ -64,9 +64,10 @@ class FillTable:
         self.guide = self.guide.astype(np.int64)
 
 
-def training_fill(layer: dict, params: dict) -> FillTable | None:
-    """The output layer's training fill distribution (weights `label_count` + 1 so far), or None for a
-    uniform fill (`hash.negatives` = uniform, or no label counts).
+def training_fill(layer: dict, counts) -> FillTable | None:
+    """The output layer's training fill distribution (weights counts + 1: the training set's label counts,
+    or the layer's running `label_count`), or None for a uniform fill (`hash.negatives` = uniform, or no
+    counts).
 
     Decision beyond BOLT (whose fill is uniform): under a full softmax every label is pushed down, over
     an epoch, about as often as it is a target (at the optimum sum_x p(j|x) = count_j). A uniform fill
@@ -83,7 +84,6 @@ def training_fill(layer: dict, params: dict) -> FillTable | None:
     passes the data's label counts (`LSHUpkeep.set_label_frequency`) in place of the running ones:
     0.634 / 0.633 on the same problem."""
     mode = (layer.get("hash") or {}).get("negatives", DEFAULT_NEGATIVES)
-    counts = params.get("label_count")
     if mode == "uniform" or counts is None:
         return None
     return FillTable(counts)

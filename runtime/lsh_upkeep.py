@@ -60,10 +60,9 @@ class LSHUpkeep:
         an uninterrupted one."""
         name = layer["name"]
         if name not in self._fills:
-            params = self.state.params.get(name, {})
-            if self.label_frequency is not None and "label_count" in params:
-                params = {**params, "label_count": self.label_frequency}
-            self._fills[name] = training_fill(layer, params)
+            running = self.state.params.get(name, {}).get("label_count")
+            counts = self.label_frequency if self.label_frequency is not None and running is not None else running
+            self._fills[name] = training_fill(layer, counts)
         return self._fills[name]
 
     # -------------------------------------------------------- cost model

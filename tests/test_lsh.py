@@ -230,9 +230,9 @@ def test_training_fill_is_cumulative_count_plus_one_unless_uniform():
     from boltc.runtime.lsh import training_fill
     layer = {"hash": {"family": "dwta"}}
     counts = np.array([3, 0, 1], np.float32)
-    np.testing.assert_array_equal(training_fill(layer, {"label_count": counts}).cum, [4, 5, 7])
-    assert training_fill({"hash": {"negatives": "uniform"}}, {"label_count": counts}) is None
-    assert training_fill(layer, {}) is None                      # no label counts: uniform
+    np.testing.assert_array_equal(training_fill(layer, counts).cum, [4, 5, 7])
+    assert training_fill({"hash": {"negatives": "uniform"}}, counts) is None
+    assert training_fill(layer, None) is None                      # no label counts: uniform
 
 
 def _fill_only(dim, counts, B, k, seed):
@@ -241,7 +241,7 @@ def _fill_only(dim, counts, B, k, seed):
     idx, _ = _index(dim=dim)
     idx.tables.fill(-1)
     x = np.random.default_rng(seed).standard_normal((B, 32)).astype(np.float32)
-    fill = training_fill({"hash": {}}, {"label_count": counts})
+    fill = training_fill({"hash": {}}, counts)
     return idx.select(x, _labels([[]] * B, dim), k, np.random.default_rng(seed), fill=fill)
 
 
