@@ -138,17 +138,20 @@ def lookup_kernels(k: int, dim: int = 500):
     return Kernels(lib, km.signatures, {"scores": {"lookup": "lk", "lookup_ranked": "lkr"}})
 
 
-def test_native_selection_follows_spec_order_and_cuts_to_exactly_k():
+def _selection_cases(seed):
+    """(executor, its index, batch, hidden values, layer with k active, k) for k = 5, 40, 499 of a
+    500-wide output; the executor runs the lookup kernels built for that k."""
     plan = make_plan(300, 24, 500, 40)
     nx, _ = pair(plan)
-    index = nx.state.lsh["scores"]
-    layer = plan["layers"][-1]
-    rng = np.random.default_rng(6)
-    batch = make_batch(rng, 20, 300, 500)
+    batch = make_batch(np.random.default_rng(seed), 20, 300, 500)
     h = nx.forward(batch, "dense")["hidden"]
     for k in (5, 40, 499):
-        layer_k = dict(layer, active=k)
         nx.k = lookup_kernels(k)
+        yield nx, nx.state.lsh["scores"], batch, h, dict(plan["layers"][-1], active=k), k
+
+
+def test_native_selection_follows_spec_order_and_cuts_to_exactly_k():
+    for nx, index, batch, h, layer_k, k in _selection_cases(6):
         ids = nx._select(layer_k, h, batch.labels, 123, False)
         from boltc.runtime.lsh import training_reserve
         spec = index.select(h, batch.labels, k, np.random.default_rng(0), reserve=training_reserve(layer_k))
@@ -169,16 +172,7 @@ def test_native_selection_follows_spec_order_and_cuts_to_exactly_k():
 def test_native_inference_selection_ranks_by_collisions_like_the_spec():
     """Sparse inference: distinct bucket contents, most collisions across the tables first, ties in
     table order (LSHIndex.rank_by_collisions), then random fill; exactly k distinct ids."""
-    plan = make_plan(300, 24, 500, 40)
-    nx, _ = pair(plan)
-    index = nx.state.lsh["scores"]
-    layer = plan["layers"][-1]
-    rng = np.random.default_rng(8)
-    batch = make_batch(rng, 20, 300, 500)
-    h = nx.forward(batch, "dense")["hidden"]
-    for k in (5, 40, 499):
-        layer_k = dict(layer, active=k)
-        nx.k = lookup_kernels(k)
+    for nx, index, batch, h, layer_k, k in _selection_cases(8):
         ids = nx._select(layer_k, h, None, 321, False)
         spec = index.select(h, None, k, np.random.default_rng(0))
         assert ids.shape == (20, k)
