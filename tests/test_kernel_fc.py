@@ -26,10 +26,12 @@ def build(define) -> Kernels:
 
 
 def misaligned(a: np.ndarray, floats: int) -> np.ndarray:
-    """A copy of `a` starting `floats` float32s past a 64-byte boundary (rows straddle lines)."""
-    buf = np.empty(a.size + 16 + floats, np.float32)
-    start = (-buf.ctypes.data % 64) // 4 + floats
-    out = buf[start:start + a.size].reshape(a.shape)
+    """A copy of `a` (any dtype: float32 weights, uint16 bf16 moments) starting `floats` float32s,
+    4 * floats bytes, past a 64-byte boundary (rows straddle lines)."""
+    offset = 4 * floats
+    buf = np.empty(a.nbytes + 64 + offset, np.uint8)
+    start = -buf.ctypes.data % 64 + offset
+    out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
     out[...] = a
     return out
 
