@@ -1,17 +1,15 @@
 """bfloat16 Adam moments: the rounding (a hand-computed table, and an independent float64 reference),
 lazy Adam against a dense bf16-moment Adam reference, and the native update kernels against
 runtime/optim.py bit for bit (f32 and bf16 moments, with and without weight decay)."""
-import ctypes
 
 import numpy as np
 import pytest
 
-from boltc import codegen
 from boltc.lower import backward as bw
-from boltc.lower.builder import KernelModule
 from boltc.runtime.numpy_rules import ParamGrad
 from boltc.runtime.optim import Adam, bf16_from_f32, f32_from_bf16
 from boltc.runtime.state import ModelState
+from test_kernel_fc import build
 
 # float32 bits -> bfloat16 bits, rounded to nearest, ties to even; worked out by hand
 TABLE = [
@@ -142,28 +140,20 @@ def test_bf16_moments_stay_close_to_f32_moments():
 
 # ---------------------------------------------------------------- native kernels, bit for bit
 
-def _build(km):
-    lib, _ = codegen.build(km.ir_text())
-    fns = {}
-    for name, params in km.signatures.items():
-        types = [ctypes.c_void_p if t == "ptr" else ctypes.c_int64 for _, t in params]
-        fns[name] = ctypes.CFUNCTYPE(None, *types)(lib.address(name))
-    return lib, fns
-
-
 def test_native_rounding_kernel_matches_the_table_and_numpy():
-    km = KernelModule("rne")
-    k = km.kernel("rne", [("i0", "i64"), ("i1", "i64"), ("x", "ptr"), ("out", "ptr"), ("back", "ptr")])
-    with k.loop(k.arg["i0"], k.arg["i1"], "i") as i:
-        k.st(k.arg["back"], i, bw.store_bf16(k, k.arg["out"], i, k.ld(k.arg["x"], i)))
-    k.ret()
-    lib, fns = _build(km)
+    def define(km):
+        k = km.kernel("rne", [("i0", "i64"), ("i1", "i64"), ("x", "ptr"), ("out", "ptr"), ("back", "ptr")])
+        with k.loop(k.arg["i0"], k.arg["i1"], "i") as i:
+            k.st(k.arg["back"], i, bw.store_bf16(k, k.arg["out"], i, k.ld(k.arg["x"], i)))
+        k.ret()
+    k = build(define)                   # keep the library alive while its functions run
+    rne = k.fn("t", "rne")
     rng = np.random.default_rng(3)
     x = np.concatenate([_bits_to_f32([a for a, _ in TABLE]),
                         rng.integers(0, 2**32, size=5000, dtype=np.uint64).astype(np.uint32).view(np.float32)])
     out = np.zeros(x.size, np.uint16)
     back = np.zeros(x.size, np.float32)
-    fns["rne"](0, x.size, x.ctypes.data, out.ctypes.data, back.ctypes.data)
+    rne(0, x.size, x.ctypes.data, out.ctypes.data, back.ctypes.data)
     assert [hex(g) for g in out[:len(TABLE)]] == [hex(b) for _, b in TABLE]
     np.testing.assert_array_equal(out, bf16_from_f32(x))
     np.testing.assert_array_equal(back.view(np.uint32), out.astype(np.uint32) << 16)
@@ -179,10 +169,9 @@ def _hyper(lr, t, b1=0.9, b2=0.999, eps=1e-7):
                                                ("bf16", "W", 0.01)])
 def test_native_adam_update_equals_the_interpreter_bit_for_bit(moments, tensor, wd):
     n = 1003                                                          # vector body and a remainder
-    km = KernelModule("upd")
     spec = bw.UpdateSpec("adam", moments_w=moments, moments_b=moments, weight_decay=wd)
-    bw.dense_update(km, "upd", spec, tensor=tensor)
-    lib, fns = _build(km)
+    k = build(lambda km: bw.dense_update(km, "upd", spec, tensor=tensor))
+    upd = k.fn("t", "upd")
     rng = np.random.default_rng(4)
     W0 = rng.standard_normal(n).astype(np.float32)
     mdt = np.uint16 if moments == "bf16" else np.float32
@@ -196,8 +185,8 @@ def test_native_adam_update_equals_the_interpreter_bit_for_bit(moments, tensor, 
         g[rng.random(n) < 0.05] = 0.0
         lr = 1e-3 * (1 + t)
         hyper = _hyper(lr, t)
-        fns["upd"](0, n, native_W.ctypes.data, g.ctypes.data, native_m.ctypes.data, native_v.ctypes.data,
-                   hyper.ctypes.data)
+        upd(0, n, native_W.ctypes.data, g.ctypes.data, native_m.ctypes.data, native_v.ctypes.data,
+            hyper.ctypes.data)
         st.step = t
         opt.apply(st, {"l": {tensor: ParamGrad(None, None, g)}}, lr)
         np.testing.assert_array_equal(native_W.view(np.uint32), st.params["l"][tensor].view(np.uint32))
