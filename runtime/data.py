@@ -82,7 +82,7 @@ def load_dataset(source, plan: dict, with_labels: bool = True, allow_stream: boo
         raise DataError(f"normalize must be l2 or none, not {norm!r}", Location(path, 0))
     if norm == "l2":
         X = l2_normalize_rows(X)
-    return _checked(X, Y, inp, plan, path)
+    return checked_dataset(X, Y, inp, plan, path)
 
 
 def l2_normalize_rows(X: sp.csr_matrix) -> sp.csr_matrix:
@@ -96,7 +96,9 @@ def l2_normalize_rows(X: sp.csr_matrix) -> sp.csr_matrix:
     return X
 
 
-def _checked(X: sp.csr_matrix, Y: sp.csr_matrix | None, inp: dict, plan: dict, where: str) -> Dataset:
+def checked_dataset(X: sp.csr_matrix, Y: sp.csr_matrix | None, inp: dict, plan: dict, where: str) -> Dataset:
+    """X, Y checked against the plan's input `inp` and target (DataError naming `where`), widened to
+    the model's dims, labels as 0/1 CSR: the one check for every source (files, chunks, arrays)."""
     dim = int(inp["dim"])
     if X.shape[1] > dim:
         raise DataError(f"the data has {X.shape[1]} features but input '{inp['name']}' has dim {dim}",
@@ -137,7 +139,7 @@ def _synthetic(source: dict, plan: dict) -> Dataset:
     spec = synth.SynthSpec.from_options(opts)
     X, Y = synth.generate(spec)
     where = "synthetic(" + ", ".join(f"{k}={v}" for k, v in sorted(opts.items())) + ")"
-    ds = _checked(X, Y, ins[0], plan, where)
+    ds = checked_dataset(X, Y, ins[0], plan, where)
     ds.meta["synthetic"] = spec.as_dict()
     return ds
 
@@ -170,7 +172,7 @@ def as_dataset(obj, plan: dict, labels=None) -> Dataset:
             raise BoltError(f"inputs must be a 2-D array or CSR matrix, got shape {arr.shape}")
         X = as_csr(arr)
     Y = _labels_from(labels, plan, X.shape[0]) if labels is not None else None
-    return _checked(X, Y, ins[0], plan, "<array>")
+    return checked_dataset(X, Y, ins[0], plan, "<array>")
 
 
 def _labels_from(labels, plan: dict, n: int) -> sp.csr_matrix:
@@ -210,4 +212,4 @@ def read_rows_text(text: str, plan: dict) -> Dataset:
         raise DataError(e.message, Location("<stdin>", e.location.line if e.location else 0)) from None
     finally:
         os.unlink(name)
-    return _checked(X, None, ins[0], plan, "<stdin>")
+    return checked_dataset(X, None, ins[0], plan, "<stdin>")

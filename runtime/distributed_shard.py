@@ -142,6 +142,6 @@ def load_shard(spec: dict, plan: dict) -> Dataset:
         X, Y = read_shard(spec["path"], spec["start"], spec["end"], spec["format"], int(inp["dim"]),
                           classes if spec["format"] == "xc" else None, spec["one_based"])
         where = spec["path"]
-    ds = data._checked(X, Y, inp, plan, where)
+    ds = data.checked_dataset(X, Y, inp, plan, where)
     ds.meta["shard"] = {k: v for k, v in spec.items() if k != "source"}
     return ds

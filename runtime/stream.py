@@ -181,11 +181,11 @@ def _vstack(parts):
 
 
 def open_streaming(path: str, fmt: str, plan: dict, source: dict) -> StreamingDataset:
-    from boltc.runtime.data import _checked, l2_normalize_rows
+    from boltc.runtime.data import checked_dataset, l2_normalize_rows
     inputs = plan.get("inputs") or []
     if len(inputs) != 1 or inputs[0].get("kind") not in ("sparse", "dense"):
         raise DataError("a streamed XC/svmlight file feeds a model with exactly one sparse or dense input",
                         Location(path, 0))
     norm = l2_normalize_rows if source.get("normalize") == "l2" else None
-    return StreamingDataset(path, fmt, plan, lambda X, Y, where: _checked(X, Y, inputs[0], plan, where), norm)
+    return StreamingDataset(path, fmt, plan, lambda X, Y, where: checked_dataset(X, Y, inputs[0], plan, where), norm)
 
