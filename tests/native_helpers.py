@@ -74,3 +74,15 @@ def twin_executors(plan, threads=(1, 2)):
     s1 = ModelState.init(plan)
     s2 = copy.deepcopy(s1)
     return s1, s2, NativeExecutor(plan, s1, threads=threads[0]), NativeExecutor(plan, s2, threads=threads[1])
+
+
+def pair(plan, threads: int = 2, must_be_native: bool = False):
+    """A NativeExecutor and the NumPy interpreter (the spec) over identical fresh states."""
+    import copy
+    from boltc.runtime.interp import NumpyExecutor
+    from boltc.runtime.native import NativeExecutor
+    from boltc.runtime.state import ModelState
+    s = ModelState.init(plan)
+    nx = NativeExecutor(plan, s, threads=threads)
+    assert nx.native or not must_be_native, nx.fallback_reason
+    return nx, NumpyExecutor(plan, copy.deepcopy(s))

@@ -7,24 +7,18 @@ gradient entry is tiny (cancellation, ~eps) its rounding shows up as up to ~lr *
 parameters are compared with atol = 1e-3 * lr. Integer results (hash codes,
 top-k ids, active sets without random fill) must be equal.
 """
-import copy
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from boltc.runtime.interp import NumpyExecutor
 from boltc.runtime.native import NativeExecutor
 from boltc.runtime.state import ModelState
-from native_helpers import make_batch, make_plan, random_active, twin_executors
+from native_helpers import make_batch, make_plan, pair, random_active, twin_executors
 
 RTOL, ATOL = 1e-5, 1e-6
 
 
-def pair(plan, threads=2):
-    s_native = ModelState.init(plan)
-    s_spec = copy.deepcopy(s_native)
-    return NativeExecutor(plan, s_native, threads=threads), NumpyExecutor(plan, s_spec)
 
 
 def assert_params_close(a, b, lr=1e-2, rtol=RTOL):

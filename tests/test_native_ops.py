@@ -13,8 +13,8 @@ over the batch (parameter gradients, layernorm's input gradient) atol is scaled 
 of the compared array (at least 1): the sum carries the rounding of its largest terms even when it
 cancels to ~0. Pure data movement (concat) and integer results must be equal.
 """
-import copy
 
+import native_helpers as helpers
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -22,7 +22,6 @@ import scipy.sparse as sp
 from boltc import ir
 from boltc.lower.rules import HOST, LOWERING_RULES, native_support
 from boltc.runtime.dataset import Batch, as_csr
-from boltc.runtime.interp import NumpyExecutor
 from boltc.runtime.native import NativeExecutor
 from boltc.runtime.native_ops import NATIVE_OPS, Step
 from boltc.runtime.numpy_rules import LOSS_RULES, NUMPY_RULES
@@ -85,10 +84,7 @@ def binary_labels(rng, B):
 
 
 def pair(plan, threads=2):
-    s = ModelState.init(plan)
-    nx = NativeExecutor(plan, s, threads=threads)
-    assert nx.native, nx.fallback_reason
-    return nx, NumpyExecutor(plan, copy.deepcopy(s))
+    return helpers.pair(plan, threads, must_be_native=True)
 
 
 def close(a, b, atol, err_msg=""):

@@ -10,17 +10,14 @@ scaled by max(1/std) of its input row (taken from the spec's values). Parameters
 Adam steps, 1e-6 * lr-scaled magnitudes after SGD (see assert_params_close). Runs with 1 and 2 threads
 must be bit-identical (forward, LSH selection, training).
 """
-import copy
 
+import native_helpers as helpers
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 import boltc
 from boltc.runtime.dataset import Batch, as_csr
-from boltc.runtime.interp import NumpyExecutor
-from boltc.runtime.native import NativeExecutor
-from boltc.runtime.state import ModelState
 from native_helpers import random_active, twin_executors
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -64,10 +61,7 @@ def batch_for(plan, rng, B):
 
 
 def pair(plan, threads=2):
-    s = ModelState.init(plan)
-    nx = NativeExecutor(plan, s, threads=threads)
-    assert nx.native, nx.fallback_reason
-    return nx, NumpyExecutor(plan, copy.deepcopy(s))
+    return helpers.pair(plan, threads, must_be_native=True)
 
 
 def norm_factor(values, plan):
