@@ -205,3 +205,9 @@ class Kernel:
 
     def ret(self):
         self.b.ret_void()
+
+
+def symbol(layer, role: str) -> str:
+    """A kernel's symbol: layer (a plan layer dict or its name) and role, as LAYER__ROLE."""
+    name = layer["name"] if isinstance(layer, dict) else layer
+    return f"{name}__{role}"

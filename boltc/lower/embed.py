@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from boltc.lower import backward as bw
 from boltc.lower import fc as fwd
-from boltc.lower.builder import F32, I64, KernelModule
+from boltc.lower.builder import F32, I64, KernelModule, symbol
 
 
 def mean_scale(km: KernelModule, name: str, dim: int) -> None:
@@ -30,11 +30,11 @@ def mean_scale(km: KernelModule, name: str, dim: int) -> None:
 
 def lower_embedding(km: KernelModule, layer: dict, ctx: dict) -> dict:
     name, dim = layer["name"], layer["dim"]
-    out = {"fwd": f"{name}__fwd", "upd": f"{name}__upd", "invert": f"{name}__invert"}
+    out = {r: symbol(name, r) for r in ("fwd", "upd", "invert")}
     fwd.sparse_fc_fwd(km, out["fwd"], dim, "linear", False)
     bw.rows_update_in_major(km, out["upd"], dim, ctx["update"])
     bw.invert(km, out["invert"], layer["in_dim"])
     if layer.get("reduce", "sum") == "mean":
-        out["scale"] = f"{name}__scale"
+        out["scale"] = symbol(name, "scale")
         mean_scale(km, out["scale"], dim)
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from boltc.lower import fc as fwd
 from boltc.lower import select as sel
-from boltc.lower.builder import F32, Kernel, KernelModule
+from boltc.lower.builder import F32, Kernel, KernelModule, symbol
 
 
 def log1p(k: Kernel, u):
@@ -54,9 +54,6 @@ def sigmoid_bce(km: KernelModule, name: str, k_active: int) -> None:
     k.ret()
 
 
-def _sym(layer: dict, role: str) -> str:
-    return f"{layer['name']}__{role}"
-
 
 def _widths(layer: dict, sparse: bool) -> list[tuple[str, int]]:
     """(role suffix, columns): the active set ("") when the layer is sparse, and every neuron ("_all",
@@ -67,11 +64,11 @@ def _widths(layer: dict, sparse: bool) -> list[tuple[str, int]]:
 def lower_softmax_ce(km: KernelModule, layer: dict, sparse: bool) -> dict:
     out = {}
     for s, width in _widths(layer, sparse):
-        out["ce" + s] = _sym(layer, "ce" + s)
+        out["ce" + s] = symbol(layer, "ce" + s)
         fwd.softmax_ce(km, out["ce" + s], width)
-        out["topk" + s] = _sym(layer, "topk" + s)
+        out["topk" + s] = symbol(layer, "topk" + s)
         sel.topk(km, out["topk" + s], width, not s)
-        out["lse" + s] = _sym(layer, "lse" + s)
+        out["lse" + s] = symbol(layer, "lse" + s)
         fwd.row_logsumexp(km, out["lse" + s], width)
     return out
 
@@ -79,9 +76,9 @@ def lower_softmax_ce(km: KernelModule, layer: dict, sparse: bool) -> dict:
 def lower_sigmoid_bce(km: KernelModule, layer: dict, sparse: bool) -> dict:
     out = {}
     for s, width in _widths(layer, sparse):
-        out["bce" + s] = _sym(layer, "bce" + s)
+        out["bce" + s] = symbol(layer, "bce" + s)
         sigmoid_bce(km, out["bce" + s], width)
-        out["topk" + s] = _sym(layer, "topk" + s)
+        out["topk" + s] = symbol(layer, "topk" + s)
         sel.topk(km, out["topk" + s], width, not s)
     return out
 

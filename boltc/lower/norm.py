@@ -15,7 +15,7 @@ variance), as runtime/numpy_rules.py layernorm_forward / layernorm_backward.
 from __future__ import annotations
 
 from boltc.lower import backward as bw
-from boltc.lower.builder import F32, KernelModule
+from boltc.lower.builder import F32, KernelModule, symbol
 from boltc.passes.plan_memory_moments import moment_dtypes, moment_kind
 
 
@@ -89,7 +89,7 @@ def layernorm_pgrad(km: KernelModule, name: str, dim: int) -> None:
 
 def lower_layernorm(km: KernelModule, layer: dict, ctx: dict) -> dict:
     name, dim = layer["name"], layer["dim"]
-    out = {r: f"{name}__{r}" for r in ("fwd", "bwd", "pgrad", "upd_gamma", "upd_beta")}
+    out = {r: symbol(name, r) for r in ("fwd", "bwd", "pgrad", "upd_gamma", "upd_beta")}
     layernorm_fwd(km, out["fwd"], dim, float(layer.get("eps", 1e-5)))
     layernorm_bwd(km, out["bwd"], dim)
     layernorm_pgrad(km, out["pgrad"], dim)

@@ -26,7 +26,7 @@ from __future__ import annotations
 from boltc.lower import backward as bw
 from boltc.lower import fc as fwd
 from boltc.lower import select as sel
-from boltc.lower.builder import KernelModule
+from boltc.lower.builder import KernelModule, symbol
 from boltc.lower.concat import lower_concat
 from boltc.lower.embed import lower_embedding
 from boltc.lower.loss import OUTPUT_RULES
@@ -35,9 +35,6 @@ from boltc.lower.norm import lower_layernorm
 HOST = "host"
 SPARSE_INPUT_KINDS = ("sparse", "text", "categorical")
 
-
-def _sym(layer: dict, role: str) -> str:
-    return f"{layer['name']}__{role}"
 
 
 def is_sparse_layer(layer: dict) -> bool:
@@ -71,38 +68,38 @@ def lower_fc(km: KernelModule, layer: dict, ctx: dict) -> dict:
     f_act = "linear" if is_out else act       # the output's activation is fused with the loss
     out: dict[str, str] = {}
     if ctx["input_sparse"]:
-        out["fwd"] = _sym(layer, "fwd")
+        out["fwd"] = symbol(layer, "fwd")
         fwd.sparse_fc_fwd(km, out["fwd"], dim, f_act, bias)
-        out["upd"] = _sym(layer, "upd")
+        out["upd"] = symbol(layer, "upd")
         bw.rows_update_in_major(km, out["upd"], dim, opt)
-        out["invert"] = _sym(layer, "invert")
+        out["invert"] = symbol(layer, "invert")
         bw.invert(km, out["invert"], in_dim)
         if bias:
-            out["bias_upd"] = _sym(layer, "bias_upd")
+            out["bias_upd"] = symbol(layer, "bias_upd")
             bw.dense_update(km, out["bias_upd"], opt)
     else:
-        out["fwd"] = _sym(layer, "fwd")
+        out["fwd"] = symbol(layer, "fwd")
         fwd.dense_fc_fwd(km, out["fwd"], in_dim, dim, f_act, bias, gather=False)
-        out["upd"] = _sym(layer, "upd")
+        out["upd"] = symbol(layer, "upd")
         bw.rows_update_out_major(km, out["upd"], in_dim, dim, False, bias, opt)
         if ctx["needs_dx"]:
-            out["dx"] = _sym(layer, "dx")
+            out["dx"] = symbol(layer, "dx")
             bw.input_grad(km, out["dx"], in_dim, dim, False, ctx["in_activation"])
         k = layer["active"]
         if k < dim:
             # a sparse hidden layer applies its activation in the gather kernel; the output's stays
             # linear (fused with the loss) and also has the neuron-order forward for large batches
-            out["fwd_active"] = _sym(layer, "fwd_active")
+            out["fwd_active"] = symbol(layer, "fwd_active")
             fwd.dense_fc_fwd(km, out["fwd_active"], in_dim, k, f_act, bias, gather=True)
-            out["upd_active"] = _sym(layer, "upd_active")
+            out["upd_active"] = symbol(layer, "upd_active")
             bw.rows_update_out_major(km, out["upd_active"], in_dim, k, True, bias, opt)
             if is_out:
-                out["fwd_neuron"] = _sym(layer, "fwd_neuron")
+                out["fwd_neuron"] = symbol(layer, "fwd_neuron")
                 bw.fwd_by_neuron(km, out["fwd_neuron"], in_dim, k, bias)
             if ctx["needs_dx"]:
-                out["upd_active_dx"] = _sym(layer, "upd_active_dx")
+                out["upd_active_dx"] = symbol(layer, "upd_active_dx")
                 bw.rows_update_out_major(km, out["upd_active_dx"], in_dim, k, True, bias, opt, fuse_dx=True)
-            out["invert"] = _sym(layer, "invert")
+            out["invert"] = symbol(layer, "invert")
             bw.invert(km, out["invert"], dim)
     if is_out:
         out.update(OUTPUT_RULES[ctx["loss"]][1](km, layer, layer["active"] < dim))

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from boltc.lower.builder import F32, I1, I32, I64, Kernel, KernelModule
+from boltc.lower.builder import F32, I1, I32, I64, Kernel, KernelModule, symbol
 
 PROBES = 10          # == runtime/lsh.py _PROBES
 
 
 def lower_hash(km: KernelModule, layer: dict, h: dict) -> dict:
     name = layer["name"]
-    out = {"lookup": f"{name}__lookup", "lookup_ranked": f"{name}__lookup_ranked"}
+    out = {r: symbol(name, r) for r in ("lookup", "lookup_ranked")}
     lookup(km, out["lookup"], layer["dim"], layer["active"])
     lookup_ranked(km, out["lookup_ranked"], layer["dim"], layer["active"])
-    out["build"] = f"{name}__build"
+    out["build"] = symbol(name, "build")
     build_tables(km, out["build"], h["tables"], h["range_bits"], h["reservoir"])
     if h["family"] == "dwta":
-        out["hash"] = f"{name}__hash"
+        out["hash"] = symbol(name, "hash")
         dwta_hash(km, out["hash"], layer["in_dim"], h["tables"], h["hashes"], h["range_bits"],
                   h.get("bin_size", 8))
     return out
