@@ -257,12 +257,15 @@ class NativeExecutor:
 
     # ------------------------------------------------------------ training
     def _hyper(self, lr: float) -> np.ndarray:
-        t = self.plan.get("train", {})
-        b1, b2 = float(t.get("beta1", 0.9)), float(t.get("beta2", 0.999))
-        step = max(1, self.state.step)
-        vals = {"lr": lr, "beta1": b1, "beta2": b2, "eps": float(t.get("eps", 1e-7)),
-                "bc1": 1 - b1 ** step, "bc2": 1 - b2 ** step, "momentum": float(t.get("momentum", 0.0))}
-        return np.array([vals[h] for h in HYPER], np.float32)
+        """The update kernels' HYPER values from the interpreter's optimizer (Adam.hyper): one source
+        for both backends' float32 rounding. SGD reads lr and momentum; the Adam slots are inert."""
+        opt = self.interp.optimizer
+        vals = {"lr": lr, "beta1": 0.0, "beta2": 0.0, "eps": 1.0, "bc1": 1.0, "bc2": 1.0,
+                "momentum": float(getattr(opt, "mu", 0.0))}
+        if hasattr(opt, "hyper"):
+            h = opt.hyper(lr, max(1, self.state.step), np.float32)
+            vals.update(beta1=h["b1"], beta2=h["b2"], eps=h["eps"], bc1=h["bc1"], bc2=h["bc2"])
+        return np.array([vals[k] for k in HYPER], np.float32)
 
     def invert(self, ids: np.ndarray, dim: int, fn):
         """Neuron (or feature) -> positions with the `invert` kernel `fn` made for `dim` (serial
