@@ -32,13 +32,21 @@ from boltc.runtime import sampler_native as native
 from boltc.runtime.dataset import Dataset, as_csr
 from boltc.runtime.nw_sketch import NWSketch, SRPHasher
 
-SAMPLER_KINDS = ("uniform", "nw_sketch")
-NW_KEYS = ("rows", "bits", "mix", "refresh", "decay", "reweight", "temperature", "clip", "excess", "warmup",
-           "seed")
+SAMPLER_KINDS = ("uniform", "nw_sketch", "auto")
+NW_KEYS = ("draw", "key", "rows", "bits", "mix", "refresh", "decay", "reweight", "temperature", "clip", "excess",
+           "warmup", "keep", "floor", "seed")
+DRAWS = ("thin", "alias")
+KEYS = ("input", "input_label")
 HASH_CHUNK = 8192                 # rows hashed at a time (bounds the (chunk, R*K) projection buffer)
 OBSERVED_WINDOW = 4096            # (predicted, observed) pairs kept for the free rank correlation
 
 DEFAULTS = {
+    "draw": ("thin", "thin: walk a permutation and skip examples predicted easy (runtime/sampler_thin.py); "
+                     "alias draws N examples per epoch from p ∝ pred, which keeps every epoch's cost"),
+    "key": ("input_label", "input_label: an example's input and its labels, each scaled to unit norm, are hashed "
+                           "together, so the same input with different labels (ambiguous contexts) is told apart"),
+    "keep": (1.0, "1: examples above the mean predicted loss are always kept, the others in proportion"),
+    "floor": (0.1, "0.1: every example is kept with probability >= 0.1 (weights <= 10; none hidden for ever)"),
     "rows": (16, "16 rows: the sketch's error falls as 1/sqrt(R) (measured ~3% at R=10, ~1% at R=100 vs "
                  "the exact estimator); 16 costs 16 gathers per example per refresh"),
     "bits": ("auto", "auto: log2(N) - 1 clamped to [4, 16], about 2 examples per bucket: each example's "
@@ -61,7 +69,17 @@ DEFAULTS = {
                   "(adapting on a cold sketch while losses fall fastest cost accuracy early on)"),
     "seed": (None, "the training seed"),
 }
-
+# draw=thin changes three defaults: its weights are what keeps the gradient unbiased, it needs no
+# sharpening (skipping already concentrates the steps on hard examples), and it predicts each candidate
+# from the sketch at its turn, so it can start once the sketch has seen one epoch.
+THIN_DEFAULTS = {
+    "reweight": (True, "on with draw=thin: w = 1/k makes each epoch's summed gradient an unbiased estimate of "
+                       "a uniform epoch's"),
+    "temperature": (1.0, "1 with draw=thin: keep probability proportional to the predicted loss"),
+}
+AUTO_DEFAULTS = {
+    "warmup": (0, "0 for auto: it starts uniform anyway and switches on when the predictions rank the losses"),
+}
 
 def _bad(msg: str, location: Location | None) -> BoltValidationError:
     return BoltValidationError(msg, location)
@@ -82,16 +100,20 @@ def resolve_spec(spec: dict | None, n_rows: int | None = None, batch: int | None
         return {"kind": "uniform", "reasons": {"kind": "default: every example once per epoch, shuffled"}}
     unknown = sorted(set(spec) - set(NW_KEYS))
     if unknown:
-        raise _bad(f"unknown nw_sketch argument(s): {', '.join(unknown)} (expected: {', '.join(NW_KEYS)})",
+        raise _bad(f"unknown {kind} argument(s): {', '.join(unknown)} (expected: {', '.join(NW_KEYS)})",
                    location)
-    out = {"kind": "nw_sketch"}
+    if kind == "auto" and spec.get("draw", "thin") != "thin":
+        raise _bad("sampler auto switches thinning on and off: it takes no draw= argument", location)
+    out = {"kind": kind}
     reasons = {}
+    thin = spec.get("draw") in (None, "auto", "thin")
+    defaults = {**DEFAULTS, **(THIN_DEFAULTS if thin else {}), **(AUTO_DEFAULTS if kind == "auto" else {})}
     for key in NW_KEYS:
         if key in spec and spec[key] is not None and spec[key] != "auto":
             out[key] = spec[key]
             reasons[key] = "set in the model file"
         else:
-            out[key], reasons[key] = DEFAULTS[key]
+            out[key], reasons[key] = defaults[key]
     _validate(out, location)
     if out["bits"] == "auto" and n_rows is not None:
         out["bits"] = int(min(16, max(4, round(math.log2(max(n_rows, 2))) - 1)))
@@ -120,6 +142,10 @@ def _validate(s: dict, location: Location | None) -> None:
     def is_num(v) -> bool:
         return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
+    need(s["draw"] in DRAWS, f"draw must be one of {', '.join(DRAWS)}, got {s['draw']!r}")
+    need(s["key"] in KEYS, f"key must be one of {', '.join(KEYS)}, got {s['key']!r}")
+    need(is_num(s["keep"]) and s["keep"] > 0, f"keep must be > 0, got {s['keep']!r}")
+    need(is_num(s["floor"]) and 0.0 < s["floor"] <= 1.0, f"floor must be in (0, 1], got {s['floor']!r}")
     need(is_int(s["rows"]) and 1 <= s["rows"] <= 4096, f"rows must be an integer in [1, 4096], got {s['rows']!r}")
     need(s["bits"] == "auto" or (is_int(s["bits"]) and 1 <= s["bits"] <= 24),
          f"bits must be an integer in [1, 24] or auto, got {s['bits']!r}")
@@ -141,7 +167,11 @@ def make_sampler(spec: dict | None, dataset: Dataset, batch: int, seed: int = 0)
     if kind == "uniform":
         resolve_spec(spec)
         return UniformSampler(dataset.rows, batch, seed)
-    return NWSketchSampler(resolve_spec(spec, dataset.rows, batch), dataset, batch, seed)
+    resolved = resolve_spec(spec, dataset.rows, batch)
+    if resolved["kind"] == "nw_sketch" and resolved["draw"] == "alias":
+        return NWSketchSampler(resolved, dataset, batch, seed)
+    from boltc.runtime.sampler_thin import AutoSampler, ThinningSampler
+    return (AutoSampler if resolved["kind"] == "auto" else ThinningSampler)(resolved, dataset, batch, seed)
 
 
 def sampling_probabilities(pred: np.ndarray, mix: float, temperature: float) -> np.ndarray:
@@ -234,11 +264,22 @@ class UniformSampler:
         self.draws = int(state.get("draws", 0))
 
 
-def dataset_matrix(dataset: Dataset) -> sp.csr_matrix:
-    """Every input of the dataset side by side as one CSR matrix (what the sketch hashes)."""
+def dataset_matrix(dataset: Dataset, key: str = "input") -> sp.csr_matrix:
+    """Every input of the dataset side by side as one CSR matrix (what the sketch hashes); with
+    key="input_label" the labels too, input and labels each scaled to unit norm so that each half
+    weighs the same in the angle the hash sees."""
     parts = [as_csr(v) if sp.issparse(v) else sp.csr_matrix(np.asarray(v, dtype=np.float32))
              for v in dataset.inputs.values()]
-    return as_csr(parts[0] if len(parts) == 1 else sp.hstack(parts, format="csr"))
+    x = as_csr(parts[0] if len(parts) == 1 else sp.hstack(parts, format="csr"))
+    if key == "input" or dataset.labels is None:
+        return x
+    parts = [_unit_rows(x), _unit_rows(as_csr(sp.csr_matrix(dataset.labels, dtype=np.float32)))]
+    return as_csr(sp.hstack(parts, format="csr"))
+
+
+def _unit_rows(m: sp.csr_matrix) -> sp.csr_matrix:
+    norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+    return sp.diags(1.0 / np.maximum(norms, 1e-30)).astype(np.float32) @ m
 
 
 class NWSketchSampler:
@@ -271,7 +312,7 @@ class NWSketchSampler:
         self.sketch = NWSketch(self.rows_r, self.bits)
         with self._hash_timer:
             if codes is None:   # hash every example once: inputs never change during training
-                x = dataset_matrix(dataset)
+                x = dataset_matrix(dataset, spec.get("key", "input"))
                 self.hasher = SRPHasher(x.shape[1], self.rows_r, self.bits, self.seed)
                 codes = np.empty((self.n, self.rows_r), dtype=np.int32)
                 for s in range(0, self.n, HASH_CHUNK):

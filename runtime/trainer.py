@@ -147,6 +147,13 @@ class Trainer:
                 b.weights = np.asarray(weights, dtype=np.float32)
             yield rows, b
 
+    def _epoch_step(self, bi: int, bpe: int) -> int:
+        """The lr schedule's position within the epoch: a thinning sampler takes fewer steps per epoch,
+        so its position is the share of the epoch's permutation walked (`epoch_position` of its N), not
+        the step count (the two agree when nothing is skipped)."""
+        pos = getattr(self.sampler, "epoch_position", None)
+        return bi if pos is None else min(bpe - 1, int(pos) * bpe // int(self.sampler.n))
+
     def fit(self, train: Dataset, validation: Dataset | None = None, epochs: int | None = None,
             callbacks=()) -> dict:
         cfg = self.train_cfg
@@ -154,7 +161,12 @@ class Trainer:
         batch = int(cfg.get("batch", 256))
         seed = int(cfg.get("seed", 0))
         streaming = getattr(train, "streaming", False)
-        if streaming and (cfg.get("sampler") or {}).get("kind", "uniform") != "uniform":
+        kind = (cfg.get("sampler") or {}).get("kind", "uniform")
+        if streaming and kind == "auto" and self.sampler is None:
+            # auto means "adaptive only where it pays"; a streamed file cannot be revisited out of order
+            self.log(f"sampler auto: {train.source} is streamed, so it trains with the uniform sampler "
+                     "(the adaptive sampler needs the training set in memory)")
+        elif streaming and kind != "uniform":
             raise BoltValidationError(
                 f"sampler {cfg['sampler']['kind']} needs the training set in memory, but {train.source} is "
                 "streamed (too large for memory, or stream=true): use the uniform sampler, or a smaller file")
@@ -189,7 +201,7 @@ class Trainer:
                 up0 = getattr(self.ex, "upkeep_seconds", 0.0)
                 loss_sum, n_seen, lr = 0.0, 0, base_lr
                 for bi, (rows, b) in enumerate(self._epoch_batches(train, epoch, batch, seed)):
-                    lr = lr_at(base_lr, cfg.get("schedule"), epoch * bpe + bi, total_steps, bpe)
+                    lr = lr_at(base_lr, cfg.get("schedule"), epoch * bpe + self._epoch_step(bi, bpe), total_steps, bpe)
                     losses = self.ex.train_step(b, lr)
                     self.ex.after_step(epoch, bi, bpe)
                     self.sampler.observe(rows, losses)

@@ -47,7 +47,7 @@ def test_sampler_native_and_numpy_paths_agree():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((600, 20)).astype(np.float32)
     ds = Dataset(inputs={"x": x}, labels=None)
-    spec = {"kind": "nw_sketch", "refresh": 2}
+    spec = {"kind": "nw_sketch", "draw": "alias", "refresh": 2}
     fast = make_sampler(spec, ds, 30, seed=1)
     assert fast.native
     slow = type(fast)({**fast.spec}, ds, 30, seed=1, use_native=False)

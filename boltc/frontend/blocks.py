@@ -55,12 +55,17 @@ _SCHEDULES = {
 _SAMPLERS = {
     "uniform": (),
     # the keys runtime/sampler.py reads (NW_KEYS); `auto` (or leaving one out) takes the sampler's default
-    "nw_sketch": (Param("rows", integer(1), None), Param("bits", _auto_or(integer(1, 24)), None),
+    "nw_sketch": (Param("draw", word("thin", "alias", what="draw"), None),
+                  Param("key", word("input", "input_label", what="sketch key"), None),
+                  Param("keep", _POS, None), Param("floor", real(0.0, 1.0, low_open=True), None),
+                  Param("rows", integer(1), None), Param("bits", _auto_or(integer(1, 24)), None),
                   Param("mix", real(0.0, 1.0, low_open=True), None), Param("refresh", _auto_or(_POS), None),
                   Param("decay", real(0.0, 1.0), None), Param("reweight", boolean, None),
                   Param("temperature", _POS, None), Param("clip", _POS, None), Param("seed", integer(0), None),
                   Param("warmup", integer(0, what="a number of epochs"), None), Param("excess", boolean, None)),
 }
+# auto takes nw_sketch's settings except draw (it switches thinning on and off itself)
+_SAMPLERS["auto"] = tuple(p for p in _SAMPLERS["nw_sketch"] if p.name != "draw")
 _DISTRIBUTED = (Param("workers", integer(1), positional=True), Param("address", string, "auto"),
                 Param("exchange_every", integer(1), 1),
                 Param("exchange", word("sparse", "dense", "factors", what="exchange"), "sparse"))
