@@ -239,6 +239,8 @@ def fit_model(model, train=None, validation=None, epochs: int | None = None, *, 
     """
     import sys
     from boltc.runtime import savefile
+    from boltc.runtime.sampler import check_distributed
+    check_distributed(model.plan.get("train", {}).get("sampler"), (lambda msg: print(msg, file=sys.stderr)) if progress else None)
     require_ray()
     dist = dict(model.plan.get("train", {}).get("distributed") or {})
     workers = int(workers if workers is not None else (dist.get("workers") or 2))   # 0 is an error, not "unset"

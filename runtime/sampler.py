@@ -30,13 +30,13 @@ import scipy.sparse as sp
 from boltc.errors import BoltValidationError, Location
 from boltc.runtime import sampler_native as native
 from boltc.runtime.dataset import Dataset, as_csr
-from boltc.runtime.nw_sketch import NWSketch, SRPHasher
+from boltc.runtime.nw_sketch import MAX_PROJ_ROWS, NWSketch, SRPHasher
 
 SAMPLER_KINDS = ("uniform", "nw_sketch", "auto")
 NW_KEYS = ("draw", "key", "rows", "bits", "mix", "refresh", "decay", "reweight", "temperature", "clip", "excess",
            "warmup", "keep", "floor", "seed")
 DRAWS = ("thin", "alias")
-KEYS = ("input", "input_label")
+KEYS = ("example", "input", "input_label")
 HASH_CHUNK = 8192                 # rows hashed at a time (bounds the (chunk, R*K) projection buffer)
 OBSERVED_WINDOW = 4096            # (predicted, observed) pairs kept for the free rank correlation
 
@@ -160,6 +160,20 @@ def _validate(s: dict, location: Location | None) -> None:
     need(isinstance(s["excess"], (bool, np.bool_)), f"excess must be true or false, got {s['excess']!r}")
     need(is_int(s["warmup"]) and s["warmup"] >= 0, f"warmup must be a number of epochs >= 0, got {s['warmup']!r}")
     need(s["seed"] is None or is_int(s["seed"]), f"seed must be an integer, got {s['seed']!r}")
+
+
+def check_distributed(spec: dict | None, log=None) -> None:
+    """Distributed training shards the data by worker and walks each shard in order: there is no one
+    sampler that sees every example's loss. `auto` then trains uniformly (said in the log); an explicit
+    nw_sketch is an error rather than a silent uniform run."""
+    kind = (spec or {}).get("kind", "uniform")
+    if kind == "nw_sketch":
+        raise BoltValidationError("sampler nw_sketch is not supported with distributed training (each worker "
+                                  "walks its own shard, so no sampler sees every example's loss): use sampler "
+                                  "uniform or auto, or train on one machine")
+    if kind == "auto" and log is not None:
+        log("sampler auto: distributed training walks each worker's shard in order, so it trains with the "
+            "uniform sampler")
 
 
 def make_sampler(spec: dict | None, dataset: Dataset, batch: int, seed: int = 0):
@@ -309,17 +323,8 @@ class NWSketchSampler:
                 self.loss_floor = np.log(np.maximum(counts, 1)).astype(np.float64)
         self._timer = _Timer()
         self._hash_timer = _Timer()
-        self.sketch = NWSketch(self.rows_r, self.bits)
         with self._hash_timer:
-            if codes is None:   # hash every example once: inputs never change during training
-                x = dataset_matrix(dataset, spec.get("key", "input"))
-                self.hasher = SRPHasher(x.shape[1], self.rows_r, self.bits, self.seed)
-                codes = np.empty((self.n, self.rows_r), dtype=np.int32)
-                for s in range(0, self.n, HASH_CHUNK):
-                    codes[s:s + HASH_CHUNK] = native.hash_rows(self.hasher, x[s:s + HASH_CHUNK], self.native)
-            self.codes = np.ascontiguousarray(codes, dtype=np.int32)   # (N, R) bucket ids
-        if self.codes.shape != (self.n, self.rows_r):
-            raise ValueError(f"codes must have shape {(self.n, self.rows_r)}, got {self.codes.shape}")
+            self._build_predictor(dataset, spec, codes)
         self.pred = np.full(self.n, 1.0)          # predicted losses at the last refresh
         self.p = np.full(self.n, 1.0 / self.n)    # current sampling distribution
         self._alias_prob, self._alias_idx = native.build_alias(self.p, self.native)
@@ -330,6 +335,20 @@ class NWSketchSampler:
         self._obs_true = np.zeros(OBSERVED_WINDOW)
         self._obs_n = 0
         self._rank_corr: float | None = None
+
+    def _build_predictor(self, dataset: Dataset, spec: dict, codes: np.ndarray | None,
+                         max_proj_rows: int = MAX_PROJ_ROWS) -> None:
+        """The sketch, and every example's (N, R) bucket ids: hashed once, inputs never change."""
+        self.sketch = NWSketch(self.rows_r, self.bits)
+        if codes is None:
+            x = dataset_matrix(dataset, spec.get("key", "input"))
+            self.hasher = SRPHasher(x.shape[1], self.rows_r, self.bits, self.seed, max_proj_rows)
+            codes = np.empty((self.n, self.rows_r), dtype=np.int32)
+            for s in range(0, self.n, HASH_CHUNK):
+                codes[s:s + HASH_CHUNK] = native.hash_rows(self.hasher, x[s:s + HASH_CHUNK], self.native)
+        self.codes = np.ascontiguousarray(codes, dtype=np.int32)
+        if self.codes.shape != (self.n, self.rows_r):
+            raise ValueError(f"codes must have shape {(self.n, self.rows_r)}, got {self.codes.shape}")
 
     # -- the schedule ------------------------------------------------------------------------------
     def refresh(self) -> None:

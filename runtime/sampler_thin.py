@@ -42,6 +42,8 @@ AUTO_ON = 0.3        # noise gives |rho| ~ 1/sqrt(4096) = 0.016 on a full window
 AUTO_OFF = 0.15
 AUTO_MIN_SKIP = 0.1  # thinning that would skip under 10% of the data is not worth its variance
 MIN_PAIRS = 512      # no decision on fewer observed (prediction, loss) pairs
+THIN_PROJ_ROWS = 4096  # inputs folded to 4096 columns before projecting: a 4 MB projection that stays in
+                      # cache (32,768 columns cost 6 us a row to hash on sst2, more than a training step)
 PROBE_ROWS = 2048    # mean(s) is measured on this fixed random sample of the data at every ageing
 
 
@@ -60,6 +62,40 @@ def weighted_rank_correlation(a: np.ndarray, b: np.ndarray, w: np.ndarray | None
     if va <= 0 or vb <= 0:
         return None
     return float((w @ (ca * cb)) / np.sqrt(va * vb))
+
+
+class ExampleMemory:
+    """key=example: each example's own last (excess) loss, the prior for examples not seen yet. The
+    sketch's interface (query, update, decay, prior, state) over row ids instead of bucket ids: no hashing."""
+
+    def __init__(self, n: int):
+        self.loss = np.full(n, np.nan)
+        self.total_loss = 0.0
+        self.total_count = 0.0
+
+    @property
+    def prior(self) -> float:
+        return self.total_loss / self.total_count if self.total_count > 0 else 1.0
+
+    def query(self, rows: np.ndarray) -> np.ndarray:
+        v = self.loss[rows]
+        return np.where(np.isnan(v), self.prior, v)
+
+    def update(self, rows: np.ndarray, losses: np.ndarray) -> None:
+        self.loss[rows] = losses
+        self.total_loss += float(losses.sum())
+        self.total_count += float(losses.size)
+
+    def decay(self, factor: float) -> None:
+        self.total_loss *= factor
+        self.total_count *= factor
+
+    def state_dict(self) -> dict:
+        return {"loss": self.loss.copy(), "total_loss": self.total_loss, "total_count": self.total_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loss = np.array(state["loss"], dtype=np.float64)
+        self.total_loss, self.total_count = float(state["total_loss"]), float(state["total_count"])
 
 
 class ThinningSampler(NWSketchSampler):
@@ -81,6 +117,12 @@ class ThinningSampler(NWSketchSampler):
         self._obs_w = np.ones(OBSERVED_WINDOW)
         self._pending: dict = {}           # id of a yielded rows array -> (predictions, weights)
 
+    def _build_predictor(self, dataset, spec: dict, codes, max_proj_rows: int = 0) -> None:
+        if spec.get("key") == "example":
+            self.sketch, self.codes = ExampleMemory(self.n), None
+            return
+        super()._build_predictor(dataset, spec, codes, THIN_PROJ_ROWS)
+
     # -- keep decisions ----------------------------------------------------------------------------
     def keep_probabilities(self, rows: np.ndarray, pred: np.ndarray | None = None) -> np.ndarray:
         """k_i for each row from the sketch's current predictions (updates nothing)."""
@@ -96,7 +138,12 @@ class ThinningSampler(NWSketchSampler):
         return np.clip(self.keep_scale * s / norm, self.floor, 1.0)
 
     def predict_rows(self, rows: np.ndarray) -> np.ndarray:
+        if self.codes is None:
+            return self.sketch.query(rows)
         return native.query(self.sketch, np.ascontiguousarray(self.codes[rows]), self.native)
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        return self.predict_rows(np.asarray(rows, dtype=np.int64))
 
     def measure_norm(self) -> None:
         """mean(s) over the probe rows (the normaliser of the keep probabilities)."""
@@ -187,7 +234,10 @@ class ThinningSampler(NWSketchSampler):
             pos = (self._obs_n + np.arange(k)) % OBSERVED_WINDOW
             self._obs_pred[pos], self._obs_true[pos], self._obs_w[pos] = pred[:k], losses[:k], w[:k]
             self._obs_n += k
-            native.update(self.sketch, self.codes, rows, losses, self.native)
+            if self.codes is None:
+                self.sketch.update(rows, losses)
+            else:
+                native.update(self.sketch, self.codes, rows, losses, self.native)
             self._after_observe()
 
     def _after_observe(self) -> None:

@@ -93,6 +93,14 @@ def evaluate(executor, dataset: Dataset, names, sparse: bool = False, batch: int
     return out
 
 
+def epoch_step(sampler, bi: int, bpe: int) -> int:
+    """The lr schedule's position within the epoch: a thinning sampler takes fewer steps per epoch, so
+    its position is the share of the epoch's permutation walked (`epoch_position` of its N), not the
+    step count (the two agree when nothing is skipped)."""
+    pos = getattr(sampler, "epoch_position", None)
+    return bi if pos is None else min(bpe - 1, int(pos) * bpe // int(sampler.n))
+
+
 class Trainer:
     def __init__(self, plan: dict, state, executor, sampler=None, *, source: str = "",
                  checkpoint: str | Path | None = None, progress: bool = True, log=None):
@@ -147,13 +155,6 @@ class Trainer:
                 b.weights = np.asarray(weights, dtype=np.float32)
             yield rows, b
 
-    def _epoch_step(self, bi: int, bpe: int) -> int:
-        """The lr schedule's position within the epoch: a thinning sampler takes fewer steps per epoch,
-        so its position is the share of the epoch's permutation walked (`epoch_position` of its N), not
-        the step count (the two agree when nothing is skipped)."""
-        pos = getattr(self.sampler, "epoch_position", None)
-        return bi if pos is None else min(bpe - 1, int(pos) * bpe // int(self.sampler.n))
-
     def fit(self, train: Dataset, validation: Dataset | None = None, epochs: int | None = None,
             callbacks=()) -> dict:
         cfg = self.train_cfg
@@ -201,7 +202,7 @@ class Trainer:
                 up0 = getattr(self.ex, "upkeep_seconds", 0.0)
                 loss_sum, n_seen, lr = 0.0, 0, base_lr
                 for bi, (rows, b) in enumerate(self._epoch_batches(train, epoch, batch, seed)):
-                    lr = lr_at(base_lr, cfg.get("schedule"), epoch * bpe + self._epoch_step(bi, bpe), total_steps, bpe)
+                    lr = lr_at(base_lr, cfg.get("schedule"), epoch * bpe + epoch_step(self.sampler, bi, bpe), total_steps, bpe)
                     losses = self.ex.train_step(b, lr)
                     self.ex.after_step(epoch, bi, bpe)
                     self.sampler.observe(rows, losses)

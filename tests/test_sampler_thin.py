@@ -153,3 +153,25 @@ def test_auto_resumes_from_its_state_dict_exactly_after_switching_on():
     assert len(done) + len(rest) == len(ref)
     for a, b in zip(done + rest, ref):
         assert np.array_equal(a, b)
+
+
+def test_distributed_training_refuses_nw_sketch_and_runs_auto_uniformly(tmp_path, capsys):
+    from pathlib import Path
+
+    from boltc.cli import main
+    from boltc.errors import BoltValidationError
+    from boltc.runtime.sampler import check_distributed
+    with pytest.raises(BoltValidationError, match="not supported with distributed training"):
+        check_distributed({"kind": "nw_sketch"})
+    said = []
+    check_distributed({"kind": "auto"}, said.append)
+    assert said and "uniform" in said[0]
+    check_distributed({"kind": "uniform"}, said.append)
+    assert len(said) == 1
+    tiny = (Path(__file__).parents[1] / "models" / "tiny.bolt").read_text()
+    src = tmp_path / "d.bolt"
+    src.write_text(tiny.replace("epochs    3", "epochs    1\n    sampler   nw_sketch"))
+    out = tmp_path / "d.boltc"
+    assert main(["train", str(src), "--workers", "2", "-o", str(out), "--no-progress"]) == 1
+    assert "not supported with distributed training" in capsys.readouterr().err
+    assert not out.exists()
