@@ -52,7 +52,7 @@ SPLIT_SEED = 20240
 
 # -- data ------------------------------------------------------------------------------------------
 def subset(ds, rows):
-    from boltc.runtime.dataset import Dataset, _take
+    from boltc.runtime.data.dataset import Dataset, _take
     rows = np.asarray(rows, dtype=np.int64)
     return Dataset(inputs={k: _take(v, rows) for k, v in ds.inputs.items()},
                    labels=_take(ds.labels, rows) if ds.labels is not None else None,
@@ -78,9 +78,9 @@ def load(model, rows_cap, test_cap):
 # -- one run (a generator: one step per next()) ----------------------------------------------------
 def run(model, spec, train, val, epochs, seed, metric, out):
     """Train `model` with sampler `spec` as Trainer.fit does, yielding after every step; fills `out`."""
-    from boltc.runtime.optim import lr_at
-    from boltc.runtime.sampler import make_sampler
-    from boltc.runtime.trainer import epoch_step, evaluate
+    from boltc.runtime.exec.optim import lr_at
+    from boltc.runtime.sampler.adaptive import make_sampler
+    from boltc.runtime.train.trainer import epoch_step, evaluate
     ex, cfg = model.executor, model.plan["train"]
     batch, base_lr = int(cfg["batch"]), float(cfg["lr"])
     bpe = -(-train.rows // batch)
@@ -134,7 +134,7 @@ def warm_up(model_file, backend, train, val):
     """A few steps and an evaluation of a throwaway model, clock off: kernels that are built or loaded on
     first use are then in place for every timed run alike (otherwise the first run in the lockstep pays)."""
     import boltc
-    from boltc.runtime.trainer import evaluate
+    from boltc.runtime.train.trainer import evaluate
     m = boltc.compile(str(ROOT / model_file), backend=backend)
     batch = int(m.plan["train"]["batch"])
     for i in range(3):
@@ -146,7 +146,7 @@ def warm_up(model_file, backend, train, val):
 
 def run_seed(model_file, specs, seed, epochs, backend, metric, rows_cap, test_cap):
     import boltc
-    from boltc.runtime.trainer import evaluate
+    from boltc.runtime.train.trainer import evaluate
     models = {name: boltc.compile(str(ROOT / model_file), backend=backend, sampler=sp_, seed=seed, epochs=epochs)
               for name, sp_ in specs.items()}
     first = next(iter(models.values()))

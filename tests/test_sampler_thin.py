@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from boltc.runtime.dataset import Dataset
-from boltc.runtime.sampler import UniformSampler, make_sampler
-from boltc.runtime.sampler_thin import AUTO_ON, weighted_rank_correlation
+from boltc.runtime.data.dataset import Dataset
+from boltc.runtime.sampler.adaptive import UniformSampler, make_sampler
+from boltc.runtime.sampler.thin import AUTO_ON, weighted_rank_correlation
 
 
 def _clusters(n=3000, d=40, seed=0, clusters=8):
@@ -160,7 +160,7 @@ def test_distributed_training_refuses_nw_sketch_and_runs_auto_uniformly(tmp_path
 
     from boltc.cli import main
     from boltc.errors import BoltValidationError
-    from boltc.runtime.sampler import check_distributed
+    from boltc.runtime.sampler.adaptive import check_distributed
     with pytest.raises(BoltValidationError, match="not supported with distributed training"):
         check_distributed({"kind": "nw_sketch"})
     said = []

@@ -5,7 +5,7 @@ yields `(rows int64, weights float32 | None)`, N draws per epoch; `observe(rows,
 step; `stats()`; `state_dict()` / `load_state_dict()` hold plain numpy arrays and JSON-able scalars.
 
 The adaptive sampler (docs/sampler.md): every example's input is hashed once into R buckets
-(runtime/nw_sketch.py); the losses the trainer computes anyway are added to the sketch; every `refresh`
+(runtime/sampler/nw_sketch.py); the losses the trainer computes anyway are added to the sketch; every `refresh`
 steps every example's loss is predicted from the sketch and the sampling distribution is rebuilt:
     q_i ∝ pred_i ** (1 / temperature),   p_i = (1 - mix) q_i + mix / N
 so p_i >= mix / N (no example starves). Draws come from an alias table (O(1) each). With `reweight`
@@ -28,9 +28,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from boltc.errors import BoltValidationError, Location
-from boltc.runtime import sampler_native as native
-from boltc.runtime.dataset import Dataset, as_csr
-from boltc.runtime.nw_sketch import MAX_PROJ_ROWS, NWSketch, SRPHasher
+from boltc.runtime.sampler import native
+from boltc.runtime.data.dataset import Dataset, as_csr
+from boltc.runtime.sampler.nw_sketch import MAX_PROJ_ROWS, NWSketch, SRPHasher
 
 SAMPLER_KINDS = ("uniform", "nw_sketch", "auto")
 NW_KEYS = ("draw", "key", "rows", "bits", "mix", "refresh", "decay", "reweight", "temperature", "clip", "excess",
@@ -41,7 +41,7 @@ HASH_CHUNK = 8192                 # rows hashed at a time (bounds the (chunk, R*
 OBSERVED_WINDOW = 4096            # (predicted, observed) pairs kept for the free rank correlation
 
 DEFAULTS = {
-    "draw": ("thin", "thin: walk a permutation and skip examples predicted easy (runtime/sampler_thin.py); "
+    "draw": ("thin", "thin: walk a permutation and skip examples predicted easy (runtime/sampler/thin.py); "
                      "alias draws N examples per epoch from p ∝ pred, which keeps every epoch's cost"),
     "key": ("input_label", "input_label: an example's input and its labels, each scaled to unit norm, are hashed "
                            "together, so the same input with different labels (ambiguous contexts) is told apart"),
@@ -184,7 +184,7 @@ def make_sampler(spec: dict | None, dataset: Dataset, batch: int, seed: int = 0)
     resolved = resolve_spec(spec, dataset.rows, batch)
     if resolved["kind"] == "nw_sketch" and resolved["draw"] == "alias":
         return NWSketchSampler(resolved, dataset, batch, seed)
-    from boltc.runtime.sampler_thin import AutoSampler, ThinningSampler
+    from boltc.runtime.sampler.thin import AutoSampler, ThinningSampler
     return (AutoSampler if resolved["kind"] == "auto" else ThinningSampler)(resolved, dataset, batch, seed)
 
 

@@ -4,7 +4,7 @@ An epoch walks a fresh random permutation of the training set (as `uniform`). Ea
 is kept with probability
     k_i = clip(keep * s_i / mean(s), floor, 1),   s_i = max(pred_i, 0) ** (1 / temperature)
 where pred_i is the Nadaraya-Watson sketch's predicted (excess) loss at the moment the example's turn
-comes (runtime/nw_sketch.py; the sketch learns from the losses the trainer computes anyway), and
+comes (runtime/sampler/nw_sketch.py; the sketch learns from the losses the trainer computes anyway), and
 mean(s) is measured on a fixed random probe of PROBE_ROWS examples each time the sketch is aged (about
 ten times an epoch), so a frozen sketch gives fixed keep probabilities. A kept example
 carries the weight w_i = 1 / k_i, so the epoch's summed gradient is an unbiased estimate of a uniform
@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from boltc.runtime import sampler_native as native
-from boltc.runtime.sampler import OBSERVED_WINDOW, NWSketchSampler, rankdata
+from boltc.runtime.sampler import native
+from boltc.runtime.sampler.adaptive import OBSERVED_WINDOW, NWSketchSampler, rankdata
 
 AUTO_ON = 0.3        # noise gives |rho| ~ 1/sqrt(4096) = 0.016 on a full window: 0.3 is far outside it
 AUTO_OFF = 0.15
