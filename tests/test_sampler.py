@@ -189,9 +189,13 @@ def test_rank_correlation_of_predictions_with_true_losses():
 
 def test_non_finite_losses_are_ignored():
     ds, _ = _dataset(n=200)
-    s = make_sampler({"kind": "nw_sketch"}, ds, 20)
+    for spec in ({"kind": "nw_sketch", "draw": "alias"}, {"kind": "nw_sketch", "key": "input"}):
+        s = make_sampler(spec, ds, 20)
+        s.observe(np.array([0, 1, 2]), np.array([np.nan, np.inf, 1.5]))
+        assert s.sketch.total_count == 1 and np.isfinite(s.sketch.loss).all()
+    s = make_sampler({"kind": "nw_sketch"}, ds, 20)            # key=example: own last loss per row
     s.observe(np.array([0, 1, 2]), np.array([np.nan, np.inf, 1.5]))
-    assert s.sketch.total_count == 1 and np.isfinite(s.sketch.loss).all()
+    assert s.sketch.total_count == 1 and np.array_equal(s.predict(np.array([0, 1, 2])), [1.5, 1.5, 1.5])
 
 
 def test_resolve_spec_fills_defaults_with_reasons_and_rejects_bad_input():
