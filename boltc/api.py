@@ -150,6 +150,7 @@ class Model:
         self.history = trainer.fit(train_ds, val_ds, epochs=e, callbacks=callbacks)
         self.history["backend"] = self.backend
         self.history["train_source"] = train_ds.source
+        self.history["validation_source"] = val_ds.source if val_ds is not None else None
         return self.history
 
     def validation_split(self, train_ds, validation=None):

@@ -12,7 +12,7 @@ import copy
 from boltc import ir
 from boltc.frontend import ast
 from boltc.frontend.bind import (Param, Problem, as_call, bind, boolean, did_you_mean, integer, one_of_words, real,
-                                 string, word)
+                                 string, take_auto, tunable, word)
 
 TRAIN_DEFAULTS = {
     "optimizer": "adam", "lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-7, "momentum": 0.0,
@@ -36,14 +36,15 @@ SGD_DEFAULT_LR = 0.01
 
 _POS = real(0.0, low_open=True)
 _OPTIMIZERS = {
-    "adam": (Param("lr", _POS, TRAIN_DEFAULTS["lr"]), Param("beta1", real(0.0, 1.0), 0.9),
+    "adam": (Param("lr", tunable(_POS, "lr", TRAIN_DEFAULTS["lr"]), TRAIN_DEFAULTS["lr"]),
+             Param("beta1", real(0.0, 1.0), 0.9),
              Param("beta2", real(0.0, 1.0), 0.999), Param("eps", _POS, 1e-7),
              # decoupled (AdamW) decay on the touched weight rows; 0 = plain lazy Adam as BOLT
-             Param("weight_decay", real(0.0), 0.0),
+             Param("weight_decay", tunable(real(0.0), "weight_decay", 0.0), 0.0),
              # storage of m and v: float32, bfloat16, or auto = bf16 only for very large tensors
              # (boltc/passes/plan_memory_moments.py has the rule and why)
              Param("moments", word("f32", "bf16", "auto", what="moment storage"), "auto")),
-    "sgd": (Param("lr", _POS, SGD_DEFAULT_LR), Param("momentum", real(0.0, 1.0), 0.0)),
+    "sgd": (Param("lr", tunable(_POS, "lr", SGD_DEFAULT_LR), SGD_DEFAULT_LR), Param("momentum", real(0.0, 1.0), 0.0)),
 }
 
 
@@ -76,7 +77,7 @@ _DISTRIBUTED = (Param("workers", integer(1), positional=True), Param("address", 
                 Param("exchange_every", integer(1), 1),
                 Param("exchange", word("sparse", "dense", "factors", what="exchange"), "sparse"))
 _SCALARS = {
-    "batch": ("batch", integer(1)), "threads": ("threads", integer(0)),
+    "batch": ("batch", tunable(integer(1, what="a batch size or auto"), "batch", TRAIN_DEFAULTS["batch"])), "threads": ("threads", integer(0)),
     "patience": ("patience", integer(1, what="a number of epochs")),
     "holdout": ("holdout", real(0.0, 0.9, what="a share of the training rows (0 = none)")),
     "seed": ("seed", integer(0)), "checkpoint": ("checkpoint_every", integer(1, what="a number of epochs")),
@@ -120,7 +121,8 @@ def _one_value(st: ast.Setting) -> ast.Value:
     return st.values[0]
 
 
-def build_train(body, problems: list[Problem]) -> dict:
+def build_train(body, problems: list[Problem], tunables: list | None = None) -> dict:
+    tunables = [] if tunables is None else tunables
     train = default_train()
     seen: dict[str, int] = {}
     auto_epochs = False
@@ -141,7 +143,7 @@ def build_train(body, problems: list[Problem]) -> dict:
             value = _one_value(st)
             if key == "optimizer":
                 name, got = _choose(value, _OPTIMIZERS, "optimizer", problems)
-                train.update(optimizer=name, **got)
+                train.update(optimizer=name, **take_auto(got, ("train",), tunables))
             elif key == "schedule":
                 name, got = _choose(value, _SCHEDULES, "schedule", problems)
                 train["schedule"] = {"kind": name, **_given(got)}
@@ -158,7 +160,7 @@ def build_train(body, problems: list[Problem]) -> dict:
             else:
                 plan_key, conv = _SCALARS[key]
                 try:
-                    train[plan_key] = conv(value)
+                    train.update(take_auto({plan_key: conv(value)}, ("train",), tunables))
                 except Problem as e:
                     raise Problem(f"{key}: {e.message}", e.loc) from None
         except Problem as e:
