@@ -77,7 +77,7 @@ _DISTRIBUTED = (Param("workers", integer(1), positional=True), Param("address", 
                 Param("exchange_every", integer(1), 1),
                 Param("exchange", word("sparse", "dense", "factors", what="exchange"), "sparse"))
 _SCALARS = {
-    "batch": ("batch", tunable(integer(1, what="a batch size or auto"), "batch", TRAIN_DEFAULTS["batch"])), "threads": ("threads", integer(0)),
+    "batch": ("batch", tunable(integer(1), "batch", TRAIN_DEFAULTS["batch"])), "threads": ("threads", integer(0)),
     "patience": ("patience", integer(1, what="a number of epochs")),
     "holdout": ("holdout", real(0.0, 0.9, what="a share of the training rows (0 = none)")),
     "seed": ("seed", integer(0)), "checkpoint": ("checkpoint_every", integer(1, what="a number of epochs")),

@@ -90,7 +90,7 @@ LAYER_WORDS = ("fc", "embedding", "concat", "layernorm")
 
 
 def _layer_params(op: str, problems) -> tuple[Param, ...]:
-    width = tunable(integer(1, what="a width or auto"), "width", AUTO_WIDTH)
+    width = tunable(integer(1), "width", AUTO_WIDTH)
     if op == "fc":
         return (Param("input", reference, positional=True), Param("dim", width, positional=True),
                 Param("activation", word(*ir.ACTIVATIONS, what="activation"), "linear", positional=True),
