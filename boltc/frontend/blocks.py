@@ -76,6 +76,22 @@ _SAMPLERS = {
 _DISTRIBUTED = (Param("workers", integer(1), positional=True), Param("address", string, "auto"),
                 Param("exchange_every", integer(1), 1),
                 Param("exchange", word("sparse", "dense", "factors", what="exchange"), "sparse"))
+
+
+def _duration(v: ast.Value) -> float:
+    """Seconds: a number, or a string such as "90s", "10m", "1h"."""
+    from boltc.tune.budget import parse_duration
+    if not isinstance(v, (ast.Number, ast.String)):
+        raise Problem(f'expected a duration (seconds, or a string like "10m"), found {ast.describe(v)}', v.loc)
+    try:
+        return parse_duration(v.value)
+    except ValueError as e:
+        raise Problem(str(e), v.loc) from None
+
+
+# `tune(budget="10m", trials=N)`: `boltc run` and `boltc tune` search the values written auto
+# (boltc/tune/search.py); budget is the search's wall-clock time
+_TUNE = (Param("budget", _duration, 600.0, positional=True), Param("trials", integer(1, what="a number of trials"), None))
 _SCALARS = {
     "batch": ("batch", tunable(integer(1), "batch", TRAIN_DEFAULTS["batch"])), "threads": ("threads", integer(0)),
     "patience": ("patience", integer(1, what="a number of epochs")),
@@ -89,7 +105,7 @@ _SCALARS = {
 # keys written into the plan only when the block sets them (the runtime holds their defaults)
 OPTIONAL_TRAIN_KEYS = ("upkeep_budget", "patience")
 TRAIN_WORDS = ("optimizer", "batch", "epochs", "patience", "holdout", "schedule", "sampler", "threads", "seed",
-               "checkpoint", "inference", "upkeep_budget", "distributed(...)")
+               "checkpoint", "inference", "upkeep_budget", "tune(...)", "distributed(...)")
 
 
 def _epochs(v: ast.Value):
@@ -134,6 +150,10 @@ def build_train(body, problems: list[Problem], tunables: list | None = None) -> 
             if isinstance(st, ast.Bare) and key == "distributed":
                 seen[key] = st.loc.line
                 train["distributed"] = bind(st.call, _DISTRIBUTED, "distributed", problems)
+                continue
+            if isinstance(st, ast.Bare) and key == "tune":
+                seen[key] = st.loc.line
+                train["tune"] = _given(bind(st.call, _TUNE, "tune", problems))
                 continue
             if not isinstance(st, ast.Setting) or key not in _SCALARS and key not in (
                     "optimizer", "schedule", "sampler", "epochs"):

@@ -126,6 +126,8 @@ def _train_lines(t: dict) -> list[str]:
     for key in OPTIONAL_TRAIN_KEYS:
         if key in t:
             lines.append(f"{key} {fmt_value(t[key])}")
+    if t.get("tune"):
+        lines.append(_call("tune", [], _kw(t["tune"])))
     if t.get("distributed"):
         lines.append(_call("distributed", [], _kw(t["distributed"], words=("exchange",))))
     return lines
