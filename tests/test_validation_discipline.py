@@ -7,8 +7,8 @@ import scipy.sparse as sp
 import boltc
 from boltc.cli import main
 from boltc.errors import BoltError
-from boltc.runtime import trainer as trainer_mod
-from boltc.runtime.holdout import holdout_rows
+from boltc.runtime.train import trainer as trainer_mod
+from boltc.runtime.data.holdout import holdout_rows
 
 ROWS, CLASSES = 300, 5
 
@@ -73,7 +73,7 @@ def test_fit_validates_on_held_out_rows_only(monkeypatch):
 
 
 def test_cli_train_never_validates_on_the_test_file(tmp_path):
-    from boltc.runtime.xcformat import write_xc
+    from boltc.runtime.data.xcformat import write_xc
     bolt = tmp_path / "m.bolt"
     bolt.write_text(model_text())
     for name, first, n in (("train.txt", 0, ROWS), ("test.txt", ROWS, 50)):

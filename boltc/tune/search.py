@@ -96,7 +96,7 @@ class _Data:
                     model.plan["target"]["class_names"] = list(full.class_names)
                 pair = (full, model.dataset(self.val_src))
             else:
-                from boltc.runtime.holdout import split
+                from boltc.runtime.data.holdout import split
                 pair = split(full, self.share, self.seed)
             self.cache[key] = pair
         pair = self.cache[key]
@@ -170,7 +170,7 @@ def tune(model_path, budget: float, output, *, train=None, validation=None, test
         raise BoltError(f"{file}: nothing to tune: write `auto` for the values to search (a layer's width, "
                         "adam(lr=auto), batch auto, epochs auto, ...)")
     seed_v = int(train_cfg.get("seed", 0))
-    from boltc.runtime.trainer import metric_names
+    from boltc.runtime.train.trainer import metric_names
     metric = metric_names(base_plan)[0]
     fp = fingerprint(text, tunables, {"train": str(train), "validation": str(validation), "share": share,
                                       "seed": seed_v, "backend": backend})

@@ -8,7 +8,7 @@ out. Decisions:
 - Both parts keep the original row order; they are disjoint and together are exactly the input's rows
   (tests/test_holdout.py checks this against the row ids).
 - At least one row is held out for any share > 0, and at least one row stays for training.
-- A streamed training file (runtime/stream.py) cannot be split in memory: it needs a validation file
+- A streamed training file (runtime/data/stream.py) cannot be split in memory: it needs a validation file
   (the caller says so, or trains without per-epoch metrics when nothing asks for them).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import replace
 import numpy as np
 
 from boltc.errors import DataError
-from boltc.runtime.dataset import Dataset, take_rows
+from boltc.runtime.data.dataset import Dataset, take_rows
 
 HOLDOUT_STREAM = 0x4F1D
 
