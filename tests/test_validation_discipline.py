@@ -179,3 +179,12 @@ def test_new_settings_have_located_errors(tmp_path, capsys, setting, where, mess
     err = capsys.readouterr().err
     col = 5 + len(setting.split()[0]) + 1
     assert f"m.bolt:7:{col}: error: {message}" in err, err
+
+
+def test_a_decaying_schedule_with_epochs_auto_is_located(tmp_path, capsys):
+    bolt = tmp_path / "m.bolt"
+    bolt.write_text("model m {\n  input x: sparse(10)\n  target y: label(3)\n  s = fc(x, 3, softmax)\n"
+                    "  loss cross_entropy(s, y)\n  train {\n    epochs auto\n    schedule linear(end=0.1)\n  }\n}\n")
+    assert main(["check", str(bolt)]) == 1
+    assert "m.bolt:8:14: error: schedule linear decays over a known number of epochs; with `epochs auto` use " \
+           "constant or step(every=E)" in capsys.readouterr().err

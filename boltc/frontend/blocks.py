@@ -142,6 +142,7 @@ def build_train(body, problems: list[Problem], tunables: list | None = None) -> 
     train = default_train()
     seen: dict[str, int] = {}
     auto_epochs = False
+    schedule_loc = None
     for st in body:
         try:
             key = st.call.name if isinstance(st, ast.Bare) else getattr(st, "key", getattr(st, "keyword", "?"))
@@ -167,6 +168,7 @@ def build_train(body, problems: list[Problem], tunables: list | None = None) -> 
             elif key == "schedule":
                 name, got = _choose(value, _SCHEDULES, "schedule", problems)
                 train["schedule"] = {"kind": name, **_given(got)}
+                schedule_loc = value.loc
             elif key == "sampler":
                 name, got = _choose(value, _SAMPLERS, "sampler", problems)
                 train["sampler"] = {"kind": name, **_given(got)}
@@ -187,6 +189,11 @@ def build_train(body, problems: list[Problem], tunables: list | None = None) -> 
             problems.append(e)
     if auto_epochs:
         train.setdefault("patience", DEFAULT_PATIENCE)
+        if train["schedule"]["kind"] in ("linear", "cosine"):
+            # they decay over the run's length, which early stopping does not know up front: the decay
+            # would be spread over the cap, and a tuned model's fixed epoch count would decay differently
+            problems.append(Problem(f"schedule {train['schedule']['kind']} decays over a known number of epochs; "
+                                    "with `epochs auto` use constant or step(every=E)", schedule_loc))
     return train
 
 
