@@ -1,4 +1,4 @@
-"""When checkpoints are written (runtime/checkpoints.py): a wall-clock interval by default, every N epochs
+"""When checkpoints are written (runtime/train/checkpoints.py): a wall-clock interval by default, every N epochs
 when asked, at the end, when a callback stops the run, and on Ctrl-C (a real SIGINT to a real process),
 each one still resuming bit-identically."""
 import os
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from boltc.runtime import savefile
-from boltc.runtime.checkpoints import CheckpointPolicy
-from boltc.runtime.executor import make_executor
-from boltc.runtime.state import ModelState
-from boltc.runtime.trainer import Trainer
+from boltc.runtime.train.checkpoints import CheckpointPolicy
+from boltc.runtime.exec.executor import make_executor
+from boltc.runtime.exec.state import ModelState
+from boltc.runtime.train.trainer import Trainer
 from runtime_models import tiny_source
 from test_trainer import data, make_plan
 

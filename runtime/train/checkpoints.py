@@ -3,7 +3,7 @@ and when the run is interrupted.
 
 Decisions:
 - Checkpoints stay at epoch boundaries: that is the state a resumed run continues from bit-identically
-  (runtime/trainer.py). What changes is how often: a checkpoint holds the weights and both Adam moments
+  (runtime/train/trainer.py). What changes is how often: a checkpoint holds the weights and both Adam moments
   (a 262,144 x 128 text model: ~400 MB, hashed and fsynced), and writing one after every short epoch
   took 7.5 of 8.1 s of a text model's run. By default one is written when DEFAULT_INTERVAL_S of wall
   clock have passed since the last one (or since training started), so a crash loses at most about that

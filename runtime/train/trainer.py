@@ -10,7 +10,7 @@ Reproducibility (decisions):
 - So a checkpoint taken at the end of an epoch (weights, Adam moments, step, hash tables with their
   counters, sampler state, history) is all a resumed run needs to continue bit-identically
   (tests/test_trainer.py checks this against an uninterrupted run). Which epoch ends get one (a
-  wall-clock interval, every N epochs, the end, an interruption): runtime/checkpoints.py.
+  wall-clock interval, every N epochs, the end, an interruption): runtime/train/checkpoints.py.
 - Checkpoints are whole `.boltc` files plus an `optimizer/` part, written atomically (savefile), so a run
   killed while writing keeps the previous checkpoint intact.
 Validation runs after each epoch with dense inference (and sparse inference too for LSH-sparse outputs
@@ -27,11 +27,11 @@ import numpy as np
 
 from boltc import debug
 from boltc.errors import BoltValidationError
-from boltc.runtime import metrics as metrics_mod
+from boltc.runtime.train import metrics as metrics_mod
 from boltc.runtime import savefile
-from boltc.runtime.checkpoints import CheckpointPolicy, StopRequest
-from boltc.runtime.dataset import Dataset
-from boltc.runtime.optim import lr_at
+from boltc.runtime.train.checkpoints import CheckpointPolicy, StopRequest
+from boltc.runtime.data.dataset import Dataset
+from boltc.runtime.exec.optim import lr_at
 
 DEFAULT_METRICS = ("precision@1", "precision@3", "precision@5")
 EVAL_BATCH = 1024
@@ -65,7 +65,7 @@ class _UniformSampler:
 
 def make_sampler(spec: dict | None, dataset: Dataset, batch: int, seed: int):
     try:
-        from boltc.runtime.sampler import make_sampler as real
+        from boltc.runtime.sampler.adaptive import make_sampler as real
     except ImportError:
         return _UniformSampler(dataset.rows, batch, seed)
     return real(spec, dataset, batch, seed)
@@ -171,7 +171,7 @@ class Trainer:
                             else make_sampler(cfg.get("sampler"), train, batch, seed))
         upkeep = getattr(self.ex, "upkeep", None)
         if upkeep is not None and hasattr(upkeep, "set_label_frequency"):
-            # the negatives' weights from the data's label counts (lsh_upkeep.py); a streamed file's
+            # the negatives' weights from the data's label counts (runtime/lsh/upkeep.py); a streamed file's
             # are not known up front, so it keeps the running counts
             classes = int((self.plan.get("target") or {}).get("classes", 0))
             upkeep.set_label_frequency(None if streaming or train.labels is None else
