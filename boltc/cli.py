@@ -11,7 +11,7 @@ import sys
 
 from boltc.errors import BoltError
 
-COMMANDS = ("run", "check", "compile", "train", "eval", "predict", "inspect", "synth")
+COMMANDS = ("run", "check", "compile", "train", "eval", "predict", "inspect", "synth", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,162 @@
+"""Dynamic batching: requests that arrive together run as one `Model.predict` call on one thread.
+
+Decisions:
+- One inference thread. The native kernels already spread one batch over every core (runtime/threads.py),
+  so a second Python thread would only contend with them; batching is what buys throughput.
+- Jobs batch together only when they ask the same thing of the same loaded model (the ServedModel
+  object, dense/sparse, top_k), so each row's answer is exactly what `Model.predict` gives it alone.
+- The wait is bounded (`max_wait`) and adaptive: the thread waits for more rows only while other requests
+  are in flight (accepted by the HTTP layer but not yet queued). A lone client never waits; under load
+  batches fill up to `max_batch` rows or `max_wait`, whichever comes first.
+- The queue is bounded in rows (`max_queue`): a request that does not fit is refused at once (503 with
+  Retry-After) instead of letting memory and latency grow without end.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+
+import numpy as np
+import scipy.sparse as sp
+
+from boltc.errors import BoltError
+
+log = logging.getLogger("boltc.serve")
+
+
+class QueueFull(Exception):
+    pass
+
+
+class Job:
+    __slots__ = ("served", "X", "n", "top_k", "sparse", "future", "loop", "enqueued", "key")
+
+    def __init__(self, served, X, n: int, top_k: int, sparse: bool):
+        self.served, self.X, self.n, self.top_k, self.sparse = served, X, n, top_k, sparse
+        self.key = (id(served), sparse, top_k)
+        self.loop = asyncio.get_running_loop()
+        self.future = self.loop.create_future()
+        self.enqueued = time.perf_counter()
+
+
+def _resolve(fut: asyncio.Future, value=None, error: BaseException | None = None) -> None:
+    if fut.done():                      # the client went away; nothing to answer
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(value)
+
+
+def concat_inputs(parts: list):
+    """Join the inputs of several jobs (all the same form) into one batch."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    if sp.issparse(first):
+        return sp.vstack(parts, format="csr")
+    if isinstance(first, np.ndarray):
+        return np.vstack(parts)
+    return [row for p in parts for row in p]
+
+
+class Batcher:
+    def __init__(self, max_batch: int = 64, max_wait: float = 0.001, max_queue: int = 4096, metrics=None):
+        self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait, max_queue
+        self.metrics = metrics
+        self.inflight = 0                 # requests inside the predict handlers (event-loop thread only)
+        self._queue: collections.deque[Job] = collections.deque()
+        self._queued_rows = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="boltc-serve-infer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish what is queued, then end the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def submit(self, job: Job) -> asyncio.Future:
+        with self._cond:
+            if self._stopping:
+                raise QueueFull("the server is shutting down")
+            if self._queued_rows + job.n > self.max_queue and self._queue:
+                raise QueueFull(f"the queue holds {self._queued_rows} rows (limit {self.max_queue})")
+            self._queue.append(job)
+            self._queued_rows += job.n
+            self._depth()
+            self._cond.notify()
+        return job.future
+
+    def _depth(self) -> None:
+        if self.metrics:
+            self.metrics.queue_depth.set(self._queued_rows)
+
+    # ------------------------------------------------------------ inference thread
+    def _take(self) -> list[Job] | None:
+        """The next batch: same-key jobs in arrival order, after the bounded adaptive wait."""
+        with self._cond:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            first = self._queue[0]
+            deadline = first.enqueued + self.max_wait
+            while True:
+                rows = sum(j.n for j in self._queue if j.key == first.key)
+                coming = self.inflight - len(self._queue)
+                now = time.perf_counter()
+                if rows >= self.max_batch or coming <= 0 or now >= deadline or self._stopping:
+                    break
+                self._cond.wait(deadline - now)
+            batch, rest, rows = [], collections.deque(), 0
+            for j in self._queue:
+                if j.key == first.key and (not batch or rows + j.n <= self.max_batch):
+                    batch.append(j)
+                    rows += j.n
+                else:
+                    rest.append(j)
+            self._queue = rest
+            self._queued_rows -= rows
+            self._depth()
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            try:
+                self._predict(batch)
+            except Exception as e:           # a bug: answer 500 to these requests, keep serving
+                log.exception("inference failed")
+                for j in batch:
+                    j.loop.call_soon_threadsafe(_resolve, j.future, None, e)
+
+    def _predict(self, batch: list[Job]) -> None:
+        first = batch[0]
+        n = sum(j.n for j in batch)
+        if self.metrics:
+            self.metrics.batch_rows.observe(n)
+        try:
+            X = concat_inputs([j.X for j in batch])
+            ids, scores = first.served.model.predict(X, top_k=first.top_k, sparse=first.sparse, batch=max(n, 1))
+        except BoltError as e:
+            if len(batch) > 1:                # find the request the model refused; serve the others
+                for j in batch:
+                    self._predict([j])
+                return
+            first.loop.call_soon_threadsafe(_resolve, first.future, None, e)
+            return
+        lo = 0
+        for j in batch:
+            j.loop.call_soon_threadsafe(_resolve, j.future, (ids[lo:lo + j.n], scores[lo:lo + j.n]))
+            lo += j.n
