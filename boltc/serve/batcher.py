@@ -4,7 +4,10 @@ Decisions:
 - One inference thread. The native kernels already spread one batch over every core (runtime/threads.py),
   so a second Python thread would only contend with them; batching is what buys throughput.
 - Jobs batch together only when they ask the same thing of the same loaded model (the ServedModel
-  object, dense/sparse, top_k), so each row's answer is exactly what `Model.predict` gives it alone.
+  object, top_k) with dense inference, so each row's answer is exactly what `Model.predict` gives it
+  alone (dense kernels compute each row on its own; checked by tests/test_serve.py). Sparse inference
+  runs each request as its own call: its random fill of short candidate lists is seeded per call and
+  row position, so a row's scores would depend on the other requests sharing its batch.
 - The wait is bounded (`max_wait`) and adaptive: the thread waits for more rows only while other requests
   are in flight (accepted by the HTTP layer but not yet queued). A lone client never waits; under load
   batches fill up to `max_batch` rows or `max_wait`, whichever comes first.
@@ -20,9 +23,9 @@ import threading
 import time
 
 import numpy as np
-import scipy.sparse as sp
 
 from boltc.errors import BoltError
+from boltc.serve.rows import SparseRows
 
 log = logging.getLogger("boltc.serve")
 
@@ -36,7 +39,7 @@ class Job:
 
     def __init__(self, served, X, n: int, top_k: int, sparse: bool):
         self.served, self.X, self.n, self.top_k, self.sparse = served, X, n, top_k, sparse
-        self.key = (id(served), sparse, top_k)
+        self.key = (id(served), top_k) if not sparse else (id(self),)      # see the module docstring
         self.loop = asyncio.get_running_loop()
         self.future = self.loop.create_future()
         self.enqueued = time.perf_counter()
@@ -54,10 +57,10 @@ def _resolve(fut: asyncio.Future, value=None, error: BaseException | None = None
 def concat_inputs(parts: list):
     """Join the inputs of several jobs (all the same form) into one batch."""
     first = parts[0]
+    if isinstance(first, SparseRows):
+        return (first if len(parts) == 1 else SparseRows.join(parts)).to_csr()
     if len(parts) == 1:
         return first
-    if sp.issparse(first):
-        return sp.vstack(parts, format="csr")
     if isinstance(first, np.ndarray):
         return np.vstack(parts)
     return [row for p in parts for row in p]
@@ -114,7 +117,7 @@ class Batcher:
                 rows = sum(j.n for j in self._queue if j.key == first.key)
                 coming = self.inflight - len(self._queue)
                 now = time.perf_counter()
-                if rows >= self.max_batch or coming <= 0 or now >= deadline or self._stopping:
+                if first.sparse or rows >= self.max_batch or coming <= 0 or now >= deadline or self._stopping:
                     break
                 self._cond.wait(deadline - now)
             batch, rest, rows = [], collections.deque(), 0
