@@ -11,7 +11,7 @@ import pytest
 import boltc
 from serve_helpers import Server, assert_same, serve_models, sparse_rows  # noqa: F401 (fixture)
 
-MAX_ROWS, MAX_BODY = 8, 6000
+MAX_ROWS, MAX_BODY = 8, 16000
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def server(serve_models):
     s = Server([serve_models["tiny"], serve_models["dense"], f"topics={serve_models['text']}",
                 "--max-rows", str(MAX_ROWS), "--max-body-bytes", str(MAX_BODY)])
     yield s
-    assert s.stop() == 0
+    assert s.stop() == 0, "".join(s.lines)
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ BAD = [  # (route, body, status, field, row)
     ("tiny", {"rows": [{"ids": [1]}], "exclude": [[40]]}, 422, "exclude[0][0]", 0),
     ("tiny", {"rows": [{"ids": [1]}], "colour": "red"}, 422, "colour", None),
     ("tiny", {"rows": [{"ids": [1]}] * (MAX_ROWS + 1)}, 413, "rows", None),
-    ("tiny", {"rows": [{"ids": list(range(299))}] * 4}, 413, "body", None),
+    ("tiny", {"rows": [{"ids": list(range(299)), "values": [0.5] * 299}] * 8}, 413, "body", None),
     ("dense", {"rows": [[0.0] * 11]}, 422, "rows[0]", 0),
     ("dense", {"rows": [[0.0] * 11 + [None]]}, 422, "rows[0][11]", 0),
     ("dense", {"rows": [[0.0] * 12], "sparse": True}, 422, "sparse", None),

@@ -7,6 +7,7 @@ thread keeps running until they have), then the app's shutdown drains the queue 
 """
 from __future__ import annotations
 
+import signal
 import socket
 import sys
 
@@ -37,7 +38,13 @@ def run(app, host: str, port: int, drain_seconds: float = 30.0) -> int:
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=drain_seconds, server_header=False)
     server = uvicorn.Server(config)
+    # uvicorn drains on SIGTERM/SIGINT, then raises the signal again through the handlers it found: make
+    # those record it, so a drained shutdown ends as a normal exit (status 0) instead of death by signal
+    got: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda s, _frame: got.append(s))
     print(f"boltc serve: listening on http://{shown}:{sock.getsockname()[1]}", file=sys.stderr, flush=True)
     server.run(sockets=[sock])
-    print("boltc serve: stopped", file=sys.stderr, flush=True)
+    print("boltc serve: drained and stopped" + (f" ({signal.Signals(got[0]).name})" if got else ""),
+          file=sys.stderr, flush=True)
     return 0
