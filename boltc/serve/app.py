@@ -124,6 +124,7 @@ def build_app(models: ModelSet, settings: Settings) -> Starlette:
         finally:
             batcher.inflight -= 1
             metrics.inflight.dec()
+            batcher.poke()             # a request that ends without queueing must not hold a batch back
 
     # ------------------------------------------------------------ OIP v2
     async def server_meta(request):

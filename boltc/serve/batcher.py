@@ -99,6 +99,11 @@ class Batcher:
             self._cond.notify()
         return job.future
 
+    def poke(self) -> None:
+        """Wake the inference thread to look at the in-flight count again."""
+        with self._cond:
+            self._cond.notify()
+
     def _depth(self) -> None:
         if self.metrics:
             self.metrics.queue_depth.set(self._queued_rows)

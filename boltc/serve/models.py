@@ -132,7 +132,7 @@ def load_served(name: str, path: str, version: int, *, backend=None, threads=Non
     except LoadRefused:
         raise
     except BoltError as e:
-        raise LoadRefused(e.message) from None
+        raise LoadRefused(e.message if str(path) in e.message else f"{path}: {e.message}") from None
     except Exception as e:           # a damaged archive can fail in zipfile/numpy/json: still the file's fault
         raise LoadRefused(f"{path}: not a loadable model file ({type(e).__name__}: {e})") from None
     served.load_seconds = time.perf_counter() - t0
