@@ -43,10 +43,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # dense evaluation of its 37,392 outputs costs ~5 GFLOP per 1,000 rows, and three samplers x three seeds
 # x the full 1M rows do not fit a shared 2-core machine's hour.
 PROBLEMS = {
-    "20ng_nextword": ("models/nextword.bolt", 3, "20ng_nextword", "precision@1", 50_000, 5_000, 2_000, 2),
-    "sst2": ("models/sst2.bolt", 2, "sst2", "accuracy", None, None, 5_000, 4),
-    "delicious": ("models/delicious.bolt", 8, "delicious", "precision@1", None, None, 5_000, 2),
-    "bibtex": ("models/bibtex.bolt", 10, "bibtex", "precision@1", None, None, 5_000, 2),
+    "20ng_nextword": ("benchmarks/sampler_models/nextword.bolt", 3, "20ng_nextword", "precision@1", 50_000, 5_000, 2_000, 2),
+    "sst2": ("benchmarks/sampler_models/sst2.bolt", 2, "sst2", "accuracy", None, None, 5_000, 4),
+    "delicious": ("benchmarks/sampler_models/delicious.bolt", 8, "delicious", "precision@1", None, None, 5_000, 2),
+    "bibtex": ("benchmarks/sampler_models/bibtex.bolt", 10, "bibtex", "precision@1", None, None, 5_000, 2),
 }
 VALIDATION_SHARE = 0.1
 SPLIT_SEED = 20240
