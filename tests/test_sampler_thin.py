@@ -176,3 +176,20 @@ def test_distributed_training_refuses_nw_sketch_and_runs_auto_uniformly(tmp_path
     assert main(["train", str(src), "--workers", "2", "-o", str(out), "--no-progress"]) == 1
     assert "not supported with distributed training" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_keep_auto_leaves_out_at_most_drop_of_the_loss():
+    from boltc.runtime.sampler.thin import keep_scale_for
+    rng = np.random.default_rng(4)
+    for r in (rng.exponential(size=5000) ** 3, np.ones(5000), rng.gamma(0.1, size=5000)):
+        r = r / r.mean()
+        for drop in (0.05, 0.1, 0.3):
+            c = keep_scale_for(r, 0.1, drop)
+            left_out = lambda c: ((1 - np.clip(c * r, 0.1, 1)) * r).sum() / r.sum()
+            assert left_out(c) <= drop + 1e-9
+            assert left_out(c * 0.98) > drop or c * 0.98 < 1e-3      # the smallest such scale
+    # even losses: nothing to gain, almost everything kept; concentrated ones: most skipped
+    assert np.clip(keep_scale_for(np.ones(100), 0.1, 0.1) * np.ones(100), 0.1, 1).mean() >= 0.9
+    heavy = rng.gamma(0.1, size=5000)
+    heavy /= heavy.mean()
+    assert np.clip(keep_scale_for(heavy, 0.1, 0.1) * heavy, 0.1, 1).mean() < 0.5

@@ -69,7 +69,8 @@ _SAMPLERS = {
     # the keys runtime/sampler/adaptive.py reads (NW_KEYS); `auto` (or leaving one out) takes the sampler's default
     "nw_sketch": (Param("draw", word("thin", "alias", what="draw"), None),
                   Param("key", word("example", "input", "input_label", what="sketch key"), None),
-                  Param("keep", _POS, None), Param("floor", real(0.0, 1.0, low_open=True), None),
+                  Param("keep", _auto_or(_POS), None), Param("drop", real(0.0, 1.0), None),
+                  Param("floor", real(0.0, 1.0, low_open=True), None),
                   Param("rows", integer(1), None), Param("bits", _auto_or(integer(1, 24)), None),
                   Param("mix", real(0.0, 1.0, low_open=True), None), Param("refresh", _auto_or(_POS), None),
                   Param("decay", real(0.0, 1.0), None), Param("reweight", boolean, None),
