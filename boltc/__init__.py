@@ -6,7 +6,7 @@
 from boltc.errors import (BoltError, BoltSyntaxError, BoltValidationError, DataError,  # noqa: F401
                           ModelFileError, BackendError, DependencyError)
 
-__version__ = "0.1.0"
+from boltc.version import __version__  # noqa: F401
 
 
 def compile(source, **options):  # noqa: A001 - the public name the users know

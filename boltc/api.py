@@ -72,7 +72,7 @@ class Model:
             kernels = None
             stale = None
             if self._native_members and self._backend_req in (None, "native"):
-                from boltc.lower.artifact import StaleNativeCode, load_native
+                from boltc.runtime.savefile.artifact import StaleNativeCode, load_native
                 try:
                     kernels = load_native(self._native_members, self.file or "<model>")
                 except StaleNativeCode as e:
@@ -230,7 +230,7 @@ def _planned_shapes(layer: dict) -> dict:
 
 def compile(source, backend: str | None = None, threads: int | None = None, **train_overrides) -> Model:  # noqa: A001
     """Parse, check and plan a .bolt file (a path or the text) into a trainable Model."""
-    from boltc.plan import load_model_source, read_source
+    from boltc.pipeline import load_model_source, read_source
     text, file = read_source(source)
     _, plan = load_model_source(source)
     plan = copy.deepcopy(plan)
@@ -251,7 +251,7 @@ def apply_overrides(plan: dict, overrides: dict) -> None:
         train[k] = v
     if "moments" in overrides or "optimizer" in overrides:
         # plan_memory resolved each tensor's moment storage from the file's setting: resolve it again
-        from boltc.passes.plan_memory_moments import choose, plan_param_sizes
+        from boltc.plan.moments import choose, plan_param_sizes
         try:
             train["moment_dtypes"] = choose(train.get("moments", "auto"), train.get("optimizer", "adam"),
                                             plan_param_sizes(plan))

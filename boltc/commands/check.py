@@ -43,7 +43,7 @@ def _dedupe(errors):
 
 def run(args) -> int:
     from boltc import ir
-    from boltc.plan import read_source
+    from boltc.pipeline import read_source
     text, file = read_source(args.model)
     graph = check_source(text, file)
     layers = [n for n in ir.nodes(graph) if n.op in ir.LAYER_OPS]

@@ -1,6 +1,6 @@
 """`boltc compile model.bolt [--explain] [-o out.boltc]`: plan the model and print what was planned
 (graph with shapes and parameter counts, memory per buffer and in total, every automatic choice with
-its reason); with -o, lower it to native code through boltc.lower.artifact.
+its reason); with -o, lower it to native code through boltc.runtime.savefile.artifact.
 """
 from __future__ import annotations
 
@@ -105,7 +105,8 @@ def run(args) -> int:
     from boltc import debug
     from boltc.commands.check import check_source
     from boltc.errors import BoltError
-    from boltc.plan import read_source, to_plan
+    from boltc.pipeline import read_source
+    from boltc.passes.to_plan import to_plan
     text, file = read_source(args.model)
     with debug.stage("parse + passes"):
         graph = check_source(text, file)
@@ -115,7 +116,7 @@ def run(args) -> int:
         print("\n(planning only: give -o model.boltc to emit native code)")
         return 0
     try:
-        from boltc.lower.artifact import write_artifact
+        from boltc.runtime.savefile.artifact import write_artifact
     except ImportError as e:
         raise BoltError(f"native lowering is not available in this build ({e}); the plan above is complete") from None
     with debug.stage("lower + codegen"):

@@ -11,15 +11,10 @@ import copy
 
 from boltc import ir
 from boltc.frontend import ast
+from boltc.plan import TRAIN_DEFAULTS
 from boltc.frontend.bind import (Param, Problem, as_call, bind, boolean, did_you_mean, integer, one_of_words, real,
                                  string, word)
 
-TRAIN_DEFAULTS = {
-    "optimizer": "adam", "lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-7, "momentum": 0.0,
-    "batch": 256, "epochs": 5, "schedule": {"kind": "constant"}, "sampler": {"kind": "uniform"},
-    "threads": 0, "seed": 0, "checkpoint_every": 1, "inference": "dense", "weight_decay": 0.0,
-    "moments": "auto",
-}
 # Decision: plain SGD needs a larger step than Adam's 1e-3 to move in a few epochs.
 SGD_DEFAULT_LR = 0.01
 
@@ -30,7 +25,7 @@ _OPTIMIZERS = {
              # decoupled (AdamW) decay on the touched weight rows; 0 = plain lazy Adam as BOLT
              Param("weight_decay", real(0.0), 0.0),
              # storage of m and v: float32, bfloat16, or auto = bf16 only for very large tensors
-             # (boltc/passes/plan_memory_moments.py has the rule and why)
+             # (boltc/plan/moments.py has the rule and why)
              Param("moments", word("f32", "bf16", "auto", what="moment storage"), "auto")),
     "sgd": (Param("lr", _POS, SGD_DEFAULT_LR), Param("momentum", real(0.0, 1.0), 0.0)),
 }

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from boltc.lower import backward as bw
 from boltc.lower.builder import F32, KernelModule, symbol
-from boltc.passes.plan_memory_moments import moment_dtypes, moment_kind
+from boltc.plan.moments import moment_dtypes, moment_kind
 
 
 def layernorm_fwd(km: KernelModule, name: str, dim: int, eps: float) -> None:

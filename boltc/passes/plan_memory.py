@@ -11,7 +11,7 @@ Decisions:
   rows for an LSH-sparse layer); that bound is reported apart as memory["numpy_gradients"] and in a
   choice line, not added to the total.
 - Adam keeps two moments per weight, float32 or bfloat16 per tensor as `adam(moments=...)` says
-  (plan_memory_moments.py: the rule, and why `auto` picks bf16 only above 1 GiB of f32 moments);
+  (boltc/plan/moments.py: the rule, and why `auto` picks bf16 only above 1 GiB of f32 moments);
   the resolved storage is written into the plan as train["moment_dtypes"]. SGD with momentum keeps
   one float32 buffer.
 - Activations per batch are the value and its gradient (float32) for every layer's active neurons,
@@ -26,7 +26,7 @@ import networkx as nx
 from boltc import ir
 from boltc.passes.bolt_rules import hash_table_bytes
 from boltc.passes.common import error
-from boltc.passes.plan_memory_moments import MOMENT_BYTES, choose
+from boltc.plan.moments import MOMENT_BYTES, choose
 
 F32 = 4
 

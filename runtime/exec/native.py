@@ -31,7 +31,7 @@ from boltc.lower.loss import LOSS_ROLE
 from boltc.lower.rules import SPARSE_INPUT_KINDS, fused_input_activation, native_support
 from boltc.runtime.exec.interp import NumpyExecutor, _SPARSE_INFERENCE_SEED
 from boltc.runtime.lsh.index import training_reserve
-from boltc.runtime.exec.native_kernels import compile_plan, ptr
+from boltc.lower.kernels import compile_plan, ptr
 from boltc.runtime.exec.native_ops import (DENSE_GEMM_MIN_WEIGHTS, N_CHUNKS, NATIVE_OPS,  # noqa: F401
                                       NEURON_MAJOR_MIN_BATCH, Step, min_items)
 from boltc.runtime.exec.numpy_rules import activate

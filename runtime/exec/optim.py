@@ -14,7 +14,7 @@ the same float32 operations in the same order, one rounding each (no fused multi
     m' = b1*m + (1-b1)*g;  v' = b2*v + (1-b2)*(g*g);  store m', v'
     step = (lr * (m'/bc1)) / (sqrt(v'/bc2) + eps)  [+ (lr*wd)*W for weight matrices];  W = W - step
 Moments stored as bfloat16 (uint16 arrays; `adam(moments=bf16|auto)`, rule and reasons in
-boltc/passes/plan_memory_moments.py) are widened exactly before the update, rounded to nearest even on
+boltc/plan/moments.py) are widened exactly before the update, rounded to nearest even on
 store, and m', v' above are then the stored (rounded) values.
 """
 from __future__ import annotations

@@ -10,7 +10,7 @@ exclude neurons that were never a label (see `interp.NumpyExecutor._mask_unseen`
 structure of `params` (zeros for `label_count`) so savers can treat every tensor alike.
 
 Adam's moments of a tensor are float32, or bfloat16 stored as uint16 bits when the plan says so
-(`adam(moments=...)`, resolved per tensor by boltc/passes/plan_memory_moments.py): `zero_moments`
+(`adam(moments=...)`, resolved per tensor by boltc/plan/moments.py): `zero_moments`
 makes them, `check_moments` is what an executor calls before kernels write into them. Fresh moments
 are zeroed by calloc (np.zeros), so their pages only cost memory once lazy Adam touches them.
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from boltc.passes.plan_memory_moments import moment_dtypes, moment_kind
+from boltc.plan.moments import moment_dtypes, moment_kind
 
 INIT_STD = 0.01
 MOMENT_NUMPY = {"f32": np.dtype(np.float32), "bf16": np.dtype(np.uint16)}   # bf16: its bits, as uint16

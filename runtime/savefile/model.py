@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from boltc.errors import ModelFileError, Location
+from boltc.version import __version__
 
 FORMAT = "boltc-model"
 # 2: a checkpoint may hold bfloat16 moments as uint16 arrays, which a reader of version 1 would take
@@ -272,7 +273,6 @@ def _read_member(z: zipfile.ZipFile, name: str, path) -> bytes:
 def _versions() -> dict:
     import scipy
     v = {"python": sys.version.split()[0], "numpy": np.__version__, "scipy": scipy.__version__}
-    from boltc import __version__
     v["boltc"] = __version__
     return v
 

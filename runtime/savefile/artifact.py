@@ -56,7 +56,6 @@ def native_members(plan: dict) -> dict[str, bytes]:
 
 def load_native(members: dict[str, bytes], where: str = "<model>"):
     """Kernels from an artifact's native/ members (no compiler toolchain involved)."""
-    from boltc.runtime.exec.native_kernels import Kernels
 
     def bad(msg):
         return ModelFileError(msg, Location(str(where), 0))
