@@ -22,12 +22,20 @@ from pathlib import Path
 import numpy as np
 
 from boltc.errors import BackendError, BoltError, DataError
+from boltc.frontend.blocks import OPTIONAL_TRAIN_KEYS
+from boltc.pipeline import load_model_source, read_source
+from boltc.plan.moments import choose, plan_param_sizes
+from boltc.runtime import savefile
+from boltc.runtime.data.load import as_dataset, load_dataset
+from boltc.runtime.exec.executor import make_executor
+from boltc.runtime.exec.state import ModelState
+from boltc.runtime.savefile.artifact import StaleNativeCode, load_native
+from boltc.runtime.train.trainer import Trainer, evaluate, metric_names
 
 BACKENDS = ("native", "numpy")
 
 
 def _make_executor(plan: dict, state, backend: str | None, threads: int | None, kernels=None):
-    from boltc.runtime.exec.executor import make_executor
     threads = int(plan.get("train", {}).get("threads", 0) if threads is None else threads)
     if backend is None:
         try:
@@ -62,7 +70,6 @@ class Model:
     @property
     def state(self):
         if self._state is None:
-            from boltc.runtime.exec.state import ModelState
             self._state = ModelState.init(self.plan)
         return self._state
 
@@ -72,7 +79,6 @@ class Model:
             kernels = None
             stale = None
             if self._native_members and self._backend_req in (None, "native"):
-                from boltc.runtime.savefile.artifact import StaleNativeCode, load_native
                 try:
                     kernels = load_native(self._native_members, self.file or "<model>")
                 except StaleNativeCode as e:
@@ -89,7 +95,6 @@ class Model:
     def dataset(self, data, labels=None, with_labels: bool = True, allow_stream: bool = False):
         """Any accepted input -> runtime Dataset (files, plan data entries, matrices, strings); with
         `allow_stream`, a large XC/svmlight file comes back as a runtime/data/stream.py StreamingDataset."""
-        from boltc.runtime.data.load import as_dataset, load_dataset
         if data is None:
             raise DataError("no data given (and the model's data block names none)")
         is_text_model = any(i.get("kind") in ("text", "categorical") for i in self.plan.get("inputs", []))
@@ -108,8 +113,6 @@ class Model:
             callbacks=()) -> dict:
         """Train; `train`/`validation` default to the data block's train and validation (or test) sets.
         With `checkpoint`, a checkpoint is written after every epoch; `resume=True` continues from it."""
-        from boltc.runtime import savefile
-        from boltc.runtime.train.trainer import Trainer
         train = train if train is not None else self.data_source("train")
         if train is None:
             raise DataError("no training data: pass it to fit() or name it in the model's data block")
@@ -154,7 +157,6 @@ class Model:
         return self.plan.get("train", {}).get("inference", "dense") == "sparse"
 
     def evaluate(self, data=None, labels=None, *, sparse: bool | None = None, metrics=None) -> dict:
-        from boltc.runtime.train.trainer import evaluate, metric_names
         data = data if data is not None else (self.data_source("test") or self.data_source("validation"))
         ds = self.dataset(data, labels, allow_stream=True)
         if ds.labels is None:
@@ -184,7 +186,6 @@ class Model:
 
     # ------------------------------------------------------------ persistence
     def save(self, path) -> None:
-        from boltc.runtime import savefile
         saved = savefile.state_to_saved(self.source, self.plan, self.state, self.history)
         savefile.save_model(path, saved)
 
@@ -230,7 +231,6 @@ def _planned_shapes(layer: dict) -> dict:
 
 def compile(source, backend: str | None = None, threads: int | None = None, **train_overrides) -> Model:  # noqa: A001
     """Parse, check and plan a .bolt file (a path or the text) into a trainable Model."""
-    from boltc.pipeline import load_model_source, read_source
     text, file = read_source(source)
     _, plan = load_model_source(source)
     plan = copy.deepcopy(plan)
@@ -239,7 +239,6 @@ def compile(source, backend: str | None = None, threads: int | None = None, **tr
 
 
 def apply_overrides(plan: dict, overrides: dict) -> None:
-    from boltc.frontend.blocks import OPTIONAL_TRAIN_KEYS
     train = plan.setdefault("train", {})
     for k, v in overrides.items():
         if v is None:
@@ -251,7 +250,6 @@ def apply_overrides(plan: dict, overrides: dict) -> None:
         train[k] = v
     if "moments" in overrides or "optimizer" in overrides:
         # plan_memory resolved each tensor's moment storage from the file's setting: resolve it again
-        from boltc.plan.moments import choose, plan_param_sizes
         try:
             train["moment_dtypes"] = choose(train.get("moments", "auto"), train.get("optimizer", "adam"),
                                             plan_param_sizes(plan))
@@ -261,7 +259,6 @@ def apply_overrides(plan: dict, overrides: dict) -> None:
 
 def load(path, backend: str | None = None, threads: int | None = None) -> Model:
     """A saved model (.boltc) ready for evaluate / predict / more training."""
-    from boltc.runtime import savefile
     saved = savefile.load_model(path)
     state = savefile.state_from_saved(saved, path)
     native = {k: v for k, v in (saved.extra or {}).items() if k.startswith("native/")} or None

@@ -31,7 +31,7 @@ GRAPH_KEYS = (
     "source",     # str: the .bolt text
     "loss",       # Loss
     "metrics",    # tuple[Metric, ...]
-    "train",      # dict: the train block, resolved (see boltc/plan.py TRAIN_DEFAULTS)
+    "train",      # dict: the train block, resolved (see boltc/plan/contract.py TRAIN_DEFAULTS)
     "data",       # dict: {"train": DataSource|None, "test": DataSource|None, "validation": ...}
     "choices",    # list[Choice]: every automatic decision with its reason (filled by passes)
     "memory",     # dict: the memory plan (filled by plan_memory)

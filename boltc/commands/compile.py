@@ -6,6 +6,17 @@ from __future__ import annotations
 
 import sys
 
+from boltc import debug, ir
+from boltc.commands.check import check_source
+from boltc.errors import BoltError
+from boltc.frontend import format_source
+from boltc.passes.choose_hashing import train_rows
+from boltc.passes.plan_memory import param_count
+from boltc.passes.to_plan import to_plan
+from boltc.pipeline import read_source
+from boltc.runtime.sampler.adaptive import resolve_spec
+from boltc.runtime.savefile.artifact import write_artifact
+
 HELP = "plan a model, explain every automatic choice, and (with -o) emit native code"
 
 
@@ -55,11 +66,6 @@ def _sampler_lines(graph, plan: dict) -> list[str]:
     spec = plan["train"]["sampler"]
     if spec.get("kind") != "nw_sketch":
         return []
-    try:
-        from boltc.runtime.sampler.adaptive import resolve_spec
-    except ImportError:
-        return []
-    from boltc.passes.choose_hashing import train_rows
     rows, _ = train_rows(graph)
     resolved = resolve_spec(spec, rows, plan["train"]["batch"])
     reasons = resolved.get("reasons", {})
@@ -68,9 +74,6 @@ def _sampler_lines(graph, plan: dict) -> list[str]:
 
 
 def explain(graph, plan: dict, full: bool) -> str:
-    from boltc import ir
-    from boltc.frontend import format_source
-    from boltc.passes.plan_memory import param_count
     out = [f"model {graph.graph['model']} ({graph.graph.get('file')})", "", "graph:"]
     rows = [["name", "op", "inputs", "shape", "params", "notes"]]
     total_params = 0
@@ -102,11 +105,6 @@ def explain(graph, plan: dict, full: bool) -> str:
 
 
 def run(args) -> int:
-    from boltc import debug
-    from boltc.commands.check import check_source
-    from boltc.errors import BoltError
-    from boltc.pipeline import read_source
-    from boltc.passes.to_plan import to_plan
     text, file = read_source(args.model)
     with debug.stage("parse + passes"):
         graph = check_source(text, file)
@@ -115,10 +113,6 @@ def run(args) -> int:
     if not args.output:
         print("\n(planning only: give -o model.boltc to emit native code)")
         return 0
-    try:
-        from boltc.runtime.savefile.artifact import write_artifact
-    except ImportError as e:
-        raise BoltError(f"native lowering is not available in this build ({e}); the plan above is complete") from None
     with debug.stage("lower + codegen"):
         write_artifact(graph, plan, args.output)
     print(f"\nwrote {args.output}", file=sys.stdout)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import boltc
+from boltc.runtime.train.trainer import format_record
+
 HELP = "show a saved model: graph, shapes, parameters, memory, sparsity and hashing, training history"
 
 
@@ -17,7 +20,6 @@ def _mib(n) -> str:
 
 
 def run(args) -> int:
-    import boltc
     if str(args.model).endswith(".bolt"):
         model = boltc.compile(args.model, backend="numpy")
     else:
@@ -53,7 +55,6 @@ def run(args) -> int:
     if epochs:
         out.append("")
         out.append("history:")
-        from boltc.runtime.train.trainer import format_record
         out.extend("  " + format_record(e) for e in epochs)
     else:
         out.append("history: not trained")

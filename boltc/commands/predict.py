@@ -9,6 +9,7 @@ import sys
 
 from boltc.commands.run import add_backend_arguments, load_from_args, note
 from boltc.errors import BoltError
+from boltc.runtime.data.load import read_rows_text
 
 HELP = "print the top-k predictions for rows from a file, stdin or --text"
 
@@ -24,7 +25,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from boltc.runtime.data.load import read_rows_text
     model = load_from_args(args)
     if args.top_k < 1:
         raise BoltError("--top-k must be at least 1")

@@ -9,7 +9,9 @@ import json
 import sys
 from pathlib import Path
 
+import boltc
 from boltc.errors import DataError
+from boltc.runtime.distributed.driver import fit_model
 
 HELP = "compile, train on the model's data block, evaluate and save (the main job)"
 
@@ -47,7 +49,6 @@ def add_train_arguments(p) -> None:
 def compile_from_args(args):
     """(model, its data block) for `run` and `train`: the .bolt file compiled with the command line's
     backend and its overrides of the train block."""
-    import boltc
     model = boltc.compile(args.model, backend=args.backend, threads=args.threads,
                           lr=args.lr, batch=args.batch, seed=args.seed)
     return model, model.plan.get("data") or {}
@@ -55,7 +56,6 @@ def compile_from_args(args):
 
 def load_from_args(args):
     """The saved model of `eval` and `predict`, on the command line's backend and threads."""
-    import boltc
     return boltc.load(args.model, backend=args.backend, threads=args.threads)
 
 
@@ -94,7 +94,6 @@ def train_and_report(model, args, train, validation, test, output: Path) -> int:
     note(model)
     try:
         if getattr(args, "workers", None) is not None or model.plan["train"].get("distributed"):
-            from boltc.runtime.distributed.driver import fit_model
             hist = fit_model(model, train, validation, epochs=args.epochs, workers=args.workers,
                              address=args.address, exchange=args.exchange, checkpoint=ckpt,
                              resume=args.resume, progress=not args.no_progress)

@@ -11,9 +11,9 @@ import copy
 
 from boltc import ir
 from boltc.frontend import ast
-from boltc.plan import TRAIN_DEFAULTS
 from boltc.frontend.bind import (Param, Problem, as_call, bind, boolean, did_you_mean, integer, one_of_words, real,
                                  string, word)
+from boltc.plan import TRAIN_DEFAULTS
 
 # Decision: plain SGD needs a larger step than Adam's 1e-3 to move in a few epochs.
 SGD_DEFAULT_LR = 0.01

@@ -23,9 +23,7 @@ what they were (a saved artifact's object code keeps its meaning).
 """
 from __future__ import annotations
 
-from boltc.lower import backward as bw
-from boltc.lower import fc as fwd
-from boltc.lower import select as sel
+from boltc.lower import backward as bw, fc as fwd, select as sel
 from boltc.lower.builder import KernelModule, symbol
 from boltc.lower.concat import lower_concat
 from boltc.lower.embed import lower_embedding

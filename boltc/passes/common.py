@@ -8,8 +8,7 @@ from pathlib import Path
 import networkx as nx
 
 from boltc import ir
-from boltc.errors import BoltErrorGroup, BoltValidationError, Location
-from boltc.errors import source_line as line_of
+from boltc.errors import BoltErrorGroup, BoltValidationError, Location, source_line as line_of
 
 
 def source_line(g: nx.DiGraph, line: int) -> str | None:

@@ -13,6 +13,7 @@ naming the source (fewer is fine: the matrix is widened).
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,9 @@ import scipy.sparse as sp
 
 from boltc.errors import BoltError, DataError, Location
 from boltc.runtime.data import synth, xcformat
-from boltc.runtime.data.dataset import Dataset, as_csr, checked_dataset, l2_normalize_rows  # noqa: F401 (public here too)
 from boltc.runtime.data.csvfile import load_csv_dataset
+from boltc.runtime.data.dataset import (Dataset, as_csr, checked_dataset,  # noqa: F401 (public here too)
+                                        l2_normalize_rows)
 from boltc.runtime.data.stream import open_streaming, should_stream
 from boltc.runtime.data.text import featurize_strings
 
@@ -157,7 +159,6 @@ def read_rows_text(text: str, plan: dict) -> Dataset:
     ins = [i for i in _inputs(plan) if i.get("kind") in ("sparse", "dense")]
     if len(ins) != 1:
         raise DataError("rows on stdin feed a model with exactly one sparse input; use --text for text models")
-    import tempfile
     # a line that is only 'f:v' pairs has no label field: give it the leading space the format expects
     body = "\n".join((" " + l) if ":" in l.split()[0] else l for l in text.splitlines() if l.strip())
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:

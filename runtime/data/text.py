@@ -33,6 +33,7 @@ Both give identical ids (tests/test_text_hashing.py); everything else is whole-a
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 from typing import Sequence
@@ -147,7 +148,6 @@ _NATIVE: list = []          # [callable or None] once tried
 
 def _native_kernel():
     if not _NATIVE:
-        import os
         fn = None
         if os.environ.get("BOLTC_TEXT_NATIVE", "1") != "0":
             try:

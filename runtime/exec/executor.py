@@ -11,6 +11,8 @@ from typing import Protocol
 import numpy as np
 
 from boltc.errors import BackendError
+from boltc.runtime.exec.interp import NumpyExecutor
+from boltc.runtime.exec.native import NativeExecutor
 
 
 class Executor(Protocol):
@@ -35,12 +37,7 @@ class Executor(Protocol):
 def make_executor(plan: dict, state, backend: str = "numpy", threads: int = 0, kernels=None) -> Executor:
     """`kernels`: prebuilt native kernels (from a compiled artifact's native/ members); native only."""
     if backend == "numpy":
-        from boltc.runtime.exec.interp import NumpyExecutor
         return NumpyExecutor(plan, state, threads=threads)
     if backend == "native":
-        try:
-            from boltc.runtime.exec.native import NativeExecutor
-        except ImportError as e:
-            raise BackendError(f"the native backend is not available ({e}); use backend='numpy'") from e
         return NativeExecutor(plan, state, threads=threads, kernels=kernels)
     raise BackendError(f"unknown backend {backend!r} (expected 'numpy' or 'native')")

@@ -27,16 +27,16 @@ import scipy.sparse as sp
 
 from boltc.errors import BoltValidationError
 from boltc.lower.backward import HYPER
+from boltc.lower.kernels import compile_plan, ptr
 from boltc.lower.loss import LOSS_ROLE
 from boltc.lower.rules import SPARSE_INPUT_KINDS, fused_input_activation, native_support
-from boltc.runtime.exec.interp import NumpyExecutor, _SPARSE_INFERENCE_SEED
-from boltc.runtime.lsh.index import training_reserve
-from boltc.lower.kernels import compile_plan, ptr
+from boltc.runtime.exec.interp import _SPARSE_INFERENCE_SEED, NumpyExecutor
 from boltc.runtime.exec.native_ops import (DENSE_GEMM_MIN_WEIGHTS, N_CHUNKS, NATIVE_OPS,  # noqa: F401
-                                      NEURON_MAJOR_MIN_BATCH, Step, min_items)
+                                           NEURON_MAJOR_MIN_BATCH, Step, min_items)
 from boltc.runtime.exec.numpy_rules import activate
 from boltc.runtime.exec.state import check_moments
 from boltc.runtime.exec.threads import ThreadPool
+from boltc.runtime.lsh.index import training_reserve
 
 
 def _csr(x) -> sp.csr_matrix:

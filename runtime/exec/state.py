@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from boltc.plan.moments import moment_dtypes, moment_kind
+from boltc.runtime.lsh.index import LSHIndex
 
 INIT_STD = 0.01
 MOMENT_NUMPY = {"f32": np.dtype(np.float32), "bf16": np.dtype(np.uint16)}   # bf16: its bits, as uint16
@@ -103,7 +104,6 @@ def neuron_rows(layer: dict, W: np.ndarray) -> np.ndarray:
 
 
 def make_lsh(layer: dict, seed: int):
-    from boltc.runtime.lsh.index import LSHIndex
     h = layer["hash"]
     return LSHIndex(h["family"], layer["in_dim"], layer["dim"], h.get("hashes", h["range_bits"]),
                     h["range_bits"], h["tables"], h["reservoir"], seed=int(seed) * 7919 + zlib.crc32(layer["name"].encode()) % 7919,
