@@ -51,9 +51,12 @@ MAY_IMPORT = {
 # module must not need just to be imported
 OPTIONAL = {"ray", "torch", "matplotlib", "optuna", "uvicorn", "starlette", "prometheus_client", "httpx",
             "sklearn", "psutil", "resource"}
-# and the package root's compile/load, which import the compiler lazily so that a runtime-only program
-# never loads it (boltc/__init__.py says why)
-LAZY = {("boltc", "boltc.api.compile"), ("boltc", "boltc.api.load")}
+# and these, each with its reason next to it: the package root's compile/load import the compiler
+# lazily so that a runtime-only program never loads it (boltc/__init__.py); the native backend is
+# loaded where it is chosen, so a platform without a working code generator still runs the interpreter
+LAZY = {("boltc", "boltc.api.compile"), ("boltc", "boltc.api.load"),
+        ("boltc.runtime.exec.executor", "boltc.runtime.exec.native.NativeExecutor"),
+        ("boltc.commands.compile", "boltc.runtime.savefile.artifact.write_artifact")}
 
 
 def modules() -> dict[str, Path]:
@@ -123,7 +126,7 @@ def graph() -> nx.DiGraph:
     for m in MODULES:
         g.add_node(m)
         for t, line, _, _ in imports(m):
-            if (m, t) in LAZY:
+            if m == "boltc" and (m, t) in LAZY:
                 continue            # the root's lazy entry points (above) are not a dependency of the package
             if t.split(".")[0] == "boltc":
                 dst = _resolve(t)

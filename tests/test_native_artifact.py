@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from boltc.errors import ModelFileError
-from boltc.lower import artifact
+from boltc.runtime.savefile import artifact
 from boltc.runtime.data.dataset import Batch
 from native_helpers import make_batch, make_plan
 

@@ -15,7 +15,6 @@ from boltc.passes.plan_memory import param_count
 from boltc.passes.to_plan import to_plan
 from boltc.pipeline import read_source
 from boltc.runtime.sampler.adaptive import resolve_spec
-from boltc.runtime.savefile.artifact import write_artifact
 
 HELP = "plan a model, explain every automatic choice, and (with -o) emit native code"
 
@@ -113,6 +112,11 @@ def run(args) -> int:
     if not args.output:
         print("\n(planning only: give -o model.boltc to emit native code)")
         return 0
+    try:
+        # optional, as in make_executor: the plan above is complete without a native code generator
+        from boltc.runtime.savefile.artifact import write_artifact  # optional: native backend
+    except ImportError as e:
+        raise BoltError(f"native lowering is not available in this build ({e}); the plan above is complete") from None
     with debug.stage("lower + codegen"):
         write_artifact(graph, plan, args.output)
     print(f"\nwrote {args.output}", file=sys.stdout)

@@ -23,7 +23,7 @@ from boltc.runtime.distributed.exchange import RowGrad, combine, densify
 from boltc.runtime.distributed.factors import rebuild
 from boltc.runtime.distributed.shard import load_shard
 from boltc.runtime.distributed.worker import Worker, merge_facts, portable_state
-from boltc.runtime.exec.executor import make_executor
+from boltc.runtime.exec import executor  # looked up at call time (tests swap make_executor)
 
 INSTALL_HINT = "pip install boltc[distributed]"
 EXCHANGES = ("sparse", "dense", "factors")     # touched rows | whole tensors (baseline) | sufficient factors
@@ -61,7 +61,7 @@ class ShardWorker(Worker):
         del self._args
         state = copy.deepcopy(state)     # Ray hands out read-only zero-copy arrays; a replica must own its own
         super().__init__(plan, state, load_shard(spec, plan), rank, world, local_batch,
-                         partial(make_executor, backend=backend, threads=threads), seed=seed)
+                         partial(executor.make_executor, backend=backend, threads=threads), seed=seed)
         by = {l["name"]: l for l in plan["layers"]}
         self.row_sparse = {(l, t) for (l, t) in self.shapes
                            if by[l].get("hash") or (by[l].get("input_sparse") and by[l].get("layout") == "in_major")}

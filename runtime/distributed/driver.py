@@ -51,7 +51,7 @@ from boltc.runtime.distributed.exchange import combine, grads_nbytes
 from boltc.runtime.distributed.factors import factors_nbytes, supports
 from boltc.runtime.distributed.shard import load_shard, plan_shards  # noqa: F401 (re-exported)
 from boltc.runtime.distributed.worker import facts_nbytes, merge_facts
-from boltc.runtime.exec.executor import make_executor
+from boltc.runtime.exec import executor  # looked up at call time (tests swap make_executor)
 from boltc.runtime.exec.optim import lr_at
 from boltc.runtime.train.trainer import evaluate, format_record, metric_names
 
@@ -183,7 +183,7 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
                      "upkeep_share": upkeep / seconds if seconds > 0 else 0.0,
                      "lr": lr, "workers": workers, "exchange": exchange}
             if validation is not None and validation.labels is not None:
-                ex = make_executor(plan, new_state, backend=backend, threads=threads_per_worker)
+                ex = executor.make_executor(plan, new_state, backend=backend, threads=threads_per_worker)
                 entry["validation"] = evaluate(ex, validation, metric_names(plan),
                                                binary=(plan.get("target") or {}).get("kind") == "binary")
             history["epochs"].append(entry)

@@ -12,7 +12,6 @@ import numpy as np
 
 from boltc.errors import BackendError
 from boltc.runtime.exec.interp import NumpyExecutor
-from boltc.runtime.exec.native import NativeExecutor
 
 
 class Executor(Protocol):
@@ -39,5 +38,11 @@ def make_executor(plan: dict, state, backend: str = "numpy", threads: int = 0, k
     if backend == "numpy":
         return NumpyExecutor(plan, state, threads=threads)
     if backend == "native":
+        # lazy, as an optional dependency: a platform where the native code generator cannot load
+        # (no llvmlite build) still runs every model on the interpreter
+        try:
+            from boltc.runtime.exec.native import NativeExecutor  # optional: native backend (see above)
+        except ImportError as e:
+            raise BackendError(f"the native backend is not available ({e}); use backend='numpy'") from e
         return NativeExecutor(plan, state, threads=threads, kernels=kernels)
     raise BackendError(f"unknown backend {backend!r} (expected 'numpy' or 'native')")

@@ -22,6 +22,7 @@ import llvmlite
 import numpy as np
 
 from boltc import codegen
+from boltc.lower.kernels import Kernels
 from boltc.errors import BackendError, Location, ModelFileError
 from boltc.lower.rules import lower_plan, native_support
 from boltc.runtime import savefile
