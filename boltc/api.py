@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from boltc import debug
 from boltc.errors import BackendError, BoltError, DataError
 from boltc.frontend.blocks import OPTIONAL_TRAIN_KEYS
 from boltc.pipeline import load_model_source, read_source
@@ -83,8 +84,9 @@ class Model:
                     kernels = load_native(self._native_members, self.file or "<model>")
                 except StaleNativeCode as e:
                     stale = f"note: {self.file or 'the model'}: {e.message}; recompiled from its plan"
-            self._executor, self.backend, self.backend_note = _make_executor(
-                self.plan, self.state, self._backend_req, self.threads, kernels)
+            with debug.stage("executor", part="init", quiet=True):
+                self._executor, self.backend, self.backend_note = _make_executor(
+                    self.plan, self.state, self._backend_req, self.threads, kernels)
             self.backend_note = self.backend_note or stale
         return self._executor
 
@@ -110,9 +112,11 @@ class Model:
     # ------------------------------------------------------------ training
     def fit(self, train=None, validation=None, epochs: int | None = None, *, labels=None,
             checkpoint: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
-            callbacks=()) -> dict:
+            callbacks=(), checkpoint_at_end: bool = True) -> dict:
         """Train; `train`/`validation` default to the data block's train and validation (or test) sets.
-        With `checkpoint`, a checkpoint is written after every epoch; `resume=True` continues from it."""
+        With `checkpoint`, checkpoints are written at epoch ends as runtime/train/checkpoints.py decides (a
+        wall-clock interval, `checkpoint N` epochs, the end unless `checkpoint_at_end=False`, Ctrl-C);
+        `resume=True` continues from it."""
         train = train if train is not None else self.data_source("train")
         if train is None:
             raise DataError("no training data: pass it to fit() or name it in the model's data block")
@@ -134,7 +138,7 @@ class Model:
             self._set_state(savefile.state_from_saved(saved, checkpoint))
             self.plan["train"] = saved.plan.get("train", self.plan["train"])
         trainer = Trainer(self.plan, self.state, self.executor, source=self.source, checkpoint=checkpoint,
-                          progress=progress)
+                          progress=progress, checkpoint_at_end=checkpoint_at_end)
         if saved is not None:
             trainer.restore(saved)
         else:
@@ -247,6 +251,8 @@ def apply_overrides(plan: dict, overrides: dict) -> None:
             raise BoltError(f"unknown train setting {k!r} (the train block has: {', '.join(sorted(train))})")
         if k == "upkeep_budget" and not 0.0 < float(v) <= 1.0:
             raise BoltError(f"upkeep_budget must be a fraction in (0, 1], not {v!r}")
+        if k == "checkpoint_interval" and not float(v) > 0.0:
+            raise BoltError(f"checkpoint_interval must be a number of seconds > 0, not {v!r}")
         train[k] = v
     if "moments" in overrides or "optimizer" in overrides:
         # plan_memory resolved each tensor's moment storage from the file's setting: resolve it again

@@ -31,8 +31,9 @@ def read_source(path_or_text) -> tuple[str, str]:
 def load_model_source(path_or_text) -> tuple[nx.DiGraph, dict]:
     """Parse, run the passes and build the plan: (planned graph, plan)."""
     text, file = read_source(path_or_text)
-    with debug.stage("parse"):
-        graph = parse(text, file)
-    debug.dump(2, "graph after parse", lambda: ir.format_graph(graph))
-    graph = run_pipeline(graph)
-    return graph, to_plan(graph)
+    with debug.stage("parse + passes", part="compile", quiet=True):
+        with debug.stage("parse"):
+            graph = parse(text, file)
+        debug.dump(2, "graph after parse", lambda: ir.format_graph(graph))
+        graph = run_pipeline(graph)
+        return graph, to_plan(graph)

@@ -28,7 +28,7 @@ LAYERS = {
     "plan": ("boltc.plan",),
     "frontend": ("boltc.frontend", "boltc.grammar"),
     "passes": ("boltc.passes",),
-    "lower": ("boltc.lower", "boltc.codegen"),
+    "lower": ("boltc.lower", "boltc.codegen", "boltc.kernel_cache"),
     "runtime": ("boltc.runtime",),
     "driver": ("boltc", "boltc.api", "boltc.pipeline", "boltc.cli", "boltc.commands"),
 }
@@ -50,13 +50,17 @@ MAY_IMPORT = {
 # imports that may sit inside a function: optional dependencies (extras in pyproject.toml), which a
 # module must not need just to be imported
 OPTIONAL = {"ray", "torch", "matplotlib", "optuna", "uvicorn", "starlette", "prometheus_client", "httpx",
-            "sklearn", "psutil", "resource"}
+            "sklearn", "psutil", "resource", "fcntl", "msvcrt"}
 # and these, each with its reason next to it: the package root's compile/load import the compiler
 # lazily so that a runtime-only program never loads it (boltc/__init__.py); the native backend is
 # loaded where it is chosen, so a platform without a working code generator still runs the interpreter
 LAZY = {("boltc", "boltc.api.compile"), ("boltc", "boltc.api.load"),
         ("boltc.runtime.exec.executor", "boltc.runtime.exec.native.NativeExecutor"),
-        ("boltc.commands.compile", "boltc.runtime.savefile.artifact.write_artifact")}
+        ("boltc.commands.compile", "boltc.runtime.savefile.artifact.write_artifact"),
+        # `boltc serve` loads the server (which needs the serve extra) only when it runs
+        ("boltc.commands.serve", "boltc.serve.server"), ("boltc.commands.serve", "boltc.serve.app.Settings"),
+        ("boltc.commands.serve", "boltc.serve.app.build_app"), ("boltc.commands.serve", "boltc.serve.models.ModelSet"),
+        ("boltc.commands.serve", "boltc.serve.models.parse_model_args")}
 
 
 def modules() -> dict[str, Path]:

@@ -33,8 +33,11 @@ def add_train_arguments(p) -> None:
     p.add_argument("--batch", type=int, default=None, help="override the batch size")
     p.add_argument("--seed", type=int, default=None, help="override the training seed")
     p.add_argument("--checkpoint", default=None,
-                   help="checkpoint file written after every epoch (default: OUTPUT.ckpt, removed after a "
-                        "finished run)")
+                   help="checkpoint file, written at epoch ends on the train block's interval (default every "
+                        "300 s of wall clock), at the end and on Ctrl-C (default: OUTPUT.ckpt, removed after "
+                        "a finished run)")
+    p.add_argument("--checkpoint-interval", type=float, default=None, metavar="SECONDS",
+                   help="override the train block's checkpoint_interval")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON on stdout")
@@ -50,7 +53,8 @@ def compile_from_args(args):
     """(model, its data block) for `run` and `train`: the .bolt file compiled with the command line's
     backend and its overrides of the train block."""
     model = boltc.compile(args.model, backend=args.backend, threads=args.threads,
-                          lr=args.lr, batch=args.batch, seed=args.seed)
+                          lr=args.lr, batch=args.batch, seed=args.seed,
+                          checkpoint_interval=getattr(args, "checkpoint_interval", None))
     return model, model.plan.get("data") or {}
 
 
@@ -98,8 +102,9 @@ def train_and_report(model, args, train, validation, test, output: Path) -> int:
                              address=args.address, exchange=args.exchange, checkpoint=ckpt,
                              resume=args.resume, progress=not args.no_progress)
         else:
+            # the default checkpoint is deleted once the model is saved: none is written at the end
             hist = model.fit(train, validation, epochs=args.epochs, checkpoint=ckpt, resume=args.resume,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, checkpoint_at_end=bool(args.checkpoint))
     except KeyboardInterrupt:
         if ckpt.exists():
             print(f"interrupted: the last checkpoint is {ckpt}; run the same command with --resume to continue",

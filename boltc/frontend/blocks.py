@@ -61,16 +61,19 @@ _DISTRIBUTED = (Param("workers", integer(1), positional=True), Param("address", 
                 Param("exchange", word("sparse", "dense", "factors", what="exchange"), "sparse"))
 _SCALARS = {
     "batch": ("batch", integer(1)), "epochs": ("epochs", integer(1)), "threads": ("threads", integer(0)),
-    "seed": ("seed", integer(0)), "checkpoint": ("checkpoint_every", integer(1, what="a number of epochs")),
+    # checkpoints (runtime/train/checkpoints.py): every N epochs (0 = by wall clock only), and at least every
+    # `checkpoint_interval` seconds (absent = its DEFAULT_INTERVAL_S)
+    "seed": ("seed", integer(0)), "checkpoint": ("checkpoint_every", integer(0, what="a number of epochs")),
+    "checkpoint_interval": ("checkpoint_interval", real(0.0, low_open=True, what="a number of seconds")),
     "inference": ("inference", word("dense", "sparse", "both", what="inference mode")),
     # LSH table upkeep may cost at most this share of the training steps' work (runtime/lsh/upkeep.py;
     # absent = its DEFAULT_BUDGET, 0.06). Capped at 1 so that a percentage (`6` for 6%) is an error.
     "upkeep_budget": ("upkeep_budget", real(0.0, 1.0, low_open=True, what="a fraction of the step work")),
 }
 # keys written into the plan only when the block sets them (the runtime holds their defaults)
-OPTIONAL_TRAIN_KEYS = ("upkeep_budget",)
+OPTIONAL_TRAIN_KEYS = ("upkeep_budget", "checkpoint_interval")
 TRAIN_WORDS = ("optimizer", "batch", "epochs", "schedule", "sampler", "threads", "seed", "checkpoint",
-               "inference", "upkeep_budget", "distributed(...)")
+               "checkpoint_interval", "inference", "upkeep_budget", "distributed(...)")
 
 
 def default_train() -> dict:

@@ -16,7 +16,7 @@ import ctypes
 
 import numpy as np
 
-from boltc import codegen
+from boltc import codegen, debug
 from boltc.lower.builder import KernelModule
 from boltc.lower.rules import lower_plan
 
@@ -58,9 +58,10 @@ def build(km: KernelModule) -> Library:
 
 
 def compile_plan(plan: dict) -> Kernels:
-    km, symbols = lower_plan(plan)
-    lib, key = codegen.build(km.ir_text())
-    return Kernels(lib, km.signatures, symbols, key)
+    with debug.stage("lower + codegen", part="compile"):
+        km, symbols = lower_plan(plan)
+        lib, key = codegen.build(km.ir_text())
+        return Kernels(lib, km.signatures, symbols, key)
 
 
 def ptr(a: np.ndarray | None):

@@ -20,7 +20,7 @@ MEMORY_KEYS = ("weights", "optimizer", "gradients", "activations", "hash_tables"
 TRAIN_DEFAULTS = {
     "optimizer": "adam", "lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-7, "momentum": 0.0,
     "batch": 256, "epochs": 5, "schedule": {"kind": "constant"}, "sampler": {"kind": "uniform"},
-    "threads": 0, "seed": 0, "checkpoint_every": 1, "inference": "dense", "weight_decay": 0.0,
+    "threads": 0, "seed": 0, "checkpoint_every": 0, "inference": "dense", "weight_decay": 0.0,
     "moments": "auto",
 }
 

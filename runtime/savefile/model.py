@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import scipy
 
+from boltc import debug
 from boltc.errors import Location, ModelFileError
 from boltc.runtime.exec.optim import bf16_from_f32, f32_from_bf16
 from boltc.runtime.exec.state import (ModelState, aligned_copy, aligned_empty, aligned_zeros, moment_numpy_dtypes,
@@ -294,6 +295,7 @@ class SavedModel:
     manifest: dict = field(default_factory=dict)
 
 
+@debug.stage("save", part="save")
 def save_model(path, model: SavedModel) -> None:
     members: dict[str, bytes] = {
         "model.bolt": (model.source or "").encode("utf-8"),

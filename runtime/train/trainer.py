@@ -9,7 +9,8 @@ Reproducibility (decisions):
   from (hash seed, build count). No wall-clock-driven decision changes the numbers.
 - So a checkpoint taken at the end of an epoch (weights, Adam moments, step, hash tables with their
   counters, sampler state, history) is all a resumed run needs to continue bit-identically
-  (tests/test_trainer.py checks this against an uninterrupted run).
+  (tests/test_trainer.py checks this against an uninterrupted run). Which epoch ends get one (a
+  wall-clock interval, every N epochs, the end, an interruption): runtime/train/checkpoints.py.
 - Checkpoints are whole `.boltc` files plus an `optimizer/` part, written atomically (savefile), so a run
   killed while writing keeps the previous checkpoint intact.
 Validation runs after each epoch with dense inference (and sparse inference too for LSH-sparse outputs
@@ -25,8 +26,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from boltc import debug
 from boltc.errors import BoltValidationError
 from boltc.runtime import savefile
+from boltc.runtime.train.checkpoints import CheckpointPolicy, StopRequest
 from boltc.runtime.data.dataset import Dataset
 from boltc.runtime.exec.optim import lr_at
 from boltc.runtime.sampler import adaptive
@@ -73,6 +76,7 @@ def metric_names(plan: dict) -> list[str]:
     return names or list(DEFAULT_METRICS)
 
 
+@debug.stage("evaluate", part="evaluate")
 def evaluate(executor, dataset: Dataset, names, sparse: bool = False, batch: int = EVAL_BATCH,
              binary: bool = False) -> dict[str, float]:
     """Metrics (percent) of `executor` on a labelled dataset; inference only."""
@@ -93,11 +97,14 @@ def evaluate(executor, dataset: Dataset, names, sparse: bool = False, batch: int
 
 class Trainer:
     def __init__(self, plan: dict, state, executor, sampler=None, *, source: str = "",
-                 checkpoint: str | Path | None = None, progress: bool = True, log=None):
+                 checkpoint: str | Path | None = None, progress: bool = True, log=None,
+                 checkpoint_at_end: bool = True):
         self.plan, self.state, self.ex, self.sampler = plan, state, executor, sampler
         self.train_cfg = plan.get("train", {})
         self.source = source
         self.checkpoint = Path(checkpoint) if checkpoint else None
+        # False when the caller saves the finished model itself and discards the checkpoint (boltc run)
+        self.checkpoint_at_end = checkpoint_at_end
         self.progress = progress
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.history: dict = {"epochs": [], "step": int(state.step)}
@@ -145,6 +152,7 @@ class Trainer:
                 b.weights = np.asarray(weights, dtype=np.float32)
             yield rows, b
 
+    @debug.stage("train", part="train")
     def fit(self, train: Dataset, validation: Dataset | None = None, epochs: int | None = None,
             callbacks=()) -> dict:
         cfg = self.train_cfg
@@ -181,7 +189,11 @@ class Trainer:
         want_sparse = bool(out_layer.get("hash")) and inference in ("sparse", "both")
         want_dense = not want_sparse or inference == "both"
         bar = _progress(self.progress, total=(epochs - self.epochs_done) * train.rows)
+        policy = CheckpointPolicy(cfg)
+        stop = StopRequest(log=(lambda msg: bar.write(msg, file=sys.stderr)) if bar is not None else self.log)
         try:
+            if self.checkpoint is not None:
+                stop.__enter__()
             for epoch in range(self.epochs_done, epochs):
                 t0 = time.perf_counter()
                 up0 = getattr(self.ex, "upkeep_seconds", 0.0)
@@ -216,17 +228,28 @@ class Trainer:
                 self._sampler_overhead = overhead
                 self.history.setdefault("epochs", []).append(record)
                 self.epochs_done = epoch + 1
-                if self.checkpoint is not None and (self.epochs_done % max(1, int(cfg.get("checkpoint_every", 1))) == 0
-                                                    or self.epochs_done == epochs):
+                written = self.checkpoint is None
+                final = self.epochs_done == epochs
+                if not written and (stop.requested or policy.due(self.epochs_done, final and self.checkpoint_at_end)):
                     self.save_checkpoint()
+                    policy.written()
+                    written = True
                 line = format_record(record)
                 if bar is not None:
                     bar.write(line)
                 elif self.progress:
                     self.log(line)
-                for cb in callbacks:
-                    cb(self, record)
+                if stop.requested and not final:
+                    raise KeyboardInterrupt
+                try:
+                    for cb in callbacks:
+                        cb(self, record)
+                except BaseException:
+                    if not written:             # a callback ended the run here: keep this epoch
+                        self.save_checkpoint()
+                    raise
         finally:
+            stop.__exit__()
             if bar is not None:
                 bar.close()
         self.history["step"] = int(self.state.step)
