@@ -24,6 +24,7 @@ import numpy as np
 from boltc import debug
 from boltc.errors import BackendError, BoltError, DataError
 from boltc.frontend.blocks import OPTIONAL_TRAIN_KEYS
+from boltc.ops import OPS
 from boltc.pipeline import load_model_source, read_source
 from boltc.plan.moments import choose, plan_param_sizes
 from boltc.runtime import savefile
@@ -222,15 +223,8 @@ class Model:
 
 def _planned_shapes(layer: dict) -> dict:
     """Parameter shapes a layer will have (CONTRACTS.md section 4), without allocating them."""
-    op = layer["op"]
-    if op == "fc":
-        W = [layer["in_dim"], layer["dim"]] if layer.get("layout") == "in_major" else [layer["dim"], layer["in_dim"]]
-        return {"W": W, **({"b": [layer["dim"]]} if layer.get("bias", True) else {})}
-    if op == "embedding":
-        return {"W": [layer["in_dim"], layer["dim"]]}
-    if op == "layernorm":
-        return {"gamma": [layer["dim"]], "beta": [layer["dim"]]}
-    return {}
+    op = OPS.get(layer["op"])
+    return {t: list(s) for t, s in op.params(layer).items()} if op is not None else {}
 
 
 def compile(source, backend: str | None = None, threads: int | None = None, **train_overrides) -> Model:  # noqa: A001

@@ -10,6 +10,7 @@ from boltc import debug, ir
 from boltc.commands.check import check_source
 from boltc.errors import BoltError
 from boltc.frontend import format_source
+from boltc.ops import OPS
 from boltc.passes.choose_hashing import train_rows
 from boltc.passes.plan_memory import param_count
 from boltc.passes.to_plan import to_plan
@@ -45,18 +46,8 @@ def _notes(n) -> str:
         return f"{a['kind']}{extra}"
     if n.op == "target":
         return {"single": "single label", "multi": "multi-label", "binary": "binary"}[a["kind"]]
-    if n.op == "fc":
-        s = a["sparsity"]
-        text = a["activation"] + (", dense" if s >= 1.0 else f", sparsity {s:g} ({max(1, int(s * n.dim))} active)")
-        h = a.get("hash")
-        if isinstance(h, dict):
-            text += (f", {h['family']} K={h['hashes']} range={h['range_bits']} bits L={h['tables']} "
-                     f"reservoir={h['reservoir']}")
-        return text
-    if n.op == "embedding":
-        return f"reduce={a.get('reduce', 'sum')}"
-    if n.op == "layernorm":
-        return f"eps={a.get('eps', 1e-5):g}"
+    if n.op in OPS:
+        return OPS[n.op].notes(a, n.dim)
     return ""
 
 

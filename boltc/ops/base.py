@@ -50,12 +50,11 @@ def step_seed(train_seed: int, step: int, mode: str) -> int:
     return mix_seed(train_seed, step, 0xF0 if mode != "train" else 0)
 
 
-@dataclass
-class RunContext:
-    """What a rule may know about the call besides its layer, parameters and inputs."""
-    mode: str            # in MODES; only "train" is a training step
-    seed: int            # step_seed(...): the only source of randomness a rule may use
-    step: int            # optimizer steps taken before this call (state.step)
+class Context:
+    """The methods of a rule context; subclasses hold `mode`, `seed` and `step`."""
+    mode: str
+    seed: int
+    step: int
 
     @property
     def training(self) -> bool:
@@ -64,6 +63,15 @@ class RunContext:
     def layer_seed(self, name: str) -> int:
         """This call's seed mixed with a layer's name, so layers do not draw the same stream."""
         return (self.seed ^ zlib.crc32(name.encode()) * 0x9E3779B97F4A7C15) & ((1 << 63) - 1)
+
+
+@dataclass
+class RunContext(Context):
+    """What an interpreter rule may know about the call besides its layer, parameters and inputs (the
+    native executor's Step carries the same three fields for the ops' runners)."""
+    mode: str            # in MODES; only "train" is a training step
+    seed: int            # step_seed(...): the only source of randomness a rule may use
+    step: int            # optimizer steps taken before this call (state.step)
 
 
 @dataclass
@@ -85,6 +93,7 @@ class LowerContext:
 class Op:
     """One op of the language. Every field is required (tests/test_ops_registry.py)."""
     name: str
+    order: int                                     # place in listings ("expected fc, embedding, ...")
     summary: str                                   # one line: what it computes
     # --- front end
     args: Callable                                 # (kit) -> tuple of kit.Param: arguments and checks

@@ -24,6 +24,8 @@ import math
 import networkx as nx
 
 from boltc import ir
+from boltc.ops import OPS
+from boltc.ops.base import plain_layer
 from boltc.passes.bolt_rules import hash_table_bytes
 from boltc.passes.common import error
 from boltc.plan.moments import MOMENT_BYTES, choose
@@ -33,16 +35,8 @@ F32 = 4
 
 def param_shapes(n: ir.Node) -> dict[str, tuple[int, ...]]:
     """Trainable tensors of one layer (names as in docs/CONTRACTS.md section 4)."""
-    if n.op == "fc":
-        shapes = {"W": (n.attrs["in_dim"], n.dim)}
-        if n.attrs.get("bias", True):
-            shapes["b"] = (n.dim,)
-        return shapes
-    if n.op == "embedding":
-        return {"W": (n.attrs["in_dim"], n.dim)}
-    if n.op == "layernorm":
-        return {"gamma": (n.dim,), "beta": (n.dim,)}
-    return {}
+    op = OPS.get(n.op)
+    return dict(op.params(plain_layer(n))) if op is not None else {}
 
 
 def param_count(n: ir.Node) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 import networkx as nx
 
 from boltc import debug, ir
+from boltc.ops import OPS
 from boltc.passes import run_pipeline
 from boltc.passes.common import xc_header
 from boltc.plan import CATEGORICAL_KEYS, MEMORY_KEYS, PLAN_FORMAT, SPARSE_KINDS, TEXT_KEYS, TRAIN_DEFAULTS
@@ -42,26 +43,9 @@ def _data_entry(src: ir.DataSource, base: Path) -> dict:
 
 
 def _layer_entry(g: nx.DiGraph, n: ir.Node) -> dict:
-    entry = {"name": n.name, "op": n.op, "inputs": list(n.inputs)}
-    a = n.attrs
-    if n.op in ("fc", "embedding"):
-        src = ir.node(g, n.inputs[0])
-        sparse_in = src.op == "input" and src.attrs["kind"] in SPARSE_KINDS
-        # a sparse input's row per feature is contiguous (in_major); every other fc reads a neuron's row
-        layout = "in_major" if sparse_in or n.op == "embedding" else "out_major"
-        entry.update(in_dim=a["in_dim"], dim=n.dim)
-        if n.op == "fc":
-            sparsity = float(a["sparsity"])
-            entry.update(activation=a["activation"], bias=a.get("bias", True), input_sparse=sparse_in,
-                         layout=layout, sparsity=sparsity, active=max(1, int(sparsity * n.dim)),
-                         hash=dict(a["hash"]) if isinstance(a.get("hash"), dict) else None)
-        else:
-            entry.update(reduce=a.get("reduce", "sum"), input_sparse=sparse_in, layout=layout)
-    elif n.op == "concat":
-        entry["dim"] = n.dim
-    elif n.op == "layernorm":
-        entry.update(dim=n.dim, eps=a.get("eps", 1e-5))
-    return entry
+    src = ir.node(g, n.inputs[0])
+    sparse_in = src.op == "input" and src.attrs["kind"] in SPARSE_KINDS
+    return {"name": n.name, "op": n.op, "inputs": list(n.inputs), **OPS[n.op].plan_entry(n.attrs, n.dim, sparse_in)}
 
 
 def to_plan(graph: nx.DiGraph) -> dict:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from boltc import debug
+from boltc.ops import OPS
 from boltc.plan.moments import moment_dtypes, moment_kind
 from boltc.runtime.lsh.index import LSHIndex
 
@@ -85,18 +86,22 @@ def _layer_rng(seed: int, name: str) -> np.random.Generator:
 
 
 def init_params(layer: dict, seed: int) -> dict[str, np.ndarray]:
-    op, rng = layer["op"], _layer_rng(seed, layer["name"])
-    if op == "fc":
-        shape = (layer["in_dim"], layer["dim"]) if layer.get("layout") == "in_major" else (layer["dim"], layer["in_dim"])
-        p = {"W": _standard_normal(rng, shape)}
-        if layer.get("bias", True):
-            p["b"] = aligned_zeros(layer["dim"], np.float32)
-        return p
-    if op == "embedding":
-        return {"W": _standard_normal(rng, (layer["in_dim"], layer["dim"]))}
-    if op == "layernorm":
-        return {"gamma": np.ones(layer["dim"], dtype=np.float32), "beta": np.zeros(layer["dim"], dtype=np.float32)}
-    return {}
+    """The op's parameters (boltc/ops/<op>.py `params`), each drawn as its `param_init` says, in the
+    declared order from the layer's own generator."""
+    op = OPS.get(layer["op"])
+    shapes = op.params(layer) if op is not None else {}
+    if not shapes:
+        return {}
+    rng, out = _layer_rng(seed, layer["name"]), {}
+    for tensor, shape in shapes.items():
+        kind = op.param_init[tensor]
+        if kind == "normal":
+            out[tensor] = _standard_normal(rng, shape)
+        else:
+            out[tensor] = aligned_zeros(shape, np.float32)
+            if kind == "ones":
+                out[tensor][...] = 1.0
+    return out
 
 
 def neuron_rows(layer: dict, W: np.ndarray) -> np.ndarray:
