@@ -2,7 +2,7 @@
 
 Same results as NumpyExecutor (the spec) within float32 reassociation error when fed the same active
 sets. It runs any plan that boltc/lower/rules.py lowers (`native_support(plan)` is None): a DAG of
-fc, embedding, concat and layernorm layers with a softmax + cross-entropy or sigmoid + binary
+layers of any op (boltc/ops/) with a softmax + cross-entropy or sigmoid + binary
 cross-entropy output, dense or LSH-sparse, and LSH-sparse hidden layers. Other plans (a hidden
 softmax, a sparse fc reading a sparse input directly) run on the interpreter: same contract, only
 slower; `self.fallback_reason` says why.

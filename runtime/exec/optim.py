@@ -74,7 +74,7 @@ BF16 = np.dtype(np.uint16)        # how bfloat16 moments are stored (numpy has n
 
 class Adam:
     """Lazy Adam; `weight_decay` > 0 adds AdamW's decoupled decay W -= lr * wd * W on the touched
-    blocks of weight matrices (`W`; not biases or layernorm), so often-updated rows shrink more often."""
+    blocks of weight matrices (`W`; not biases or other vectors), so often-updated rows shrink more often."""
 
     def __init__(self, beta1=0.9, beta2=0.999, eps=1e-7, weight_decay=0.0):
         self.b1, self.b2, self.eps, self.wd = beta1, beta2, eps, weight_decay

@@ -1,7 +1,7 @@
 """ModelState: every number a model holds (parameters, optimizer moments, step, LSH indexes), seeded.
 
-Init (CONTRACTS.md section 4): fc W ~ N(0, 0.01) (BOLT's init; std 0.01), zero bias; embedding W ~
-N(0, 0.01); layernorm gamma 1, beta 0. Each layer draws from its own generator seeded by (seed, crc32 of
+Init (CONTRACTS.md section 4): each tensor as its op declares (boltc/ops/<op>.py `param_init`): weight
+matrices ~ N(0, 0.01) (BOLT's init; std 0.01), zero biases, ones or zeros. Each layer draws from its own generator seeded by (seed, crc32 of
 its name), so adding a layer does not change the others' initial weights.
 
 The output layer of a model trained with an LSH-sparse output also holds `label_count` (dim,) float32:

@@ -36,6 +36,7 @@ import scipy
 
 from boltc import debug
 from boltc.errors import Location, ModelFileError
+from boltc.ops import OPS
 from boltc.runtime.exec.optim import bf16_from_f32, f32_from_bf16
 from boltc.runtime.exec.state import (ModelState, aligned_copy, aligned_empty, aligned_zeros, moment_numpy_dtypes,
                                       zero_moments)
@@ -401,7 +402,8 @@ def state_from_saved(saved: SavedModel, path="<model>"):
     """A ModelState from a loaded model file (moments zero unless the file is a checkpoint)."""
     plan = saved.plan
     for layer in plan.get("layers", []):
-        want = layer["op"] in ("fc", "embedding", "layernorm")
+        op = OPS.get(layer["op"])
+        want = op is not None and bool(op.params(layer))
         if want and layer["name"] not in saved.params:
             raise _err(path, f"member 'params/{layer['name']}.*.npy' is missing")
         if layer.get("hash") and layer["name"] not in saved.lsh:
