@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 import boltc
+from boltc.commands.common import (add_backend_arguments, evaluate_both, is_sparse_output,  # noqa: F401
+                                  metrics_table)
+from boltc.commands.tune import run_tune
 from boltc.errors import DataError
 from boltc.runtime.distributed.driver import fit_model
 
@@ -17,12 +20,6 @@ HELP = "compile, train on the model's data block, evaluate and save (the main jo
 
 
 # ---------------------------------------------------------------- shared helpers
-
-def add_backend_arguments(p) -> None:
-    p.add_argument("--backend", choices=("native", "numpy"), default=None,
-                   help="kernels to run (default: native when available, else numpy)")
-    p.add_argument("--threads", type=int, default=None, help="worker threads (0 = all cores)")
-
 
 def add_train_arguments(p) -> None:
     """The options of the training commands (run, train): backend, train-block overrides, checkpoints
@@ -67,30 +64,6 @@ def note(model) -> None:
     _ = model.executor                  # build it now so the backend choice is known
     if model.backend_note:
         print(model.backend_note, file=sys.stderr)
-
-
-def is_sparse_output(plan: dict) -> bool:
-    out = next((l for l in plan["layers"] if l["name"] == plan["output"]), {})
-    return bool(out.get("hash"))
-
-
-def evaluate_both(model, data, metrics: list[str] | None = None) -> dict:
-    """{"dense": metrics, "sparse": metrics (LSH-sparse outputs only)}; `metrics` None = the model's."""
-    res = {"dense": model.evaluate(data, sparse=False, metrics=metrics)}
-    if is_sparse_output(model.plan):
-        res["sparse"] = model.evaluate(data, sparse=True, metrics=metrics)
-    return res
-
-
-def metrics_table(results: dict) -> str:
-    cols = list(results)
-    names = [k for k in results[cols[0]] if k != "examples_per_s"]
-    head = f"{'metric':<14}" + "".join(f"{c + ' inference':>20}" for c in cols)
-    lines = [head, "-" * len(head)]
-    for n in names:
-        lines.append(f"{n:<14}" + "".join(f"{results[c].get(n, float('nan')):>20.2f}" for c in cols))
-    lines.append(f"{'examples/s':<14}" + "".join(f"{results[c].get('examples_per_s', 0):>20,.0f}" for c in cols))
-    return "\n".join(lines)
 
 
 def train_and_report(model, args, train, validation, test, output: Path) -> int:
@@ -140,5 +113,10 @@ def run(args) -> int:
     if not data.get("train"):
         raise DataError(f"{args.model} has no data block naming a train set; use `boltc train` with --train")
     output = Path(args.output or f"{model.plan.get('model') or Path(args.model).stem}.boltc")
-    test = data.get("test") or data.get("validation")
-    return train_and_report(model, args, data["train"], data.get("validation") or data.get("test"), test, output)
+    if model.plan["train"].get("tune"):
+        # a tune(...) setting: search the values written auto first (boltc/tune), then train the winner
+        return run_tune(args.model, output, budget=None, trials=None, backend=args.backend, threads=args.threads,
+                        seed=args.seed, progress=not args.no_progress, as_json=args.json)
+    # per-epoch metrics on the data block's validation set, else on the train block's holdout share of
+    # the training rows (Model.fit); the test set is evaluated once, after training
+    return train_and_report(model, args, data["train"], data.get("validation"), data.get("test"), output)

@@ -38,9 +38,9 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     try:
+        import prometheus_client  # noqa: F401
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
-        import prometheus_client  # noqa: F401
     except ImportError as e:
         raise BoltError(f"boltc serve needs the serve extra ({e.name} is missing): "
                         "pip install 'boltc[serve]'") from None

@@ -21,7 +21,7 @@ from boltc.ops.runners import sparse_forward, update_sparse_input
 # ---------------------------------------------------------------- front end, shapes, plan
 
 def args(kit):
-    return (kit.Param("input", kit.reference, positional=True), kit.Param("dim", kit.integer(1), positional=True),
+    return (kit.Param("input", kit.reference, positional=True), kit.Param("dim", kit.width, positional=True),
             kit.Param("reduce", kit.word("sum", "mean"), "sum"))
 
 

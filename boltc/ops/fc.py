@@ -26,7 +26,7 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid", "softmax", "linear")
 # ---------------------------------------------------------------- front end, shapes, plan
 
 def args(kit):
-    return (kit.Param("input", kit.reference, positional=True), kit.Param("dim", kit.integer(1), positional=True),
+    return (kit.Param("input", kit.reference, positional=True), kit.Param("dim", kit.width, positional=True),
             kit.Param("activation", kit.word(*ACTIVATIONS, what="activation"), "linear", positional=True),
             kit.Param("sparsity", kit.sparsity, "auto"), kit.Param("hash", kit.hash, "auto"),
             kit.Param("bias", kit.boolean, True))

@@ -21,7 +21,7 @@ TRAIN_DEFAULTS = {
     "optimizer": "adam", "lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-7, "momentum": 0.0,
     "batch": 256, "epochs": 5, "schedule": {"kind": "constant"}, "sampler": {"kind": "uniform"},
     "threads": 0, "seed": 0, "checkpoint_every": 0, "inference": "dense", "weight_decay": 0.0,
-    "moments": "auto",
+    "moments": "auto", "holdout": 0.1,
 }
 
 # Defaults of an LSH layer's `hash` entry that the runtime reads and choose_hashing writes into the plan
