@@ -102,6 +102,9 @@ def to_plan(graph: nx.DiGraph) -> dict:
         "memory": {k: int(memory.get(k, 0)) for k in MEMORY_KEYS},
         "choices": [{"node": c.node, "key": c.key, "value": c.value, "reason": c.reason}
                     for c in g.graph.get("choices", [])],
+        # values written `auto` that `boltc tune` searches; untuned, the plan holds their defaults
+        "tunable": [{"where": list(t.where), "kind": t.kind, "default": t.default, "line": t.loc.line}
+                    for t in g.graph.get("tunable", ())],
     }
     debug.dump(3, "plan", lambda: _json(plan))
     return plan

@@ -141,5 +141,11 @@ def run(args) -> int:
     if not data.get("train"):
         raise DataError(f"{args.model} has no data block naming a train set; use `boltc train` with --train")
     output = Path(args.output or f"{model.plan.get('model') or Path(args.model).stem}.boltc")
-    test = data.get("test") or data.get("validation")
-    return train_and_report(model, args, data["train"], data.get("validation") or data.get("test"), test, output)
+    if model.plan["train"].get("tune"):
+        # a tune(...) setting: search the values written auto first (boltc/tune), then train the winner
+        from boltc.commands.tune import run_tune
+        return run_tune(args.model, output, budget=None, trials=None, backend=args.backend, threads=args.threads,
+                        seed=args.seed, progress=not args.no_progress, as_json=args.json)
+    # per-epoch metrics on the data block's validation set, else on the train block's holdout share of
+    # the training rows (Model.fit); the test set is evaluated once, after training
+    return train_and_report(model, args, data["train"], data.get("validation"), data.get("test"), output)

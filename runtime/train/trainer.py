@@ -32,6 +32,7 @@ from boltc.runtime import savefile
 from boltc.runtime.train.checkpoints import CheckpointPolicy, StopRequest
 from boltc.runtime.data.dataset import Dataset
 from boltc.runtime.exec.optim import lr_at
+from boltc.runtime.train.early_stop import EarlyStopping, watched_metric
 
 DEFAULT_METRICS = ("precision@1", "precision@3", "precision@5")
 EVAL_BATCH = 1024
@@ -112,12 +113,15 @@ class Trainer:
         self.history: dict = {"epochs": [], "step": int(state.step)}
         self.epochs_done = 0
         self.binary = (plan.get("target") or {}).get("kind") == "binary"
+        self.early: EarlyStopping | None = None          # `epochs auto` / `patience N` (early_stop.py)
 
     # ------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: str | Path | None = None) -> None:
         path = Path(path or self.checkpoint)
         extra = {"epochs_done": self.epochs_done,
                  "sampler": self.sampler.state_dict() if self.sampler is not None else None}
+        if self.early is not None:
+            extra["early_stopping"] = self.early.state_dict()
         self.history["step"] = int(self.state.step)
         saved = savefile.state_to_saved(self.source, self.plan, self.state, self.history, extra, with_optimizer=True)
         savefile.save_model(path, saved)
@@ -128,6 +132,7 @@ class Trainer:
         self.epochs_done = int(opt.get("epochs_done", 0))
         self.history = dict(saved.history or {"epochs": []})
         self._sampler_state = opt.get("sampler")
+        self._early_state = opt.get("early_stopping")
 
     # ------------------------------------------------------------ the loop
     def _measure_rank_correlation(self, train, epoch: int) -> None:
@@ -190,13 +195,27 @@ class Trainer:
         inference = cfg.get("inference", "dense")
         want_sparse = bool(out_layer.get("hash")) and inference in ("sparse", "both")
         want_dense = not want_sparse or inference == "both"
-        bar = _progress(self.progress, total=(epochs - self.epochs_done) * train.rows)
+        patience = cfg.get("patience")
+        if patience:
+            if validation is None or validation.labels is None:
+                raise BoltValidationError(
+                    "`epochs auto` and `patience` stop on a validation metric, but there is no validation data: "
+                    "give validation data, or keep a holdout share > 0 (train block `holdout`)")
+            if self.early is None:
+                self.early = EarlyStopping(int(patience), watched_metric(names))
+                if getattr(self, "_early_state", None):
+                    self.early.load_state_dict(self._early_state)
+        stopped = bool(self.early and self.early.best_epoch and
+                       self.epochs_done - self.early.best_epoch >= self.early.patience)
+        # early stopping: how many epochs run is not known up front, so the bar counts rows only
+        bar = None if stopped else _progress(
+            self.progress, total=None if self.early else (epochs - self.epochs_done) * train.rows)
         policy = CheckpointPolicy(cfg)
         stop = StopRequest(log=(lambda msg: bar.write(msg, file=sys.stderr)) if bar is not None else self.log)
         try:
             if self.checkpoint is not None:
                 stop.__enter__()
-            for epoch in range(self.epochs_done, epochs):
+            for epoch in range(self.epochs_done, epochs if not stopped else self.epochs_done):
                 t0 = time.perf_counter()
                 up0 = getattr(self.ex, "upkeep_seconds", 0.0)
                 loss_sum, n_seen, lr = 0.0, 0, base_lr
@@ -228,10 +247,13 @@ class Trainer:
                 overhead = float(sampler_stats.get("overhead_s", 0.0))       # cumulative in the sampler
                 record["sampler_share"] = (overhead - self._sampler_overhead) / seconds if seconds > 0 else 0.0
                 self._sampler_overhead = overhead
+                if self.early is not None:
+                    stopped = self.early.update(record, self.state)
+                    record["best_epoch"] = self.early.best_epoch
                 self.history.setdefault("epochs", []).append(record)
                 self.epochs_done = epoch + 1
                 written = self.checkpoint is None
-                final = self.epochs_done == epochs
+                final = self.epochs_done == epochs or stopped         # early stopping ends the run here
                 if not written and (stop.requested or policy.due(self.epochs_done, final and self.checkpoint_at_end)):
                     self.save_checkpoint()
                     policy.written()
@@ -250,10 +272,19 @@ class Trainer:
                     if not written:             # a callback ended the run here: keep this epoch
                         self.save_checkpoint()
                     raise
+                if stopped:
+                    break
         finally:
             stop.__exit__()
             if bar is not None:
                 bar.close()
+        if self.early is not None:
+            self.early.restore(self.state)
+            self.history["early_stopping"] = self.early.summary(self.epochs_done, stopped)
+            if self.progress and self.early.best is not None:
+                how = (f"stopped after epoch {self.epochs_done}: no better validation {self.early.metric} for "
+                       f"{self.early.patience} epochs" if stopped else f"ran all {self.epochs_done} epochs")
+                self.log(f"{how}; kept epoch {self.early.best_epoch} ({self.early.metric} {self.early.best:.2f})")
         self.history["step"] = int(self.state.step)
         return self.history
 
@@ -270,6 +301,8 @@ def format_record(r: dict) -> str:
         for k, v in (r.get(key) or {}).items():
             if k != "examples_per_s":
                 parts.append(f"{k}{tag} {v:.2f}")
+    if r.get("best_epoch") == r["epoch"]:
+        parts.append("(best so far)")
     return "  ".join(parts)
 
 
