@@ -54,6 +54,8 @@ def _dense_if_cheaper(h: nx.DiGraph, n: ir.Node, batch: int) -> None:
     sparsity = n.attrs.get("sparsity", 1.0)
     if n.op != "fc" or not isinstance(sparsity, float) or sparsity >= 1.0 or not n.dim or not n.attrs.get("in_dim"):
         return
+    if n.attrs.get("hash", "auto") != "auto":
+        return                        # hash parameters written by hand: the user wants this LSH layer
     active = max(1, int(sparsity * n.dim))
     dense, reason = runs_dense(n.dim, int(n.attrs["in_dim"]), active, batch)
     if dense:
