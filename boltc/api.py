@@ -105,7 +105,7 @@ class Model:
     # ------------------------------------------------------------ training
     def fit(self, train=None, validation=None, epochs: int | None = None, *, labels=None,
             checkpoint: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
-            callbacks=()) -> dict:
+            callbacks=(), epoch_lines: bool | None = None) -> dict:
         """Train; `train`/`validation` default to the data block's train and validation (or test) sets.
         With `checkpoint`, a checkpoint is written after every epoch; `resume=True` continues from it."""
         from boltc.runtime import savefile
@@ -131,7 +131,7 @@ class Model:
             self._set_state(savefile.state_from_saved(saved, checkpoint))
             self.plan["train"] = saved.plan.get("train", self.plan["train"])
         trainer = Trainer(self.plan, self.state, self.executor, source=self.source, checkpoint=checkpoint,
-                          progress=progress)
+                          progress=progress, epoch_lines=epoch_lines)
         if saved is not None:
             trainer.restore(saved)
         else:
@@ -153,25 +153,49 @@ class Model:
             return bool(sparse)
         return self.plan.get("train", {}).get("inference", "dense") == "sparse"
 
-    def evaluate(self, data=None, labels=None, *, sparse: bool | None = None, metrics=None) -> dict:
+    def evaluate(self, data=None, labels=None, *, sparse: bool | None = None, metrics=None,
+                 exclude_seen: bool = False, confusion: bool = False) -> dict:
+        """Metrics in percent. `exclude_seen`: labels whose ids are among the row's own feature ids are
+        left out of the ranking (recommendation data). `confusion`: add "confusion", the counts of
+        (true, predicted) class pairs (single-label and binary targets)."""
+        from boltc.runtime.metrics import parse_metric
+        from boltc.runtime.ranking import seen_input
         from boltc.runtime.trainer import evaluate, metric_names
+        names = list(metrics) if metrics else metric_names(self.plan)
+        kind = self.plan["target"].get("kind")
+        for n in names:
+            m, _ = parse_metric(n)
+            if kind == "binary" and m not in ("accuracy", "macro_f1"):
+                raise BoltError(f"metric {n} needs a label or multilabel target; use accuracy or macro_f1 for binary")
+        if kind == "multi" and (confusion or any(parse_metric(n)[0] == "macro_f1" for n in names)):
+            raise BoltError("macro_f1 and the confusion matrix need a label(n) or binary target (one class per "
+                            "example); this model's target is multilabel")
+        if exclude_seen:
+            seen_input(self.plan)                       # the model must have ids to compare: say so first
         data = data if data is not None else (self.data_source("test") or self.data_source("validation"))
         ds = self.dataset(data, labels, allow_stream=True)
         if ds.labels is None:
             raise DataError(f"{ds.source or 'the data'} has no labels to evaluate against")
-        names = list(metrics) if metrics else metric_names(self.plan)
-        binary = self.plan["target"].get("kind") == "binary"
-        return evaluate(self.executor, ds, names, sparse=self._sparse_default(sparse), binary=binary)
+        return evaluate(self.executor, ds, names, sparse=self._sparse_default(sparse), binary=kind == "binary",
+                        exclude_seen=exclude_seen, confusion=confusion)
 
-    def predict(self, X, top_k: int = 5, *, sparse: bool | None = None, batch: int = 1024):
-        """(ids (n, k) int32, scores (n, k) float32), best first."""
+    def predict(self, X, top_k: int = 5, *, sparse: bool | None = None, batch: int = 1024,
+                exclude_seen: bool = False):
+        """(ids (n, k) int32, scores (n, k) float32), best first. `exclude_seen`: a label whose id is one
+        of the row's own feature ids is never ranked (feature and label ids name the same items)."""
+        from boltc.runtime import ranking
+        if top_k < 1:
+            raise BoltError(f"top_k must be at least 1, not {top_k}")
+        if exclude_seen:
+            ranking.seen_input(self.plan)
         ds = self.dataset(X, with_labels=False)
         sparse = self._sparse_default(sparse)
         ids, scores = [], []
         for s in range(0, ds.rows, batch):
             b = ds.take(np.arange(s, min(s + batch, ds.rows)))
             b.labels = None
-            i, sc = self.executor.predict(b, top_k, sparse=sparse)
+            i, sc = ranking.predict(self.executor, b, top_k, sparse=sparse, exclude_seen=exclude_seen,
+                                    plan=self.plan)
             ids.append(i)
             scores.append(sc)
         if not ids:

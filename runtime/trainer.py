@@ -26,6 +26,7 @@ import numpy as np
 
 from boltc.errors import BoltValidationError
 from boltc.runtime import metrics as metrics_mod
+from boltc.runtime import ranking
 from boltc.runtime import savefile
 from boltc.runtime.dataset import Dataset
 from boltc.runtime.optim import lr_at
@@ -76,18 +77,22 @@ def metric_names(plan: dict) -> list[str]:
 
 
 def evaluate(executor, dataset: Dataset, names, sparse: bool = False, batch: int = EVAL_BATCH,
-             binary: bool = False) -> dict[str, float]:
-    """Metrics (percent) of `executor` on a labelled dataset; inference only."""
-    acc = metrics_mod.MetricAccumulator(names, binary=binary)
+             binary: bool = False, exclude_seen: bool = False, confusion: bool = False) -> dict[str, float]:
+    """Metrics (percent) of `executor` on a labelled dataset; inference only. `exclude_seen`: each row's
+    own feature ids are left out of the ranking (runtime/ranking.py); `confusion`: the result also holds
+    "confusion", the (true, predicted) counts, most frequent first."""
+    acc = metrics_mod.MetricAccumulator(names, binary=binary, confusion=confusion)
     t0 = time.perf_counter()
     if getattr(dataset, "streaming", False):
         batches = dataset.eval_batches(batch)
     else:
         batches = (dataset.take(np.arange(s, min(s + batch, dataset.rows))) for s in range(0, dataset.rows, batch))
     for b in batches:
-        ids, scores = executor.predict(b, acc.kmax, sparse=sparse)
+        ids, scores = ranking.predict(executor, b, acc.kmax, sparse=sparse, exclude_seen=exclude_seen)
         acc.add(ids, b.labels, scores)
     out = acc.result()
+    if confusion:
+        out["confusion"] = acc.confusion.rows()
     dt = time.perf_counter() - t0
     out["examples_per_s"] = dataset.rows / dt if dt > 0 else 0.0
     return out
@@ -95,12 +100,16 @@ def evaluate(executor, dataset: Dataset, names, sparse: bool = False, batch: int
 
 class Trainer:
     def __init__(self, plan: dict, state, executor, sampler=None, *, source: str = "",
-                 checkpoint: str | Path | None = None, progress: bool = True, log=None):
+                 checkpoint: str | Path | None = None, progress: bool = True, log=None,
+                 epoch_lines: bool | None = None):
         self.plan, self.state, self.ex, self.sampler = plan, state, executor, sampler
         self.train_cfg = plan.get("train", {})
         self.source = source
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.progress = progress
+        # the per-epoch lines are the run's record: `--no-progress` drops the bar, not them
+        # (None: printed when the bar is, as the Python API's fit(progress=False) stays quiet)
+        self.epoch_lines = progress if epoch_lines is None else bool(epoch_lines)
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.history: dict = {"epochs": [], "step": int(state.step)}
         self.epochs_done = 0
@@ -224,7 +233,7 @@ class Trainer:
                 line = format_record(record)
                 if bar is not None:
                     bar.write(line)
-                elif self.progress:
+                elif self.epoch_lines:
                     self.log(line)
                 for cb in callbacks:
                     cb(self, record)

@@ -79,6 +79,12 @@ CASES = [
     ("metric_without_cutoff", sub("precision@1", "precision"), VALID, "precision needs a cut-off", 7, 11),
     ("metric_cutoff_too_big", sub("precision@1", "precision@11"), VALID,
      "precision@11 asks for more than the 10 classes of 'y'", 7, 11),
+    ("ndcg_without_cutoff", sub("precision@1", "precision@1, ndcg"), VALID, "ndcg needs a cut-off", 7, 24),
+    ("ndcg_cutoff_zero", sub("precision@1", "ndcg@0"), VALID, "ndcg@k needs k >= 1", 7, 11),
+    ("macro_f1_on_multilabel", sub("precision@1", "macro_f1"), VALID,
+     "macro_f1 needs a label(n) or binary target (one class per example); 'y' is multilabel", 7, 11),
+    ("misspelt_macro_f1", sub("precision@1", "macro_f2"), VALID,
+     "unknown metric 'macro_f2' (did you mean 'macro_f1'?)", 7, 11),
     ("no_loss", sub("  loss cross_entropy(s, y)\n", ""), VALID, "the model has no loss", 1, 1),
     ("cycle", sub("h = fc(x, 8", "h = fc(s, 8"), VALID, "layers form a cycle: h -> s -> h", 5, 3),
     ("embedding_of_dense_input", sub("input x: sparse(100)", "input x: dense(100)").replace(

@@ -245,19 +245,19 @@ class Builder:
         self.once("metrics", st.loc)
         out = []
         for v in st.values:
-            if isinstance(v, ast.AtK) and v.name in ("precision", "recall"):
+            if isinstance(v, ast.AtK) and v.name in ir.RANKING_METRICS:
                 if v.k < 1:
                     raise Problem(f"{v.name}@k needs k >= 1", v.loc)
                 out.append(ir.Metric(v.name, v.k, v.loc))
-            elif isinstance(v, ast.Name) and v.text == "accuracy":
-                out.append(ir.Metric("accuracy", 1, v.loc))
-            elif isinstance(v, ast.Name) and v.text in ("precision", "recall"):
+            elif isinstance(v, ast.Name) and v.text in ir.PLAIN_METRICS:
+                out.append(ir.Metric(v.text, 1, v.loc))
+            elif isinstance(v, ast.Name) and v.text in ir.RANKING_METRICS:
                 raise Problem(f"{v.text} needs a cut-off, e.g. {v.text}@1", v.loc)
             else:
                 word = v.name if isinstance(v, ast.AtK) else ast.describe(v)
-                hint = did_you_mean(word, ("precision", "recall", "accuracy"))
-                raise Problem(f"unknown metric '{ast.describe(v)}'{hint}; expected precision@k, recall@k or accuracy",
-                              v.loc)
+                hint = did_you_mean(word, ir.RANKING_METRICS + ir.PLAIN_METRICS)
+                raise Problem(f"unknown metric '{ast.describe(v)}'{hint}; expected precision@k, recall@k, "
+                              "ndcg@k, accuracy or macro_f1", v.loc)
         if len({str(m) for m in out}) != len(out):
             raise Problem("a metric is listed twice", st.loc)
         self.graph.graph["metrics"] = tuple(out)
