@@ -13,7 +13,7 @@ from boltc import ir
 from boltc.frontend import ast
 from boltc.frontend.bind import (Param, Problem, as_call, bind, boolean, did_you_mean, integer, one_of_words, real,
                                  reference, string, word)
-from boltc.frontend.blocks import build_data, build_train, default_train
+from boltc.frontend.blocks import CLASS_WEIGHTS_LOC, build_data, build_train, default_train
 
 # Decisions: default widths of hashed featurisers. 2^18 text buckets keep a 256-wide first layer at
 # 256 MiB of weights; collisions at that width cost little accuracy on document classification.
@@ -119,10 +119,26 @@ class Builder:
                 self.problems.append(e)
             if len(self.problems) > before:
                 self.broken(st)
+        self.check_class_weights()
         # a model with mistakes is incomplete: validate then skips "the model has no loss" and the like,
         # which would only repeat the mistake that lost it
         self.graph.graph["incomplete"] = bool(self.problems)
         return self.graph
+
+    def check_class_weights(self) -> None:
+        """Given class weights: one per class of the target (two for binary), reported at the setting."""
+        train = self.graph.graph["train"]
+        loc = train.pop(CLASS_WEIGHTS_LOC, None)
+        given = train.get("class_weights")
+        targets = [n["node"] for n in self.graph.nodes.values() if "node" in n and n["node"].op == "target"]
+        if not isinstance(given, list) or len(targets) != 1:
+            return
+        t = targets[0].attrs
+        want = 2 if t["kind"] == "binary" else t.get("classes")
+        if isinstance(want, int) and len(given) != want:
+            what = "2 (negative, positive) for a binary target" if t["kind"] == "binary" else \
+                f"{want}, one per class of '{targets[0].name}'"
+            self.problems.append(Problem(f"class_weights has {len(given)} weights; expected {what}", loc))
 
     def broken(self, st) -> None:
         """A declaration that failed still defines its name, so uses of it are not reported again."""
