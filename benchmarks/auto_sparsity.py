@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 import boltc
-from boltc.runtime.data import load_dataset
+from boltc.runtime.data.load import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -95,7 +95,7 @@ def split(ds, rows: int | None):
 
 
 def _subset(ds, idx):
-    from boltc.runtime.dataset import Dataset
+    from boltc.runtime.data.dataset import Dataset
     b = ds.take(idx)
     return Dataset(inputs=b.inputs, labels=b.labels, class_names=ds.class_names, source=ds.source, meta={})
 

@@ -10,7 +10,7 @@ what crosses the wire differs:
   - dense:  each worker sends every gradient tensor whole and receives the whole sum (what BOLT's
     all-reduce moves), replicas update the rows that are nonzero;
   - factors: each worker sends each fc layer's input and pre-activation gradient on its active ids
-    (runtime/distributed_factors.py); every replica rebuilds the global batch's gradient from them.
+    (runtime/distributed/factors.py); every replica rebuilds the global batch's gradient from them.
 Reported per mode: examples/s (wall time of the timed updates, after warm-up updates), bytes each worker
 sends + receives per update, and the ratios sparse/dense, all measured in the same run. A single-process
 run of the same updates (the executor's train_step, no Ray) gives the 1-worker reference.
@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from boltc.plan import load_model_source
-from boltc.runtime.data import load_dataset
-from boltc.runtime.distributed import train_distributed
-from boltc.runtime.executor import make_executor
-from boltc.runtime.state import ModelState
+from boltc.runtime.data.load import load_dataset
+from boltc.runtime.distributed.driver import train_distributed
+from boltc.runtime.exec.executor import make_executor
+from boltc.runtime.exec.state import ModelState
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from boltc.errors import DataError
-from boltc.runtime.distributed_exchange import RowGrad, combine, densify, grads_nbytes, sparse_from_dense
-from boltc.runtime.distributed_shard import read_shard, row_ranges, shard_ranges
+from boltc.runtime.distributed.exchange import RowGrad, combine, densify, grads_nbytes, sparse_from_dense
+from boltc.runtime.distributed.shard import read_shard, row_ranges, shard_ranges
 
 
 def _random_sparse_grad(rng, shape, touched):

@@ -7,7 +7,7 @@ import pytest
 import boltc
 from boltc.cli import main
 from boltc.errors import BoltError
-from boltc.runtime import ranking
+from boltc.runtime.train import ranking
 from tests.runtime_models import text_source, tiny_source
 
 

@@ -27,8 +27,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from boltc.runtime.data import read_rows_text
-    from boltc.runtime.ranking import seen_input
+    from boltc.runtime.data.load import read_rows_text
+    from boltc.runtime.train.ranking import seen_input
     model = load_from_args(args)
     if args.top_k < 1:
         raise BoltError("--top-k must be at least 1")

@@ -1,6 +1,6 @@
 """One data-parallel worker: a full model replica that trains on its own shard of the data.
 
-Plain Python (no Ray here): `runtime/distributed.py` runs it either in-process (tests, debugging) or as
+Plain Python (no Ray here): `runtime/distributed/driver.py` runs it either in-process (tests, debugging) or as
 a Ray actor. Every replica holds identical weights, optimizer state and LSH tables at the start of every
 step, because every replica applies the same combined gradient with the same optimizer and rebuilds its
 hash tables at the same global steps with the same seeds. That is what keeps active sets consistent
@@ -11,7 +11,7 @@ A step is split in two so the driver can combine gradients in between:
     worker.apply(combined, lr)                     # identical optimizer update on every replica
 The executor provides both halves when it has `gradients(batch, active)` / `apply_gradients(grads, lr)`;
 otherwise `GradientProbe` recovers the gradient from the contract's `train_step` (see its docstring) and
-runtime/optim.py's lazy Adam / SGD is applied to the touched rows.
+runtime/exec/optim.py's lazy Adam / SGD is applied to the touched rows.
 
 `label_count` (the output layer's count of how often each neuron was a label; not trained) is not a
 gradient: workers send the label ids of their batch and every replica adds the whole global batch's.
@@ -23,10 +23,10 @@ import time
 
 import numpy as np
 
-from boltc.runtime.dataset import Batch, Dataset
-from boltc.runtime.distributed_exchange import Key, RowGrad
-from boltc.runtime import optim
-from boltc.runtime.lsh import training_fill, training_reserve
+from boltc.runtime.data.dataset import Batch, Dataset
+from boltc.runtime.distributed.exchange import Key, RowGrad
+from boltc.runtime.exec import optim
+from boltc.runtime.lsh.index import training_fill, training_reserve
 
 
 NOT_TRAINED = ("label_count",)
@@ -36,7 +36,7 @@ def portable_state(state):
     """The state with LSH indexes rebuilt from their plain arrays (meta() + arrays()): an executor may
     attach native hash functions (ctypes) to an index, which can neither be pickled for Ray nor shared
     between replicas. Weights and moments are shared, not copied."""
-    from boltc.runtime.lsh import LSHIndex
+    from boltc.runtime.lsh.index import LSHIndex
     lsh = {n: LSHIndex.from_arrays(idx.meta(), {k: np.array(a) for k, a in idx.arrays().items()})
            for n, idx in (getattr(state, "lsh", {}) or {}).items()}
     return type(state)(params=state.params, m=state.m, v=state.v, step=int(state.step), lsh=lsh)
@@ -81,7 +81,7 @@ def param_shapes(state) -> dict[Key, tuple[int, ...]]:
 
 def to_param_grads(grads: dict[Key, RowGrad]) -> dict:
     """RowGrads -> the optimizer's `{layer: {tensor: ParamGrad(rows, None, values)}}`."""
-    from boltc.runtime.numpy_rules import ParamGrad
+    from boltc.runtime.exec.numpy_rules import ParamGrad
     out: dict = {}
     for (layer, name), g in grads.items():
         out.setdefault(layer, {})[name] = ParamGrad(g.rows, None, g.values)
@@ -228,7 +228,7 @@ class Worker:
         Layers before the last sparse one are evaluated with the NumPy rules (the executable spec), which
         skips the output layer's forward that a full `executor.forward` would waste.
         """
-        from boltc.runtime.numpy_rules import NUMPY_RULES
+        from boltc.runtime.exec.numpy_rules import NUMPY_RULES
         lsh = getattr(self.state, "lsh", {}) or {}
         hashed = [l["name"] for l in self.plan["layers"] if l.get("hash") and l["name"] in lsh]
         active, values = {}, dict(batch.inputs)

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from boltc.errors import BoltError
-from boltc.runtime.metrics import hits
+from boltc.runtime.train.metrics import hits
 
 
 def seen_input(plan: dict) -> str:

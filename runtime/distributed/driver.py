@@ -4,11 +4,11 @@
 
 Scheme (synchronous; every replica identical at every step):
   1. Shards: the driver cuts the training file into `workers` byte ranges aligned to line starts
-     (runtime/distributed_shard.py); each worker reads only its range. Synthetic sources are cut by row
+     (runtime/distributed/shard.py); each worker reads only its range. Synthetic sources are cut by row
      range (each worker generates only its rows); other sources are read once by the driver and sliced.
   2. Each update, worker i takes B_i = B / workers rows of its shard (the global batch B of the plan is
      kept: same total batch as one process), computes forward + backward without updating, and sends
-     only the touched rows of each gradient (row ids + values; distributed_exchange.py). With
+     only the touched rows of each gradient (row ids + values; exchange.py). With
      `exchange_every=k` a worker accumulates k local batches first (one update per k*B examples).
   3. The driver sums them weighted by example counts (= the mean over the global batch) and broadcasts
      the combined row-sparse gradient once through the Ray object store; every replica applies the same
@@ -16,11 +16,11 @@ Scheme (synchronous; every replica identical at every step):
   `exchange="dense"` sends every gradient tensor whole instead (the dense all-reduce baseline; replicas
   then recover touched rows as the nonzero ones, so both modes train identically and only bytes differ).
   `exchange="factors"` sends each fc layer's input and pre-activation gradient instead, from which
-  every replica rebuilds the global gradient (distributed_factors.py): ~50x fewer bytes than rows here.
+  every replica rebuilds the global gradient (factors.py): ~50x fewer bytes than rows here.
 
-Modules: distributed_shard.py (byte-range shards), distributed_worker.py (a replica's step),
-distributed_cluster.py (worker actors, runners, Ray start-up), distributed_exchange.py /
-distributed_factors.py (what is sent and how it is combined), this file (the synchronous driver loop,
+Modules: shard.py (byte-range shards), worker.py (a replica's step),
+cluster.py (worker actors, runners, Ray start-up), exchange.py /
+factors.py (what is sent and how it is combined), this file (the synchronous driver loop,
 checkpoints, restarts, and `fit_model` for the API and CLI).
 
 Faults: every wait on a worker has a timeout (`timeout`, seconds). A worker that dies or stops answering
@@ -43,11 +43,11 @@ from pathlib import Path
 import numpy as np
 
 from boltc.errors import BoltError, DataError
-from boltc.runtime.distributed_cluster import (EXCHANGES, INSTALL_HINT, DistributedError,  # noqa: F401 (re-exported)
+from boltc.runtime.distributed.cluster import (EXCHANGES, INSTALL_HINT, DistributedError,  # noqa: F401 (re-exported)
                                                _start_workers, _WorkerFailed, connect, require_ray)
-from boltc.runtime.distributed_exchange import combine, grads_nbytes
-from boltc.runtime.distributed_shard import load_shard, plan_shards  # noqa: F401 (re-exported)
-from boltc.runtime.distributed_worker import facts_nbytes, merge_facts
+from boltc.runtime.distributed.exchange import combine, grads_nbytes
+from boltc.runtime.distributed.shard import load_shard, plan_shards  # noqa: F401 (re-exported)
+from boltc.runtime.distributed.worker import facts_nbytes, merge_facts
 
 # ---------------------------------------------------------------------------------------------- driver
 @dataclass
@@ -86,7 +86,7 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
     if exchange not in EXCHANGES:
         raise BoltError(f"exchange must be one of {', '.join(EXCHANGES)}, not {exchange!r}")
     if exchange == "factors":
-        from boltc.runtime.distributed_factors import supports
+        from boltc.runtime.distributed.factors import supports
         if not supports(plan):
             raise BoltError("exchange 'factors' handles models made of fc layers only; use 'sparse'")
     workers, k = int(workers), max(1, int(exchange_every))
@@ -119,7 +119,7 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
             raise DataError("the training data has no rows")
         per_epoch = max(1, math.ceil(total_rows / (batch * k)))
         total_updates = epochs * per_epoch
-        from boltc.runtime.optim import lr_at
+        from boltc.runtime.exec.optim import lr_at
         start = int(state.step) // per_epoch if epochs_done is None else int(epochs_done)
         last_good = (start, state)                          # resume: continue after the epochs done
         epoch = last_good[0]
@@ -137,7 +137,7 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
                     tx = time.perf_counter()
                     facts = merge_facts([p[3] for p in parts])
                     if exchange == "factors":            # factors cannot be summed: all of them, in worker order
-                        from boltc.runtime.distributed_factors import factors_nbytes
+                        from boltc.runtime.distributed.factors import factors_nbytes
                         grads = [f for p in parts for f in p[0]]
                         up = sum(factors_nbytes(f) for p in parts for f in p[0]) + facts_nbytes(facts)
                         down = up
@@ -179,14 +179,14 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
                      "upkeep_share": upkeep / seconds if seconds > 0 else 0.0,
                      "lr": lr, "workers": workers, "exchange": exchange}
             if validation is not None and validation.labels is not None:
-                from boltc.runtime.executor import make_executor
-                from boltc.runtime.trainer import evaluate, metric_names
+                from boltc.runtime.exec.executor import make_executor
+                from boltc.runtime.train.trainer import evaluate, metric_names
                 ex = make_executor(plan, new_state, backend=backend, threads=threads_per_worker)
                 entry["validation"] = evaluate(ex, validation, metric_names(plan),
                                                binary=(plan.get("target") or {}).get("kind") == "binary")
             history["epochs"].append(entry)
             history["step"] = int(new_state.step)
-            from boltc.runtime.trainer import format_record
+            from boltc.runtime.train.trainer import format_record
             log(format_record(entry) + f" ({workers} workers, {exchange} exchange)")
             every = max(1, int(train.get("checkpoint_every", 1)))
             if save is not None and ((epoch + 1) % every == 0 or epoch + 1 == epochs):

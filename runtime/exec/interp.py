@@ -26,10 +26,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from boltc.errors import BoltValidationError
-from boltc.runtime.lsh import training_reserve
-from boltc.runtime.lsh_upkeep import DEFAULT_BUDGET, LSHUpkeep
-from boltc.runtime.numpy_rules import LOSS_RULES, NUMPY_RULES
-from boltc.runtime.optim import make_optimizer
+from boltc.runtime.lsh.index import training_reserve
+from boltc.runtime.lsh.upkeep import DEFAULT_BUDGET, LSHUpkeep
+from boltc.runtime.exec.numpy_rules import LOSS_RULES, NUMPY_RULES
+from boltc.runtime.exec.optim import make_optimizer
 
 _SPARSE_INFERENCE_SEED = 0x5EED
 

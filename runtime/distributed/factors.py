@@ -12,7 +12,7 @@ Cost moved from the network to the CPU: every replica rebuilds the global batch'
 multiply-adds for the output layer: the same work one process does for the whole batch), and the
 driver's broadcast grows with the number of workers (it concatenates factors; it cannot sum them).
 
-The forward and backward passes use the NumPy rules (runtime/numpy_rules.py, the executable spec) and
+The forward and backward passes use the NumPy rules (runtime/exec/numpy_rules.py, the executable spec) and
 handle plans made of fc layers only; `supports(plan)` says whether a plan qualifies.
 Results equal the row exchange up to float32 summation order (tests/test_distributed.py).
 """
@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from boltc.runtime.distributed_exchange import Key, RowGrad
-from boltc.runtime.numpy_rules import LOSS_RULES, NUMPY_RULES, activation_backward
+from boltc.runtime.distributed.exchange import Key, RowGrad
+from boltc.runtime.exec.numpy_rules import LOSS_RULES, NUMPY_RULES, activation_backward
 
 
 def supports(plan: dict) -> bool:

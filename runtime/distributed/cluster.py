@@ -4,7 +4,7 @@
 call) runs either in this process (`InProcessRunner`: tests, debugging) or as Ray actors (`RayRunner`).
 Both runners have the same `call(method, per_worker_args, timeout)`; the Ray one turns a dead or silent
 actor into `_WorkerFailed(rank, why, lost=True)` and a worker's exception into `lost=False`, so the
-driver (runtime/distributed.py) can decide between restarting and failing.
+driver (runtime/distributed/driver.py) can decide between restarting and failing.
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from functools import partial
 import numpy as np
 
 from boltc.errors import BoltError, DependencyError
-from boltc.runtime.distributed_exchange import combine, densify
-from boltc.runtime.distributed_shard import load_shard
-from boltc.runtime.distributed_worker import Worker, merge_facts, portable_state
+from boltc.runtime.distributed.exchange import combine, densify
+from boltc.runtime.distributed.shard import load_shard
+from boltc.runtime.distributed.worker import Worker, merge_facts, portable_state
 
 INSTALL_HINT = "pip install boltc[distributed]"
 EXCHANGES = ("sparse", "dense", "factors")     # touched rows | whole tensors (baseline) | sufficient factors
@@ -54,7 +54,7 @@ class ShardWorker(Worker):
         self.global_batch = int(global_batch or plan["train"]["batch"])
 
     def setup(self) -> int:
-        from boltc.runtime.executor import make_executor
+        from boltc.runtime.exec.executor import make_executor
         plan, state, spec, rank, world, local_batch, backend, threads, seed = self._args
         del self._args
         state = copy.deepcopy(state)     # Ray hands out read-only zero-copy arrays; a replica must own its own
@@ -93,8 +93,8 @@ class ShardWorker(Worker):
         return (grads, n, loss, facts) + extra
 
     def compute_factors(self, record: bool):
-        """One local batch's sufficient factors (distributed_factors.py) instead of its gradient."""
-        from boltc.runtime import distributed_factors as fx
+        """One local batch's sufficient factors (factors.py) instead of its gradient."""
+        from boltc.runtime.distributed import factors as fx
         t0 = time.perf_counter()
         rows = self._next_rows()
         batch = self.data.take(rows)
@@ -110,7 +110,7 @@ class ShardWorker(Worker):
     def finish(self, prev) -> None:
         grads, lr, facts, epoch, index, per_epoch = prev
         if self.exchange == "factors":
-            from boltc.runtime.distributed_factors import rebuild
+            from boltc.runtime.distributed.factors import rebuild
             t0 = time.perf_counter()
             grads = rebuild(self.plan, grads)
             self.apply_seconds += time.perf_counter() - t0
@@ -121,7 +121,7 @@ class ShardWorker(Worker):
 
 
 def _nonzero_rows(g):
-    from boltc.runtime.distributed_exchange import RowGrad
+    from boltc.runtime.distributed.exchange import RowGrad
     v = g.values
     nz = np.flatnonzero(v.reshape(v.shape[0], -1).any(axis=1)).astype(np.int32)
     return RowGrad(nz, np.ascontiguousarray(v[nz]))
