@@ -118,6 +118,7 @@ class Model:
         train_ds = self.dataset(train, labels, allow_stream=True)
         if train_ds.labels is None:
             raise DataError("the training data has no labels", None)
+        self._fit_idf(train_ds)
         # the class-name mapping comes from the training set and must be fixed before the validation
         # set is read: otherwise string labels could map to different ids in the two files
         if train_ds.class_names and not self.plan["target"].get("class_names"):
@@ -146,6 +147,16 @@ class Model:
         self.history["backend"] = self.backend
         self.history["train_source"] = train_ds.source
         return self.history
+
+    def _fit_idf(self, train_ds) -> None:
+        """TF-IDF inputs (`text(..., idf=true)`): document frequencies from the training rows, kept in the
+        plan (so evaluation, prediction and the saved model weight alike), and the rows weighted."""
+        from boltc.runtime.data.text import fit_idf
+        for entry in self.plan.get("inputs", []):
+            if entry.get("kind") != "text" or not entry.get("idf") or entry.get("idf_df") is not None:
+                continue                       # fitted ones weighted the rows as they were read
+            if entry["name"] in train_ds.inputs:
+                train_ds.inputs[entry["name"]] = fit_idf(entry, train_ds.inputs[entry["name"]])
 
     # ------------------------------------------------------------ inference
     def _sparse_default(self, sparse):
@@ -231,7 +242,10 @@ class Model:
             weight_bytes = 4 * sum(l["parameters"] for l in layers)
             lsh_bytes = sum(4 * h["tables"] * (1 << h["range_bits"]) * (h["reservoir"] + 1)
                             for h in (l.get("hash") for l in self.plan["layers"]) if h)
-        return {"model": self.plan.get("model"), "inputs": self.plan.get("inputs"), "target": self.plan.get("target"),
+        # a TF-IDF input's document frequencies (one per feature) are data, not a setting: counted only
+        inputs = [{**i, "idf_df": f"{len(i['idf_df'])} counts"} if i.get("idf_df") is not None else i
+                  for i in self.plan.get("inputs") or []]
+        return {"model": self.plan.get("model"), "inputs": inputs, "target": self.plan.get("target"),
                 "layers": layers, "output": self.plan.get("output"), "loss": self.plan.get("loss"),
                 "parameters": int(sum(l["parameters"] for l in layers)),
                 "memory": {"weights_bytes": int(weight_bytes), "hash_table_bytes": int(lsh_bytes),
@@ -272,6 +286,18 @@ def apply_overrides(plan: dict, overrides: dict) -> None:
             raise BoltError(f"unknown train setting {k!r} (the train block has: {', '.join(sorted(train))})")
         if k == "upkeep_budget" and not 0.0 < float(v) <= 1.0:
             raise BoltError(f"upkeep_budget must be a fraction in (0, 1], not {v!r}")
+        if k == "class_weights":
+            from boltc.runtime.train.class_weights import n_classes
+            if isinstance(v, str) and v not in ("balanced", "none"):
+                raise BoltError(f"class_weights must be 'balanced', 'none' or one weight per class, not {v!r}")
+            if not isinstance(v, str):
+                v = [float(w) for w in np.asarray(v, dtype=np.float64).ravel()]
+                if len(v) != n_classes(plan["target"]) or min(v) < 0:
+                    raise BoltError(f"class_weights needs {n_classes(plan['target'])} weights >= 0 (one per "
+                                    f"class), got {len(v)}")
+            if v == "none":
+                train.pop(k, None)
+                continue
         train[k] = v
     if "moments" in overrides or "optimizer" in overrides:
         # plan_memory resolved each tensor's moment storage from the file's setting: resolve it again

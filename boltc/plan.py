@@ -16,7 +16,7 @@ from boltc.frontend.blocks import TRAIN_DEFAULTS  # noqa: F401  (the defaults li
 
 PLAN_FORMAT = 1
 SPARSE_KINDS = ("sparse", "text", "categorical")
-TEXT_KEYS = ("column", "tokenizer", "char_k", "ngrams", "lowercase", "values", "seed", "normalize")
+TEXT_KEYS = ("column", "tokenizer", "char_k", "ngrams", "lowercase", "values", "seed", "normalize", "idf")
 CATEGORICAL_KEYS = ("column", "seed", "normalize")
 MEMORY_KEYS = ("weights", "optimizer", "gradients", "activations", "hash_tables", "total")
 _SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".svm": "svmlight", ".svmlight": "svmlight",
@@ -85,6 +85,8 @@ def to_plan(graph: nx.DiGraph) -> dict:
                 entry.update({k: n.attrs[k] for k in TEXT_KEYS})
             elif n.attrs["kind"] == "categorical":
                 entry.update({k: n.attrs[k] for k in CATEGORICAL_KEYS})
+            elif n.attrs["kind"] == "sparse" and n.attrs.get("normalize", "none") != "none":
+                entry["normalize"] = n.attrs["normalize"]      # absent = none (plans of older files)
             inputs.append(entry)
     t = next(n for n in nodes if n.op == "target")
     loss = g.graph["loss"]

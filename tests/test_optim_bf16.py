@@ -197,7 +197,7 @@ def test_native_adam_update_equals_the_interpreter_bit_for_bit(moments, tensor, 
 
 @pytest.mark.parametrize("momentum,wd", [(0.0, 0.01), (0.9, 0.01), (0.9, 0.0)])
 def test_native_sgd_update_with_weight_decay_equals_the_interpreter_bit_for_bit(momentum, wd):
-    from boltc.runtime.optim import SGD
+    from boltc.runtime.exec.optim import SGD
     n = 1003
     k = build(lambda km: bw.dense_update(km, "upd", bw.UpdateSpec("sgd", weight_decay=wd), tensor="W"))
     upd = k.fn("t", "upd")

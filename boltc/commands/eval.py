@@ -32,7 +32,7 @@ def add_arguments(p) -> None:
 
 
 def _metric_list(text: str) -> list[str]:
-    from boltc.runtime.metrics import METRIC_WORDS, parse_metric
+    from boltc.runtime.train.metrics import METRIC_WORDS, parse_metric
     names = [m.strip() for m in text.split(",") if m.strip()]
     if not names:
         raise BoltError(f"--metrics: expected a comma-separated list of {METRIC_WORDS}")

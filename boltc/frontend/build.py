@@ -70,13 +70,19 @@ def _tokenizer(v):
 
 
 def _input_params(kind: str, name: str) -> tuple[Param, ...]:
-    if kind in ("sparse", "dense"):
+    if kind == "sparse":
+        # normalize=l2: every row scaled to unit length (runtime/data.py checked_dataset), as the linear
+        # baselines of the XC sets do; none (the default) keeps the file's values
+        return (Param("dim", integer(1), positional=True), Param("normalize", word("l2", "none"), "none"))
+    if kind == "dense":
         return (Param("dim", integer(1), positional=True),)
     if kind == "text":
         return (Param("column", string, name), Param("tokenizer", _tokenizer, ("words", None)),
                 Param("ngrams", integer(1, 3), 1), Param("lowercase", boolean, True),
                 Param("dim", integer(1), TEXT_DEFAULT_DIM), Param("values", word("counts", "log"), "counts"),
-                Param("seed", integer(0), 0), Param("normalize", word("l2", "none"), "l2"))
+                Param("seed", integer(0), 0), Param("normalize", word("l2", "none"), "l2"),
+                # TF-IDF: values times the inverse document frequency of the training set (runtime/text.py)
+                Param("idf", boolean, False))
     return (Param("column", string, name), Param("dim", integer(1), CATEGORICAL_DEFAULT_DIM),
             Param("seed", integer(0), 0), Param("normalize", word("l2", "none"), "none"))
 

@@ -1,21 +1,9 @@
 """Pass: choose_sparsity. Every fc gets a float sparsity (1.0 = dense); each automatic one is
 recorded as a Choice with its reason.
 
-Rule: only the model's output layer is made sparse automatically (hidden layers are narrow, and a
-sparse hidden layer's errors compound); a layer with hash=none has no way to choose neurons, so auto
-makes it dense. The output's active set is BOLT's share of its width (DESIGN.md section 3), raised to at
-least MIN_ACTIVE neurons; when that is more than MAX_ACTIVE_SHARE of the width the layer stays dense.
-
-Why (decision, measured in benchmarks/auto_sparsity.py on validation splits): BOLT's table makes
-outputs of 450+ labels sparse with a few dozen to a few hundred active neurons. Each training step then
-pushes down only those few negatives, and on real label sets of 1,000-2,000 labels that cost 0.6-2.4
-points of P@1 against the same model trained dense. An active set of MIN_ACTIVE neurons or more holds an
-example's labels, its hash neighbours and a frequency-weighted sample of the rest (lsh.py), which is
-what a full softmax pushes on most; and sparsity only pays when the active set is a small share of the
-width: at a quarter the output costs about a quarter of the dense one, below that the first layers
-dominate anyway. So a narrow output (under MIN_ACTIVE / MAX_ACTIVE_SHARE = 4,096 labels) stays dense,
-where its dense cost is small, and a wide one keeps an active set large enough to train like a full
-softmax. The rule depends only on the width, so it holds on data sets never measured.
+Rule (BOLT's, DESIGN.md section 3): only the model's output layer is made sparse automatically, by
+its width; hidden layers stay dense (they are narrow, and a sparse hidden layer's errors compound).
+A layer with hash=none has no way to choose neurons, so auto makes it dense.
 """
 from __future__ import annotations
 
@@ -24,27 +12,6 @@ import networkx as nx
 from boltc import ir
 from boltc.passes import bolt_rules
 from boltc.passes.common import output_name
-
-
-MIN_ACTIVE = 1024          # neurons an automatically sparse output computes per example, at least
-MAX_ACTIVE_SHARE = 0.25    # ... and at most this share of its width, else it stays dense
-
-
-def auto_output_sparsity(dim: int) -> tuple[float, str]:
-    """(sparsity, reason) for an output layer left `auto` (see the module docstring)."""
-    bolt = bolt_rules.bolt_sparsity(dim)
-    if bolt == 1.0:
-        return 1.0, f"output width {dim} < 450: dense (BOLT's table keeps it dense too)"
-    active = max(int(bolt * dim), MIN_ACTIVE)
-    if active > MAX_ACTIVE_SHARE * dim:
-        return 1.0, (f"output width {dim}: an active set of {MIN_ACTIVE}+ neurons would be over "
-                     f"{MAX_ACTIVE_SHARE:g} of the width, so sparsity would save little and risk accuracy: "
-                     f"dense (BOLT's table would give {bolt:g} = {int(bolt * dim)} active, which costs P@1)")
-    value = active / dim
-    if active == int(bolt * dim):
-        return bolt, f"BOLT's table by output width {dim}: {bolt:g} ({active} active neurons)"
-    return value, (f"output width {dim}: {active} active neurons ({value:.4g}), the least that trains like a "
-                   f"full softmax; BOLT's table would give {bolt:g} = {int(bolt * dim)}, which costs P@1")
 
 
 def choose_sparsity(g: nx.DiGraph) -> nx.DiGraph:
@@ -58,7 +25,13 @@ def choose_sparsity(g: nx.DiGraph) -> nx.DiGraph:
         elif n.name != out:
             value, reason = 1.0, "hidden layer: BOLT makes only the output layer sparse"
         else:
-            value, reason = auto_output_sparsity(n.dim)
+            value = bolt_rules.bolt_sparsity(n.dim)
+            if value == 1.0:
+                reason = f"output width {n.dim} < 450: BOLT's table keeps it dense"
+            else:
+                bound = next((b for b, s in bolt_rules.SPARSITY_TABLE if s == value), None)
+                span = f"width {n.dim} < {bound}" if bound else f"width {n.dim} >= 20000"
+                reason = f"BOLT's table by output width ({span}): {value:g}"
         ir.replace_node(h, n.with_attrs(sparsity=value))
         h.graph["choices"].append(ir.Choice(n.name, "sparsity", value, reason))
     return h

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from boltc.errors import BoltValidationError
+from boltc.runtime.train import class_weights
 from boltc.runtime.train import metrics as metrics_mod
 from boltc.runtime.train import ranking
 from boltc.runtime import savefile
@@ -114,6 +115,7 @@ class Trainer:
         self.history: dict = {"epochs": [], "step": int(state.step)}
         self.epochs_done = 0
         self.binary = (plan.get("target") or {}).get("kind") == "binary"
+        self.class_weights = None          # per-class weights, resolved on the training set by fit()
 
     # ------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: str | Path | None = None) -> None:
@@ -146,7 +148,15 @@ class Trainer:
         self.sampler.rank_correlation(losses, rows)
 
     def _epoch_batches(self, train, epoch: int, batch: int, seed: int):
-        """(row ids, Batch) of one epoch: the sampler's draws, or a streamed file's own order."""
+        """(row ids, Batch) of one epoch: the sampler's draws, or a streamed file's own order; each
+        batch's example weights carry the class weights (runtime/class_weights.py)."""
+        for rows, b in self._drawn_batches(train, epoch, batch, seed):
+            if self.class_weights is not None:
+                w = class_weights.example_weights(self.class_weights, b.labels, self.plan["target"])
+                b.weights = w if b.weights is None else (np.asarray(b.weights, np.float32) * w).astype(np.float32)
+            yield rows, b
+
+    def _drawn_batches(self, train, epoch: int, batch: int, seed: int):
         if getattr(train, "streaming", False):
             yield from train.batches(epoch, batch, seed)
             return
@@ -167,6 +177,11 @@ class Trainer:
             raise BoltValidationError(
                 f"sampler {cfg['sampler']['kind']} needs the training set in memory, but {train.source} is "
                 "streamed (too large for memory, or stream=true): use the uniform sampler, or a smaller file")
+        spec = cfg.get("class_weights")
+        if spec == "balanced" and streaming:
+            raise BoltValidationError(f"class_weights balanced counts the classes of the training set, but "
+                                      f"{train.source} is streamed: give one weight per class instead")
+        self.class_weights = class_weights.resolve(spec, None if streaming else train.labels, self.plan["target"])
         if self.sampler is None:
             self.sampler = (_UniformSampler(train.rows, batch, seed) if streaming
                             else make_sampler(cfg.get("sampler"), train, batch, seed))
