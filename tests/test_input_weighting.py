@@ -20,7 +20,7 @@ def _tsv(tmp_path, rows, name="train.tsv"):
 
 def test_tfidf_values_by_hand(tmp_path):
     dim = 1 << 12
-    m = boltc.compile(text_source(f'column="text", dim={dim}, idf=true', classes=2, epochs=1), backend="numpy")
+    m = boltc.compile(text_source(f'column="text", dim={dim}, idf=true', classes=2, epochs=1), backend="numpy", holdout=0.0)
     m.fit(_tsv(tmp_path, DOCS), progress=False)
     entry = m.plan["inputs"][0]
     assert entry["idf_rows"] == 4

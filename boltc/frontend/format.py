@@ -73,6 +73,8 @@ def _target(n: ir.Node) -> str:
     a = n.attrs
     args = [] if a["kind"] == "binary" else [str(a["classes"])]
     kw = [("column", fmt_value(a["column"]))] if a.get("column") is not None else []
+    if a.get("as_names"):
+        kw.append(("as_names", "true"))
     return _call(_TARGET_WORDS[a["kind"]], args, kw)
 
 
@@ -119,8 +121,8 @@ def _train_lines(t: dict) -> list[str]:
     if t["optimizer"] != "adam" or kw:
         lines.append("optimizer " + (_call(t["optimizer"], [], kw) if kw else t["optimizer"]))
     for key, word in (("batch", "batch"), ("epochs", "epochs"), ("threads", "threads"), ("seed", "seed"),
-                      ("checkpoint_every", "checkpoint")):
-        if t[key] != d[key]:
+                      ("checkpoint_every", "checkpoint"), ("holdout", "holdout")):
+        if t.get(key, d[key]) != d[key]:
             lines.append(f"{word} {fmt_value(t[key])}")
     for key in ("schedule", "sampler"):
         if t[key] != d[key]:
@@ -135,6 +137,8 @@ def _train_lines(t: dict) -> list[str]:
             lines.append(f"class_weights {v if isinstance(v, str) else ', '.join(fmt_value(float(w)) for w in v)}")
         elif key in t:
             lines.append(f"{key} {fmt_value(t[key])}")
+    if t.get("tune"):
+        lines.append(_call("tune", [], _kw(t["tune"])))
     if t.get("distributed"):
         lines.append(_call("distributed", [], _kw(t["distributed"], words=("exchange",))))
     return lines
