@@ -101,15 +101,17 @@ def _subset(ds, idx):
 
 
 def run_one(text: str, train, val, threads: int) -> dict:
-    m = boltc.compile(text, backend="native", threads=threads)
+    # holdout 0: the validation split is carved here, once, for every model of the data set
+    m = boltc.compile(text, backend="native", threads=threads, holdout=0.0)
     if train.class_names and not m.plan["target"].get("class_names"):
         m.plan["target"]["class_names"] = list(train.class_names)
     out = next(l for l in m.plan["layers"] if l["name"] == m.plan["output"])
     t0 = time.perf_counter()
-    m.fit(train, validation=None, progress=False)
+    # epochs auto (the shipped models) stops on this validation split, for the dense and sparse alike
+    m.fit(train, validation=val, progress=False)
     secs = time.perf_counter() - t0
     metric = "accuracy" if m.plan["target"]["kind"] == "binary" else "precision@1"
-    res = {"sparsity": out["sparsity"], "active": out["active"], "train_seconds": secs,
+    res = {"sparsity": out["sparsity"], "active": out["active"], "labels": out["dim"], "train_seconds": secs,
            "dense_inference": m.evaluate(val, sparse=False, metrics=[metric])[metric]}
     if out.get("hash"):
         res["sparse_inference"] = m.evaluate(val, sparse=True, metrics=[metric])[metric]
@@ -132,6 +134,8 @@ def main(argv=None) -> int:
                     help="training rows drawn from 20ng_nextword (its validation share comes out of them)")
     ap.add_argument("--also", default="", help="comma-separated hand-set output sparsities to add")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--train-dense", action="store_true",
+                    help="also train the sets where auto keeps the output dense (the same model either way)")
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
     names = args.only.split(",") if args.only else list(SETS)
@@ -148,22 +152,28 @@ def main(argv=None) -> int:
         auto_text = with_output_sparsity(base, output, "auto")
         dense_text = with_output_sparsity(base, output, "1.0")
         value, reason = choice_reason(auto_text)
-        probe = boltc.compile(dense_text)
+        probe = boltc.compile(dense_text, holdout=0.0)
         ds = load_dataset(str(path), probe.plan)
         train, val = split(ds, args.nextword_rows if name == "20ng_nextword" else None)
         print(f"{name}: {train.rows} train / {val.rows} validation rows; auto: {value} ({reason})",
               file=sys.stderr, flush=True)
-        row = {"data": name, "train_rows": train.rows, "validation_rows": val.rows, "auto_sparsity": value,
+        row = {"data": name, "labels": int(probe.plan["target"]["classes"]), "train_rows": train.rows,
+               "validation_rows": val.rows, "auto_sparsity": value,
                "auto_reason": reason}
+        alsos = [x for x in filter(None, args.also.split(",")) if float(x) < 1.0 and float(x) != value]
+        if (value is None or value >= 1.0) and not alsos and not args.train_dense:
+            # auto keeps the layer dense: the auto model is the dense model, nothing to compare
+            row["dense"] = None
+            rows.append(row)
+            continue
         row["dense"] = run_one(dense_text, train, val, args.threads)
         print(f"  dense: {row['dense']}", file=sys.stderr, flush=True)
         if value is not None and value < 1.0:
             row["auto"] = run_one(auto_text, train, val, args.threads)
             print(f"  auto: {row['auto']}", file=sys.stderr, flush=True)
-        for s in filter(None, args.also.split(",")):
-            if float(s) < 1.0 and float(s) != value:
-                row[f"sparsity {s}"] = run_one(with_output_sparsity(base, output, s), train, val, args.threads)
-                print(f"  {s}: {row[f'sparsity {s}']}", file=sys.stderr, flush=True)
+        for x in alsos:
+            row[f"sparsity {x}"] = run_one(with_output_sparsity(base, output, x), train, val, args.threads)
+            print(f"  {x}: {row[f'sparsity {x}']}", file=sys.stderr, flush=True)
         rows.append(row)
     print(table(rows))
     RESULTS.mkdir(exist_ok=True)
@@ -180,6 +190,10 @@ def table(rows: list[dict]) -> str:
             f"{'auto, sparse inf':>18}{'gap':>7}  other")
     lines = [head, "-" * len(head)]
     for r in rows:
+        if r["dense"] is None:
+            lines.append(f"{r['data']:<14}{r['labels']:>8}{'dense':>10}{'':>11}{'= dense (the same model)':>35}"
+                         f"{0.0:>7.2f}")
+            continue
         d = r["dense"]["dense_inference"]
         a = r.get("auto")
         if a is None:
@@ -190,7 +204,7 @@ def table(rows: list[dict]) -> str:
         other = "; ".join(f"{k}: {v['dense_inference']:.2f}/{v.get('sparse_inference', float('nan')):.2f}"
                           for k, v in r.items() if k.startswith("sparsity "))
         auto = "dense" if (r["auto_sparsity"] or 1.0) >= 1.0 else f"{r['auto_sparsity']:.4g}"
-        lines.append(f"{r['data']:<14}{'':>8}{auto:>10}{d:>11.2f}{cells}  {other}")
+        lines.append(f"{r['data']:<14}{r['labels']:>8}{auto:>10}{d:>11.2f}{cells}  {other}")
     return "\n".join(lines)
 
 
