@@ -24,9 +24,10 @@ def is_sparse_output(plan: dict) -> bool:
     return bool(out.get("hash"))
 
 
-def evaluate_both(model, data, metrics: list[str] | None = None) -> dict:
-    """{"dense": metrics, "sparse": metrics (LSH-sparse outputs only)}; `metrics` None = the model's."""
-    res = {"dense": model.evaluate(data, sparse=False, metrics=metrics)}
+def evaluate_both(model, data, metrics: list[str] | None = None, **options) -> dict:
+    """{"dense": metrics, "sparse": metrics (LSH-sparse outputs only)}; `metrics` None = the model's;
+    `options` go to Model.evaluate (exclude_seen, confusion)."""
+    res = {"dense": model.evaluate(data, sparse=False, metrics=metrics, **options)}
     if is_sparse_output(model.plan):
-        res["sparse"] = model.evaluate(data, sparse=True, metrics=metrics)
+        res["sparse"] = model.evaluate(data, sparse=True, metrics=metrics, **options)
     return res

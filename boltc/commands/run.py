@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import boltc
-from boltc.commands.common import (add_backend_arguments, evaluate_both, is_sparse_output,  # noqa: F401
-                                  metrics_table)
+from boltc.commands.common import add_backend_arguments, evaluate_both, is_sparse_output, metrics_table  # noqa: F401
 from boltc.commands.tune import run_tune
 from boltc.errors import DataError
 from boltc.runtime.distributed.driver import fit_model
@@ -36,7 +35,7 @@ def add_train_arguments(p) -> None:
     p.add_argument("--checkpoint-interval", type=float, default=None, metavar="SECONDS",
                    help="override the train block's checkpoint_interval")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (the per-epoch lines are still printed)")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON on stdout")
     p.add_argument("--workers", type=int, default=None,
                    help="train data-parallel on N Ray workers (needs: pip install boltc[distributed])")
@@ -73,11 +72,12 @@ def train_and_report(model, args, train, validation, test, output: Path) -> int:
         if getattr(args, "workers", None) is not None or model.plan["train"].get("distributed"):
             hist = fit_model(model, train, validation, epochs=args.epochs, workers=args.workers,
                              address=args.address, exchange=args.exchange, checkpoint=ckpt,
-                             resume=args.resume, progress=not args.no_progress)
+                             resume=args.resume, progress=True)     # its only progress: the epoch lines
         else:
             # the default checkpoint is deleted once the model is saved: none is written at the end
             hist = model.fit(train, validation, epochs=args.epochs, checkpoint=ckpt, resume=args.resume,
-                             progress=not args.no_progress, checkpoint_at_end=bool(args.checkpoint))
+                             progress=not args.no_progress, checkpoint_at_end=bool(args.checkpoint),
+                             epoch_lines=True)
     except KeyboardInterrupt:
         if ckpt.exists():
             print(f"interrupted: the last checkpoint is {ckpt}; run the same command with --resume to continue",

@@ -213,6 +213,13 @@ def lower(km, layer: dict, ctx: LowerContext) -> dict:
         lib.dense.dense_fc_fwd(km, out["fwd"], in_dim, dim, f_act, bias, gather=False)
         out["upd"] = lib.symbol(layer, "upd")
         lib.backward.rows_update_out_major(km, out["upd"], in_dim, dim, False, bias, opt)
+        # the BLAS path of a dense layer (dense_blas below): the gradient comes from sgemm, these apply
+        # the optimizer to every entry of W and b
+        out["w_upd"] = lib.symbol(layer, "w_upd")
+        lib.backward.dense_update(km, out["w_upd"], opt, tensor="W")
+        if bias:
+            out["bias_upd"] = lib.symbol(layer, "bias_upd")
+            lib.backward.dense_update(km, out["bias_upd"], opt)
         if ctx.needs_dx:
             out["dx"] = lib.symbol(layer, "dx")
             lib.backward.input_grad(km, out["dx"], in_dim, dim, False, ctx.in_activation)
@@ -250,6 +257,15 @@ N_CHUNKS = 8
 NEURON_MAJOR_MIN_BATCH = 32
 # Dense scoring of an output layer at least this big (dim * in_dim) for a batch >= 32 goes to BLAS.
 DENSE_GEMM_MIN_WEIGHTS = 1 << 22
+# A dense fc (every neuron, dense input) runs its forward as sgemm calls into numpy's BLAS
+# (runtime/exec/blas.py, reached as `ex.blas`) when it multiplies at least this many times
+# (B * dim * in_dim), and its backward too (dW = g^T x and dx = g W by sgemm, then the optimizer kernel
+# over every entry) from a batch of DENSE_BLAS_MIN_BATCH_BACKWARD. Measured with benchmarks/dense_blas.py
+# (docs/native.md "Dense layers"): the forward gained 1.1-2.4x on every shape tried; the backward writes
+# and rereads a gradient as large as W where the generated kernel fuses gradient and update, which lost
+# below batch 128 (0.4x at batch 1, 0.8x at 16-64) and won from it (1.07x at 128, 1.4-1.9x at 256).
+DENSE_BLAS_MIN_MACS = 1 << 16
+DENSE_BLAS_MIN_BATCH_BACKWARD = 128
 
 
 def run_forward(ex, layer, ins, step):
@@ -264,6 +280,12 @@ def run_forward(ex, layer, ins, step):
         ids = cache["ids"] = _active_ids(ex, layer, x, step)
         if name == ex.output:
             out = _output_logits(ex, layer, x, ids, W, b, step, cache)
+        elif ids is None and dense_blas(ex, layer, B):
+            out = ex.blas.matmul_nt(ex.pool, x, W, b)
+            if layer["activation"] == "relu":
+                np.maximum(out, 0, out=out)
+            elif layer["activation"] != "linear":
+                out = np.ascontiguousarray(activate(layer["activation"], out), dtype=np.float32)
         elif ids is None:
             out = np.empty((B, dim), np.float32)
             ex.run(name, "fwd", B, ptr(x), None, ptr(W), ptr(b), ptr(out), work=dim * layer["in_dim"])
@@ -312,17 +334,45 @@ def _output_logits(ex, layer, x, ids, W, b, step, cache) -> np.ndarray:
             ex.run(name, "fwd_active", B, ptr(x), ptr(ids), ptr(W), ptr(b), ptr(out),
                  work=ids.shape[1] * layer["in_dim"])
         return out
-    if B >= NEURON_MAJOR_MIN_BATCH and layer["dim"] * layer["in_dim"] >= DENSE_GEMM_MIN_WEIGHTS:
+    if (B >= NEURON_MAJOR_MIN_BATCH and layer["dim"] * layer["in_dim"] >= DENSE_GEMM_MIN_WEIGHTS) \
+            or dense_blas(ex, layer, B):
         # dense scoring of a wide layer for a batch is a real GEMM (B x in @ in x dim): the host BLAS
         # sgemm (numpy's) runs it near FLOP peak, which a dot-product kernel does not (measured 4.7 s vs
-        # ~1 s for 256 x 670k); its result does not depend on our pool
-        out = np.matmul(x, W.T)
-        if b is not None:
-            out += b
-        return out
+        # ~1 s for 256 x 670k); runtime/exec/blas.py splits it in fixed blocks over our pool
+        return ex.blas.matmul_nt(ex.pool, x, W, b)
     out = np.empty((B, layer["dim"]), np.float32)
     ex.run(name, "fwd", B, ptr(x), None, ptr(W), ptr(b), ptr(out), work=layer["dim"] * layer["in_dim"])
     return out
+
+
+def dense_blas(ex, layer, B: int, backward: bool = False) -> bool:
+    """Whether this dense fc runs on BLAS at batch B (see DENSE_BLAS_MIN_MACS): a model file built
+    before the BLAS path has no `w_upd` kernel and keeps the generated ones."""
+    return (ex.k.has(layer["name"], "w_upd") and layer.get("layout") != "in_major"
+            and B * layer["dim"] * layer["in_dim"] >= DENSE_BLAS_MIN_MACS
+            and (not backward or B >= DENSE_BLAS_MIN_BATCH_BACKWARD))
+
+
+def _dense_blas_backward(ex, layer, x, g, step):
+    """The dense fc's backward on BLAS: dx = g W (W before its update, the fused activation derivative
+    applied), dW = g^T x and db = sum_b g, then the optimizer over every entry (generated kernels split
+    by entries: thread-count independent)."""
+    name = layer["name"]
+    p, m, v = ex.param_state(name)
+    W, b = p["W"], p.get("b")
+    dx = None
+    if ex.k.has(name, "dx"):
+        dx = ex.blas.matmul_nn(ex.pool, g, W)
+        fused = ex.fused_activation[name]
+        if fused:
+            dx = act_grad(fused, x, dx)
+    gW = ex.blas.matmul_tn(ex.pool, g, x)
+    ex.run(name, "w_upd", W.size, ptr(W), ptr(gW), ptr(m["W"]), ptr(v["W"]), ptr(step.hyper), work=ADAM_OPS)
+    if b is not None:
+        db = np.ascontiguousarray(g.sum(axis=0, dtype=np.float32))
+        ex.run(name, "bias_upd", layer["dim"], ptr(b), ptr(db), ptr(m["b"]), ptr(v["b"]), ptr(step.hyper),
+               work=ADAM_OPS)
+    return [dx]
 
 
 def run_backward(ex, layer, cache, g, step):
@@ -367,6 +417,8 @@ def run_backward(ex, layer, cache, g, step):
             dx += dxbufs[c]
         fused = ex.fused_activation[name]
         return [act_grad(fused, x, dx) if fused else dx]
+    if dense_blas(ex, layer, B, backward=True):
+        return _dense_blas_backward(ex, layer, x, np.ascontiguousarray(g, dtype=np.float32), step)
     dx = None
     if needs_dx:
         dx = np.empty_like(x)                      # the kernel applies the fused activation derivative

@@ -62,6 +62,8 @@ def to_plan(graph: nx.DiGraph) -> dict:
                 entry.update({k: n.attrs[k] for k in TEXT_KEYS})
             elif n.attrs["kind"] == "categorical":
                 entry.update({k: n.attrs[k] for k in CATEGORICAL_KEYS})
+            elif n.attrs["kind"] == "sparse" and n.attrs.get("normalize", "none") != "none":
+                entry["normalize"] = n.attrs["normalize"]      # absent = none (plans of older files)
             inputs.append(entry)
     t = next(n for n in nodes if n.op == "target")
     loss = g.graph["loss"]
@@ -71,7 +73,7 @@ def to_plan(graph: nx.DiGraph) -> dict:
         "format": PLAN_FORMAT, "model": g.graph.get("model"),
         "inputs": inputs,
         "target": {"name": t.name, "kind": t.attrs["kind"], "classes": t.attrs["classes"],
-                   "column": t.attrs.get("column")},
+                   "column": t.attrs.get("column"), **({"as_names": True} if t.attrs.get("as_names") else {})},
         "layers": [_layer_entry(g, n) for n in nodes if n.op in ir.LAYER_OPS],
         "output": loss.output, "loss": loss.kind, "metrics": [str(m) for m in g.graph.get("metrics", ())],
         "train": _plain(g.graph.get("train") or TRAIN_DEFAULTS),

@@ -12,7 +12,7 @@ from typing import Any, TypedDict
 
 PLAN_FORMAT = 1
 SPARSE_KINDS = ("sparse", "text", "categorical")
-TEXT_KEYS = ("column", "tokenizer", "char_k", "ngrams", "lowercase", "values", "seed", "normalize")
+TEXT_KEYS = ("column", "tokenizer", "char_k", "ngrams", "lowercase", "values", "seed", "normalize", "idf")
 CATEGORICAL_KEYS = ("column", "seed", "normalize")
 MEMORY_KEYS = ("weights", "optimizer", "gradients", "activations", "hash_tables", "total")
 

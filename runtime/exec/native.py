@@ -26,13 +26,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from boltc.errors import BoltValidationError
-from boltc.ops.base import step_seed
 from boltc.lower.backward import HYPER
 from boltc.lower.kernels import compile_plan, ptr
 from boltc.lower.loss import LOSS_ROLE
 from boltc.lower.rules import SPARSE_INPUT_KINDS, fused_input_activation, native_support
+from boltc.ops.base import step_seed
+from boltc.runtime.exec import blas, native_ops
 from boltc.runtime.exec.interp import NumpyExecutor
-from boltc.runtime.exec import native_ops
 from boltc.runtime.exec.native_ops import (DENSE_GEMM_MIN_WEIGHTS, N_CHUNKS, NATIVE_OPS,  # noqa: F401
                                            NEURON_MAJOR_MIN_BATCH, Step, min_items)
 from boltc.runtime.exec.numpy_rules import activate
@@ -67,6 +67,7 @@ class NativeExecutor:
         self.fallback_reason = native_support(plan)
         self.native = self.fallback_reason is None
         self.pool = ThreadPool(threads)
+        self.blas = blas                 # sgemm over the pool, for the ops' runners (runtime/exec/blas.py)
         self.threads = self.pool.threads
         if not self.native:
             return

@@ -22,7 +22,8 @@ import numpy as np
 
 from boltc.ops import OPS
 from boltc.ops.base import Context
-from boltc.ops.fc import DENSE_GEMM_MIN_WEIGHTS, N_CHUNKS, NEURON_MAJOR_MIN_BATCH  # noqa: F401 (tuning knobs, here too)
+from boltc.ops.fc import (DENSE_BLAS_MIN_BATCH_BACKWARD, DENSE_BLAS_MIN_MACS,  # noqa: F401; (tuning knobs, here too)
+                          DENSE_GEMM_MIN_WEIGHTS, N_CHUNKS, NEURON_MAJOR_MIN_BATCH, dense_blas)
 from boltc.ops.runners import ADAM_OPS  # noqa: F401
 
 # Handing a slice to the pool costs about 0.1 ms (a lock hand-off each way), more than a small kernel
