@@ -26,12 +26,27 @@ import numpy as np
 
 from boltc import debug
 from boltc.errors import BackendError, BoltError, DataError
+from boltc.frontend.blocks import OPTIONAL_TRAIN_KEYS
+from boltc.ops import OPS
+from boltc.pipeline import load_model_source, read_source
+from boltc.plan.moments import choose, plan_param_sizes
+from boltc.runtime import savefile
+from boltc.runtime.data.holdout import split
+from boltc.runtime.data.load import as_dataset, load_dataset
+from boltc.runtime.data.text import apply_idf, fit_idf, idf_weights
+from boltc.runtime.exec.executor import make_executor
+from boltc.runtime.exec.state import ModelState
+from boltc.runtime.savefile.artifact import StaleNativeCode, load_native
+from boltc.runtime.train import ranking
+from boltc.runtime.train.class_weights import n_classes
+from boltc.runtime.train.metrics import parse_metric
+from boltc.runtime.train.ranking import seen_input
+from boltc.runtime.train.trainer import Trainer, evaluate, metric_names
 
 BACKENDS = ("native", "numpy")
 
 
 def _make_executor(plan: dict, state, backend: str | None, threads: int | None, kernels=None):
-    from boltc.runtime.exec.executor import make_executor
     threads = int(plan.get("train", {}).get("threads", 0) if threads is None else threads)
     if backend is None:
         try:
@@ -66,7 +81,6 @@ class Model:
     @property
     def state(self):
         if self._state is None:
-            from boltc.runtime.exec.state import ModelState
             self._state = ModelState.init(self.plan)
         return self._state
 
@@ -76,7 +90,6 @@ class Model:
             kernels = None
             stale = None
             if self._native_members and self._backend_req in (None, "native"):
-                from boltc.lower.artifact import StaleNativeCode, load_native
                 try:
                     kernels = load_native(self._native_members, self.file or "<model>")
                 except StaleNativeCode as e:
@@ -94,7 +107,6 @@ class Model:
     def dataset(self, data, labels=None, with_labels: bool = True, allow_stream: bool = False):
         """Any accepted input -> runtime Dataset (files, plan data entries, matrices, strings); with
         `allow_stream`, a large XC/svmlight file comes back as a runtime/data/stream.py StreamingDataset."""
-        from boltc.runtime.data.load import as_dataset, load_dataset
         if data is None:
             raise DataError("no data given (and the model's data block names none)")
         is_text_model = any(i.get("kind") in ("text", "categorical") for i in self.plan.get("inputs", []))
@@ -110,14 +122,12 @@ class Model:
     # ------------------------------------------------------------ training
     def fit(self, train=None, validation=None, epochs: int | None = None, *, labels=None,
             checkpoint: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
-            callbacks=(), checkpoint_at_end: bool = True) -> dict:
+            callbacks=(), checkpoint_at_end: bool = True, epoch_lines: bool | None = None) -> dict:
         """Train; `train`/`validation` default to the data block's train and validation sets; with no
         validation data, a seeded `holdout` share of the training rows is held out for it (the test set is
         never used). With `checkpoint`, checkpoints are written at epoch ends as runtime/train/checkpoints.py
         decides (a wall-clock interval, `checkpoint N` epochs, the end unless `checkpoint_at_end=False`,
         Ctrl-C); `resume=True` continues from it."""
-        from boltc.runtime import savefile
-        from boltc.runtime.train.trainer import Trainer
         train = train if train is not None else self.data_source("train")
         if train is None:
             raise DataError("no training data: pass it to fit() or name it in the model's data block")
@@ -131,6 +141,7 @@ class Model:
         if train_ds.class_names and not self.plan["target"].get("class_names"):
             self.plan["target"]["class_names"] = list(train_ds.class_names)
         train_ds, val_ds = self.validation_split(train_ds, validation)
+        self._fit_idf(train_ds, val_ds)
         saved = None
         if resume and checkpoint and Path(checkpoint).exists():
             saved = savefile.load_model(checkpoint)
@@ -139,7 +150,7 @@ class Model:
             self._set_state(savefile.state_from_saved(saved, checkpoint))
             self.plan["train"] = saved.plan.get("train", self.plan["train"])
         trainer = Trainer(self.plan, self.state, self.executor, source=self.source, checkpoint=checkpoint,
-                          progress=progress, checkpoint_at_end=checkpoint_at_end)
+                          progress=progress, checkpoint_at_end=checkpoint_at_end, epoch_lines=epoch_lines)
         if saved is not None:
             trainer.restore(saved)
         else:
@@ -156,6 +167,22 @@ class Model:
         self.history["validation_source"] = val_ds.source if val_ds is not None else None
         return self.history
 
+    def _fit_idf(self, train_ds, val_ds=None) -> None:
+        """TF-IDF inputs (`text(..., idf=true)`): document frequencies from the training rows (after the
+        validation share is held out, so it stays unseen), kept in the plan so that evaluation,
+        prediction and the saved model weight alike; the rows read before the counts existed (training
+        and validation) are weighted here."""
+        for entry in self.plan.get("inputs", []):
+            if entry.get("kind") != "text" or not entry.get("idf") or entry.get("idf_df") is not None:
+                continue                       # fitted ones weighted the rows as they were read
+            name = entry["name"]
+            if name not in train_ds.inputs:
+                continue
+            train_ds.inputs[name] = fit_idf(entry, train_ds.inputs[name])
+            if val_ds is not None and name in getattr(val_ds, "inputs", {}):
+                val_ds.inputs[name] = apply_idf(val_ds.inputs[name], idf_weights(entry),
+                                                entry.get("normalize") or "l2")
+
     def validation_split(self, train_ds, validation=None):
         """(training Dataset, validation Dataset or None): `validation` read, or else the train block's
         `holdout` share carved from `train_ds` (runtime/data/holdout.py); a streamed training file cannot be
@@ -171,7 +198,6 @@ class Model:
                                 "validation share can be held out of it: give a validation file for "
                                 "`epochs auto` / `patience`")
             return train_ds, None
-        from boltc.runtime.data.holdout import split
         return split(train_ds, share, int(self.plan["train"].get("seed", 0)))
 
     # ------------------------------------------------------------ inference
@@ -180,25 +206,45 @@ class Model:
             return bool(sparse)
         return self.plan.get("train", {}).get("inference", "dense") == "sparse"
 
-    def evaluate(self, data=None, labels=None, *, sparse: bool | None = None, metrics=None) -> dict:
-        from boltc.runtime.train.trainer import evaluate, metric_names
+    def evaluate(self, data=None, labels=None, *, sparse: bool | None = None, metrics=None,
+                 exclude_seen: bool = False, confusion: bool = False) -> dict:
+        """Metrics in percent. `exclude_seen`: labels whose ids are among the row's own feature ids are
+        left out of the ranking (recommendation data). `confusion`: add "confusion", the counts of
+        (true, predicted) class pairs (single-label and binary targets)."""
+        names = list(metrics) if metrics else metric_names(self.plan)
+        kind = self.plan["target"].get("kind")
+        for n in names:
+            m, _ = parse_metric(n)
+            if kind == "binary" and m not in ("accuracy", "macro_f1"):
+                raise BoltError(f"metric {n} needs a label or multilabel target; use accuracy or macro_f1 for binary")
+        if kind == "multi" and (confusion or any(parse_metric(n)[0] == "macro_f1" for n in names)):
+            raise BoltError("macro_f1 and the confusion matrix need a label(n) or binary target (one class per "
+                            "example); this model's target is multilabel")
+        if exclude_seen:
+            seen_input(self.plan)                       # the model must have ids to compare: say so first
         data = data if data is not None else (self.data_source("test") or self.data_source("validation"))
         ds = self.dataset(data, labels, allow_stream=True)
         if ds.labels is None:
             raise DataError(f"{ds.source or 'the data'} has no labels to evaluate against")
-        names = list(metrics) if metrics else metric_names(self.plan)
-        binary = self.plan["target"].get("kind") == "binary"
-        return evaluate(self.executor, ds, names, sparse=self._sparse_default(sparse), binary=binary)
+        return evaluate(self.executor, ds, names, sparse=self._sparse_default(sparse), binary=kind == "binary",
+                        exclude_seen=exclude_seen, confusion=confusion)
 
-    def predict(self, X, top_k: int = 5, *, sparse: bool | None = None, batch: int = 1024):
-        """(ids (n, k) int32, scores (n, k) float32), best first."""
+    def predict(self, X, top_k: int = 5, *, sparse: bool | None = None, batch: int = 1024,
+                exclude_seen: bool = False):
+        """(ids (n, k) int32, scores (n, k) float32), best first. `exclude_seen`: a label whose id is one
+        of the row's own feature ids is never ranked (feature and label ids name the same items)."""
+        if top_k < 1:
+            raise BoltError(f"top_k must be at least 1, not {top_k}")
+        if exclude_seen:
+            ranking.seen_input(self.plan)
         ds = self.dataset(X, with_labels=False)
         sparse = self._sparse_default(sparse)
         ids, scores = [], []
         for s in range(0, ds.rows, batch):
             b = ds.take(np.arange(s, min(s + batch, ds.rows)))
             b.labels = None
-            i, sc = self.executor.predict(b, top_k, sparse=sparse)
+            i, sc = ranking.predict(self.executor, b, top_k, sparse=sparse, exclude_seen=exclude_seen,
+                                    plan=self.plan)
             ids.append(i)
             scores.append(sc)
         if not ids:
@@ -211,7 +257,6 @@ class Model:
 
     # ------------------------------------------------------------ persistence
     def save(self, path) -> None:
-        from boltc.runtime import savefile
         saved = savefile.state_to_saved(self.source, self.plan, self.state, self.history)
         savefile.save_model(path, saved)
 
@@ -234,7 +279,10 @@ class Model:
             weight_bytes = 4 * sum(l["parameters"] for l in layers)
             lsh_bytes = sum(4 * h["tables"] * (1 << h["range_bits"]) * (h["reservoir"] + 1)
                             for h in (l.get("hash") for l in self.plan["layers"]) if h)
-        return {"model": self.plan.get("model"), "inputs": self.plan.get("inputs"), "target": self.plan.get("target"),
+        # a TF-IDF input's document frequencies (one per feature) are data, not a setting: counted only
+        inputs = [{**i, "idf_df": f"{len(i['idf_df'])} counts"} if i.get("idf_df") is not None else i
+                  for i in self.plan.get("inputs") or []]
+        return {"model": self.plan.get("model"), "inputs": inputs, "target": self.plan.get("target"),
                 "layers": layers, "output": self.plan.get("output"), "loss": self.plan.get("loss"),
                 "parameters": int(sum(l["parameters"] for l in layers)),
                 "memory": {"weights_bytes": int(weight_bytes), "hash_table_bytes": int(lsh_bytes),
@@ -244,20 +292,12 @@ class Model:
 
 def _planned_shapes(layer: dict) -> dict:
     """Parameter shapes a layer will have (CONTRACTS.md section 4), without allocating them."""
-    op = layer["op"]
-    if op == "fc":
-        W = [layer["in_dim"], layer["dim"]] if layer.get("layout") == "in_major" else [layer["dim"], layer["in_dim"]]
-        return {"W": W, **({"b": [layer["dim"]]} if layer.get("bias", True) else {})}
-    if op == "embedding":
-        return {"W": [layer["in_dim"], layer["dim"]]}
-    if op == "layernorm":
-        return {"gamma": [layer["dim"]], "beta": [layer["dim"]]}
-    return {}
+    op = OPS.get(layer["op"])
+    return {t: list(s) for t, s in op.params(layer).items()} if op is not None else {}
 
 
 def compile(source, backend: str | None = None, threads: int | None = None, **train_overrides) -> Model:  # noqa: A001
     """Parse, check and plan a .bolt file (a path or the text) into a trainable Model."""
-    from boltc.plan import load_model_source, read_source
     text, file = read_source(source)
     _, plan = load_model_source(source)
     plan = copy.deepcopy(plan)
@@ -266,7 +306,6 @@ def compile(source, backend: str | None = None, threads: int | None = None, **tr
 
 
 def apply_overrides(plan: dict, overrides: dict) -> None:
-    from boltc.frontend.blocks import OPTIONAL_TRAIN_KEYS
     train = plan.setdefault("train", {})
     for k, v in overrides.items():
         if v is None:
@@ -275,12 +314,22 @@ def apply_overrides(plan: dict, overrides: dict) -> None:
             raise BoltError(f"unknown train setting {k!r} (the train block has: {', '.join(sorted(train))})")
         if k == "upkeep_budget" and not 0.0 < float(v) <= 1.0:
             raise BoltError(f"upkeep_budget must be a fraction in (0, 1], not {v!r}")
+        if k == "class_weights":
+            if isinstance(v, str) and v not in ("balanced", "none"):
+                raise BoltError(f"class_weights must be 'balanced', 'none' or one weight per class, not {v!r}")
+            if not isinstance(v, str):
+                v = [float(w) for w in np.asarray(v, dtype=np.float64).ravel()]
+                if len(v) != n_classes(plan["target"]) or min(v) < 0:
+                    raise BoltError(f"class_weights needs {n_classes(plan['target'])} weights >= 0 (one per "
+                                    f"class), got {len(v)}")
+            if v == "none":
+                train.pop(k, None)
+                continue
         if k == "checkpoint_interval" and not float(v) > 0.0:
             raise BoltError(f"checkpoint_interval must be a number of seconds > 0, not {v!r}")
         train[k] = v
     if "moments" in overrides or "optimizer" in overrides:
         # plan_memory resolved each tensor's moment storage from the file's setting: resolve it again
-        from boltc.passes.plan_memory_moments import choose, plan_param_sizes
         try:
             train["moment_dtypes"] = choose(train.get("moments", "auto"), train.get("optimizer", "adam"),
                                             plan_param_sizes(plan))
@@ -290,7 +339,6 @@ def apply_overrides(plan: dict, overrides: dict) -> None:
 
 def load(path, backend: str | None = None, threads: int | None = None) -> Model:
     """A saved model (.boltc) ready for evaluate / predict / more training."""
-    from boltc.runtime import savefile
     saved = savefile.load_model(path)
     state = savefile.state_from_saved(saved, path)
     native = {k: v for k, v in (saved.extra or {}).items() if k.startswith("native/")} or None

@@ -12,8 +12,10 @@ import json
 import networkx as nx
 
 from boltc import ir
-from boltc.frontend.blocks import OPTIONAL_TRAIN_KEYS, SGD_DEFAULT_LR, TRAIN_DEFAULTS
+from boltc.plan import TRAIN_DEFAULTS
+from boltc.frontend.blocks import OPTIONAL_TRAIN_KEYS, SGD_DEFAULT_LR
 from boltc.frontend.build import CATEGORICAL_DEFAULT_DIM, HASH_KEYS, HASH_WORDS, TEXT_DEFAULT_DIM
+from boltc.ops import OPS
 
 _PLAN_TO_BOLT_HASH = {v: k for k, v in HASH_KEYS.items()}
 _TARGET_WORDS = {"single": "label", "multi": "multilabel", "binary": "binary"}
@@ -42,8 +44,11 @@ def _kw(d: dict, skip=("kind",), words=()) -> list[tuple[str, str]]:
 def _input(n: ir.Node) -> str:
     a = n.attrs
     kind = a["kind"]
-    if kind in ("sparse", "dense"):
+    if kind == "dense":
         return _call(kind, [str(a["dim"])])
+    if kind == "sparse":
+        kw = [("normalize", a["normalize"])] if a.get("normalize", "none") != "none" else []
+        return _call(kind, [str(a["dim"])], kw)
     kw = []
     if a.get("column", n.name) != n.name:
         kw.append(("column", fmt_value(a["column"])))
@@ -55,6 +60,8 @@ def _input(n: ir.Node) -> str:
                 kw.append((key, fmt_value(a[key])))
         if a.get("values", "counts") != "counts":
             kw.append(("values", a["values"]))
+        if a.get("idf"):
+            kw.append(("idf", "true"))
     elif a.get("dim", CATEGORICAL_DEFAULT_DIM) != CATEGORICAL_DEFAULT_DIM:
         kw.append(("dim", fmt_value(a["dim"])))
     if a.get("seed", 0) != 0:
@@ -68,6 +75,8 @@ def _target(n: ir.Node) -> str:
     a = n.attrs
     args = [] if a["kind"] == "binary" else [str(a["classes"])]
     kw = [("column", fmt_value(a["column"]))] if a.get("column") is not None else []
+    if a.get("as_names"):
+        kw.append(("as_names", "true"))
     return _call(_TARGET_WORDS[a["kind"]], args, kw)
 
 
@@ -81,24 +90,15 @@ def _hash(h) -> str:
     return _call(h["family"], [], kw)
 
 
+class _FormatKit:
+    """What an op's `to_bolt(inputs, attrs, kit)` writes its call with."""
+    call = staticmethod(_call)
+    value = staticmethod(fmt_value)
+    hash = staticmethod(_hash)
+
+
 def _layer(n: ir.Node) -> str:
-    a = n.attrs
-    if n.op == "concat":
-        return _call("concat", list(n.inputs))
-    if n.op == "layernorm":
-        kw = [("eps", fmt_value(a["eps"]))] if a.get("eps", 1e-5) != 1e-5 else []
-        return _call("layernorm", list(n.inputs), kw)
-    if n.op == "embedding":
-        kw = [("reduce", a["reduce"])] if a.get("reduce", "sum") != "sum" else []
-        return _call("embedding", [n.inputs[0], str(a["dim"])], kw)
-    kw = []
-    if a.get("sparsity", "auto") != "auto":
-        kw.append(("sparsity", fmt_value(a["sparsity"])))
-    if a.get("hash", "auto") != "auto":
-        kw.append(("hash", _hash(a["hash"])))
-    if not a.get("bias", True):
-        kw.append(("bias", "false"))
-    return _call("fc", [n.inputs[0], str(a["dim"]), a.get("activation", "linear")], kw)
+    return OPS[n.op].to_bolt(n.inputs, n.attrs, _FormatKit)
 
 
 def _train_lines(t: dict) -> list[str]:
@@ -109,7 +109,8 @@ def _train_lines(t: dict) -> list[str]:
         if t.get("moments", d["moments"]) != d["moments"]:
             kw.append(("moments", t["moments"]))         # a word (f32 / bf16), not a string
     else:
-        kw = [(k, fmt_value(t[k])) for k, dv in (("lr", SGD_DEFAULT_LR), ("momentum", 0.0)) if t[k] != dv]
+        kw = [(k, fmt_value(t[k])) for k, dv in (("lr", SGD_DEFAULT_LR), ("momentum", 0.0), ("weight_decay", 0.0))
+              if t.get(k, dv) != dv]
     if t["optimizer"] != "adam" or kw:
         lines.append("optimizer " + (_call(t["optimizer"], [], kw) if kw else t["optimizer"]))
     for key, word in (("batch", "batch"), ("epochs", "epochs"), ("threads", "threads"), ("seed", "seed"),
@@ -124,7 +125,10 @@ def _train_lines(t: dict) -> list[str]:
     if t["inference"] != d["inference"]:
         lines.append(f"inference {t['inference']}")
     for key in OPTIONAL_TRAIN_KEYS:
-        if key in t:
+        if key == "class_weights" and key in t:
+            v = t[key]
+            lines.append(f"class_weights {v if isinstance(v, str) else ', '.join(fmt_value(float(w)) for w in v)}")
+        elif key in t:
             lines.append(f"{key} {fmt_value(t[key])}")
     if t.get("tune"):
         lines.append(_call("tune", [], _kw(t["tune"])))

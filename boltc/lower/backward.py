@@ -15,7 +15,7 @@ import llvmlite.ir as llir
 
 from boltc.lower.builder import F32, I32, I64, Kernel, KernelModule
 from boltc.lower.fc import lookahead, prefetch_row
-from boltc.passes.plan_memory_moments import moment_dtypes, moment_kind
+from boltc.plan.moments import moment_dtypes, moment_kind
 
 # Rows the update kernels prefetch (fc.prefetch_row: first 1 KB into L2), PREFETCH_ROWS unique neurons
 # (or features) ahead. Measured on the 670k chain, kernels alone, with and without the hints
@@ -207,7 +207,10 @@ def _update(k: Kernel, hp, optimizer: str, param, m, v, idx, g, moments: str = "
     elif optimizer == "sgd":
         mn = k.b.fadd(k.b.fmul(hp["momentum"], k.ld(m, idx)), g)
         k.st(m, idx, mn)
-        k.st(param, idx, k.b.fsub(w, k.b.fmul(hp["lr"], mn)))
+        step = k.b.fmul(hp["lr"], mn)
+        if weight_decay:
+            step = k.b.fadd(step, k.b.fmul(k.b.fmul(hp["lr"], k.f32(weight_decay)), w))
+        k.st(param, idx, k.b.fsub(w, step))
     else:
         raise ValueError(f"no lowering for optimizer {optimizer!r}")
 
