@@ -82,7 +82,7 @@ def load(model, rows_cap, test_cap, val_max):
 def run(model, spec, train, val, epochs, seed, metric, evals_per_epoch, out):
     """Train `model` with sampler `spec` as Trainer.fit does, yielding after every step; fills `out`."""
     from boltc.runtime.exec.optim import lr_at
-    from boltc.runtime.sampler.adaptive import make_sampler
+    from boltc.runtime.sampler.choose import make_sampler
     from boltc.runtime.train.trainer import epoch_step, evaluate
     ex, cfg = model.executor, model.plan["train"]
     batch, base_lr = int(cfg["batch"]), float(cfg["lr"])

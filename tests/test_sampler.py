@@ -9,8 +9,9 @@ from scipy.stats import chisquare
 from boltc.errors import BoltValidationError, Location
 from boltc.runtime.sampler import native
 from boltc.runtime.data.dataset import Dataset, as_csr
-from boltc.runtime.sampler.adaptive import (NWSketchSampler, UniformSampler, make_sampler, resolve_spec,
-                                   sampling_probabilities, spearman)
+from boltc.runtime.sampler.adaptive import (NWSketchSampler, UniformSampler, resolve_spec, sampling_probabilities,
+                                           spearman)
+from boltc.runtime.sampler.choose import make_sampler
 
 
 def _dataset(n=3000, d=50, seed=0, clusters=8):

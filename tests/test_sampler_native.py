@@ -5,7 +5,7 @@ import pytest
 from boltc.runtime.sampler import native as sn
 from boltc.runtime.data.dataset import Dataset
 from boltc.runtime.sampler.nw_sketch import NWSketch
-from boltc.runtime.sampler.adaptive import make_sampler
+from boltc.runtime.sampler.choose import make_sampler
 
 pytestmark = pytest.mark.skipif(not sn.available(), reason="native kernels unavailable (no llvmlite codegen)")
 

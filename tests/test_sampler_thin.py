@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from boltc.runtime.data.dataset import Dataset
-from boltc.runtime.sampler.adaptive import UniformSampler, make_sampler
+from boltc.runtime.sampler.adaptive import UniformSampler
+from boltc.runtime.sampler.choose import make_sampler
 from boltc.runtime.sampler.thin import AUTO_ON, weighted_rank_correlation
 
 

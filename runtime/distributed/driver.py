@@ -53,6 +53,7 @@ from boltc.runtime.distributed.shard import load_shard, plan_shards  # noqa: F40
 from boltc.runtime.distributed.worker import facts_nbytes, merge_facts
 from boltc.runtime.exec import executor  # looked up at call time (tests swap make_executor)
 from boltc.runtime.exec.optim import lr_at
+from boltc.runtime.sampler.adaptive import check_distributed
 from boltc.runtime.train.trainer import evaluate, format_record, metric_names
 
 
@@ -237,7 +238,6 @@ def fit_model(model, train=None, validation=None, epochs: int | None = None, *, 
     None starts a local one; "ray://host:port" uses Ray client. Checkpoints and `resume` use the
     single-machine trainer's file format, so a run may switch between one machine and many.
     """
-    from boltc.runtime.sampler.adaptive import check_distributed
     check_distributed(model.plan.get("train", {}).get("sampler"), (lambda msg: print(msg, file=sys.stderr)) if progress else None)
     require_ray()
     dist = dict(model.plan.get("train", {}).get("distributed") or {})

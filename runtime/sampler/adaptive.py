@@ -1,6 +1,6 @@
 """Training-data samplers: uniform (the default) and the adaptive Nadaraya-Watson sketch sampler.
 
-Contract (docs/CONTRACTS.md section 8): `make_sampler(spec, dataset, batch, seed)`; `batches(epoch)`
+Contract (docs/CONTRACTS.md section 8): `make_sampler(spec, dataset, batch, seed)` (runtime/sampler/choose.py); `batches(epoch)`
 yields `(rows int64, weights float32 | None)`, N draws per epoch; `observe(rows, losses)` after each
 step; `stats()`; `state_dict()` / `load_state_dict()` hold plain numpy arrays and JSON-able scalars.
 
@@ -187,18 +187,6 @@ def check_distributed(spec: dict | None, log=None) -> None:
     if kind == "auto" and log is not None:
         log("sampler auto: distributed training walks each worker's shard in order, so it trains with the "
             "uniform sampler")
-
-
-def make_sampler(spec: dict | None, dataset: Dataset, batch: int, seed: int = 0):
-    kind = (spec or {}).get("kind", "uniform")
-    if kind == "uniform":
-        resolve_spec(spec)
-        return UniformSampler(dataset.rows, batch, seed)
-    resolved = resolve_spec(spec, dataset.rows, batch)
-    if resolved["kind"] == "nw_sketch" and resolved["draw"] == "alias":
-        return NWSketchSampler(resolved, dataset, batch, seed)
-    from boltc.runtime.sampler.thin import AutoSampler, ThinningSampler
-    return (AutoSampler if resolved["kind"] == "auto" else ThinningSampler)(resolved, dataset, batch, seed)
 
 
 def sampling_probabilities(pred: np.ndarray, mix: float, temperature: float) -> np.ndarray:

@@ -31,7 +31,7 @@ from boltc.errors import BoltValidationError
 from boltc.runtime import savefile
 from boltc.runtime.data.dataset import Dataset
 from boltc.runtime.exec.optim import lr_at
-from boltc.runtime.sampler import adaptive
+from boltc.runtime.sampler import choose
 from boltc.runtime.train import class_weights, metrics as metrics_mod, ranking
 from boltc.runtime.train.checkpoints import CheckpointPolicy, StopRequest
 from boltc.runtime.train.early_stop import EarlyStopping, watched_metric
@@ -67,7 +67,7 @@ class _UniformSampler:
 
 
 def make_sampler(spec: dict | None, dataset: Dataset, batch: int, seed: int):
-    return adaptive.make_sampler(spec, dataset, batch, seed)
+    return choose.make_sampler(spec, dataset, batch, seed)
 
 
 def metric_names(plan: dict) -> list[str]:
