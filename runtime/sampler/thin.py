@@ -29,8 +29,9 @@ Decisions (measured by benchmarks/sampler_wallclock.py; figures in docs/sampler.
 Every `check` steps it compares the sketch's prediction for each drawn example (made before the example's
 loss was added) with the loss then observed, on the last OBSERVED_WINDOW examples: a rank correlation
 (weighted by 1/k so that thinning's preference for hard examples does not bias it). Thinning switches
-on when the correlation reaches AUTO_ON and the expected keep fraction says it would skip at least
-AUTO_MIN_SKIP (20%) of the data, and off again when the correlation falls below AUTO_OFF (hysteresis, so it
+on when the correlation reaches AUTO_ON and the keep probabilities of a fixed random probe of the data
+say it would skip at least
+AUTO_MIN_SKIP (30%) of the data, and off again when the correlation falls below AUTO_OFF (hysteresis, so it
 does not flap). Where the sketch carries no signal, auto is `uniform` plus the sketch's upkeep.
 """
 from __future__ import annotations
@@ -42,9 +43,9 @@ from boltc.runtime.sampler.adaptive import OBSERVED_WINDOW, NWSketchSampler, ran
 
 AUTO_ON = 0.3        # noise gives |rho| ~ 1/sqrt(4096) = 0.016 on a full window: 0.3 is far outside it
 AUTO_OFF = 0.15
-AUTO_MIN_SKIP = 0.2  # thinning that would skip under 20% of the data is not worth its risk: at keep=auto
-                     # 20ng_nextword and delicious skipped ~11% with the switch at 10%, saved ~3% of the
-                     # time, and moved test P@1 by -0.5 and +0.1 (1 seed)
+AUTO_MIN_SKIP = 0.3  # thinning must be able to skip 30% of the data to switch on: at 10% and 20% it switched
+                     # on for 20ng_nextword (which skips ~11% on average) and cost it up to 0.66 points of
+                     # test P@1 for ~3-5% of the time (benchmarks/sampler_wallclock.py, docs/results.md)
 MIN_PAIRS = 512      # no decision on fewer observed (prediction, loss) pairs
 THIN_PROJ_ROWS = 4096  # inputs folded to 4096 columns before projecting: a 4 MB projection that stays in
                       # cache (32,768 columns cost 6 us a row to hash on sst2, more than a training step)
@@ -127,6 +128,7 @@ class ThinningSampler(NWSketchSampler):
     def __init__(self, spec: dict, dataset, batch: int, seed: int = 0, codes: np.ndarray | None = None,
                  use_native: bool | None = None):
         super().__init__(spec, dataset, batch, seed, codes=codes, use_native=use_native)
+        self.expected_keep = 1.0
         self.fixed_keep = spec["keep"] != "auto"
         self.keep_scale = float(spec["keep"]) if self.fixed_keep else 1.0
         self.floor, self.drop = float(spec["floor"]), float(spec["drop"])
@@ -177,8 +179,11 @@ class ThinningSampler(NWSketchSampler):
         if self.temperature != 1.0:
             s = s ** (1.0 / self.temperature)
         self.norm = float(s.mean())
-        if not self.fixed_keep and self.norm > 0:
-            self.keep_scale = keep_scale_for(s / self.norm, self.floor, self.drop)
+        if self.norm > 0:
+            if not self.fixed_keep:
+                self.keep_scale = keep_scale_for(s / self.norm, self.floor, self.drop)
+            # the share thinning would keep now, on a uniform sample of the data (auto's second test)
+            self.expected_keep = float(np.clip(self.keep_scale * s / self.norm, self.floor, 1.0).mean())
 
     def _age(self, n_candidates: int) -> None:
         """Decay is per epoch; applied about ten times an epoch (each pass touches every cell), and the
@@ -279,13 +284,14 @@ class ThinningSampler(NWSketchSampler):
     def stats(self) -> dict:
         out = super().stats()
         out.update(kind=self.kind, draw="thin", thinning=bool(self.thinning), keep_scale=float(self.keep_scale),
+                   expected_keep=float(self.expected_keep),
                    keep_fraction=self.kept / self.candidates if self.candidates else 1.0,
                    observed_rank_correlation=self.observed_correlation())
         return out
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "kind": self.kind, "thinning": bool(self.thinning), "norm": float(self.norm),
-                "keep_scale": float(self.keep_scale),
+                "keep_scale": float(self.keep_scale), "expected_keep": float(self.expected_keep),
                 "since_decay": int(self.since_decay), "obs_pred": self._obs_pred.copy(),
                 "obs_true": self._obs_true.copy(), "obs_w": self._obs_w.copy(), "obs_n": int(self._obs_n),
                 "kept": int(self.kept), "candidates": int(self.candidates)}
@@ -294,7 +300,7 @@ class ThinningSampler(NWSketchSampler):
         super().load_state_dict(state)
         self.thinning = bool(state["thinning"])
         self.norm, self.since_decay = float(state["norm"]), int(state["since_decay"])
-        self.keep_scale = float(state["keep_scale"])
+        self.keep_scale, self.expected_keep = float(state["keep_scale"]), float(state["expected_keep"])
         self._obs_pred = np.array(state["obs_pred"], dtype=np.float64)
         self._obs_true = np.array(state["obs_true"], dtype=np.float64)
         self._obs_w = np.array(state["obs_w"], dtype=np.float64)
@@ -314,7 +320,6 @@ class AutoSampler(ThinningSampler):
         self.check_every = max(1, int(spec["refresh"]))
         self.switches: list[tuple[int, bool, float]] = []     # (step, on?, correlation)
         self.last_correlation: float | None = None
-        self.expected_keep = 1.0
 
     def _after_observe(self) -> None:
         if self.step % self.check_every:
@@ -324,10 +329,6 @@ class AutoSampler(ThinningSampler):
         if rho is None:
             return
         if not self.thinning:
-            m = min(self._obs_n, OBSERVED_WINDOW)
-            # what thinning would keep, judged on the recent window's predictions (a uniform sample while off)
-            k = self.keep_probabilities(np.zeros(m, dtype=np.int64), self._obs_pred[:m])
-            self.expected_keep = float(k.mean())
             if rho >= AUTO_ON and self.expected_keep <= 1.0 - AUTO_MIN_SKIP:
                 self._switch(True, rho)
         elif rho < AUTO_OFF:
@@ -339,14 +340,13 @@ class AutoSampler(ThinningSampler):
 
     def stats(self) -> dict:
         out = super().stats()
-        out.update(switches=len(self.switches), expected_keep=self.expected_keep)
+        out.update(switches=len(self.switches))
         return out
 
     def state_dict(self) -> dict:
         sw = np.array(self.switches, dtype=np.float64).reshape(-1, 3)
-        return {**super().state_dict(), "switches": sw, "expected_keep": float(self.expected_keep)}
+        return {**super().state_dict(), "switches": sw}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.switches = [(int(s), bool(o), float(r)) for s, o, r in np.asarray(state["switches"]).reshape(-1, 3)]
-        self.expected_keep = float(state["expected_keep"])
