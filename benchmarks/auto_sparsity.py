@@ -133,7 +133,7 @@ def _reused_dense(path, name: str, train_rows: int, val_rows: int):
 
 
 def choice_reason(text: str) -> tuple[float, str]:
-    from boltc.plan import load_model_source
+    from boltc.pipeline import load_model_source
     g, plan = load_model_source(text)
     out = plan["output"]
     ch = [c for c in g.graph["choices"] if c.node == out and c.key == "sparsity"]
