@@ -1,10 +1,11 @@
-"""Training speed of every shipped model (models/*.bolt) and of a 20ng_nextword model: boltc native,
+"""Training speed of every shipped model (models/*.bolt, 20ng_nextword's included): boltc native,
 PyTorch with the same architecture, the NumPy interpreter, and the memory-bandwidth bound, in one run.
 
     python benchmarks/model_speed.py [--models bibtex,news20] [--steps 30] [--no-torch]
 
-Per model, on its own training data (the data block's files from ../shared/data; SYNTHETIC where the
-block says synthetic; 20ng_nextword: the first rows of its train file), the same batches for every
+Per model, on its own training data (the data block's files from ../shared/data, XC files only their
+first rows; SYNTHETIC where the block says synthetic), with every `auto` setting at its default (no
+tuning search), the same batches for every
 system, after warm-up steps:
 - boltc native: `train_step` + `after_step` (LSH upkeep included), the model's own thread count;
 - PyTorch (its best of 1 and 2 threads): the plan's layers as torch modules (a sparse-input fc or embedding is an
@@ -41,27 +42,6 @@ from boltc.runtime.exec.state import ModelState  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 RESULTS = Path(__file__).parent / "results"
-NEXTWORD_DIR = ROOT.parent / "shared" / "data" / "20ng_nextword"
-# 20ng_nextword (37,392 next-word labels, 149,572 features; its README): one hidden layer, the output
-# sparse by BOLT's table, as the synthetic XC models
-NEXTWORD = f"""
-model nextword {{
-  input  context: sparse(149572)
-  target word:    multilabel(37392)
-  hidden = fc(context, 128, relu)
-  scores = fc(hidden, 37392, softmax, sparsity=auto)
-  loss    cross_entropy(scores, word)
-  metrics precision@1
-  train {{
-    optimizer adam(lr=0.001)
-    batch     256
-    epochs    1
-  }}
-  data {{
-    train "{NEXTWORD_DIR / 'train.txt.gz'}"
-  }}
-}}
-"""
 MOMENT_BYTES = {"f32": 4, "bf16": 2}
 
 
@@ -70,7 +50,9 @@ def training_batches(model, name: str, rows_needed: int):
     """The model's first `rows_needed` training rows as Batches of the plan's batch size."""
     plan = model.plan
     source = copy.deepcopy(plan["data"]["train"])
-    if name == "nextword":
+    if source.get("kind") == "file" and (source.get("format") or "xc") == "xc" \
+            and str(source["path"]).endswith((".txt", ".txt.gz")):
+        # an XC file (20ng_nextword's has 1,000,000 rows): only its first chunks
         import scipy.sparse as sp
         from boltc.runtime.data.xcformat import iter_chunks
         xs, ys, got = [], [], 0
@@ -274,7 +256,6 @@ def measure(name: str, source, args, bw: float) -> dict:
 
 def model_sources(only):
     out = [(p.stem, str(p)) for p in sorted((ROOT / "models").glob("*.bolt"))]
-    out.append(("nextword", NEXTWORD))
     if only:
         keep = set(only.split(","))
         out = [(n, s) for n, s in out if n in keep]
@@ -296,9 +277,6 @@ def main(argv=None) -> int:
     rows = []
     out_path = RESULTS / f"model_speed{'_' + args.tag if args.tag else ''}.json"
     for name, source in model_sources(args.models):
-        if name == "nextword" and not NEXTWORD_DIR.exists():
-            rows.append({"model": name, "note": "../shared/data/20ng_nextword is not on this machine"})
-            continue
         try:
             r = measure(name, source, args, bw)
         except boltc.errors.BoltError as e:
