@@ -6,7 +6,9 @@ of the same 670k architecture measured in the same run.
 
 Models (SYNTHETIC shapes, no download): models/quickstart.bolt trained one epoch on its synthetic data,
 dense inference, requests batched across clients; models/amazon670k.bolt compiled with `boltc compile -o`
-and not trained (serving latency does not depend on the weights' values), sparse inference.
+and not trained (serving latency does not depend on the weights' values), sparse inference, served
+twice: one native call per request (the default, answers bit-identical to Model.predict) and with
+--batch-sparse (requests batched; see docs/serve.md).
 The files are cached in $BOLTC_BENCH_CACHE (default ~/.cache/boltc-bench; the 670k one takes minutes
 to build and ~3 GB). Every request is one row: {"rows": [{"ids", "values"}], "top_k": 5}; wrk rotates
 over 64 different rows. wrk, the servers and anything else on the machine share its cores.
@@ -158,9 +160,11 @@ def main(argv=None) -> int:
     seconds = 2.0 if a.quick else a.seconds
     qs, big = model_file("quickstart"), model_file("amazon670k")
     tmp = Path(tempfile.mkdtemp(prefix="serve_load"))
-    systems = [  # (label, model path, url path, request bodies)
+    systems = [  # (label, serve arguments, model name, request bodies)
         ("boltc quickstart (dense, batched)", [f"quickstart={qs}"], "quickstart", bodies(5000, 30, None)),
         ("boltc 670k (sparse)", [f"amazon670k={big}"], "amazon670k", bodies(135909, 40, True)),
+        ("boltc 670k (sparse, --batch-sparse)", [f"amazon670k={big}", "--batch-sparse"], "amazon670k",
+         bodies(135909, 40, True)),
     ]
     procs, rows = [], []
     try:

@@ -36,9 +36,10 @@ MISSING_SCORE = float(np.finfo(np.float32).min)
 
 class Settings:
     def __init__(self, max_batch=64, max_wait_ms=1.0, max_queue=4096, max_rows=1024, max_body=8 << 20,
-                 token=None, watch=0.0):
+                 token=None, watch=0.0, batch_sparse=False):
         self.max_batch, self.max_wait_ms, self.max_queue = max_batch, max_wait_ms, max_queue
         self.max_rows, self.max_body, self.token, self.watch = max_rows, max_body, token, watch
+        self.batch_sparse = batch_sparse
 
 
 def json_error(e: R.RequestError) -> JSONResponse:
@@ -106,7 +107,7 @@ def build_app(models: ModelSet, settings: Settings) -> Starlette:
 
     async def run_rows(served, rows: R.Rows, top_k: int, sparse: bool):
         try:
-            fut = batcher.submit(Job(served, rows.X, rows.n, top_k, sparse))
+            fut = batcher.submit(Job(served, rows.X, rows.n, top_k, sparse, settings.batch_sparse))
         except QueueFull as e:
             raise R.RequestError(503, f"the server is busy: {e}", None, None, "a retry after a moment",
                                  headers={"Retry-After": "1"}) from None

@@ -7,7 +7,9 @@ Decisions:
   object, top_k) with dense inference, so each row's answer is exactly what `Model.predict` gives it
   alone (dense kernels compute each row on its own; checked by tests/test_serve.py). Sparse inference
   runs each request as its own call: its random fill of short candidate lists is seeded per call and
-  row position, so a row's scores would depend on the other requests sharing its batch.
+  row position, so a row's scores would depend on the other requests sharing its batch. `batch_sparse`
+  (--batch-sparse) batches sparse requests too, for models whose candidate lists are long enough that
+  the fill never runs (then the answers are the same); it trades that guarantee for throughput.
 - The wait is bounded (`max_wait`) and adaptive: the thread waits for more rows only while other requests
   are in flight (accepted by the HTTP layer but not yet queued). A lone client never waits; under load
   batches fill up to `max_batch` rows or `max_wait`, whichever comes first.
@@ -37,9 +39,10 @@ class QueueFull(Exception):
 class Job:
     __slots__ = ("served", "X", "n", "top_k", "sparse", "future", "loop", "enqueued", "key")
 
-    def __init__(self, served, X, n: int, top_k: int, sparse: bool):
+    def __init__(self, served, X, n: int, top_k: int, sparse: bool, batch_sparse: bool = False):
         self.served, self.X, self.n, self.top_k, self.sparse = served, X, n, top_k, sparse
-        self.key = (id(served), top_k) if not sparse else (id(self),)      # see the module docstring
+        # see the module docstring
+        self.key = (id(served), top_k, sparse) if batch_sparse or not sparse else (id(self),)
         self.loop = asyncio.get_running_loop()
         self.future = self.loop.create_future()
         self.enqueued = time.perf_counter()
@@ -122,7 +125,7 @@ class Batcher:
                 rows = sum(j.n for j in self._queue if j.key == first.key)
                 coming = self.inflight - len(self._queue)
                 now = time.perf_counter()
-                if first.sparse or rows >= self.max_batch or coming <= 0 or now >= deadline or self._stopping:
+                if len(first.key) == 1 or rows >= self.max_batch or coming <= 0 or now >= deadline or self._stopping:
                     break
                 self._cond.wait(deadline - now)
             batch, rest, rows = [], collections.deque(), 0
