@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from boltc.errors import BoltError
 from boltc.serve import rows as R
-from boltc.serve.batcher import Batcher, Job, QueueFull
+from boltc.serve.batcher import Batcher, Job, QueueFull, concat_inputs
 from boltc.serve.metrics import Metrics
 from boltc.serve.models import LoadRefused, ModelSet
 
@@ -107,6 +107,12 @@ def build_app(models: ModelSet, settings: Settings) -> Starlette:
 
     async def run_rows(served, rows: R.Rows, top_k: int, sparse: bool):
         try:
+            done = batcher.try_inline(served, concat_inputs([rows.X]), rows.n, top_k, sparse)
+        except BoltError as e:
+            raise R.RequestError(422, e.message, "rows", None, "rows the model can read") from None
+        if done is not None:
+            return done
+        try:
             fut = batcher.submit(Job(served, rows.X, rows.n, top_k, sparse, settings.batch_sparse))
         except QueueFull as e:
             raise R.RequestError(503, f"the server is busy: {e}", None, None, "a retry after a moment",
@@ -117,7 +123,8 @@ def build_app(models: ModelSet, settings: Settings) -> Starlette:
             raise R.RequestError(422, e.message, "rows", None, "rows the model can read") from None
 
     @contextlib.asynccontextmanager
-    async def counted():
+    async def counted(request: Request):
+        batcher.saw_client(request.client)
         batcher.inflight += 1
         metrics.inflight.inc()
         try:
@@ -161,7 +168,7 @@ def build_app(models: ModelSet, settings: Settings) -> Starlette:
         return JSONResponse({"name": m.name, "ready": True})
 
     async def infer(request):
-        async with counted():
+        async with counted(request):
             m = served_model(request.path_params["name"], request.path_params.get("version"))
             body = await body_json(request)
             params = body.get("parameters") or {}
@@ -187,7 +194,7 @@ def build_app(models: ModelSet, settings: Settings) -> Starlette:
 
     # ------------------------------------------------------------ plain predict
     async def predict(request):
-        async with counted():
+        async with counted(request):
             m = served_model(request.path_params["name"])
             body = await body_json(request)
             unknown = set(body) - {"rows", "top_k", "sparse", "exclude"}
