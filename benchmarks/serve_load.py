@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=5.0, help="wrk duration per cell")
     ap.add_argument("--quick", action="store_true", help="2-second cells")
     ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--threads", type=int, default=0, help="boltc serve --threads (0: all cores)")
+    ap.add_argument("--threads", default="1,2", help="boltc serve --threads values to compare (comma-separated)")
     a = ap.parse_args(argv)
     if not shutil.which("wrk"):
         print("wrk not found: apt-get install -y wrk", file=sys.stderr)
@@ -169,9 +169,9 @@ def main(argv=None) -> int:
     procs, rows = [], []
     try:
         for label, args, name, bs in systems:
-            p = Proc([sys.executable, "-m", "boltc.cli", "serve", *args, "--port", "0",
-                      "--threads", str(a.threads)])
-            procs.append((label, p, f"{p.url}/v1/models/{name}/predict", bs))
+            for t in [int(x) for x in a.threads.split(",")]:
+                p = Proc([sys.executable, "-m", "boltc.cli", "serve", *args, "--port", "0", "--threads", str(t)])
+                procs.append((f"{label} t{t}", p, f"{p.url}/v1/models/{name}/predict", bs))
         if not a.no_torch:
             try:
                 import torch  # noqa: F401

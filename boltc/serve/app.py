@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from boltc.errors import BoltError
 from boltc.serve import rows as R
-from boltc.serve.batcher import Batcher, Job, QueueFull, concat_inputs
+from boltc.serve.batcher import Batcher, Job, QueueFull
 from boltc.serve.metrics import Metrics
 from boltc.serve.models import LoadRefused, ModelSet
 
@@ -107,7 +107,7 @@ def build_app(models: ModelSet, settings: Settings) -> Starlette:
 
     async def run_rows(served, rows: R.Rows, top_k: int, sparse: bool):
         try:
-            done = batcher.try_inline(served, concat_inputs([rows.X]), rows.n, top_k, sparse)
+            done = batcher.try_inline(served, rows.X, rows.n, top_k, sparse)
         except BoltError as e:
             raise R.RequestError(422, e.message, "rows", None, "rows the model can read") from None
         if done is not None:
@@ -122,14 +122,19 @@ def build_app(models: ModelSet, settings: Settings) -> Starlette:
         except BoltError as e:            # the model refused these rows (checked above, so rare)
             raise R.RequestError(422, e.message, "rows", None, "rows the model can read") from None
 
-    @contextlib.asynccontextmanager
-    async def counted(request: Request):
-        batcher.saw_client(request.client)
-        batcher.inflight += 1
-        metrics.inflight.inc()
-        try:
-            yield
-        finally:
+    class counted:
+        """Counts a predict request in flight (the batcher's wait and inline rule read the count)."""
+        __slots__ = ()
+
+        def __init__(self, request: Request):
+            batcher.saw_client(request.client)
+            batcher.inflight += 1
+            metrics.inflight.inc()
+
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc):
             batcher.inflight -= 1
             metrics.inflight.dec()
             batcher.poke()             # a request that ends without queueing must not hold a batch back

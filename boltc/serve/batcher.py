@@ -85,7 +85,7 @@ class Batcher:
         self._stopping = False
         self._busy = False                # a batch (or an inline request) is running
         self._clients: dict = {}          # client address -> last time it sent a predict request
-        self._lone_since = 0.0
+        self._pruned = 0.0
         self._thread = threading.Thread(target=self._run, name="boltc-serve-infer", daemon=True)
 
     def start(self) -> None:
@@ -115,8 +115,8 @@ class Batcher:
     def saw_client(self, client) -> None:
         now = time.monotonic()
         self._clients[client] = now
-        if len(self._clients) > 1:
-            old = now - self.LONE_WINDOW
+        if len(self._clients) > 1 and now - self._pruned > self.LONE_WINDOW / 4:
+            self._pruned, old = now, now - self.LONE_WINDOW
             for c in [c for c, t in self._clients.items() if t < old]:
                 del self._clients[c]
 
@@ -132,7 +132,7 @@ class Batcher:
         try:
             if self.metrics:
                 self.metrics.batch_rows.observe(n)
-            return served.model.predict(X, top_k=top_k, sparse=sparse, batch=max(n, 1))
+            return served.model.predict(concat_inputs([X]), top_k=top_k, sparse=sparse, batch=max(n, 1))
         finally:
             with self._cond:
                 self._busy = False
