@@ -11,7 +11,9 @@ twice: one native call per request (the default, answers bit-identical to Model.
 --batch-sparse (requests batched; see docs/serve.md).
 The files are cached in $BOLTC_BENCH_CACHE (default ~/.cache/boltc-bench; the 670k one takes minutes
 to build and ~3 GB). Every request is one row: {"rows": [{"ids", "values"}], "top_k": 5}; wrk rotates
-over 64 different rows. wrk, the servers and anything else on the machine share its cores.
+over 64 different rows. wrk, the servers and anything else on the machine share its cores; "tN" is
+`boltc serve --threads N` (--threads 1,2 compares both). The in-process rows time Model.predict of one
+row in the benchmark's own process at the same moment: the floor the server's latency stands on.
 Goals: 670k p50 at concurrency 1 < 2 ms end to end; at concurrency 64 >= 10x the PyTorch server's
 requests/s with p99 < 100 ms; quickstart >= 3,000 requests/s.
 """
@@ -147,12 +149,40 @@ def batch_rows(url: str) -> tuple[float, float]:
     return get("boltc_batch_rows_sum"), get("boltc_batch_rows_count")
 
 
+def in_process(qs: Path, big: Path, reps: int = 300) -> list[dict]:
+    """Model.predict of one row in this process (no HTTP, no server), p50/p99 over `reps` calls: how much
+    of the server's latency at concurrency 1 is the model itself at this moment on this machine."""
+    import gc
+
+    import boltc
+    out = []
+    for label, path, features, nnz, sparse in (("quickstart", qs, 5000, 30, None), ("670k", big, 135909, 40, True)):
+        m = boltc.load(str(path), threads=1)
+        xs = [json.loads(b)["rows"][0] for b in bodies(features, nnz, sparse)]
+        import scipy.sparse as sp
+        mats = [sp.csr_matrix((np.float32(r["values"]), (np.zeros(nnz, int), r["ids"])), shape=(1, features))
+                for r in xs]
+        m.predict(mats[0], top_k=5, sparse=sparse)
+        ts = []
+        for i in range(reps):
+            t = time.perf_counter()
+            m.predict(mats[i % len(mats)], top_k=5, sparse=sparse)
+            ts.append(time.perf_counter() - t)
+        out.append({"system": f"in-process Model.predict {label} t1", "concurrency": 1,
+                    "p50 ms": round(float(np.median(ts)) * 1e3, 3),
+                    "p99 ms": round(float(np.percentile(ts, 99)) * 1e3, 3)})
+        print(out[-1], flush=True)
+        del m
+        gc.collect()
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5.0, help="wrk duration per cell")
     ap.add_argument("--quick", action="store_true", help="2-second cells")
     ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--threads", default="1,2", help="boltc serve --threads values to compare (comma-separated)")
+    ap.add_argument("--threads", default="1", help="boltc serve --threads values to compare (comma-separated)")
     a = ap.parse_args(argv)
     if not shutil.which("wrk"):
         print("wrk not found: apt-get install -y wrk", file=sys.stderr)
@@ -184,6 +214,7 @@ def main(argv=None) -> int:
             script = tmp / f"s{i}.lua"
             script.write_text(LUA % ",".join(f"[==[{b}]==]" for b in bs))
             wrk(url, str(script), 4, 1.0)                       # warm-up
+        rows += in_process(qs, big)                              # the same moment's floor, without HTTP
         for conc in CONCURRENCY:                                 # the systems alternate at each concurrency
             for i, (label, p, url, _) in enumerate(procs):
                 before = batch_rows(p.url) if label.startswith("boltc") else None
