@@ -14,6 +14,8 @@ to build and ~3 GB). Every request is one row: {"rows": [{"ids", "values"}], "to
 over 64 different rows. wrk, the servers and anything else on the machine share its cores; "tN" is
 `boltc serve --threads N` (--threads 1,2 compares both). The in-process rows time Model.predict of one
 row in the benchmark's own process at the same moment: the floor the server's latency stands on.
+"server CPU ms/req" is the server process's CPU time (all threads) per answered request during a cell:
+what a request costs whatever else the machine runs (2 free cores serve about 2000 / it requests/s).
 Goals: 670k p50 at concurrency 1 < 2 ms end to end; at concurrency 64 >= 10x the PyTorch server's
 requests/s with p99 < 100 ms; quickstart >= 3,000 requests/s.
 """
@@ -142,6 +144,12 @@ def wrk(url: str, script: str, conc: int, seconds: float) -> dict:
             "p99 ms": round(r["p99_us"] / 1e3, 3), "requests": r["requests"], "failed": r["errors"] + r["non2xx"]}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def batch_rows(url: str) -> tuple[float, float]:
     import urllib.request
     text = urllib.request.urlopen(url + "/metrics", timeout=30).read().decode()
@@ -218,7 +226,10 @@ def main(argv=None) -> int:
         for conc in CONCURRENCY:                                 # the systems alternate at each concurrency
             for i, (label, p, url, _) in enumerate(procs):
                 before = batch_rows(p.url) if label.startswith("boltc") else None
+                cpu0 = cpu_seconds(p.proc.pid)
                 r = wrk(url, str(tmp / f"s{i}.lua"), conc, seconds)
+                # the server's own CPU per answered request: what it costs, whatever else runs
+                r["server CPU ms/req"] = round((cpu_seconds(p.proc.pid) - cpu0) * 1e3 / max(1, r["requests"]), 3)
                 if before:
                     after = batch_rows(p.url)
                     r["rows/batch"] = round((after[0] - before[0]) / max(1.0, after[1] - before[1]), 1)
@@ -232,7 +243,8 @@ def main(argv=None) -> int:
     for r in rows:
         if r["system"].startswith("boltc 670k") and torch_rps.get(r["concurrency"]):
             r["x PyTorch req/s"] = round(r["req/s"] / torch_rps[r["concurrency"]], 1)
-    cols = ["system", "concurrency", "req/s", "p50 ms", "p99 ms", "failed", "rows/batch", "x PyTorch req/s"]
+    cols = ["system", "concurrency", "req/s", "p50 ms", "p99 ms", "failed", "rows/batch", "server CPU ms/req",
+            "x PyTorch req/s"]
     print(table(rows, cols))
     path = write_json("serve_load", {"seconds_per_cell": seconds, "rows": rows, "load_generator": "wrk",
                                      "goals": {"670k_p50_c1_ms": 2, "670k_c64_x_pytorch": 10,
