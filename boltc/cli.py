@@ -12,7 +12,7 @@ import sys
 from boltc import debug
 from boltc.errors import BoltError
 
-COMMANDS = ("run", "check", "compile", "train", "eval", "predict", "inspect", "synth", "serve")
+COMMANDS = ("run", "check", "compile", "train", "tune", "eval", "predict", "inspect", "synth", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

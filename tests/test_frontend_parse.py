@@ -71,7 +71,8 @@ def test_inputs_and_target_attrs():
     g = parse(KITCHEN_SINK)
     words = ir.node(g, "words").attrs
     assert words == {"kind": "text", "column": "body", "tokenizer": "chars", "char_k": 4, "ngrams": 3,
-                     "lowercase": False, "dim": 4096, "values": "log", "seed": 9, "normalize": "none"}
+                     "lowercase": False, "dim": 4096, "values": "log", "seed": 9, "normalize": "none",
+                     "idf": False}
     assert ir.node(g, "shop").attrs == {"kind": "categorical", "column": "store", "dim": 512, "seed": 1,
                                         "normalize": "none"}
     assert ir.node(g, "topic").attrs == {"kind": "single", "classes": 700, "column": "topic"}
@@ -93,6 +94,7 @@ def test_train_block_values():
                  "sampler": {"kind": "nw_sketch", "rows": 16, "bits": 6, "mix": 0.3, "decay": 0.9,
                              "reweight": True, "temperature": 2.0},
                  "threads": 2, "seed": 11, "checkpoint_every": 2, "inference": "sparse", "weight_decay": 0.0, "moments": "auto",
+                 "holdout": 0.1,
                  "distributed": {"workers": 4, "address": "10.0.0.1:6379", "exchange_every": 2, "exchange": "sparse"}}
 
 
@@ -154,7 +156,8 @@ def test_plan_inputs_entries_carry_featuriser_attrs(tmp_path):
     graph, plan = load_model_source(path)
     words = next(i for i in plan["inputs"] if i["name"] == "words")
     assert words == {"name": "words", "kind": "text", "dim": 4096, "column": "body", "tokenizer": "chars",
-                     "char_k": 4, "ngrams": 3, "lowercase": False, "values": "log", "seed": 9, "normalize": "none"}
+                     "char_k": 4, "ngrams": 3, "lowercase": False, "values": "log", "seed": 9, "normalize": "none",
+                     "idf": False}
     assert next(i for i in plan["inputs"] if i["name"] == "shop") == {
         "name": "shop", "kind": "categorical", "dim": 512, "column": "store", "seed": 1, "normalize": "none"}
     assert plan["target"] == {"name": "topic", "kind": "single", "classes": 700, "column": "topic"}

@@ -27,11 +27,14 @@ import numpy as np
 
 from boltc import debug
 from boltc.errors import BoltValidationError
+from boltc.runtime.train import class_weights
 from boltc.runtime.train import metrics as metrics_mod
+from boltc.runtime.train import ranking
 from boltc.runtime import savefile
 from boltc.runtime.train.checkpoints import CheckpointPolicy, StopRequest
 from boltc.runtime.data.dataset import Dataset
 from boltc.runtime.exec.optim import lr_at
+from boltc.runtime.train.early_stop import EarlyStopping, watched_metric
 
 DEFAULT_METRICS = ("precision@1", "precision@3", "precision@5")
 EVAL_BATCH = 1024
@@ -80,18 +83,22 @@ def metric_names(plan: dict) -> list[str]:
 
 @debug.stage("evaluate", part="evaluate")
 def evaluate(executor, dataset: Dataset, names, sparse: bool = False, batch: int = EVAL_BATCH,
-             binary: bool = False) -> dict[str, float]:
-    """Metrics (percent) of `executor` on a labelled dataset; inference only."""
-    acc = metrics_mod.MetricAccumulator(names, binary=binary)
+             binary: bool = False, exclude_seen: bool = False, confusion: bool = False) -> dict[str, float]:
+    """Metrics (percent) of `executor` on a labelled dataset; inference only. `exclude_seen`: each row's
+    own feature ids are left out of the ranking (runtime/ranking.py); `confusion`: the result also holds
+    "confusion", the (true, predicted) counts, most frequent first."""
+    acc = metrics_mod.MetricAccumulator(names, binary=binary, confusion=confusion)
     t0 = time.perf_counter()
     if getattr(dataset, "streaming", False):
         batches = dataset.eval_batches(batch)
     else:
         batches = (dataset.take(np.arange(s, min(s + batch, dataset.rows))) for s in range(0, dataset.rows, batch))
     for b in batches:
-        ids, scores = executor.predict(b, acc.kmax, sparse=sparse)
+        ids, scores = ranking.predict(executor, b, acc.kmax, sparse=sparse, exclude_seen=exclude_seen)
         acc.add(ids, b.labels, scores)
     out = acc.result()
+    if confusion:
+        out["confusion"] = acc.confusion.rows()
     dt = time.perf_counter() - t0
     out["examples_per_s"] = dataset.rows / dt if dt > 0 else 0.0
     return out
@@ -100,7 +107,7 @@ def evaluate(executor, dataset: Dataset, names, sparse: bool = False, batch: int
 class Trainer:
     def __init__(self, plan: dict, state, executor, sampler=None, *, source: str = "",
                  checkpoint: str | Path | None = None, progress: bool = True, log=None,
-                 checkpoint_at_end: bool = True):
+                 checkpoint_at_end: bool = True, epoch_lines: bool | None = None):
         self.plan, self.state, self.ex, self.sampler = plan, state, executor, sampler
         self.train_cfg = plan.get("train", {})
         self.source = source
@@ -108,16 +115,23 @@ class Trainer:
         # False when the caller saves the finished model itself and discards the checkpoint (boltc run)
         self.checkpoint_at_end = checkpoint_at_end
         self.progress = progress
+        # the per-epoch lines are the run's record: `--no-progress` drops the bar, not them
+        # (None: printed when the bar is, as the Python API's fit(progress=False) stays quiet)
+        self.epoch_lines = progress if epoch_lines is None else bool(epoch_lines)
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.history: dict = {"epochs": [], "step": int(state.step)}
         self.epochs_done = 0
         self.binary = (plan.get("target") or {}).get("kind") == "binary"
+        self.early: EarlyStopping | None = None          # `epochs auto` / `patience N` (early_stop.py)
+        self.class_weights = None          # per-class weights, resolved on the training set by fit()
 
     # ------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: str | Path | None = None) -> None:
         path = Path(path or self.checkpoint)
         extra = {"epochs_done": self.epochs_done,
                  "sampler": self.sampler.state_dict() if self.sampler is not None else None}
+        if self.early is not None:
+            extra["early_stopping"] = self.early.state_dict()
         self.history["step"] = int(self.state.step)
         saved = savefile.state_to_saved(self.source, self.plan, self.state, self.history, extra, with_optimizer=True)
         savefile.save_model(path, saved)
@@ -128,6 +142,7 @@ class Trainer:
         self.epochs_done = int(opt.get("epochs_done", 0))
         self.history = dict(saved.history or {"epochs": []})
         self._sampler_state = opt.get("sampler")
+        self._early_state = opt.get("early_stopping")
 
     # ------------------------------------------------------------ the loop
     def _measure_rank_correlation(self, train, epoch: int) -> None:
@@ -144,7 +159,15 @@ class Trainer:
         self.sampler.rank_correlation(losses, rows)
 
     def _epoch_batches(self, train, epoch: int, batch: int, seed: int):
-        """(row ids, Batch) of one epoch: the sampler's draws, or a streamed file's own order."""
+        """(row ids, Batch) of one epoch: the sampler's draws, or a streamed file's own order; each
+        batch's example weights carry the class weights (runtime/train/class_weights.py)."""
+        for rows, b in self._drawn_batches(train, epoch, batch, seed):
+            if self.class_weights is not None:
+                w = class_weights.example_weights(self.class_weights, b.labels, self.plan["target"])
+                b.weights = w if b.weights is None else (np.asarray(b.weights, np.float32) * w).astype(np.float32)
+            yield rows, b
+
+    def _drawn_batches(self, train, epoch: int, batch: int, seed: int):
         if getattr(train, "streaming", False):
             yield from train.batches(epoch, batch, seed)
             return
@@ -166,6 +189,11 @@ class Trainer:
             raise BoltValidationError(
                 f"sampler {cfg['sampler']['kind']} needs the training set in memory, but {train.source} is "
                 "streamed (too large for memory, or stream=true): use the uniform sampler, or a smaller file")
+        spec = cfg.get("class_weights")
+        if spec == "balanced" and streaming:
+            raise BoltValidationError(f"class_weights balanced counts the classes of the training set, but "
+                                      f"{train.source} is streamed: give one weight per class instead")
+        self.class_weights = class_weights.resolve(spec, None if streaming else train.labels, self.plan["target"])
         if self.sampler is None:
             self.sampler = (_UniformSampler(train.rows, batch, seed) if streaming
                             else make_sampler(cfg.get("sampler"), train, batch, seed))
@@ -190,13 +218,27 @@ class Trainer:
         inference = cfg.get("inference", "dense")
         want_sparse = bool(out_layer.get("hash")) and inference in ("sparse", "both")
         want_dense = not want_sparse or inference == "both"
-        bar = _progress(self.progress, total=(epochs - self.epochs_done) * train.rows)
+        patience = cfg.get("patience")
+        if patience:
+            if validation is None or validation.labels is None:
+                raise BoltValidationError(
+                    "`epochs auto` and `patience` stop on a validation metric, but there is no validation data: "
+                    "give validation data, or keep a holdout share > 0 (train block `holdout`)")
+            if self.early is None:
+                self.early = EarlyStopping(int(patience), watched_metric(names))
+                if getattr(self, "_early_state", None):
+                    self.early.load_state_dict(self._early_state)
+        stopped = bool(self.early and self.early.best_epoch and
+                       self.epochs_done - self.early.best_epoch >= self.early.patience)
+        # early stopping: how many epochs run is not known up front, so the bar counts rows only
+        bar = None if stopped else _progress(
+            self.progress, total=None if self.early else (epochs - self.epochs_done) * train.rows)
         policy = CheckpointPolicy(cfg)
         stop = StopRequest(log=(lambda msg: bar.write(msg, file=sys.stderr)) if bar is not None else self.log)
         try:
             if self.checkpoint is not None:
                 stop.__enter__()
-            for epoch in range(self.epochs_done, epochs):
+            for epoch in range(self.epochs_done, epochs if not stopped else self.epochs_done):
                 t0 = time.perf_counter()
                 up0 = getattr(self.ex, "upkeep_seconds", 0.0)
                 loss_sum, n_seen, lr = 0.0, 0, base_lr
@@ -228,10 +270,13 @@ class Trainer:
                 overhead = float(sampler_stats.get("overhead_s", 0.0))       # cumulative in the sampler
                 record["sampler_share"] = (overhead - self._sampler_overhead) / seconds if seconds > 0 else 0.0
                 self._sampler_overhead = overhead
+                if self.early is not None:
+                    stopped = self.early.update(record, self.state)
+                    record["best_epoch"] = self.early.best_epoch
                 self.history.setdefault("epochs", []).append(record)
                 self.epochs_done = epoch + 1
                 written = self.checkpoint is None
-                final = self.epochs_done == epochs
+                final = self.epochs_done == epochs or stopped         # early stopping ends the run here
                 if not written and (stop.requested or policy.due(self.epochs_done, final and self.checkpoint_at_end)):
                     self.save_checkpoint()
                     policy.written()
@@ -239,7 +284,7 @@ class Trainer:
                 line = format_record(record)
                 if bar is not None:
                     bar.write(line)
-                elif self.progress:
+                elif self.epoch_lines:
                     self.log(line)
                 if stop.requested and not final:
                     raise KeyboardInterrupt
@@ -250,10 +295,19 @@ class Trainer:
                     if not written:             # a callback ended the run here: keep this epoch
                         self.save_checkpoint()
                     raise
+                if stopped:
+                    break
         finally:
             stop.__exit__()
             if bar is not None:
                 bar.close()
+        if self.early is not None:
+            self.early.restore(self.state)
+            self.history["early_stopping"] = self.early.summary(self.epochs_done, stopped)
+            if self.progress and self.early.best is not None:
+                how = (f"stopped after epoch {self.epochs_done}: no better validation {self.early.metric} for "
+                       f"{self.early.patience} epochs" if stopped else f"ran all {self.epochs_done} epochs")
+                self.log(f"{how}; kept epoch {self.early.best_epoch} ({self.early.metric} {self.early.best:.2f})")
         self.history["step"] = int(self.state.step)
         return self.history
 
@@ -270,6 +324,8 @@ def format_record(r: dict) -> str:
         for k, v in (r.get(key) or {}).items():
             if k != "examples_per_s":
                 parts.append(f"{k}{tag} {v:.2f}")
+    if r.get("best_epoch") == r["epoch"]:
+        parts.append("(best so far)")
     return "  ".join(parts)
 
 
