@@ -113,6 +113,22 @@ def test_versioned_oip_routes(server, oracle):
     assert server.post("/v2/models/tiny/versions/3/infer", body).status_code == 404
 
 
+def test_exclude_seen_equals_model_predict(server, oracle):
+    """exclude_seen: the row's own feature ids (here ids < 40 name labels too) are never ranked."""
+    X = sparse_rows(ROWS, 300)
+    ids, scores = oracle["tiny"].predict(X, top_k=5, exclude_seen=True)
+    r = server.post("/v1/models/tiny/predict", {"rows": ROWS, "top_k": 5, "exclude_seen": True})
+    for p, row, i, s in zip(r.json()["predictions"], ROWS, ids, scores):
+        assert_same(p, i, s, 5)
+        assert not set(p["ids"]) & set(row["ids"])
+    r = server.post("/v2/models/tiny/infer", {"parameters": {"top_k": 5, "exclude_seen": True}, "inputs": [
+        {"name": "features", "datatype": "FP32", "shape": [len(ROWS), 300], "data": X.toarray().ravel().tolist()}]})
+    assert r.json()["outputs"][0]["data"] == ids.ravel().tolist()
+    r = server.post("/v1/models/dense/predict", {"rows": [[0.0] * 12], "exclude_seen": True})
+    assert r.status_code == 422 and r.json()["field"] == "exclude_seen"
+    assert server.get("/v2/models/tiny").json()["parameters"]["exclude_seen"] is True
+
+
 def test_v1_exclude_drops_labels_from_the_full_ranking(server, oracle):
     m = oracle["tiny"]
     full_ids, full_scores = m.predict(sparse_rows(ROWS[:2], 300), top_k=40, sparse=False)
@@ -194,6 +210,7 @@ BAD = [  # (route, body, status, field, row)
     ("tiny", {"rows": [{"ids": [1]}], "top_k": 0}, 422, "top_k", None),
     ("tiny", {"rows": [{"ids": [1]}], "top_k": "3"}, 422, "top_k", None),
     ("tiny", {"rows": [{"ids": [1]}], "sparse": "yes"}, 422, "sparse", None),
+    ("tiny", {"rows": [{"ids": [1]}], "exclude_seen": 1}, 422, "exclude_seen", None),
     ("tiny", {"rows": [{"ids": [1]}], "exclude": [[1], [2]]}, 422, "exclude", None),
     ("tiny", {"rows": [{"ids": [1]}], "exclude": [[40]]}, 422, "exclude[0][0]", 0),
     ("tiny", {"rows": [{"ids": [1]}], "colour": "red"}, 422, "colour", None),

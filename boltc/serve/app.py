@@ -105,15 +105,15 @@ def build_app(models: ModelSet, settings: Settings) -> Starlette:
         return R.RequestError(413, f"the body is larger than the limit of {settings.max_body} bytes", "body", None,
                               f"at most {settings.max_body} bytes (--max-body-bytes)")
 
-    async def run_rows(served, rows: R.Rows, top_k: int, sparse: bool):
+    async def run_rows(served, rows: R.Rows, top_k: int, sparse: bool, exclude_seen: bool = False):
         try:
-            done = batcher.try_inline(served, rows.X, rows.n, top_k, sparse)
+            done = batcher.try_inline(served, rows.X, rows.n, top_k, sparse, exclude_seen)
         except BoltError as e:
             raise R.RequestError(422, e.message, "rows", None, "rows the model can read") from None
         if done is not None:
             return done
         try:
-            fut = batcher.submit(Job(served, rows.X, rows.n, top_k, sparse, settings.batch_sparse))
+            fut = batcher.submit(Job(served, rows.X, rows.n, top_k, sparse, settings.batch_sparse, exclude_seen))
         except QueueFull as e:
             raise R.RequestError(503, f"the server is busy: {e}", None, None, "a retry after a moment",
                                  headers={"Retry-After": "1"}) from None
@@ -181,8 +181,9 @@ def build_app(models: ModelSet, settings: Settings) -> Starlette:
                 raise R.bad("parameters", "an object", got=params)
             top_k = R.parse_top_k(params, m, "top_k")
             sparse = R.parse_sparse(params, m, "sparse")
+            seen = R.parse_exclude_seen(params, m)
             rows = R.parse_oip_inputs(body, m.schema, settings.max_rows)
-            ids, scores = await run_rows(m, rows, top_k, sparse)
+            ids, scores = await run_rows(m, rows, top_k, sparse, seen)
         n, k = ids.shape
         ok = (ids >= 0) & np.isfinite(scores)
         ids = np.where(ok, ids, -1)
@@ -202,18 +203,19 @@ def build_app(models: ModelSet, settings: Settings) -> Starlette:
         async with counted(request):
             m = served_model(request.path_params["name"])
             body = await body_json(request)
-            unknown = set(body) - {"rows", "top_k", "sparse", "exclude"}
+            unknown = set(body) - {"rows", "top_k", "sparse", "exclude", "exclude_seen"}
             if unknown:
-                raise R.bad(sorted(unknown)[0], "only the fields rows, top_k, sparse, exclude")
+                raise R.bad(sorted(unknown)[0], "only the fields rows, top_k, sparse, exclude, exclude_seen")
             if "rows" not in body:
                 raise R.bad("rows", "a list of rows (the model's input, one entry per example)")
             top_k = R.parse_top_k(body, m)
             sparse = R.parse_sparse(body, m)
+            seen = R.parse_exclude_seen(body, m)
             rows = R.parse_rows(body["rows"], m.schema, settings.max_rows)
             exclude = R.parse_exclude(body, rows.n, m.classes)
             # excluding e labels: ask for top_k + e, drop the excluded, keep top_k (exact)
             extra = max((len(s) for s in exclude), default=0) if exclude else 0
-            ids, scores = await run_rows(m, rows, min(top_k + extra, max(1, m.classes)), sparse)
+            ids, scores = await run_rows(m, rows, min(top_k + extra, max(1, m.classes)), sparse, seen)
         preds = []
         names = m.class_names
         if m.binary:

@@ -42,12 +42,14 @@ class QueueFull(Exception):
 
 
 class Job:
-    __slots__ = ("served", "X", "n", "top_k", "sparse", "future", "loop", "enqueued", "key")
+    __slots__ = ("served", "X", "n", "top_k", "sparse", "exclude_seen", "future", "loop", "enqueued", "key")
 
-    def __init__(self, served, X, n: int, top_k: int, sparse: bool, batch_sparse: bool = False):
+    def __init__(self, served, X, n: int, top_k: int, sparse: bool, batch_sparse: bool = False,
+                 exclude_seen: bool = False):
         self.served, self.X, self.n, self.top_k, self.sparse = served, X, n, top_k, sparse
+        self.exclude_seen = exclude_seen
         # see the module docstring
-        self.key = (id(served), top_k, sparse) if batch_sparse or not sparse else (id(self),)
+        self.key = (id(served), top_k, sparse, exclude_seen) if batch_sparse or not sparse else (id(self),)
         self.loop = asyncio.get_running_loop()
         self.future = self.loop.create_future()
         self.enqueued = time.perf_counter()
@@ -120,7 +122,7 @@ class Batcher:
             for c in [c for c, t in self._clients.items() if t < old]:
                 del self._clients[c]
 
-    def try_inline(self, served, X, n: int, top_k: int, sparse: bool):
+    def try_inline(self, served, X, n: int, top_k: int, sparse: bool, exclude_seen: bool = False):
         """(ids, scores) computed right here for a lone client's request when nothing runs or waits;
         None otherwise (then submit it)."""
         if len(self._clients) != 1 or self.inflight != 1 or n > self.max_batch:
@@ -132,7 +134,8 @@ class Batcher:
         try:
             if self.metrics:
                 self.metrics.batch_rows.observe(n)
-            return served.model.predict(concat_inputs([X]), top_k=top_k, sparse=sparse, batch=max(n, 1))
+            return served.model.predict(concat_inputs([X]), top_k=top_k, sparse=sparse, batch=max(n, 1),
+                                        exclude_seen=exclude_seen)
         finally:
             with self._cond:
                 self._busy = False
@@ -199,7 +202,8 @@ class Batcher:
             self.metrics.batch_rows.observe(n)
         try:
             X = concat_inputs([j.X for j in batch])
-            ids, scores = first.served.model.predict(X, top_k=first.top_k, sparse=first.sparse, batch=max(n, 1))
+            ids, scores = first.served.model.predict(X, top_k=first.top_k, sparse=first.sparse, batch=max(n, 1),
+                                                     exclude_seen=first.exclude_seen)
         except BoltError as e:
             if len(batch) > 1:                # find the request the model refused; serve the others
                 for j in batch:
