@@ -2,7 +2,6 @@
 Protocol payloads, answers identical to Model.predict in process, every kind of bad request, /metrics."""
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np

@@ -10,12 +10,11 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 
-import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -23,23 +22,26 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from boltc.errors import BoltError
+from boltc.serve import answers as A
 from boltc.serve import rows as R
 from boltc.serve.batcher import Batcher, Job, QueueFull
 from boltc.serve.metrics import Metrics
 from boltc.serve.models import LoadRefused, ModelSet
 
 log = logging.getLogger("boltc.serve")
-HEALTH = ("/v2/health/live", "/v2/health/ready")
-# OIP tensors are fixed-shape and JSON has no -inf: a missing candidate is id -1 with float32's lowest
-MISSING_SCORE = float(np.finfo(np.float32).min)
 
 
+@dataclass
 class Settings:
-    def __init__(self, max_batch=64, max_wait_ms=1.0, max_queue=4096, max_rows=1024, max_body=8 << 20,
-                 token=None, watch=0.0, batch_sparse=False):
-        self.max_batch, self.max_wait_ms, self.max_queue = max_batch, max_wait_ms, max_queue
-        self.max_rows, self.max_body, self.token, self.watch = max_rows, max_body, token, watch
-        self.batch_sparse = batch_sparse
+    """The command line's serving options (boltc/commands/serve.py)."""
+    max_batch: int = 64
+    max_wait_ms: float = 1.0
+    max_queue: int = 4096
+    max_rows: int = 1024
+    max_body: int = 8 << 20
+    token: str | None = None
+    watch: float = 0.0
+    batch_sparse: bool = False
 
 
 def json_error(e: R.RequestError) -> JSONResponse:
@@ -184,16 +186,7 @@ def build_app(models: ModelSet, settings: Settings) -> Starlette:
             seen = R.parse_exclude_seen(params, m)
             rows = R.parse_oip_inputs(body, m.schema, settings.max_rows)
             ids, scores = await run_rows(m, rows, top_k, sparse, seen)
-        n, k = ids.shape
-        ok = (ids >= 0) & np.isfinite(scores)
-        ids = np.where(ok, ids, -1)
-        scores = np.where(ok, scores, MISSING_SCORE)
-        outputs = [{"name": "ids", "datatype": "INT32", "shape": [n, k], "data": ids.ravel().tolist()},
-                   {"name": "scores", "datatype": "FP32", "shape": [n, k], "data": scores.ravel().tolist()}]
-        if m.class_names:
-            outputs.append({"name": "labels", "datatype": "BYTES", "shape": [n, k],
-                            "data": [m.model.class_name(i) if i >= 0 else "" for i in ids.ravel().tolist()]})
-        out = {"model_name": m.name, "model_version": str(m.version), "outputs": outputs}
+        out = {"model_name": m.name, "model_version": str(m.version), "outputs": A.oip_outputs(m, ids, scores)}
         if "id" in body:
             out["id"] = body["id"]
         return JSONResponse(out)
@@ -216,21 +209,7 @@ def build_app(models: ModelSet, settings: Settings) -> Starlette:
             # excluding e labels: ask for top_k + e, drop the excluded, keep top_k (exact)
             extra = max((len(s) for s in exclude), default=0) if exclude else 0
             ids, scores = await run_rows(m, rows, min(top_k + extra, max(1, m.classes)), sparse, seen)
-        preds = []
-        names = m.class_names
-        if m.binary:
-            labels = names or ["0", "1"]
-            for p in scores[:, 0].tolist():
-                preds.append({"label": labels[1] if p >= 0.5 else labels[0], "probability": p})
-        else:
-            for r, (row_ids, row_scores) in enumerate(zip(ids.tolist(), scores.tolist())):
-                skip = exclude[r] if exclude else ()
-                kept = [(i, s) for i, s in zip(row_ids, row_scores)
-                        if i >= 0 and math.isfinite(s) and i not in skip][:top_k]
-                p = {"ids": [i for i, _ in kept], "scores": [s for _, s in kept]}
-                if names:
-                    p["labels"] = [m.model.class_name(i) for i, _ in kept]
-                preds.append(p)
+        preds = A.v1_predictions(m, ids, scores, top_k, exclude)
         return JSONResponse({"model": m.name, "version": m.version, "predictions": preds})
 
     async def list_models(request):
