@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from importlib.metadata import version as dist_version
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -332,7 +333,6 @@ def build_app(models: ModelSet, settings: Settings) -> Starlette:
 
 def _boltc_version() -> str:
     try:
-        from importlib.metadata import version
-        return version("boltc")
+        return dist_version("boltc")
     except Exception:
         return "0"
