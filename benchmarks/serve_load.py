@@ -22,6 +22,7 @@ requests/s with p99 < 100 ms; quickstart >= 3,000 requests/s.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
@@ -32,12 +33,16 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_common import table, write_json  # noqa: E402
+
+import boltc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 16, 64)
@@ -58,7 +63,6 @@ def model_file(name: str) -> Path:
     t = time.perf_counter()
     tmp = out.with_suffix(".tmp.boltc")
     if name == "quickstart":
-        import boltc
         m = boltc.compile(str(src))
         m.fit(epochs=1, progress=False)
         m.save(str(tmp))
@@ -151,7 +155,6 @@ def cpu_seconds(pid: int) -> float:
 
 
 def batch_rows(url: str) -> tuple[float, float]:
-    import urllib.request
     text = urllib.request.urlopen(url + "/metrics", timeout=30).read().decode()
     get = lambda n: float(re.search(rf"^{n} (\S+)$", text, re.M).group(1))
     return get("boltc_batch_rows_sum"), get("boltc_batch_rows_count")
@@ -160,14 +163,10 @@ def batch_rows(url: str) -> tuple[float, float]:
 def in_process(qs: Path, big: Path, reps: int = 300) -> list[dict]:
     """Model.predict of one row in this process (no HTTP, no server), p50/p99 over `reps` calls: how much
     of the server's latency at concurrency 1 is the model itself at this moment on this machine."""
-    import gc
-
-    import boltc
     out = []
     for label, path, features, nnz, sparse in (("quickstart", qs, 5000, 30, None), ("670k", big, 135909, 40, True)):
         m = boltc.load(str(path), threads=1)
         xs = [json.loads(b)["rows"][0] for b in bodies(features, nnz, sparse)]
-        import scipy.sparse as sp
         mats = [sp.csr_matrix((np.float32(r["values"]), (np.zeros(nnz, int), r["ids"])), shape=(1, features))
                 for r in xs]
         m.predict(mats[0], top_k=5, sparse=sparse)
@@ -212,7 +211,7 @@ def main(argv=None) -> int:
                 procs.append((f"{label} t{t}", p, f"{p.url}/v1/models/{name}/predict", bs))
         if not a.no_torch:
             try:
-                import torch  # noqa: F401
+                import torch  # noqa: F401  # optional: the bench extra
                 p = Proc([sys.executable, str(Path(__file__).parent / "serve_torch_peer.py")])
                 procs.append(("Starlette + PyTorch 670k (dense)", p, f"{p.url}/v1/models/x/predict",
                               bodies(135909, 40, None)))

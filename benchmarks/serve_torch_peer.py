@@ -18,8 +18,8 @@ import threading
 
 def build_app(features: int, labels: int, hidden: int = 256, threads: int = 2):
     import numpy as np
-    import torch
-    from starlette.applications import Starlette
+    import torch  # optional: the bench extra
+    from starlette.applications import Starlette  # optional: the serve extra
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import JSONResponse
     from starlette.routing import Route
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--labels", type=int, default=670091)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
-    import uvicorn
+    import uvicorn  # optional: the serve extra
     app = build_app(a.features, a.labels, threads=a.threads)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
