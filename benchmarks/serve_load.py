@@ -191,6 +191,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--threads", default="1", help="boltc serve --threads values to compare (comma-separated)")
     a = ap.parse_args(argv)
+    # a SIGTERM (timeout, Ctrl-C from a parent) must still run the `finally` that stops the servers
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not shutil.which("wrk"):
         print("wrk not found: apt-get install -y wrk", file=sys.stderr)
         return 2
