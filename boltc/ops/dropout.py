@@ -44,8 +44,10 @@ def keep_mask(key: int, rows: int, dim: int, rate: float) -> np.ndarray:
 # ---------------------------------------------------------------- front end, shapes, plan
 
 def args(kit):
-    return (kit.Param("input", kit.reference, positional=True),
-            kit.Param("rate", kit.real(0.0, 1.0, what="a dropout rate"), positional=True))
+    # `rate=auto` is searched by `boltc tune` (boltc/tune/space.py: 0 .. 0.5); untuned it is 0, the model
+    # without dropout, so an `auto` never changes a model that was not tuned
+    rate = kit.tunable(kit.real(0.0, 1.0, what="a dropout rate"), "dropout", 0.0)
+    return (kit.Param("input", kit.reference, positional=True), kit.Param("rate", rate, positional=True))
 
 
 def check(attrs) -> list:
