@@ -38,6 +38,14 @@ def compile_plan(plan: dict) -> Kernels:
     return Kernels(lib, km.signatures, symbols, key)
 
 
+def compile_split(plan: dict) -> Kernels:
+    """The split gradient / apply kernels of data-parallel workers (boltc/lower/split.py)."""
+    from boltc.lower.split import lower_split
+    km, symbols = lower_split(plan)
+    lib, key = codegen.build(km.ir_text())
+    return Kernels(lib, km.signatures, symbols, key)
+
+
 def ptr(a: np.ndarray | None):
     """Raw address of a C-contiguous array (None -> NULL). The caller keeps `a` alive across the call."""
     if a is None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from boltc.errors import BoltValidationError
+from boltc.runtime.gradients import RowGrad
 from boltc.runtime.native_kernels import ptr
 
 # Fixed chunks of the wide layer's unique neurons for the fused update + input gradient: each chunk has
@@ -53,6 +54,9 @@ class Step:
     insert_missed: bool = False
     hyper: np.ndarray | None = None
     inversions: dict = field(default_factory=dict)     # sparse input name -> (uniq, seg, pos, n, prow)
+    # gradient mode (executor.gradients, data-parallel workers): the backward kernels store each
+    # tensor's gradient here as (layer, tensor) -> RowGrad instead of updating (boltc/lower/split.py)
+    grads: dict | None = None
 
     def layer_seed(self, name: str) -> int:
         """The random-fill seed of a sparse hidden layer: the step's, mixed with the layer's name, so
@@ -81,6 +85,11 @@ def _run(ex, name: str, role: str, n: int, *args, work: float, **kw) -> None:
     ex.pool.run(ex.k.fn(name, role), n, *args, min_per_thread=min_items(work), **kw)
 
 
+def _split_run(ex, name: str, role: str, n: int, *args, work: float, **kw) -> None:
+    """As `_run`, with a kernel of the split module (gradient mode)."""
+    ex.pool.run(ex.split_kernels.fn(name, role), n, *args, min_per_thread=min_items(work), **kw)
+
+
 def _params(ex, name):
     return ex.state.params[name], ex.state.m.get(name, {}), ex.state.v.get(name, {})
 
@@ -106,6 +115,14 @@ def _update_sparse_input(ex, layer, x, dz: np.ndarray, step: Step) -> None:
         prow = np.repeat(np.arange(x.shape[0], dtype=np.int32), np.diff(x.indptr))
         inv = step.inversions[src] = (uniq, seg, pos, nu, prow)
     uniq, seg, pos, nu, prow = inv
+    if step.grads is not None:
+        gW = np.empty((nu, layer["dim"]), np.float32)
+        _split_run(ex, name, "grad", nu, ptr(uniq), ptr(seg), ptr(pos), ptr(prow), ptr(x.data), ptr(dz), ptr(gW),
+                   per_thread=ex.scratch_ptrs, work=layer["dim"] * (x.nnz / max(1, nu) + 1))
+        step.grads[(name, "W")] = RowGrad(uniq[:nu].copy(), gW)
+        if p.get("b") is not None:
+            step.grads[(name, "b")] = RowGrad(None, np.ascontiguousarray(dz.sum(axis=0, dtype=np.float32)))
+        return
     _run(ex, name, "upd", nu, ptr(uniq), ptr(seg), ptr(pos), ptr(prow), ptr(x.data), ptr(dz), ptr(p["W"]),
          ptr(m["W"]), ptr(v["W"]), ptr(step.hyper), per_thread=ex.scratch_ptrs,
          work=layer["dim"] * (x.nnz / max(1, nu) + ADAM_OPS))
@@ -205,9 +222,20 @@ def fc_backward(ex, layer, cache, g, step: Step):
     W, b = p["W"], p.get("b")
     mb, vb = (m.get("b"), v.get("b")) if b is not None else (None, None)
     needs_dx = ex.k.has(name, "dx")
+    grad_mode = step.grads is not None
     if ids is not None:
         uniq, seg, pos, nu = cache["inv"] if cache["inv"] is not None else ex.invert(
             ids, layer["dim"], ex.k.fn(name, "invert"))
+        if grad_mode:
+            gW, gb = np.empty((nu, layer["in_dim"]), np.float32), np.empty(nu, np.float32)
+            rows = uniq[:nu].copy()
+            step.grads[(name, "W")] = RowGrad(rows, gW)
+            if b is not None:
+                step.grads[(name, "b")] = RowGrad(rows, gb)
+        if grad_mode and not needs_dx:
+            _split_run(ex, name, "grad_active", nu, ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x), ptr(W),
+                       ptr(gW), ptr(gb), per_thread=ex.scratch_ptrs, work=layer["in_dim"] * (ids.size / max(1, nu) + 1))
+            return [None]
         if not needs_dx:
             _run(ex, name, "upd_active", nu, ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x), ptr(W), ptr(b),
                  ptr(m["W"]), ptr(v["W"]), ptr(mb), ptr(vb), ptr(step.hyper), per_thread=ex.scratch_ptrs,
@@ -217,9 +245,13 @@ def fc_backward(ex, layer, cache, g, step: Step):
         bounds = [(c * nu // N_CHUNKS, (c + 1) * nu // N_CHUNKS) for c in range(N_CHUNKS)]
         dxbufs = np.zeros((N_CHUNKS,) + x.shape, np.float32)
         scratch = [np.empty(layer["in_dim"], np.float32) for _ in range(N_CHUNKS)]
-        fn = ex.k.fn(name, "upd_active_dx")
-        args = (ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x), ptr(W), ptr(b), ptr(m["W"]), ptr(v["W"]),
-                ptr(mb), ptr(vb), ptr(step.hyper))
+        if grad_mode:
+            fn = ex.split_kernels.fn(name, "grad_active_dx")
+            args = (ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x), ptr(W), ptr(gW), ptr(gb))
+        else:
+            fn = ex.k.fn(name, "upd_active_dx")
+            args = (ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x), ptr(W), ptr(b), ptr(m["W"]), ptr(v["W"]),
+                    ptr(mb), ptr(vb), ptr(step.hyper))
         per_chunk = [(ptr(scratch[c]), ptr(dxbufs[c])) for c in range(N_CHUNKS)]
         if nu * layer["in_dim"] * (2 * ids.size / max(1, nu) + ADAM_OPS) >= 2 * MIN_WORK_PER_THREAD:
             ex.pool.run_chunks(fn, bounds, *args, per_chunk=per_chunk)
@@ -236,6 +268,14 @@ def fc_backward(ex, layer, cache, g, step: Step):
     if needs_dx:
         dx = np.empty_like(x)                      # the kernel applies the fused activation derivative
         _run(ex, name, "dx", B, ptr(g), None, ptr(W), ptr(x), ptr(dx), work=layer["dim"] * layer["in_dim"])
+    if grad_mode:
+        gW, gb = np.empty((layer["dim"], layer["in_dim"]), np.float32), np.empty(layer["dim"], np.float32)
+        _split_run(ex, name, "grad", layer["dim"], None, None, None, B, ptr(g), ptr(x), ptr(W), ptr(gW), ptr(gb),
+                   per_thread=ex.scratch_ptrs, work=layer["in_dim"] * (B + 1))
+        step.grads[(name, "W")] = RowGrad(None, gW)
+        if b is not None:
+            step.grads[(name, "b")] = RowGrad(None, gb)
+        return [dx]
     _run(ex, name, "upd", layer["dim"], None, None, None, B, ptr(g), ptr(x), ptr(W), ptr(b), ptr(m["W"]),
          ptr(v["W"]), ptr(mb), ptr(vb), ptr(step.hyper), per_thread=ex.scratch_ptrs,
          work=layer["in_dim"] * (B + ADAM_OPS))
@@ -305,6 +345,9 @@ def layernorm_backward(ex, layer, cache, g, step: Step):
              work=5 * d)
     dgamma, dbeta = np.empty(d, np.float32), np.empty(d, np.float32)
     _run(ex, name, "pgrad", d, B, ptr(g), ptr(cache["xhat"]), ptr(dgamma), ptr(dbeta), work=2 * B)
+    if step.grads is not None:
+        step.grads[(name, "gamma")], step.grads[(name, "beta")] = RowGrad(None, dgamma), RowGrad(None, dbeta)
+        return [dx]
     for t, grad in (("gamma", dgamma), ("beta", dbeta)):
         _run(ex, name, f"upd_{t}", d, ptr(p[t]), ptr(grad), ptr(m[t]), ptr(v[t]), ptr(step.hyper), work=ADAM_OPS)
     return [dx]
