@@ -15,15 +15,19 @@ import socket
 import time
 from functools import partial
 
-import numpy as np
-
 from boltc.errors import BoltError, DependencyError
-from boltc.runtime.distributed_exchange import combine, densify
 from boltc.runtime.distributed_shard import load_shard
-from boltc.runtime.distributed_worker import Worker, merge_facts, portable_state
+from boltc.runtime.distributed_worker import Worker, portable_state
 
 INSTALL_HINT = "pip install boltc[distributed]"
-EXCHANGES = ("sparse", "dense", "factors")     # touched rows | whole tensors (baseline) | sufficient factors
+# What workers exchange. `sparse`: the touched rows of each gradient, cut by owner, and the owners' new
+# rows (ZeRO-1 on touched rows, runtime/distributed_worker.py). A dense all-reduce (every tensor whole)
+# and sufficient factors (layer inputs + pre-activation gradients) are not offered: with the update
+# divided among the workers, every worker must receive the new values of the global batch's touched
+# rows whatever it sent, so factors would save only the smaller, gradient half of the traffic at the
+# price of rebuilding dW from them on the hot path, and whole tensors move 3x the rows of the 100k
+# model (docs/distributed.md has the figures).
+EXCHANGES = ("sparse",)
 
 
 class DistributedError(BoltError):
@@ -41,90 +45,48 @@ def require_ray():
 
 # ---------------------------------------------------------------------------------------------- worker side
 class ShardWorker(Worker):
-    """A Worker that loads its own shard and runs one synchronous update per call (one round trip).
+    """A Worker that loads its own shard; each method is one round trip of the driver's protocol.
 
     Construction only stores its arguments; `setup()` loads the shard and builds the executor, so a data
     error comes back as that call's exception (a DataError with file and line) rather than a dead actor.
+    transport "ray": parts and new rows go through Ray's object store (put here, fetched by the workers
+    that need them: peer to peer); "local": in-process objects.
     """
 
     def __init__(self, plan, state, shard_spec, rank, world, local_batch, backend="numpy", threads=1,
-                 seed=0, exchange="sparse", fail_at=None, global_batch=None):
-        self._args = (plan, state, shard_spec, rank, world, local_batch, backend, threads, seed)
-        self.exchange, self.fail_at = exchange, fail_at
-        self.global_batch = int(global_batch or plan["train"]["batch"])
+                 seed=0, fail_at=None, global_batch=None, transport="local"):
+        self._args = (plan, state, shard_spec, rank, world, local_batch, backend, threads, seed, global_batch)
+        self.fail_at, self.transport = fail_at, transport
 
     def setup(self) -> int:
         from boltc.runtime.executor import make_executor
-        plan, state, spec, rank, world, local_batch, backend, threads, seed = self._args
+        plan, state, spec, rank, world, local_batch, backend, threads, seed, global_batch = self._args
         del self._args
-        state = copy.deepcopy(state)     # Ray hands out read-only zero-copy arrays; a replica must own its own
+        # Ray hands out read-only zero-copy arrays: a replica owns its weights and tables; of the moments
+        # the Worker copies only its own rows
+        state = type(state)(params=copy.deepcopy(state.params), m=state.m, v=state.v, step=int(state.step),
+                            lsh=copy.deepcopy(state.lsh))
+        put = get = None
+        if self.transport == "ray":
+            import ray
+            put, get = ray.put, ray.get
         super().__init__(plan, state, load_shard(spec, plan), rank, world, local_batch,
-                         partial(make_executor, backend=backend, threads=threads), seed=seed)
-        by = {l["name"]: l for l in plan["layers"]}
-        self.row_sparse = {(l, t) for (l, t) in self.shapes
-                           if by[l].get("hash") or (by[l].get("input_sparse") and by[l].get("layout") == "in_major")}
+                         partial(make_executor, backend=backend, threads=threads), seed=seed,
+                         global_batch=global_batch, put=put, get=get)
         return self.data.rows
 
-    def sync_step(self, prev, update: int, accumulate: int, record: bool = False):
-        """Apply the previous combined update (if any), then compute this update's local gradient.
-
-        `prev` = (combined grads, lr, batch facts, epoch, index in epoch, updates per epoch) or None.
-        Returns (grads, examples, loss sum, batch facts[, rows, active]).
-        """
+    def grads_step(self, prev, update: int, accumulate: int = 1, record: bool = False):
         if prev is not None:
             self.finish(prev)
         if self.fail_at is not None and update == self.fail_at:
             self.die()                                    # test hook for the fault path
-        if self.exchange == "factors":
-            parts = [self.compute_factors(record) for _ in range(accumulate)]
-            out = ([p[0] for p in parts], sum(p[1] for p in parts), sum(p[2] for p in parts),
-                   merge_facts([p[3] for p in parts]))
-            return out + ((np.concatenate([p[4] for p in parts]), [p[5] for p in parts]) if record else ())
-        parts = [self.compute(update, record) for _ in range(accumulate)]
-        if accumulate == 1:
-            grads, n, loss, facts = parts[0][:4]
-        else:
-            grads = combine([p[0] for p in parts], [p[1] for p in parts])
-            n, loss = sum(p[1] for p in parts), sum(p[2] for p in parts)
-            facts = merge_facts([p[3] for p in parts])
-        if self.exchange == "dense":
-            grads = densify(grads, self.shapes)
-        extra = (np.concatenate([p[4] for p in parts]), [p[5] for p in parts]) if record else ()
-        return (grads, n, loss, facts) + extra
+        return super().grads_step(None, update, accumulate, record)
 
-    def compute_factors(self, record: bool):
-        """One local batch's sufficient factors (distributed_factors.py) instead of its gradient."""
-        from boltc.runtime import distributed_factors as fx
-        t0 = time.perf_counter()
-        rows = self._next_rows()
-        batch = self.data.take(rows)
-        active = self.select_active(batch)
-        losses, factors = fx.local_factors(self.plan, self.state, batch, active, self.global_batch)
-        self.compute_seconds += time.perf_counter() - t0
-        return (factors, int(rows.size), float(np.sum(losses)), self.batch_facts(batch)) + \
-            ((rows, active) if record else ())
+    def reduce_apply(self, handles, lr):
+        return [super().reduce_apply(handles, lr)]        # a list: Ray returns a nested ref as is
 
     def die(self):
         os._exit(3)                                       # the actor's process goes away, as on a lost machine
-
-    def finish(self, prev) -> None:
-        grads, lr, facts, epoch, index, per_epoch = prev
-        if self.exchange == "factors":
-            from boltc.runtime.distributed_factors import rebuild
-            t0 = time.perf_counter()
-            grads = rebuild(self.plan, grads)
-            self.apply_seconds += time.perf_counter() - t0
-        if self.exchange == "dense":   # a dense sum does not say which rows were touched: take the nonzero ones
-            grads = {k: (_nonzero_rows(g) if k in self.row_sparse else g) for k, g in grads.items()}
-        self.apply(grads, lr, facts)
-        self.after_update(epoch, index, per_epoch)
-
-
-def _nonzero_rows(g):
-    from boltc.runtime.distributed_exchange import RowGrad
-    v = g.values
-    nz = np.flatnonzero(v.reshape(v.shape[0], -1).any(axis=1)).astype(np.int32)
-    return RowGrad(nz, np.ascontiguousarray(v[nz]))
 
 
 # ---------------------------------------------------------------------------------------------- runners
@@ -246,7 +208,8 @@ def connect(address: str | None, workers: int, cpus_per_worker: float = 1.0, tem
 
 def _start_workers(kind, ray, plan, state, shards, local, opts, fail_at, timeout):
     args = [(plan, None, s, r, len(shards), local[r], opts["backend"], opts["threads"], opts["seed"],
-             opts["exchange"], (fail_at or {}).get(r), opts["global_batch"]) for r, s in enumerate(shards)]
+             (fail_at or {}).get(r), opts["global_batch"], "local" if kind == "inprocess" else "ray")
+            for r, s in enumerate(shards)]
     if kind == "inprocess":
         ws = []
         for a in args:

@@ -63,7 +63,7 @@ _SAMPLERS = {
 }
 _DISTRIBUTED = (Param("workers", integer(1), positional=True), Param("address", string, "auto"),
                 Param("exchange_every", integer(1), 1),
-                Param("exchange", word("sparse", "dense", "factors", what="exchange"), "sparse"))
+                Param("exchange", word("sparse", what="exchange"), "sparse"))
 _SCALARS = {
     "batch": ("batch", integer(1)), "epochs": ("epochs", integer(1)), "threads": ("threads", integer(0)),
     "seed": ("seed", integer(0)), "checkpoint": ("checkpoint_every", integer(1, what="a number of epochs")),
