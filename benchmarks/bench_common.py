@@ -1,7 +1,7 @@
 """Shared set-up for the native-backend benchmarks: the XC model plan at a given shape, a state built
-without the (slow) NumPy table build, synthetic data from runtime/synth.py, peak RSS.
+without the (slow) NumPy table build, synthetic data from runtime/data/synth.py, peak RSS.
 
-Every figure these scripts print is on SYNTHETIC data (runtime/synth.py), shaped like the XC sets.
+Every figure these scripts print is on SYNTHETIC data (runtime/data/synth.py), shaped like the XC sets.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from boltc.runtime.dataset import Batch, as_csr
-from boltc.runtime.state import ModelState, init_params, make_lsh, neuron_rows, zero_moments
+from boltc.runtime.data.dataset import Batch, as_csr
+from boltc.runtime.exec.state import ModelState, init_params, make_lsh, neuron_rows, zero_moments
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -81,7 +81,7 @@ def build_tables(plan: dict, state: ModelState) -> float:
 
 
 def synth_data(rows: int, features: int, labels: int, seed: int = 1, task: int = 0):
-    from boltc.runtime.synth import SynthSpec, generate
+    from boltc.runtime.data.synth import SynthSpec, generate
     X, Y = generate(SynthSpec(rows=rows, features=features, labels=labels, seed=seed, task=task))
     return as_csr(X, features), as_csr(Y, labels)
 

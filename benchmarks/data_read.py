@@ -1,8 +1,8 @@
 """How fast boltc reads (and generates) Extreme Classification Repository text files (plain and gzip) into CSR.
 
-Compares, in one run on the same files: boltc's vectorised reader (runtime/xcformat.py), and a plain
+Compares, in one run on the same files: boltc's vectorised reader (runtime/data/xcformat.py), and a plain
 Python line-by-line parser (the baseline any hand-written loader starts from). The data file is
-synthetic (runtime/synth.py, Amazon-670K-shaped rows: 135,909 features, ~75 nonzeros, 670,091 labels),
+synthetic (runtime/data/synth.py, Amazon-670K-shaped rows: 135,909 features, ~75 nonzeros, 670,091 labels),
 written to a temporary folder (never into the repository). Reports MB/s of text (uncompressed bytes),
 wall time and CPU time (the machines are shared: CPU time is the steadier figure).
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from boltc.runtime import synth, xcformat
+from boltc.runtime.data import synth, xcformat
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -101,7 +101,7 @@ def main():
         print(f"{r['reader']:<40}{r['text_mb']:>9.1f}{r['wall_s']:>9.2f}{r['cpu_s']:>9.2f}"
               f"{r['mb_per_s_wall']:>11.1f}{r['mb_per_s_cpu']:>10.1f}{r['speedup_vs_python_cpu']:>10.1f}")
     g = out["synthetic_generation"]
-    print(f"synthetic generator (runtime/synth.py): {g['rows']:,} Amazon-670K-shaped rows in {g['cpu_s']:.2f} s CPU "
+    print(f"synthetic generator (runtime/data/synth.py): {g['rows']:,} Amazon-670K-shaped rows in {g['cpu_s']:.2f} s CPU "
           f"({g['rows_per_s_cpu']:,.0f} rows/s, {g['nnz_per_row']:.1f} nnz/row)")
     print("(data: synthetic, Amazon-670K-shaped rows)")
     RESULTS.mkdir(exist_ok=True)

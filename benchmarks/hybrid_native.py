@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_common import table, write_json  # noqa: E402
 
 import boltc  # noqa: E402
-from boltc.runtime.dataset import Batch  # noqa: E402
-from boltc.runtime.interp import NumpyExecutor  # noqa: E402
-from boltc.runtime.native import NativeExecutor  # noqa: E402
-from boltc.runtime.state import ModelState  # noqa: E402
+from boltc.runtime.data.dataset import Batch  # noqa: E402
+from boltc.runtime.exec.interp import NumpyExecutor  # noqa: E402
+from boltc.runtime.exec.native import NativeExecutor  # noqa: E402
+from boltc.runtime.exec.state import ModelState  # noqa: E402
 
 MODEL = ROOT / "models" / "hybrid.bolt"
 

@@ -20,9 +20,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_common import build_tables, fresh_state, synth_data, table, write_json, xc_plan  # noqa: E402
 
-from boltc.runtime.dataset import Batch  # noqa: E402
-from boltc.runtime.interp import NumpyExecutor  # noqa: E402
-from boltc.runtime.native import NativeExecutor  # noqa: E402
+from boltc.runtime.data.dataset import Batch  # noqa: E402
+from boltc.runtime.exec.interp import NumpyExecutor  # noqa: E402
+from boltc.runtime.exec.native import NativeExecutor  # noqa: E402
 
 
 def median_ms(fn, reps):

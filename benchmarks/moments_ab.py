@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_common import batches, build_tables, fresh_state, synth_data, table, write_json, xc_plan  # noqa: E402
 
-from boltc.runtime.native import NativeExecutor  # noqa: E402
+from boltc.runtime.exec.native import NativeExecutor  # noqa: E402
 
 SHAPES = {"670k": (135909, 670091, 1e-4), "100k": (100000, 100000, 1e-3)}
 

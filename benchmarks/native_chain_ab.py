@@ -1,8 +1,8 @@
 """Did the DAG executor slow the chain path? Training steps of the 670k-shape chain (SYNTHETIC:
 135,909 sparse features -> 256 relu -> 670,091 softmax, batch 256, BOLT's sparsity 0.005) by the current
-NativeExecutor and by an older runtime/native.py, in alternating turns in one process, on one state.
+NativeExecutor and by an older runtime/exec/native.py, in alternating turns in one process, on one state.
 
-  git show cfcfa87:runtime/native.py > /tmp/native_before.py     # the chain-only executor
+  git show cfcfa87:runtime/exec/native.py > /tmp/native_before.py     # the chain-only executor
   python benchmarks/native_chain_ab.py --before /tmp/native_before.py [--rounds 8 --steps 3]
 
 Both executors run the kernels of the current lowering (the chain's kernels are the same code path in
@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_common import batches, build_tables, fresh_state, synth_data, table, write_json, xc_plan  # noqa: E402
 
-from boltc.runtime.native import NativeExecutor  # noqa: E402
+from boltc.runtime.exec.native import NativeExecutor  # noqa: E402
 
 
 def load_executor(path: str):
@@ -36,7 +36,7 @@ def load_executor(path: str):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--before", required=True, help="path of the older runtime/native.py")
+    ap.add_argument("--before", required=True, help="path of the older runtime/exec/native.py")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)

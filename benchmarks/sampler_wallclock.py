@@ -48,18 +48,18 @@ PROBLEMS = {  # name: (model file, epochs, data needed)
 # -- one dataset (child process) -------------------------------------------------------------------
 def true_losses(model, ds, rows):
     """Per-example cross entropy of the dense model on `rows` (the trainer's own measure)."""
-    from boltc.runtime.trainer import true_losses as losses_of
+    from boltc.runtime.train.trainer import true_losses as losses_of
     return losses_of(model.executor, model.plan, ds.take(rows))
 
 
 def run_pair(model_file, specs, seed, epochs, backend):
     """Train one model per sampler spec in lockstep: step k of every model runs back to back, so the
     machine's load (shared, noisy) hits all of them alike. Each step is the trainer's own loop body
-    (runtime/trainer.py): draw, take, train_step, after_step, observe."""
+    (runtime/train/trainer.py): draw, take, train_step, after_step, observe."""
     import boltc
-    from boltc.runtime.optim import lr_at
-    from boltc.runtime.sampler import make_sampler
-    from boltc.runtime.trainer import evaluate
+    from boltc.runtime.exec.optim import lr_at
+    from boltc.runtime.sampler.adaptive import make_sampler
+    from boltc.runtime.train.trainer import evaluate
     models = [boltc.compile(str(ROOT / model_file), backend=backend, sampler=sp_, seed=seed, epochs=epochs)
               for sp_ in specs]
     train = models[0].dataset(models[0].data_source("train"))
@@ -197,7 +197,7 @@ def main():
         Path(args.from_json).write_text(json.dumps(report, indent=1, default=float))
         plot(report, Path(args.from_json).with_suffix(".png"))
         return None
-    from boltc.runtime.sampler import resolve_spec
+    from boltc.runtime.sampler.adaptive import resolve_spec
     names = [n for n in PROBLEMS if not args.only or n in args.only.split(",")]
     report = {"spec": resolve_spec({"kind": "nw_sketch", **json.loads(args.spec)}), "datasets": {},
               "note": "synthetic = models/quickstart.bolt's seeded generator: SYNTHETIC figures",

@@ -6,7 +6,7 @@ Writes a seeded synthetic XC training file with `boltc synth` (Amazon-670K's inp
 features, ~75 nonzeros per row; 2,000 labels so that the model itself stays small and the data
 dominates memory), then trains one epoch of a 135,909 -> 64 relu -> 2,000 softmax model twice, each in
 a fresh process: once with the file read whole, once streamed (`file(..., stream=true)`,
-runtime/stream.py). Prints peak RSS, examples/s and test P@1 of each, and writes
+runtime/data/stream.py). Prints peak RSS, examples/s and test P@1 of each, and writes
 benchmarks/results/stream_memory.json.
 """
 from __future__ import annotations

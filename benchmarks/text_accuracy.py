@@ -3,7 +3,7 @@
     python benchmarks/text_accuracy.py [--seeds 1] [--backend auto|native|numpy] [--only news20|sst2]
 
 For models/news20.bolt (20newsgroups, 20 classes) and models/sst2.bolt (SST-2, binary sentences):
-featurise the files (runtime/csvdata.py + runtime/text.py), train with boltc.compile(...).fit, evaluate on
+featurise the files (runtime/data/csvfile.py + runtime/data/text.py), train with boltc.compile(...).fit, evaluate on
 the test file, save the model, load it back and time `predict([one text])` one row at a time (batch 1,
 featurisation included) over test texts. The `boltc predict model.boltc --text ...` command line is run
 once to show the answer by class name. Each (model, seed) runs in a child process, so a crash of one
@@ -56,7 +56,7 @@ def run_one(name: str, seed: int, backend: str | None) -> dict:
     acc = m.evaluate(test)["accuracy"]
 
     # saved model -> load -> batch-1 predict on raw strings, answered with class names
-    from boltc.runtime.csvdata import load_csv_dataset  # noqa: F401  (the reader the model uses)
+    from boltc.runtime.data.csvfile import load_csv_dataset  # noqa: F401  (the reader the model uses)
     texts = _test_texts(m, LATENCY_ROWS)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.boltc"

@@ -1,8 +1,8 @@
-"""How fast is text featurisation (runtime/text.py)? MB/s of raw UTF-8 text, on the real 20newsgroups
+"""How fast is text featurisation (runtime/data/text.py)? MB/s of raw UTF-8 text, on the real 20newsgroups
 training posts (22 MB), for each tokeniser setting: the default path (native FNV span hashing when it
 builds) against the pure NumPy path (BOLTC_TEXT_NATIVE=0) and a plain Python loop over the same
-documented hash (the reference in runtime/text.py, on a 1 MB sample), all in the same run; and end to
-end (gzip CSV -> csv module -> featurise -> CSR) through runtime/csvdata.py.
+documented hash (the reference in runtime/data/text.py, on a 1 MB sample), all in the same run; and end to
+end (gzip CSV -> csv module -> featurise -> CSR) through runtime/data/csvfile.py.
 
     python benchmarks/text_featurize.py [--repeat 3]
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from boltc.runtime import text as T
-from boltc.runtime.csvdata import CHUNK_CHARS, load_csv_dataset
+from boltc.runtime.data import text as T
+from boltc.runtime.data.csvfile import CHUNK_CHARS, load_csv_dataset
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"

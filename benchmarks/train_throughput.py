@@ -32,9 +32,9 @@ from bench_common import (batches, build_tables, fresh_state, peak_rss_bytes, sy
 
 from boltc.passes.plan_memory_moments import MOMENT_BYTES, moment_dtypes  # noqa: E402
 
-from boltc.runtime.interp import NumpyExecutor  # noqa: E402
-from boltc.runtime.native import NativeExecutor  # noqa: E402
-from boltc.runtime.threads import ThreadPool  # noqa: E402
+from boltc.runtime.exec.interp import NumpyExecutor  # noqa: E402
+from boltc.runtime.exec.native import NativeExecutor  # noqa: E402
+from boltc.runtime.exec.threads import ThreadPool  # noqa: E402
 
 
 def memory_bandwidth(threads: int = 2, gib: float = 1.0) -> float:
@@ -165,7 +165,7 @@ def time_torch(features, labels, X, Y, batch, steps, epoch_rows=None, lr=1e-3, X
 
 
 def precision_at_1(ex, Xt, Yt, sparse):
-    from boltc.runtime.dataset import Batch
+    from boltc.runtime.data.dataset import Batch
     hits = 0
     for s in range(0, Xt.shape[0], 256):
         b = Batch(inputs={"features": Xt[s:s + 256]}, labels=None)

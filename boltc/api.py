@@ -6,7 +6,7 @@
     ids, scores = m.predict(X, top_k=5)              # X: file, CSR, array, or list of strings (text models)
     m.save("model.boltc");  m = boltc.load("model.boltc")
 
-Backend (decision): `backend=None` picks "native" when runtime/native.py imports and builds, else the
+Backend (decision): `backend=None` picks "native" when runtime/exec/native.py imports and builds, else the
 NumPy interpreter, and says so once in `Model.backend_note` (the CLI prints it). Both compute the same
 function (the interpreter is the specification).
 Overrides: keyword arguments of `compile` that name train settings (lr, epochs, batch, seed, optimizer,
@@ -27,7 +27,7 @@ BACKENDS = ("native", "numpy")
 
 
 def _make_executor(plan: dict, state, backend: str | None, threads: int | None, kernels=None):
-    from boltc.runtime.executor import make_executor
+    from boltc.runtime.exec.executor import make_executor
     threads = int(plan.get("train", {}).get("threads", 0) if threads is None else threads)
     if backend is None:
         try:
@@ -62,7 +62,7 @@ class Model:
     @property
     def state(self):
         if self._state is None:
-            from boltc.runtime.state import ModelState
+            from boltc.runtime.exec.state import ModelState
             self._state = ModelState.init(self.plan)
         return self._state
 
@@ -88,8 +88,8 @@ class Model:
     # ------------------------------------------------------------ data
     def dataset(self, data, labels=None, with_labels: bool = True, allow_stream: bool = False):
         """Any accepted input -> runtime Dataset (files, plan data entries, matrices, strings); with
-        `allow_stream`, a large XC/svmlight file comes back as a runtime/stream.py StreamingDataset."""
-        from boltc.runtime.data import as_dataset, load_dataset
+        `allow_stream`, a large XC/svmlight file comes back as a runtime/data/stream.py StreamingDataset."""
+        from boltc.runtime.data.load import as_dataset, load_dataset
         if data is None:
             raise DataError("no data given (and the model's data block names none)")
         is_text_model = any(i.get("kind") in ("text", "categorical") for i in self.plan.get("inputs", []))
@@ -109,7 +109,7 @@ class Model:
         """Train; `train`/`validation` default to the data block's train and validation (or test) sets.
         With `checkpoint`, a checkpoint is written after every epoch; `resume=True` continues from it."""
         from boltc.runtime import savefile
-        from boltc.runtime.trainer import Trainer
+        from boltc.runtime.train.trainer import Trainer
         train = train if train is not None else self.data_source("train")
         if train is None:
             raise DataError("no training data: pass it to fit() or name it in the model's data block")
@@ -154,7 +154,7 @@ class Model:
         return self.plan.get("train", {}).get("inference", "dense") == "sparse"
 
     def evaluate(self, data=None, labels=None, *, sparse: bool | None = None, metrics=None) -> dict:
-        from boltc.runtime.trainer import evaluate, metric_names
+        from boltc.runtime.train.trainer import evaluate, metric_names
         data = data if data is not None else (self.data_source("test") or self.data_source("validation"))
         ds = self.dataset(data, labels, allow_stream=True)
         if ds.labels is None:

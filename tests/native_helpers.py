@@ -2,7 +2,7 @@
 import numpy as np
 import scipy.sparse as sp
 
-from boltc.runtime.dataset import Batch, as_csr
+from boltc.runtime.data.dataset import Batch, as_csr
 
 
 def make_plan(in_dim=300, hidden=24, out_dim=500, active=None, hidden_act="relu", optimizer="adam",
@@ -69,8 +69,8 @@ def random_active(rng, labels, B, out_dim, k):
 def twin_executors(plan, threads=(1, 2)):
     """Two NativeExecutors over identical fresh states (one per thread count): (state_a, state_b, ex_a, ex_b)."""
     import copy
-    from boltc.runtime.native import NativeExecutor
-    from boltc.runtime.state import ModelState
+    from boltc.runtime.exec.native import NativeExecutor
+    from boltc.runtime.exec.state import ModelState
     s1 = ModelState.init(plan)
     s2 = copy.deepcopy(s1)
     return s1, s2, NativeExecutor(plan, s1, threads=threads[0]), NativeExecutor(plan, s2, threads=threads[1])
@@ -79,9 +79,9 @@ def twin_executors(plan, threads=(1, 2)):
 def pair(plan, threads: int = 2, must_be_native: bool = False):
     """A NativeExecutor and the NumPy interpreter (the spec) over identical fresh states."""
     import copy
-    from boltc.runtime.interp import NumpyExecutor
-    from boltc.runtime.native import NativeExecutor
-    from boltc.runtime.state import ModelState
+    from boltc.runtime.exec.interp import NumpyExecutor
+    from boltc.runtime.exec.native import NativeExecutor
+    from boltc.runtime.exec.state import ModelState
     s = ModelState.init(plan)
     nx = NativeExecutor(plan, s, threads=threads)
     assert nx.native or not must_be_native, nx.fallback_reason

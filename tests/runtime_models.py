@@ -61,7 +61,7 @@ def write_lines(path, lines) -> str:
 def write_test_set(model, path):
     """The model's own test set (its data block) written as an XC file, values exact to float32
     ('.9g'), so that reading it back gives the same rows; returns that Dataset."""
-    from boltc.runtime import xcformat
+    from boltc.runtime.data import xcformat
     ds = model.dataset(model.plan["data"]["test"])
     xcformat.write_xc(path, ds.inputs["features"], ds.labels, value_format=".9g")
     return ds

@@ -92,7 +92,7 @@ def test_overrides_and_errors(tmp_path):
 
 def _native_available():
     try:
-        import boltc.runtime.native  # noqa: F401
+        import boltc.runtime.exec.native  # noqa: F401
         return True
     except Exception:
         return False

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from boltc.cli import main
-from boltc.runtime import savefile, xcformat
+from boltc.runtime import savefile
+from boltc.runtime.data import xcformat
 from runtime_models import text_source, tiny_source, write_lines, write_test_set
 
 
@@ -80,7 +81,7 @@ def test_synth_writes_readable_xc(tmp_path, capsys):
                  "--labels", "300", "--nnz", "30", "--gzip"]) == 0
     X, Y = xcformat.read_xc(tmp_path / "d" / "train.txt.gz")
     assert X.shape == (500, 1000) and Y.shape == (500, 300)
-    from boltc.runtime import synth
+    from boltc.runtime.data import synth
     X0, Y0 = synth.generate(dict(rows=500, features=1000, labels=300, nnz=30, seed=1))
     np.testing.assert_allclose(X.toarray(), X0.toarray(), rtol=1e-5)
     assert (Y != Y0).nnz == 0

@@ -1,4 +1,4 @@
-"""CSV/TSV reading (runtime/csvdata.py): edge cases, each with the right result or a located error."""
+"""CSV/TSV reading (runtime/data/csvfile.py): edge cases, each with the right result or a located error."""
 import gzip
 from pathlib import Path
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from boltc.errors import DataError
-from boltc.runtime import text as T
-from boltc.runtime.csvdata import load_csv_dataset
+from boltc.runtime.data import text as T
+from boltc.runtime.data.csvfile import load_csv_dataset
 
 DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
 

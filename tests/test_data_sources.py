@@ -6,8 +6,8 @@ import pytest
 import scipy.sparse as sp
 
 from boltc.errors import BoltError, DataError
-from boltc.runtime import data
-from boltc.runtime.dataset import Dataset
+from boltc.runtime.data import load as data
+from boltc.runtime.data.dataset import Dataset
 
 PLAN = {"inputs": [{"name": "x", "kind": "sparse", "dim": 6}],
         "target": {"name": "y", "kind": "multi", "classes": 4}}

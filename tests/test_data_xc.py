@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from boltc.errors import DataError
-from boltc.runtime import xcformat
+from boltc.runtime.data import xcformat
 
 DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
 

@@ -2,7 +2,7 @@
 import numpy as np
 import scipy.sparse as sp
 
-from boltc.runtime.dataset import Dataset, take_rows
+from boltc.runtime.data.dataset import Dataset, take_rows
 
 
 def test_take_rows_equals_scipy_indexing():

@@ -1,4 +1,4 @@
-"""Data-parallel training (runtime/distributed.py), checked against single-process training.
+"""Data-parallel training (runtime/distributed/driver.py), checked against single-process training.
 
 Oracles:
 - exact: one process running the executor's own `train_step` on the same global batches (the workers'
@@ -25,13 +25,13 @@ import scipy.sparse as sp
 
 from boltc.errors import DependencyError
 from boltc.plan import load_model_source
-from boltc.runtime.data import load_dataset
-from boltc.runtime.dataset import Batch
-from boltc.runtime.distributed import (DistributedError, load_shard, plan_shards, require_ray,
+from boltc.runtime.data.load import load_dataset
+from boltc.runtime.data.dataset import Batch
+from boltc.runtime.distributed.driver import (DistributedError, load_shard, plan_shards, require_ray,
                                        train_distributed)
-from boltc.runtime.distributed_worker import sum_parts
-from boltc.runtime.executor import make_executor
-from boltc.runtime.state import ModelState
+from boltc.runtime.distributed.worker import sum_parts
+from boltc.runtime.exec.executor import make_executor
+from boltc.runtime.exec.state import ModelState
 
 TINY = Path(__file__).parents[1] / "models" / "tiny.bolt"
 ROWS = 640                     # 10 updates of 64 per epoch: small enough for seconds, wide (500 labels)
@@ -99,7 +99,7 @@ def test_in_process_matches_single_process_on_the_same_batches(tiny):
 def test_frozen_tables_get_the_whole_batchs_missed_labels_on_every_replica(tiny, monkeypatch):
     """After the tables freeze (epoch 2 of the tiny model), labels a lookup missed are inserted as in
     BOLT; every replica inserts the global batch's, so the replicas' tables stay identical."""
-    from boltc.runtime import distributed_cluster
+    from boltc.runtime.distributed import cluster as distributed_cluster
     plan, train, _ = tiny
     init = ModelState.init(plan)
     seen = []
@@ -234,7 +234,7 @@ def test_worker_loss_restarts_from_epoch_state_or_fails_clearly(tiny):
 
 def _synthetic_file(tmp_path, train, name):
     """The synthetic training rows written as an XC file; returns (path, X, Y)."""
-    from boltc.runtime import synth, xcformat
+    from boltc.runtime.data import synth, xcformat
     X, Y = synth.generate({k: v for k, v in train.items() if k != "kind"})
     path = tmp_path / name
     xcformat.write_xc(path, X, Y)
@@ -292,7 +292,7 @@ def ray_cluster(tmp_path_factory):
 
 
 def test_ray_two_workers_match_single_process(tiny, ray_cluster):
-    from boltc.runtime.trainer import Trainer
+    from boltc.runtime.train.trainer import Trainer
     plan, train, test = tiny
     init = ModelState.init(plan)
     on_ray = train_distributed(plan, copy.deepcopy(init), train, validation=test, workers=2, timeout=120)
@@ -334,7 +334,7 @@ def test_ray_dead_worker_restarts_then_fails_clearly(tiny, ray_cluster):
 def test_fit_model_trains_a_compiled_model_on_ray_and_writes_a_resumable_checkpoint(tiny, ray_cluster, tmp_path):
     import boltc
     from boltc.runtime import savefile
-    from boltc.runtime.distributed import fit_model
+    from boltc.runtime.distributed.driver import fit_model
     plan, train, test = tiny
     model = boltc.compile(str(TINY), backend="numpy")
     ckpt = tmp_path / "tiny.ckpt"

@@ -17,7 +17,7 @@ def test_zero_workers_is_an_error_not_a_single_process_run(tmp_path, capsys):
 
 def test_unreachable_ray_address_fails_fast_and_names_it():
     pytest.importorskip("ray")
-    from boltc.runtime.distributed_cluster import DistributedError, connect
+    from boltc.runtime.distributed.cluster import DistributedError, connect
     with pytest.raises(DistributedError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
         connect("127.0.0.1:1", workers=2)
     with pytest.raises(DistributedError, match="not auto, host:port"):

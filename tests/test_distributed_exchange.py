@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from boltc.errors import DataError
-from boltc.runtime.distributed_shard import read_shard, row_ranges, shard_ranges
-from boltc.runtime.distributed_worker import grads_nbytes, split_by_owner, sum_parts
-from boltc.runtime.gradients import RowGrad
+from boltc.runtime.distributed.shard import read_shard, row_ranges, shard_ranges
+from boltc.runtime.distributed.worker import grads_nbytes, split_by_owner, sum_parts
+from boltc.runtime.exec.gradients import RowGrad
 
 
 def _random_sparse_grad(rng, shape, touched):

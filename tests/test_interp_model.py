@@ -6,10 +6,10 @@ import pytest
 import scipy.sparse as sp
 
 from boltc.errors import BackendError, BoltValidationError
-from boltc.runtime.dataset import Batch
-from boltc.runtime.executor import make_executor
-from boltc.runtime.numpy_rules import LOSS_RULES
-from boltc.runtime.state import ModelState
+from boltc.runtime.data.dataset import Batch
+from boltc.runtime.exec.executor import make_executor
+from boltc.runtime.exec.numpy_rules import LOSS_RULES
+from boltc.runtime.exec.state import ModelState
 
 from test_interp_plans import dwta, fc, plan, separable
 
@@ -185,7 +185,7 @@ def test_predict_is_sorted_topk():
 
 def test_native_backend_missing_is_a_backend_error(monkeypatch):
     import sys
-    monkeypatch.setitem(sys.modules, "boltc.runtime.native", None)
+    monkeypatch.setitem(sys.modules, "boltc.runtime.exec.native", None)
     p = plan([fc("out", ["x"], 30, 8, "softmax", input_sparse=True)], 30, 8)
     with pytest.raises(BackendError):
         make_executor(p, ModelState.init(p), backend="native")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from boltc.runtime.dataset import Batch, Dataset, as_csr
+from boltc.runtime.data.dataset import Batch, Dataset, as_csr
 
 
 def fc(name, inputs, in_dim, dim, activation, input_sparse=False, active=None, hash=None, bias=True):

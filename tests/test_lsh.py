@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from boltc.runtime.lsh import LSHIndex, _CHUNK
+from boltc.runtime.lsh.index import LSHIndex, _CHUNK
 
 
 def _labels(rows, dim):
@@ -25,7 +25,7 @@ def _index(family="dwta", in_dim=32, dim=300, tables=6, reservoir=8, seed=0):
 def test_active_set_invariants(family, wide, monkeypatch):
     """Labels first (in order), exact size, no duplicates, ids in range; then bucket contents."""
     if wide:                       # force the sort-based path used by wide layers
-        monkeypatch.setattr("boltc.runtime.lsh._CHUNK", 1)
+        monkeypatch.setattr("boltc.runtime.lsh.index._CHUNK", 1)
     idx, W = _index(family)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((20, 32)).astype(np.float32)
@@ -60,7 +60,7 @@ def test_dense_and_sorted_paths_agree_on_the_deterministic_part(monkeypatch):
     x = np.random.default_rng(3).standard_normal((10, 32)).astype(np.float32)
     labels = _labels([[1, 2]] * 10, 300)
     a = idx.select(x, labels, 50, np.random.default_rng(0))
-    monkeypatch.setattr("boltc.runtime.lsh._CHUNK", 1)
+    monkeypatch.setattr("boltc.runtime.lsh.index._CHUNK", 1)
     b = idx.select(x, labels, 50, np.random.default_rng(0))
     b_hash = idx.hash(x)
     for i in range(10):
@@ -198,7 +198,7 @@ def test_retrieval_of_top_inner_products_rises_with_tables(family):
 @pytest.mark.parametrize("wide", [False, True])
 def test_reserve_keeps_room_for_random_negatives(wide, monkeypatch):
     if wide:
-        monkeypatch.setattr("boltc.runtime.lsh._CHUNK", 1)
+        monkeypatch.setattr("boltc.runtime.lsh.index._CHUNK", 1)
     idx, W = _index(tables=12, reservoir=16)
     rng = np.random.default_rng(7)
     x = rng.standard_normal((30, 32)).astype(np.float32)
@@ -227,7 +227,7 @@ def test_random_initial_tables_are_valid_and_seeded():
 
 
 def test_training_fill_is_cumulative_count_plus_one_unless_uniform():
-    from boltc.runtime.lsh import training_fill
+    from boltc.runtime.lsh.index import training_fill
     layer = {"hash": {"family": "dwta"}}
     counts = np.array([3, 0, 1], np.float32)
     np.testing.assert_array_equal(training_fill(layer, counts).cum, [4, 5, 7])
@@ -237,7 +237,7 @@ def test_training_fill_is_cumulative_count_plus_one_unless_uniform():
 
 def _fill_only(dim, counts, B, k, seed):
     """Active sets of B label-less rows from empty tables: everything is the weighted fill."""
-    from boltc.runtime.lsh import training_fill
+    from boltc.runtime.lsh.index import training_fill
     idx, _ = _index(dim=dim)
     idx.tables.fill(-1)
     x = np.random.default_rng(seed).standard_normal((B, 32)).astype(np.float32)
@@ -266,7 +266,7 @@ def test_frequency_fill_stays_distinct_and_exact_with_dominant_weights():
 
 
 def test_fill_guide_never_starts_past_the_answer():
-    from boltc.runtime.lsh import FillTable
+    from boltc.runtime.lsh.index import FillTable
     counts = np.random.default_rng(3).poisson(2.0, 37).astype(np.float32)
     counts[[5, 6, 30]] = [40, 0, 90]
     t = FillTable(counts)

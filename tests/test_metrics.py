@@ -4,7 +4,7 @@ import pytest
 import scipy.sparse as sp
 
 from boltc.errors import BoltError
-from boltc.runtime import metrics
+from boltc.runtime.train import metrics
 
 
 def labels(rows, classes=10):

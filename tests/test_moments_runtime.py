@@ -10,10 +10,10 @@ import pytest
 from boltc.passes.plan_memory_moments import moment_dtypes
 from boltc.plan import load_model_source
 from boltc.runtime import savefile
-from boltc.runtime.interp import NumpyExecutor
-from boltc.runtime.native import NativeExecutor
-from boltc.runtime.optim import bf16_from_f32, f32_from_bf16
-from boltc.runtime.state import ModelState, check_moments
+from boltc.runtime.exec.interp import NumpyExecutor
+from boltc.runtime.exec.native import NativeExecutor
+from boltc.runtime.exec.optim import bf16_from_f32, f32_from_bf16
+from boltc.runtime.exec.state import ModelState, check_moments
 from native_helpers import make_batch, make_plan, random_active, twin_executors
 
 MODELS = Path(__file__).parents[1] / "models"
@@ -39,7 +39,7 @@ def test_state_holds_moments_in_the_planned_storage():
 
 
 def test_native_bf16_training_matches_the_interpreter():
-    """The update kernels equal runtime/optim.py bit for bit given the same gradient
+    """The update kernels equal runtime/exec/optim.py bit for bit given the same gradient
     (test_optim_bf16.py); here the gradients differ by summation order, so a bf16 moment may round to
     the neighbouring value (one ulp, 2^-8 relative): moments are compared to that, and the weights to
     one ulp of m's share of a step (lr * 2^-7 per step)."""

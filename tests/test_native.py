@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from boltc.runtime.native import NativeExecutor
-from boltc.runtime.state import ModelState
+from boltc.runtime.exec.native import NativeExecutor
+from boltc.runtime.exec.state import ModelState
 from native_helpers import make_batch, make_plan, pair, random_active, twin_executors
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -124,7 +124,7 @@ def lookup_kernels(k: int, dim: int = 500):
     from boltc import codegen
     from boltc.lower import select as sel
     from boltc.lower.builder import KernelModule
-    from boltc.runtime.native_kernels import Kernels
+    from boltc.runtime.exec.native_kernels import Kernels
     km = KernelModule()
     sel.lookup(km, "lk", dim, k)
     sel.lookup_ranked(km, "lkr", dim, k)
@@ -147,7 +147,7 @@ def _selection_cases(seed):
 def test_native_selection_follows_spec_order_and_cuts_to_exactly_k():
     for nx, index, batch, h, layer_k, k in _selection_cases(6):
         ids = nx._select(layer_k, h, batch.labels, 123, False)
-        from boltc.runtime.lsh import training_reserve
+        from boltc.runtime.lsh.index import training_reserve
         spec = index.select(h, batch.labels, k, np.random.default_rng(0), reserve=training_reserve(layer_k))
         assert ids.shape == (20, k)
         for b in range(20):
@@ -209,7 +209,7 @@ def test_unsupported_plan_runs_on_the_interpreter():
 
 def test_large_batch_neuron_order_path_matches_interpreter():
     """B >= 32 takes the neuron-order forward and the update fused with the input gradient."""
-    from boltc.runtime.native import NEURON_MAJOR_MIN_BATCH
+    from boltc.runtime.exec.native import NEURON_MAJOR_MIN_BATCH
     B = NEURON_MAJOR_MIN_BATCH + 8
     plan = make_plan(200, 20, 300, 30, lr=1e-3)
     nx, ix = pair(plan)
@@ -280,7 +280,7 @@ def _native_fill_only(counts, B, k, seed):
 
 def test_native_frequency_fill_draws_in_proportion_like_the_spec():
     from scipy.stats import chisquare
-    counts = np.arange(50, dtype=np.float32)                    # weights 1..50 (runtime/lsh.py training_fill)
+    counts = np.arange(50, dtype=np.float32)                    # weights 1..50 (runtime/lsh/index.py training_fill)
     ids = _native_fill_only(counts, 20000, 1, seed=5)
     seen = np.bincount(ids[:, 0], minlength=50)
     w = counts + 1

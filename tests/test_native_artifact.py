@@ -12,7 +12,7 @@ import pytest
 
 from boltc.errors import ModelFileError
 from boltc.lower import artifact
-from boltc.runtime.dataset import Batch
+from boltc.runtime.data.dataset import Batch
 from native_helpers import make_batch, make_plan
 
 HERE = Path(__file__).parent
@@ -47,7 +47,7 @@ def test_artifact_loads_in_a_fresh_process_without_compiling_and_predicts_the_sa
     batch = make_batch(np.random.default_rng(11), 20, 120, 400)
     ids, sc = ex.predict(batch, 5)
     sids, ssc = ex.predict(batch, 5, sparse=True)
-    from boltc.runtime.interp import NumpyExecutor
+    from boltc.runtime.exec.interp import NumpyExecutor
     spec_ids, spec_sc = NumpyExecutor(plan, state).predict(batch, 5)
     np.testing.assert_array_equal(ids, spec_ids)
     env = dict(os.environ, BOLTC_CACHE=str(tmp_path / "empty-cache"))
@@ -74,8 +74,8 @@ def test_missing_cpu_feature_rebuilds_from_bitcode():
     k = artifact.load_native(members)
     assert k.rebuilt
     # the rebuilt kernels compute the same forward as the shipped ones
-    from boltc.runtime.native import NativeExecutor
-    from boltc.runtime.state import ModelState
+    from boltc.runtime.exec.native import NativeExecutor
+    from boltc.runtime.exec.state import ModelState
     state = ModelState.init(plan)
     batch = make_batch(np.random.default_rng(1), 7, 50, 60)
     a = NativeExecutor(plan, state, kernels=k_ok).forward(batch, "dense")["scores"]
@@ -110,7 +110,7 @@ def test_boltc_load_runs_the_artifacts_shipped_kernels(tmp_path, monkeypatch):
 
     def no_lowering(plan):
         raise AssertionError("the plan was lowered again instead of using the artifact's kernels")
-    monkeypatch.setattr("boltc.runtime.native.compile_plan", no_lowering)
+    monkeypatch.setattr("boltc.runtime.exec.native.compile_plan", no_lowering)
     m = boltc.load(out)
     X = m.dataset(m.data_source("test"))
     ids, scores = m.predict(X.inputs["features"][:32], top_k=5)

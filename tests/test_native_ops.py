@@ -2,7 +2,7 @@
 
 Per op (embedding sum/mean, concat, layernorm, fc in a DAG, the sigmoid + binary cross-entropy output):
 the native forward value from the same inputs, the input gradients and the parameter update of one
-optimizer step from the same incoming gradient, each against the op's NumPy rule and runtime/optim.py.
+optimizer step from the same incoming gradient, each against the op's NumPy rule and runtime/exec/optim.py.
 
 Tolerance (float32, the only dtype the kernels compute in): the kernels reassociate row sums
 (vectorized, `reassoc`), so values and gradients differ from NumPy's by rounding only:
@@ -21,12 +21,12 @@ import scipy.sparse as sp
 
 from boltc import ir
 from boltc.lower.rules import HOST, LOWERING_RULES, native_support
-from boltc.runtime.dataset import Batch, as_csr
-from boltc.runtime.native import NativeExecutor
-from boltc.runtime.native_ops import NATIVE_OPS, Step
-from boltc.runtime.numpy_rules import LOSS_RULES, NUMPY_RULES
-from boltc.runtime.optim import make_optimizer
-from boltc.runtime.state import ModelState
+from boltc.runtime.data.dataset import Batch, as_csr
+from boltc.runtime.exec.native import NativeExecutor
+from boltc.runtime.exec.native_ops import NATIVE_OPS, Step
+from boltc.runtime.exec.numpy_rules import LOSS_RULES, NUMPY_RULES
+from boltc.runtime.exec.optim import make_optimizer
+from boltc.runtime.exec.state import ModelState
 from native_helpers import random_active
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -116,7 +116,7 @@ def run_op(nx, name, ins, g, lr):
 
 
 def spec_op(plan, state, name, ins, g, lr):
-    """The same through NUMPY_RULES and runtime/optim.py."""
+    """The same through NUMPY_RULES and runtime/exec/optim.py."""
     layer = next(l for l in plan["layers"] if l["name"] == name)
     rule = NUMPY_RULES[layer["op"]]
     value, cache = rule.forward(layer, state.params.get(name, {}), ins, None, False)
@@ -242,7 +242,7 @@ def test_fc_reading_a_layer_in_a_dag_matches_spec(seed):
 
 @pytest.mark.parametrize("width,active", [(1, None), (7, None), (40, 9)])
 def test_sigmoid_bce_kernel_matches_spec(width, active):
-    from boltc.runtime.native import _csr
+    from boltc.runtime.exec.native import _csr
     rng = np.random.default_rng(width)
     B = 23
     h = {"family": "srp", "hashes": 4, "range_bits": 4, "tables": 4, "reservoir": 8, "rehash_every": 0.25,

@@ -17,7 +17,7 @@ import pytest
 import scipy.sparse as sp
 
 import boltc
-from boltc.runtime.dataset import Batch, as_csr
+from boltc.runtime.data.dataset import Batch, as_csr
 from native_helpers import random_active, twin_executors
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -182,7 +182,7 @@ def test_forward_and_training_identical_for_one_and_two_threads(make):
 
 def test_small_kernels_kept_on_one_thread_give_the_same_bits(monkeypatch):
     """Below MIN_WORK_PER_THREAD a kernel runs unsplit (the default outside the tests): same results."""
-    from boltc.runtime import native_ops
+    from boltc.runtime.exec import native_ops
     plan = hybrid_plan()
     s1, s2, split, whole = twin_executors(plan, threads=(2, 2))
     rng = np.random.default_rng(3)

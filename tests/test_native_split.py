@@ -13,9 +13,9 @@ import copy
 import numpy as np
 import pytest
 
-from boltc.runtime.gradients import RowGrad
-from boltc.runtime.native import NativeExecutor
-from boltc.runtime.state import ModelState
+from boltc.runtime.exec.gradients import RowGrad
+from boltc.runtime.exec.native import NativeExecutor
+from boltc.runtime.exec.state import ModelState
 from native_helpers import make_batch, make_plan, random_active
 from test_native_ops_models import active_sets, batch_for, everything_plan, hybrid_plan, sparse_hidden_plan
 
@@ -107,7 +107,7 @@ def test_gradient_then_apply_equals_the_fused_step_bit_for_bit(name, threads):
 
 @pytest.mark.parametrize("name", ["xc_adam", "dense_tanh_chain", "hybrid", "sparse_hidden"])
 def test_native_gradients_match_the_interpreter(name):
-    from boltc.runtime.interp import NumpyExecutor
+    from boltc.runtime.exec.interp import NumpyExecutor
     plan = PLANS[name]()
     state, native = _fresh(plan, 2)
     spec = NumpyExecutor(plan, copy.deepcopy(state))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from boltc.runtime.nw_sketch import NWSketch, SRPHasher, exact_nw, srp_kernel
+from boltc.runtime.sampler.nw_sketch import NWSketch, SRPHasher, exact_nw, srp_kernel
 
 
 def test_injected_buckets_give_the_hand_computed_ratio():

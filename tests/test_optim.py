@@ -4,9 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from boltc.runtime.numpy_rules import ParamGrad
-from boltc.runtime.optim import SGD, Adam, lr_at, make_optimizer
-from boltc.runtime.state import ModelState
+from boltc.runtime.exec.numpy_rules import ParamGrad
+from boltc.runtime.exec.optim import SGD, Adam, lr_at, make_optimizer
+from boltc.runtime.exec.state import ModelState
 
 
 def _state(W):
@@ -108,7 +108,7 @@ def test_lazy_adam_row_chunks_match_one_block(monkeypatch):
     grads = [rng.standard_normal((30, 2)) for _ in range(3)]
     out = []
     for chunk in (1000, 7):
-        monkeypatch.setattr("boltc.runtime.optim.ROW_CHUNK", chunk)
+        monkeypatch.setattr("boltc.runtime.exec.optim.ROW_CHUNK", chunk)
         st, opt = _state(W0), Adam()
         for g in grads:
             st.step += 1

@@ -1,14 +1,14 @@
 """bfloat16 Adam moments: the rounding (a hand-computed table, and an independent float64 reference),
 lazy Adam against a dense bf16-moment Adam reference, and the native update kernels against
-runtime/optim.py bit for bit (f32 and bf16 moments, with and without weight decay)."""
+runtime/exec/optim.py bit for bit (f32 and bf16 moments, with and without weight decay)."""
 
 import numpy as np
 import pytest
 
 from boltc.lower import backward as bw
-from boltc.runtime.numpy_rules import ParamGrad
-from boltc.runtime.optim import Adam, bf16_from_f32, f32_from_bf16
-from boltc.runtime.state import ModelState
+from boltc.runtime.exec.numpy_rules import ParamGrad
+from boltc.runtime.exec.optim import Adam, bf16_from_f32, f32_from_bf16
+from boltc.runtime.exec.state import ModelState
 from test_kernel_fc import build
 
 # float32 bits -> bfloat16 bits, rounded to nearest, ties to even; worked out by hand
@@ -100,7 +100,7 @@ def test_lazy_bf16_adam_equals_dense_bf16_adam_on_touched_rows(monkeypatch):
     rows = np.sort(rng.choice(40, 25, replace=False))
     grads = [(rng.standard_normal((25, 7)) * 10.0 ** rng.integers(-6, 2, size=(25, 7))).astype(np.float32)
              for _ in range(6)]
-    monkeypatch.setattr("boltc.runtime.optim.ROW_CHUNK", 8)          # the chunked path too
+    monkeypatch.setattr("boltc.runtime.exec.optim.ROW_CHUNK", 8)          # the chunked path too
     st, opt = _bf16_state(W0), Adam()
     for g in grads:
         st.step += 1
@@ -162,7 +162,7 @@ def test_native_rounding_kernel_matches_the_table_and_numpy():
 def _hyper(lr, t, b1=0.9, b2=0.999, eps=1e-7):
     vals = {"lr": lr, "beta1": b1, "beta2": b2, "eps": eps, "bc1": 1 - b1 ** t, "bc2": 1 - b2 ** t,
             "momentum": 0.0}
-    return np.array([vals[h] for h in bw.HYPER], np.float32)        # as runtime/native.py `_hyper`
+    return np.array([vals[h] for h in bw.HYPER], np.float32)        # as runtime/exec/native.py `_hyper`
 
 
 @pytest.mark.parametrize("moments,tensor,wd", [("f32", "b", 0.0), ("bf16", "b", 0.0), ("f32", "W", 0.01),

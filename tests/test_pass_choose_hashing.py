@@ -8,7 +8,7 @@ from boltc.passes.infer_shapes import infer_shapes
 from boltc.passes.validate import validate
 
 SCHEDULE = "rehash_every=0.25, rebuild_every=0.05, freeze_after=1"
-# the output layer's training fill (runtime/lsh.py): a quarter of the set, drawn by label frequency
+# the output layer's training fill (runtime/lsh/index.py): a quarter of the set, drawn by label frequency
 FILL = "random_share=0.25, negatives=frequency"
 
 

@@ -1,6 +1,6 @@
 """Row prefetch in the training kernels (boltc/lower/backward.py: the neuron-order forward, the fused
 update of the output layer and the sparse-input layer's update) and 64-byte aligned parameters and
-moments (runtime/state.py, runtime/savefile.py).
+moments (runtime/exec/state.py, runtime/savefile/model.py).
 
 Prefetch hints and alignment change speed only: the kernels give the same bits with and without
 hints, on aligned and misaligned rows, and the lookahead never reads uniq outside its slice."""
@@ -12,8 +12,8 @@ import pytest
 from boltc.lower import backward as bw
 from boltc.lower.fc import PREFETCH_ROWS
 from boltc.runtime import savefile
-from boltc.runtime.native_kernels import ptr
-from boltc.runtime.state import INIT_STD, ModelState, _layer_rng, aligned_empty, init_params, is_aligned
+from boltc.runtime.exec.native_kernels import ptr
+from boltc.runtime.exec.state import INIT_STD, ModelState, _layer_rng, aligned_empty, init_params, is_aligned
 from native_helpers import make_plan
 from test_kernel_fc import build, fenced_copy, misaligned, survives_in_child
 

@@ -7,9 +7,9 @@ import scipy.sparse as sp
 from scipy.stats import chisquare
 
 from boltc.errors import BoltValidationError, Location
-from boltc.runtime import sampler_native as native
-from boltc.runtime.dataset import Dataset, as_csr
-from boltc.runtime.sampler import (NWSketchSampler, UniformSampler, make_sampler, resolve_spec,
+from boltc.runtime.sampler import native
+from boltc.runtime.data.dataset import Dataset, as_csr
+from boltc.runtime.sampler.adaptive import (NWSketchSampler, UniformSampler, make_sampler, resolve_spec,
                                    sampling_probabilities, spearman)
 
 
@@ -179,7 +179,7 @@ def test_rank_correlation_of_predictions_with_true_losses():
     assert s.stats()["rank_correlation"] == rho
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     from scipy.stats import rankdata as scipy_rankdata, spearmanr
-    from boltc.runtime.sampler import rankdata
+    from boltc.runtime.sampler.adaptive import rankdata
     ties = np.array([3.0, 1.0, 3.0, 2.0, 1.0, 3.0, 0.5])
     assert np.array_equal(rankdata(ties), scipy_rankdata(ties))
     a, b = np.random.default_rng(1).random((2, 50))

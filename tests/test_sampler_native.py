@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from boltc.runtime import sampler_native as sn
-from boltc.runtime.dataset import Dataset
-from boltc.runtime.nw_sketch import NWSketch
-from boltc.runtime.sampler import make_sampler
+from boltc.runtime.sampler import native as sn
+from boltc.runtime.data.dataset import Dataset
+from boltc.runtime.sampler.nw_sketch import NWSketch
+from boltc.runtime.sampler.adaptive import make_sampler
 
 pytestmark = pytest.mark.skipif(not sn.available(), reason="native kernels unavailable (no llvmlite codegen)")
 
@@ -68,7 +68,7 @@ def test_sampler_native_and_numpy_paths_agree():
 @pytest.mark.parametrize("cap", [1 << 15, 64])
 def test_native_srp_hash_matches_numpy(cap):
     import scipy.sparse as sp
-    from boltc.runtime.nw_sketch import SRPHasher
+    from boltc.runtime.sampler.nw_sketch import SRPHasher
     x = sp.random(2000, 700, density=0.02, format="csr", dtype=np.float32, random_state=4)
     x.data -= 0.5                                     # signed values
     h = SRPHasher(700, 12, 7, seed=3, max_proj_rows=cap)
@@ -83,7 +83,7 @@ def test_native_srp_hash_matches_numpy(cap):
 
 def test_a_million_draws_from_the_native_alias_table_pass_a_chi_square_test():
     from scipy.stats import chisquare
-    from boltc.runtime.sampler import sampling_probabilities
+    from boltc.runtime.sampler.adaptive import sampling_probabilities
     p = sampling_probabilities(np.random.default_rng(8).gamma(0.5, size=80), 0.1, 0.5)
     prob, alias = sn.build_alias(p, True)
     counts = np.bincount(sn.draw_alias(prob, alias, np.random.default_rng(12), 1_000_000), minlength=80)

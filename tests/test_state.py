@@ -1,8 +1,8 @@
 """ModelState initialisation (CONTRACTS.md section 4) and the LSH upkeep schedule."""
 import numpy as np
 
-from boltc.runtime.lsh_upkeep import LSHUpkeep
-from boltc.runtime.state import ModelState
+from boltc.runtime.lsh.upkeep import LSHUpkeep
+from boltc.runtime.exec.state import ModelState
 
 from test_interp_plans import dwta, fc, plan
 

@@ -1,12 +1,12 @@
-"""Streamed training data (runtime/stream.py): row counts, an epoch's batches, training and evaluation
+"""Streamed training data (runtime/data/stream.py): row counts, an epoch's batches, training and evaluation
 against the same file read into memory (the oracle), and the sampler restriction."""
 import numpy as np
 import pytest
 
 import boltc
 from boltc.errors import BoltValidationError
-from boltc.runtime import stream, xcformat
-from boltc.runtime.synth import SynthSpec, generate
+from boltc.runtime.data import stream, xcformat
+from boltc.runtime.data.synth import SynthSpec, generate
 from runtime_models import tiny_source
 
 

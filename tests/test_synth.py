@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from boltc.errors import BoltError
-from boltc.runtime import synth
+from boltc.runtime.data import synth
 
 SPEC = dict(rows=3000, features=5000, labels=2000, seed=3, task=1, nnz=40)
 

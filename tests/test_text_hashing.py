@@ -1,9 +1,9 @@
-"""Tokenisation and feature hashing of fixed strings against hand-computed ids (runtime/text.py)."""
+"""Tokenisation and feature hashing of fixed strings against hand-computed ids (runtime/data/text.py)."""
 import numpy as np
 import pytest
 
 from boltc.errors import BoltError
-from boltc.runtime import text as T
+from boltc.runtime.data import text as T
 
 
 def _entry(**kw):

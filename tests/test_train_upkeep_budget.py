@@ -7,7 +7,7 @@ test_frontend_errors.py) and leaving it out keeps the runtime's default.
 import boltc
 import pytest
 from boltc.frontend import format_source, graphs_equal, parse
-from boltc.runtime.lsh_upkeep import DEFAULT_BUDGET
+from boltc.runtime.lsh.upkeep import DEFAULT_BUDGET
 
 SOURCE = """model m {{
   input  x: sparse(200)

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 
 from boltc.runtime import savefile
-from boltc.runtime.data import load_dataset
-from boltc.runtime.executor import make_executor
-from boltc.runtime.state import ModelState
-from boltc.runtime.trainer import Trainer, evaluate
+from boltc.runtime.data.load import load_dataset
+from boltc.runtime.exec.executor import make_executor
+from boltc.runtime.exec.state import ModelState
+from boltc.runtime.train.trainer import Trainer, evaluate
 
 
 def make_plan(D=300, C=60, H=16, sparsity=None, epochs=3, batch=32, seed=0, lr=3e-3, sampler=None):

@@ -4,7 +4,7 @@ import numpy as np
 from pathlib import Path
 
 import boltc
-from boltc.runtime.trainer import true_losses
+from boltc.runtime.train.trainer import true_losses
 
 TINY = Path(__file__).parents[1] / "models" / "tiny.bolt"
 

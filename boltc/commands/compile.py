@@ -56,7 +56,7 @@ def _sampler_lines(graph, plan: dict) -> list[str]:
     if spec.get("kind") != "nw_sketch":
         return []
     try:
-        from boltc.runtime.sampler import resolve_spec
+        from boltc.runtime.sampler.adaptive import resolve_spec
     except ImportError:
         return []
     from boltc.passes.choose_hashing import train_rows

@@ -53,7 +53,7 @@ def run(args) -> int:
     if epochs:
         out.append("")
         out.append("history:")
-        from boltc.runtime.trainer import format_record
+        from boltc.runtime.train.trainer import format_record
         out.extend("  " + format_record(e) for e in epochs)
     else:
         out.append("history: not trained")

@@ -24,7 +24,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from boltc.runtime.data import read_rows_text
+    from boltc.runtime.data.load import read_rows_text
     model = load_from_args(args)
     if args.top_k < 1:
         raise BoltError("--top-k must be at least 1")

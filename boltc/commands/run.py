@@ -94,7 +94,7 @@ def train_and_report(model, args, train, validation, test, output: Path) -> int:
     note(model)
     try:
         if getattr(args, "workers", None) is not None or model.plan["train"].get("distributed"):
-            from boltc.runtime.distributed import fit_model
+            from boltc.runtime.distributed.driver import fit_model
             hist = fit_model(model, train, validation, epochs=args.epochs, workers=args.workers,
                              address=args.address, exchange=args.exchange, checkpoint=ckpt,
                              resume=args.resume, progress=not args.no_progress)

@@ -1,4 +1,4 @@
-"""`boltc synth -o dir/`: write seeded synthetic extreme-classification data (runtime/synth.py) as XC
+"""`boltc synth -o dir/`: write seeded synthetic extreme-classification data (runtime/data/synth.py) as XC
 text files dir/train.txt and dir/test.txt (same task, different example seeds). The figures of any
 benchmark on these files are synthetic, and reports must say so."""
 from __future__ import annotations
@@ -26,8 +26,8 @@ def _write(path: Path, spec) -> int:
     """Stream blocks of rows to an XC file (the whole data set never sits in memory)."""
     import gzip
     import os
-    from boltc.runtime import synth
-    from boltc.runtime.xcformat import format_rows
+    from boltc.runtime.data import synth
+    from boltc.runtime.data.xcformat import format_rows
     tmp = path.with_name(path.name + ".tmp")
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(tmp, "wb") as f:
@@ -40,7 +40,7 @@ def _write(path: Path, spec) -> int:
 
 def run(args) -> int:
     from boltc.errors import BoltError
-    from boltc.runtime.synth import SynthSpec
+    from boltc.runtime.data.synth import SynthSpec
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     test_rows = args.rows // 10 if args.test_rows is None else args.test_rows

@@ -54,7 +54,7 @@ _SCHEDULES = {
 }
 _SAMPLERS = {
     "uniform": (),
-    # the keys runtime/sampler.py reads (NW_KEYS); `auto` (or leaving one out) takes the sampler's default
+    # the keys runtime/sampler/adaptive.py reads (NW_KEYS); `auto` (or leaving one out) takes the sampler's default
     "nw_sketch": (Param("rows", integer(1), None), Param("bits", _auto_or(integer(1, 24)), None),
                   Param("mix", real(0.0, 1.0, low_open=True), None), Param("refresh", _auto_or(_POS), None),
                   Param("decay", real(0.0, 1.0), None), Param("reweight", boolean, None),
@@ -68,7 +68,7 @@ _SCALARS = {
     "batch": ("batch", integer(1)), "epochs": ("epochs", integer(1)), "threads": ("threads", integer(0)),
     "seed": ("seed", integer(0)), "checkpoint": ("checkpoint_every", integer(1, what="a number of epochs")),
     "inference": ("inference", word("dense", "sparse", "both", what="inference mode")),
-    # LSH table upkeep may cost at most this share of the training steps' work (runtime/lsh_upkeep.py;
+    # LSH table upkeep may cost at most this share of the training steps' work (runtime/lsh/upkeep.py;
     # absent = its DEFAULT_BUDGET, 0.06). Capped at 1 so that a percentage (`6` for 6%) is an error.
     "upkeep_budget": ("upkeep_budget", real(0.0, 1.0, low_open=True, what="a fraction of the step work")),
 }
@@ -138,15 +138,15 @@ def build_train(body, problems: list[Problem]) -> dict:
     return train
 
 
-# file options: those runtime/csvdata.py reads (csv/tsv); xc and svmlight files take format and stream
+# file options: those runtime/data/csvfile.py reads (csv/tsv); xc and svmlight files take format and stream
 _FILE = (Param("path", string, positional=True),
          Param("format", word("xc", "svmlight", "csv", "tsv", what="format"), None),
          Param("delimiter", string, None), Param("quote", string, None), Param("header", boolean, None),
          Param("names", string, None), Param("label_sep", string, None), Param("encoding", string, None),
          Param("max_rows", integer(1), None),
-         # xc/svmlight: read in chunks every epoch (runtime/stream.py); left out = when too large for memory
+         # xc/svmlight: read in chunks every epoch (runtime/data/stream.py); left out = when too large for memory
          Param("stream", boolean, None))
-# synthetic(...): the generator's settings (runtime/synth.py SynthSpec); features and labels default
+# synthetic(...): the generator's settings (runtime/data/synth.py SynthSpec); features and labels default
 # to the model's input width and target classes there, so they may be left out here
 _SYNTHETIC = (Param("rows", integer(1)), Param("features", integer(1), None), Param("labels", integer(1), None),
               Param("seed", integer(0), 0), Param("task", integer(0), None), Param("nnz", integer(1), None),

@@ -33,7 +33,7 @@ _DWTA = (Param("tables", integer(1), None), Param("hashes", integer(1, 16), None
          Param("range", integer(1, 24), None, alias="bits"), Param("reservoir", integer(1), None),
          Param("bin_size", integer(2), None), Param("rehash_every", real(0.0, low_open=True), None),
          Param("rebuild_every", real(0.0, low_open=True), None), Param("freeze_after", integer(0), None),
-         # the training active set's random fill: its share of the set, and how it draws (runtime/lsh.py)
+         # the training active set's random fill: its share of the set, and how it draws (runtime/lsh/index.py)
          Param("random_share", real(0.0, 1.0, what="a share"), None),
          Param("negatives", word("frequency", "uniform"), None))
 _SRP = tuple(p for p in _DWTA if p.name not in ("range", "bin_size"))

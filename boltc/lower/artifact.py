@@ -1,7 +1,7 @@
 """Compiled artifacts: native object code + bitcode + a manifest, inside a `.boltc` model file.
 
 `write_artifact(graph, plan, out_path)` (used by `boltc compile -o`) writes a complete, untrained model
-file (runtime/savefile.py format: weights initialised as the runtime does, hash tables built) with
+file (runtime/savefile/model.py format: weights initialised as the runtime does, hash tables built) with
 three more members (DESIGN.md section 4):
     native/kernels.o         relocatable object code for the build machine's CPU
     native/kernels.bc        LLVM bitcode of the optimized module (rebuilt when a CPU lacks features)
@@ -56,7 +56,7 @@ def native_members(plan: dict) -> dict[str, bytes]:
 
 def load_native(members: dict[str, bytes], where: str = "<model>"):
     """Kernels from an artifact's native/ members (no compiler toolchain involved)."""
-    from boltc.runtime.native_kernels import Kernels
+    from boltc.runtime.exec.native_kernels import Kernels
 
     def bad(msg):
         return ModelFileError(msg, Location(str(where), 0))
@@ -96,7 +96,7 @@ def initial_state(plan: dict, kernels=None):
     native kernels when the plan is native (the NumPy build of a 670k-neuron table takes minutes)."""
     import numpy as np
     from boltc.lower.rules import native_support
-    from boltc.runtime.state import ModelState, init_params, make_lsh, neuron_rows, zero_moments
+    from boltc.runtime.exec.state import ModelState, init_params, make_lsh, neuron_rows, zero_moments
     if native_support(plan) is not None:
         return ModelState.init(plan)
     seed = plan.get("train", {}).get("seed", 0)
@@ -108,7 +108,7 @@ def initial_state(plan: dict, kernels=None):
     for layer in plan["layers"]:
         if layer.get("hash"):
             state.lsh[layer["name"]] = make_lsh(layer, seed)
-    from boltc.runtime.native import NativeExecutor
+    from boltc.runtime.exec.native import NativeExecutor
     NativeExecutor(plan, state, kernels=kernels)          # installs native hashing + table build
     for layer in plan["layers"]:
         if layer["name"] in state.lsh:
@@ -144,7 +144,7 @@ def save_with_native(path, source: str, plan: dict, state, history=None) -> None
 def load_artifact(path, threads: int = 0):
     """(plan, state, executor) from a .boltc: the native executor runs the shipped object code."""
     from boltc.runtime import savefile
-    from boltc.runtime.native import NativeExecutor
+    from boltc.runtime.exec.native import NativeExecutor
     saved = savefile.load_model(path)
     state = savefile.state_from_saved(saved, path)
     try:

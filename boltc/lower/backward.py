@@ -33,7 +33,7 @@ I16 = llir.IntType(16)
 class UpdateSpec:
     """What one update kernel applies: the optimizer, how the moments of the layer's weight matrix and
     of its bias are stored ("f32" or "bf16"), and AdamW's decoupled weight decay (a plan constant,
-    applied to the weight matrix only, as runtime/optim.py)."""
+    applied to the weight matrix only, as runtime/exec/optim.py)."""
     optimizer: str
     moments_w: str = "f32"
     moments_b: str = "f32"
@@ -144,7 +144,7 @@ def load_bf16(k: Kernel, ptr, idx):
 
 
 def store_bf16(k: Kernel, ptr, idx, x):
-    """float32 -> bfloat16 rounded to nearest, ties to even (runtime/optim.py `bf16_from_f32`, the
+    """float32 -> bfloat16 rounded to nearest, ties to even (runtime/exec/optim.py `bf16_from_f32`, the
     same integer steps); returns the stored value widened back. Branch-free, so the loop vectorizes."""
     c = lambda v: llir.Constant(I32, v)                                   # noqa: E731
     b = k.b.bitcast(x, I32)
@@ -187,7 +187,7 @@ def _prefetch_update_rows(k: Kernel, spec: UpdateSpec, which: tuple, row_base, w
 
 def _update(k: Kernel, hp, optimizer: str, param, m, v, idx, g, moments: str = "f32",
             weight_decay: float = 0.0) -> None:
-    """One element of lazy Adam / SGD: runtime/optim.py's formulas and operation order exactly, one
+    """One element of lazy Adam / SGD: runtime/exec/optim.py's formulas and operation order exactly, one
     rounding per operation (plain fmul/fadd: no `contract`, so never fused into an FMA), so the two
     backends agree bit for bit given the same gradient. `moments`: storage of m and v (Adam)."""
     w = k.ld(param, idx)

@@ -31,7 +31,7 @@ from boltc.lower.builder import F32, I32, I64, PTR, VOID, Kernel, KernelModule
 #   latency per row, overlapped across rows by out-of-order execution; a row costs ~400 cycles of
 #   memory time);
 # - W on a 64-byte boundary gains another 12-18% (71-77%); the runtime allocates params and moments
-#   so (runtime/state.py aligned_empty, docs/native.md). The kernel must not adapt its sum order to
+#   so (runtime/exec/state.py aligned_empty, docs/native.md). The kernel must not adapt its sum order to
 #   the address: results would then depend on where an array happened to land.
 # When the weights fit in cache prefetching costs 0-6% (2,000 x 256); it is always on for gathers
 # because the kernel does not know how many rows W has.

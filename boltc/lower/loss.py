@@ -5,7 +5,7 @@ row log-sum-exp that turns softmax logits into probabilities).
 neuron) and returns role -> symbol. Roles "ce"/"bce" are the loss over the active set, "*_all" over
 every neuron. The softmax kernel (`fc.softmax_ce`) lives with the forward kernels; the sigmoid one is
 here. Both overwrite the logits with the activation and write the per-example loss and the logits'
-gradient scaled by scale[b] (importance weight / batch size), as runtime/numpy_rules.py LOSS_RULES.
+gradient scaled by scale[b] (importance weight / batch size), as runtime/exec/numpy_rules.py LOSS_RULES.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Lowering of `layernorm(x, eps)`: y = gamma * (x - mean) / sqrt(var + eps) + beta per example (biased
-variance), as runtime/numpy_rules.py layernorm_forward / layernorm_backward.
+variance), as runtime/exec/numpy_rules.py layernorm_forward / layernorm_backward.
 
 - `fwd`, split by examples: two passes per row (mean, then the centred sum of squares: no cancellation
   of E[x^2] - E[x]^2); keeps xhat (B x d) and 1/std (B) for the backward.
@@ -10,7 +10,7 @@ variance), as runtime/numpy_rules.py layernorm_forward / layernorm_backward.
   summed over the examples in order by the one thread that owns column j, so the result does not depend
   on the thread count (a split by examples would race on every column).
 - `upd_gamma`, `upd_beta`: backward.dense_update (lazy Adam / SGD; every entry touched), each with its
-  tensor's moment storage; no weight decay (runtime/optim.py decays weight matrices only).
+  tensor's moment storage; no weight decay (runtime/exec/optim.py decays weight matrices only).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """LOWERING_RULES: how each op of a plan becomes native kernels, and `lower_plan(plan)`.
 
 A rule takes (km, layer, ctx) and adds the layer's kernels to the module, returning the names it made
-(role -> kernel name); runtime/native_ops.py runs each op's roles. Every op of the language has one:
+(role -> kernel name); runtime/exec/native_ops.py runs each op's roles. Every op of the language has one:
     fc          here (forward kernels in fc.py, backward + optimizer in backward.py)
     embedding   embed.py (the sparse-input fc kernel, linear, no bias, optional 1/nnz scale)
     concat      concat.py (column copies)

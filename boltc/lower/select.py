@@ -1,6 +1,6 @@
 """Integer kernels: DWTA hashing, bucket lookup into exactly K de-duplicated active ids, top-k.
 
-They reproduce runtime/lsh.py (the spec): the same hash codes bit for bit (DWTA) and the same active
+They reproduce runtime/lsh/index.py (the spec): the same hash codes bit for bit (DWTA) and the same active
 sets up to the random fill (labels first, then bucket contents in table order, de-duplicated; the fill
 uses a per-example splitmix64 stream instead of numpy's generator).
 """
@@ -10,7 +10,7 @@ import llvmlite.ir as ir
 
 from boltc.lower.builder import F32, I1, I32, I64, Kernel, KernelModule, symbol
 
-PROBES = 10          # == runtime/lsh.py _PROBES
+PROBES = 10          # == runtime/lsh/index.py _PROBES
 
 
 def lower_hash(km: KernelModule, layer: dict, h: dict) -> dict:
@@ -97,7 +97,7 @@ WEIGHTED_DRAWS = 8       # weighted fill draws per active slot before the fill t
 def _weighted_pick(k: Kernel, cum, guide, u, total, dim: int, out_slot) -> None:
     """out_slot = the first j with cum[j] > u (cum nondecreasing int64, u < total = cum[dim - 1]): numpy's
     searchsorted(cum, u, side="right"), found by a forward scan from guide[u * dim // total], which is
-    never past the answer (runtime/lsh.py FillTable)."""
+    never past the answer (runtime/lsh/index.py FillTable)."""
     j = k.var(I64, k.ld(guide, k.b.udiv(k.mul(u, k.i64(dim)), total), I64))
     with k.while_(lambda: k.icmp("<=", k.ld(cum, k.get(j), I64), u), "scan"):
         k.set(j, k.add(k.get(j), k.i64(1)))
@@ -110,7 +110,7 @@ def lookup(km: KernelModule, name: str, dim: int, k_active: int) -> None:
     on entry and on exit): 84 KB at 670k neurons, so the de-duplication stays in L2; each row clears
     the bits it set. has_labels = 0 skips the labels (inference). The random fill draws from
     splitmix64(seed, b): with ncum = dim, in proportion to the cumulative int64 weights `cum` (a guided
-    search; runtime/lsh.py FillTable) for the first WEIGHTED_DRAWS * K draws, uniform after that
+    search; runtime/lsh/index.py FillTable) for the first WEIGHTED_DRAWS * K draws, uniform after that
     (a few dominant weights cannot stall the de-duplication); with any other ncum (0), uniform."""
     k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("buckets", "ptr"), ("tables", "ptr"),
                          ("ntables", "i64"), ("nbuckets", "i64"), ("reservoir", "i64"),
@@ -140,7 +140,7 @@ def lookup(km: KernelModule, name: str, dim: int, k_active: int) -> None:
             l1 = k.ld(a["lab_indptr"], k.add(b, k.i64(1)), I64)
             with k.loop(l0, l1, "l") as li:
                 offer(k.ld_i32_as_i64(a["lab_indices"], li))
-        # the training reserve (runtime/lsh.py training_reserve): bucket contents stop at `room` ids
+        # the training reserve (runtime/lsh/index.py training_reserve): bucket contents stop at `room` ids
         # (labels included), the rest of the row is left to the uniform random fill
         after_labels = k.get(cnt)
         cap = k.select(k.icmp(">", a["room"], after_labels), a["room"], after_labels)
@@ -176,7 +176,7 @@ MAX_COUNT = 255          # collision counts saturate here (uint8 per neuron: 670
 
 
 def lookup_ranked(km: KernelModule, name: str, dim: int, k_active: int) -> None:
-    """Inference lookup (runtime/lsh.py LSHIndex.rank_by_collisions): out[b, :K] = the distinct ids of
+    """Inference lookup (runtime/lsh/index.py LSHIndex.rank_by_collisions): out[b, :K] = the distinct ids of
     b's probed buckets, most collisions across the L tables first, ties in order of first appearance
     (table order), cut to K, then random ids. Per-thread scratch: `counts` (dim bytes, zero on entry
     and exit), `touched` (L * reservoir int32), `hist` (256 int64). Counting sort by count: O(L R + K)
@@ -247,7 +247,7 @@ def lookup_ranked(km: KernelModule, name: str, dim: int, k_active: int) -> None:
 def topk(km: KernelModule, name: str, k_in: int, gather: bool) -> None:
     """The k_out best scores of each row, descending (ties: the earlier position first, as a stable
     sort), for b in [b0, b1). n = ids[b, j] (gather) or j. With use_mask, neurons whose mask[n] == 0
-    are skipped (never-seen labels, see runtime/interp.py). Rows with fewer candidates get id -1."""
+    are skipped (never-seen labels, see runtime/exec/interp.py). Rows with fewer candidates get id -1."""
     k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("scores", "ptr"), ("ids", "ptr"), ("mask", "ptr"),
                          ("use_mask", "i64"), ("kout", "i64"), ("out_ids", "ptr"), ("out_scores", "ptr")])
     a = k.arg

@@ -17,7 +17,7 @@ import networkx as nx
 from boltc import ir
 from boltc.passes import bolt_rules as R
 from boltc.passes.common import xc_header
-from boltc.runtime.lsh import DEFAULT_NEGATIVES, DEFAULT_RANDOM_SHARE
+from boltc.runtime.lsh.index import DEFAULT_NEGATIVES, DEFAULT_RANDOM_SHARE
 
 
 def train_rows(g: nx.DiGraph) -> tuple[int | None, str]:
@@ -79,7 +79,7 @@ def hash_spec(n: ir.Node, given: dict | str, rows, rows_reason, choices: list, i
     if is_output:
         fill("random_share", DEFAULT_RANDOM_SHARE, "share of the training active set left to random negatives")
         fill("negatives", DEFAULT_NEGATIVES, "random negatives drawn in proportion to label frequency + 1: "
-             "dense inference then agrees with sparse (runtime/lsh.py training_fill)")
+             "dense inference then agrees with sparse (runtime/lsh/index.py training_fill)")
     _schedule(spec, rows, rows_reason, choices, n.name)
     return spec
 

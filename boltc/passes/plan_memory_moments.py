@@ -1,6 +1,6 @@
 """How Adam's moments are stored, per tensor: float32, or bfloat16 (uint16 storage). One rule, read by
 the plan_memory pass (which writes the result into the plan), the runtime (ModelState, savefile,
-runtime/optim.py) and the native lowering (boltc/lower/backward.py). Plain Python: no graph, no numpy.
+runtime/exec/optim.py) and the native lowering (boltc/lower/backward.py). Plain Python: no graph, no numpy.
 
 The option is `optimizer adam(moments=f32|bf16|auto)` (default auto); the resolved choice is written
 into the plan as `train["moment_dtypes"] = {layer: {tensor: "f32"|"bf16"}}`, so a saved model keeps

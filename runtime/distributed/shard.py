@@ -8,7 +8,7 @@ first range. A line belongs to the range that holds its first byte, so every row
 Decisions:
 - Compressed (.gz) files cannot be seeked: `shard_ranges` refuses them with a DataError saying to
   decompress (reading a gzip stream to a byte offset means every worker inflates the file up to there).
-- Rows are parsed by runtime/xcformat.py's `parse_rows` (the whole-file reader's inner step); line
+- Rows are parsed by runtime/data/xcformat.py's `parse_rows` (the whole-file reader's inner step); line
   numbers in errors are global (counted from the file start only when an error is raised, so the happy
   path never scans the prefix).
 - A synthetic or in-memory source is sharded by contiguous row ranges (`row_ranges`).
@@ -23,8 +23,8 @@ import scipy.sparse as sp
 from pathlib import Path
 
 from boltc.errors import DataError, Location
-from boltc.runtime import xcformat
-from boltc.runtime.dataset import Dataset
+from boltc.runtime.data import xcformat
+from boltc.runtime.data.dataset import Dataset
 
 
 def _is_header(line: bytes) -> bool:
@@ -109,7 +109,7 @@ def plan_shards(source, plan: dict, workers: int) -> list[dict]:
         rows = int(source["rows"])
         return [{"kind": "synthetic", "source": source, "lo": lo, "hi": hi} for lo, hi in row_ranges(rows, workers)]
     if isinstance(source, dict) and source.get("kind", "file") == "file":
-        from boltc.runtime.data import _guess_format
+        from boltc.runtime.data.load import _guess_format
         path = str(source["path"])
         if not Path(path).exists():
             raise DataError("data file not found", Location(path, 0))
@@ -119,14 +119,14 @@ def plan_shards(source, plan: dict, workers: int) -> list[dict]:
             return [{"kind": "range", "path": path, "start": a, "end": b, "format": fmt, "one_based": one_based}
                     for a, b in shard_ranges(path, workers)]
     # gzip, CSV/TSV, in-memory data: the driver reads once and hands each worker its slice
-    from boltc.runtime.data import load_dataset
+    from boltc.runtime.data.load import load_dataset
     ds = load_dataset(source, plan)
     return [{"kind": "dataset", "dataset": slice_dataset(ds, lo, hi)} for lo, hi in row_ranges(ds.rows, workers)]
 
 
 def load_shard(spec: dict, plan: dict) -> Dataset:
     """Worker side: the rows of one shard, checked against the plan like any data source."""
-    from boltc.runtime import data, synth
+    from boltc.runtime.data import load as data, synth
     if spec["kind"] == "dataset":
         return spec["dataset"]
     inp = next(i for i in plan["inputs"] if i.get("kind") in ("sparse", "dense"))

@@ -41,7 +41,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from boltc.errors import BoltError, DataError
-from boltc.runtime.dataset import Dataset
+from boltc.runtime.data.dataset import Dataset
 
 FNV_OFFSET = 0x811C9DC5
 FNV_PRIME = 0x01000193

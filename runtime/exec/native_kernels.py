@@ -3,7 +3,7 @@
 `compile_plan(plan)` lowers the plan (boltc/lower/rules.py), builds it through boltc/codegen.py (on-disk
 cache keyed by IR hash + CPU + features + llvmlite version + flags) and wraps every symbol in a
 CFUNCTYPE prototype: pointer arguments as c_void_p, int64 scalars as c_int64. CFUNCTYPE calls release
-the GIL, which is what lets runtime/threads.py run slices in parallel.
+the GIL, which is what lets runtime/exec/threads.py run slices in parallel.
 """
 from __future__ import annotations
 

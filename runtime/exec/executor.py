@@ -1,7 +1,7 @@
 """The Executor protocol (CONTRACTS.md section 6) and `make_executor`.
 
-Both backends compute the same thing; the NumPy interpreter (`runtime/interp.py`) is the specification
-and the native one (`runtime/native.py`, llvmlite kernels) must match it within a stated tolerance when
+Both backends compute the same thing; the NumPy interpreter (`runtime/exec/interp.py`) is the specification
+and the native one (`runtime/exec/native.py`, llvmlite kernels) must match it within a stated tolerance when
 both are fed the same active sets (`active=` override).
 """
 from __future__ import annotations
@@ -38,11 +38,11 @@ def make_executor(plan: dict, state, backend: str = "numpy", threads: int = 0, k
     `sharded_moments`: the state holds no moments (a data-parallel worker keeps its share of them and
     trains with gradients() / apply_gradients(target=...)); train_step is then refused."""
     if backend == "numpy":
-        from boltc.runtime.interp import NumpyExecutor
+        from boltc.runtime.exec.interp import NumpyExecutor
         return NumpyExecutor(plan, state, threads=threads)
     if backend == "native":
         try:
-            from boltc.runtime.native import NativeExecutor
+            from boltc.runtime.exec.native import NativeExecutor
         except ImportError as e:
             raise BackendError(f"the native backend is not available ({e}); use backend='numpy'") from e
         return NativeExecutor(plan, state, threads=threads, kernels=kernels, sharded_moments=sharded_moments)

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from boltc.errors import BoltValidationError
-from boltc.runtime import metrics as metrics_mod
+from boltc.runtime.train import metrics as metrics_mod
 from boltc.runtime import savefile
-from boltc.runtime.dataset import Dataset
-from boltc.runtime.optim import lr_at
+from boltc.runtime.data.dataset import Dataset
+from boltc.runtime.exec.optim import lr_at
 
 DEFAULT_METRICS = ("precision@1", "precision@3", "precision@5")
 EVAL_BATCH = 1024
@@ -62,7 +62,7 @@ class _UniformSampler:
 
 def make_sampler(spec: dict | None, dataset: Dataset, batch: int, seed: int):
     try:
-        from boltc.runtime.sampler import make_sampler as real
+        from boltc.runtime.sampler.adaptive import make_sampler as real
     except ImportError:
         return _UniformSampler(dataset.rows, batch, seed)
     return real(spec, dataset, batch, seed)
@@ -163,7 +163,7 @@ class Trainer:
                             else make_sampler(cfg.get("sampler"), train, batch, seed))
         upkeep = getattr(self.ex, "upkeep", None)
         if upkeep is not None and hasattr(upkeep, "set_label_frequency"):
-            # the negatives' weights from the data's label counts (lsh_upkeep.py); a streamed file's
+            # the negatives' weights from the data's label counts (runtime/lsh/upkeep.py); a streamed file's
             # are not known up front, so it keeps the running counts
             classes = int((self.plan.get("target") or {}).get("classes", 0))
             upkeep.set_label_frequency(None if streaming or train.labels is None else

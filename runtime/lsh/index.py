@@ -45,7 +45,7 @@ DEFAULT_NEGATIVES = "frequency"     # how a training fill draws: "frequency" or 
 WEIGHTED_ATTEMPTS = 4               # numpy spec: fill rounds drawn by frequency before turning uniform
 
 
-FILL_REFRESH = 16                   # training steps between rebuilds of a fill table (lsh_upkeep.py)
+FILL_REFRESH = 16                   # training steps between rebuilds of a fill table (upkeep.py)
 
 
 class FillTable:
@@ -258,7 +258,7 @@ class LSHIndex:
         frozen tables). A row with more labels than `active` keeps its first `active` labels.
         `reserve` keeps at least that many slots of each row for the uniform random fill (bucket
         contents are cut at `active - reserve - |labels|`): every neuron then has a chance to be a
-        negative for every input (see `interp.py`: without it dense inference is biased towards
+        negative for every input (see `runtime/exec/interp.py`: without it dense inference is biased towards
         frequent labels that the buckets rarely return). `fill` (a FillTable, see `training_fill`)
         draws the fill in proportion to the weights instead of uniformly (without replacement: repeated
         draws are dropped; after WEIGHTED_ATTEMPTS rounds the rest is uniform, so a few dominant weights

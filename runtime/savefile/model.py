@@ -244,9 +244,9 @@ def _read_array_direct(path, zinfo: zipfile.ZipInfo, name: str):
             sha.update(f.read(header_len))
             if dtype.hasobject:
                 return ValueError("object arrays need pickle"), "", -1
-            # on a cache-line boundary (runtime/state.py aligned_empty), so weights load aligned
+            # on a cache-line boundary (runtime/exec/state.py aligned_empty), so weights load aligned
             # without a second copy
-            from boltc.runtime.state import aligned_empty
+            from boltc.runtime.exec.state import aligned_empty
             arr = aligned_empty(shape[::-1] if fortran else shape, dtype)
             view = memoryview(arr).cast("B") if arr.nbytes else memoryview(b"")
             got = f.readinto(view) if arr.nbytes else 0
@@ -375,8 +375,8 @@ def _moments(saved: dict, params: dict, dts: dict) -> dict:
     """A checkpoint's moments in the storage the plan asks for: as saved when the dtypes agree (float32
     files of older versions included), else converted: bf16 -> f32 exactly, f32 -> bf16 rounded to
     nearest even (as every update stores them). A tensor the file lacks starts at zero."""
-    from boltc.runtime.optim import bf16_from_f32, f32_from_bf16
-    from boltc.runtime.state import aligned_copy, aligned_zeros
+    from boltc.runtime.exec.optim import bf16_from_f32, f32_from_bf16
+    from boltc.runtime.exec.state import aligned_copy, aligned_zeros
     out = {}
     for n, p in params.items():
         out[n] = {}
@@ -396,8 +396,8 @@ def _moments(saved: dict, params: dict, dts: dict) -> dict:
 
 def state_from_saved(saved: SavedModel, path="<model>"):
     """A ModelState from a loaded model file (moments zero unless the file is a checkpoint)."""
-    from boltc.runtime.lsh import LSHIndex
-    from boltc.runtime.state import ModelState, aligned_copy, moment_numpy_dtypes, zero_moments
+    from boltc.runtime.lsh.index import LSHIndex
+    from boltc.runtime.exec.state import ModelState, aligned_copy, moment_numpy_dtypes, zero_moments
     plan = saved.plan
     for layer in plan.get("layers", []):
         want = layer["op"] in ("fc", "embedding", "layernorm")
@@ -407,7 +407,7 @@ def state_from_saved(saved: SavedModel, path="<model>"):
             raise _err(path, f"member 'lsh/{layer['name']}.json' is missing")
     # arrays come fresh from the file: use them in place when they are writeable, C-contiguous and on
     # a 64-byte boundary (large members are read so: _read_array_direct), else an aligned copy (the
-    # kernels run faster on aligned rows; runtime/state.py); fresh moments are zeroed by calloc
+    # kernels run faster on aligned rows; runtime/exec/state.py); fresh moments are zeroed by calloc
     # (pages are only touched where lazy Adam writes)
     params = {n: {k: aligned_copy(a, np.float32) for k, a in p.items()} for n, p in saved.params.items()}
     dts = moment_numpy_dtypes(plan, params)

@@ -4,7 +4,7 @@
 
 Scheme (synchronous; every replica identical at the start of every update):
   1. Shards: the driver cuts the training file into `workers` byte ranges aligned to line starts
-     (runtime/distributed_shard.py); each worker reads only its range. Synthetic sources are cut by row
+     (runtime/distributed/shard.py); each worker reads only its range. Synthetic sources are cut by row
      range (each worker generates only its rows); other sources are read once by the driver and sliced.
   2. Each update, worker i takes B_i = B / workers rows of its shard (the plan's batch B stays the
      global batch: same total batch as one process) and computes their gradient with the executor's
@@ -12,12 +12,12 @@ Scheme (synchronous; every replica identical at the start of every update):
   3. The update is divided (ZeRO stage 1 on touched rows): worker j owns a row range of every tensor
      and its Adam moments; it fetches every worker's gradient rows in its range, sums them, applies
      lazy Adam and publishes its new rows, which every other worker fetches and installs
-     (runtime/distributed_worker.py). Parts and rows move between workers through Ray's object store
+     (runtime/distributed/worker.py). Parts and rows move between workers through Ray's object store
      (peer to peer); the driver only hands out references and the per-batch facts (label ids, labels
      frozen tables missed), so no single process is on the path of every byte.
 
-Modules: distributed_shard.py (byte-range shards), distributed_worker.py (a replica's update and its
-share of the optimizer), distributed_cluster.py (worker actors, runners, Ray start-up), this file (the
+Modules: shard.py (byte-range shards), worker.py (a replica's update and its
+share of the optimizer), cluster.py (worker actors, runners, Ray start-up), this file (the
 synchronous driver loop, checkpoints, restarts, and `fit_model` for the API and CLI).
 
 Faults: every wait on a worker has a timeout (`timeout`, seconds). A worker that dies or stops answering
@@ -42,10 +42,10 @@ from pathlib import Path
 import numpy as np
 
 from boltc.errors import BoltError, DataError
-from boltc.runtime.distributed_cluster import (EXCHANGES, INSTALL_HINT, DistributedError,  # noqa: F401 (re-exported)
+from boltc.runtime.distributed.cluster import (EXCHANGES, INSTALL_HINT, DistributedError,  # noqa: F401 (re-exported)
                                                _start_workers, _WorkerFailed, connect, require_ray)
-from boltc.runtime.distributed_shard import load_shard, plan_shards  # noqa: F401 (re-exported)
-from boltc.runtime.distributed_worker import assemble_state, facts_nbytes, merge_facts
+from boltc.runtime.distributed.shard import load_shard, plan_shards  # noqa: F401 (re-exported)
+from boltc.runtime.distributed.worker import assemble_state, facts_nbytes, merge_facts
 
 # ---------------------------------------------------------------------------------------------- driver
 @dataclass
@@ -113,7 +113,7 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
             raise DataError("the training data has no rows")
         per_epoch = max(1, math.ceil(total_rows / (batch * k)))
         total_updates = epochs * per_epoch
-        from boltc.runtime.optim import lr_at
+        from boltc.runtime.exec.optim import lr_at
         start = int(state.step) // per_epoch if epochs_done is None else int(epochs_done)
         last_good = (start, state)                          # resume: continue after the epochs done
         epoch = last_good[0]
@@ -168,14 +168,14 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
                      "upkeep_share": upkeep / seconds if seconds > 0 else 0.0,
                      "lr": lr, "workers": workers, "exchange": exchange}
             if validation is not None and validation.labels is not None:
-                from boltc.runtime.executor import make_executor
-                from boltc.runtime.trainer import evaluate, metric_names
+                from boltc.runtime.exec.executor import make_executor
+                from boltc.runtime.train.trainer import evaluate, metric_names
                 ex = make_executor(plan, new_state, backend=backend, threads=threads_per_worker)
                 entry["validation"] = evaluate(ex, validation, metric_names(plan),
                                                binary=(plan.get("target") or {}).get("kind") == "binary")
             history["epochs"].append(entry)
             history["step"] = int(new_state.step)
-            from boltc.runtime.trainer import format_record
+            from boltc.runtime.train.trainer import format_record
             log(format_record(entry) + f" ({workers} workers)")
             every = max(1, int(train.get("checkpoint_every", 1)))
             if save is not None and ((epoch + 1) % every == 0 or epoch + 1 == epochs):

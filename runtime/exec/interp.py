@@ -26,10 +26,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from boltc.errors import BoltValidationError
-from boltc.runtime.lsh import training_reserve
-from boltc.runtime.lsh_upkeep import DEFAULT_BUDGET, LSHUpkeep
-from boltc.runtime.numpy_rules import LOSS_RULES, NUMPY_RULES
-from boltc.runtime.optim import make_optimizer
+from boltc.runtime.lsh.index import training_reserve
+from boltc.runtime.lsh.upkeep import DEFAULT_BUDGET, LSHUpkeep
+from boltc.runtime.exec.numpy_rules import LOSS_RULES, NUMPY_RULES
+from boltc.runtime.exec.optim import make_optimizer
 
 _SPARSE_INFERENCE_SEED = 0x5EED
 
@@ -111,8 +111,8 @@ class NumpyExecutor:
         """(per-example loss, {(layer, tensor): RowGrad}) without touching the state; the loss gradient
         is divided by `batch_size` (default the batch's rows). Frozen tables' missed labels go to
         `self.missed` when it is a dict, else are inserted as train_step does (the native executor's
-        contract, runtime/native.py)."""
-        from boltc.runtime.gradients import to_rowgrads
+        contract, runtime/exec/native.py)."""
+        from boltc.runtime.exec.gradients import to_rowgrads
         missed = getattr(self, "missed", None)
         loss, grads = self._gradients(batch, active, batch_size, insert_missed=missed is None)
         shapes = {(l, t): self.state.params[l][t].shape for l, ts in grads.items() for t in ts}
@@ -123,7 +123,7 @@ class NumpyExecutor:
         .m, .v; default the state) holds the arrays the rows index (a worker's row-range views)."""
         from types import SimpleNamespace
 
-        from boltc.runtime.gradients import to_param_grads
+        from boltc.runtime.exec.gradients import to_param_grads
         self.state.step += 1
         target = target or self.state
         view = SimpleNamespace(params=target.params, m=target.m, v=target.v, step=self.state.step)
@@ -139,7 +139,7 @@ class NumpyExecutor:
         missed = getattr(self, "missed", None)
         index = self.state.lsh.get(self.output)
         if missed is not None and index is not None and index.frozen and not (active and self.output in active):
-            from boltc.runtime.distributed_worker import missed_labels
+            from boltc.runtime.distributed.worker import missed_labels
             missed[self.output] = missed_labels(index, values[out_layer["inputs"][0]], batch.labels)
         oc = caches[self.output]
         loss, dz = LOSS_RULES[self.loss_kind](oc["z"], oc.get("active"), batch.labels, out_layer["dim"])

@@ -5,7 +5,7 @@ yields `(rows int64, weights float32 | None)`, N draws per epoch; `observe(rows,
 step; `stats()`; `state_dict()` / `load_state_dict()` hold plain numpy arrays and JSON-able scalars.
 
 The adaptive sampler (docs/sampler.md): every example's input is hashed once into R buckets
-(runtime/nw_sketch.py); the losses the trainer computes anyway are added to the sketch; every `refresh`
+(runtime/sampler/nw_sketch.py); the losses the trainer computes anyway are added to the sketch; every `refresh`
 steps every example's loss is predicted from the sketch and the sampling distribution is rebuilt:
     q_i ∝ pred_i ** (1 / temperature),   p_i = (1 - mix) q_i + mix / N
 so p_i >= mix / N (no example starves). Draws come from an alias table (O(1) each). With `reweight`
@@ -28,9 +28,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from boltc.errors import BoltValidationError, Location
-from boltc.runtime import sampler_native as native
-from boltc.runtime.dataset import Dataset, as_csr
-from boltc.runtime.nw_sketch import NWSketch, SRPHasher
+from boltc.runtime.sampler import native
+from boltc.runtime.data.dataset import Dataset, as_csr
+from boltc.runtime.sampler.nw_sketch import NWSketch, SRPHasher
 
 SAMPLER_KINDS = ("uniform", "nw_sketch")
 NW_KEYS = ("rows", "bits", "mix", "refresh", "decay", "reweight", "temperature", "clip", "excess", "warmup",

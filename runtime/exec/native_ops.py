@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from boltc.errors import BoltValidationError
-from boltc.runtime.gradients import RowGrad
-from boltc.runtime.native_kernels import ptr
+from boltc.runtime.exec.gradients import RowGrad
+from boltc.runtime.exec.native_kernels import ptr
 
 # Fixed chunks of the wide layer's unique neurons for the fused update + input gradient: each chunk has
 # its own input-gradient buffer (B x in_dim, small), summed in chunk order afterwards. The chunking does

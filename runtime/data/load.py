@@ -4,7 +4,7 @@ Sources:
 - a plan data entry `{"kind": "file", "path": ..., "format": "xc"|"svmlight"|"csv"|"tsv"|None}` or a
   plain path string (format guessed from the name, then from the first line); XC/svmlight entries may
   say `"normalize": "l2"` to scale every row to unit length;
-- `{"kind": "synthetic", ...}` (runtime/synth.py; dimensions default to the plan's input and target);
+- `{"kind": "synthetic", ...}` (runtime/data/synth.py; dimensions default to the plan's input and target);
 - from Python (`as_dataset`): a Dataset, a scipy.sparse matrix or numpy array of inputs (labels apart),
   an `(X, Y)` tuple, or a list of strings for text models.
 Every matrix is checked against the plan: more features or labels than the model has is a DataError
@@ -19,8 +19,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from boltc.errors import BoltError, DataError, Location
-from boltc.runtime import synth, xcformat
-from boltc.runtime.dataset import Dataset, as_csr
+from boltc.runtime.data import synth, xcformat
+from boltc.runtime.data.dataset import Dataset, as_csr
 
 TABLE_FORMATS = ("csv", "tsv")
 
@@ -45,7 +45,7 @@ def _target(plan: dict) -> dict:
 
 
 def load_dataset(source, plan: dict, with_labels: bool = True, allow_stream: bool = False) -> Dataset:
-    """`allow_stream`: the caller (training, evaluation) can take a runtime/stream.py StreamingDataset,
+    """`allow_stream`: the caller (training, evaluation) can take a runtime/data/stream.py StreamingDataset,
     returned for an XC/svmlight file that asks for it (`stream=true`) or is too large for memory."""
     if isinstance(source, Dataset):
         return source
@@ -62,8 +62,8 @@ def load_dataset(source, plan: dict, with_labels: bool = True, allow_stream: boo
     if not Path(path).exists():
         raise DataError("data file not found", Location(path, 0))
     fmt = source.get("format") or _guess_format(path)
-    if fmt in TABLE_FORMATS:        # text/categorical columns: runtime/csvdata.py (chunked, class names)
-        from boltc.runtime.csvdata import load_csv_dataset
+    if fmt in TABLE_FORMATS:        # text/categorical columns: runtime/data/csvfile.py (chunked, class names)
+        from boltc.runtime.data.csvfile import load_csv_dataset
         return load_csv_dataset({**source, "path": path, "format": fmt}, plan, need_labels=with_labels)
     if fmt not in ("xc", "svmlight"):
         raise DataError(f"unknown data format {fmt!r} (xc, svmlight, csv, tsv)", Location(path, 0))
@@ -73,7 +73,7 @@ def load_dataset(source, plan: dict, with_labels: bool = True, allow_stream: boo
                         Location(path, 0))
     inp = sparse_inputs[0]
     if allow_stream and with_labels:
-        from boltc.runtime.stream import open_streaming, should_stream
+        from boltc.runtime.data.stream import open_streaming, should_stream
         if should_stream(path, source.get("stream")):
             return open_streaming(path, fmt, plan, source)
     X, Y = xcformat.read_xc(path, fmt)
@@ -146,7 +146,7 @@ def _synthetic(source: dict, plan: dict) -> Dataset:
 
 def as_dataset(obj, plan: dict, labels=None) -> Dataset:
     """Python objects -> Dataset: (X, Y) tuples, matrices/arrays of inputs, lists of strings (a Dataset or
-    a runtime/stream.py StreamingDataset is passed through)."""
+    a runtime/data/stream.py StreamingDataset is passed through)."""
     if isinstance(obj, Dataset) or getattr(obj, "streaming", False):
         return obj
     if isinstance(obj, (str, os.PathLike)):
@@ -154,7 +154,7 @@ def as_dataset(obj, plan: dict, labels=None) -> Dataset:
     if isinstance(obj, tuple) and len(obj) == 2 and labels is None:
         obj, labels = obj
     if isinstance(obj, (list, dict)) and (isinstance(obj, dict) or (obj and isinstance(obj[0], (str, dict)))):
-        from boltc.runtime.text import featurize_strings
+        from boltc.runtime.data.text import featurize_strings
         ds = featurize_strings(obj, plan)
         if labels is not None:
             ds.labels = _labels_from(labels, plan, ds.rows)

@@ -9,7 +9,7 @@ SGD: with momentum mu, `m = mu m + g; W -= lr m` on the touched block (plain SGD
 
 This is the specification of the native update kernels (boltc/lower/backward.py `_update`), and the
 two agree bit for bit given the same gradient: both round the hyper-parameters to the weights' dtype
-once (bias corrections computed in float64 first, as runtime/native.py `_hyper` does) and evaluate
+once (bias corrections computed in float64 first, as runtime/exec/native.py `_hyper` does) and evaluate
 the same float32 operations in the same order, one rounding each (no fused multiply-add):
     m' = b1*m + (1-b1)*g;  v' = b2*v + (1-b2)*(g*g);  store m', v'
     step = (lr * (m'/bc1)) / (sqrt(v'/bc2) + eps)  [+ (lr*wd)*W for weight matrices];  W = W - step

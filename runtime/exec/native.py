@@ -7,7 +7,7 @@ cross-entropy output, dense or LSH-sparse, and LSH-sparse hidden layers. Other p
 softmax, a sparse fc reading a sparse input directly) run on the interpreter: same contract, only
 slower; `self.fallback_reason` says why.
 
-One training step walks the plan like the interpreter: layers in plan order (runtime/native_ops.py
+One training step walks the plan like the interpreter: layers in plan order (runtime/exec/native_ops.py
 NATIVE_OPS[op].forward, values by name), the fused loss kernel of the output, then the layers in
 reverse order (NATIVE_OPS[op].backward), each layer's input gradients summed into their producers in
 that fixed order. For the two-layer XC model:
@@ -29,14 +29,14 @@ from boltc.errors import BoltValidationError
 from boltc.lower.backward import HYPER
 from boltc.lower.loss import LOSS_ROLE
 from boltc.lower.rules import SPARSE_INPUT_KINDS, fused_input_activation, native_support
-from boltc.runtime.interp import NumpyExecutor, _SPARSE_INFERENCE_SEED
-from boltc.runtime.lsh import training_reserve
-from boltc.runtime.native_kernels import compile_plan, ptr
-from boltc.runtime.native_ops import (ADAM_OPS, DENSE_GEMM_MIN_WEIGHTS, N_CHUNKS, NATIVE_OPS,  # noqa: F401
+from boltc.runtime.exec.interp import NumpyExecutor, _SPARSE_INFERENCE_SEED
+from boltc.runtime.lsh.index import training_reserve
+from boltc.runtime.exec.native_kernels import compile_plan, ptr
+from boltc.runtime.exec.native_ops import (ADAM_OPS, DENSE_GEMM_MIN_WEIGHTS, N_CHUNKS, NATIVE_OPS,  # noqa: F401
                                       NEURON_MAJOR_MIN_BATCH, Step, min_items)
-from boltc.runtime.numpy_rules import activate
-from boltc.runtime.state import check_moments
-from boltc.runtime.threads import ThreadPool
+from boltc.runtime.exec.numpy_rules import activate
+from boltc.runtime.exec.state import check_moments
+from boltc.runtime.exec.threads import ThreadPool
 
 
 def _csr(x) -> sp.csr_matrix:
@@ -318,7 +318,7 @@ class NativeExecutor:
     def split_kernels(self):
         """The gradient and apply kernels (boltc/lower/split.py), compiled on first use."""
         if self._split is None:
-            from boltc.runtime.native_kernels import compile_split
+            from boltc.runtime.exec.native_kernels import compile_split
             self._split = compile_split(self.plan)
         return self._split
 

@@ -15,7 +15,7 @@ makes them, `check_moments` is what an executor calls before kernels write into 
 are zeroed by calloc (np.zeros), so their pages only cost memory once lazy Adam touches them.
 
 Alignment: every parameter and moment array starts on a 64-byte (cache-line) boundary
-(`aligned_empty` / `aligned_zeros`; runtime/savefile.py does the same on load). numpy puts large
+(`aligned_empty` / `aligned_zeros`; runtime/savefile/model.py does the same on load). numpy puts large
 arrays 16 bytes past a line, so each 1 KB weight row of the 670k output layer would span 17 lines and
 every 64-byte vector load would straddle two: the gather ran 12-18% faster on aligned rows
 (docs/native.md). The kernels' summation order never depends on the address, so alignment changes
@@ -103,7 +103,7 @@ def neuron_rows(layer: dict, W: np.ndarray) -> np.ndarray:
 
 
 def make_lsh(layer: dict, seed: int):
-    from boltc.runtime.lsh import LSHIndex
+    from boltc.runtime.lsh.index import LSHIndex
     h = layer["hash"]
     return LSHIndex(h["family"], layer["in_dim"], layer["dim"], h.get("hashes", h["range_bits"]),
                     h["range_bits"], h["tables"], h["reservoir"], seed=int(seed) * 7919 + zlib.crc32(layer["name"].encode()) % 7919,

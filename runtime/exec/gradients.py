@@ -35,8 +35,8 @@ class RowGrad:
 
 
 def to_param_grads(grads: dict[Key, RowGrad]) -> dict:
-    """RowGrads -> runtime/optim.py's `{layer: {tensor: ParamGrad(rows, None, values)}}`."""
-    from boltc.runtime.numpy_rules import ParamGrad
+    """RowGrads -> runtime/exec/optim.py's `{layer: {tensor: ParamGrad(rows, None, values)}}`."""
+    from boltc.runtime.exec.numpy_rules import ParamGrad
     out: dict = {}
     for (layer, name), g in grads.items():
         out.setdefault(layer, {})[name] = ParamGrad(g.rows, None, g.values)

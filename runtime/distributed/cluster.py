@@ -4,7 +4,7 @@
 call) runs either in this process (`InProcessRunner`: tests, debugging) or as Ray actors (`RayRunner`).
 Both runners have the same `call(method, per_worker_args, timeout)`; the Ray one turns a dead or silent
 actor into `_WorkerFailed(rank, why, lost=True)` and a worker's exception into `lost=False`, so the
-driver (runtime/distributed.py) can decide between restarting and failing.
+driver (runtime/distributed/driver.py) can decide between restarting and failing.
 """
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ import time
 from functools import partial
 
 from boltc.errors import BoltError, DependencyError
-from boltc.runtime.distributed_shard import load_shard
-from boltc.runtime.distributed_worker import Worker, portable_state
+from boltc.runtime.distributed.shard import load_shard
+from boltc.runtime.distributed.worker import Worker, portable_state
 
 INSTALL_HINT = "pip install boltc[distributed]"
 # What workers exchange. `sparse`: the touched rows of each gradient, cut by owner, and the owners' new
-# rows (ZeRO-1 on touched rows, runtime/distributed_worker.py). A dense all-reduce (every tensor whole)
+# rows (ZeRO-1 on touched rows, runtime/distributed/worker.py). A dense all-reduce (every tensor whole)
 # and sufficient factors (layer inputs + pre-activation gradients) are not offered: with the update
 # divided among the workers, every worker must receive the new values of the global batch's touched
 # rows whatever it sent, so factors would save only the smaller, gradient half of the traffic at the
@@ -59,7 +59,7 @@ class ShardWorker(Worker):
         self.fail_at, self.transport = fail_at, transport
 
     def setup(self) -> int:
-        from boltc.runtime.executor import make_executor
+        from boltc.runtime.exec.executor import make_executor
         plan, state, spec, rank, world, local_batch, backend, threads, seed, global_batch = self._args
         del self._args
         # Ray hands out read-only zero-copy arrays: a replica owns its weights and tables; of the moments

@@ -1,7 +1,7 @@
 """CSV / TSV files with text and categorical columns -> Dataset (hashed CSR inputs + label CSR).
 
 `load_csv_dataset(source, plan)` reads the columns the plan's text/categorical inputs and its target
-name, in chunks of rows: each chunk's strings are featurised (runtime/text.py) and dropped before the
+name, in chunks of rows: each chunk's strings are featurised (runtime/data/text.py) and dropped before the
 next chunk is read, so memory holds one chunk of raw text plus the growing CSR arrays, never the whole
 file twice.
 
@@ -36,8 +36,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from boltc.errors import DataError, Location
-from boltc.runtime.dataset import Dataset
-from boltc.runtime.text import featurize_column, featurizer_inputs
+from boltc.runtime.data.dataset import Dataset
+from boltc.runtime.data.text import featurize_column, featurizer_inputs
 
 CHUNK_ROWS = 8192            # rows featurised at once: amortises NumPy calls, bounds raw text in memory
 CHUNK_CHARS = 4 << 20        # ... or fewer rows when they hold this much text (long documents)

@@ -8,7 +8,7 @@ functions, each row's loss cell is sum_i k(q, x_i) y_i and its count cell sum_i 
 collision kernel k(q, x) = (1 - angle(q, x)/pi)^K: the ratio is the Nadaraya-Watson estimator with that
 kernel, and more rows make it tighter.
 
-This module is the NumPy implementation, which is also the oracle for runtime/sampler_native.py.
+This module is the NumPy implementation, which is also the oracle for runtime/sampler/native.py.
 
 Decisions:
 - Projections are Gaussian (not +-1), so the collision probability is exactly (1 - angle/pi) per bit and

@@ -1,6 +1,6 @@
 """One data-parallel worker: a model replica that trains on its own shard and owns a share of the update.
 
-Plain Python (no Ray here): runtime/distributed_cluster.py runs it in-process (tests, debugging) or as
+Plain Python (no Ray here): runtime/distributed/cluster.py runs it in-process (tests, debugging) or as
 a Ray actor. Every replica holds identical weights and LSH tables at the start of every update. The
 optimizer is divided, not repeated (ZeRO stage 1 on the rows a batch touches): worker r of N owns rows
 [R*r/N, R*(r+1)/N) of every trained tensor (R its rows) and the Adam moments of those rows only, so
@@ -26,9 +26,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from boltc.runtime.dataset import Dataset
-from boltc.runtime.gradients import Key, RowGrad
-from boltc.runtime.state import aligned_copy
+from boltc.runtime.data.dataset import Dataset
+from boltc.runtime.exec.gradients import Key, RowGrad
+from boltc.runtime.exec.state import aligned_copy
 
 NOT_TRAINED = ("label_count",)
 
@@ -37,7 +37,7 @@ def portable_state(state):
     """The state with LSH indexes rebuilt from their plain arrays (meta() + arrays()): an executor may
     attach native hash functions (ctypes) to an index, which can neither be pickled for Ray nor shared
     between replicas. Weights and moments are shared, not copied."""
-    from boltc.runtime.lsh import LSHIndex
+    from boltc.runtime.lsh.index import LSHIndex
     lsh = {n: LSHIndex.from_arrays(idx.meta(), {k: np.array(a) for k, a in idx.arrays().items()})
            for n, idx in (getattr(state, "lsh", {}) or {}).items()}
     return type(state)(params=state.params, m=state.m, v=state.v, step=int(state.step), lsh=lsh)

@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 
-from boltc.runtime.nw_sketch import EMPTY_COUNT, NWSketch
+from boltc.runtime.sampler.nw_sketch import EMPTY_COUNT, NWSketch
 
 _LIBS: dict = {}                 # (rows, bits) -> _Kernels | False
 _ALIAS = None                    # the shape-independent alias kernel (or False)

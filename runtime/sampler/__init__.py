@@ -1,0 +1,1 @@
+"""The adaptive data sampler (docs/sampler.md): the Nadaraya-Watson loss sketch and its native kernels."""
