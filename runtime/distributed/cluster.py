@@ -15,6 +15,8 @@ import socket
 import time
 from functools import partial
 
+import numpy as np
+
 from boltc.errors import BoltError, DependencyError
 from boltc.runtime.distributed.shard import load_shard
 from boltc.runtime.distributed.worker import Worker, portable_state
@@ -74,6 +76,20 @@ class ShardWorker(Worker):
                          partial(make_executor, backend=backend, threads=threads), seed=seed,
                          global_batch=global_batch, put=put, get=get)
         return self.data.rows
+
+    def label_counts(self):
+        """This shard's label counts (the driver sums them for the negatives' weights), or None."""
+        classes = int((self.plan.get("target") or {}).get("classes", 0))
+        if self.data.labels is None or not classes:
+            return None
+        return np.bincount(self.data.labels.indices, minlength=classes).astype(np.float32)
+
+    def set_label_frequency(self, counts) -> None:
+        """The whole training set's label counts weight the training fill, as the single-machine
+        trainer sets them (runtime/lsh/upkeep.py: measured better than running counts)."""
+        upkeep = getattr(self.ex, "upkeep", None)
+        if upkeep is not None and hasattr(upkeep, "set_label_frequency"):
+            upkeep.set_label_frequency(counts)
 
     def grads_step(self, prev, update: int, accumulate: int = 1, record: bool = False):
         if prev is not None:
@@ -218,7 +234,7 @@ def _start_workers(kind, ray, plan, state, shards, local, opts, fail_at, timeout
             ws.append(ShardWorker(*a))
         runner = InProcessRunner(ws)
         runner.rows = runner.call("setup")
-        return runner
+        return _share_label_frequency(runner, timeout)
     remote_cls = ray.remote(num_cpus=opts["cpus_per_worker"], max_restarts=0)(ShardWorker)
     state_ref = ray.put(portable_state(state))
     actors = []
@@ -228,4 +244,14 @@ def _start_workers(kind, ray, plan, state, shards, local, opts, fail_at, timeout
         actors.append(remote_cls.remote(*a))
     runner = RayRunner(ray, actors)
     runner.rows = runner.call("setup", timeout=timeout)  # placed and loaded, or a clear error
+    return _share_label_frequency(runner, timeout)
+
+
+def _share_label_frequency(runner, timeout):
+    counts = runner.call("label_counts", timeout=timeout)
+    if all(c is not None for c in counts):
+        total = counts[0].copy()
+        for c in counts[1:]:
+            total += c
+        runner.call("set_label_frequency", [(total,)] * len(counts), timeout=timeout)
     return runner

@@ -146,8 +146,8 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
                     runner.call("finish", [(prev,)] * workers, timeout=timeout)
                 worker_stats = runner.call("timings", timeout=timeout)
                 shards_state = runner.call("get_state", timeout=timeout)
-                # Ray returns read-only zero-copy arrays: copy, so the caller can keep training the state
-                new_state = copy.deepcopy(assemble_state(shards_state[0][0], [s[1] for s in shards_state]))
+                # a copy of its own (Ray returns read-only zero-copy arrays), so the caller can keep training it
+                new_state = assemble_state(shards_state[0][0], [s[1] for s in shards_state])
             except _WorkerFailed as f:
                 where = f"worker {f.rank} {f.why} in epoch {epoch + 1}"
                 runner.shutdown()

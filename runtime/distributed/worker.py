@@ -21,6 +21,7 @@ the label ids of their batch and every replica adds the whole global batch's.
 """
 from __future__ import annotations
 
+import copy
 import time
 from types import SimpleNamespace
 
@@ -101,7 +102,9 @@ def split_by_owner(grads: dict[Key, RowGrad], shapes: dict[Key, tuple], world: i
 
 def sum_parts(parts: list[dict[Key, RowGrad]]) -> dict[Key, RowGrad]:
     """The sum of row-sparse gradients, added in the order given (every replica and every run adds the
-    same values in the same order: the same bits). Listed rows: the union; whole tensors: elementwise."""
+    same values in the same order: the same bits). Listed rows: the union; whole tensors: elementwise.
+    The union is a mark per row over the parts' span (O(rows touched + span), no sort): on the 100k
+    model a worker's span is its 50k-row share, marked in microseconds where np.union1d took ~20 ms."""
     if len(parts) == 1:
         return dict(parts[0])
     out: dict[Key, RowGrad] = {}
@@ -113,14 +116,20 @@ def sum_parts(parts: list[dict[Key, RowGrad]]) -> dict[Key, RowGrad]:
                 acc += g.values
             out[key] = RowGrad(None, acc)
             continue
-        union = gs[0].rows
-        for g in gs[1:]:
-            union = np.union1d(union, g.rows)
-        union = union.astype(np.int32)
+        listed = [g for g in gs if g.rows.size]
+        if not listed:
+            out[key] = gs[0]
+            continue
+        lo = min(int(g.rows[0]) for g in listed)
+        hi = max(int(g.rows[-1]) for g in listed) + 1
+        where = np.zeros(hi - lo, np.int32)                   # row - lo -> 1 + its position in the union
+        for g in listed:
+            where[g.rows - lo] = 1
+        union = (np.flatnonzero(where) + lo).astype(np.int32)
+        np.cumsum(where, out=where)
         acc = np.zeros((union.size,) + gs[0].values.shape[1:], np.float32)
-        for g in gs:                               # a part's rows are unique: fancy += adds each once
-            if g.rows.size:
-                acc[np.searchsorted(union, g.rows)] += g.values
+        for g in listed:                           # a part's rows are unique: fancy += adds each once
+            acc[where[g.rows - lo] - 1] += g.values
         out[key] = RowGrad(union, acc)
     return out
 
@@ -317,12 +326,13 @@ class Worker:
 def assemble_state(full, shards: list):
     """The single-machine state from rank 0's weights and every worker's moment shards (row order);
     tensors that are not trained (label_count) get zero moments, as ModelState.init gives them."""
-    m, v = {}, {}
+    m, v, params = {}, {}, {}
     for layer, ts in full.params.items():
+        params[layer] = {t: aligned_copy(np.array(a)) for t, a in ts.items()}    # ours, writeable
         for t, a in ts.items():
             for moments, which in ((m, 0), (v, 1)):
                 if t in NOT_TRAINED:
                     moments.setdefault(layer, {})[t] = np.zeros_like(a)
                 else:
                     moments.setdefault(layer, {})[t] = aligned_copy(np.concatenate([s[which][layer][t] for s in shards]))
-    return type(full)(params=full.params, m=m, v=v, step=int(full.step), lsh=full.lsh)
+    return type(full)(params=params, m=m, v=v, step=int(full.step), lsh=copy.deepcopy(full.lsh))
