@@ -18,18 +18,24 @@ ids minus lo.
 from __future__ import annotations
 
 from boltc.lower import backward as bw
-from boltc.lower.builder import KernelModule, symbol
-from boltc.lower.rules import SPARSE_INPUT_KINDS, fused_input_activation, is_sparse_layer, native_support
+from boltc.lower.builder import I64, PTR, KernelModule, symbol
+from boltc.lower.rules import SPARSE_INPUT_KINDS, is_sparse_layer, native_support
 
 
 def rows_apply(km: KernelModule, name: str, width: int, spec: bw.UpdateSpec, tensor: str, listed: bool) -> None:
-    """For u in [u0, u1): row n = rows[u] (listed) or u; param[n, :] updated with grad[u, :].
-    `tensor` "W" uses the spec's weight moments and decay, anything else the bias moments, no decay
-    (as backward.py). Listed rows are prefetched PREFETCH_ROWS ahead like the fused updates."""
+    """Sum a row's gradient over parts, update the row, copy it out. For u in [u0, u1): row n =
+    uniq[u] (listed) or u; g = (0 + part_0[pos[0, u]]) + part_1[pos[1, u]] + ... over the parts that
+    hold the row (pos -1: absent), added in part order with one rounding each (as NumPy's
+    `acc[pos] += part` in part order: the same bits); param[n, :] updated with g by backward.py's
+    `_update`; the new row written to out[u, :] (out NULL: not written). `vals` holds the parts' data
+    addresses (int64). `tensor` "W" uses the spec's weight moments and decay, anything else the bias
+    moments, no decay. Listed rows are prefetched PREFETCH_ROWS ahead like the fused updates.
+    One part with pos = 0..n-1 is a plain apply: gradient + apply of one batch = the fused update."""
     moments = spec.moments_w if tensor == "W" else spec.moments_b
     decay = spec.weight_decay if tensor == "W" else 0.0
-    k = km.kernel(name, [("u0", "i64"), ("u1", "i64"), ("uniq", "ptr"), ("grad", "ptr"), ("W", "ptr"),
-                         ("mW", "ptr"), ("vW", "ptr"), ("hyper", "ptr")])
+    k = km.kernel(name, [("u0", "i64"), ("u1", "i64"), ("uniq", "ptr"), ("nparts", "i64"), ("nu", "i64"),
+                         ("pos", "ptr"), ("vals", "ptr"), ("W", "ptr"), ("mW", "ptr"), ("vW", "ptr"),
+                         ("hyper", "ptr"), ("out", "ptr"), ("has_out", "i64"), ("scratch", "ptr")])
     a = k.arg
     D = k.i64(width)
     hp = bw._hyper(k)
@@ -38,10 +44,22 @@ def rows_apply(km: KernelModule, name: str, width: int, spec: bw.UpdateSpec, ten
         n = k.ld_i32_as_i64(a["uniq"], u) if listed else u
         if listed and width >= 16:
             bw._prefetch_update_rows(k, row_spec, bw.UPDATE_PREFETCH, k.mul(bw._ahead_neuron(k, u), D), width)
-        wb, gb = k.mul(n, D), k.mul(u, D)
-        with k.loop(0, width, "j") as j:
-            bw._update(k, hp, spec.optimizer, a["W"], a["mW"], a["vW"], k.add(wb, j), k.ld(a["grad"], k.add(gb, j)),
+        with k.loop(0, width, "j0") as j:
+            k.st(a["scratch"], j, k.f32(0.0))
+        with k.loop(0, a["nparts"], "i") as i:
+            p = k.ld_i32_as_i64(a["pos"], k.add(k.mul(i, a["nu"]), u))
+            with k.if_(k.icmp(">=", p, k.i64(0))):
+                part = k.b.inttoptr(k.ld(a["vals"], i, I64), PTR)
+                pb = k.mul(p, D)
+                with k.loop(0, width, "j") as j:
+                    k.st(a["scratch"], j, k.b.fadd(k.ld(a["scratch"], j), k.ld(part, k.add(pb, j))))
+        wb, ob = k.mul(n, D), k.mul(u, D)
+        with k.loop(0, width, "j2") as j:
+            bw._update(k, hp, spec.optimizer, a["W"], a["mW"], a["vW"], k.add(wb, j), k.ld(a["scratch"], j),
                        moments, decay)
+        with k.if_(k.icmp("!=", a["has_out"], k.i64(0))):
+            with k.loop(0, width, "j3") as j:
+                k.st(a["out"], k.add(ob, j), k.ld(a["W"], k.add(wb, j)))
     k.ret()
 
 
@@ -110,5 +128,4 @@ def lower_split(plan: dict) -> tuple[KernelModule, dict[str, dict[str, str]]]:
                 out[f"apply_{tensor}"] = symbol(layer, f"apply_{tensor}")
                 rows_apply(km, out[f"apply_{tensor}"], width, spec, tensor, row_sparse(layer, tensor))
         syms[name] = out
-    _ = fused_input_activation            # the grad kernels' dx applies no activation: native_ops does
     return km, syms

@@ -134,6 +134,32 @@ def sum_parts(parts: list[dict[Key, RowGrad]]) -> dict[Key, RowGrad]:
     return out
 
 
+def merge_index(gs: list[RowGrad]):
+    """Where each part holds each row of the parts' union: (union rows or None for whole tensors,
+    pos (nparts, n) int32 with -1 where a part lacks the row, the parts' values). What `apply_parts`
+    sums in part order; the same rows and sums as `sum_parts`. The union is a mark per row over the
+    parts' span (no sort: on the 100k model a share spans 50k rows)."""
+    vals = [g.values for g in gs]
+    if gs[0].rows is None:
+        n = gs[0].values.shape[0]
+        return None, np.tile(np.arange(n, dtype=np.int32), (len(gs), 1)), vals
+    listed = [g.rows for g in gs if g.rows.size]
+    if not listed:
+        return gs[0].rows, np.zeros((len(gs), 0), np.int32), vals
+    lo = min(int(r[0]) for r in listed)
+    hi = max(int(r[-1]) for r in listed) + 1
+    where = np.zeros(hi - lo, np.int32)                       # row - lo -> 1 + its position in the union
+    for r in listed:
+        where[r - lo] = 1
+    union = (np.flatnonzero(where) + lo).astype(np.int32)
+    np.cumsum(where, out=where)
+    pos = np.full((len(gs), union.size), -1, np.int32)
+    for i, g in enumerate(gs):
+        if g.rows.size:
+            pos[i, where[g.rows - lo] - 1] = np.arange(g.rows.size, dtype=np.int32)
+    return union, pos, vals
+
+
 def grads_nbytes(grads: dict[Key, RowGrad]) -> int:
     return sum(g.nbytes for g in grads.values())
 
@@ -259,16 +285,14 @@ class Worker:
         it = iter(others)
         parts = [self.own_part if h is None else next(it) for h in handles]
         t1 = time.perf_counter()
-        total = sum_parts(parts)
-        local = {}
-        for key, g in total.items():                        # row ids relative to the share's views
+        plans, unions = {}, {}
+        for key in parts[0]:
+            union, pos, vals = merge_index([p[key] for p in parts])
             lo = self.owned[key][0]
-            local[key] = g if g.rows is None else RowGrad((g.rows - lo).astype(np.int32), g.values)
-        self.ex.apply_gradients(local, lr, target=self.shard)
-        new_rows = {}
-        for key, g in total.items():
-            W = self.shard.params[key[0]][key[1]]
-            new_rows[key] = RowGrad(g.rows, W.copy() if g.rows is None else W[local[key].rows])
+            unions[key] = union                       # row ids relative to the share's views below
+            plans[key] = (None if union is None else (union - lo).astype(np.int32), pos, vals)
+        rows_out = self.ex.apply_parts(plans, lr, target=self.shard, copy_out=self.world > 1)
+        new_rows = {key: RowGrad(unions[key], rows_out[key]) for key in plans} if self.world > 1 else {}
         self.own_part = {}
         t2 = time.perf_counter()
         handle = self.put(new_rows)

@@ -61,3 +61,19 @@ def to_rowgrads(grads: dict, shapes: dict[Key, tuple[int, ...]]) -> dict[Key, Ro
             else:
                 out[(layer, name)] = RowGrad(np.asarray(rows, np.int32), np.ascontiguousarray(val))
     return out
+
+
+def one_part(g: RowGrad):
+    """A gradient as the single part of `apply_parts`: (rows, pos = 0..n-1, [values])."""
+    rows = None if g.rows is None else np.ascontiguousarray(g.rows, dtype=np.int32)
+    n = g.values.shape[0] if rows is not None or g.values.ndim else 1
+    return rows, np.arange(n, dtype=np.int32)[None, :], [np.ascontiguousarray(g.values, dtype=np.float32)]
+
+
+def sum_of_parts(rows, pos, vals) -> np.ndarray:
+    """The summed gradient `apply_parts` applies: (0 + part_0) + part_1 + ... per row, in part order."""
+    acc = np.zeros((pos.shape[1],) + vals[0].shape[1:], np.float32)
+    for p, v in zip(pos, vals):
+        have = p >= 0
+        acc[have] += v[p[have]]
+    return acc

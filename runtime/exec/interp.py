@@ -129,6 +129,18 @@ class NumpyExecutor:
         view = SimpleNamespace(params=target.params, m=target.m, v=target.v, step=self.state.step)
         self.optimizer.apply(view, to_param_grads(grads), lr)
 
+    def apply_parts(self, parts: dict, lr: float, target=None, copy_out: bool = False) -> dict:
+        """As the native executor's: parts[key] = (rows or None, pos, values) summed in part order, one
+        optimizer step; with copy_out, key -> the updated rows."""
+        from boltc.runtime.exec.gradients import RowGrad, sum_of_parts
+        grads = {key: RowGrad(rows, sum_of_parts(rows, pos, vals)) for key, (rows, pos, vals) in parts.items()}
+        self.apply_gradients(grads, lr, target)
+        target = target or self.state
+        if not copy_out:
+            return {key: None for key in parts}
+        return {(l, t): np.array(target.params[l][t] if g.rows is None else target.params[l][t][g.rows])
+                for (l, t), g in grads.items()}
+
     def _gradients(self, batch, active, batch_size, insert_missed: bool):
         if batch.labels is None:
             raise BoltValidationError("training needs labels")

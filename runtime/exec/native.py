@@ -36,6 +36,7 @@ from boltc.runtime.exec.native_ops import (ADAM_OPS, DENSE_GEMM_MIN_WEIGHTS, N_C
                                       NEURON_MAJOR_MIN_BATCH, Step, min_items)
 from boltc.runtime.exec.numpy_rules import activate
 from boltc.runtime.exec.state import check_moments
+from boltc.runtime.exec.gradients import one_part
 from boltc.runtime.exec.threads import ThreadPool
 
 
@@ -339,23 +340,36 @@ class NativeExecutor:
         """One optimizer step (state.step advances) from `grads` ((layer, tensor) -> RowGrad) on the rows
         they list. `target` (default the state) holds the arrays to update (.params, .m, .v): a worker
         owning rows [lo, hi) passes views W[lo:hi] with its moment shards and row ids minus lo."""
+        self.apply_parts({key: one_part(g) for key, g in grads.items()}, lr, target)
+
+    def apply_parts(self, parts: dict, lr: float, target=None, copy_out: bool = False) -> dict:
+        """One optimizer step from gradients given in parts: parts[key] = (rows or None, pos, values),
+        pos (nparts, n) int32 = each part's row holding row u (-1: absent), values the parts' arrays;
+        the parts are summed in order inside the update kernel (boltc/lower/split.py rows_apply). With
+        copy_out, returns key -> the updated rows (n, ...), copied in the same pass."""
         if not self.native:
-            return self.interp.apply_gradients(grads, lr, target)
+            return self.interp.apply_parts(parts, lr, target, copy_out)
         self.state.step += 1
         hyper = self._hyper(lr)
         target = target or self.state
         sk = self.split_kernels
-        for (layer, tensor), g in grads.items():
+        out = {}
+        for (layer, tensor), (rows, pos, vals) in parts.items():
             W = target.params[layer][tensor]
             m, v = target.m[layer][tensor], target.v[layer][tensor]
-            vals = np.ascontiguousarray(g.values, dtype=np.float32)
             width = W.size // max(1, W.shape[0])
-            rows = None if g.rows is None else np.ascontiguousarray(g.rows, dtype=np.int32)
             n = W.shape[0] if rows is None else rows.size
-            if rows is None and vals.size != W.size:
-                raise ValueError(f"gradient of {layer}.{tensor}: {vals.shape} for a tensor of shape {W.shape}")
-            self.pool.run(sk.fn(layer, f"apply_{tensor}"), n, ptr(rows), ptr(vals), ptr(W), ptr(m), ptr(v),
-                          ptr(hyper), min_per_thread=min_items(width * ADAM_OPS))
+            if pos.shape != (len(vals), n) or any(p.dtype != np.float32 or p.size % max(1, width) for p in vals):
+                raise ValueError(f"gradient parts of {layer}.{tensor} do not fit a tensor of shape {W.shape}")
+            vals = [np.ascontiguousarray(p) for p in vals]
+            addrs = np.array([p.ctypes.data for p in vals], np.int64)
+            new = np.empty((n,) + W.shape[1:], np.float32) if copy_out else None
+            pos = np.ascontiguousarray(pos, dtype=np.int32)
+            self.pool.run(sk.fn(layer, f"apply_{tensor}"), n, ptr(rows), len(vals), n, ptr(pos), ptr(addrs), ptr(W),
+                          ptr(m), ptr(v), ptr(hyper), ptr(new), int(copy_out), per_thread=self.scratch_ptrs,
+                          min_per_thread=min_items(width * (ADAM_OPS + len(vals))))
+            out[(layer, tensor)] = new
+        return out
 
     def _backward(self, batch, lr, active, grads, batch_size):
         """Forward and backward of a training batch: updates (grads None) or gradients into `grads`."""
