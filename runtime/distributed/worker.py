@@ -191,6 +191,9 @@ class Worker:
         for ex in (self.ex, getattr(self.ex, "interp", None)):
             if ex is not None:
                 ex.stream, ex.missed = rank, {}    # own random-fill draws; missed labels go to every replica
+        # gradients and new rows in buffers kept between updates: each update's are consumed (put, or
+        # read by the other in-process workers) before the next is computed; accumulated ones are copied
+        self.ex.reuse_grad_buffers = True
         views = {}
         for (layer, t), (lo, hi) in self.owned.items():
             views.setdefault(layer, {})[t] = self.state.params[layer][t][lo:hi]
@@ -258,7 +261,13 @@ class Worker:
         rows, active])."""
         if prev is not None:
             self.finish(prev)
-        parts = [self.compute(record) for _ in range(accumulate)]
+        parts = []
+        for _ in range(accumulate):
+            part = self.compute(record)
+            if accumulate > 1:                         # the next compute reuses the gradient buffers
+                part = ({k: RowGrad(None if g.rows is None else g.rows.copy(), g.values.copy())
+                         for k, g in part[0].items()},) + part[1:]
+            parts.append(part)
         grads = sum_parts([p[0] for p in parts])
         n, loss = sum(p[1] for p in parts), sum(p[2] for p in parts)
         facts = merge_facts([p[3] for p in parts])

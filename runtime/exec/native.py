@@ -32,7 +32,7 @@ from boltc.lower.rules import SPARSE_INPUT_KINDS, fused_input_activation, native
 from boltc.runtime.exec.interp import NumpyExecutor, _SPARSE_INFERENCE_SEED
 from boltc.runtime.lsh.index import training_reserve
 from boltc.runtime.exec.native_kernels import compile_plan, ptr
-from boltc.runtime.exec.native_ops import (ADAM_OPS, DENSE_GEMM_MIN_WEIGHTS, N_CHUNKS, NATIVE_OPS,  # noqa: F401
+from boltc.runtime.exec.native_ops import (ADAM_OPS, grad_buffer, DENSE_GEMM_MIN_WEIGHTS, N_CHUNKS, NATIVE_OPS,  # noqa: F401
                                       NEURON_MAJOR_MIN_BATCH, Step, min_items)
 from boltc.runtime.exec.numpy_rules import activate
 from boltc.runtime.exec.state import check_moments
@@ -74,6 +74,8 @@ class NativeExecutor:
         self.stream = 0            # mixed into the random-fill seed when nonzero (a worker's rank)
         self.missed = None         # a dict: frozen tables' missed labels are collected, not inserted
         self._split = None
+        # gradients() and apply_parts(copy_out) write into buffers kept between calls (native_ops.grad_buffer)
+        self.reuse_grad_buffers, self.grad_buffers = False, {}
         self.interp = NumpyExecutor(plan, state, threads=threads)     # fallback, upkeep, validation
         self.upkeep = self.interp.upkeep
         self.layers = plan["layers"]
@@ -363,7 +365,7 @@ class NativeExecutor:
                 raise ValueError(f"gradient parts of {layer}.{tensor} do not fit a tensor of shape {W.shape}")
             vals = [np.ascontiguousarray(p) for p in vals]
             addrs = np.array([p.ctypes.data for p in vals], np.int64)
-            new = np.empty((n,) + W.shape[1:], np.float32) if copy_out else None
+            new = grad_buffer(self, ("out", layer, tensor), (n,) + W.shape[1:]) if copy_out else None
             pos = np.ascontiguousarray(pos, dtype=np.int32)
             self.pool.run(sk.fn(layer, f"apply_{tensor}"), n, ptr(rows), len(vals), n, ptr(pos), ptr(addrs), ptr(W),
                           ptr(m), ptr(v), ptr(hyper), ptr(new), int(copy_out), per_thread=self.scratch_ptrs,
