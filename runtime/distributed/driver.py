@@ -210,6 +210,8 @@ def _stats(worker_stats, workers, k, exchange, updates, examples, restarts, fact
         out.update({"bytes_sent_per_update_per_worker": mean("sent"),
                     "bytes_received_per_update_per_worker": mean("received"),
                     "bytes_per_update_per_worker": mean("sent") + mean("received"),
+                    "gradient_bytes_sent_per_update_per_worker": mean("grads_sent"),
+                    "row_bytes_sent_per_update_per_worker": mean("rows_sent"),
                     "seconds_per_update": {p: mean(p) for p in ("compute", "exchange", "update", "upkeep")}})
     return out
 

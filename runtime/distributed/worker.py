@@ -202,7 +202,7 @@ class Worker:
         self.own_part: dict = {}
         self.start_epoch(0)
         self.seconds = {"compute": 0.0, "exchange": 0.0, "update": 0.0, "upkeep": 0.0}
-        self.bytes = {"sent": 0, "received": 0}
+        self.bytes = {"sent": 0, "received": 0, "grads_sent": 0, "rows_sent": 0}
 
     # ------------------------------------------------------------------ data
     def start_epoch(self, epoch: int) -> None:
@@ -282,6 +282,7 @@ class Worker:
             handles.append(self.put(part))
             sent += grads_nbytes(part)
         self.bytes["sent"] += sent
+        self.bytes["grads_sent"] += sent
         self.seconds["exchange"] += time.perf_counter() - t0
         extra = (np.concatenate([p[4] for p in parts]), [p[5] for p in parts]) if record else ()
         return (handles, n, loss, facts, sent) + extra
@@ -308,6 +309,7 @@ class Worker:
         self.seconds["update"] += t2 - t1
         self.seconds["exchange"] += (t1 - t0) + (time.perf_counter() - t2)
         self.bytes["sent"] += grads_nbytes(new_rows) * (self.world - 1)     # each other worker fetches it
+        self.bytes["rows_sent"] += grads_nbytes(new_rows) * (self.world - 1)
         return handle
 
     def finish(self, prev) -> None:
