@@ -8,8 +8,10 @@ P@1 with dense and sparse inference, and for the workers the bytes per update an
   synth100k  models/synth100k.bolt, SYNTHETIC, 20,000 training rows, 5,000 test rows
   nextword   ../shared/data/20ng_nextword (real): the first 100,000 training rows and 10,000 test rows,
              fc 256 relu -> fc 37,392 softmax (sparsity auto); skipped when the data is absent
-Both runs of a pair start from the same initial state. The two configurations alternate (one process,
-then the workers, repeated), because the machine is shared: compare within a pair, never across runs.
+Both runs of a pair start from the same initial state and draw batches with the same seed; repeat r
+uses seed + r, so the spread of one process's metrics over repeats is the noise of the batch order.
+The two configurations alternate (one process, then the workers, repeated), because the machine is
+shared: compare within a pair, never across runs.
 Then a projection to 8, 32 and 64 machines on 10 Gbit/s links from the measured seconds and bytes
 (the model is in `project`; docs/distributed.md explains it). Writes benchmarks/results/distributed_scaling.json.
 """
@@ -143,7 +145,8 @@ def project(one: dict, two: dict, plan: dict) -> list[dict]:
         rows_down = union_rows_bytes * (n - 1) / n
         xfer = max(grad_up + union_rows_bytes / n * (n - 1), grad_up + rows_down) / LINK
         step = c * 2 / n + u * 2 / n + k + xfer
-        bound = "exchange" if xfer > c * 2 / n + u * 2 / n + k else "compute"
+        terms = {"compute + update": c * 2 / n + u * 2 / n, "upkeep": k, "exchange": xfer}
+        bound = max(terms, key=terms.get)
         rows.append({"machines": n, "compute_s": c * 2 / n, "update_s": u * 2 / n, "upkeep_s": k,
                      "exchange_s": xfer, "bytes_per_worker": grad_up + rows_down, "speedup": t1 / step,
                      "bound": bound})
@@ -165,8 +168,12 @@ def main():
             init = ModelState.init(plan)
             runs = []
             for r in range(args.repeats):
+                # repeat r draws its batches in another order (train seed + r; same initial state), so the
+                # spread of one process's metrics over repeats shows how much the order alone moves them
+                run_plan = copy.deepcopy(plan)
+                run_plan["train"]["seed"] = int(plan["train"].get("seed", 0)) + r
                 for label, fn in (("one process x 1 thread", one_process), ("2 Ray workers x 1 thread", two_workers)):
-                    state, m = fn(plan, init, train)
+                    state, m = fn(run_plan, init, train)
                     m.update({"config": label, "repeat": r, "p1": p1(plan, state, test)})
                     runs.append(m)
                     print(f"{name} [{r}] {label}: {m['examples_per_s']:.0f} ex/s, P@1 dense {m['p1']['dense']:.2f} "
