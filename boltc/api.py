@@ -1,7 +1,7 @@
 """The Python API:
 
     m = boltc.compile("model.bolt")                  # or .bolt text; backend="native"|"numpy", threads=N
-    m.fit(train, validation=test, epochs=None)       # files, scipy.sparse CSR, numpy arrays, (X, Y) tuples
+    m.fit(train, validation=None, epochs=None)       # files, scipy.sparse CSR, numpy arrays, (X, Y) tuples
     m.evaluate(test)                                  # {"precision@1": ..., ...} in percent
     ids, scores = m.predict(X, top_k=5)              # X: file, CSR, array, or list of strings (text models)
     m.save("model.boltc");  m = boltc.load("model.boltc")
@@ -9,6 +9,9 @@
 Backend (decision): `backend=None` picks "native" when runtime/exec/native.py imports and builds, else the
 NumPy interpreter, and says so once in `Model.backend_note` (the CLI prints it). Both compute the same
 function (the interpreter is the specification).
+Validation (decision, issue 15): `fit` measures per-epoch metrics, and `epochs auto` stops, on the
+validation data given, else the data block's `validation`, else a seeded `holdout` share of the training
+rows (train block, default 0.1; runtime/data/holdout.py). Never on the test set: that one is for `evaluate`.
 Overrides: keyword arguments of `compile` that name train settings (lr, epochs, batch, seed, optimizer,
 inference, schedule, sampler, ...) replace the .bolt file's train block, so scripts can tune without
 editing the model file.
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from boltc import debug
 from boltc.errors import BackendError, BoltError, DataError
 
 BACKENDS = ("native", "numpy")
@@ -77,8 +81,9 @@ class Model:
                     kernels = load_native(self._native_members, self.file or "<model>")
                 except StaleNativeCode as e:
                     stale = f"note: {self.file or 'the model'}: {e.message}; recompiled from its plan"
-            self._executor, self.backend, self.backend_note = _make_executor(
-                self.plan, self.state, self._backend_req, self.threads, kernels)
+            with debug.stage("executor", part="init", quiet=True):
+                self._executor, self.backend, self.backend_note = _make_executor(
+                    self.plan, self.state, self._backend_req, self.threads, kernels)
             self.backend_note = self.backend_note or stale
         return self._executor
 
@@ -105,16 +110,19 @@ class Model:
     # ------------------------------------------------------------ training
     def fit(self, train=None, validation=None, epochs: int | None = None, *, labels=None,
             checkpoint: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
-            callbacks=()) -> dict:
-        """Train; `train`/`validation` default to the data block's train and validation (or test) sets.
-        With `checkpoint`, a checkpoint is written after every epoch; `resume=True` continues from it."""
+            callbacks=(), checkpoint_at_end: bool = True) -> dict:
+        """Train; `train`/`validation` default to the data block's train and validation sets; with no
+        validation data, a seeded `holdout` share of the training rows is held out for it (the test set is
+        never used). With `checkpoint`, checkpoints are written at epoch ends as runtime/train/checkpoints.py
+        decides (a wall-clock interval, `checkpoint N` epochs, the end unless `checkpoint_at_end=False`,
+        Ctrl-C); `resume=True` continues from it."""
         from boltc.runtime import savefile
         from boltc.runtime.train.trainer import Trainer
         train = train if train is not None else self.data_source("train")
         if train is None:
             raise DataError("no training data: pass it to fit() or name it in the model's data block")
         if validation is None:
-            validation = self.data_source("validation") or self.data_source("test")
+            validation = self.data_source("validation")
         train_ds = self.dataset(train, labels, allow_stream=True)
         if train_ds.labels is None:
             raise DataError("the training data has no labels", None)
@@ -122,7 +130,7 @@ class Model:
         # set is read: otherwise string labels could map to different ids in the two files
         if train_ds.class_names and not self.plan["target"].get("class_names"):
             self.plan["target"]["class_names"] = list(train_ds.class_names)
-        val_ds = self.dataset(validation, allow_stream=True) if validation is not None else None
+        train_ds, val_ds = self.validation_split(train_ds, validation)
         saved = None
         if resume and checkpoint and Path(checkpoint).exists():
             saved = savefile.load_model(checkpoint)
@@ -131,7 +139,7 @@ class Model:
             self._set_state(savefile.state_from_saved(saved, checkpoint))
             self.plan["train"] = saved.plan.get("train", self.plan["train"])
         trainer = Trainer(self.plan, self.state, self.executor, source=self.source, checkpoint=checkpoint,
-                          progress=progress)
+                          progress=progress, checkpoint_at_end=checkpoint_at_end)
         if saved is not None:
             trainer.restore(saved)
         else:
@@ -145,7 +153,26 @@ class Model:
         self.history = trainer.fit(train_ds, val_ds, epochs=e, callbacks=callbacks)
         self.history["backend"] = self.backend
         self.history["train_source"] = train_ds.source
+        self.history["validation_source"] = val_ds.source if val_ds is not None else None
         return self.history
+
+    def validation_split(self, train_ds, validation=None):
+        """(training Dataset, validation Dataset or None): `validation` read, or else the train block's
+        `holdout` share carved from `train_ds` (runtime/data/holdout.py); a streamed training file cannot be
+        carved, so it trains without per-epoch metrics unless validation data is given."""
+        if validation is not None:
+            return train_ds, self.dataset(validation, allow_stream=True)
+        share = float(self.plan["train"].get("holdout", 0.0))
+        if share <= 0.0:
+            return train_ds, None
+        if getattr(train_ds, "streaming", False):
+            if self.plan["train"].get("patience"):
+                raise DataError(f"{train_ds.source} is streamed (too large for memory, or stream=true), so no "
+                                "validation share can be held out of it: give a validation file for "
+                                "`epochs auto` / `patience`")
+            return train_ds, None
+        from boltc.runtime.data.holdout import split
+        return split(train_ds, share, int(self.plan["train"].get("seed", 0)))
 
     # ------------------------------------------------------------ inference
     def _sparse_default(self, sparse):
@@ -248,6 +275,8 @@ def apply_overrides(plan: dict, overrides: dict) -> None:
             raise BoltError(f"unknown train setting {k!r} (the train block has: {', '.join(sorted(train))})")
         if k == "upkeep_budget" and not 0.0 < float(v) <= 1.0:
             raise BoltError(f"upkeep_budget must be a fraction in (0, 1], not {v!r}")
+        if k == "checkpoint_interval" and not float(v) > 0.0:
+            raise BoltError(f"checkpoint_interval must be a number of seconds > 0, not {v!r}")
         train[k] = v
     if "moments" in overrides or "optimizer" in overrides:
         # plan_memory resolved each tensor's moment storage from the file's setting: resolve it again

@@ -9,9 +9,10 @@ import importlib
 import os
 import sys
 
+from boltc import debug
 from boltc.errors import BoltError
 
-COMMANDS = ("run", "check", "compile", "train", "eval", "predict", "inspect", "synth")
+COMMANDS = ("run", "check", "compile", "train", "tune", "eval", "predict", "inspect", "synth", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug.reset()
     try:
         return int(args._module.run(args) or 0)
     except BoltError as e:
@@ -43,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("BOLTC_DEBUG"):
             raise
         raise
+    finally:
+        if debug.level() >= 1:
+            print(debug.summary(), file=sys.stderr)
 
 
 if __name__ == "__main__":

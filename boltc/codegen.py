@@ -10,7 +10,8 @@ Decisions:
 - Native code is kept as relocatable object code and linked into the process by MCJIT's in-process
   linker (`add_object_file`): loading a cached or shipped object needs no system compiler or linker.
 - The cache key covers everything that changes the machine code: IR hash, CPU, features, llvmlite
-  version, flags. Objects live under $BOLTC_CACHE or ~/.cache/boltc, written atomically.
+  version, flags (the IR is a function of the plan, so this is the plan's key too). Objects live in
+  boltc/kernel_cache.py's self-checking, atomically written entries ($BOLTC_CACHE or ~/.cache/boltc).
 - llvmlite serialises LLVM calls internally; we add our own lock so two threads never build at once.
 """
 from __future__ import annotations
@@ -18,14 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import sys
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
-
 import llvmlite
 import llvmlite.binding as llvm
 
+from boltc import debug, kernel_cache
 from boltc.errors import BackendError
 
 OPT_LEVEL = 3
@@ -86,11 +86,6 @@ def _ensure_init() -> None:
             getattr(llvm, fn)()
         except Exception:  # noqa: BLE001 - deprecated no-ops on new llvmlite
             pass
-
-
-def cache_dir() -> Path:
-    d = os.environ.get("BOLTC_CACHE")
-    return Path(d) if d else Path.home() / ".cache" / "boltc"
 
 
 def cache_key(ir_text: str, target: Target) -> str:
@@ -161,16 +156,12 @@ def object_from_bitcode(bitcode: bytes, target: Target | None = None) -> bytes:
 
 
 def cached_object(ir_text: str, target: Target | None = None) -> tuple[bytes, str]:
-    """Object code for `ir_text`, from the on-disk cache when present. Returns (object, key)."""
+    """Object code for `ir_text`, from the on-disk cache (boltc/kernel_cache.py) when present.
+    Returns (object, key)."""
     target = target or host_target()
     key = cache_key(ir_text, target)
-    path = cache_dir() / f"{key}.o"
-    if path.exists():
-        data = path.read_bytes()
-        if data:
-            return data, key
-    obj, _ = compile_module(ir_text, target)
-    _atomic_write(path, obj)
+    (obj,), hit = kernel_cache.cached(key, (".o",), lambda: compile_module(ir_text, target)[:1])
+    _note(hit, key)
     return obj, key
 
 
@@ -178,26 +169,15 @@ def cached_module(ir_text: str, target: Target | None = None) -> tuple[bytes, by
     """(object, bitcode, key), both from the on-disk cache when present (artifacts need both)."""
     target = target or host_target()
     key = cache_key(ir_text, target)
-    po, pb = cache_dir() / f"{key}.o", cache_dir() / f"{key}.bc"
-    if po.exists() and pb.exists():
-        obj, bc = po.read_bytes(), pb.read_bytes()
-        if obj and bc:
-            return obj, bc, key
-    obj, bc = compile_module(ir_text, target)
-    _atomic_write(pb, bc)
-    _atomic_write(po, obj)
+    (obj, bc), hit = kernel_cache.cached(key, (".o", ".bc"), lambda: compile_module(ir_text, target))
+    _note(hit, key)
     return obj, bc, key
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only home is not an error: we simply do not cache
+def _note(hit: bool, key: str) -> None:
+    if debug.level() >= 1:
+        print(f"[boltc] kernel cache: {'hit' if hit else 'miss (compiled)'} {key[:16]} in "
+              f"{kernel_cache.cache_dir() or 'nowhere (BOLTC_CACHE=off)'}", file=sys.stderr)
 
 
 @dataclass

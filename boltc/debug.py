@@ -9,6 +9,11 @@
 
 Use: `with debug.stage("parse"): ...`, `debug.dump(level, title, text_or_function)`,
 `if debug.level() >= 4: ...`.
+
+Where the wall clock goes: a stage may name a `part` of a run (PARTS: read, featurise, compile, init,
+train, evaluate, save). Each part accumulates its own time *excluding* the parts nested in it (the
+validation inside training counts as evaluate, a checkpoint as save), so the parts add up to the run;
+`summary()` (printed by the CLI at level >= 1) lists them and what is left (imports, the rest).
 """
 from __future__ import annotations
 
@@ -25,17 +30,44 @@ def level() -> int:
         return 1          # BOLTC_DEBUG=yes and the like: the gentlest level
 
 
+PARTS = ("read", "featurise", "compile", "init", "train", "evaluate", "save")
+_totals: dict[str, float] = {}
+_open: list[list] = []          # per open stage: [part or None, seconds of parts nested in it]
+_started = time.perf_counter()
+
+
 @contextlib.contextmanager
-def stage(name: str):
-    """Time one stage; printed at level >= 1."""
-    if level() < 1:
-        yield
-        return
+def stage(name: str, part: str | None = None, quiet: bool = False):
+    """Time one stage (printed at level >= 1 unless quiet); with `part`, count it in that part."""
     start = time.perf_counter()
+    _open.append([part, 0.0])
     try:
         yield
     finally:
-        print(f"[boltc] {name}: {(time.perf_counter() - start) * 1e3:.1f} ms", file=sys.stderr)
+        elapsed = time.perf_counter() - start
+        own_part, nested = _open.pop()
+        if own_part is not None:
+            _totals[own_part] = _totals.get(own_part, 0.0) + elapsed - nested
+        if _open:
+            _open[-1][1] += elapsed if own_part is not None else nested
+        if not quiet and level() >= 1:
+            print(f"[boltc] {name}: {elapsed * 1e3:.1f} ms", file=sys.stderr)
+
+
+def reset() -> None:
+    """Start a new account (the CLI calls it when a command starts)."""
+    global _started
+    _totals.clear()
+    _started = time.perf_counter()
+
+
+def summary() -> str:
+    """One line: the wall clock since reset() and the share of each part."""
+    wall = time.perf_counter() - _started
+    parts = [(p, _totals[p]) for p in PARTS if _totals.get(p)]
+    rest = wall - sum(s for _, s in parts)
+    cells = [f"{p} {s:.2f}s" for p, s in parts] + [f"other {rest:.2f}s"]
+    return f"[boltc] wall clock {wall:.2f}s: " + ", ".join(cells)
 
 
 def dump(at_level: int, title: str, text) -> None:

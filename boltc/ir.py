@@ -35,6 +35,7 @@ GRAPH_KEYS = (
     "data",       # dict: {"train": DataSource|None, "test": DataSource|None, "validation": ...}
     "choices",    # list[Choice]: every automatic decision with its reason (filled by passes)
     "memory",     # dict: the memory plan (filled by plan_memory)
+    "tunable",    # tuple[Tunable, ...]: the values written `auto` that `boltc tune` searches
 )
 
 
@@ -42,6 +43,17 @@ GRAPH_KEYS = (
 class Loc:
     line: int = 0
     column: int = 0
+
+
+@dataclass(frozen=True)
+class Tunable:
+    """A value written `auto` that `boltc tune` searches (boltc/tune/space.py says over what). Untuned,
+    the model uses `default`, which the builder has already put in its place. `where` names the place:
+    ("layer", name, attr), ("input", name, attr) or ("train", key)."""
+    where: tuple
+    kind: str            # what it is: width, lr, batch, weight_decay, ngrams, text_dim, dropout
+    default: Any
+    loc: Loc = Loc()
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,9 @@ def to_plan(graph: nx.DiGraph) -> dict:
         "memory": {k: int(memory.get(k, 0)) for k in MEMORY_KEYS},
         "choices": [{"node": c.node, "key": c.key, "value": c.value, "reason": c.reason}
                     for c in g.graph.get("choices", [])],
+        # values written `auto` that `boltc tune` searches; untuned, the plan holds their defaults
+        "tunable": [{"where": list(t.where), "kind": t.kind, "default": t.default, "line": t.loc.line}
+                    for t in g.graph.get("tunable", ())],
     }
     debug.dump(3, "plan", lambda: _json(plan))
     return plan
@@ -138,8 +141,9 @@ def load_model_source(path_or_text) -> tuple[nx.DiGraph, dict]:
     from boltc.frontend import parse
     from boltc.passes import run_pipeline
     text, file = read_source(path_or_text)
-    with debug.stage("parse"):
-        graph = parse(text, file)
-    debug.dump(2, "graph after parse", lambda: ir.format_graph(graph))
-    graph = run_pipeline(graph)
-    return graph, to_plan(graph)
+    with debug.stage("parse + passes", part="compile", quiet=True):
+        with debug.stage("parse"):
+            graph = parse(text, file)
+        debug.dump(2, "graph after parse", lambda: ir.format_graph(graph))
+        graph = run_pipeline(graph)
+        return graph, to_plan(graph)

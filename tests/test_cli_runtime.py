@@ -96,6 +96,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     cmd = [sys.executable, "-m", "boltc.cli", "train", str(bolt), "--backend", "numpy", "--no-progress"]
     ref, out = tmp_path / "ref.boltc", tmp_path / "out.boltc"
     subprocess.run(cmd + ["-o", str(ref)], check=True, env=env, capture_output=True, timeout=300)
+    cmd += ["--checkpoint-interval", "1e-6"]          # a checkpoint after every epoch
 
     ck = tmp_path / "out.boltc.ckpt"
     p = subprocess.Popen(cmd + ["-o", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

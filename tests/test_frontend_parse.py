@@ -93,6 +93,7 @@ def test_train_block_values():
                  "sampler": {"kind": "nw_sketch", "rows": 16, "bits": 6, "mix": 0.3, "decay": 0.9,
                              "reweight": True, "temperature": 2.0},
                  "threads": 2, "seed": 11, "checkpoint_every": 2, "inference": "sparse", "weight_decay": 0.0, "moments": "auto",
+                 "holdout": 0.1,
                  "distributed": {"workers": 4, "address": "10.0.0.1:6379", "exchange_every": 2, "exchange": "sparse"}}
 
 

@@ -105,7 +105,10 @@ def test_trainer_weights_negatives_by_the_data_label_counts(tmp_path, tiny_files
     m = _model(tmp_path, epochs=1)
     m.fit(str(tiny_files["train"]), progress=False)
     _, Y = xcformat.read_xc(tiny_files["train"])
-    want = np.bincount(Y.indices, minlength=40)
+    # the rows kept for training: the train block's holdout share is validation (runtime/data/holdout.py)
+    from boltc.runtime.data.holdout import holdout_rows
+    kept, _ = holdout_rows(Y.shape[0], m.plan["train"]["holdout"], m.plan["train"]["seed"])
+    want = np.bincount(Y[kept].indices, minlength=40)
     np.testing.assert_array_equal(m.executor.upkeep.label_frequency, want)
     table = m.executor.upkeep.fill(m.plan["layers"][-1])
     np.testing.assert_array_equal(table.cum, np.cumsum(want + 1))

@@ -95,6 +95,16 @@ def explain(graph, plan: dict, full: bool) -> str:
     choices = graph.graph.get("choices", [])
     out += _table([[f"{c.node}.{c.key}", str(c.value), c.reason] for c in choices]) if choices else ["  (none)"]
     out += _sampler_lines(graph, plan)
+    tunable = graph.graph.get("tunable", ())
+    if tunable:
+        out += ["", "values written auto (`boltc tune` searches them; untuned, each takes its default):"]
+        out += _table([[".".join(map(str, t.where[1:])), str(t.default), f"line {t.loc.line}, {t.kind}"]
+                       for t in tunable])
+    if any(l.get("patience") for l in [plan.get("train") or {}]):
+        t = plan["train"]
+        out += ["", f"early stopping: at most {t['epochs']} epochs, stop after {t['patience']} without a better "
+                    f"validation {(plan.get('metrics') or ['precision@1'])[0]}; validation data: the data block's, else "
+                    f"{100 * t.get('holdout', 0):g}% of the training rows held out"]
     if full:
         out += ["", "the model with every choice written out:", ""]
         out += ["  " + line if line else "" for line in format_source(graph).splitlines()]

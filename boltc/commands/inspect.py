@@ -16,6 +16,29 @@ def _mib(n) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
+def training_curve(history: dict) -> list[str]:
+    """How many epochs ran, why training stopped, and the validation curve of the watched metric
+    (the kept epoch in brackets)."""
+    epochs = history.get("epochs") or []
+    es = history.get("early_stopping")
+    metric = (es or {}).get("metric") or next(
+        (k for k in (epochs[-1].get("validation") or epochs[-1].get("validation_sparse") or {})
+         if k != "examples_per_s"), None)
+    lines = [f"epochs trained: {len(epochs)}"]
+    if es:
+        why = (f"stopped early: no better validation {es['metric']} for {es['patience']} epochs" if es["stopped_early"]
+               else "ran every epoch allowed")
+        lines[0] += f" ({why}; weights of epoch {es['best_epoch']} kept)"
+    if metric:
+        vals = []
+        for e in epochs:
+            v = (e.get("validation") or e.get("validation_sparse") or {}).get(metric)
+            text = "-" if v is None else f"{v:.2f}"
+            vals.append(f"[{text}]" if es and e["epoch"] == es["best_epoch"] else text)
+        lines.append(f"validation {metric} by epoch: " + " ".join(vals))
+    return lines
+
+
 def run(args) -> int:
     import boltc
     if str(args.model).endswith(".bolt"):
@@ -55,6 +78,7 @@ def run(args) -> int:
         out.append("history:")
         from boltc.runtime.train.trainer import format_record
         out.extend("  " + format_record(e) for e in epochs)
+        out.extend(training_curve(s["history"]))
     else:
         out.append("history: not trained")
     print("\n".join(out))

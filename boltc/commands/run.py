@@ -31,8 +31,11 @@ def add_train_arguments(p) -> None:
     p.add_argument("--batch", type=int, default=None, help="override the batch size")
     p.add_argument("--seed", type=int, default=None, help="override the training seed")
     p.add_argument("--checkpoint", default=None,
-                   help="checkpoint file written after every epoch (default: OUTPUT.ckpt, removed after a "
-                        "finished run)")
+                   help="checkpoint file, written at epoch ends on the train block's interval (default every "
+                        "300 s of wall clock), at the end and on Ctrl-C (default: OUTPUT.ckpt, removed after "
+                        "a finished run)")
+    p.add_argument("--checkpoint-interval", type=float, default=None, metavar="SECONDS",
+                   help="override the train block's checkpoint_interval")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON on stdout")
@@ -49,7 +52,8 @@ def compile_from_args(args):
     backend and its overrides of the train block."""
     import boltc
     model = boltc.compile(args.model, backend=args.backend, threads=args.threads,
-                          lr=args.lr, batch=args.batch, seed=args.seed)
+                          lr=args.lr, batch=args.batch, seed=args.seed,
+                          checkpoint_interval=getattr(args, "checkpoint_interval", None))
     return model, model.plan.get("data") or {}
 
 
@@ -99,8 +103,9 @@ def train_and_report(model, args, train, validation, test, output: Path) -> int:
                              address=args.address, exchange=args.exchange, checkpoint=ckpt,
                              resume=args.resume, progress=not args.no_progress)
         else:
+            # the default checkpoint is deleted once the model is saved: none is written at the end
             hist = model.fit(train, validation, epochs=args.epochs, checkpoint=ckpt, resume=args.resume,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, checkpoint_at_end=bool(args.checkpoint))
     except KeyboardInterrupt:
         if ckpt.exists():
             print(f"interrupted: the last checkpoint is {ckpt}; run the same command with --resume to continue",
@@ -136,5 +141,11 @@ def run(args) -> int:
     if not data.get("train"):
         raise DataError(f"{args.model} has no data block naming a train set; use `boltc train` with --train")
     output = Path(args.output or f"{model.plan.get('model') or Path(args.model).stem}.boltc")
-    test = data.get("test") or data.get("validation")
-    return train_and_report(model, args, data["train"], data.get("validation") or data.get("test"), test, output)
+    if model.plan["train"].get("tune"):
+        # a tune(...) setting: search the values written auto first (boltc/tune), then train the winner
+        from boltc.commands.tune import run_tune
+        return run_tune(args.model, output, budget=None, trials=None, backend=args.backend, threads=args.threads,
+                        seed=args.seed, progress=not args.no_progress, as_json=args.json)
+    # per-epoch metrics on the data block's validation set, else on the train block's holdout share of
+    # the training rows (Model.fit); the test set is evaluated once, after training
+    return train_and_report(model, args, data["train"], data.get("validation"), data.get("test"), output)

@@ -13,7 +13,9 @@ HELP = "train a .bolt model on data files (flags override the data block), with 
 def add_arguments(p) -> None:
     p.add_argument("model", help="the .bolt file")
     p.add_argument("--train", default=None, help="training data (XC, svmlight, CSV/TSV)")
-    p.add_argument("--validation", default=None, help="data for per-epoch metrics (default: --test)")
+    p.add_argument("--validation", default=None,
+                   help="data for per-epoch metrics and early stopping (default: the data block's validation "
+                        "set, else the train block's holdout share of --train, 10%% unless set)")
     p.add_argument("--test", default=None, help="data for the final metrics")
     p.add_argument("-o", "--output", required=True, help="saved model file (.boltc)")
     add_train_arguments(p)
@@ -25,5 +27,5 @@ def run(args) -> int:
     if train is None:
         raise DataError("no training data: give --train FILE or a data block in the model")
     test = args.test or data.get("test")
-    validation = args.validation or args.test or data.get("validation") or data.get("test")
+    validation = args.validation or data.get("validation")     # never the test set (issue 15)
     return train_and_report(model, args, train, validation, test, Path(args.output))

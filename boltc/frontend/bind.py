@@ -166,3 +166,32 @@ def as_call(v: ast.Value) -> ast.Call:
     if isinstance(v, ast.Call):
         return v
     raise Problem(f"expected a name or a call such as name(...), found {ast.describe(v)}", v.loc)
+
+
+@dataclass(frozen=True)
+class AutoValue:
+    """What `tunable` returns for `auto`: the builder replaces it by `default` and records an ir.Tunable."""
+    kind: str
+    default: Any
+    loc: Loc
+
+
+def tunable(conv: Converter, kind: str, default: Any) -> Converter:
+    """`conv`, or `auto`: a value `boltc tune` searches (untuned: `default`)."""
+    def convert(v):
+        if isinstance(v, ast.Name) and v.text == "auto":
+            return AutoValue(kind, default, v.loc)
+        return conv(v)
+    return convert
+
+
+def take_auto(got: dict, where: tuple, tunables: list) -> dict:
+    """`got` with every AutoValue replaced by its default, each recorded in `tunables` at `where + (key,)`."""
+    from boltc.ir import Tunable
+    out = {}
+    for k, v in got.items():
+        if isinstance(v, AutoValue):
+            tunables.append(Tunable(where + (k,), v.kind, v.default, v.loc))
+            v = v.default
+        out[k] = v
+    return out

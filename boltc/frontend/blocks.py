@@ -12,27 +12,39 @@ import copy
 from boltc import ir
 from boltc.frontend import ast
 from boltc.frontend.bind import (Param, Problem, as_call, bind, boolean, did_you_mean, integer, one_of_words, real,
-                                 string, word)
+                                 string, take_auto, tunable, word)
 
 TRAIN_DEFAULTS = {
     "optimizer": "adam", "lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-7, "momentum": 0.0,
     "batch": 256, "epochs": 5, "schedule": {"kind": "constant"}, "sampler": {"kind": "uniform"},
-    "threads": 0, "seed": 0, "checkpoint_every": 1, "inference": "dense", "weight_decay": 0.0,
-    "moments": "auto",
+    "threads": 0, "seed": 0, "checkpoint_every": 0, "inference": "dense", "weight_decay": 0.0,
+    "moments": "auto", "holdout": 0.1,
 }
+# Decisions (issue 15, validation discipline and early stopping):
+# - `holdout F`: with no validation data given, fit/train/run train on a seeded share 1-F of the training
+#   rows and take per-epoch metrics (and every choice: early stopping, tuning) on the other F
+#   (runtime/data/holdout.py). 10%: enough rows for a stable P@1 on the small real sets (488 of bibtex's
+#   4,880) while costing the model little data. `holdout 0` trains on every row and measures nothing
+#   per epoch. The test set is never used per epoch.
+# - `epochs auto` = early stopping: at most AUTO_MAX_EPOCHS epochs, stopping after `patience` epochs
+#   (default DEFAULT_PATIENCE) without a better validation metric; the best epoch's weights are kept.
+#   `patience N` with a number of epochs stops early the same way, with that number as the cap.
+AUTO_MAX_EPOCHS = 100
+DEFAULT_PATIENCE = 3
 # Decision: plain SGD needs a larger step than Adam's 1e-3 to move in a few epochs.
 SGD_DEFAULT_LR = 0.01
 
 _POS = real(0.0, low_open=True)
 _OPTIMIZERS = {
-    "adam": (Param("lr", _POS, TRAIN_DEFAULTS["lr"]), Param("beta1", real(0.0, 1.0), 0.9),
+    "adam": (Param("lr", tunable(_POS, "lr", TRAIN_DEFAULTS["lr"]), TRAIN_DEFAULTS["lr"]),
+             Param("beta1", real(0.0, 1.0), 0.9),
              Param("beta2", real(0.0, 1.0), 0.999), Param("eps", _POS, 1e-7),
              # decoupled (AdamW) decay on the touched weight rows; 0 = plain lazy Adam as BOLT
-             Param("weight_decay", real(0.0), 0.0),
+             Param("weight_decay", tunable(real(0.0), "weight_decay", 0.0), 0.0),
              # storage of m and v: float32, bfloat16, or auto = bf16 only for very large tensors
              # (boltc/passes/plan_memory_moments.py has the rule and why)
              Param("moments", word("f32", "bf16", "auto", what="moment storage"), "auto")),
-    "sgd": (Param("lr", _POS, SGD_DEFAULT_LR), Param("momentum", real(0.0, 1.0), 0.0)),
+    "sgd": (Param("lr", tunable(_POS, "lr", SGD_DEFAULT_LR), SGD_DEFAULT_LR), Param("momentum", real(0.0, 1.0), 0.0)),
 }
 
 
@@ -64,18 +76,46 @@ _SAMPLERS = {
 _DISTRIBUTED = (Param("workers", integer(1), positional=True), Param("address", string, "auto"),
                 Param("exchange_every", integer(1), 1),
                 Param("exchange", word("sparse", what="exchange"), "sparse"))
+
+
+def _duration(v: ast.Value) -> float:
+    """Seconds: a number, or a string such as "90s", "10m", "1h"."""
+    from boltc.tune.budget import parse_duration
+    if not isinstance(v, (ast.Number, ast.String)):
+        raise Problem(f'expected a duration (seconds, or a string like "10m"), found {ast.describe(v)}', v.loc)
+    try:
+        return parse_duration(v.value)
+    except ValueError as e:
+        raise Problem(str(e), v.loc) from None
+
+
+# `tune(budget="10m", trials=N)`: `boltc run` and `boltc tune` search the values written auto
+# (boltc/tune/search.py); budget is the search's wall-clock time
+_TUNE = (Param("budget", _duration, 600.0, positional=True), Param("trials", integer(1, what="a number of trials"), None))
 _SCALARS = {
-    "batch": ("batch", integer(1)), "epochs": ("epochs", integer(1)), "threads": ("threads", integer(0)),
-    "seed": ("seed", integer(0)), "checkpoint": ("checkpoint_every", integer(1, what="a number of epochs")),
+    "batch": ("batch", tunable(integer(1), "batch", TRAIN_DEFAULTS["batch"])), "threads": ("threads", integer(0)),
+    "patience": ("patience", integer(1, what="a number of epochs")),
+    "holdout": ("holdout", real(0.0, 0.9, what="a share of the training rows (0 = none)")),
+    # checkpoints (runtime/train/checkpoints.py): every N epochs (0 = by wall clock only), and at least every
+    # `checkpoint_interval` seconds (absent = its DEFAULT_INTERVAL_S)
+    "seed": ("seed", integer(0)), "checkpoint": ("checkpoint_every", integer(0, what="a number of epochs")),
+    "checkpoint_interval": ("checkpoint_interval", real(0.0, low_open=True, what="a number of seconds")),
     "inference": ("inference", word("dense", "sparse", "both", what="inference mode")),
     # LSH table upkeep may cost at most this share of the training steps' work (runtime/lsh/upkeep.py;
     # absent = its DEFAULT_BUDGET, 0.06). Capped at 1 so that a percentage (`6` for 6%) is an error.
     "upkeep_budget": ("upkeep_budget", real(0.0, 1.0, low_open=True, what="a fraction of the step work")),
 }
 # keys written into the plan only when the block sets them (the runtime holds their defaults)
-OPTIONAL_TRAIN_KEYS = ("upkeep_budget",)
-TRAIN_WORDS = ("optimizer", "batch", "epochs", "schedule", "sampler", "threads", "seed", "checkpoint",
-               "inference", "upkeep_budget", "distributed(...)")
+OPTIONAL_TRAIN_KEYS = ("upkeep_budget", "checkpoint_interval", "patience")
+TRAIN_WORDS = ("optimizer", "batch", "epochs", "patience", "holdout", "schedule", "sampler", "threads", "seed",
+               "checkpoint", "checkpoint_interval", "inference", "upkeep_budget", "tune(...)", "distributed(...)")
+
+
+def _epochs(v: ast.Value):
+    """A number of epochs, or `auto` (None here: early stopping, resolved in build_train)."""
+    if isinstance(v, ast.Name) and v.text == "auto":
+        return None
+    return integer(1, what="a number of epochs or auto")(v)
 
 
 def default_train() -> dict:
@@ -100,9 +140,12 @@ def _one_value(st: ast.Setting) -> ast.Value:
     return st.values[0]
 
 
-def build_train(body, problems: list[Problem]) -> dict:
+def build_train(body, problems: list[Problem], tunables: list | None = None) -> dict:
+    tunables = [] if tunables is None else tunables
     train = default_train()
     seen: dict[str, int] = {}
+    auto_epochs = False
+    schedule_loc = None
     for st in body:
         try:
             key = st.call.name if isinstance(st, ast.Bare) else getattr(st, "key", getattr(st, "keyword", "?"))
@@ -112,29 +155,48 @@ def build_train(body, problems: list[Problem]) -> dict:
                 seen[key] = st.loc.line
                 train["distributed"] = bind(st.call, _DISTRIBUTED, "distributed", problems)
                 continue
+            if isinstance(st, ast.Bare) and key == "tune":
+                seen[key] = st.loc.line
+                train["tune"] = _given(bind(st.call, _TUNE, "tune", problems))
+                continue
             if not isinstance(st, ast.Setting) or key not in _SCALARS and key not in (
-                    "optimizer", "schedule", "sampler"):
+                    "optimizer", "schedule", "sampler", "epochs"):
                 raise Problem(f"unknown train setting '{key}'{did_you_mean(key, TRAIN_WORDS)}; expected "
                               f"{one_of_words(TRAIN_WORDS)}", st.loc)
             seen[key] = st.loc.line
             value = _one_value(st)
             if key == "optimizer":
                 name, got = _choose(value, _OPTIMIZERS, "optimizer", problems)
-                train.update(optimizer=name, **got)
+                train.update(optimizer=name, **take_auto(got, ("train",), tunables))
             elif key == "schedule":
                 name, got = _choose(value, _SCHEDULES, "schedule", problems)
                 train["schedule"] = {"kind": name, **_given(got)}
+                schedule_loc = value.loc
             elif key == "sampler":
                 name, got = _choose(value, _SAMPLERS, "sampler", problems)
                 train["sampler"] = {"kind": name, **_given(got)}
+            elif key == "epochs":
+                try:
+                    n = _epochs(value)
+                except Problem as e:
+                    raise Problem(f"epochs: {e.message}", e.loc) from None
+                train["epochs"] = AUTO_MAX_EPOCHS if n is None else n
+                auto_epochs = n is None
             else:
                 plan_key, conv = _SCALARS[key]
                 try:
-                    train[plan_key] = conv(value)
+                    train.update(take_auto({plan_key: conv(value)}, ("train",), tunables))
                 except Problem as e:
                     raise Problem(f"{key}: {e.message}", e.loc) from None
         except Problem as e:
             problems.append(e)
+    if auto_epochs:
+        train.setdefault("patience", DEFAULT_PATIENCE)
+        if train["schedule"]["kind"] in ("linear", "cosine"):
+            # they decay over the run's length, which early stopping does not know up front: the decay
+            # would be spread over the cap, and a tuned model's fixed epoch count would decay differently
+            problems.append(Problem(f"schedule {train['schedule']['kind']} decays over a known number of epochs; "
+                                    "with `epochs auto` use constant or step(every=E)", schedule_loc))
     return train
 
 

@@ -12,13 +12,16 @@ import networkx as nx
 from boltc import ir
 from boltc.frontend import ast
 from boltc.frontend.bind import (Param, Problem, as_call, bind, boolean, did_you_mean, integer, one_of_words, real,
-                                 reference, string, word)
+                                 reference, string, take_auto, tunable, word)
 from boltc.frontend.blocks import build_data, build_train, default_train
 
 # Decisions: default widths of hashed featurisers. 2^18 text buckets keep a 256-wide first layer at
 # 256 MiB of weights; collisions at that width cost little accuracy on document classification.
 TEXT_DEFAULT_DIM = 1 << 18
 CATEGORICAL_DEFAULT_DIM = 1 << 16
+# A layer width written `auto` (searched by `boltc tune`) is this wide when not tuned: the hidden
+# width of BOLT's and PEERS.md's reference models.
+AUTO_WIDTH = 256
 
 
 def _sparsity(v):
@@ -74,8 +77,8 @@ def _input_params(kind: str, name: str) -> tuple[Param, ...]:
         return (Param("dim", integer(1), positional=True),)
     if kind == "text":
         return (Param("column", string, name), Param("tokenizer", _tokenizer, ("words", None)),
-                Param("ngrams", integer(1, 3), 1), Param("lowercase", boolean, True),
-                Param("dim", integer(1), TEXT_DEFAULT_DIM), Param("values", word("counts", "log"), "counts"),
+                Param("ngrams", tunable(integer(1, 3), "ngrams", 1), 1), Param("lowercase", boolean, True),
+                Param("dim", tunable(integer(1), "text_dim", TEXT_DEFAULT_DIM), TEXT_DEFAULT_DIM), Param("values", word("counts", "log"), "counts"),
                 Param("seed", integer(0), 0), Param("normalize", word("l2", "none"), "l2"))
     return (Param("column", string, name), Param("dim", integer(1), CATEGORICAL_DEFAULT_DIM),
             Param("seed", integer(0), 0), Param("normalize", word("l2", "none"), "none"))
@@ -87,13 +90,14 @@ LAYER_WORDS = ("fc", "embedding", "concat", "layernorm")
 
 
 def _layer_params(op: str, problems) -> tuple[Param, ...]:
+    width = tunable(integer(1), "width", AUTO_WIDTH)
     if op == "fc":
-        return (Param("input", reference, positional=True), Param("dim", integer(1), positional=True),
+        return (Param("input", reference, positional=True), Param("dim", width, positional=True),
                 Param("activation", word(*ir.ACTIVATIONS, what="activation"), "linear", positional=True),
                 Param("sparsity", _sparsity, "auto"), Param("hash", _hash(problems), "auto"),
                 Param("bias", boolean, True))
     if op == "embedding":
-        return (Param("input", reference, positional=True), Param("dim", integer(1), positional=True),
+        return (Param("input", reference, positional=True), Param("dim", width, positional=True),
                 Param("reduce", word("sum", "mean"), "sum"))
     return (Param("input", reference, positional=True), Param("eps", real(0.0, low_open=True), 1e-5))
 
@@ -105,6 +109,7 @@ class Builder:
         self.graph = ir.new_graph(file=file, source=source, loss=None, metrics=(),
                                   train=default_train(), data={"train": None, "test": None, "validation": None})
         self.seen_once: dict[str, ir.Loc] = {}
+        self.tunables: list[ir.Tunable] = []          # values written `auto` (boltc tune searches them)
 
     def build(self, model: ast.Model) -> nx.DiGraph:
         if model.keyword != "model":
@@ -122,6 +127,7 @@ class Builder:
         # a model with mistakes is incomplete: validate then skips "the model has no loss" and the like,
         # which would only repeat the mistake that lost it
         self.graph.graph["incomplete"] = bool(self.problems)
+        self.graph.graph["tunable"] = tuple(self.tunables)
         return self.graph
 
     def broken(self, st) -> None:
@@ -160,7 +166,7 @@ class Builder:
         if isinstance(st, ast.Section) and st.key in ("train", "data"):
             self.once(st.key, st.loc)
             if st.key == "train":
-                self.graph.graph["train"] = build_train(st.body, self.problems)
+                self.graph.graph["train"] = build_train(st.body, self.problems, self.tunables)
             else:
                 self.graph.graph["data"] = build_data(st.body, self.problems)
             return None
@@ -177,7 +183,8 @@ class Builder:
             raise Problem(f"unknown input kind '{call.name}'{did_you_mean(call.name, kinds)}; expected "
                           f"{one_of_words(kinds)}", call.loc)
         self.define(st.name, st.name_loc)
-        got = bind(call, _input_params(call.name, st.name), call.name, self.problems)
+        got = take_auto(bind(call, _input_params(call.name, st.name), call.name, self.problems), ("input", st.name),
+                        self.tunables)
         attrs = {"kind": call.name, **got}
         if call.name == "text":
             attrs["tokenizer"], attrs["char_k"] = got.get("tokenizer", ("words", None))
@@ -220,7 +227,8 @@ class Builder:
                 self.problems.append(Problem("concat names the same input twice", call.loc))
                 inputs = list(dict.fromkeys(inputs))   # an edge can exist once
             return self.add(ir.Node(st.name, "concat", tuple(inputs), {}, st.loc))
-        got = bind(call, _layer_params(call.name, self.problems), call.name, self.problems)
+        got = take_auto(bind(call, _layer_params(call.name, self.problems), call.name, self.problems),
+                        ("layer", st.name), self.tunables)
         inp = got.pop("input", None)
         inputs = (inp,) if isinstance(inp, str) else ()
         if inp == st.name:

@@ -113,8 +113,8 @@ def _train_lines(t: dict) -> list[str]:
     if t["optimizer"] != "adam" or kw:
         lines.append("optimizer " + (_call(t["optimizer"], [], kw) if kw else t["optimizer"]))
     for key, word in (("batch", "batch"), ("epochs", "epochs"), ("threads", "threads"), ("seed", "seed"),
-                      ("checkpoint_every", "checkpoint")):
-        if t[key] != d[key]:
+                      ("checkpoint_every", "checkpoint"), ("holdout", "holdout")):
+        if t.get(key, d[key]) != d[key]:
             lines.append(f"{word} {fmt_value(t[key])}")
     for key in ("schedule", "sampler"):
         if t[key] != d[key]:
@@ -126,6 +126,8 @@ def _train_lines(t: dict) -> list[str]:
     for key in OPTIONAL_TRAIN_KEYS:
         if key in t:
             lines.append(f"{key} {fmt_value(t[key])}")
+    if t.get("tune"):
+        lines.append(_call("tune", [], _kw(t["tune"])))
     if t.get("distributed"):
         lines.append(_call("distributed", [], _kw(t["distributed"], words=("exchange",))))
     return lines

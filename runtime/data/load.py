@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from boltc import debug
 from boltc.errors import BoltError, DataError, Location
 from boltc.runtime.data import synth, xcformat
 from boltc.runtime.data.dataset import Dataset, as_csr
@@ -44,6 +45,7 @@ def _target(plan: dict) -> dict:
     return plan.get("target") or {}
 
 
+@debug.stage("read data", part="read")
 def load_dataset(source, plan: dict, with_labels: bool = True, allow_stream: bool = False) -> Dataset:
     """`allow_stream`: the caller (training, evaluation) can take a runtime/data/stream.py StreamingDataset,
     returned for an XC/svmlight file that asks for it (`stream=true`) or is too large for memory."""

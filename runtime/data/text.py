@@ -40,6 +40,7 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from boltc import debug
 from boltc.errors import BoltError, DataError
 from boltc.runtime.data.dataset import Dataset
 
@@ -337,6 +338,7 @@ def check_entry(entry: dict) -> dict:
 BLOCK_CHARS = 1 << 20     # featurise ~1 MB of text at a time: the span arrays stay in cache (1.4x faster)
 
 
+@debug.stage("featurise", part="featurise", quiet=True)
 def featurize_column(texts: Sequence[str], entry: dict) -> sp.csr_matrix:
     """Hash one column of strings (one per row) into a CSR matrix (rows, entry['dim']) float32."""
     e = check_entry(entry)

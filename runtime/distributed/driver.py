@@ -250,7 +250,8 @@ def fit_model(model, train=None, validation=None, epochs: int | None = None, *, 
     if train is None:
         raise DataError("no training data: pass it to fit() or name it in the model's data block")
     if validation is None:
-        validation = model.data_source("validation") or model.data_source("test")
+        # never the test set (issue 15); a path is sharded by the workers, so no holdout is carved here
+        validation = model.data_source("validation")
     if not (isinstance(train, (str, os.PathLike)) or (isinstance(train, dict) and "kind" in train)):
         train = model.dataset(train)                       # in-memory data: the driver slices it
     val_ds = model.dataset(validation) if validation is not None else None

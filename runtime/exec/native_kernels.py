@@ -11,7 +11,7 @@ import ctypes
 
 import numpy as np
 
-from boltc import codegen
+from boltc import codegen, debug
 from boltc.lower.rules import lower_plan
 
 _CTYPES = {"ptr": ctypes.c_void_p, "i64": ctypes.c_int64}
@@ -33,9 +33,10 @@ class Kernels:
 
 
 def compile_plan(plan: dict) -> Kernels:
-    km, symbols = lower_plan(plan)
-    lib, key = codegen.build(km.ir_text())
-    return Kernels(lib, km.signatures, symbols, key)
+    with debug.stage("lower + codegen", part="compile"):
+        km, symbols = lower_plan(plan)
+        lib, key = codegen.build(km.ir_text())
+        return Kernels(lib, km.signatures, symbols, key)
 
 
 def compile_split(plan: dict) -> Kernels:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from boltc import debug
 from boltc.passes.plan_memory_moments import moment_dtypes, moment_kind
 
 INIT_STD = 0.01
@@ -119,6 +120,7 @@ class ModelState:
     lsh: dict = field(default_factory=dict)
 
     @classmethod
+    @debug.stage("init weights", part="init")
     def init(cls, plan: dict, seed: int | None = None) -> "ModelState":
         """Fresh parameters for `plan`, LSH indexes filled with random buckets (see below)."""
         seed = plan.get("train", {}).get("seed", 0) if seed is None else seed

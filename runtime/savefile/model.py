@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from boltc import debug
 from boltc.errors import ModelFileError, Location
 
 FORMAT = "boltc-model"
@@ -291,6 +292,7 @@ class SavedModel:
     manifest: dict = field(default_factory=dict)
 
 
+@debug.stage("save", part="save")
 def save_model(path, model: SavedModel) -> None:
     members: dict[str, bytes] = {
         "model.bolt": (model.source or "").encode("utf-8"),

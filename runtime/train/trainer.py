@@ -9,7 +9,8 @@ Reproducibility (decisions):
   from (hash seed, build count). No wall-clock-driven decision changes the numbers.
 - So a checkpoint taken at the end of an epoch (weights, Adam moments, step, hash tables with their
   counters, sampler state, history) is all a resumed run needs to continue bit-identically
-  (tests/test_trainer.py checks this against an uninterrupted run).
+  (tests/test_trainer.py checks this against an uninterrupted run). Which epoch ends get one (a
+  wall-clock interval, every N epochs, the end, an interruption): runtime/train/checkpoints.py.
 - Checkpoints are whole `.boltc` files plus an `optimizer/` part, written atomically (savefile), so a run
   killed while writing keeps the previous checkpoint intact.
 Validation runs after each epoch with dense inference (and sparse inference too for LSH-sparse outputs
@@ -24,11 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
+from boltc import debug
 from boltc.errors import BoltValidationError
 from boltc.runtime.train import metrics as metrics_mod
 from boltc.runtime import savefile
+from boltc.runtime.train.checkpoints import CheckpointPolicy, StopRequest
 from boltc.runtime.data.dataset import Dataset
 from boltc.runtime.exec.optim import lr_at
+from boltc.runtime.train.early_stop import EarlyStopping, watched_metric
 
 DEFAULT_METRICS = ("precision@1", "precision@3", "precision@5")
 EVAL_BATCH = 1024
@@ -75,6 +79,7 @@ def metric_names(plan: dict) -> list[str]:
     return names or list(DEFAULT_METRICS)
 
 
+@debug.stage("evaluate", part="evaluate")
 def evaluate(executor, dataset: Dataset, names, sparse: bool = False, batch: int = EVAL_BATCH,
              binary: bool = False) -> dict[str, float]:
     """Metrics (percent) of `executor` on a labelled dataset; inference only."""
@@ -95,22 +100,28 @@ def evaluate(executor, dataset: Dataset, names, sparse: bool = False, batch: int
 
 class Trainer:
     def __init__(self, plan: dict, state, executor, sampler=None, *, source: str = "",
-                 checkpoint: str | Path | None = None, progress: bool = True, log=None):
+                 checkpoint: str | Path | None = None, progress: bool = True, log=None,
+                 checkpoint_at_end: bool = True):
         self.plan, self.state, self.ex, self.sampler = plan, state, executor, sampler
         self.train_cfg = plan.get("train", {})
         self.source = source
         self.checkpoint = Path(checkpoint) if checkpoint else None
+        # False when the caller saves the finished model itself and discards the checkpoint (boltc run)
+        self.checkpoint_at_end = checkpoint_at_end
         self.progress = progress
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.history: dict = {"epochs": [], "step": int(state.step)}
         self.epochs_done = 0
         self.binary = (plan.get("target") or {}).get("kind") == "binary"
+        self.early: EarlyStopping | None = None          # `epochs auto` / `patience N` (early_stop.py)
 
     # ------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: str | Path | None = None) -> None:
         path = Path(path or self.checkpoint)
         extra = {"epochs_done": self.epochs_done,
                  "sampler": self.sampler.state_dict() if self.sampler is not None else None}
+        if self.early is not None:
+            extra["early_stopping"] = self.early.state_dict()
         self.history["step"] = int(self.state.step)
         saved = savefile.state_to_saved(self.source, self.plan, self.state, self.history, extra, with_optimizer=True)
         savefile.save_model(path, saved)
@@ -121,6 +132,7 @@ class Trainer:
         self.epochs_done = int(opt.get("epochs_done", 0))
         self.history = dict(saved.history or {"epochs": []})
         self._sampler_state = opt.get("sampler")
+        self._early_state = opt.get("early_stopping")
 
     # ------------------------------------------------------------ the loop
     def _measure_rank_correlation(self, train, epoch: int) -> None:
@@ -147,6 +159,7 @@ class Trainer:
                 b.weights = np.asarray(weights, dtype=np.float32)
             yield rows, b
 
+    @debug.stage("train", part="train")
     def fit(self, train: Dataset, validation: Dataset | None = None, epochs: int | None = None,
             callbacks=()) -> dict:
         cfg = self.train_cfg
@@ -182,9 +195,27 @@ class Trainer:
         inference = cfg.get("inference", "dense")
         want_sparse = bool(out_layer.get("hash")) and inference in ("sparse", "both")
         want_dense = not want_sparse or inference == "both"
-        bar = _progress(self.progress, total=(epochs - self.epochs_done) * train.rows)
+        patience = cfg.get("patience")
+        if patience:
+            if validation is None or validation.labels is None:
+                raise BoltValidationError(
+                    "`epochs auto` and `patience` stop on a validation metric, but there is no validation data: "
+                    "give validation data, or keep a holdout share > 0 (train block `holdout`)")
+            if self.early is None:
+                self.early = EarlyStopping(int(patience), watched_metric(names))
+                if getattr(self, "_early_state", None):
+                    self.early.load_state_dict(self._early_state)
+        stopped = bool(self.early and self.early.best_epoch and
+                       self.epochs_done - self.early.best_epoch >= self.early.patience)
+        # early stopping: how many epochs run is not known up front, so the bar counts rows only
+        bar = None if stopped else _progress(
+            self.progress, total=None if self.early else (epochs - self.epochs_done) * train.rows)
+        policy = CheckpointPolicy(cfg)
+        stop = StopRequest(log=(lambda msg: bar.write(msg, file=sys.stderr)) if bar is not None else self.log)
         try:
-            for epoch in range(self.epochs_done, epochs):
+            if self.checkpoint is not None:
+                stop.__enter__()
+            for epoch in range(self.epochs_done, epochs if not stopped else self.epochs_done):
                 t0 = time.perf_counter()
                 up0 = getattr(self.ex, "upkeep_seconds", 0.0)
                 loss_sum, n_seen, lr = 0.0, 0, base_lr
@@ -216,21 +247,44 @@ class Trainer:
                 overhead = float(sampler_stats.get("overhead_s", 0.0))       # cumulative in the sampler
                 record["sampler_share"] = (overhead - self._sampler_overhead) / seconds if seconds > 0 else 0.0
                 self._sampler_overhead = overhead
+                if self.early is not None:
+                    stopped = self.early.update(record, self.state)
+                    record["best_epoch"] = self.early.best_epoch
                 self.history.setdefault("epochs", []).append(record)
                 self.epochs_done = epoch + 1
-                if self.checkpoint is not None and (self.epochs_done % max(1, int(cfg.get("checkpoint_every", 1))) == 0
-                                                    or self.epochs_done == epochs):
+                written = self.checkpoint is None
+                final = self.epochs_done == epochs or stopped         # early stopping ends the run here
+                if not written and (stop.requested or policy.due(self.epochs_done, final and self.checkpoint_at_end)):
                     self.save_checkpoint()
+                    policy.written()
+                    written = True
                 line = format_record(record)
                 if bar is not None:
                     bar.write(line)
                 elif self.progress:
                     self.log(line)
-                for cb in callbacks:
-                    cb(self, record)
+                if stop.requested and not final:
+                    raise KeyboardInterrupt
+                try:
+                    for cb in callbacks:
+                        cb(self, record)
+                except BaseException:
+                    if not written:             # a callback ended the run here: keep this epoch
+                        self.save_checkpoint()
+                    raise
+                if stopped:
+                    break
         finally:
+            stop.__exit__()
             if bar is not None:
                 bar.close()
+        if self.early is not None:
+            self.early.restore(self.state)
+            self.history["early_stopping"] = self.early.summary(self.epochs_done, stopped)
+            if self.progress and self.early.best is not None:
+                how = (f"stopped after epoch {self.epochs_done}: no better validation {self.early.metric} for "
+                       f"{self.early.patience} epochs" if stopped else f"ran all {self.epochs_done} epochs")
+                self.log(f"{how}; kept epoch {self.early.best_epoch} ({self.early.metric} {self.early.best:.2f})")
         self.history["step"] = int(self.state.step)
         return self.history
 
@@ -247,6 +301,8 @@ def format_record(r: dict) -> str:
         for k, v in (r.get(key) or {}).items():
             if k != "examples_per_s":
                 parts.append(f"{k}{tag} {v:.2f}")
+    if r.get("best_epoch") == r["epoch"]:
+        parts.append("(best so far)")
     return "  ".join(parts)
 
 

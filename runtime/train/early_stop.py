@@ -1,0 +1,88 @@
+"""Early stopping with the best epoch restored (issue 15): `epochs auto` or `patience N`.
+
+After each epoch the trainer hands the validation record to `EarlyStopping.update`; it keeps a copy of
+the weights (and LSH tables) of the best epoch so far, says when `patience` epochs have passed without a
+better validation metric, and `restore` writes the best copy back into the live state at the end.
+
+Decisions:
+- The metric watched is the model's first metric (`metrics precision@1, ...` -> precision@1; the
+  default list starts with precision@1; binary targets: accuracy), on dense inference when the trainer
+  measures it, else on sparse inference. Every metric boltc reports is better when higher.
+- Only a strictly higher value counts as better, so on a plateau the earliest epoch is kept.
+- The copy is restored in place (np.copyto into the same arrays, same LSH index objects), because a
+  native executor holds pointers to those arrays.
+- A checkpoint carries the best copy (`state_dict`), so a resumed run stops and restores exactly as
+  an uninterrupted one.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from boltc.errors import BoltValidationError
+
+
+def watched_metric(names) -> str:
+    return str(list(names)[0])
+
+
+class EarlyStopping:
+    def __init__(self, patience: int, metric: str):
+        self.patience, self.metric = int(patience), metric
+        self.best: float | None = None
+        self.best_epoch = 0
+        self.snapshot: dict | None = None
+
+    def score(self, record: dict) -> float:
+        val = record.get("validation") or record.get("validation_sparse")
+        if not val or self.metric not in val:
+            raise BoltValidationError(f"early stopping watches validation {self.metric}, which this epoch did not "
+                                      "measure: give validation data, or a holdout share > 0")
+        return float(val[self.metric])
+
+    def update(self, record: dict, state) -> bool:
+        """Take epoch `record` (already carrying its validation metrics); True when training should stop."""
+        s = self.score(record)
+        if self.best is None or s > self.best:
+            self.best, self.best_epoch = s, int(record["epoch"])
+            self.snapshot = _copy_state(state)
+        return int(record["epoch"]) - self.best_epoch >= self.patience
+
+    def restore(self, state) -> None:
+        if self.snapshot is not None:
+            _write_back(self.snapshot, state)
+
+    def summary(self, epochs_trained: int, stopped: bool) -> dict:
+        return {"metric": self.metric, "patience": self.patience, "best_epoch": self.best_epoch,
+                "best": self.best, "epochs_trained": int(epochs_trained), "stopped_early": bool(stopped)}
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {"metric": self.metric, "patience": self.patience, "best": self.best,
+                "best_epoch": self.best_epoch, "snapshot": self.snapshot}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.best = None if d.get("best") is None else float(d["best"])
+        self.best_epoch = int(d.get("best_epoch", 0))
+        self.snapshot = d.get("snapshot")
+
+
+def _copy_state(state) -> dict:
+    return {"params": {n: {k: np.array(a, copy=True) for k, a in p.items()} for n, p in state.params.items()},
+            "lsh": {n: {"meta": idx.meta(), "arrays": {k: np.array(a, copy=True) for k, a in idx.arrays().items()}}
+                    for n, idx in state.lsh.items()}}
+
+
+def _write_back(snap: dict, state) -> None:
+    for n, p in snap["params"].items():
+        for k, a in p.items():
+            np.copyto(state.params[n][k], a)
+    for n, st in snap.get("lsh", {}).items():
+        idx = state.lsh[n]
+        for k, a in st["arrays"].items():
+            cur = getattr(idx, k)
+            if cur.shape == a.shape:
+                np.copyto(cur, a)
+            else:                       # e.g. an SRP index's empty probe: nothing shares it
+                setattr(idx, k, np.array(a, copy=True))
+        meta = st["meta"]
+        idx.seed, idx.builds, idx.frozen = int(meta["seed"]), int(meta["builds"]), bool(meta["frozen"])

@@ -1,0 +1,127 @@
+"""`boltc tune` (issue 15): a tuned .bolt retrains to the same test metric, a killed search resumes from
+its journal, and every new setting and flag has a located error (a budget too small for one trial too)."""
+import pytest
+
+optuna = pytest.importorskip("optuna")     # the `tune` extra; .ci/run installs it
+
+import boltc  # noqa: E402
+from boltc.cli import main  # noqa: E402
+from boltc.errors import BoltError  # noqa: E402
+from boltc.tune import tune  # noqa: E402
+
+MODEL = """
+model small {
+  input  features: sparse(128)
+  target labels:   multilabel(40)
+  hidden = fc(features, auto, relu)
+  scores = fc(hidden, 40, softmax)
+  loss    cross_entropy(scores, labels)
+  metrics precision@1
+  train {
+    optimizer adam(lr=auto)
+    batch     64
+    epochs    auto
+    patience  2
+    seed      5
+  }
+  data {
+    train synthetic(rows=600, features=128, labels=40, seed=1, nnz=12, proto_nnz=10, max_labels=1)
+    test  synthetic(rows=200, features=128, labels=40, seed=2, nnz=12, proto_nnz=10, max_labels=1)
+  }
+}
+"""
+
+
+@pytest.fixture
+def bolt(tmp_path):
+    p = tmp_path / "small.bolt"
+    p.write_text(MODEL)
+    return p
+
+
+def test_tuned_bolt_retrains_to_the_same_test_metric(bolt, tmp_path):
+    res = tune(str(bolt), budget=120, output=tmp_path / "out" / "small.boltc", trials=3, backend="numpy",
+               progress=False, log=lambda m: None)
+    text = res.bolt_path.read_text()
+    assert "auto" not in text.split("model small")[1]           # every chosen value written out
+    assert "holdout 0.0" in text and f"epochs {res.best['best_epoch']}" in text
+    assert f"hidden = fc(features, {res.best['params']['hidden.dim']}, relu" in text
+    assert f"adam(lr={res.best['params']['lr']!r})" in text
+    again = boltc.compile(str(res.bolt_path), backend="numpy")
+    again.fit(progress=False)
+
+    def metrics(d):
+        return {k: v for k, v in d.items() if k != "examples_per_s"}
+    assert metrics(again.evaluate()) == metrics(res.test["dense"])
+    saved = boltc.load(tmp_path / "out" / "small.boltc", backend="numpy")
+    assert saved.evaluate()["precision@1"] == res.test["dense"]["precision@1"]
+
+
+def test_a_killed_search_resumes_from_its_journal(bolt, tmp_path):
+    out = tmp_path / "small.boltc"
+    quiet = dict(backend="numpy", progress=False, log=lambda m: None)
+    tune(str(bolt), budget=120, output=out, trials=2, **quiet)
+    journal = out.with_name(out.name + ".tune.journal")
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    study = optuna.load_study(study_name="boltc-tune", storage=JournalStorage(JournalFileBackend(str(journal))))
+    first = [(t.number, t.params, t.value) for t in study.trials]
+    spent = study.user_attrs["elapsed_s"]
+    study.ask()                              # a trial left running, as by a run killed mid-trial
+    res = tune(str(bolt), budget=120, output=out, trials=4, **quiet)
+    study = optuna.load_study(study_name="boltc-tune", storage=JournalStorage(JournalFileBackend(str(journal))))
+    states = [t.state.name for t in study.trials]
+    assert len(states) == 5 and states[2] == "FAIL"            # the orphan is not counted, 2 new trials ran
+    assert [(t.number, t.params, t.value) for t in study.trials[:2]] == first
+    # the budget left is what the first run did not spend: its time carries over
+    assert study.user_attrs["elapsed_s"] > spent > 0
+    assert res.search_seconds == pytest.approx(study.user_attrs["elapsed_s"], abs=0.5)
+
+
+def test_a_journal_of_another_model_is_refused(bolt, tmp_path):
+    out = tmp_path / "small.boltc"
+    tune(str(bolt), budget=60, output=out, trials=1, backend="numpy", progress=False, log=lambda m: None)
+    bolt.write_text(MODEL.replace("batch     64", "batch     32"))
+    with pytest.raises(BoltError, match="different tuning run"):
+        tune(str(bolt), budget=60, output=out, trials=1, backend="numpy", progress=False, log=lambda m: None)
+
+
+def test_a_budget_too_small_for_one_trial_says_so(bolt, tmp_path, capsys):
+    assert main(["tune", str(bolt), "--budget", "0.001s", "-o", str(tmp_path / "o.boltc"), "--backend", "numpy",
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "error: the budget of 0.001s is too small for one trial (its first epoch took" in err
+    assert not (tmp_path / "o.bolt").exists() and not (tmp_path / "o.boltc").exists()
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--budget", "ten", "argument --budget: expected a duration like 90s, 10m or 1h, found 'ten'"),
+    ("--budget", "0", "argument --budget: expected a duration > 0, found '0'"),
+    ("--trials", "0", "argument --trials: expected a number of trials >= 1, found '0'"),
+])
+def test_bad_flags_name_the_flag(bolt, tmp_path, capsys, flag, value, message):
+    with pytest.raises(SystemExit) as e:
+        main(["tune", str(bolt), flag, value, "-o", str(tmp_path / "o.boltc")])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting, col, message", [
+    ('tune(budget="soon")', 17, "expected a duration like 90s, 10m or 1h, found 'soon'"),
+    ("tune(budget=0)", 17, "expected a duration > 0, found 0"),
+    ("tune(trials=0)", 17, "expected a number of trials >= 1, found 0"),
+    ("tune(budget=60, hurry=1)", 21, "unknown"),
+])
+def test_tune_setting_errors_are_located(tmp_path, capsys, setting, col, message):
+    p = tmp_path / "m.bolt"
+    p.write_text(MODEL.replace("    seed      5\n", f"    seed      5\n    {setting}\n"))
+    assert main(["check", str(p)]) == 1
+    err = capsys.readouterr().err
+    assert f"m.bolt:15:{col}: error:" in err and message in err, err
+
+
+def test_nothing_to_tune_says_so(tmp_path):
+    p = tmp_path / "fixed.bolt"
+    p.write_text(MODEL.replace("auto", "32").replace("lr=32", "lr=0.01").replace("epochs    32", "epochs 2")
+                 .replace("    patience  2\n", ""))
+    with pytest.raises(BoltError, match="nothing to tune"):
+        tune(str(p), budget=10, output=tmp_path / "o.boltc", backend="numpy", progress=False)
