@@ -111,7 +111,7 @@ def two_workers(plan, init, train):
     s = res.stats
     keep = ("bytes_sent_per_update_per_worker", "bytes_received_per_update_per_worker",
             "gradient_bytes_sent_per_update_per_worker", "row_bytes_sent_per_update_per_worker",
-            "seconds_per_update", "driver_seconds", "updates", "facts_bytes_per_update")
+            "seconds_per_update", "driver_wait_seconds", "updates", "facts_bytes_per_update")
     return res.state, {"seconds": e["seconds"], "examples_per_s": e["examples_per_s"],
                        "wall_with_startup": time.perf_counter() - t0, **{k: s[k] for k in keep}}
 

@@ -98,9 +98,6 @@ class ShardWorker(Worker):
             self.die()                                    # test hook for the fault path
         return super().grads_step(None, update, accumulate, record)
 
-    def reduce_apply(self, handles, lr):
-        return [super().reduce_apply(handles, lr)]        # a list: Ray returns a nested ref as is
-
     def die(self):
         os._exit(3)                                       # the actor's process goes away, as on a lost machine
 
@@ -123,17 +120,15 @@ def _raise_lost():
 
 
 class InProcessRunner:
-    """Workers as plain objects in this process: the same protocol without Ray (tests, debugging)."""
+    """Workers as plain objects in this process: the same protocol without Ray (tests, debugging).
+    `submit` runs the calls at once, in worker order, and its handles are the results."""
 
     def __init__(self, workers: list):
         self.workers = workers
         for w in workers:
             w.die = _raise_lost                           # a simulated death must not end this process
 
-    def share(self, obj):
-        return obj
-
-    def call(self, method: str, per_worker_args=None, timeout=None):
+    def submit(self, method: str, per_worker_args=None, num_returns: int = 1):
         out = []
         for i, w in enumerate(self.workers):
             args = per_worker_args[i] if per_worker_args else ()
@@ -143,40 +138,58 @@ class InProcessRunner:
                 raise _WorkerFailed(i, "died (simulated)") from None
         return out
 
+    def wait(self, handles, timeout=None):
+        return list(handles)
+
+    def call(self, method: str, per_worker_args=None, timeout=None):
+        return self.submit(method, per_worker_args)
+
     def shutdown(self):
         self.workers = []
 
 
 class RayRunner:
-    """Workers as Ray actors; every wait has a deadline and a dead actor is reported by rank."""
+    """Workers as Ray actors; every wait has a deadline and a dead actor is reported by rank.
+
+    `submit` returns object references at once; a call may take the references of other calls'
+    results (nested in its arguments, so Ray passes them unresolved) and fetch them itself."""
 
     def __init__(self, ray, actors):
         self.ray, self.actors = ray, actors
 
-    def share(self, obj):
-        """Put a payload every worker needs into the object store once (a top-level ref arg is resolved)."""
-        return None if obj is None else self.ray.put(obj)
+    def submit(self, method: str, per_worker_args=None, num_returns: int = 1):
+        out = []
+        for i, a in enumerate(self.actors):
+            m = getattr(a, method)
+            if num_returns != 1:
+                m = m.options(num_returns=num_returns)
+            out.append(m.remote(*(per_worker_args[i] if per_worker_args else ())))
+        return out
 
-    def call(self, method: str, per_worker_args=None, timeout=300.0):
+    def wait(self, refs, timeout=300.0):
+        """The results of one reference per worker (in worker order), or _WorkerFailed naming the worker."""
         ray = self.ray
-        refs = [getattr(a, method).remote(*(per_worker_args[i] if per_worker_args else ()))
-                for i, a in enumerate(self.actors)]
         deadline = time.monotonic() + timeout
         out = []
+        lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError)
         for i, ref in enumerate(refs):
             try:
                 out.append(ray.get(ref, timeout=max(0.1, deadline - time.monotonic())))
             except ray.exceptions.GetTimeoutError:
                 raise _WorkerFailed(i, f"did not answer within {timeout:.0f} s") from None
-            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
-                    ray.exceptions.ObjectLostError) as e:
+            except lost as e:
                 raise _WorkerFailed(i, f"died ({type(e).__name__})") from None
             except ray.exceptions.RayTaskError as e:
                 cause = getattr(e, "cause", None) or e
                 if isinstance(cause, BoltError):
                     raise cause from None                 # a user error on the worker (bad data row, ...)
+                if isinstance(cause, lost):               # it waited on a worker that died
+                    raise _WorkerFailed(i, f"lost a peer ({type(cause).__name__})") from None
                 raise _WorkerFailed(i, f"raised {type(cause).__name__}: {cause}", lost=False) from None
         return out
+
+    def call(self, method: str, per_worker_args=None, timeout=300.0):
+        return self.wait(self.submit(method, per_worker_args), timeout)
 
     def shutdown(self):
         for a in self.actors:

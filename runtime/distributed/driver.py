@@ -103,7 +103,7 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
     history.setdefault("epochs", [])
     save = _checkpointer(checkpoint, source, plan)
     facts_bytes = updates_done = examples = 0
-    phase = {"gradients": 0.0, "reduce_apply": 0.0}        # driver's wall time in each round trip
+    wait_seconds = 0.0                                     # the driver blocked on the workers' results
     t_start = time.perf_counter()
     runner = None
     try:
@@ -121,27 +121,32 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
             try:
                 runner.call("start_epoch", [(epoch,)] * workers, timeout=timeout)
                 t0, loss_sum, n_sum, prev, lr = time.perf_counter(), 0.0, 0, None, float(train["lr"])
-                for index in range(per_epoch):
-                    update = epoch * per_epoch + index
-                    if max_updates is not None and update >= max_updates:
+                pending = None                               # the previous update's handles, read one behind
+                for index in range(per_epoch + 1):
+                    if index < per_epoch and (max_updates is None or epoch * per_epoch + index < max_updates):
+                        update = epoch * per_epoch + index
+                        lr = lr_at(float(train["lr"]), train.get("schedule"), update, total_updates, per_epoch)
+                        # submitted without waiting: each call names the results it needs and its worker
+                        # fetches them (the owners' parts, the new rows) when they exist
+                        grads = runner.submit("grads_step", [(prev, update, k, record)] * workers)
+                        applied = runner.submit("reduce_apply", [(grads, lr)] * workers, num_returns=2)
+                        prev = ([a[0] for a in applied], grads, epoch, index, per_epoch)
+                        current = (grads, [a[1] for a in applied])
+                    else:
+                        current = None
+                    if pending is not None:                  # the update before: losses, facts; failures surface here
+                        tw = time.perf_counter()
+                        parts = runner.wait(pending[0], timeout=timeout)
+                        runner.wait(pending[1], timeout=timeout)
+                        wait_seconds += time.perf_counter() - tw
+                        facts_bytes += workers * facts_nbytes(merge_facts([p[3] for p in parts]))
+                        n = sum(p[1] for p in parts)
+                        loss_sum, n_sum, updates_done, examples = loss_sum + sum(p[2] for p in parts), n_sum + n, updates_done + 1, examples + n
+                        if record:
+                            records.append([(p[5], p[6]) for p in parts])
+                    if current is None:
                         break
-                    lr = lr_at(float(train["lr"]), train.get("schedule"), update, total_updates, per_epoch)
-                    tp = time.perf_counter()
-                    parts = runner.call("grads_step", [(prev, update, k, record)] * workers, timeout=timeout)
-                    tr = time.perf_counter()
-                    facts = merge_facts([p[3] for p in parts])
-                    # owner j gets, from every worker i in worker order, the handle of i's part for j
-                    handles = [[parts[i][0][j] for i in range(workers)] for j in range(workers)]
-                    new_rows = [h[0] for h in runner.call("reduce_apply", [(handles[j], lr) for j in range(workers)],
-                                                          timeout=timeout)]
-                    phase["gradients"] += tr - tp
-                    phase["reduce_apply"] += time.perf_counter() - tr
-                    prev = (new_rows, facts, epoch, index, per_epoch)
-                    facts_bytes += workers * facts_nbytes(facts)
-                    n = sum(p[1] for p in parts)
-                    loss_sum, n_sum, updates_done, examples = loss_sum + sum(p[2] for p in parts), n_sum + n, updates_done + 1, examples + n
-                    if record:
-                        records.append([(p[5], p[6]) for p in parts])
+                    pending = current
                 if prev is not None:                         # the epoch's last update, then the epoch's state
                     runner.call("finish", [(prev,)] * workers, timeout=timeout)
                 worker_stats = runner.call("timings", timeout=timeout)
@@ -193,18 +198,18 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
         if started:
             ray.shutdown()
     wall = time.perf_counter() - t_start
-    stats = _stats(worker_stats, workers, k, exchange, updates_done, examples, restarts, facts_bytes, phase, wall)
+    stats = _stats(worker_stats, workers, k, exchange, updates_done, examples, restarts, facts_bytes, wait_seconds, wall)
     return DistributedResult(state=final, history=history, stats=stats, records=records)
 
 
-def _stats(worker_stats, workers, k, exchange, updates, examples, restarts, facts_bytes, phase, wall) -> dict:
+def _stats(worker_stats, workers, k, exchange, updates, examples, restarts, facts_bytes, wait_seconds, wall) -> dict:
     """Bytes and seconds per update, per worker (means over workers); worker counters start at the
     workers' last (re)start, so after a restart they cover the epochs since."""
     per = max(1, updates) * max(1, workers)
     mean = lambda key: sum(w[key] for w in worker_stats) / per            # noqa: E731
     out = {"workers": workers, "exchange": exchange, "exchange_every": k, "updates": updates,
            "examples": examples, "restarts": restarts, "seconds": wall,
-           "driver_seconds": dict(phase), "facts_bytes_per_update": facts_bytes / max(1, updates),
+           "driver_wait_seconds": wait_seconds, "facts_bytes_per_update": facts_bytes / max(1, updates),
            "worker_seconds": worker_stats if updates else []}
     if worker_stats:
         out.update({"bytes_sent_per_update_per_worker": mean("sent"),

@@ -10,11 +10,14 @@ the optimizer's memory and work shrink with N. One update:
      by owner; the part for worker j is put where j fetches it (Ray's object store: peer to peer).
   2. `reduce_apply`: worker j fetches its parts from every worker, sums them in worker order (the
      same sum, in the same order, as a replicated update: bit-identical, tested), applies lazy Adam
-     to its rows (`apply_gradients` on row-range views with its moment shard) and puts the new rows.
+     to its rows (`apply_parts` on row-range views with its moment shard) and returns the new rows
+     (Ray keeps a call's result in the worker's object store, where the others fetch it).
   3. `finish` (at the start of the next grads_step): every worker fetches the others' new rows, adds
      the global batch's label counts, inserts the labels frozen tables missed (in worker order, with a
      step-seeded generator) and runs the LSH upkeep at the same global step with the same seeds.
-The driver only passes object references and small per-batch facts (label ids, missed labels).
+The driver only submits the calls, passing each call the references of the results it needs; workers
+fetch those results themselves (Ray: `get` waits until they exist), so the driver never waits inside
+an update and no byte of a gradient or a row passes through it.
 
 `label_count` (how often each output neuron was a label; not trained) is not a gradient: workers send
 the label ids of their batch and every replica adds the whole global batch's.
@@ -287,9 +290,12 @@ class Worker:
         extra = (np.concatenate([p[4] for p in parts]), [p[5] for p in parts]) if record else ()
         return (handles, n, loss, facts, sent) + extra
 
-    def reduce_apply(self, handles: list, lr: float):
-        """Sum every worker's part for our rows (worker order), update them, and hand out the new rows."""
+    def reduce_apply(self, grads_outs: list, lr: float):
+        """Sum every worker's part for our rows (worker order), update them, and return the new rows and
+        an acknowledgement. `grads_outs`: every worker's `grads_step` output (or its handle)."""
         t0 = time.perf_counter()
+        outs = self.get(list(grads_outs))
+        handles = [o[0][self.rank] for o in outs]
         others = self.get([h for h in handles if h is not None])
         self.bytes["received"] += sum(grads_nbytes(p) for p in others)
         it = iter(others)
@@ -304,22 +310,22 @@ class Worker:
         rows_out = self.ex.apply_parts(plans, lr, target=self.shard, copy_out=self.world > 1)
         new_rows = {key: RowGrad(unions[key], rows_out[key]) for key in plans} if self.world > 1 else {}
         self.own_part = {}
-        t2 = time.perf_counter()
-        handle = self.put(new_rows)
-        self.seconds["update"] += t2 - t1
-        self.seconds["exchange"] += (t1 - t0) + (time.perf_counter() - t2)
-        self.bytes["sent"] += grads_nbytes(new_rows) * (self.world - 1)     # each other worker fetches it
+        self.seconds["update"] += time.perf_counter() - t1
+        self.seconds["exchange"] += t1 - t0
+        self.bytes["sent"] += grads_nbytes(new_rows) * (self.world - 1)     # each other worker fetches them
         self.bytes["rows_sent"] += grads_nbytes(new_rows) * (self.world - 1)
-        return handle
+        return new_rows, True
 
     def finish(self, prev) -> None:
-        """Install the other owners' new rows, then the global batch's facts and the LSH upkeep."""
-        handles, facts, epoch, index, per_epoch = prev
+        """Install the other owners' new rows, then the global batch's facts and the LSH upkeep.
+        `prev` = (every owner's new rows (or handles), every worker's grads_step output (or handles),
+        epoch, index in epoch, updates per epoch)."""
+        rows, grads_outs, epoch, index, per_epoch = prev
         t0 = time.perf_counter()
-        mine = [h for r, h in enumerate(handles) if r != self.rank]
-        owners = [r for r in range(len(handles)) if r != self.rank]
-        for r, rows in zip(owners, self.get(mine)):
-            for (layer, t), g in rows.items():
+        facts = merge_facts([o[3] for o in self.get(list(grads_outs))])
+        owners = [r for r in range(len(rows)) if r != self.rank]
+        for r, new in zip(owners, self.get([rows[r] for r in owners])):
+            for (layer, t), g in new.items():
                 W = self.state.params[layer][t]
                 if g.rows is None:
                     lo, hi = row_ranges(W.shape[0], self.world)[r]
