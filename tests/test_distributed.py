@@ -359,3 +359,46 @@ def test_ray_native_workers_from_a_state_a_native_executor_has_used(tiny, ray_cl
                               backend="native", max_updates=3)
     on_ray = train_distributed(plan, init, train, workers=2, backend="native", max_updates=3, timeout=120)
     assert _max_diff(local.state, on_ray.state) == 0.0
+
+
+def test_checkpoints_move_between_one_process_and_the_workers_both_ways(tiny, tmp_path):
+    """A distributed checkpoint (moments gathered from the workers' shards) resumes in one process, and a
+    one-process checkpoint resumes on workers (each takes its rows of the moments); oracle: the same
+    continuation from the in-memory state, bit for bit (the file loses nothing)."""
+    from boltc.runtime import savefile
+    from boltc.runtime.train.trainer import Trainer
+    plan, train, _ = tiny
+    source = TINY.read_text()
+    ck = tmp_path / "dist.boltc"
+    first = train_distributed(plan, ModelState.init(plan), train, workers=2, in_process=True, epochs=1,
+                              checkpoint=ck, source=source, backend="native")
+    saved = savefile.load_model(ck)
+    loaded = savefile.state_from_saved(saved, ck)
+    for layer in first.state.m:
+        for t in first.state.m[layer]:
+            assert loaded.m[layer][t].tobytes() == first.state.m[layer][t].tobytes()
+    assert any(np.abs(first.state.m["scores"]["W"]).max() > 0 for _ in [0])     # moments were trained
+    ds = load_dataset(train, plan)
+
+    def one_more_epoch(state, restored):
+        tr = Trainer(plan, state, make_executor(plan, state, backend="native"), progress=False)
+        tr.restore(restored)
+        tr.fit(ds, epochs=2)
+        return state
+    a = one_more_epoch(loaded, saved)
+    b = one_more_epoch(copy.deepcopy(first.state), saved)
+    assert _max_diff(a, b) == 0.0 and a.step == b.step == 20
+    # one process -> workers
+    ck1 = tmp_path / "one.boltc"
+    single = ModelState.init(plan)
+    Trainer(plan, single, make_executor(plan, single, backend="native"), checkpoint=ck1, progress=False).fit(ds, epochs=1)
+    saved1 = savefile.load_model(ck1)
+    resumed = train_distributed(plan, savefile.state_from_saved(saved1, ck1), train, workers=2, in_process=True,
+                                epochs=2, history=saved1.history, epochs_done=1, backend="native")
+    direct = train_distributed(plan, copy.deepcopy(single), train, workers=2, in_process=True, epochs=2,
+                               epochs_done=1, backend="native")
+    assert [e["epoch"] for e in resumed.history["epochs"]] == [1, 2]
+    for which in ("params", "m", "v"):
+        for layer, ts in getattr(direct.state, which).items():
+            for t, arr in ts.items():
+                assert getattr(resumed.state, which)[layer][t].tobytes() == arr.tobytes(), (which, layer, t)
