@@ -45,6 +45,8 @@ PLANS = {
     "xc_adamw_bf16": lambda: _with(_xc_plan(), weight_decay=0.01, moments="bf16"),
     "xc_sgd_momentum": lambda: _xc_plan(optimizer="sgd", momentum=0.9, lr=0.05),
     "dense_tanh_chain": lambda: make_plan(in_dim=40, hidden=16, out_dim=30, extra_hidden=1, sparse_input=False),
+    # batches of 130 and 131 (below) put this chain's dense layers on BLAS (native_ops.dense_blas)
+    "dense_blas": lambda: make_plan(in_dim=64, hidden=64, out_dim=64, extra_hidden=1, sparse_input=False),
     "hybrid": hybrid_plan,
     "everything": everything_plan,
     "sparse_hidden": sparse_hidden_plan,
@@ -92,6 +94,8 @@ def test_gradient_then_apply_equals_the_fused_step_bit_for_bit(name, threads):
     lr = float(plan["train"]["lr"])
     for step in range(3):
         B = 40 if step != 1 else 7                    # both active-set forwards (neuron order and gather)
+        if name == "dense_blas":
+            B += 90
         batch = _batch(plan, rng, B)
         active = _active(plan, rng, batch, B)
         loss_fused = fused.train_step(batch, lr, active=active)
