@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_common import RESULTS  # noqa: E402
 
 import boltc  # noqa: E402
-from boltc.plan import load_model_source  # noqa: E402
+from boltc.pipeline import load_model_source  # noqa: E402
 from boltc.runtime.data.load import load_dataset  # noqa: E402
 from boltc.runtime.distributed.driver import train_distributed  # noqa: E402
 from boltc.runtime.exec.executor import make_executor  # noqa: E402

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from boltc.plan import load_model_source
+from boltc.pipeline import load_model_source
 from boltc.runtime.distributed.driver import train_distributed
 from boltc.runtime.exec.state import ModelState
 

@@ -9,18 +9,16 @@ import json
 import sys
 from pathlib import Path
 
+import boltc
+from boltc.commands.common import add_backend_arguments, evaluate_both, is_sparse_output, metrics_table  # noqa: F401
+from boltc.commands.tune import run_tune
 from boltc.errors import DataError
+from boltc.runtime.distributed.driver import fit_model
 
 HELP = "compile, train on the model's data block, evaluate and save (the main job)"
 
 
 # ---------------------------------------------------------------- shared helpers
-
-def add_backend_arguments(p) -> None:
-    p.add_argument("--backend", choices=("native", "numpy"), default=None,
-                   help="kernels to run (default: native when available, else numpy)")
-    p.add_argument("--threads", type=int, default=None, help="worker threads (0 = all cores)")
-
 
 def add_train_arguments(p) -> None:
     """The options of the training commands (run, train): backend, train-block overrides, checkpoints
@@ -50,7 +48,6 @@ def add_train_arguments(p) -> None:
 def compile_from_args(args):
     """(model, its data block) for `run` and `train`: the .bolt file compiled with the command line's
     backend and its overrides of the train block."""
-    import boltc
     model = boltc.compile(args.model, backend=args.backend, threads=args.threads,
                           lr=args.lr, batch=args.batch, seed=args.seed,
                           checkpoint_interval=getattr(args, "checkpoint_interval", None))
@@ -59,7 +56,6 @@ def compile_from_args(args):
 
 def load_from_args(args):
     """The saved model of `eval` and `predict`, on the command line's backend and threads."""
-    import boltc
     return boltc.load(args.model, backend=args.backend, threads=args.threads)
 
 
@@ -69,37 +65,11 @@ def note(model) -> None:
         print(model.backend_note, file=sys.stderr)
 
 
-def is_sparse_output(plan: dict) -> bool:
-    out = next((l for l in plan["layers"] if l["name"] == plan["output"]), {})
-    return bool(out.get("hash"))
-
-
-def evaluate_both(model, data, metrics: list[str] | None = None, **options) -> dict:
-    """{"dense": metrics, "sparse": metrics (LSH-sparse outputs only)}; `metrics` None = the model's;
-    `options` go to Model.evaluate (exclude_seen, confusion)."""
-    res = {"dense": model.evaluate(data, sparse=False, metrics=metrics, **options)}
-    if is_sparse_output(model.plan):
-        res["sparse"] = model.evaluate(data, sparse=True, metrics=metrics, **options)
-    return res
-
-
-def metrics_table(results: dict) -> str:
-    cols = list(results)
-    names = [k for k in results[cols[0]] if k != "examples_per_s"]
-    head = f"{'metric':<14}" + "".join(f"{c + ' inference':>20}" for c in cols)
-    lines = [head, "-" * len(head)]
-    for n in names:
-        lines.append(f"{n:<14}" + "".join(f"{results[c].get(n, float('nan')):>20.2f}" for c in cols))
-    lines.append(f"{'examples/s':<14}" + "".join(f"{results[c].get('examples_per_s', 0):>20,.0f}" for c in cols))
-    return "\n".join(lines)
-
-
 def train_and_report(model, args, train, validation, test, output: Path) -> int:
     ckpt = Path(args.checkpoint) if args.checkpoint else output.with_name(output.name + ".ckpt")
     note(model)
     try:
         if getattr(args, "workers", None) is not None or model.plan["train"].get("distributed"):
-            from boltc.runtime.distributed.driver import fit_model
             hist = fit_model(model, train, validation, epochs=args.epochs, workers=args.workers,
                              address=args.address, exchange=args.exchange, checkpoint=ckpt,
                              resume=args.resume, progress=True)     # its only progress: the epoch lines
@@ -145,7 +115,6 @@ def run(args) -> int:
     output = Path(args.output or f"{model.plan.get('model') or Path(args.model).stem}.boltc")
     if model.plan["train"].get("tune"):
         # a tune(...) setting: search the values written auto first (boltc/tune), then train the winner
-        from boltc.commands.tune import run_tune
         return run_tune(args.model, output, budget=None, trials=None, backend=args.backend, threads=args.threads,
                         seed=args.seed, progress=not args.no_progress, as_json=args.json)
     # per-epoch metrics on the data block's validation set, else on the train block's holdout share of

@@ -20,6 +20,7 @@ from __future__ import annotations
 from boltc.lower import backward as bw
 from boltc.lower.builder import I64, PTR, KernelModule, symbol
 from boltc.lower.rules import SPARSE_INPUT_KINDS, is_sparse_layer, native_support
+from boltc.plan.moments import moment_dtypes, moment_kind
 
 
 def rows_apply(km: KernelModule, name: str, width: int, spec: bw.UpdateSpec, tensor: str, listed: bool) -> None:
@@ -115,7 +116,6 @@ def lower_split(plan: dict) -> tuple[KernelModule, dict[str, dict[str, str]]]:
                     bw.rows_update_out_major(km, out["grad_active_dx"], in_dim, layer["active"], True, bias, spec,
                                              fuse_dx=True, store_grad=True)
         elif op == "layernorm":
-            from boltc.passes.plan_memory_moments import moment_dtypes, moment_kind
             kinds = moment_dtypes(plan)
             spec = None
             for tensor in ("gamma", "beta"):

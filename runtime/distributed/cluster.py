@@ -20,6 +20,7 @@ import numpy as np
 from boltc.errors import BoltError, DependencyError
 from boltc.runtime.distributed.shard import load_shard
 from boltc.runtime.distributed.worker import Worker, portable_state
+from boltc.runtime.exec import executor  # looked up at call time (tests swap make_executor)
 
 INSTALL_HINT = "pip install boltc[distributed]"
 # What workers exchange. `sparse`: the touched rows of each gradient, cut by owner, and the owners' new
@@ -38,7 +39,7 @@ class DistributedError(BoltError):
 
 def require_ray():
     try:
-        import ray
+        import ray  # optional: the distributed extra
     except ImportError:
         raise DependencyError("distributed training (--workers / distributed(...)) needs Ray, which is not "
                               f"installed: {INSTALL_HINT}") from None
@@ -61,7 +62,6 @@ class ShardWorker(Worker):
         self.fail_at, self.transport = fail_at, transport
 
     def setup(self) -> int:
-        from boltc.runtime.exec.executor import make_executor
         plan, state, spec, rank, world, local_batch, backend, threads, seed, global_batch = self._args
         del self._args
         # Ray hands out read-only zero-copy arrays: a replica owns its weights and tables; of the moments
@@ -70,10 +70,10 @@ class ShardWorker(Worker):
                             lsh=copy.deepcopy(state.lsh))
         put = get = None
         if self.transport == "ray":
-            import ray
+            import ray  # optional: the distributed extra (this runs inside a Ray actor)
             put, get = ray.put, ray.get
         super().__init__(plan, state, load_shard(spec, plan), rank, world, local_batch,
-                         partial(make_executor, backend=backend, threads=threads), seed=seed,
+                         partial(executor.make_executor, backend=backend, threads=threads), seed=seed,
                          global_batch=global_batch, put=put, get=get)
         return self.data.rows
 

@@ -33,6 +33,7 @@ import numpy as np
 from boltc.runtime.data.dataset import Dataset
 from boltc.runtime.exec.gradients import Key, RowGrad
 from boltc.runtime.exec.state import aligned_copy
+from boltc.runtime.lsh.index import LSHIndex, missed_labels  # noqa: F401 (re-exported)
 
 NOT_TRAINED = ("label_count",)
 
@@ -41,25 +42,9 @@ def portable_state(state):
     """The state with LSH indexes rebuilt from their plain arrays (meta() + arrays()): an executor may
     attach native hash functions (ctypes) to an index, which can neither be pickled for Ray nor shared
     between replicas. Weights and moments are shared, not copied."""
-    from boltc.runtime.lsh.index import LSHIndex
     lsh = {n: LSHIndex.from_arrays(idx.meta(), {k: np.array(a) for k, a in idx.arrays().items()})
            for n, idx in (getattr(state, "lsh", {}) or {}).items()}
     return type(state)(params=state.params, m=state.m, v=state.v, step=int(state.step), lsh=lsh)
-
-
-def missed_labels(index, x, labels) -> tuple[np.ndarray, np.ndarray]:
-    """(label ids, their buckets (n, L)) of the labels that x's lookup did not retrieve: what
-    `LSHIndex.select(insert_missed=True)` inserts, computed without inserting."""
-    import scipy.sparse as sp
-    buckets = index.hash(x)
-    cand = index.tables[np.arange(index.L)[None, :], buckets].reshape(buckets.shape[0], -1).astype(np.int64)
-    lab = sp.csr_matrix(labels)
-    lrows = np.repeat(np.arange(lab.shape[0], dtype=np.int64), np.diff(lab.indptr))
-    lids = lab.indices.astype(np.int64)
-    crow = np.repeat(np.arange(cand.shape[0], dtype=np.int64), cand.shape[1])
-    ok = cand.ravel() >= 0
-    missed = ~np.isin(lrows * index.dim + lids, crow[ok] * index.dim + cand.ravel()[ok])
-    return lids[missed].astype(np.int32), np.ascontiguousarray(buckets[lrows[missed]])
 
 
 def merge_facts(parts: list[dict]) -> dict:

@@ -11,6 +11,7 @@ from typing import Protocol
 import numpy as np
 
 from boltc.errors import BackendError
+from boltc.runtime.exec.interp import NumpyExecutor
 
 
 class Executor(Protocol):
@@ -38,11 +39,12 @@ def make_executor(plan: dict, state, backend: str = "numpy", threads: int = 0, k
     `sharded_moments`: the state holds no moments (a data-parallel worker keeps its share of them and
     trains with gradients() / apply_gradients(target=...)); train_step is then refused."""
     if backend == "numpy":
-        from boltc.runtime.exec.interp import NumpyExecutor
         return NumpyExecutor(plan, state, threads=threads)
     if backend == "native":
+        # lazy, as an optional dependency: a platform where the native code generator cannot load
+        # (no llvmlite build) still runs every model on the interpreter
         try:
-            from boltc.runtime.exec.native import NativeExecutor
+            from boltc.runtime.exec.native import NativeExecutor  # optional: native backend (see above)
         except ImportError as e:
             raise BackendError(f"the native backend is not available ({e}); use backend='numpy'") from e
         return NativeExecutor(plan, state, threads=threads, kernels=kernels, sharded_moments=sharded_moments)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from boltc.runtime.exec.numpy_rules import ParamGrad
+
 Key = tuple[str, str]
 
 
@@ -36,7 +38,6 @@ class RowGrad:
 
 def to_param_grads(grads: dict[Key, RowGrad]) -> dict:
     """RowGrads -> runtime/exec/optim.py's `{layer: {tensor: ParamGrad(rows, None, values)}}`."""
-    from boltc.runtime.exec.numpy_rules import ParamGrad
     out: dict = {}
     for (layer, name), g in grads.items():
         out.setdefault(layer, {})[name] = ParamGrad(g.rows, None, g.values)

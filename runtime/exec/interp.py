@@ -22,16 +22,20 @@ argmax (delicious, 3 epochs: dense P@1 0.56 vs sparse 0.63 without the reserve; 
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import scipy.sparse as sp
 
 from boltc.errors import BoltValidationError
-from boltc.runtime.lsh.index import training_reserve
-from boltc.runtime.lsh.upkeep import DEFAULT_BUDGET, LSHUpkeep
+from boltc.ops.base import SPARSE_INFERENCE_SEED, RunContext, step_seed
 from boltc.runtime.exec.numpy_rules import LOSS_RULES, NUMPY_RULES
 from boltc.runtime.exec.optim import make_optimizer
+from boltc.runtime.exec.gradients import RowGrad, sum_of_parts, to_param_grads, to_rowgrads
+from boltc.runtime.lsh.index import missed_labels, training_reserve
+from boltc.runtime.lsh.upkeep import DEFAULT_BUDGET, LSHUpkeep
 
-_SPARSE_INFERENCE_SEED = 0x5EED
+_SPARSE_INFERENCE_SEED = SPARSE_INFERENCE_SEED
 
 
 class NumpyExecutor:
@@ -61,7 +65,11 @@ class NumpyExecutor:
         return self.upkeep.seconds
 
     # ------------------------------------------------------------ forward
-    def _run(self, batch, mode: str, active: dict | None, rng, insert_missed: bool = False):
+    def context(self, mode: str) -> RunContext:
+        """The rules' context of a call made now (the same seed the native executor uses)."""
+        return RunContext(mode, step_seed(self.seed, self.state.step, mode), int(self.state.step))
+
+    def _run(self, batch, mode: str, active: dict | None, rng, insert_missed: bool = False, ctx=None):
         if mode not in ("train", "dense", "sparse"):
             raise ValueError(f"mode must be 'train', 'dense' or 'sparse', not {mode!r}")
         values = dict(batch.inputs)
@@ -69,6 +77,7 @@ class NumpyExecutor:
         if missing:
             raise BoltValidationError(f"the batch has no values for input(s) {', '.join(missing)}")
         caches = {}
+        ctx = ctx or self.context(mode)
         for layer in self.layers:
             name = layer["name"]
             ins = [values[n] for n in layer["inputs"]]
@@ -86,7 +95,7 @@ class NumpyExecutor:
                                    fill=self.upkeep.fill(layer) if train else None)
             rule = NUMPY_RULES[layer["op"]]
             values[name], caches[name] = rule.forward(layer, self.state.params.get(name, {}), ins, ids,
-                                                      name == self.output)
+                                                      name == self.output, ctx)
         return values, caches
 
     def forward(self, batch, mode: str = "dense", active: dict | None = None) -> dict:
@@ -112,7 +121,6 @@ class NumpyExecutor:
         is divided by `batch_size` (default the batch's rows). Frozen tables' missed labels go to
         `self.missed` when it is a dict, else are inserted as train_step does (the native executor's
         contract, runtime/exec/native.py)."""
-        from boltc.runtime.exec.gradients import to_rowgrads
         missed = getattr(self, "missed", None)
         loss, grads = self._gradients(batch, active, batch_size, insert_missed=missed is None)
         shapes = {(l, t): self.state.params[l][t].shape for l, ts in grads.items() for t in ts}
@@ -121,9 +129,6 @@ class NumpyExecutor:
     def apply_gradients(self, grads: dict, lr: float, target=None) -> None:
         """The optimizer on `grads` ((layer, tensor) -> RowGrad); state.step advances. `target` (.params,
         .m, .v; default the state) holds the arrays the rows index (a worker's row-range views)."""
-        from types import SimpleNamespace
-
-        from boltc.runtime.exec.gradients import to_param_grads
         self.state.step += 1
         target = target or self.state
         view = SimpleNamespace(params=target.params, m=target.m, v=target.v, step=self.state.step)
@@ -132,7 +137,6 @@ class NumpyExecutor:
     def apply_parts(self, parts: dict, lr: float, target=None, copy_out: bool = False) -> dict:
         """As the native executor's: parts[key] = (rows or None, pos, values) summed in part order, one
         optimizer step; with copy_out, key -> the updated rows."""
-        from boltc.runtime.exec.gradients import RowGrad, sum_of_parts
         grads = {key: RowGrad(rows, sum_of_parts(rows, pos, vals)) for key, (rows, pos, vals) in parts.items()}
         self.apply_gradients(grads, lr, target)
         target = target or self.state
@@ -144,14 +148,14 @@ class NumpyExecutor:
     def _gradients(self, batch, active, batch_size, insert_missed: bool):
         if batch.labels is None:
             raise BoltValidationError("training needs labels")
-        rng = np.random.default_rng([self.seed, self.state.step] + ([self.stream] if getattr(self, "stream", 0) else []))
-        values, caches = self._run(batch, "train", active, rng, insert_missed=insert_missed)
+        rng = np.random.default_rng([self.seed, self.state.step] + ([self.stream] if self.stream else []))
+        ctx = self.context("train")
+        values, caches = self._run(batch, "train", active, rng, insert_missed=insert_missed, ctx=ctx)
         self.last_active = {n: c["active"] for n, c in caches.items() if isinstance(c, dict) and c.get("active") is not None}
         out_layer = self.by_name[self.output]
         missed = getattr(self, "missed", None)
         index = self.state.lsh.get(self.output)
         if missed is not None and index is not None and index.frozen and not (active and self.output in active):
-            from boltc.runtime.distributed.worker import missed_labels
             missed[self.output] = missed_labels(index, values[out_layer["inputs"][0]], batch.labels)
         oc = caches[self.output]
         loss, dz = LOSS_RULES[self.loss_kind](oc["z"], oc.get("active"), batch.labels, out_layer["dim"])
@@ -165,7 +169,7 @@ class NumpyExecutor:
             if g is None:
                 continue                               # no path from this layer to the loss
             in_grads, pgrads = NUMPY_RULES[layer["op"]].backward(
-                layer, self.state.params.get(name, {}), caches[name], g, wrt_pre=(name == self.output))
+                layer, self.state.params.get(name, {}), caches[name], g, (name == self.output), ctx)
             if pgrads:
                 grads[name] = pgrads
             for src, dg in zip(layer["inputs"], in_grads):
