@@ -93,6 +93,8 @@ CASES = [
      "class_weights has 3 weights; expected 10, one per class of 'y'", 9, 19),
     ("class_weights_balanced_and_more", block("train", "class_weights balanced, 2"), VALID,
      "class_weights balanced takes no other value", 9, 29),
+    ("as_names_not_a_boolean", sub("multilabel(10)", "multilabel(10, as_names=maybe)"), VALID,
+     "as_names of multilabel: expected true or false, found maybe", 3, 37),
     ("sparse_normalize_unknown", sub("sparse(100)", "sparse(100, normalize=l1)"), VALID,
      "unknown value 'l1'; expected l2 or none", 2, 34),
     ("text_idf_not_boolean", sub("input x: sparse(100)", "input x: text(idf=yes)"), VALID,

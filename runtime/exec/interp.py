@@ -34,6 +34,7 @@ from boltc.runtime.exec.optim import make_optimizer
 from boltc.runtime.exec.gradients import RowGrad, sum_of_parts, to_param_grads, to_rowgrads
 from boltc.runtime.lsh.index import missed_labels, training_reserve
 from boltc.runtime.lsh.upkeep import DEFAULT_BUDGET, LSHUpkeep
+from boltc.runtime.lsh.prior import candidate_counts, fill_with_frequent, frequency_order
 
 _SPARSE_INFERENCE_SEED = SPARSE_INFERENCE_SEED
 
@@ -93,10 +94,30 @@ class NumpyExecutor:
                                    insert_missed=insert_missed and is_out and index.frozen,
                                    reserve=training_reserve(layer) if train else 0,
                                    fill=self.upkeep.fill(layer) if train else None)
+                if mode == "sparse" and is_out:
+                    ids = self.inference_fill(layer, index, index.hash(ins[0]), ids)
             rule = NUMPY_RULES[layer["op"]]
             values[name], caches[name] = rule.forward(layer, self.state.params.get(name, {}), ins, ids,
                                                       name == self.output, ctx)
         return values, caches
+
+    def inference_fill(self, layer, index, buckets, ids):
+        """Sparse inference of the output: the slots past the bucket candidates hold the most frequent
+        training labels (runtime/lsh/prior.py); as selected when no label was counted yet."""
+        if not layer.get("hash", {}).get("frequent_fill", True):
+            return ids
+        order = self._frequency_order(layer["name"])
+        if order is None:
+            return ids
+        return fill_with_frequent(ids, candidate_counts(index.tables, buckets, ids.shape[1]), order)
+
+    def _frequency_order(self, name):
+        """frequency_order of the layer's label counts, cached until the next training step."""
+        key = (name, int(self.state.step))
+        cached = getattr(self, "_order_cache", None)
+        if cached is None or cached[0] != key:
+            cached = self._order_cache = (key, frequency_order(self.state.params.get(name, {}).get("label_count")))
+        return cached[1]
 
     def forward(self, batch, mode: str = "dense", active: dict | None = None) -> dict:
         rng = np.random.default_rng([self.seed, self.state.step, 0xF0])

@@ -167,8 +167,9 @@ class NativeExecutor:
         # spec's SRP hash: a small matrix product)
         if not self.k.has(layer["name"], "lookup"):
             rng = np.random.default_rng(rng_seed)
-            return index.select(h, labels, layer["active"], rng, insert_missed=insert_missed, reserve=reserve,
-                                fill=fill)
+            ids = index.select(h, labels, layer["active"], rng, insert_missed=insert_missed, reserve=reserve,
+                               fill=fill)
+            return ids if labels is not None else self._inference_fill(layer, index, index.hash(h), ids)
         B, K, dim = h.shape[0], layer["active"], layer["dim"]
         buckets = index.hash(h)
         marks = self._marks.get(dim)
@@ -178,7 +179,8 @@ class NativeExecutor:
         lab = _csr(labels) if labels is not None else None
         tables = index.tables
         if lab is None and self.k.has(layer["name"], "lookup_ranked"):
-            return self._lookup_ranked(layer, index, buckets, out, rng_seed)
+            out = self._lookup_ranked(layer, index, buckets, out, rng_seed)
+            return self._inference_fill(layer, index, buckets, out)
         self.pool.run(self.k.fn(layer["name"], "lookup"), B, ptr(buckets), ptr(tables), index.L,
                       tables.shape[1], index.reservoir, ptr(lab.indptr) if lab is not None else None,
                       ptr(lab.indices) if lab is not None else None, int(lab is not None),
@@ -191,7 +193,13 @@ class NativeExecutor:
                 self.missed[layer["name"]] = self._missed_labels(index, buckets, lab)
             else:
                 self._insert_missed(index, buckets, lab, np.random.default_rng(rng_seed))
-        return out
+        return out if lab is not None else self._inference_fill(layer, index, buckets, out)
+
+    def _inference_fill(self, layer, index, buckets, out):
+        """The output's sparse inference fill: the interpreter's rule (runtime/lsh/prior.py)."""
+        if layer["name"] != self.output:
+            return out
+        return self.interp.inference_fill(layer, index, buckets, out)
 
     def _lookup_ranked(self, layer, index, buckets, out, rng_seed: int) -> np.ndarray:
         """Inference: candidates ranked by collisions across the tables (LSHIndex.rank_by_collisions)."""
