@@ -29,7 +29,7 @@ import scipy.sparse as sp
 
 from boltc.errors import BoltValidationError
 from boltc.ops.base import SPARSE_INFERENCE_SEED, RunContext, step_seed
-from boltc.runtime.exec.numpy_rules import LOSS_RULES, NUMPY_RULES
+from boltc.runtime.exec.numpy_rules import LOSS_RULES, NUMPY_RULES, loss_options
 from boltc.runtime.exec.optim import make_optimizer
 from boltc.runtime.exec.gradients import RowGrad, sum_of_parts, to_param_grads, to_rowgrads
 from boltc.runtime.lsh.index import missed_labels, training_reserve
@@ -179,7 +179,8 @@ class NumpyExecutor:
         if missed is not None and index is not None and index.frozen and not (active and self.output in active):
             missed[self.output] = missed_labels(index, values[out_layer["inputs"][0]], batch.labels)
         oc = caches[self.output]
-        loss, dz = LOSS_RULES[self.loss_kind](oc["z"], oc.get("active"), batch.labels, out_layer["dim"])
+        loss, dz = LOSS_RULES[self.loss_kind](oc["z"], oc.get("active"), batch.labels, out_layer["dim"],
+                                              **loss_options(self.plan))
         B = dz.shape[0]
         w = np.ones(B, dtype=dz.dtype) if batch.weights is None else np.asarray(batch.weights, dz.dtype)
         dz = dz * (w / (batch_size or B))[:, None]
