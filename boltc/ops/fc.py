@@ -16,8 +16,8 @@ import scipy.sparse as sp
 
 from boltc.errors import BoltValidationError
 from boltc.ops.base import LowerContext, Op
-from boltc.ops.numeric import (ParamGrad, act_grad, activate, activation_backward, compress_columns, matmul, ptr,
-                               scatter_dense)
+from boltc.ops.numeric import (ParamGrad, act_grad, activate, activation_backward, compress_columns, loss_options,
+                               matmul, ptr, scatter_dense)
 from boltc.ops.runners import ADAM_OPS, sparse_forward, update_sparse_input
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "softmax", "linear")
@@ -240,7 +240,8 @@ def lower(km, layer: dict, ctx: LowerContext) -> dict:
             out["invert"] = lib.symbol(layer, "invert")
             lib.backward.invert(km, out["invert"], dim)
     if is_out:
-        out.update(lib.OUTPUT_RULES[ctx.loss][1](km, layer, layer["active"] < dim))
+        out.update(lib.OUTPUT_RULES[ctx.loss][1](km, layer, layer["active"] < dim,
+                                                 **loss_options(ctx.plan)))
     if layer.get("hash"):
         out.update(lib.select.lower_hash(km, layer, layer["hash"]))
     return out

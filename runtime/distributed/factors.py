@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from boltc.runtime.distributed.exchange import Key, RowGrad
-from boltc.runtime.exec.numpy_rules import LOSS_RULES, NUMPY_RULES, activation_backward
+from boltc.runtime.exec.numpy_rules import LOSS_RULES, NUMPY_RULES, activation_backward, loss_options
 
 
 def supports(plan: dict) -> bool:
@@ -52,7 +52,8 @@ def local_factors(plan: dict, state, batch, active: dict, global_batch: int):
                                                                name == out_name)
     out_layer = next(l for l in layers if l["name"] == out_name)
     oc = caches[out_name]
-    loss, dz = LOSS_RULES[plan.get("loss", "cross_entropy")](oc["z"], oc.get("active"), batch.labels, out_layer["dim"])
+    loss, dz = LOSS_RULES[plan.get("loss", "cross_entropy")](oc["z"], oc.get("active"), batch.labels, out_layer["dim"],
+                                                             **loss_options(plan))
     w = np.ones(dz.shape[0], dz.dtype) if batch.weights is None else np.asarray(batch.weights, dz.dtype)
     grads_in = {out_name: dz * (w / global_batch)[:, None]}
     factors = {}

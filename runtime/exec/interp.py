@@ -27,7 +27,7 @@ import scipy.sparse as sp
 
 from boltc.errors import BoltValidationError
 from boltc.ops.base import SPARSE_INFERENCE_SEED, RunContext, step_seed
-from boltc.runtime.exec.numpy_rules import LOSS_RULES, NUMPY_RULES
+from boltc.runtime.exec.numpy_rules import LOSS_RULES, NUMPY_RULES, loss_options
 from boltc.runtime.exec.optim import make_optimizer
 from boltc.runtime.lsh.index import training_reserve
 from boltc.runtime.lsh.upkeep import DEFAULT_BUDGET, LSHUpkeep
@@ -129,7 +129,8 @@ class NumpyExecutor:
         values, caches = self._run(batch, "train", active, rng, insert_missed=True, ctx=ctx)
         out_layer = self.by_name[self.output]
         oc = caches[self.output]
-        loss, dz = LOSS_RULES[self.loss_kind](oc["z"], oc.get("active"), batch.labels, out_layer["dim"])
+        loss, dz = LOSS_RULES[self.loss_kind](oc["z"], oc.get("active"), batch.labels, out_layer["dim"],
+                                              **loss_options(self.plan))
         B = dz.shape[0]
         w = np.ones(B, dtype=dz.dtype) if batch.weights is None else np.asarray(batch.weights, dz.dtype)
         dz = dz * (w / B)[:, None]
