@@ -125,3 +125,12 @@ def test_nothing_to_tune_says_so(tmp_path):
                  .replace("    patience  2\n", ""))
     with pytest.raises(BoltError, match="nothing to tune"):
         tune(str(p), budget=10, output=tmp_path / "o.boltc", backend="numpy", progress=False)
+
+
+def test_inspect_says_how_the_model_was_tuned(bolt, tmp_path, capsys):
+    tune(str(bolt), budget=60, output=tmp_path / "t.boltc", trials=1, backend="numpy", progress=False,
+         log=lambda m: None)
+    assert main(["inspect", str(tmp_path / "t.boltc")]) == 0
+    out = capsys.readouterr().out
+    assert "tuned by boltc tune: 1 trials in" in out and "trial 0 chosen (validation precision@1" in out
+    assert "trained on all the training rows (train + the validation share)" in out
