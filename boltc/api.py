@@ -110,7 +110,7 @@ class Model:
     # ------------------------------------------------------------ training
     def fit(self, train=None, validation=None, epochs: int | None = None, *, labels=None,
             checkpoint: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
-            callbacks=(), checkpoint_at_end: bool = True) -> dict:
+            callbacks=(), checkpoint_at_end: bool = True, epoch_lines: bool | None = None) -> dict:
         """Train; `train`/`validation` default to the data block's train and validation sets; with no
         validation data, a seeded `holdout` share of the training rows is held out for it (the test set is
         never used). With `checkpoint`, checkpoints are written at epoch ends as runtime/train/checkpoints.py
@@ -131,6 +131,7 @@ class Model:
         if train_ds.class_names and not self.plan["target"].get("class_names"):
             self.plan["target"]["class_names"] = list(train_ds.class_names)
         train_ds, val_ds = self.validation_split(train_ds, validation)
+        self._fit_idf(train_ds, val_ds)
         saved = None
         if resume and checkpoint and Path(checkpoint).exists():
             saved = savefile.load_model(checkpoint)
@@ -139,7 +140,7 @@ class Model:
             self._set_state(savefile.state_from_saved(saved, checkpoint))
             self.plan["train"] = saved.plan.get("train", self.plan["train"])
         trainer = Trainer(self.plan, self.state, self.executor, source=self.source, checkpoint=checkpoint,
-                          progress=progress, checkpoint_at_end=checkpoint_at_end)
+                          progress=progress, checkpoint_at_end=checkpoint_at_end, epoch_lines=epoch_lines)
         if saved is not None:
             trainer.restore(saved)
         else:
@@ -155,6 +156,23 @@ class Model:
         self.history["train_source"] = train_ds.source
         self.history["validation_source"] = val_ds.source if val_ds is not None else None
         return self.history
+
+    def _fit_idf(self, train_ds, val_ds=None) -> None:
+        """TF-IDF inputs (`text(..., idf=true)`): document frequencies from the training rows (after the
+        validation share is held out, so it stays unseen), kept in the plan so that evaluation,
+        prediction and the saved model weight alike; the rows read before the counts existed (training
+        and validation) are weighted here."""
+        from boltc.runtime.data.text import apply_idf, fit_idf, idf_weights
+        for entry in self.plan.get("inputs", []):
+            if entry.get("kind") != "text" or not entry.get("idf") or entry.get("idf_df") is not None:
+                continue                       # fitted ones weighted the rows as they were read
+            name = entry["name"]
+            if name not in train_ds.inputs:
+                continue
+            train_ds.inputs[name] = fit_idf(entry, train_ds.inputs[name])
+            if val_ds is not None and name in getattr(val_ds, "inputs", {}):
+                val_ds.inputs[name] = apply_idf(val_ds.inputs[name], idf_weights(entry),
+                                                entry.get("normalize") or "l2")
 
     def validation_split(self, train_ds, validation=None):
         """(training Dataset, validation Dataset or None): `validation` read, or else the train block's
@@ -180,25 +198,49 @@ class Model:
             return bool(sparse)
         return self.plan.get("train", {}).get("inference", "dense") == "sparse"
 
-    def evaluate(self, data=None, labels=None, *, sparse: bool | None = None, metrics=None) -> dict:
+    def evaluate(self, data=None, labels=None, *, sparse: bool | None = None, metrics=None,
+                 exclude_seen: bool = False, confusion: bool = False) -> dict:
+        """Metrics in percent. `exclude_seen`: labels whose ids are among the row's own feature ids are
+        left out of the ranking (recommendation data). `confusion`: add "confusion", the counts of
+        (true, predicted) class pairs (single-label and binary targets)."""
+        from boltc.runtime.train.metrics import parse_metric
+        from boltc.runtime.train.ranking import seen_input
         from boltc.runtime.train.trainer import evaluate, metric_names
+        names = list(metrics) if metrics else metric_names(self.plan)
+        kind = self.plan["target"].get("kind")
+        for n in names:
+            m, _ = parse_metric(n)
+            if kind == "binary" and m not in ("accuracy", "macro_f1"):
+                raise BoltError(f"metric {n} needs a label or multilabel target; use accuracy or macro_f1 for binary")
+        if kind == "multi" and (confusion or any(parse_metric(n)[0] == "macro_f1" for n in names)):
+            raise BoltError("macro_f1 and the confusion matrix need a label(n) or binary target (one class per "
+                            "example); this model's target is multilabel")
+        if exclude_seen:
+            seen_input(self.plan)                       # the model must have ids to compare: say so first
         data = data if data is not None else (self.data_source("test") or self.data_source("validation"))
         ds = self.dataset(data, labels, allow_stream=True)
         if ds.labels is None:
             raise DataError(f"{ds.source or 'the data'} has no labels to evaluate against")
-        names = list(metrics) if metrics else metric_names(self.plan)
-        binary = self.plan["target"].get("kind") == "binary"
-        return evaluate(self.executor, ds, names, sparse=self._sparse_default(sparse), binary=binary)
+        return evaluate(self.executor, ds, names, sparse=self._sparse_default(sparse), binary=kind == "binary",
+                        exclude_seen=exclude_seen, confusion=confusion)
 
-    def predict(self, X, top_k: int = 5, *, sparse: bool | None = None, batch: int = 1024):
-        """(ids (n, k) int32, scores (n, k) float32), best first."""
+    def predict(self, X, top_k: int = 5, *, sparse: bool | None = None, batch: int = 1024,
+                exclude_seen: bool = False):
+        """(ids (n, k) int32, scores (n, k) float32), best first. `exclude_seen`: a label whose id is one
+        of the row's own feature ids is never ranked (feature and label ids name the same items)."""
+        from boltc.runtime.train import ranking
+        if top_k < 1:
+            raise BoltError(f"top_k must be at least 1, not {top_k}")
+        if exclude_seen:
+            ranking.seen_input(self.plan)
         ds = self.dataset(X, with_labels=False)
         sparse = self._sparse_default(sparse)
         ids, scores = [], []
         for s in range(0, ds.rows, batch):
             b = ds.take(np.arange(s, min(s + batch, ds.rows)))
             b.labels = None
-            i, sc = self.executor.predict(b, top_k, sparse=sparse)
+            i, sc = ranking.predict(self.executor, b, top_k, sparse=sparse, exclude_seen=exclude_seen,
+                                    plan=self.plan)
             ids.append(i)
             scores.append(sc)
         if not ids:
@@ -234,7 +276,10 @@ class Model:
             weight_bytes = 4 * sum(l["parameters"] for l in layers)
             lsh_bytes = sum(4 * h["tables"] * (1 << h["range_bits"]) * (h["reservoir"] + 1)
                             for h in (l.get("hash") for l in self.plan["layers"]) if h)
-        return {"model": self.plan.get("model"), "inputs": self.plan.get("inputs"), "target": self.plan.get("target"),
+        # a TF-IDF input's document frequencies (one per feature) are data, not a setting: counted only
+        inputs = [{**i, "idf_df": f"{len(i['idf_df'])} counts"} if i.get("idf_df") is not None else i
+                  for i in self.plan.get("inputs") or []]
+        return {"model": self.plan.get("model"), "inputs": inputs, "target": self.plan.get("target"),
                 "layers": layers, "output": self.plan.get("output"), "loss": self.plan.get("loss"),
                 "parameters": int(sum(l["parameters"] for l in layers)),
                 "memory": {"weights_bytes": int(weight_bytes), "hash_table_bytes": int(lsh_bytes),
@@ -275,6 +320,18 @@ def apply_overrides(plan: dict, overrides: dict) -> None:
             raise BoltError(f"unknown train setting {k!r} (the train block has: {', '.join(sorted(train))})")
         if k == "upkeep_budget" and not 0.0 < float(v) <= 1.0:
             raise BoltError(f"upkeep_budget must be a fraction in (0, 1], not {v!r}")
+        if k == "class_weights":
+            from boltc.runtime.train.class_weights import n_classes
+            if isinstance(v, str) and v not in ("balanced", "none"):
+                raise BoltError(f"class_weights must be 'balanced', 'none' or one weight per class, not {v!r}")
+            if not isinstance(v, str):
+                v = [float(w) for w in np.asarray(v, dtype=np.float64).ravel()]
+                if len(v) != n_classes(plan["target"]) or min(v) < 0:
+                    raise BoltError(f"class_weights needs {n_classes(plan['target'])} weights >= 0 (one per "
+                                    f"class), got {len(v)}")
+            if v == "none":
+                train.pop(k, None)
+                continue
         if k == "checkpoint_interval" and not float(v) > 0.0:
             raise BoltError(f"checkpoint_interval must be a number of seconds > 0, not {v!r}")
         train[k] = v

@@ -77,14 +77,18 @@ class Loss:
     loc: Loc = Loc()
 
 
+RANKING_METRICS = ("precision", "recall", "ndcg")     # written name@k
+PLAIN_METRICS = ("accuracy", "macro_f1")              # written alone
+
+
 @dataclass(frozen=True)
 class Metric:
-    kind: str                 # "precision", "recall", "accuracy"
-    k: int = 1                # @k; 1 for accuracy
+    kind: str                 # in RANKING_METRICS or PLAIN_METRICS
+    k: int = 1                # @k; 1 for accuracy and macro_f1
     loc: Loc = Loc()
 
     def __str__(self) -> str:
-        return "accuracy" if self.kind == "accuracy" else f"{self.kind}@{self.k}"
+        return self.kind if self.kind in PLAIN_METRICS else f"{self.kind}@{self.k}"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from boltc.frontend.blocks import TRAIN_DEFAULTS  # noqa: F401  (the defaults li
 
 PLAN_FORMAT = 1
 SPARSE_KINDS = ("sparse", "text", "categorical")
-TEXT_KEYS = ("column", "tokenizer", "char_k", "ngrams", "lowercase", "values", "seed", "normalize")
+TEXT_KEYS = ("column", "tokenizer", "char_k", "ngrams", "lowercase", "values", "seed", "normalize", "idf")
 CATEGORICAL_KEYS = ("column", "seed", "normalize")
 MEMORY_KEYS = ("weights", "optimizer", "gradients", "activations", "hash_tables", "total")
 _SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".svm": "svmlight", ".svmlight": "svmlight",
@@ -85,6 +85,8 @@ def to_plan(graph: nx.DiGraph) -> dict:
                 entry.update({k: n.attrs[k] for k in TEXT_KEYS})
             elif n.attrs["kind"] == "categorical":
                 entry.update({k: n.attrs[k] for k in CATEGORICAL_KEYS})
+            elif n.attrs["kind"] == "sparse" and n.attrs.get("normalize", "none") != "none":
+                entry["normalize"] = n.attrs["normalize"]      # absent = none (plans of older files)
             inputs.append(entry)
     t = next(n for n in nodes if n.op == "target")
     loss = g.graph["loss"]
@@ -94,7 +96,7 @@ def to_plan(graph: nx.DiGraph) -> dict:
         "format": PLAN_FORMAT, "model": g.graph.get("model"),
         "inputs": inputs,
         "target": {"name": t.name, "kind": t.attrs["kind"], "classes": t.attrs["classes"],
-                   "column": t.attrs.get("column")},
+                   "column": t.attrs.get("column"), **({"as_names": True} if t.attrs.get("as_names") else {})},
         "layers": [_layer_entry(g, n) for n in nodes if n.op in ir.LAYER_OPS],
         "output": loss.output, "loss": loss.kind, "metrics": [str(m) for m in g.graph.get("metrics", ())],
         "train": _plain(g.graph.get("train") or TRAIN_DEFAULTS),

@@ -24,8 +24,12 @@ def test_run_eval_inspect_predict(tmp_path, capsys):
     bolt = model_file(tmp_path)
     out = tmp_path / "tiny.boltc"
     assert main(["run", str(bolt), "-o", str(out), "--backend", "numpy", "--no-progress"]) == 0
-    text = capsys.readouterr().out
+    cap = capsys.readouterr()
+    text = cap.out
     assert "precision@1" in text and "dense inference" in text and "sparse inference" in text
+    # --no-progress drops the bar but keeps one line per epoch
+    assert [ln.split()[:2] for ln in cap.err.splitlines() if ln.startswith("epoch ")] == [["epoch", "1"],
+                                                                                          ["epoch", "2"]]
     assert out.exists() and not (tmp_path / "tiny.boltc.ckpt").exists()   # removed once the run finished
 
     assert main(["inspect", str(out)]) == 0

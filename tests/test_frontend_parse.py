@@ -71,7 +71,8 @@ def test_inputs_and_target_attrs():
     g = parse(KITCHEN_SINK)
     words = ir.node(g, "words").attrs
     assert words == {"kind": "text", "column": "body", "tokenizer": "chars", "char_k": 4, "ngrams": 3,
-                     "lowercase": False, "dim": 4096, "values": "log", "seed": 9, "normalize": "none"}
+                     "lowercase": False, "dim": 4096, "values": "log", "seed": 9, "normalize": "none",
+                     "idf": False}
     assert ir.node(g, "shop").attrs == {"kind": "categorical", "column": "store", "dim": 512, "seed": 1,
                                         "normalize": "none"}
     assert ir.node(g, "topic").attrs == {"kind": "single", "classes": 700, "column": "topic"}
@@ -155,7 +156,8 @@ def test_plan_inputs_entries_carry_featuriser_attrs(tmp_path):
     graph, plan = load_model_source(path)
     words = next(i for i in plan["inputs"] if i["name"] == "words")
     assert words == {"name": "words", "kind": "text", "dim": 4096, "column": "body", "tokenizer": "chars",
-                     "char_k": 4, "ngrams": 3, "lowercase": False, "values": "log", "seed": 9, "normalize": "none"}
+                     "char_k": 4, "ngrams": 3, "lowercase": False, "values": "log", "seed": 9, "normalize": "none",
+                     "idf": False}
     assert next(i for i in plan["inputs"] if i["name"] == "shop") == {
         "name": "shop", "kind": "categorical", "dim": 512, "column": "store", "seed": 1, "normalize": "none"}
     assert plan["target"] == {"name": "topic", "kind": "single", "classes": 700, "column": "topic"}

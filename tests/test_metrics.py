@@ -53,3 +53,36 @@ def test_unknown_metric_is_a_bolt_error():
     with pytest.raises(BoltError):
         metrics.parse_metric("precision@")
     assert metrics.parse_metric("P@5") == ("precision", 5)
+
+
+def test_ndcg_by_hand_skips_rows_without_labels():
+    # row 0: hits at ranks 1 and 3, two labels -> (1 + 1/log2 4) / (1 + 1/log2 3)
+    # row 1: hit at rank 2, one label -> (1/log2 3) / 1; row 2: hits at 1, 2, 3, three labels -> 1
+    r0 = (1 + 1 / np.log2(4)) / (1 + 1 / np.log2(3))
+    r1 = 1 / np.log2(3)
+    assert metrics.ndcg_at_k(TOP, Y, 5) == pytest.approx((r0 + r1 + 1.0) / 3)
+    # at k=1 the ideal DCG is 1 for every labelled row: nDCG@1 = hits at rank 1 / labelled rows
+    assert metrics.ndcg_at_k(TOP, Y, 1) == pytest.approx(2 / 3)
+
+
+def test_macro_f1_by_hand():
+    # truth 0,0,1,2 ; top-1 0,1,1,1 -> class 0: tp1 fn1 -> 2/3; class 1: tp1 fp2 -> 2/4; class 2: fn1 -> 0
+    y = labels([[0], [0], [1], [2]], classes=4)
+    top = np.array([[0], [1], [1], [1]])
+    assert metrics.macro_f1(top, y) == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
+    names = ["macro_f1", "ndcg@1"]
+    acc = metrics.MetricAccumulator(names, confusion=True)
+    acc.add(top[:1], y[:1])
+    acc.add(top[1:], y[1:])
+    res = acc.result()
+    assert res["macro_f1"] == pytest.approx(100 * (2 / 3 + 1 / 2) / 3)
+    assert res == pytest.approx(metrics.compute(names, top, y))
+    assert sorted((r["true"], r["predicted"], r["count"]) for r in acc.confusion.rows()) == \
+        [(0, 0, 1), (0, 1, 1), (1, 1, 1), (2, 1, 1)]
+
+
+def test_binary_macro_f1_by_hand():
+    # truth 1,0,1,0 ; predicted (>= 0.5) 1,0,0,1 -> class 1: tp1 fp1 fn1 -> 1/2; class 0: tp1 fp1 fn1 -> 1/2
+    y = labels([[0], [], [0], []], classes=1)
+    scores = np.array([[0.9], [0.2], [0.4], [0.7]], np.float32)
+    assert metrics.macro_f1(None, y, scores, binary=True) == pytest.approx(0.5)

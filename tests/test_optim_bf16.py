@@ -193,3 +193,33 @@ def test_native_adam_update_equals_the_interpreter_bit_for_bit(moments, tensor, 
         np.testing.assert_array_equal(native_m.view(mdt), st.m["l"][tensor])
         np.testing.assert_array_equal(native_v.view(mdt), st.v["l"][tensor])
     assert not np.array_equal(native_W, W0)
+
+
+@pytest.mark.parametrize("momentum,wd", [(0.0, 0.01), (0.9, 0.01), (0.9, 0.0)])
+def test_native_sgd_update_with_weight_decay_equals_the_interpreter_bit_for_bit(momentum, wd):
+    from boltc.runtime.exec.optim import SGD
+    n = 1003
+    k = build(lambda km: bw.dense_update(km, "upd", bw.UpdateSpec("sgd", weight_decay=wd), tensor="W"))
+    upd = k.fn("t", "upd")
+    rng = np.random.default_rng(5)
+    W0 = rng.standard_normal(n).astype(np.float32)
+    native_W, native_m, unused_v = W0.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
+    st = ModelState(params={"l": {"W": W0.copy()}}, m={"l": {"W": np.zeros(n, np.float32)}}, v={"l": {}})
+    opt = SGD(momentum, weight_decay=wd)
+    for t in range(1, 6):
+        g = (rng.standard_normal(n) * 10.0 ** rng.integers(-6, 2, size=n)).astype(np.float32)
+        lr = 1e-2 * t
+        hyper = _hyper(lr, t)
+        hyper[bw.HYPER.index("momentum")] = momentum
+        upd(0, n, native_W.ctypes.data, g.ctypes.data, native_m.ctypes.data, unused_v.ctypes.data,
+            hyper.ctypes.data)
+        opt.apply(st, {"l": {"W": ParamGrad(None, None, g)}}, lr)
+        np.testing.assert_array_equal(native_W.view(np.uint32), st.params["l"]["W"].view(np.uint32))
+    # the decay pulls the weights towards zero beyond the plain update
+    if wd:
+        plain = ModelState(params={"l": {"W": W0.copy()}}, m={"l": {"W": np.zeros(n, np.float32)}}, v={"l": {}})
+        SGD(momentum).apply(plain, {"l": {"W": ParamGrad(None, None, np.zeros(n, np.float32))}}, 0.1)
+        decayed = ModelState(params={"l": {"W": W0.copy()}}, m={"l": {"W": np.zeros(n, np.float32)}}, v={"l": {}})
+        SGD(momentum, weight_decay=wd).apply(decayed, {"l": {"W": ParamGrad(None, None, np.zeros(n, np.float32))}}, 0.1)
+        np.testing.assert_allclose(decayed.params["l"]["W"], W0 - np.float32(0.1 * wd) * W0, rtol=1e-6)
+        np.testing.assert_array_equal(plain.params["l"]["W"], W0)

@@ -45,7 +45,7 @@ def test_binary_target_with_cross_entropy():
 
 def test_precision_on_a_binary_target():
     assert errors(VALID.replace("metrics accuracy", "metrics precision@1")) == [
-        (10, 11, "precision@1 needs a label or multilabel target; use accuracy for binary")]
+        (10, 11, "precision@1 needs a label or multilabel target; use accuracy or macro_f1 for binary")]
 
 
 def test_loss_output_must_not_feed_another_layer():

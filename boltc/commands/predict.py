@@ -20,14 +20,20 @@ def add_arguments(p) -> None:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--sparse", action="store_true", help="sparse (LSH) inference")
     p.add_argument("--dense", action="store_true", help="dense inference")
+    p.add_argument("--exclude-seen", action="store_true",
+                   help="leave out of the ranking the labels whose ids are among the row's own feature ids "
+                        "(feature and label ids name the same items, e.g. recommendation)")
     add_backend_arguments(p)
 
 
 def run(args) -> int:
     from boltc.runtime.data.load import read_rows_text
+    from boltc.runtime.train.ranking import seen_input
     model = load_from_args(args)
     if args.top_k < 1:
         raise BoltError("--top-k must be at least 1")
+    if args.exclude_seen:
+        seen_input(model.plan)
     text_model = any(i.get("kind") in ("text", "categorical") for i in model.plan.get("inputs", []))
     if args.text:
         if not text_model:
@@ -40,7 +46,7 @@ def run(args) -> int:
         data = [l for l in raw.splitlines() if l.strip()] if text_model else read_rows_text(raw, model.plan)
     note(model)
     sparse = True if args.sparse else (False if args.dense else None)
-    ids, scores = model.predict(data, top_k=args.top_k, sparse=sparse)
+    ids, scores = model.predict(data, top_k=args.top_k, sparse=sparse, exclude_seen=args.exclude_seen)
     named = bool(model.plan["target"].get("class_names"))
     out = sys.stdout
     if model.plan["target"].get("kind") == "binary":

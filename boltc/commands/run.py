@@ -37,7 +37,7 @@ def add_train_arguments(p) -> None:
     p.add_argument("--checkpoint-interval", type=float, default=None, metavar="SECONDS",
                    help="override the train block's checkpoint_interval")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (the per-epoch lines are still printed)")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON on stdout")
     p.add_argument("--workers", type=int, default=None,
                    help="train data-parallel on N Ray workers (needs: pip install boltc[distributed])")
@@ -74,11 +74,12 @@ def is_sparse_output(plan: dict) -> bool:
     return bool(out.get("hash"))
 
 
-def evaluate_both(model, data, metrics: list[str] | None = None) -> dict:
-    """{"dense": metrics, "sparse": metrics (LSH-sparse outputs only)}; `metrics` None = the model's."""
-    res = {"dense": model.evaluate(data, sparse=False, metrics=metrics)}
+def evaluate_both(model, data, metrics: list[str] | None = None, **options) -> dict:
+    """{"dense": metrics, "sparse": metrics (LSH-sparse outputs only)}; `metrics` None = the model's;
+    `options` go to Model.evaluate (exclude_seen, confusion)."""
+    res = {"dense": model.evaluate(data, sparse=False, metrics=metrics, **options)}
     if is_sparse_output(model.plan):
-        res["sparse"] = model.evaluate(data, sparse=True, metrics=metrics)
+        res["sparse"] = model.evaluate(data, sparse=True, metrics=metrics, **options)
     return res
 
 
@@ -101,11 +102,12 @@ def train_and_report(model, args, train, validation, test, output: Path) -> int:
             from boltc.runtime.distributed.driver import fit_model
             hist = fit_model(model, train, validation, epochs=args.epochs, workers=args.workers,
                              address=args.address, exchange=args.exchange, checkpoint=ckpt,
-                             resume=args.resume, progress=not args.no_progress)
+                             resume=args.resume, progress=True)     # its only progress: the epoch lines
         else:
             # the default checkpoint is deleted once the model is saved: none is written at the end
             hist = model.fit(train, validation, epochs=args.epochs, checkpoint=ckpt, resume=args.resume,
-                             progress=not args.no_progress, checkpoint_at_end=bool(args.checkpoint))
+                             progress=not args.no_progress, checkpoint_at_end=bool(args.checkpoint),
+                             epoch_lines=True)
     except KeyboardInterrupt:
         if ckpt.exists():
             print(f"interrupted: the last checkpoint is {ckpt}; run the same command with --resume to continue",

@@ -44,7 +44,8 @@ _OPTIMIZERS = {
              # storage of m and v: float32, bfloat16, or auto = bf16 only for very large tensors
              # (boltc/passes/plan_memory_moments.py has the rule and why)
              Param("moments", word("f32", "bf16", "auto", what="moment storage"), "auto")),
-    "sgd": (Param("lr", tunable(_POS, "lr", SGD_DEFAULT_LR), SGD_DEFAULT_LR), Param("momentum", real(0.0, 1.0), 0.0)),
+    "sgd": (Param("lr", tunable(_POS, "lr", SGD_DEFAULT_LR), SGD_DEFAULT_LR), Param("momentum", real(0.0, 1.0), 0.0),
+            Param("weight_decay", real(0.0), 0.0)),      # decoupled, on touched weight rows (as adam)
 }
 
 
@@ -106,9 +107,10 @@ _SCALARS = {
     "upkeep_budget": ("upkeep_budget", real(0.0, 1.0, low_open=True, what="a fraction of the step work")),
 }
 # keys written into the plan only when the block sets them (the runtime holds their defaults)
-OPTIONAL_TRAIN_KEYS = ("upkeep_budget", "checkpoint_interval", "patience")
+OPTIONAL_TRAIN_KEYS = ("upkeep_budget", "checkpoint_interval", "patience", "class_weights")
 TRAIN_WORDS = ("optimizer", "batch", "epochs", "patience", "holdout", "schedule", "sampler", "threads", "seed",
-               "checkpoint", "checkpoint_interval", "inference", "upkeep_budget", "tune(...)", "distributed(...)")
+               "checkpoint", "checkpoint_interval", "inference", "upkeep_budget", "class_weights", "tune(...)",
+               "distributed(...)")
 
 
 def _epochs(v: ast.Value):
@@ -116,6 +118,32 @@ def _epochs(v: ast.Value):
     if isinstance(v, ast.Name) and v.text == "auto":
         return None
     return integer(1, what="a number of epochs or auto")(v)
+
+
+# where the block set class_weights: the count of given weights is checked against the target's classes
+# once the whole model is read (build.py), and reported here
+CLASS_WEIGHTS_LOC = "_class_weights_loc"
+
+
+def class_weights(st: ast.Setting):
+    """`class_weights balanced | none | w0, w1, ...` (runtime/train/class_weights.py): "balanced", None for
+    none, or the list of weights (numbers >= 0, one per class)."""
+    first = st.values[0]
+    if isinstance(first, ast.Name):
+        if first.text not in ("balanced", "none"):
+            raise Problem(f"class_weights: unknown value '{first.text}'{did_you_mean(first.text, ('balanced', 'none'))}"
+                          "; expected balanced, none or one weight per class", first.loc)
+        if len(st.values) > 1:
+            raise Problem(f"class_weights {first.text} takes no other value", st.values[1].loc)
+        return None if first.text == "none" else "balanced"
+    conv = real(0.0, what="a class weight")
+    out = []
+    for v in st.values:
+        try:
+            out.append(conv(v))
+        except Problem as e:
+            raise Problem(f"class_weights: {e.message}", e.loc) from None
+    return out
 
 
 def default_train() -> dict:
@@ -160,10 +188,16 @@ def build_train(body, problems: list[Problem], tunables: list | None = None) -> 
                 train["tune"] = _given(bind(st.call, _TUNE, "tune", problems))
                 continue
             if not isinstance(st, ast.Setting) or key not in _SCALARS and key not in (
-                    "optimizer", "schedule", "sampler", "epochs"):
+                    "optimizer", "schedule", "sampler", "epochs", "class_weights"):
                 raise Problem(f"unknown train setting '{key}'{did_you_mean(key, TRAIN_WORDS)}; expected "
                               f"{one_of_words(TRAIN_WORDS)}", st.loc)
             seen[key] = st.loc.line
+            if key == "class_weights":
+                got = class_weights(st)
+                if got is not None:
+                    train["class_weights"] = got
+                    train[CLASS_WEIGHTS_LOC] = st.values[0].loc
+                continue
             value = _one_value(st)
             if key == "optimizer":
                 name, got = _choose(value, _OPTIMIZERS, "optimizer", problems)

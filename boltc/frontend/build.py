@@ -13,7 +13,7 @@ from boltc import ir
 from boltc.frontend import ast
 from boltc.frontend.bind import (Param, Problem, as_call, bind, boolean, did_you_mean, integer, one_of_words, real,
                                  reference, string, take_auto, tunable, word)
-from boltc.frontend.blocks import build_data, build_train, default_train
+from boltc.frontend.blocks import CLASS_WEIGHTS_LOC, build_data, build_train, default_train
 
 # Decisions: default widths of hashed featurisers. 2^18 text buckets keep a 256-wide first layer at
 # 256 MiB of weights; collisions at that width cost little accuracy on document classification.
@@ -73,13 +73,19 @@ def _tokenizer(v):
 
 
 def _input_params(kind: str, name: str) -> tuple[Param, ...]:
-    if kind in ("sparse", "dense"):
+    if kind == "sparse":
+        # normalize=l2: every row scaled to unit length (runtime/data.py checked_dataset), as the linear
+        # baselines of the XC sets do; none (the default) keeps the file's values
+        return (Param("dim", integer(1), positional=True), Param("normalize", word("l2", "none"), "none"))
+    if kind == "dense":
         return (Param("dim", integer(1), positional=True),)
     if kind == "text":
         return (Param("column", string, name), Param("tokenizer", _tokenizer, ("words", None)),
                 Param("ngrams", tunable(integer(1, 3), "ngrams", 1), 1), Param("lowercase", boolean, True),
                 Param("dim", tunable(integer(1), "text_dim", TEXT_DEFAULT_DIM), TEXT_DEFAULT_DIM), Param("values", word("counts", "log"), "counts"),
-                Param("seed", integer(0), 0), Param("normalize", word("l2", "none"), "l2"))
+                Param("seed", integer(0), 0), Param("normalize", word("l2", "none"), "l2"),
+                # TF-IDF: values times the inverse document frequency of the training set (runtime/data/text.py)
+                Param("idf", boolean, False))
     return (Param("column", string, name), Param("dim", integer(1), CATEGORICAL_DEFAULT_DIM),
             Param("seed", integer(0), 0), Param("normalize", word("l2", "none"), "none"))
 
@@ -124,11 +130,27 @@ class Builder:
                 self.problems.append(e)
             if len(self.problems) > before:
                 self.broken(st)
+        self.check_class_weights()
         # a model with mistakes is incomplete: validate then skips "the model has no loss" and the like,
         # which would only repeat the mistake that lost it
         self.graph.graph["incomplete"] = bool(self.problems)
         self.graph.graph["tunable"] = tuple(self.tunables)
         return self.graph
+
+    def check_class_weights(self) -> None:
+        """Given class weights: one per class of the target (two for binary), reported at the setting."""
+        train = self.graph.graph["train"]
+        loc = train.pop(CLASS_WEIGHTS_LOC, None)
+        given = train.get("class_weights")
+        targets = [n["node"] for n in self.graph.nodes.values() if "node" in n and n["node"].op == "target"]
+        if not isinstance(given, list) or len(targets) != 1:
+            return
+        t = targets[0].attrs
+        want = 2 if t["kind"] == "binary" else t.get("classes")
+        if isinstance(want, int) and len(given) != want:
+            what = "2 (negative, positive) for a binary target" if t["kind"] == "binary" else \
+                f"{want}, one per class of '{targets[0].name}'"
+            self.problems.append(Problem(f"class_weights has {len(given)} weights; expected {what}", loc))
 
     def broken(self, st) -> None:
         """A declaration that failed still defines its name, so uses of it are not reported again."""
@@ -200,10 +222,13 @@ class Builder:
         self.once("target", st.loc)
         params = (Param("column", string, None),)
         if call.name != "binary":
-            params = (Param("classes", integer(1), positional=True),) + params
+            # as_names=true: a CSV label column of integers holds class names, not class ids
+            params = (Param("classes", integer(1), positional=True),) + params + (Param("as_names", boolean, False),)
         got = bind(call, params, call.name, self.problems)
         classes = got.get("classes", 1)
         attrs = {"kind": TARGETS[call.name], "classes": classes, "column": got.get("column")}
+        if got.get("as_names"):
+            attrs["as_names"] = True
         self.add(ir.Node(st.name, "target", (), attrs, st.name_loc, classes if isinstance(classes, int) else None))
 
     def layer(self, st: ast.Assign) -> None:
@@ -253,19 +278,19 @@ class Builder:
         self.once("metrics", st.loc)
         out = []
         for v in st.values:
-            if isinstance(v, ast.AtK) and v.name in ("precision", "recall"):
+            if isinstance(v, ast.AtK) and v.name in ir.RANKING_METRICS:
                 if v.k < 1:
                     raise Problem(f"{v.name}@k needs k >= 1", v.loc)
                 out.append(ir.Metric(v.name, v.k, v.loc))
-            elif isinstance(v, ast.Name) and v.text == "accuracy":
-                out.append(ir.Metric("accuracy", 1, v.loc))
-            elif isinstance(v, ast.Name) and v.text in ("precision", "recall"):
+            elif isinstance(v, ast.Name) and v.text in ir.PLAIN_METRICS:
+                out.append(ir.Metric(v.text, 1, v.loc))
+            elif isinstance(v, ast.Name) and v.text in ir.RANKING_METRICS:
                 raise Problem(f"{v.text} needs a cut-off, e.g. {v.text}@1", v.loc)
             else:
                 word = v.name if isinstance(v, ast.AtK) else ast.describe(v)
-                hint = did_you_mean(word, ("precision", "recall", "accuracy"))
-                raise Problem(f"unknown metric '{ast.describe(v)}'{hint}; expected precision@k, recall@k or accuracy",
-                              v.loc)
+                hint = did_you_mean(word, ir.RANKING_METRICS + ir.PLAIN_METRICS)
+                raise Problem(f"unknown metric '{ast.describe(v)}'{hint}; expected precision@k, recall@k, "
+                              "ndcg@k, accuracy or macro_f1", v.loc)
         if len({str(m) for m in out}) != len(out):
             raise Problem("a metric is listed twice", st.loc)
         self.graph.graph["metrics"] = tuple(out)

@@ -42,8 +42,11 @@ def _kw(d: dict, skip=("kind",), words=()) -> list[tuple[str, str]]:
 def _input(n: ir.Node) -> str:
     a = n.attrs
     kind = a["kind"]
-    if kind in ("sparse", "dense"):
+    if kind == "dense":
         return _call(kind, [str(a["dim"])])
+    if kind == "sparse":
+        kw = [("normalize", a["normalize"])] if a.get("normalize", "none") != "none" else []
+        return _call(kind, [str(a["dim"])], kw)
     kw = []
     if a.get("column", n.name) != n.name:
         kw.append(("column", fmt_value(a["column"])))
@@ -55,6 +58,8 @@ def _input(n: ir.Node) -> str:
                 kw.append((key, fmt_value(a[key])))
         if a.get("values", "counts") != "counts":
             kw.append(("values", a["values"]))
+        if a.get("idf"):
+            kw.append(("idf", "true"))
     elif a.get("dim", CATEGORICAL_DEFAULT_DIM) != CATEGORICAL_DEFAULT_DIM:
         kw.append(("dim", fmt_value(a["dim"])))
     if a.get("seed", 0) != 0:
@@ -68,6 +73,8 @@ def _target(n: ir.Node) -> str:
     a = n.attrs
     args = [] if a["kind"] == "binary" else [str(a["classes"])]
     kw = [("column", fmt_value(a["column"]))] if a.get("column") is not None else []
+    if a.get("as_names"):
+        kw.append(("as_names", "true"))
     return _call(_TARGET_WORDS[a["kind"]], args, kw)
 
 
@@ -109,7 +116,8 @@ def _train_lines(t: dict) -> list[str]:
         if t.get("moments", d["moments"]) != d["moments"]:
             kw.append(("moments", t["moments"]))         # a word (f32 / bf16), not a string
     else:
-        kw = [(k, fmt_value(t[k])) for k, dv in (("lr", SGD_DEFAULT_LR), ("momentum", 0.0)) if t[k] != dv]
+        kw = [(k, fmt_value(t[k])) for k, dv in (("lr", SGD_DEFAULT_LR), ("momentum", 0.0), ("weight_decay", 0.0))
+              if t.get(k, dv) != dv]
     if t["optimizer"] != "adam" or kw:
         lines.append("optimizer " + (_call(t["optimizer"], [], kw) if kw else t["optimizer"]))
     for key, word in (("batch", "batch"), ("epochs", "epochs"), ("threads", "threads"), ("seed", "seed"),
@@ -124,7 +132,10 @@ def _train_lines(t: dict) -> list[str]:
     if t["inference"] != d["inference"]:
         lines.append(f"inference {t['inference']}")
     for key in OPTIONAL_TRAIN_KEYS:
-        if key in t:
+        if key == "class_weights" and key in t:
+            v = t[key]
+            lines.append(f"class_weights {v if isinstance(v, str) else ', '.join(fmt_value(float(w)) for w in v)}")
+        elif key in t:
             lines.append(f"{key} {fmt_value(t[key])}")
     if t.get("tune"):
         lines.append(_call("tune", [], _kw(t["tune"])))

@@ -207,7 +207,10 @@ def _update(k: Kernel, hp, optimizer: str, param, m, v, idx, g, moments: str = "
     elif optimizer == "sgd":
         mn = k.b.fadd(k.b.fmul(hp["momentum"], k.ld(m, idx)), g)
         k.st(m, idx, mn)
-        k.st(param, idx, k.b.fsub(w, k.b.fmul(hp["lr"], mn)))
+        step = k.b.fmul(hp["lr"], mn)
+        if weight_decay:
+            step = k.b.fadd(step, k.b.fmul(k.b.fmul(hp["lr"], k.f32(weight_decay)), w))
+        k.st(param, idx, k.b.fsub(w, step))
     else:
         raise ValueError(f"no lowering for optimizer {optimizer!r}")
 

@@ -145,8 +145,12 @@ def _metric_errors(g, target: ir.Node | None) -> list:
     if target is None:
         return errs
     for m in g.graph.get("metrics", ()):
-        if m.kind != "accuracy" and target.attrs["kind"] == "binary":
-            errs.append(error(g, f"{m} needs a label or multilabel target; use accuracy for binary", m.loc))
+        if m.kind not in ir.PLAIN_METRICS and target.attrs["kind"] == "binary":
+            errs.append(error(g, f"{m} needs a label or multilabel target; use accuracy or macro_f1 for "
+                                 "binary", m.loc))
+        elif m.kind == "macro_f1" and target.attrs["kind"] == "multi":
+            errs.append(error(g, "macro_f1 needs a label(n) or binary target (one class per example); "
+                                 f"'{target.name}' is multilabel", m.loc))
         elif m.k > target.attrs.get("classes", 1):
             errs.append(error(g, f"{m} asks for more than the {target.attrs['classes']} classes of "
                                  f"'{target.name}'", m.loc))

@@ -141,6 +141,7 @@ class _LabelMapper:
         self.index = {n: i for i, n in enumerate(self.names)} if self.names else None
         self.path, self.field, self.column = path, field, column
         self.sep = opts.get("label_sep", ",")
+        self.as_names = bool(target.get("as_names"))
 
     def _where(self, line: int) -> Location:
         return Location(self.path, int(line), self.field + 1)
@@ -179,7 +180,16 @@ class _LabelMapper:
 
     def _build_mapping(self, parts, lines) -> tuple[dict, list[str]]:
         flat = {x for p in parts for x in p}
-        if flat and all(_INT.match(x) for x in flat):
+        numeric = bool(flat) and all(_INT.match(x) for x in flat)
+        if numeric and self.as_names:
+            # label(n, as_names=true): integers are names (codes, years, star ratings), not ids; ids in
+            # numeric order, so "2" comes before "10"
+            names = sorted(flat, key=int)
+            if self.classes and len(names) > self.classes:
+                raise DataError(f"column '{self.column}' holds {len(names)} distinct labels but the target "
+                                f"declares {self.classes} classes", self._where(lines[0] if len(lines) else 0))
+            return {n_: i for i, n_ in enumerate(names)}, names
+        if numeric:
             n = self.classes or (max(int(x) for x in flat) + 1)
             for p, line in zip(parts, lines):
                 for x in p:

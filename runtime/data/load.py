@@ -100,8 +100,12 @@ def l2_normalize_rows(X: sp.csr_matrix) -> sp.csr_matrix:
 
 def checked_dataset(X: sp.csr_matrix, Y: sp.csr_matrix | None, inp: dict, plan: dict, where: str) -> Dataset:
     """X, Y checked against the plan's input `inp` and target (DataError naming `where`), widened to
-    the model's dims, labels as 0/1 CSR: the one check for every source (files, chunks, arrays)."""
+    the model's dims, labels as 0/1 CSR: the one check for every source (files, chunks, arrays). An input declared
+    `sparse(dim, normalize=l2)` gets its rows scaled to unit length here, so every source (training
+    file, streamed chunk, array, stdin row at predict) is scaled alike."""
     dim = int(inp["dim"])
+    if inp.get("normalize") == "l2" and inp.get("kind") == "sparse":
+        X = l2_normalize_rows(as_csr(X))
     if X.shape[1] > dim:
         raise DataError(f"the data has {X.shape[1]} features but input '{inp['name']}' has dim {dim}",
                         Location(where, 0))

@@ -23,6 +23,14 @@ long newsgroup posts and one-line reviews then give inputs of the same scale, wh
 classifiers (TF-IDF + SVM / logistic regression) rely on, and it keeps the first layer's lr independent
 of document length.
 
+TF-IDF (`idf=true`): each value is multiplied by its feature's inverse document frequency
+idf_j = ln((1 + n) / (1 + df_j)) + 1 before the row is normalised, where n is the number of training
+rows and df_j the number of them holding feature j (scikit-learn's smooth_idf formula, so TF-IDF + a
+linear model carries over). The counts come from the training set when the model is first trained
+(`fit_idf`) and are kept in the plan's input entry (`idf_rows`, `idf_df`), so evaluation and prediction
+weight features exactly as training did. Before that (the training set itself being read) the values
+are left unweighted and `fit_idf` weights them.
+
 Categorical columns: the whole field (exactly as written, not lower-cased) is one token, hashed as above
 with value 1; an empty field is the category "".
 
@@ -286,10 +294,7 @@ def _to_csr(rows: np.ndarray, cols: np.ndarray, nrows: int, dim: int, values: st
     if values == "log":
         np.log1p(m.data, out=m.data)
     if normalize == "l2" and m.nnz:
-        sq = np.add.reduceat(m.data * m.data, m.indptr[:-1][np.diff(m.indptr) > 0])
-        norms = np.zeros(nrows, dtype=np.float32)
-        norms[np.diff(m.indptr) > 0] = np.sqrt(sq)
-        m.data /= np.repeat(norms, np.diff(m.indptr))
+        _l2_rows(m)
     m.indices = m.indices.astype(np.int32, copy=False)
     m.indptr = m.indptr.astype(np.int64, copy=False)
     m.data = m.data.astype(np.float32, copy=False)
@@ -331,8 +336,46 @@ def check_entry(entry: dict) -> dict:
         raise BoltError(f"input '{out['name']}': normalize must be l2 or none, not {normalize!r}")
     lowercase = entry.get("lowercase")
     out.update(tokenizer=tok, char_k=int(char_k) if tok == "chars" else None, ngrams=ngrams,
-               lowercase=True if lowercase is None else bool(lowercase), values=values, normalize=normalize)
+               lowercase=True if lowercase is None else bool(lowercase), values=values, normalize=normalize,
+               idf=bool(entry.get("idf")), idf_rows=entry.get("idf_rows"), idf_df=entry.get("idf_df"),
+               idf_weights=idf_weights(entry))
     return out
+
+
+def idf_weights(entry: dict) -> np.ndarray | None:
+    """(dim,) float32 idf of a fitted `idf=true` input, else None (see the module docstring)."""
+    if not entry.get("idf") or entry.get("idf_df") is None:
+        return None
+    df = np.asarray(entry["idf_df"], dtype=np.float64)
+    n = float(entry["idf_rows"])
+    return (np.log((1.0 + n) / (1.0 + df)) + 1.0).astype(np.float32)
+
+
+def fit_idf(entry: dict, X: sp.csr_matrix) -> sp.csr_matrix:
+    """Count the document frequencies of the training rows X into `entry` (once: a fitted entry keeps
+    its counts) and return X weighted by them, renormalised as the entry says."""
+    if entry.get("idf_df") is None:
+        df = np.bincount(X.indices[X.data != 0], minlength=int(entry["dim"]))
+        entry["idf_rows"], entry["idf_df"] = int(X.shape[0]), [int(c) for c in df]
+    return apply_idf(X, idf_weights(entry), entry.get("normalize") or "l2")
+
+
+def apply_idf(m: sp.csr_matrix, idf: np.ndarray, normalize: str) -> sp.csr_matrix:
+    """Values times idf of their column, then each row scaled to unit L2 norm again (scaling a row
+    before does not change the result, so an already normalised row may come in)."""
+    m = m.copy()
+    m.data = (m.data * idf[m.indices]).astype(np.float32)
+    if normalize == "l2" and m.nnz:
+        _l2_rows(m)
+    return m
+
+
+def _l2_rows(m: sp.csr_matrix) -> None:
+    nrows = m.shape[0]
+    sq = np.add.reduceat(m.data * m.data, m.indptr[:-1][np.diff(m.indptr) > 0])
+    norms = np.zeros(nrows, dtype=np.float32)
+    norms[np.diff(m.indptr) > 0] = np.sqrt(sq)
+    m.data /= np.repeat(norms, np.diff(m.indptr))
 
 
 BLOCK_CHARS = 1 << 20     # featurise ~1 MB of text at a time: the span arrays stay in cache (1.4x faster)
@@ -373,6 +416,8 @@ def _featurize_block(texts: Sequence[str], e: dict) -> sp.csr_matrix:
         buf, row_starts, _ = _encode_rows(texts)
         starts, lengths, rows = _word_spans(buf, row_starts)
     ids, id_rows = _ngram_ids(buf, starts, lengths, rows, e["ngrams"], e["seed"], dim)
+    if e.get("idf_weights") is not None:
+        return apply_idf(_to_csr(id_rows, ids, n, dim, e["values"], "none"), e["idf_weights"], e["normalize"])
     return _to_csr(id_rows, ids, n, dim, e["values"], e["normalize"])
 
 

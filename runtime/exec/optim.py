@@ -128,8 +128,11 @@ class Adam:
 
 
 class SGD:
-    def __init__(self, momentum=0.0):
-        self.mu = momentum
+    """SGD with optional momentum; `weight_decay` > 0 adds the same decoupled decay as Adam's,
+    W -= lr * step + (lr * wd) * W, on the touched rows of weight matrices (not biases)."""
+
+    def __init__(self, momentum=0.0, weight_decay=0.0):
+        self.mu, self.wd = momentum, weight_decay
 
     def apply(self, state, grads: dict, lr: float) -> None:
         for layer, tensors in grads.items():
@@ -142,9 +145,12 @@ class SGD:
                     m = state.m[layer][name]
                     mi = c(self.mu) * m[ix] + g
                     m[ix] = mi
-                    W[ix] -= c(lr) * mi
                 else:
-                    W[ix] -= c(lr) * g
+                    mi = g
+                step = c(lr) * mi
+                if self.wd and name == "W":
+                    step = step + (c(lr) * c(self.wd)) * W[ix]
+                W[ix] -= step
 
 
 def make_optimizer(train: dict):
@@ -153,7 +159,7 @@ def make_optimizer(train: dict):
         return Adam(train.get("beta1", 0.9), train.get("beta2", 0.999), train.get("eps", 1e-7),
                     train.get("weight_decay", 0.0))
     if kind == "sgd":
-        return SGD(train.get("momentum", 0.0))
+        return SGD(train.get("momentum", 0.0), train.get("weight_decay", 0.0))
     raise ValueError(f"unknown optimizer {kind!r}")
 
 

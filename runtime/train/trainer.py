@@ -27,7 +27,9 @@ import numpy as np
 
 from boltc import debug
 from boltc.errors import BoltValidationError
+from boltc.runtime.train import class_weights
 from boltc.runtime.train import metrics as metrics_mod
+from boltc.runtime.train import ranking
 from boltc.runtime import savefile
 from boltc.runtime.train.checkpoints import CheckpointPolicy, StopRequest
 from boltc.runtime.data.dataset import Dataset
@@ -81,18 +83,22 @@ def metric_names(plan: dict) -> list[str]:
 
 @debug.stage("evaluate", part="evaluate")
 def evaluate(executor, dataset: Dataset, names, sparse: bool = False, batch: int = EVAL_BATCH,
-             binary: bool = False) -> dict[str, float]:
-    """Metrics (percent) of `executor` on a labelled dataset; inference only."""
-    acc = metrics_mod.MetricAccumulator(names, binary=binary)
+             binary: bool = False, exclude_seen: bool = False, confusion: bool = False) -> dict[str, float]:
+    """Metrics (percent) of `executor` on a labelled dataset; inference only. `exclude_seen`: each row's
+    own feature ids are left out of the ranking (runtime/ranking.py); `confusion`: the result also holds
+    "confusion", the (true, predicted) counts, most frequent first."""
+    acc = metrics_mod.MetricAccumulator(names, binary=binary, confusion=confusion)
     t0 = time.perf_counter()
     if getattr(dataset, "streaming", False):
         batches = dataset.eval_batches(batch)
     else:
         batches = (dataset.take(np.arange(s, min(s + batch, dataset.rows))) for s in range(0, dataset.rows, batch))
     for b in batches:
-        ids, scores = executor.predict(b, acc.kmax, sparse=sparse)
+        ids, scores = ranking.predict(executor, b, acc.kmax, sparse=sparse, exclude_seen=exclude_seen)
         acc.add(ids, b.labels, scores)
     out = acc.result()
+    if confusion:
+        out["confusion"] = acc.confusion.rows()
     dt = time.perf_counter() - t0
     out["examples_per_s"] = dataset.rows / dt if dt > 0 else 0.0
     return out
@@ -101,7 +107,7 @@ def evaluate(executor, dataset: Dataset, names, sparse: bool = False, batch: int
 class Trainer:
     def __init__(self, plan: dict, state, executor, sampler=None, *, source: str = "",
                  checkpoint: str | Path | None = None, progress: bool = True, log=None,
-                 checkpoint_at_end: bool = True):
+                 checkpoint_at_end: bool = True, epoch_lines: bool | None = None):
         self.plan, self.state, self.ex, self.sampler = plan, state, executor, sampler
         self.train_cfg = plan.get("train", {})
         self.source = source
@@ -109,11 +115,15 @@ class Trainer:
         # False when the caller saves the finished model itself and discards the checkpoint (boltc run)
         self.checkpoint_at_end = checkpoint_at_end
         self.progress = progress
+        # the per-epoch lines are the run's record: `--no-progress` drops the bar, not them
+        # (None: printed when the bar is, as the Python API's fit(progress=False) stays quiet)
+        self.epoch_lines = progress if epoch_lines is None else bool(epoch_lines)
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.history: dict = {"epochs": [], "step": int(state.step)}
         self.epochs_done = 0
         self.binary = (plan.get("target") or {}).get("kind") == "binary"
         self.early: EarlyStopping | None = None          # `epochs auto` / `patience N` (early_stop.py)
+        self.class_weights = None          # per-class weights, resolved on the training set by fit()
 
     # ------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: str | Path | None = None) -> None:
@@ -149,7 +159,15 @@ class Trainer:
         self.sampler.rank_correlation(losses, rows)
 
     def _epoch_batches(self, train, epoch: int, batch: int, seed: int):
-        """(row ids, Batch) of one epoch: the sampler's draws, or a streamed file's own order."""
+        """(row ids, Batch) of one epoch: the sampler's draws, or a streamed file's own order; each
+        batch's example weights carry the class weights (runtime/train/class_weights.py)."""
+        for rows, b in self._drawn_batches(train, epoch, batch, seed):
+            if self.class_weights is not None:
+                w = class_weights.example_weights(self.class_weights, b.labels, self.plan["target"])
+                b.weights = w if b.weights is None else (np.asarray(b.weights, np.float32) * w).astype(np.float32)
+            yield rows, b
+
+    def _drawn_batches(self, train, epoch: int, batch: int, seed: int):
         if getattr(train, "streaming", False):
             yield from train.batches(epoch, batch, seed)
             return
@@ -171,6 +189,11 @@ class Trainer:
             raise BoltValidationError(
                 f"sampler {cfg['sampler']['kind']} needs the training set in memory, but {train.source} is "
                 "streamed (too large for memory, or stream=true): use the uniform sampler, or a smaller file")
+        spec = cfg.get("class_weights")
+        if spec == "balanced" and streaming:
+            raise BoltValidationError(f"class_weights balanced counts the classes of the training set, but "
+                                      f"{train.source} is streamed: give one weight per class instead")
+        self.class_weights = class_weights.resolve(spec, None if streaming else train.labels, self.plan["target"])
         if self.sampler is None:
             self.sampler = (_UniformSampler(train.rows, batch, seed) if streaming
                             else make_sampler(cfg.get("sampler"), train, batch, seed))
@@ -261,7 +284,7 @@ class Trainer:
                 line = format_record(record)
                 if bar is not None:
                     bar.write(line)
-                elif self.progress:
+                elif self.epoch_lines:
                     self.log(line)
                 if stop.requested and not final:
                     raise KeyboardInterrupt
