@@ -287,6 +287,20 @@ class Model:
                 "train": self.plan.get("train"), "history": self.history}
 
 
+def is_sparse_output(plan: dict) -> bool:
+    out = next((l for l in plan["layers"] if l["name"] == plan["output"]), {})
+    return bool(out.get("hash"))
+
+
+def evaluate_both(model, data, metrics: list[str] | None = None, **options) -> dict:
+    """{"dense": metrics, "sparse": metrics (LSH-sparse outputs only)}; `metrics` None = the model's;
+    `options` go to Model.evaluate (exclude_seen, confusion)."""
+    res = {"dense": model.evaluate(data, sparse=False, metrics=metrics, **options)}
+    if is_sparse_output(model.plan):
+        res["sparse"] = model.evaluate(data, sparse=True, metrics=metrics, **options)
+    return res
+
+
 def _planned_shapes(layer: dict) -> dict:
     """Parameter shapes a layer will have (CONTRACTS.md section 4), without allocating them."""
     op = layer["op"]

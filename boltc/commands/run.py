@@ -9,18 +9,14 @@ import json
 import sys
 from pathlib import Path
 
+from boltc.api import evaluate_both, is_sparse_output  # noqa: F401  (eval and serve use them from here)
+from boltc.commands.common import add_backend_arguments, metrics_table  # noqa: F401
 from boltc.errors import DataError
 
 HELP = "compile, train on the model's data block, evaluate and save (the main job)"
 
 
 # ---------------------------------------------------------------- shared helpers
-
-def add_backend_arguments(p) -> None:
-    p.add_argument("--backend", choices=("native", "numpy"), default=None,
-                   help="kernels to run (default: native when available, else numpy)")
-    p.add_argument("--threads", type=int, default=None, help="worker threads (0 = all cores)")
-
 
 def add_train_arguments(p) -> None:
     """The options of the training commands (run, train): backend, train-block overrides, checkpoints
@@ -67,31 +63,6 @@ def note(model) -> None:
     _ = model.executor                  # build it now so the backend choice is known
     if model.backend_note:
         print(model.backend_note, file=sys.stderr)
-
-
-def is_sparse_output(plan: dict) -> bool:
-    out = next((l for l in plan["layers"] if l["name"] == plan["output"]), {})
-    return bool(out.get("hash"))
-
-
-def evaluate_both(model, data, metrics: list[str] | None = None, **options) -> dict:
-    """{"dense": metrics, "sparse": metrics (LSH-sparse outputs only)}; `metrics` None = the model's;
-    `options` go to Model.evaluate (exclude_seen, confusion)."""
-    res = {"dense": model.evaluate(data, sparse=False, metrics=metrics, **options)}
-    if is_sparse_output(model.plan):
-        res["sparse"] = model.evaluate(data, sparse=True, metrics=metrics, **options)
-    return res
-
-
-def metrics_table(results: dict) -> str:
-    cols = list(results)
-    names = [k for k in results[cols[0]] if k != "examples_per_s"]
-    head = f"{'metric':<14}" + "".join(f"{c + ' inference':>20}" for c in cols)
-    lines = [head, "-" * len(head)]
-    for n in names:
-        lines.append(f"{n:<14}" + "".join(f"{results[c].get(n, float('nan')):>20.2f}" for c in cols))
-    lines.append(f"{'examples/s':<14}" + "".join(f"{results[c].get('examples_per_s', 0):>20,.0f}" for c in cols))
-    return "\n".join(lines)
 
 
 def train_and_report(model, args, train, validation, test, output: Path) -> int:

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from boltc.commands.run import add_backend_arguments, metrics_table
+from boltc.commands.common import add_backend_arguments, metrics_table
 from boltc.errors import BoltError
 
 HELP = "search the values written auto on a validation split within a time budget; write and train the best model"

@@ -284,7 +284,7 @@ def tune(model_path, budget: float, output, *, train=None, validation=None, test
     final.save(output)
     results = None
     if test is not None:
-        from boltc.commands.run import evaluate_both
+        from boltc.api import evaluate_both
         results = evaluate_both(final, test)
     return TuneResult(bolt_path=bolt_path, model=final,
                       best={"number": best.number, "value": best.value, "params": dict(best.params),

@@ -1,0 +1,20 @@
+"""Command-line pieces shared by several commands (below run, train, tune, eval, predict in the import
+order, so that no command imports another's module for them)."""
+from __future__ import annotations
+
+
+def add_backend_arguments(p) -> None:
+    p.add_argument("--backend", choices=("native", "numpy"), default=None,
+                   help="kernels to run (default: native when available, else numpy)")
+    p.add_argument("--threads", type=int, default=None, help="worker threads (0 = all cores)")
+
+
+def metrics_table(results: dict) -> str:
+    cols = list(results)
+    names = [k for k in results[cols[0]] if k != "examples_per_s"]
+    head = f"{'metric':<14}" + "".join(f"{c + ' inference':>20}" for c in cols)
+    lines = [head, "-" * len(head)]
+    for n in names:
+        lines.append(f"{n:<14}" + "".join(f"{results[c].get(n, float('nan')):>20.2f}" for c in cols))
+    lines.append(f"{'examples/s':<14}" + "".join(f"{results[c].get('examples_per_s', 0):>20,.0f}" for c in cols))
+    return "\n".join(lines)
