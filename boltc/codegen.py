@@ -10,7 +10,8 @@ Decisions:
 - Native code is kept as relocatable object code and linked into the process by MCJIT's in-process
   linker (`add_object_file`): loading a cached or shipped object needs no system compiler or linker.
 - The cache key covers everything that changes the machine code: IR hash, CPU, features, llvmlite
-  version, flags (the IR is a function of the plan, so this is the plan's key too). Objects live in
+  version, flags and this module's own source (the IR is a function of the plan, so this is the
+  plan's key too). Objects live in
   boltc/kernel_cache.py's self-checking, atomically written entries ($BOLTC_CACHE or ~/.cache/boltc).
 - llvmlite serialises LLVM calls internally; we add our own lock so two threads never build at once.
 """
@@ -22,6 +23,7 @@ import os
 import sys
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 import llvmlite
 import llvmlite.binding as llvm
 
@@ -88,10 +90,16 @@ def _ensure_init() -> None:
             pass
 
 
+# This file's own bytes: the pipeline, target machine and emission live here, so two boltc builds whose
+# codegen differs (two branches sharing ~/.cache/boltc) never read each other's objects. Seen: an
+# object written by another build's codegen for the same IR crashed the process in add_object_file.
+_CODEGEN_ID = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
 def cache_key(ir_text: str, target: Target) -> str:
     h = hashlib.sha256()
     for part in (hashlib.sha256(ir_text.encode()).hexdigest(), target.cpu, target.features,
-                 llvmlite.__version__, json.dumps(FLAGS, sort_keys=True)):
+                 llvmlite.__version__, json.dumps(FLAGS, sort_keys=True), _CODEGEN_ID):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()

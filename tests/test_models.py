@@ -110,8 +110,11 @@ def test_xc_models_point_at_the_shared_data():
 
 
 def test_bibtex_and_delicious_sparsity_is_set_by_hand():
-    for name, s in (("bibtex", 0.5), ("delicious", 0.2)):
+    """delicious keeps its hand-written 0.2; bibtex's 0.5 (79 of 159) runs dense, estimated cheaper."""
+    for name, s, execution in (("bibtex", 1.0, "dense"), ("delicious", 0.2, "sparse")):
         graph, plan = load_model_source(MODELS / f"{name}.bolt")
         out = next(layer for layer in plan["layers"] if layer["name"] == plan["output"])
-        assert out["sparsity"] == s and out["hash"]["family"] == "dwta"
+        assert out["sparsity"] == s and (out["hash"] or {}).get("family") == ("dwta" if s < 1 else None)
         assert not [c for c in graph.graph["choices"] if c.key == "sparsity" and c.node == plan["output"]]
+        (choice,) = [c for c in graph.graph["choices"] if c.key == "execution"]
+        assert choice.value == execution

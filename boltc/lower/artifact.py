@@ -29,7 +29,8 @@ from boltc.errors import Location, ModelFileError
 # its kernels with today's arguments would corrupt memory, so it is recompiled from its plan.
 # 2: the training lookup takes the frequency fill table (cum, guide, ncum); bf16 moment updates;
 # kernels of every op.
-NATIVE_FORMAT = 2
+# 3: dense fc layers also have `w_upd` and `bias_upd` (the optimizer after a BLAS gradient).
+NATIVE_FORMAT = 3
 
 
 class StaleNativeCode(ModelFileError):

@@ -82,6 +82,13 @@ def lower_fc(km: KernelModule, layer: dict, ctx: dict) -> dict:
         fwd.dense_fc_fwd(km, out["fwd"], in_dim, dim, f_act, bias, gather=False)
         out["upd"] = symbol(layer, "upd")
         bw.rows_update_out_major(km, out["upd"], in_dim, dim, False, bias, opt)
+        # the BLAS path of a dense layer (runtime/exec/native_ops.py dense_blas): the gradient comes
+        # from sgemm, these apply the optimizer to every entry of W and b
+        out["w_upd"] = symbol(layer, "w_upd")
+        bw.dense_update(km, out["w_upd"], opt, tensor="W")
+        if bias:
+            out["bias_upd"] = symbol(layer, "bias_upd")
+            bw.dense_update(km, out["bias_upd"], opt)
         if ctx["needs_dx"]:
             out["dx"] = symbol(layer, "dx")
             bw.input_grad(km, out["dx"], in_dim, dim, False, ctx["in_activation"])

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from boltc.errors import BoltValidationError
+from boltc.runtime.exec import blas
 from boltc.runtime.exec.native_kernels import ptr
+from boltc.runtime.exec.numpy_rules import activate
 
 # Fixed chunks of the wide layer's unique neurons for the fused update + input gradient: each chunk has
 # its own input-gradient buffer (B x in_dim, small), summed in chunk order afterwards. The chunking does
@@ -33,6 +35,15 @@ N_CHUNKS = 8
 NEURON_MAJOR_MIN_BATCH = 32
 # Dense scoring of an output layer at least this big (dim * in_dim) for a batch >= 32 goes to BLAS.
 DENSE_GEMM_MIN_WEIGHTS = 1 << 22
+# A dense fc (every neuron, dense input) runs its forward as sgemm calls into numpy's BLAS
+# (runtime/exec/blas.py) when it multiplies at least this many times (B * dim * in_dim), and its
+# backward too (dW = g^T x and dx = g W by sgemm, then the optimizer kernel over every entry) from a
+# batch of DENSE_BLAS_MIN_BATCH_BACKWARD. Measured with benchmarks/dense_blas.py (docs/native.md "Dense
+# layers"): the forward gained 1.1-2.4x on every shape tried; the backward writes and rereads a gradient
+# as large as W where the generated kernel fuses gradient and update, which lost below batch 128
+# (0.4x at batch 1, 0.8x at 16-64) and won from it (1.07x at 128, 1.4-1.9x at 256).
+DENSE_BLAS_MIN_MACS = 1 << 16
+DENSE_BLAS_MIN_BATCH_BACKWARD = 128
 # Handing a slice to the pool costs about 0.1 ms (a lock hand-off each way), more than a small kernel
 # spends on its whole range: text_tiny.bolt (64 hidden units, batch 64) trained at 80k ex/s on 2 threads
 # and 188k on 1. So a kernel takes a second thread only for at least this many multiply-adds (or bytes
@@ -129,6 +140,12 @@ def fc_forward(ex, layer, ins, step: Step):
         ids = cache["ids"] = _active_ids(ex, layer, x, step)
         if name == ex.output:
             out = _output_logits(ex, layer, x, ids, W, b, step, cache)
+        elif ids is None and dense_blas(ex, layer, B):
+            out = blas.matmul_nt(ex.pool, x, W, b)
+            if layer["activation"] == "relu":
+                np.maximum(out, 0, out=out)
+            elif layer["activation"] != "linear":
+                out = np.ascontiguousarray(activate(layer["activation"], out), dtype=np.float32)
         elif ids is None:
             out = np.empty((B, dim), np.float32)
             _run(ex, name, "fwd", B, ptr(x), None, ptr(W), ptr(b), ptr(out), work=dim * layer["in_dim"])
@@ -177,17 +194,45 @@ def _output_logits(ex, layer, x, ids, W, b, step: Step, cache) -> np.ndarray:
             _run(ex, name, "fwd_active", B, ptr(x), ptr(ids), ptr(W), ptr(b), ptr(out),
                  work=ids.shape[1] * layer["in_dim"])
         return out
-    if B >= NEURON_MAJOR_MIN_BATCH and layer["dim"] * layer["in_dim"] >= DENSE_GEMM_MIN_WEIGHTS:
+    if (B >= NEURON_MAJOR_MIN_BATCH and layer["dim"] * layer["in_dim"] >= DENSE_GEMM_MIN_WEIGHTS) \
+            or dense_blas(ex, layer, B):
         # dense scoring of a wide layer for a batch is a real GEMM (B x in @ in x dim): the host BLAS
         # sgemm (numpy's) runs it near FLOP peak, which a dot-product kernel does not (measured 4.7 s vs
-        # ~1 s for 256 x 670k); its result does not depend on our pool
-        out = np.matmul(x, W.T)
-        if b is not None:
-            out += b
-        return out
+        # ~1 s for 256 x 670k); runtime/exec/blas.py splits it in fixed blocks over our pool
+        return blas.matmul_nt(ex.pool, x, W, b)
     out = np.empty((B, layer["dim"]), np.float32)
     _run(ex, name, "fwd", B, ptr(x), None, ptr(W), ptr(b), ptr(out), work=layer["dim"] * layer["in_dim"])
     return out
+
+
+def dense_blas(ex, layer, B: int, backward: bool = False) -> bool:
+    """Whether this dense fc runs on BLAS at batch B (see DENSE_BLAS_MIN_MACS): a model file built
+    before the BLAS path has no `w_upd` kernel and keeps the generated ones."""
+    return (ex.k.has(layer["name"], "w_upd") and layer.get("layout") != "in_major"
+            and B * layer["dim"] * layer["in_dim"] >= DENSE_BLAS_MIN_MACS
+            and (not backward or B >= DENSE_BLAS_MIN_BATCH_BACKWARD))
+
+
+def _dense_blas_backward(ex, layer, x, g, step: Step):
+    """The dense fc's backward on BLAS: dx = g W (W before its update, the fused activation derivative
+    applied), dW = g^T x and db = sum_b g, then the optimizer over every entry (generated kernels split
+    by entries: thread-count independent)."""
+    name = layer["name"]
+    p, m, v = _params(ex, name)
+    W, b = p["W"], p.get("b")
+    dx = None
+    if ex.k.has(name, "dx"):
+        dx = blas.matmul_nn(ex.pool, g, W)
+        fused = ex.fused_activation[name]
+        if fused:
+            dx = act_grad(fused, x, dx)
+    gW = blas.matmul_tn(ex.pool, g, x)
+    _run(ex, name, "w_upd", W.size, ptr(W), ptr(gW), ptr(m["W"]), ptr(v["W"]), ptr(step.hyper), work=ADAM_OPS)
+    if b is not None:
+        db = np.ascontiguousarray(g.sum(axis=0, dtype=np.float32))
+        _run(ex, name, "bias_upd", layer["dim"], ptr(b), ptr(db), ptr(m["b"]), ptr(v["b"]), ptr(step.hyper),
+             work=ADAM_OPS)
+    return [dx]
 
 
 def fc_backward(ex, layer, cache, g, step: Step):
@@ -232,6 +277,8 @@ def fc_backward(ex, layer, cache, g, step: Step):
             dx += dxbufs[c]
         fused = ex.fused_activation[name]
         return [act_grad(fused, x, dx) if fused else dx]
+    if dense_blas(ex, layer, B, backward=True):
+        return _dense_blas_backward(ex, layer, x, np.ascontiguousarray(g, dtype=np.float32), step)
     dx = None
     if needs_dx:
         dx = np.empty_like(x)                      # the kernel applies the fused activation derivative
