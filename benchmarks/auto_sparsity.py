@@ -120,7 +120,7 @@ def run_one(text: str, train, val, threads: int) -> dict:
 
 
 def choice_reason(text: str) -> tuple[float, str]:
-    from boltc.plan import load_model_source
+    from boltc.pipeline import load_model_source
     g, plan = load_model_source(text)
     out = plan["output"]
     ch = [c for c in g.graph["choices"] if c.node == out and c.key == "sparsity"]

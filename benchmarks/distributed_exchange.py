@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from boltc.plan import load_model_source
+from boltc.pipeline import load_model_source
 from boltc.runtime.data.load import load_dataset
 from boltc.runtime.distributed.driver import train_distributed
 from boltc.runtime.exec.executor import make_executor

@@ -41,7 +41,7 @@ from boltc import codegen  # noqa: E402
 from boltc.lower import backward as bw  # noqa: E402
 from boltc.lower import fc  # noqa: E402
 from boltc.lower.builder import KernelModule  # noqa: E402
-from boltc.runtime.exec.native_kernels import Kernels, ptr  # noqa: E402
+from boltc.lower.kernels import Kernels, ptr  # noqa: E402
 from boltc.runtime.exec.state import aligned_copy  # noqa: E402
 from boltc.runtime.exec.threads import ThreadPool  # noqa: E402
 

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_common import batches, build_tables, fresh_state, peak_rss_bytes, synth_data, table, write_json  # noqa: E402
 
-from boltc.plan import load_model_source  # noqa: E402
+from boltc.pipeline import load_model_source  # noqa: E402
 from boltc.runtime.exec.native import NativeExecutor  # noqa: E402
 
 MODEL = Path(__file__).parents[1] / "models" / "amazon670k.bolt"

@@ -34,7 +34,7 @@ from bench_common import machine, table  # noqa: E402
 from train_throughput import memory_bandwidth  # noqa: E402
 
 import boltc  # noqa: E402
-from boltc.passes.plan_memory_moments import moment_dtypes  # noqa: E402
+from boltc.plan.moments import moment_dtypes  # noqa: E402
 from boltc.runtime.data.dataset import Dataset  # noqa: E402
 from boltc.runtime.exec.interp import NumpyExecutor  # noqa: E402
 from boltc.runtime.exec.state import ModelState  # noqa: E402

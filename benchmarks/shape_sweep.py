@@ -52,7 +52,7 @@ Kernel.opaque_i64 = lambda self, v, tag: self.i64(v)
 """
 CHILD = """
 import json, sys
-from boltc.plan import load_model_source
+from boltc.pipeline import load_model_source
 from boltc.lower.rules import lower_plan, native_support
 from boltc import codegen
 from boltc.errors import BoltError

@@ -37,7 +37,7 @@ from bench_common import batches, build_tables, fresh_state, synth_data, table, 
 
 from boltc.lower import backward as bw  # noqa: E402
 from boltc.runtime.exec.native import NativeExecutor  # noqa: E402
-from boltc.runtime.exec.native_kernels import compile_plan  # noqa: E402
+from boltc.lower.kernels import compile_plan  # noqa: E402
 
 WMV = ("W", "m", "v")
 KERNELS = {       # name: (forward prefetches W, rows the output's update prefetches, the first layer's)
@@ -176,7 +176,7 @@ def kernel_turns(args, plan, state, execs, use, variants, bs) -> list[dict]:
     each placement, on the last step's inversion (~479k unique rows: W, m, v far beyond the caches),
     and the first layer's update on the features of a new batch each call (its W, m, v always
     aligned: the placement is the output's), in alternating turns; median ms per call."""
-    from boltc.runtime.exec.native_kernels import ptr
+    from boltc.lower.kernels import ptr
     from boltc.runtime.exec.native_ops import N_CHUNKS
     out = plan["output"]
     ex0 = execs[variants[0].removesuffix(" aligned")]

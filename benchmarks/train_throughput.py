@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_common import (batches, build_tables, fresh_state, peak_rss_bytes, synth_data, table,  # noqa: E402
                           write_json, xc_plan)
 
-from boltc.passes.plan_memory_moments import MOMENT_BYTES, moment_dtypes  # noqa: E402
+from boltc.plan.moments import MOMENT_BYTES, moment_dtypes  # noqa: E402
 
 from boltc.runtime.exec.interp import NumpyExecutor  # noqa: E402
 from boltc.runtime.exec.native import NativeExecutor  # noqa: E402

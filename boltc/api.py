@@ -26,12 +26,27 @@ import numpy as np
 
 from boltc import debug
 from boltc.errors import BackendError, BoltError, DataError
+from boltc.frontend.blocks import OPTIONAL_TRAIN_KEYS
+from boltc.ops import OPS
+from boltc.pipeline import load_model_source, read_source
+from boltc.plan.moments import choose, plan_param_sizes
+from boltc.runtime import savefile
+from boltc.runtime.data.holdout import split
+from boltc.runtime.data.load import as_dataset, load_dataset
+from boltc.runtime.data.text import apply_idf, fit_idf, idf_weights
+from boltc.runtime.exec.executor import make_executor
+from boltc.runtime.exec.state import ModelState
+from boltc.runtime.savefile.artifact import StaleNativeCode, load_native
+from boltc.runtime.train import ranking
+from boltc.runtime.train.class_weights import n_classes
+from boltc.runtime.train.metrics import parse_metric
+from boltc.runtime.train.ranking import seen_input
+from boltc.runtime.train.trainer import Trainer, evaluate, metric_names
 
 BACKENDS = ("native", "numpy")
 
 
 def _make_executor(plan: dict, state, backend: str | None, threads: int | None, kernels=None):
-    from boltc.runtime.exec.executor import make_executor
     threads = int(plan.get("train", {}).get("threads", 0) if threads is None else threads)
     if backend is None:
         try:
@@ -66,7 +81,6 @@ class Model:
     @property
     def state(self):
         if self._state is None:
-            from boltc.runtime.exec.state import ModelState
             self._state = ModelState.init(self.plan)
         return self._state
 
@@ -76,7 +90,6 @@ class Model:
             kernels = None
             stale = None
             if self._native_members and self._backend_req in (None, "native"):
-                from boltc.lower.artifact import StaleNativeCode, load_native
                 try:
                     kernels = load_native(self._native_members, self.file or "<model>")
                 except StaleNativeCode as e:
@@ -94,7 +107,6 @@ class Model:
     def dataset(self, data, labels=None, with_labels: bool = True, allow_stream: bool = False):
         """Any accepted input -> runtime Dataset (files, plan data entries, matrices, strings); with
         `allow_stream`, a large XC/svmlight file comes back as a runtime/data/stream.py StreamingDataset."""
-        from boltc.runtime.data.load import as_dataset, load_dataset
         if data is None:
             raise DataError("no data given (and the model's data block names none)")
         is_text_model = any(i.get("kind") in ("text", "categorical") for i in self.plan.get("inputs", []))
@@ -116,8 +128,6 @@ class Model:
         never used). With `checkpoint`, checkpoints are written at epoch ends as runtime/train/checkpoints.py
         decides (a wall-clock interval, `checkpoint N` epochs, the end unless `checkpoint_at_end=False`,
         Ctrl-C); `resume=True` continues from it."""
-        from boltc.runtime import savefile
-        from boltc.runtime.train.trainer import Trainer
         train = train if train is not None else self.data_source("train")
         if train is None:
             raise DataError("no training data: pass it to fit() or name it in the model's data block")
@@ -162,7 +172,6 @@ class Model:
         validation share is held out, so it stays unseen), kept in the plan so that evaluation,
         prediction and the saved model weight alike; the rows read before the counts existed (training
         and validation) are weighted here."""
-        from boltc.runtime.data.text import apply_idf, fit_idf, idf_weights
         for entry in self.plan.get("inputs", []):
             if entry.get("kind") != "text" or not entry.get("idf") or entry.get("idf_df") is not None:
                 continue                       # fitted ones weighted the rows as they were read
@@ -189,7 +198,6 @@ class Model:
                                 "validation share can be held out of it: give a validation file for "
                                 "`epochs auto` / `patience`")
             return train_ds, None
-        from boltc.runtime.data.holdout import split
         return split(train_ds, share, int(self.plan["train"].get("seed", 0)))
 
     # ------------------------------------------------------------ inference
@@ -203,9 +211,6 @@ class Model:
         """Metrics in percent. `exclude_seen`: labels whose ids are among the row's own feature ids are
         left out of the ranking (recommendation data). `confusion`: add "confusion", the counts of
         (true, predicted) class pairs (single-label and binary targets)."""
-        from boltc.runtime.train.metrics import parse_metric
-        from boltc.runtime.train.ranking import seen_input
-        from boltc.runtime.train.trainer import evaluate, metric_names
         names = list(metrics) if metrics else metric_names(self.plan)
         kind = self.plan["target"].get("kind")
         for n in names:
@@ -228,7 +233,6 @@ class Model:
                 exclude_seen: bool = False):
         """(ids (n, k) int32, scores (n, k) float32), best first. `exclude_seen`: a label whose id is one
         of the row's own feature ids is never ranked (feature and label ids name the same items)."""
-        from boltc.runtime.train import ranking
         if top_k < 1:
             raise BoltError(f"top_k must be at least 1, not {top_k}")
         if exclude_seen:
@@ -253,7 +257,6 @@ class Model:
 
     # ------------------------------------------------------------ persistence
     def save(self, path) -> None:
-        from boltc.runtime import savefile
         saved = savefile.state_to_saved(self.source, self.plan, self.state, self.history)
         savefile.save_model(path, saved)
 
@@ -287,36 +290,14 @@ class Model:
                 "train": self.plan.get("train"), "history": self.history}
 
 
-def is_sparse_output(plan: dict) -> bool:
-    out = next((l for l in plan["layers"] if l["name"] == plan["output"]), {})
-    return bool(out.get("hash"))
-
-
-def evaluate_both(model, data, metrics: list[str] | None = None, **options) -> dict:
-    """{"dense": metrics, "sparse": metrics (LSH-sparse outputs only)}; `metrics` None = the model's;
-    `options` go to Model.evaluate (exclude_seen, confusion)."""
-    res = {"dense": model.evaluate(data, sparse=False, metrics=metrics, **options)}
-    if is_sparse_output(model.plan):
-        res["sparse"] = model.evaluate(data, sparse=True, metrics=metrics, **options)
-    return res
-
-
 def _planned_shapes(layer: dict) -> dict:
     """Parameter shapes a layer will have (CONTRACTS.md section 4), without allocating them."""
-    op = layer["op"]
-    if op == "fc":
-        W = [layer["in_dim"], layer["dim"]] if layer.get("layout") == "in_major" else [layer["dim"], layer["in_dim"]]
-        return {"W": W, **({"b": [layer["dim"]]} if layer.get("bias", True) else {})}
-    if op == "embedding":
-        return {"W": [layer["in_dim"], layer["dim"]]}
-    if op == "layernorm":
-        return {"gamma": [layer["dim"]], "beta": [layer["dim"]]}
-    return {}
+    op = OPS.get(layer["op"])
+    return {t: list(s) for t, s in op.params(layer).items()} if op is not None else {}
 
 
 def compile(source, backend: str | None = None, threads: int | None = None, **train_overrides) -> Model:  # noqa: A001
     """Parse, check and plan a .bolt file (a path or the text) into a trainable Model."""
-    from boltc.plan import load_model_source, read_source
     text, file = read_source(source)
     _, plan = load_model_source(source)
     plan = copy.deepcopy(plan)
@@ -325,7 +306,6 @@ def compile(source, backend: str | None = None, threads: int | None = None, **tr
 
 
 def apply_overrides(plan: dict, overrides: dict) -> None:
-    from boltc.frontend.blocks import OPTIONAL_TRAIN_KEYS
     train = plan.setdefault("train", {})
     for k, v in overrides.items():
         if v is None:
@@ -335,7 +315,6 @@ def apply_overrides(plan: dict, overrides: dict) -> None:
         if k == "upkeep_budget" and not 0.0 < float(v) <= 1.0:
             raise BoltError(f"upkeep_budget must be a fraction in (0, 1], not {v!r}")
         if k == "class_weights":
-            from boltc.runtime.train.class_weights import n_classes
             if isinstance(v, str) and v not in ("balanced", "none"):
                 raise BoltError(f"class_weights must be 'balanced', 'none' or one weight per class, not {v!r}")
             if not isinstance(v, str):
@@ -351,7 +330,6 @@ def apply_overrides(plan: dict, overrides: dict) -> None:
         train[k] = v
     if "moments" in overrides or "optimizer" in overrides:
         # plan_memory resolved each tensor's moment storage from the file's setting: resolve it again
-        from boltc.passes.plan_memory_moments import choose, plan_param_sizes
         try:
             train["moment_dtypes"] = choose(train.get("moments", "auto"), train.get("optimizer", "adam"),
                                             plan_param_sizes(plan))
@@ -361,7 +339,6 @@ def apply_overrides(plan: dict, overrides: dict) -> None:
 
 def load(path, backend: str | None = None, threads: int | None = None) -> Model:
     """A saved model (.boltc) ready for evaluate / predict / more training."""
-    from boltc.runtime import savefile
     saved = savefile.load_model(path)
     state = savefile.state_from_saved(saved, path)
     native = {k: v for k, v in (saved.extra or {}).items() if k.startswith("native/")} or None

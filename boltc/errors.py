@@ -76,3 +76,10 @@ class BackendError(BoltError):
 
 class DependencyError(BoltError):
     """An optional dependency is missing; the message says what to install."""
+
+
+def source_line(text: str, line: int) -> str | None:
+    """Line `line` (1-based) of `text` for an error message. A tab becomes one space so that the caret,
+    placed `column - 1` spaces in, stays under the column (columns count a tab as one character)."""
+    lines = text.splitlines()
+    return lines[line - 1].replace("\t", " ") if 0 < line <= len(lines) else None

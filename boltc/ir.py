@@ -14,15 +14,18 @@ from typing import Any
 
 import networkx as nx
 
-# op names; every table keyed by op (shape rule, numpy rule, lowering rule) must cover each of these.
+from boltc.ops import LAYER_OPS as _LAYER_OPS
+from boltc.ops.fc import ACTIVATIONS as _ACTIVATIONS
+
+# op names; the layer ops and everything about each are declared in boltc/ops/ (one module per op).
 INPUT_OPS = ("input",)                 # attrs: kind in INPUT_KINDS, dim, plus featuriser attrs
 TARGET_OPS = ("target",)               # attrs: kind in TARGET_KINDS, classes
-LAYER_OPS = ("fc", "embedding", "concat", "layernorm")
+LAYER_OPS = _LAYER_OPS
 OPS = INPUT_OPS + TARGET_OPS + LAYER_OPS
 
 INPUT_KINDS = ("sparse", "dense", "text", "categorical")
 TARGET_KINDS = ("single", "multi", "binary")       # .bolt: label(n), multilabel(n), binary
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "softmax", "linear")
+ACTIVATIONS = _ACTIVATIONS
 LOSSES = ("cross_entropy", "binary_cross_entropy")
 
 GRAPH_KEYS = (
@@ -31,7 +34,7 @@ GRAPH_KEYS = (
     "source",     # str: the .bolt text
     "loss",       # Loss
     "metrics",    # tuple[Metric, ...]
-    "train",      # dict: the train block, resolved (see boltc/plan.py TRAIN_DEFAULTS)
+    "train",      # dict: the train block, resolved (see boltc/plan/contract.py TRAIN_DEFAULTS)
     "data",       # dict: {"train": DataSource|None, "test": DataSource|None, "validation": ...}
     "choices",    # list[Choice]: every automatic decision with its reason (filled by passes)
     "memory",     # dict: the memory plan (filled by plan_memory)

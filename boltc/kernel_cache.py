@@ -73,7 +73,7 @@ def compiling(key: str):
     d = cache_dir()
     fd = None
     try:
-        import fcntl
+        import fcntl  # optional: POSIX only (elsewhere compiling takes no lock)
         d.mkdir(parents=True, exist_ok=True)
         fd = os.open(d / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)

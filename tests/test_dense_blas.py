@@ -8,7 +8,7 @@ the generated kernels as on BLAS)."""
 import numpy as np
 import pytest
 
-from boltc.runtime.exec import native_ops
+from boltc.ops import fc as native_ops  # the dense fc runner and its BLAS thresholds live with the op
 from native_helpers import make_batch, make_plan, pair, twin_executors
 from test_native import ATOL, RTOL, assert_params_close
 

@@ -22,7 +22,7 @@ import pytest
 import scipy.sparse as sp
 
 from boltc.errors import DependencyError
-from boltc.plan import load_model_source
+from boltc.pipeline import load_model_source
 from boltc.runtime.data.load import load_dataset
 from boltc.runtime.data.dataset import Batch
 from boltc.runtime.distributed.driver import (DistributedError, load_shard, plan_shards, require_ray,

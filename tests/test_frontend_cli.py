@@ -28,7 +28,7 @@ def test_compile_explain_lists_every_buffer_and_the_written_out_model(capsys):
 
 
 def test_compile_output_without_native_lowering_says_so(monkeypatch, tmp_path, capsys):
-    monkeypatch.setitem(sys.modules, "boltc.lower.artifact", None)       # import now fails
+    monkeypatch.setitem(sys.modules, "boltc.runtime.savefile.artifact", None)       # import now fails
     assert main(["compile", str(TINY), "-o", str(tmp_path / "tiny.boltc")]) == 1
     err = capsys.readouterr().err
     assert "native lowering is not available in this build" in err

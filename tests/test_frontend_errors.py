@@ -53,7 +53,7 @@ CASES = [
     ("unknown_declaration", sub("input x:", "inptu x:"), VALID, "unknown declaration 'inptu'", 2, 3),
     ("unknown_target_kind", sub("multilabel(10)", "multi(10)"), VALID, "unknown target kind 'multi'", 3, 13),
     ("unknown_layer", sub("fc(x, 8", "dense(x, 8"), VALID,
-     "unknown layer 'dense'; expected fc, embedding, concat or layernorm", 4, 7),
+     "unknown layer 'dense'; expected fc, embedding, concat, layernorm or dropout", 4, 7),
     ("unknown_activation", sub("8, relu", "8, rleu"), VALID, "unknown activation 'rleu'", 4, 16),
     ("negative_width", sub("fc(x, 8", "fc(x, -8"), VALID, "dim of fc: expected a whole number >= 1, found -8", 4, 13),
     ("fractional_width", sub("fc(x, 8", "fc(x, 8.5"), VALID, "expected a whole number, found 8.5", 4, 13),

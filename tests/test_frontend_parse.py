@@ -5,7 +5,9 @@ from pathlib import Path
 
 from boltc import debug, ir
 from boltc.frontend import format_source, graphs_equal, parse
-from boltc.plan import TRAIN_DEFAULTS, load_model_source, to_plan
+from boltc.plan import TRAIN_DEFAULTS
+from boltc.pipeline import load_model_source
+from boltc.passes.to_plan import to_plan
 
 # every construct once (also the example in docs/language.md)
 KITCHEN_SINK = '''# a comment on its own line

@@ -9,7 +9,7 @@ import pytest
 
 from boltc.commands.check import check_source
 from boltc.errors import BoltError, BoltErrorGroup
-from boltc.plan import to_plan
+from boltc.passes.to_plan import to_plan
 
 ROOT = Path(__file__).parents[1]
 LANGUAGE_EXAMPLE = re.search(r"```\n(model everything.*?)```", (ROOT / "docs" / "language.md").read_text(), re.S)

@@ -209,7 +209,7 @@ def test_softmax_is_over_given_columns():
 @pytest.mark.parametrize("act", ["softmax", "relu"])
 def test_fc_wide_sparse_output_gather_path(act, monkeypatch):
     """The per-example gather path of wide layers (union >> k) has the same values and gradients."""
-    monkeypatch.setattr("boltc.runtime.exec.numpy_rules.UNION_RATIO", 0)
+    monkeypatch.setattr("boltc.ops.fc.UNION_RATIO", 0)
     rng = np.random.default_rng(11)
     layer, params = _fc(5, 40, act), _params(rng, (40, 5), 40)
     x = rng.standard_normal((4, 5))

@@ -12,7 +12,7 @@ import pytest
 from boltc import codegen
 from boltc.lower import fc
 from boltc.lower.builder import KernelModule
-from boltc.runtime.exec.native_kernels import Kernels, ptr
+from boltc.lower.kernels import Kernels, ptr
 from boltc.runtime.exec.threads import ThreadPool
 
 RTOL, ATOL = 1e-5, 1e-6            # docs/native.md, "Tolerances"

@@ -10,7 +10,7 @@ from boltc import ir
 from boltc.cli import main
 from boltc.frontend import format_source, graphs_equal, parse
 from boltc.passes import run_pipeline
-from boltc.plan import load_model_source
+from boltc.pipeline import load_model_source
 
 MODELS = Path(__file__).parents[1] / "models"
 SHARED_DATA = Path(__file__).parents[1] / ".." / "shared" / "data"

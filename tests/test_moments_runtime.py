@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from boltc.passes.plan_memory_moments import moment_dtypes
-from boltc.plan import load_model_source
+from boltc.plan.moments import moment_dtypes
+from boltc.pipeline import load_model_source
 from boltc.runtime import savefile
 from boltc.runtime.exec.interp import NumpyExecutor
 from boltc.runtime.exec.native import NativeExecutor

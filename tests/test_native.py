@@ -124,7 +124,7 @@ def lookup_kernels(k: int, dim: int = 500):
     from boltc import codegen
     from boltc.lower import select as sel
     from boltc.lower.builder import KernelModule
-    from boltc.runtime.exec.native_kernels import Kernels
+    from boltc.lower.kernels import Kernels
     km = KernelModule()
     sel.lookup(km, "lk", dim, k)
     sel.lookup_ranked(km, "lkr", dim, k)

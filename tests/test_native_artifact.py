@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from boltc.errors import ModelFileError
-from boltc.lower import artifact
+from boltc.runtime.savefile import artifact
 from boltc.runtime.data.dataset import Batch
 from native_helpers import make_batch, make_plan
 
@@ -28,7 +28,7 @@ codegen.compile_module = no_compiler
 codegen.cached_module = no_compiler
 codegen.optimize = no_compiler
 codegen.object_from_bitcode = no_compiler
-from boltc.lower.artifact import load_artifact
+from boltc.runtime.savefile.artifact import load_artifact
 from native_helpers import make_batch
 plan, state, ex = load_artifact(sys.argv[1], threads=2)
 assert ex.native
@@ -121,7 +121,7 @@ def test_boltc_load_runs_the_artifacts_shipped_kernels(tmp_path, monkeypatch):
 
 
 # sha256 of the reference plans' kernel signatures, per NATIVE_FORMAT. When this test fails, a kernel's
-# calling convention changed: bump boltc/lower/artifact.py NATIVE_FORMAT and add its digest here, so model
+# calling convention changed: bump runtime/savefile/artifact.py NATIVE_FORMAT and add its digest here, so model
 # files of the old format are recompiled instead of being called with the wrong arguments.
 SIGNATURES_OF_FORMAT = {2: "ec7be4d1d06f43d0d565247e699c94e684b2bee6c5af3e044e671cb75b55772c",
                         3: "b90bd5b5cce22835759dfaa40b2bdc6b113f4f4f971ae4ec07bbcd4413dcb0d9"}

@@ -12,7 +12,7 @@ import pytest
 from boltc.lower import backward as bw
 from boltc.lower.fc import PREFETCH_ROWS
 from boltc.runtime import savefile
-from boltc.runtime.exec.native_kernels import ptr
+from boltc.lower.kernels import ptr
 from boltc.runtime.exec.state import INIT_STD, ModelState, _layer_rng, aligned_empty, init_params, is_aligned
 from native_helpers import make_plan
 from test_kernel_fc import build, fenced_copy, misaligned, survives_in_child

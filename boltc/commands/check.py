@@ -7,6 +7,13 @@ from __future__ import annotations
 
 import sys
 
+from boltc import debug, ir
+from boltc.errors import BoltErrorGroup
+from boltc.frontend import parse_collect
+from boltc.passes import run_pipeline
+from boltc.passes.validate import find_errors
+from boltc.pipeline import read_source
+
 HELP = "parse and validate a .bolt file; print every error with its location"
 
 
@@ -16,11 +23,6 @@ def add_arguments(p):
 
 def check_source(text: str, file: str):
     """Return the planned graph; raise BoltError / BoltErrorGroup holding every error found."""
-    from boltc import debug, ir
-    from boltc.errors import BoltErrorGroup
-    from boltc.frontend import parse_collect
-    from boltc.passes import run_pipeline
-    from boltc.passes.validate import find_errors
     with debug.stage("parse"):
         graph, errors = parse_collect(text, file)
     if not errors:
@@ -42,8 +44,6 @@ def _dedupe(errors):
 
 
 def run(args) -> int:
-    from boltc import ir
-    from boltc.plan import read_source
     text, file = read_source(args.model)
     graph = check_source(text, file)
     layers = [n for n in ir.nodes(graph) if n.op in ir.LAYER_OPS]

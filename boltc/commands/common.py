@@ -1,5 +1,4 @@
-"""Command-line pieces shared by several commands (below run, train, tune, eval, predict in the import
-order, so that no command imports another's module for them)."""
+"""Helpers several commands share (run, tune, eval, predict): backend options and the metrics table."""
 from __future__ import annotations
 
 
@@ -18,3 +17,17 @@ def metrics_table(results: dict) -> str:
         lines.append(f"{n:<14}" + "".join(f"{results[c].get(n, float('nan')):>20.2f}" for c in cols))
     lines.append(f"{'examples/s':<14}" + "".join(f"{results[c].get('examples_per_s', 0):>20,.0f}" for c in cols))
     return "\n".join(lines)
+
+
+def is_sparse_output(plan: dict) -> bool:
+    out = next((l for l in plan["layers"] if l["name"] == plan["output"]), {})
+    return bool(out.get("hash"))
+
+
+def evaluate_both(model, data, metrics: list[str] | None = None, **options) -> dict:
+    """{"dense": metrics, "sparse": metrics (LSH-sparse outputs only)}; `metrics` None = the model's;
+    `options` go to Model.evaluate (exclude_seen, confusion)."""
+    res = {"dense": model.evaluate(data, sparse=False, metrics=metrics, **options)}
+    if is_sparse_output(model.plan):
+        res["sparse"] = model.evaluate(data, sparse=True, metrics=metrics, **options)
+    return res

@@ -1,10 +1,21 @@
 """`boltc compile model.bolt [--explain] [-o out.boltc]`: plan the model and print what was planned
 (graph with shapes and parameter counts, memory per buffer and in total, every automatic choice with
-its reason); with -o, lower it to native code through boltc.lower.artifact.
+its reason); with -o, lower it to native code through boltc.runtime.savefile.artifact.
 """
 from __future__ import annotations
 
 import sys
+
+from boltc import debug, ir
+from boltc.commands.check import check_source
+from boltc.errors import BoltError
+from boltc.frontend import format_source
+from boltc.ops import OPS
+from boltc.passes.choose_hashing import train_rows
+from boltc.passes.plan_memory import param_count
+from boltc.passes.to_plan import to_plan
+from boltc.pipeline import read_source
+from boltc.runtime.sampler.adaptive import resolve_spec
 
 HELP = "plan a model, explain every automatic choice, and (with -o) emit native code"
 
@@ -35,18 +46,8 @@ def _notes(n) -> str:
         return f"{a['kind']}{extra}"
     if n.op == "target":
         return {"single": "single label", "multi": "multi-label", "binary": "binary"}[a["kind"]]
-    if n.op == "fc":
-        s = a["sparsity"]
-        text = a["activation"] + (", dense" if s >= 1.0 else f", sparsity {s:g} ({max(1, int(s * n.dim))} active)")
-        h = a.get("hash")
-        if isinstance(h, dict):
-            text += (f", {h['family']} K={h['hashes']} range={h['range_bits']} bits L={h['tables']} "
-                     f"reservoir={h['reservoir']}")
-        return text
-    if n.op == "embedding":
-        return f"reduce={a.get('reduce', 'sum')}"
-    if n.op == "layernorm":
-        return f"eps={a.get('eps', 1e-5):g}"
+    if n.op in OPS:
+        return OPS[n.op].notes(a, n.dim)
     return ""
 
 
@@ -55,11 +56,6 @@ def _sampler_lines(graph, plan: dict) -> list[str]:
     spec = plan["train"]["sampler"]
     if spec.get("kind") != "nw_sketch":
         return []
-    try:
-        from boltc.runtime.sampler.adaptive import resolve_spec
-    except ImportError:
-        return []
-    from boltc.passes.choose_hashing import train_rows
     rows, _ = train_rows(graph)
     resolved = resolve_spec(spec, rows, plan["train"]["batch"])
     reasons = resolved.get("reasons", {})
@@ -68,9 +64,6 @@ def _sampler_lines(graph, plan: dict) -> list[str]:
 
 
 def explain(graph, plan: dict, full: bool) -> str:
-    from boltc import ir
-    from boltc.frontend import format_source
-    from boltc.passes.plan_memory import param_count
     out = [f"model {graph.graph['model']} ({graph.graph.get('file')})", "", "graph:"]
     rows = [["name", "op", "inputs", "shape", "params", "notes"]]
     total_params = 0
@@ -112,10 +105,6 @@ def explain(graph, plan: dict, full: bool) -> str:
 
 
 def run(args) -> int:
-    from boltc import debug
-    from boltc.commands.check import check_source
-    from boltc.errors import BoltError
-    from boltc.plan import read_source, to_plan
     text, file = read_source(args.model)
     with debug.stage("parse + passes"):
         graph = check_source(text, file)
@@ -125,7 +114,8 @@ def run(args) -> int:
         print("\n(planning only: give -o model.boltc to emit native code)")
         return 0
     try:
-        from boltc.lower.artifact import write_artifact
+        # optional, as in make_executor: the plan above is complete without a native code generator
+        from boltc.runtime.savefile.artifact import write_artifact  # optional: native backend
     except ImportError as e:
         raise BoltError(f"native lowering is not available in this build ({e}); the plan above is complete") from None
     with debug.stage("lower + codegen"):

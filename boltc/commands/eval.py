@@ -7,6 +7,7 @@ import json
 
 from boltc.commands.run import add_backend_arguments, evaluate_both, load_from_args, metrics_table, note
 from boltc.errors import BoltError, DataError
+from boltc.runtime.train.metrics import METRIC_WORDS, parse_metric
 
 HELP = "evaluate a saved model on labelled data"
 # Decision: a full matrix is readable up to this many classes; wider targets list their most frequent
@@ -32,7 +33,6 @@ def add_arguments(p) -> None:
 
 
 def _metric_list(text: str) -> list[str]:
-    from boltc.runtime.train.metrics import METRIC_WORDS, parse_metric
     names = [m.strip() for m in text.split(",") if m.strip()]
     if not names:
         raise BoltError(f"--metrics: expected a comma-separated list of {METRIC_WORDS}")

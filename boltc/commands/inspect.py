@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import boltc
+from boltc.runtime.train.trainer import format_record
+
 HELP = "show a saved model: graph, shapes, parameters, memory, sparsity and hashing, training history"
 
 
@@ -46,7 +49,6 @@ def training_curve(history: dict) -> list[str]:
 
 
 def run(args) -> int:
-    import boltc
     if str(args.model).endswith(".bolt"):
         model = boltc.compile(args.model, backend="numpy")
     else:
@@ -82,7 +84,6 @@ def run(args) -> int:
     if epochs:
         out.append("")
         out.append("history:")
-        from boltc.runtime.train.trainer import format_record
         out.extend("  " + format_record(e) for e in epochs)
         out.extend(training_curve(s["history"]))
     else:

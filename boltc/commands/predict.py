@@ -9,6 +9,8 @@ import sys
 
 from boltc.commands.run import add_backend_arguments, load_from_args, note
 from boltc.errors import BoltError
+from boltc.runtime.data.load import read_rows_text
+from boltc.runtime.train.ranking import seen_input
 
 HELP = "print the top-k predictions for rows from a file, stdin or --text"
 
@@ -27,8 +29,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from boltc.runtime.data.load import read_rows_text
-    from boltc.runtime.train.ranking import seen_input
     model = load_from_args(args)
     if args.top_k < 1:
         raise BoltError("--top-k must be at least 1")

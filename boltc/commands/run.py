@@ -9,9 +9,11 @@ import json
 import sys
 from pathlib import Path
 
-from boltc.api import evaluate_both, is_sparse_output  # noqa: F401  (eval and serve use them from here)
-from boltc.commands.common import add_backend_arguments, metrics_table  # noqa: F401
+import boltc
+from boltc.commands.common import add_backend_arguments, evaluate_both, is_sparse_output, metrics_table  # noqa: F401
+from boltc.commands.tune import run_tune
 from boltc.errors import DataError
+from boltc.runtime.distributed.driver import fit_model
 
 HELP = "compile, train on the model's data block, evaluate and save (the main job)"
 
@@ -46,7 +48,6 @@ def add_train_arguments(p) -> None:
 def compile_from_args(args):
     """(model, its data block) for `run` and `train`: the .bolt file compiled with the command line's
     backend and its overrides of the train block."""
-    import boltc
     model = boltc.compile(args.model, backend=args.backend, threads=args.threads,
                           lr=args.lr, batch=args.batch, seed=args.seed,
                           checkpoint_interval=getattr(args, "checkpoint_interval", None))
@@ -55,7 +56,6 @@ def compile_from_args(args):
 
 def load_from_args(args):
     """The saved model of `eval` and `predict`, on the command line's backend and threads."""
-    import boltc
     return boltc.load(args.model, backend=args.backend, threads=args.threads)
 
 
@@ -70,7 +70,6 @@ def train_and_report(model, args, train, validation, test, output: Path) -> int:
     note(model)
     try:
         if getattr(args, "workers", None) is not None or model.plan["train"].get("distributed"):
-            from boltc.runtime.distributed.driver import fit_model
             hist = fit_model(model, train, validation, epochs=args.epochs, workers=args.workers,
                              address=args.address, exchange=args.exchange, checkpoint=ckpt,
                              resume=args.resume, progress=True)     # its only progress: the epoch lines
@@ -116,7 +115,6 @@ def run(args) -> int:
     output = Path(args.output or f"{model.plan.get('model') or Path(args.model).stem}.boltc")
     if model.plan["train"].get("tune"):
         # a tune(...) setting: search the values written auto first (boltc/tune), then train the winner
-        from boltc.commands.tune import run_tune
         return run_tune(args.model, output, budget=None, trials=None, backend=args.backend, threads=args.threads,
                         seed=args.seed, progress=not args.no_progress, as_json=args.json)
     # per-epoch metrics on the data block's validation set, else on the train block's holdout share of

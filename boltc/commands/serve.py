@@ -38,15 +38,16 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     try:
+        import prometheus_client  # noqa: F401
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
-        import prometheus_client  # noqa: F401
     except ImportError as e:
         raise BoltError(f"boltc serve needs the serve extra ({e.name} is missing): "
                         "pip install 'boltc[serve]'") from None
-    from boltc.serve import server
-    from boltc.serve.app import Settings, build_app
-    from boltc.serve.models import ModelSet, parse_model_args
+    # the server's modules import the serve extra (checked just above): loaded only for `boltc serve`
+    from boltc.serve import server  # optional: serve extra
+    from boltc.serve.app import Settings, build_app  # optional: serve extra
+    from boltc.serve.models import ModelSet, parse_model_args  # optional: serve extra
     for opt in ("max_batch", "max_queue", "max_rows", "max_body_bytes"):
         if getattr(args, opt) < 1:
             raise BoltError(f"--{opt.replace('_', '-')} must be at least 1")

@@ -3,9 +3,16 @@ text files dir/train.txt and dir/test.txt (same task, different example seeds). 
 benchmark on these files are synthetic, and reports must say so."""
 from __future__ import annotations
 
+import gzip
+import os
 import sys
 import time
 from pathlib import Path
+
+from boltc.errors import BoltError
+from boltc.runtime.data import synth
+from boltc.runtime.data.synth import SynthSpec
+from boltc.runtime.data.xcformat import format_rows
 
 HELP = "write seeded synthetic XC data (train.txt / test.txt) shaped like the public XC datasets"
 
@@ -24,10 +31,6 @@ def add_arguments(p) -> None:
 
 def _write(path: Path, spec) -> int:
     """Stream blocks of rows to an XC file (the whole data set never sits in memory)."""
-    import gzip
-    import os
-    from boltc.runtime.data import synth
-    from boltc.runtime.data.xcformat import format_rows
     tmp = path.with_name(path.name + ".tmp")
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(tmp, "wb") as f:
@@ -39,8 +42,6 @@ def _write(path: Path, spec) -> int:
 
 
 def run(args) -> int:
-    from boltc.errors import BoltError
-    from boltc.runtime.data.synth import SynthSpec
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     test_rows = args.rows // 10 if args.test_rows is None else args.test_rows

@@ -10,13 +10,15 @@ from pathlib import Path
 
 from boltc.commands.common import add_backend_arguments, metrics_table
 from boltc.errors import BoltError
+from boltc.pipeline import load_model_source
+from boltc.tune import tune
+from boltc.frontend.duration import parse_duration
 
 HELP = "search the values written auto on a validation split within a time budget; write and train the best model"
 DEFAULT_BUDGET = 600.0
 
 
 def _duration(text: str) -> float:
-    from boltc.tune.budget import parse_duration
     try:
         return parse_duration(text)
     except ValueError as e:
@@ -61,8 +63,6 @@ def settings(plan: dict, budget: float | None, trials: int | None) -> tuple[floa
 
 def run_tune(model_file: str, output: Path, *, budget, trials, train=None, validation=None, test=None,
              backend=None, threads=None, seed=None, progress=True, as_json=False) -> int:
-    from boltc.plan import load_model_source
-    from boltc.tune import tune
     _, plan = load_model_source(model_file)
     budget, trials = settings(plan, budget, trials)
     res = tune(model_file, budget, output, train=train, validation=validation, test=test, trials=trials,

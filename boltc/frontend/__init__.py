@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import networkx as nx
 
-from boltc.errors import BoltError, BoltErrorGroup, BoltValidationError, Location
+from boltc.errors import BoltError, BoltErrorGroup, BoltValidationError, Location, source_line
 from boltc.frontend.build import Builder
 from boltc.frontend.format import format_source, graphs_equal  # noqa: F401
-from boltc.frontend.parser import parse_tree, source_line
+from boltc.frontend.parser import parse_tree
 
 
 def parse_collect(text: str, file: str = "<string>") -> tuple[nx.DiGraph, list[BoltError]]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from boltc.frontend import ast
-from boltc.ir import Loc
+from boltc.ir import Loc, Tunable
 
 REQUIRED = object()
 
@@ -187,7 +187,6 @@ def tunable(conv: Converter, kind: str, default: Any) -> Converter:
 
 def take_auto(got: dict, where: tuple, tunables: list) -> dict:
     """`got` with every AutoValue replaced by its default, each recorded in `tunables` at `where + (key,)`."""
-    from boltc.ir import Tunable
     out = {}
     for k, v in got.items():
         if isinstance(v, AutoValue):

@@ -13,13 +13,9 @@ from boltc import ir
 from boltc.frontend import ast
 from boltc.frontend.bind import (Param, Problem, as_call, bind, boolean, did_you_mean, integer, one_of_words, real,
                                  string, take_auto, tunable, word)
+from boltc.plan import TRAIN_DEFAULTS
+from boltc.frontend.duration import parse_duration
 
-TRAIN_DEFAULTS = {
-    "optimizer": "adam", "lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-7, "momentum": 0.0,
-    "batch": 256, "epochs": 5, "schedule": {"kind": "constant"}, "sampler": {"kind": "uniform"},
-    "threads": 0, "seed": 0, "checkpoint_every": 0, "inference": "dense", "weight_decay": 0.0,
-    "moments": "auto", "holdout": 0.1,
-}
 # Decisions (issue 15, validation discipline and early stopping):
 # - `holdout F`: with no validation data given, fit/train/run train on a seeded share 1-F of the training
 #   rows and take per-epoch metrics (and every choice: early stopping, tuning) on the other F
@@ -42,7 +38,7 @@ _OPTIMIZERS = {
              # decoupled (AdamW) decay on the touched weight rows; 0 = plain lazy Adam as BOLT
              Param("weight_decay", tunable(real(0.0), "weight_decay", 0.0), 0.0),
              # storage of m and v: float32, bfloat16, or auto = bf16 only for very large tensors
-             # (boltc/passes/plan_memory_moments.py has the rule and why)
+             # (boltc/plan/moments.py has the rule and why)
              Param("moments", word("f32", "bf16", "auto", what="moment storage"), "auto")),
     "sgd": (Param("lr", tunable(_POS, "lr", SGD_DEFAULT_LR), SGD_DEFAULT_LR), Param("momentum", real(0.0, 1.0), 0.0),
             Param("weight_decay", real(0.0), 0.0)),      # decoupled, on touched weight rows (as adam)
@@ -81,7 +77,6 @@ _DISTRIBUTED = (Param("workers", integer(1), positional=True), Param("address", 
 
 def _duration(v: ast.Value) -> float:
     """Seconds: a number, or a string such as "90s", "10m", "1h"."""
-    from boltc.tune.budget import parse_duration
     if not isinstance(v, (ast.Number, ast.String)):
         raise Problem(f'expected a duration (seconds, or a string like "10m"), found {ast.describe(v)}', v.loc)
     try:

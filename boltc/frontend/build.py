@@ -14,6 +14,7 @@ from boltc.frontend import ast
 from boltc.frontend.bind import (Param, Problem, as_call, bind, boolean, did_you_mean, integer, one_of_words, real,
                                  reference, string, take_auto, tunable, word)
 from boltc.frontend.blocks import CLASS_WEIGHTS_LOC, build_data, build_train, default_train
+from boltc.ops import LAYER_OPS, OPS
 
 # Decisions: default widths of hashed featurisers. 2^18 text buckets keep a 256-wide first layer at
 # 256 MiB of weights; collisions at that width cost little accuracy on document classification.
@@ -74,7 +75,7 @@ def _tokenizer(v):
 
 def _input_params(kind: str, name: str) -> tuple[Param, ...]:
     if kind == "sparse":
-        # normalize=l2: every row scaled to unit length (runtime/data.py checked_dataset), as the linear
+        # normalize=l2: every row scaled to unit length (runtime/data/load.py checked_dataset), as the linear
         # baselines of the XC sets do; none (the default) keeps the file's values
         return (Param("dim", integer(1), positional=True), Param("normalize", word("l2", "none"), "none"))
     if kind == "dense":
@@ -92,20 +93,20 @@ def _input_params(kind: str, name: str) -> tuple[Param, ...]:
 
 STATEMENT_WORDS = ("input", "target", "loss", "metrics", "train", "data")
 TARGETS = {"label": "single", "multilabel": "multi", "binary": "binary"}
-LAYER_WORDS = ("fc", "embedding", "concat", "layernorm")
+LAYER_WORDS = LAYER_OPS
 
 
-def _layer_params(op: str, problems) -> tuple[Param, ...]:
-    width = tunable(integer(1), "width", AUTO_WIDTH)
-    if op == "fc":
-        return (Param("input", reference, positional=True), Param("dim", width, positional=True),
-                Param("activation", word(*ir.ACTIVATIONS, what="activation"), "linear", positional=True),
-                Param("sparsity", _sparsity, "auto"), Param("hash", _hash(problems), "auto"),
-                Param("bias", boolean, True))
-    if op == "embedding":
-        return (Param("input", reference, positional=True), Param("dim", width, positional=True),
-                Param("reduce", word("sum", "mean"), "sum"))
-    return (Param("input", reference, positional=True), Param("eps", real(0.0, low_open=True), 1e-5))
+class _ArgKit:
+    """What an op's `args(kit)` declares its arguments with (boltc/ops/base.py): the binder's value
+    checkers, plus the language's sparsity and hash() settings."""
+    Param = Param
+    reference, boolean, sparsity = staticmethod(reference), staticmethod(boolean), staticmethod(_sparsity)
+    integer, real, word = staticmethod(integer), staticmethod(real), staticmethod(word)
+    width = staticmethod(tunable(integer(1), "width", AUTO_WIDTH))   # a layer width `boltc tune` may choose
+    NAMES_ONLY = "names-only"          # an op that takes two or more names and nothing else (concat)
+
+    def __init__(self, problems):
+        self.hash = _hash(problems)
 
 
 class Builder:
@@ -237,9 +238,11 @@ class Builder:
             raise Problem(f"unknown layer '{call.name}'{did_you_mean(call.name, LAYER_WORDS)}; expected "
                           f"{one_of_words(LAYER_WORDS)}", call.loc)
         self.define(st.name, st.loc)
-        if call.name == "concat":
+        declared = OPS[call.name].args(_ArgKit(self.problems))
+        if declared == _ArgKit.NAMES_ONLY:
+            op = call.name
             if call.kwargs:
-                self.problems.append(Problem("concat takes only the names of its inputs", call.kwargs[0].loc))
+                self.problems.append(Problem(f"{op} takes only the names of its inputs", call.kwargs[0].loc))
             inputs = []
             for a in call.args:
                 try:
@@ -247,13 +250,12 @@ class Builder:
                 except Problem as e:
                     self.problems.append(e)
             if len(call.args) < 2:
-                self.problems.append(Problem("concat needs at least two inputs", call.loc))
+                self.problems.append(Problem(f"{op} needs at least two inputs", call.loc))
             if len(set(inputs)) != len(inputs):
-                self.problems.append(Problem("concat names the same input twice", call.loc))
+                self.problems.append(Problem(f"{op} names the same input twice", call.loc))
                 inputs = list(dict.fromkeys(inputs))   # an edge can exist once
-            return self.add(ir.Node(st.name, "concat", tuple(inputs), {}, st.loc))
-        got = take_auto(bind(call, _layer_params(call.name, self.problems), call.name, self.problems),
-                        ("layer", st.name), self.tunables)
+            return self.add(ir.Node(st.name, op, tuple(inputs), {}, st.loc))
+        got = take_auto(bind(call, declared, call.name, self.problems), ("layer", st.name), self.tunables)
         inp = got.pop("input", None)
         inputs = (inp,) if isinstance(inp, str) else ()
         if inp == st.name:

@@ -12,8 +12,10 @@ import json
 import networkx as nx
 
 from boltc import ir
-from boltc.frontend.blocks import OPTIONAL_TRAIN_KEYS, SGD_DEFAULT_LR, TRAIN_DEFAULTS
+from boltc.plan import TRAIN_DEFAULTS
+from boltc.frontend.blocks import OPTIONAL_TRAIN_KEYS, SGD_DEFAULT_LR
 from boltc.frontend.build import CATEGORICAL_DEFAULT_DIM, HASH_KEYS, HASH_WORDS, TEXT_DEFAULT_DIM
+from boltc.ops import OPS
 
 _PLAN_TO_BOLT_HASH = {v: k for k, v in HASH_KEYS.items()}
 _TARGET_WORDS = {"single": "label", "multi": "multilabel", "binary": "binary"}
@@ -88,24 +90,15 @@ def _hash(h) -> str:
     return _call(h["family"], [], kw)
 
 
+class _FormatKit:
+    """What an op's `to_bolt(inputs, attrs, kit)` writes its call with."""
+    call = staticmethod(_call)
+    value = staticmethod(fmt_value)
+    hash = staticmethod(_hash)
+
+
 def _layer(n: ir.Node) -> str:
-    a = n.attrs
-    if n.op == "concat":
-        return _call("concat", list(n.inputs))
-    if n.op == "layernorm":
-        kw = [("eps", fmt_value(a["eps"]))] if a.get("eps", 1e-5) != 1e-5 else []
-        return _call("layernorm", list(n.inputs), kw)
-    if n.op == "embedding":
-        kw = [("reduce", a["reduce"])] if a.get("reduce", "sum") != "sum" else []
-        return _call("embedding", [n.inputs[0], str(a["dim"])], kw)
-    kw = []
-    if a.get("sparsity", "auto") != "auto":
-        kw.append(("sparsity", fmt_value(a["sparsity"])))
-    if a.get("hash", "auto") != "auto":
-        kw.append(("hash", _hash(a["hash"])))
-    if not a.get("bias", True):
-        kw.append(("bias", "false"))
-    return _call("fc", [n.inputs[0], str(a["dim"]), a.get("activation", "linear")], kw)
+    return OPS[n.op].to_bolt(n.inputs, n.attrs, _FormatKit)
 
 
 def _train_lines(t: dict) -> list[str]:

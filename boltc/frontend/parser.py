@@ -12,7 +12,7 @@ from importlib import resources
 import lark
 from lark import Lark, Token, Transformer, v_args
 
-from boltc.errors import BoltSyntaxError, Location
+from boltc.errors import BoltSyntaxError, Location, source_line
 from boltc.frontend import ast
 from boltc.ir import Loc
 
@@ -92,13 +92,6 @@ class _BadString(Exception):
     def __init__(self, tok):
         super().__init__(str(tok))
         self.tok = tok
-
-
-def source_line(text: str, line: int) -> str | None:
-    """Line `line` (1-based) of `text` for an error message. A tab becomes one space so that the caret,
-    placed `column - 1` spaces in, stays under the column (columns count a tab as one character)."""
-    lines = text.splitlines()
-    return lines[line - 1].replace("\t", " ") if 0 < line <= len(lines) else None
 
 
 def _error(message: str, text: str, file: str, line: int, column: int) -> BoltSyntaxError:

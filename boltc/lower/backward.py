@@ -15,7 +15,7 @@ import llvmlite.ir as llir
 
 from boltc.lower.builder import F32, I32, I64, Kernel, KernelModule
 from boltc.lower.fc import lookahead, prefetch_row
-from boltc.passes.plan_memory_moments import moment_dtypes, moment_kind
+from boltc.plan.moments import moment_dtypes, moment_kind
 
 # Rows the update kernels prefetch (fc.prefetch_row: first 1 KB into L2), PREFETCH_ROWS unique neurons
 # (or features) ahead. Measured on the 670k chain, kernels alone, with and without the hints

@@ -9,8 +9,7 @@ gradient scaled by scale[b] (importance weight / batch size), as runtime/exec/nu
 """
 from __future__ import annotations
 
-from boltc.lower import fc as fwd
-from boltc.lower import select as sel
+from boltc.lower import fc as fwd, select as sel
 from boltc.lower.builder import F32, Kernel, KernelModule, symbol
 
 

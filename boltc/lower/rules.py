@@ -1,13 +1,10 @@
 """LOWERING_RULES: how each op of a plan becomes native kernels, and `lower_plan(plan)`.
 
-A rule takes (km, layer, ctx) and adds the layer's kernels to the module, returning the names it made
-(role -> kernel name); runtime/exec/native_ops.py runs each op's roles. Every op of the language has one:
-    fc          here (forward kernels in fc.py, backward + optimizer in backward.py)
-    embedding   embed.py (the sparse-input fc kernel, linear, no bias, optional 1/nnz scale)
-    concat      concat.py (column copies)
-    layernorm   norm.py
-and the output layer's loss (fused with its softmax / sigmoid), top-k and log-sum-exp kernels come from
-loss.py OUTPUT_RULES. `HOST` (an op the executor would run with its NumPy rule) is no longer used by
+A rule is an op's `lower(km, layer, ctx)` (boltc/ops/<op>.py): it adds the layer's kernels to the
+module and returns the names it made (role -> kernel name); the op's native runner calls those roles.
+Its typed context (boltc/ops/base.py LowerContext) says where the layer sits in the plan and hands it
+the kernel-writing library (boltc/lower/library.py); the output layer's loss (fused with its softmax /
+sigmoid), top-k and log-sum-exp kernels come from loss.py OUTPUT_RULES. `HOST` (an op the executor would run with its NumPy rule) is no longer used by
 any op; it stays as the marker a new op can start with.
 
 A plan lowers when every layer does and its shape is one the executor runs natively:
@@ -23,14 +20,11 @@ what they were (a saved artifact's object code keeps its meaning).
 """
 from __future__ import annotations
 
-from boltc.lower import backward as bw
-from boltc.lower import fc as fwd
-from boltc.lower import select as sel
-from boltc.lower.builder import KernelModule, symbol
-from boltc.lower.concat import lower_concat
-from boltc.lower.embed import lower_embedding
+from boltc.lower import backward as bw, library
+from boltc.lower.builder import KernelModule
 from boltc.lower.loss import OUTPUT_RULES
-from boltc.lower.norm import lower_layernorm
+from boltc.ops import OPS
+from boltc.ops.base import LowerContext
 
 HOST = "host"
 SPARSE_INPUT_KINDS = ("sparse", "text", "categorical")
@@ -60,67 +54,7 @@ def fused_input_activation(plan: dict, layer: dict) -> str | None:
     return prod["activation"] if len(readers) == 1 else None
 
 
-def lower_fc(km: KernelModule, layer: dict, ctx: dict) -> dict:
-    opt = ctx["update"]                  # bw.UpdateSpec: optimizer, moment storage, decay
-    name, dim, in_dim = layer["name"], layer["dim"], layer["in_dim"]
-    act, bias = layer["activation"], bool(layer.get("bias", True))
-    is_out = ctx["is_output"]
-    f_act = "linear" if is_out else act       # the output's activation is fused with the loss
-    out: dict[str, str] = {}
-    if ctx["input_sparse"]:
-        out["fwd"] = symbol(layer, "fwd")
-        fwd.sparse_fc_fwd(km, out["fwd"], dim, f_act, bias)
-        out["upd"] = symbol(layer, "upd")
-        bw.rows_update_in_major(km, out["upd"], dim, opt)
-        out["invert"] = symbol(layer, "invert")
-        bw.invert(km, out["invert"], in_dim)
-        if bias:
-            out["bias_upd"] = symbol(layer, "bias_upd")
-            bw.dense_update(km, out["bias_upd"], opt)
-    else:
-        out["fwd"] = symbol(layer, "fwd")
-        fwd.dense_fc_fwd(km, out["fwd"], in_dim, dim, f_act, bias, gather=False)
-        out["upd"] = symbol(layer, "upd")
-        bw.rows_update_out_major(km, out["upd"], in_dim, dim, False, bias, opt)
-        # the BLAS path of a dense layer (runtime/exec/native_ops.py dense_blas): the gradient comes
-        # from sgemm, these apply the optimizer to every entry of W and b
-        out["w_upd"] = symbol(layer, "w_upd")
-        bw.dense_update(km, out["w_upd"], opt, tensor="W")
-        if bias:
-            out["bias_upd"] = symbol(layer, "bias_upd")
-            bw.dense_update(km, out["bias_upd"], opt)
-        if ctx["needs_dx"]:
-            out["dx"] = symbol(layer, "dx")
-            bw.input_grad(km, out["dx"], in_dim, dim, False, ctx["in_activation"])
-        k = layer["active"]
-        if k < dim:
-            # a sparse hidden layer applies its activation in the gather kernel; the output's stays
-            # linear (fused with the loss) and also has the neuron-order forward for large batches
-            out["fwd_active"] = symbol(layer, "fwd_active")
-            fwd.dense_fc_fwd(km, out["fwd_active"], in_dim, k, f_act, bias, gather=True)
-            out["upd_active"] = symbol(layer, "upd_active")
-            bw.rows_update_out_major(km, out["upd_active"], in_dim, k, True, bias, opt)
-            if is_out:
-                out["fwd_neuron"] = symbol(layer, "fwd_neuron")
-                bw.fwd_by_neuron(km, out["fwd_neuron"], in_dim, k, bias)
-            if ctx["needs_dx"]:
-                out["upd_active_dx"] = symbol(layer, "upd_active_dx")
-                bw.rows_update_out_major(km, out["upd_active_dx"], in_dim, k, True, bias, opt, fuse_dx=True)
-            out["invert"] = symbol(layer, "invert")
-            bw.invert(km, out["invert"], dim)
-    if is_out:
-        out.update(OUTPUT_RULES[ctx["loss"]][1](km, layer, layer["active"] < dim))
-    if layer.get("hash"):
-        out.update(sel.lower_hash(km, layer, layer["hash"]))
-    return out
-
-
-LOWERING_RULES = {
-    "fc": lower_fc,
-    "embedding": lower_embedding,
-    "concat": lower_concat,
-    "layernorm": lower_layernorm,
-}
+LOWERING_RULES = {name: op.lower for name, op in OPS.items()}     # each op's `lower` (boltc/ops/<op>.py)
 
 
 def native_support(plan: dict) -> str | None:
@@ -172,12 +106,11 @@ def lower_plan(plan: dict) -> tuple[KernelModule, dict[str, dict[str, str]]]:
     syms = {}
     for layer in plan["layers"]:
         src = layer["inputs"][0]
-        ctx = {"plan": plan, "optimizer": opt, "loss": plan["loss"],
-               "update": bw.update_spec(plan, layer) if layer["op"] in ("fc", "embedding") else None,
-               "is_output": layer["name"] == plan["output"],
-               "input_sparse": reads_sparse_input(layer, inputs),
-               "needs_dx": src not in inputs,
-               "in_activation": fused_input_activation(plan, layer),
-               "in_dims": [dims[s] for s in layer["inputs"]]}
+        weighted = OPS[layer["op"]].weighted_input
+        ctx = LowerContext(plan=plan, optimizer=opt, loss=plan["loss"], is_output=layer["name"] == plan["output"],
+                           input_sparse=reads_sparse_input(layer, inputs), needs_dx=src not in inputs,
+                           in_activation=fused_input_activation(plan, layer),
+                           in_dims=[dims[s] for s in layer["inputs"]],
+                           update=bw.update_spec(plan, layer) if weighted else None, lib=library)
         syms[layer["name"]] = LOWERING_RULES[layer["op"]](km, layer, ctx)
     return km, syms

@@ -17,7 +17,7 @@ import networkx as nx
 from boltc import ir
 from boltc.passes import bolt_rules as R
 from boltc.passes.common import xc_header
-from boltc.runtime.lsh.index import DEFAULT_NEGATIVES, DEFAULT_RANDOM_SHARE
+from boltc.plan import DEFAULT_NEGATIVES, DEFAULT_RANDOM_SHARE
 
 
 def train_rows(g: nx.DiGraph) -> tuple[int | None, str]:

@@ -8,11 +8,10 @@ from pathlib import Path
 import networkx as nx
 
 from boltc import ir
-from boltc.errors import BoltErrorGroup, BoltValidationError, Location
+from boltc.errors import BoltErrorGroup, BoltValidationError, Location, source_line as line_of
 
 
 def source_line(g: nx.DiGraph, line: int) -> str | None:
-    from boltc.frontend.parser import source_line as line_of
     return line_of(g.graph.get("source") or "", line)
 
 

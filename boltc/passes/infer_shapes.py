@@ -9,6 +9,7 @@ from pathlib import Path
 import networkx as nx
 
 from boltc import ir
+from boltc.ops import OPS
 from boltc.passes.common import error, raise_all, word_loc, xc_header
 
 
@@ -16,15 +17,15 @@ def _given(n: ir.Node, dims: dict) -> int:
     return n.attrs["dim"]
 
 
-SHAPE_RULES = {           # op -> (node, {input name: width}) -> output width
+def _declared(op):
+    return lambda n, dims: op.shape(n.attrs, [dims[i] for i in n.inputs])
+
+
+SHAPE_RULES = {           # op -> (node, {input name: width}) -> output width; layer ops: boltc/ops/<op>.py
     "input": _given,
     "target": lambda n, dims: n.attrs["classes"],
-    "fc": _given,
-    "embedding": _given,
-    "concat": lambda n, dims: sum(dims[i] for i in n.inputs),
-    "layernorm": lambda n, dims: dims[n.inputs[0]],
+    **{name: _declared(op) for name, op in OPS.items()},
 }
-assert set(SHAPE_RULES) == set(ir.OPS), "every op needs a shape rule"
 
 
 def infer_shapes(g: nx.DiGraph) -> nx.DiGraph:
@@ -33,7 +34,7 @@ def infer_shapes(g: nx.DiGraph) -> nx.DiGraph:
     for n in ir.nodes(h):
         dims[n.name] = SHAPE_RULES[n.op](n, dims)
         new = ir.replace(n, dim=dims[n.name])
-        if n.op in ("fc", "embedding"):
+        if n.op in OPS and OPS[n.op].weighted_input:
             new = new.with_attrs(in_dim=dims[n.inputs[0]])
         ir.replace_node(h, new)
     raise_all(_loss_width(h, dims) + _data_shapes(h))

@@ -11,7 +11,7 @@ Decisions:
   rows for an LSH-sparse layer); that bound is reported apart as memory["numpy_gradients"] and in a
   choice line, not added to the total.
 - Adam keeps two moments per weight, float32 or bfloat16 per tensor as `adam(moments=...)` says
-  (plan_memory_moments.py: the rule, and why `auto` picks bf16 only above 1 GiB of f32 moments);
+  (boltc/plan/moments.py: the rule, and why `auto` picks bf16 only above 1 GiB of f32 moments);
   the resolved storage is written into the plan as train["moment_dtypes"]. SGD with momentum keeps
   one float32 buffer.
 - Activations per batch are the value and its gradient (float32) for every layer's active neurons,
@@ -24,25 +24,19 @@ import math
 import networkx as nx
 
 from boltc import ir
+from boltc.ops import OPS
+from boltc.ops.base import plain_layer
 from boltc.passes.bolt_rules import hash_table_bytes
 from boltc.passes.common import error
-from boltc.passes.plan_memory_moments import MOMENT_BYTES, choose
+from boltc.plan.moments import MOMENT_BYTES, choose
 
 F32 = 4
 
 
 def param_shapes(n: ir.Node) -> dict[str, tuple[int, ...]]:
     """Trainable tensors of one layer (names as in docs/CONTRACTS.md section 4)."""
-    if n.op == "fc":
-        shapes = {"W": (n.attrs["in_dim"], n.dim)}
-        if n.attrs.get("bias", True):
-            shapes["b"] = (n.dim,)
-        return shapes
-    if n.op == "embedding":
-        return {"W": (n.attrs["in_dim"], n.dim)}
-    if n.op == "layernorm":
-        return {"gamma": (n.dim,), "beta": (n.dim,)}
-    return {}
+    op = OPS.get(n.op)
+    return dict(op.params(plain_layer(n))) if op is not None else {}
 
 
 def param_count(n: ir.Node) -> int:

@@ -10,6 +10,7 @@ import difflib
 import networkx as nx
 
 from boltc import ir
+from boltc.ops import OPS
 from boltc.passes.common import error, model_loc, raise_all, word_loc
 
 SPARSE_KINDS = ("sparse", "text", "categorical")
@@ -74,6 +75,8 @@ def find_errors(g: nx.DiGraph) -> list:
 
 def _type_errors(g, n: ir.Node, get) -> list:
     errs = []
+    op = OPS.get(n.op)
+    reads = op.reads if op is not None else "any"
     for src in n.inputs:
         s = get(src)
         if s is None:
@@ -81,20 +84,15 @@ def _type_errors(g, n: ir.Node, get) -> list:
         where = word_loc(g, n.loc, src)
         if s.op == "target":
             errs.append(error(g, f"'{src}' is the target; only the loss may read it", where))
-        elif n.op == "embedding" and not _is_sparse_input(s):
-            errs.append(error(g, f"embedding needs a sparse input (sparse, text or categorical); '{src}' is "
+        elif reads == "sparse" and not _is_sparse_input(s):
+            errs.append(error(g, f"{n.op} needs a sparse input (sparse, text or categorical); '{src}' is "
                                  f"{'a dense input' if s.op == 'input' else 'a layer'}", where))
-        elif n.op in ("concat", "layernorm") and _is_sparse_input(s):
+        elif reads == "dense" and _is_sparse_input(s):
             errs.append(error(g, f"{n.op} needs dense values; '{src}' is a {s.attrs['kind']} input: read it "
                                  "with fc or embedding first", where))
-    if n.op == "fc":
-        sparsity, hash_ = n.attrs.get("sparsity"), n.attrs.get("hash")
-        if hash_ == "none" and isinstance(sparsity, float) and sparsity < 1.0:
-            errs.append(error(g, f"a sparse layer (sparsity={sparsity:g}) needs a hash to choose its active "
-                                 "neurons: use hash=auto, dwta(...) or srp(...)", word_loc(g, n.loc, "hash")))
-        if isinstance(hash_, dict) and sparsity == 1.0:
-            errs.append(error(g, "hash settings have no effect on a dense layer (sparsity=1.0)",
-                              word_loc(g, n.loc, "hash")))
+    if op is not None:
+        for message, word in op.check(n.attrs):
+            errs.append(error(g, message, word_loc(g, n.loc, word)))
     return errs
 
 

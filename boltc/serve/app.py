@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+from importlib.metadata import version as dist_version
 
 import numpy as np
 from starlette.applications import Starlette
@@ -321,7 +322,6 @@ def build_app(models: ModelSet, settings: Settings) -> Starlette:
 
 def _boltc_version() -> str:
     try:
-        from importlib.metadata import version
-        return version("boltc")
+        return dist_version("boltc")
     except Exception:
         return "0"

@@ -1,7 +1,7 @@
 """Dynamic batching: requests that arrive together run as one `Model.predict` call on one thread.
 
 Decisions:
-- One inference thread. The native kernels already spread one batch over every core (runtime/threads.py),
+- One inference thread. The native kernels already spread one batch over every core (runtime/exec/threads.py),
   so a second Python thread would only contend with them; batching is what buys throughput.
 - Jobs batch together only when they ask the same thing of the same loaded model (the ServedModel
   object, top_k) with dense inference, so each row's answer is exactly what `Model.predict` gives it

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+import boltc
 from boltc.errors import BoltError
 
 TEXT_KINDS = ("text", "categorical")
@@ -117,7 +118,6 @@ def file_digest(path: str) -> str:
 
 def load_served(name: str, path: str, version: int, *, backend=None, threads=None) -> ServedModel:
     """Load, check and warm one model file; LoadRefused with the reason when it cannot serve."""
-    import boltc
     t0 = time.perf_counter()
     if not Path(path).is_file():
         raise LoadRefused(f"{path}: no such file")

@@ -30,7 +30,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 def run(app, host: str, port: int, drain_seconds: float = 30.0) -> int:
     try:
-        import uvicorn
+        import uvicorn  # optional: the serve extra
     except ImportError:
         raise BoltError("boltc serve needs the serve extra: pip install 'boltc[serve]'") from None
     sock = bind(host, port)

@@ -7,7 +7,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tqdm import tqdm
+
 from boltc import ir
+from boltc.frontend import format_source
+from boltc.passes import run_pipeline
 
 LEADERBOARD_ROWS = 10
 
@@ -23,7 +27,6 @@ class Progress:
         self.metric, self.log, self.budget, self.spent = metric, log, budget, spent
         self.bar = None
         if enabled:
-            from tqdm import tqdm
             self.bar = tqdm(total=round(budget), initial=min(round(spent), round(budget)), unit="s",
                             file=sys.stderr, dynamic_ncols=True, leave=False,
                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s {postfix}")
@@ -110,8 +113,6 @@ def _source(split_value, folder: Path) -> ir.DataSource | None:
 
 def write_bolt(path: Path, graph, header_lines: list[str], *, train, validation, test) -> None:
     """The planned graph as .bolt text (every automatic choice written out), atomically."""
-    from boltc.frontend import format_source
-    from boltc.passes import run_pipeline
     g = graph.copy()
     g.graph = dict(graph.graph)
     folder = Path(path).resolve().parent

@@ -41,7 +41,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import boltc
+from boltc.api import Model
+from boltc.commands.common import evaluate_both
 from boltc.errors import BoltError, DataError, DependencyError
+from boltc.frontend import parse
+from boltc.passes import run_pipeline
+from boltc.passes.to_plan import to_plan
+from boltc.pipeline import read_source
+from boltc.runtime.data.holdout import split
+from boltc.runtime.train.trainer import metric_names
+from boltc.tune import report, space
 
 STUDY = "boltc-tune"
 REDUCTION = 3              # successive halving keeps the best third at each rung
@@ -50,7 +60,7 @@ MIN_RESOURCE = 2           # first rung: after two epochs (a slow learning rate 
 
 def _optuna():
     try:
-        import optuna
+        import optuna  # optional: the tune extra
     except ImportError:
         raise DependencyError("boltc tune needs Optuna: pip install 'boltc[tune]'") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -96,7 +106,6 @@ class _Data:
                     model.plan["target"]["class_names"] = list(full.class_names)
                 pair = (full, model.dataset(self.val_src))
             else:
-                from boltc.runtime.data.holdout import split
                 pair = split(full, self.share, self.seed)
             self.cache[key] = pair
         pair = self.cache[key]
@@ -114,9 +123,9 @@ def fingerprint(source: str, tunables, data: dict) -> str:
 
 
 def _open_study(optuna, journal: Path, seed: int, fp: str, defaults: dict):
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-    from optuna.trial import TrialState
+    from optuna.storages import JournalStorage  # optional: the tune extra
+    from optuna.storages.journal import JournalFileBackend  # optional: the tune extra
+    from optuna.trial import TrialState  # optional: the tune extra
     storage = JournalStorage(JournalFileBackend(str(journal)))
     study = optuna.create_study(
         study_name=STUDY, storage=storage, direction="maximize", load_if_exists=True,
@@ -140,11 +149,6 @@ def tune(model_path, budget: float, output, *, train=None, validation=None, test
          trials: int | None = None, backend: str | None = None, threads: int | None = None,
          seed: int | None = None, progress: bool = True, log=None) -> TuneResult:
     """Search, write OUTPUT's .bolt, train the final model and save it to `output` (see module doc)."""
-    from boltc.api import Model
-    from boltc.frontend import parse
-    from boltc.passes import run_pipeline
-    from boltc.plan import read_source, to_plan
-    from boltc.tune import report, space
     optuna = _optuna()
     log = log or (lambda msg: print(msg, file=sys.stderr))
     output = Path(output)
@@ -170,7 +174,6 @@ def tune(model_path, budget: float, output, *, train=None, validation=None, test
         raise BoltError(f"{file}: nothing to tune: write `auto` for the values to search (a layer's width, "
                         "adam(lr=auto), batch auto, epochs auto, ...)")
     seed_v = int(train_cfg.get("seed", 0))
-    from boltc.runtime.train.trainer import metric_names
     metric = metric_names(base_plan)[0]
     fp = fingerprint(text, tunables, {"train": str(train), "validation": str(validation), "share": share,
                                       "seed": seed_v, "backend": backend})
@@ -273,7 +276,6 @@ def tune(model_path, budget: float, output, *, train=None, validation=None, test
                            f"{100 * share:g}% of the training rows held out, seed {seed_v}")
     report.write_bolt(bolt_path, final_graph, header, train=train, validation=validation, test=test)
     # ---- the final model: `boltc run` of the written file
-    import boltc
     final = boltc.compile(str(bolt_path), backend=backend, threads=threads)
     t0 = time.monotonic()
     final.fit(train, validation, progress=progress)
@@ -284,7 +286,6 @@ def tune(model_path, budget: float, output, *, train=None, validation=None, test
     final.save(output)
     results = None
     if test is not None:
-        from boltc.api import evaluate_both
         results = evaluate_both(final, test)
     return TuneResult(bolt_path=bolt_path, model=final,
                       best={"number": best.number, "value": best.value, "params": dict(best.params),

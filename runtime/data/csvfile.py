@@ -26,6 +26,7 @@ row starts and column is the 1-based field number (the message names the column)
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import re
 import sys
@@ -81,7 +82,6 @@ def _open_text(path: str, encoding: str):
     magic = f.read(2)
     f.seek(0)
     if magic == b"\x1f\x8b":
-        import gzip
         f = gzip.GzipFile(fileobj=f, mode="rb")
     return io.TextIOWrapper(f, encoding=encoding, newline="")
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from boltc.errors import DataError, Location
+
 
 def as_csr(x, dim: int | None = None) -> sp.csr_matrix:
     m = sp.csr_matrix(x)
@@ -73,3 +75,54 @@ class Batch:
 
 def _take(m, rows):
     return take_rows(m, rows) if sp.isspmatrix_csr(m) else m[rows]
+
+
+def _target(plan: dict) -> dict:
+    return plan.get("target") or {}
+
+
+def l2_normalize_rows(X: sp.csr_matrix) -> sp.csr_matrix:
+    """Rows scaled to unit L2 norm (empty rows stay empty). Why an option: linear XC baselines (and
+    the ridge numbers in shared/data READMEs) use L2-normalised rows; binary bag-of-words rows of very
+    different lengths otherwise feed the first layer inputs of very different scales."""
+    X = X.copy()
+    sq = np.add.reduceat(X.data.astype(np.float64) ** 2, X.indptr[:-1]) if X.nnz else np.zeros(X.shape[0])
+    sq[np.diff(X.indptr) == 0] = 1.0
+    X.data /= np.repeat(np.sqrt(sq), np.diff(X.indptr)).astype(np.float32)
+    return X
+
+
+def checked_dataset(X: sp.csr_matrix, Y: sp.csr_matrix | None, inp: dict, plan: dict, where: str) -> Dataset:
+    """X, Y checked against the plan's input `inp` and target (DataError naming `where`), widened to
+    the model's dims, labels as 0/1 CSR: the one check for every source (files, chunks, arrays). An input declared
+    `sparse(dim, normalize=l2)` gets its rows scaled to unit length here, so every source (training
+    file, streamed chunk, array, stdin row at predict) is scaled alike."""
+    dim = int(inp["dim"])
+    if inp.get("normalize") == "l2" and inp.get("kind") == "sparse":
+        X = l2_normalize_rows(as_csr(X))
+    if X.shape[1] > dim:
+        raise DataError(f"the data has {X.shape[1]} features but input '{inp['name']}' has dim {dim}",
+                        Location(where, 0))
+    labels = None
+    target = _target(plan)
+    if Y is not None and target:
+        classes = int(target["classes"])
+        Y = as_csr(Y)
+        if target.get("kind") == "binary":
+            # binary: positive rows hold column 0; the file marks them with label 1 (0/1 and -1/+1 files)
+            pos = np.zeros(Y.shape[0], dtype=bool)
+            if Y.shape[1] > 1:
+                pos = np.asarray(Y[:, 1].toarray()).ravel() > 0
+            Y = sp.csr_matrix((np.ones(pos.sum(), np.float32), (np.flatnonzero(pos), np.zeros(pos.sum(), int))),
+                              shape=(Y.shape[0], 1))
+        elif Y.shape[1] > classes:
+            used = int(Y.indices.max(initial=-1)) + 1
+            if used > classes:
+                raise DataError(f"the data uses label {used - 1} but target '{target['name']}' has "
+                                f"{classes} classes", Location(where, 0))
+        labels = as_csr(Y, classes)
+        labels.data[:] = 1.0
+    value = as_csr(X, dim)
+    if inp.get("kind") == "dense":
+        value = np.ascontiguousarray(value.toarray(), dtype=np.float32)
+    return Dataset(inputs={inp["name"]: value}, labels=labels, source=where)

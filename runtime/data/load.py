@@ -13,6 +13,7 @@ naming the source (fewer is fine: the matrix is widened).
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,11 @@ import scipy.sparse as sp
 from boltc import debug
 from boltc.errors import BoltError, DataError, Location
 from boltc.runtime.data import synth, xcformat
-from boltc.runtime.data.dataset import Dataset, as_csr
+from boltc.runtime.data.csvfile import load_csv_dataset
+from boltc.runtime.data.dataset import (Dataset, as_csr, checked_dataset,  # noqa: F401 (public here too)
+                                        l2_normalize_rows)
+from boltc.runtime.data.stream import open_streaming, should_stream
+from boltc.runtime.data.text import featurize_strings
 
 TABLE_FORMATS = ("csv", "tsv")
 
@@ -65,7 +70,6 @@ def load_dataset(source, plan: dict, with_labels: bool = True, allow_stream: boo
         raise DataError("data file not found", Location(path, 0))
     fmt = source.get("format") or _guess_format(path)
     if fmt in TABLE_FORMATS:        # text/categorical columns: runtime/data/csvfile.py (chunked, class names)
-        from boltc.runtime.data.csvfile import load_csv_dataset
         return load_csv_dataset({**source, "path": path, "format": fmt}, plan, need_labels=with_labels)
     if fmt not in ("xc", "svmlight"):
         raise DataError(f"unknown data format {fmt!r} (xc, svmlight, csv, tsv)", Location(path, 0))
@@ -75,7 +79,6 @@ def load_dataset(source, plan: dict, with_labels: bool = True, allow_stream: boo
                         Location(path, 0))
     inp = sparse_inputs[0]
     if allow_stream and with_labels:
-        from boltc.runtime.data.stream import open_streaming, should_stream
         if should_stream(path, source.get("stream")):
             return open_streaming(path, fmt, plan, source)
     X, Y = xcformat.read_xc(path, fmt)
@@ -85,53 +88,6 @@ def load_dataset(source, plan: dict, with_labels: bool = True, allow_stream: boo
     if norm == "l2":
         X = l2_normalize_rows(X)
     return checked_dataset(X, Y, inp, plan, path)
-
-
-def l2_normalize_rows(X: sp.csr_matrix) -> sp.csr_matrix:
-    """Rows scaled to unit L2 norm (empty rows stay empty). Why an option: linear XC baselines (and
-    the ridge numbers in shared/data READMEs) use L2-normalised rows; binary bag-of-words rows of very
-    different lengths otherwise feed the first layer inputs of very different scales."""
-    X = X.copy()
-    sq = np.add.reduceat(X.data.astype(np.float64) ** 2, X.indptr[:-1]) if X.nnz else np.zeros(X.shape[0])
-    sq[np.diff(X.indptr) == 0] = 1.0
-    X.data /= np.repeat(np.sqrt(sq), np.diff(X.indptr)).astype(np.float32)
-    return X
-
-
-def checked_dataset(X: sp.csr_matrix, Y: sp.csr_matrix | None, inp: dict, plan: dict, where: str) -> Dataset:
-    """X, Y checked against the plan's input `inp` and target (DataError naming `where`), widened to
-    the model's dims, labels as 0/1 CSR: the one check for every source (files, chunks, arrays). An input declared
-    `sparse(dim, normalize=l2)` gets its rows scaled to unit length here, so every source (training
-    file, streamed chunk, array, stdin row at predict) is scaled alike."""
-    dim = int(inp["dim"])
-    if inp.get("normalize") == "l2" and inp.get("kind") == "sparse":
-        X = l2_normalize_rows(as_csr(X))
-    if X.shape[1] > dim:
-        raise DataError(f"the data has {X.shape[1]} features but input '{inp['name']}' has dim {dim}",
-                        Location(where, 0))
-    labels = None
-    target = _target(plan)
-    if Y is not None and target:
-        classes = int(target["classes"])
-        Y = as_csr(Y)
-        if target.get("kind") == "binary":
-            # binary: positive rows hold column 0; the file marks them with label 1 (0/1 and -1/+1 files)
-            pos = np.zeros(Y.shape[0], dtype=bool)
-            if Y.shape[1] > 1:
-                pos = np.asarray(Y[:, 1].toarray()).ravel() > 0
-            Y = sp.csr_matrix((np.ones(pos.sum(), np.float32), (np.flatnonzero(pos), np.zeros(pos.sum(), int))),
-                              shape=(Y.shape[0], 1))
-        elif Y.shape[1] > classes:
-            used = int(Y.indices.max(initial=-1)) + 1
-            if used > classes:
-                raise DataError(f"the data uses label {used - 1} but target '{target['name']}' has "
-                                f"{classes} classes", Location(where, 0))
-        labels = as_csr(Y, classes)
-        labels.data[:] = 1.0
-    value = as_csr(X, dim)
-    if inp.get("kind") == "dense":
-        value = np.ascontiguousarray(value.toarray(), dtype=np.float32)
-    return Dataset(inputs={inp["name"]: value}, labels=labels, source=where)
 
 
 def _synthetic(source: dict, plan: dict) -> Dataset:
@@ -160,7 +116,6 @@ def as_dataset(obj, plan: dict, labels=None) -> Dataset:
     if isinstance(obj, tuple) and len(obj) == 2 and labels is None:
         obj, labels = obj
     if isinstance(obj, (list, dict)) and (isinstance(obj, dict) or (obj and isinstance(obj[0], (str, dict)))):
-        from boltc.runtime.data.text import featurize_strings
         ds = featurize_strings(obj, plan)
         if labels is not None:
             ds.labels = _labels_from(labels, plan, ds.rows)
@@ -206,7 +161,6 @@ def read_rows_text(text: str, plan: dict) -> Dataset:
     ins = [i for i in _inputs(plan) if i.get("kind") in ("sparse", "dense")]
     if len(ins) != 1:
         raise DataError("rows on stdin feed a model with exactly one sparse input; use --text for text models")
-    import tempfile
     # a line that is only 'f:v' pairs has no label field: give it the leading space the format expects
     body = "\n".join((" " + l) if ":" in l.split()[0] else l for l in text.splitlines() if l.strip())
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:

@@ -28,7 +28,7 @@ import scipy.sparse as sp
 
 from boltc.errors import DataError, Location
 from boltc.runtime.data import xcformat
-from boltc.runtime.data.dataset import Batch, take_rows
+from boltc.runtime.data.dataset import Batch, checked_dataset, l2_normalize_rows, take_rows
 
 STREAM_SHARE = 0.5            # stream when the parsed rows would take more than this share of free memory
 CSR_PER_TEXT_BYTE = 0.55      # "123:0.0812 " is ~14 bytes of text per nonzero, 8 as CSR (0.53 measured)
@@ -181,7 +181,6 @@ def _vstack(parts):
 
 
 def open_streaming(path: str, fmt: str, plan: dict, source: dict) -> StreamingDataset:
-    from boltc.runtime.data.load import checked_dataset, l2_normalize_rows
     inputs = plan.get("inputs") or []
     if len(inputs) != 1 or inputs[0].get("kind") not in ("sparse", "dense"):
         raise DataError("a streamed XC/svmlight file feeds a model with exactly one sparse or dense input",

@@ -20,7 +20,7 @@ on how a caller chunks the work.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import scipy.sparse as sp

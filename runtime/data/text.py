@@ -41,6 +41,7 @@ Both give identical ids (tests/test_text_hashing.py); everything else is whole-a
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 from typing import Sequence
@@ -50,6 +51,7 @@ import scipy.sparse as sp
 
 from boltc import debug
 from boltc.errors import BoltError, DataError
+from boltc.lower import kernels, text as text_kernels
 from boltc.runtime.data.dataset import Dataset
 
 FNV_OFFSET = 0x811C9DC5
@@ -155,7 +157,6 @@ _NATIVE: list = []          # [callable or None] once tried
 
 def _native_kernel():
     if not _NATIVE:
-        import os
         fn = None
         if os.environ.get("BOLTC_TEXT_NATIVE", "1") != "0":
             try:
@@ -167,29 +168,8 @@ def _native_kernel():
 
 
 def _build_native():
-    import ctypes
-
-    import llvmlite.ir as ir
-
-    from boltc import codegen
-    from boltc.lower.builder import I32, I64, KernelModule
-    i8 = ir.IntType(8)
-    km = KernelModule("text_fnv_spans")
-    k = km.kernel("fnv_spans", [("b0", "i64"), ("b1", "i64"), ("buf", "ptr"), ("starts", "ptr"),
-                                ("lengths", "ptr"), ("init", "ptr"), ("out", "ptr")])
-    a, b = k.arg, k.b
-    with k.loop(a["b0"], a["b1"], "i") as i:
-        h = k.var(I32, k.ld(a["init"], i, I32))
-        lo = k.ld(a["starts"], i, I64)
-        hi = k.add(lo, k.ld(a["lengths"], i, I64))
-        with k.loop(lo, hi, "j") as j:
-            byte = b.zext(k.ld(a["buf"], j, i8), I32)
-            k.set(h, b.mul(b.xor(k.get(h), byte), ir.Constant(I32, FNV_PRIME)))
-        k.st(a["out"], i, k.get(h))
-    k.ret()
-    lib, _ = codegen.build(km.ir_text())
-    i64, vp = ctypes.c_int64, ctypes.c_void_p
-    cfn = ctypes.CFUNCTYPE(None, i64, i64, vp, vp, vp, vp, vp)(lib.address("fnv_spans"))
+    lib = kernels.build(text_kernels.fnv_module(FNV_PRIME))
+    cfn = lib.symbol("fnv_spans")
 
     def run(buf, starts, lengths, init):
         buf = np.ascontiguousarray(buf, dtype=np.uint8)

@@ -24,6 +24,8 @@ import gzip
 import itertools
 import os
 import re
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -347,8 +349,6 @@ def _ordered_map(fn, items):
     if PARSE_THREADS <= 1:
         yield from map(fn, items)
         return
-    from concurrent.futures import ThreadPoolExecutor
-    from collections import deque
     with ThreadPoolExecutor(PARSE_THREADS) as pool:
         pending = deque()
         for item in items:

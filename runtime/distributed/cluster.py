@@ -18,9 +18,12 @@ from functools import partial
 import numpy as np
 
 from boltc.errors import BoltError, DependencyError
-from boltc.runtime.distributed.exchange import combine, densify
+from boltc.runtime.distributed import factors as fx
+from boltc.runtime.distributed.exchange import RowGrad, combine, densify
+from boltc.runtime.distributed.factors import rebuild
 from boltc.runtime.distributed.shard import load_shard
 from boltc.runtime.distributed.worker import Worker, merge_facts, portable_state
+from boltc.runtime.exec import executor  # looked up at call time (tests swap make_executor)
 
 INSTALL_HINT = "pip install boltc[distributed]"
 EXCHANGES = ("sparse", "dense", "factors")     # touched rows | whole tensors (baseline) | sufficient factors
@@ -32,7 +35,7 @@ class DistributedError(BoltError):
 
 def require_ray():
     try:
-        import ray
+        import ray  # optional: the distributed extra
     except ImportError:
         raise DependencyError("distributed training (--workers / distributed(...)) needs Ray, which is not "
                               f"installed: {INSTALL_HINT}") from None
@@ -54,12 +57,11 @@ class ShardWorker(Worker):
         self.global_batch = int(global_batch or plan["train"]["batch"])
 
     def setup(self) -> int:
-        from boltc.runtime.exec.executor import make_executor
         plan, state, spec, rank, world, local_batch, backend, threads, seed = self._args
         del self._args
         state = copy.deepcopy(state)     # Ray hands out read-only zero-copy arrays; a replica must own its own
         super().__init__(plan, state, load_shard(spec, plan), rank, world, local_batch,
-                         partial(make_executor, backend=backend, threads=threads), seed=seed)
+                         partial(executor.make_executor, backend=backend, threads=threads), seed=seed)
         by = {l["name"]: l for l in plan["layers"]}
         self.row_sparse = {(l, t) for (l, t) in self.shapes
                            if by[l].get("hash") or (by[l].get("input_sparse") and by[l].get("layout") == "in_major")}
@@ -94,7 +96,6 @@ class ShardWorker(Worker):
 
     def compute_factors(self, record: bool):
         """One local batch's sufficient factors (factors.py) instead of its gradient."""
-        from boltc.runtime.distributed import factors as fx
         t0 = time.perf_counter()
         rows = self._next_rows()
         batch = self.data.take(rows)
@@ -110,7 +111,6 @@ class ShardWorker(Worker):
     def finish(self, prev) -> None:
         grads, lr, facts, epoch, index, per_epoch = prev
         if self.exchange == "factors":
-            from boltc.runtime.distributed.factors import rebuild
             t0 = time.perf_counter()
             grads = rebuild(self.plan, grads)
             self.apply_seconds += time.perf_counter() - t0
@@ -121,7 +121,6 @@ class ShardWorker(Worker):
 
 
 def _nonzero_rows(g):
-    from boltc.runtime.distributed.exchange import RowGrad
     v = g.values
     nz = np.flatnonzero(v.reshape(v.shape[0], -1).any(axis=1)).astype(np.int32)
     return RowGrad(nz, np.ascontiguousarray(v[nz]))

@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,11 +44,17 @@ from pathlib import Path
 import numpy as np
 
 from boltc.errors import BoltError, DataError
+from boltc.runtime import savefile
 from boltc.runtime.distributed.cluster import (EXCHANGES, INSTALL_HINT, DistributedError,  # noqa: F401 (re-exported)
                                                _start_workers, _WorkerFailed, connect, require_ray)
 from boltc.runtime.distributed.exchange import combine, grads_nbytes
+from boltc.runtime.distributed.factors import factors_nbytes, supports
 from boltc.runtime.distributed.shard import load_shard, plan_shards  # noqa: F401 (re-exported)
 from boltc.runtime.distributed.worker import facts_nbytes, merge_facts
+from boltc.runtime.exec import executor  # looked up at call time (tests swap make_executor)
+from boltc.runtime.exec.optim import lr_at
+from boltc.runtime.train.trainer import evaluate, format_record, metric_names
+
 
 # ---------------------------------------------------------------------------------------------- driver
 @dataclass
@@ -86,7 +93,6 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
     if exchange not in EXCHANGES:
         raise BoltError(f"exchange must be one of {', '.join(EXCHANGES)}, not {exchange!r}")
     if exchange == "factors":
-        from boltc.runtime.distributed.factors import supports
         if not supports(plan):
             raise BoltError("exchange 'factors' handles models made of fc layers only; use 'sparse'")
     workers, k = int(workers), max(1, int(exchange_every))
@@ -119,7 +125,6 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
             raise DataError("the training data has no rows")
         per_epoch = max(1, math.ceil(total_rows / (batch * k)))
         total_updates = epochs * per_epoch
-        from boltc.runtime.exec.optim import lr_at
         start = int(state.step) // per_epoch if epochs_done is None else int(epochs_done)
         last_good = (start, state)                          # resume: continue after the epochs done
         epoch = last_good[0]
@@ -137,7 +142,6 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
                     tx = time.perf_counter()
                     facts = merge_facts([p[3] for p in parts])
                     if exchange == "factors":            # factors cannot be summed: all of them, in worker order
-                        from boltc.runtime.distributed.factors import factors_nbytes
                         grads = [f for p in parts for f in p[0]]
                         up = sum(factors_nbytes(f) for p in parts for f in p[0]) + facts_nbytes(facts)
                         down = up
@@ -179,14 +183,11 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
                      "upkeep_share": upkeep / seconds if seconds > 0 else 0.0,
                      "lr": lr, "workers": workers, "exchange": exchange}
             if validation is not None and validation.labels is not None:
-                from boltc.runtime.exec.executor import make_executor
-                from boltc.runtime.train.trainer import evaluate, metric_names
-                ex = make_executor(plan, new_state, backend=backend, threads=threads_per_worker)
+                ex = executor.make_executor(plan, new_state, backend=backend, threads=threads_per_worker)
                 entry["validation"] = evaluate(ex, validation, metric_names(plan),
                                                binary=(plan.get("target") or {}).get("kind") == "binary")
             history["epochs"].append(entry)
             history["step"] = int(new_state.step)
-            from boltc.runtime.train.trainer import format_record
             log(format_record(entry) + f" ({workers} workers, {exchange} exchange)")
             every = max(1, int(train.get("checkpoint_every", 1)))
             if save is not None and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
@@ -219,7 +220,6 @@ def _checkpointer(checkpoint, source: str, plan: dict):
         return checkpoint
 
     def save(state, epochs_done, history):
-        from boltc.runtime import savefile
         saved = savefile.state_to_saved(source, plan, state, history, {"epochs_done": epochs_done, "sampler": None},
                                         with_optimizer=True)
         savefile.save_model(Path(checkpoint), saved)
@@ -237,8 +237,6 @@ def fit_model(model, train=None, validation=None, epochs: int | None = None, *, 
     None starts a local one; "ray://host:port" uses Ray client. Checkpoints and `resume` use the
     single-machine trainer's file format, so a run may switch between one machine and many.
     """
-    import sys
-    from boltc.runtime import savefile
     require_ray()
     dist = dict(model.plan.get("train", {}).get("distributed") or {})
     workers = int(workers if workers is not None else (dist.get("workers") or 2))   # 0 is an error, not "unset"

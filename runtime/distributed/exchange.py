@@ -5,7 +5,7 @@ None`) or only the rows a worker touched: `rows` (r,) int32 sorted and unique, `
 Which rows a step touches:
   - an `in_major` fc over a sparse input (W (in_dim, dim)): the input features present in the batch;
   - a sparse `out_major` fc (W (dim, in_dim), b (dim,)): the union of the batch's active neurons;
-  - everything else (small dense layers, layernorm, biases of dense layers): the whole tensor.
+  - everything else (small dense layers, other ops' parameter vectors, biases of dense layers): the whole tensor.
 So on the 100k-label model a step sends about (features in batch) x 256 + (active union) x 257 floats
 instead of the 100k x 256 + 100k x 257 of a dense all-reduce; `nbytes` counts what is actually sent
 (row ids + values), the figure the benchmark and docs/distributed.md report.

@@ -16,15 +16,15 @@ Decisions:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
-from pathlib import Path
-
 from boltc.errors import DataError, Location
-from boltc.runtime.data import xcformat
+from boltc.runtime.data import load as data, synth, xcformat
 from boltc.runtime.data.dataset import Dataset
+from boltc.runtime.data.load import _guess_format, load_dataset
 
 
 def _is_header(line: bytes) -> bool:
@@ -109,7 +109,6 @@ def plan_shards(source, plan: dict, workers: int) -> list[dict]:
         rows = int(source["rows"])
         return [{"kind": "synthetic", "source": source, "lo": lo, "hi": hi} for lo, hi in row_ranges(rows, workers)]
     if isinstance(source, dict) and source.get("kind", "file") == "file":
-        from boltc.runtime.data.load import _guess_format
         path = str(source["path"])
         if not Path(path).exists():
             raise DataError("data file not found", Location(path, 0))
@@ -119,14 +118,12 @@ def plan_shards(source, plan: dict, workers: int) -> list[dict]:
             return [{"kind": "range", "path": path, "start": a, "end": b, "format": fmt, "one_based": one_based}
                     for a, b in shard_ranges(path, workers)]
     # gzip, CSV/TSV, in-memory data: the driver reads once and hands each worker its slice
-    from boltc.runtime.data.load import load_dataset
     ds = load_dataset(source, plan)
     return [{"kind": "dataset", "dataset": slice_dataset(ds, lo, hi)} for lo, hi in row_ranges(ds.rows, workers)]
 
 
 def load_shard(spec: dict, plan: dict) -> Dataset:
     """Worker side: the rows of one shard, checked against the plan like any data source."""
-    from boltc.runtime.data import load as data, synth
     if spec["kind"] == "dataset":
         return spec["dataset"]
     inp = next(i for i in plan["inputs"] if i.get("kind") in ("sparse", "dense"))

@@ -22,12 +22,13 @@ import copy
 import time
 
 import numpy as np
+import scipy.sparse as sp
 
 from boltc.runtime.data.dataset import Batch, Dataset
 from boltc.runtime.distributed.exchange import Key, RowGrad
 from boltc.runtime.exec import optim
-from boltc.runtime.lsh.index import training_fill, training_reserve
-
+from boltc.runtime.exec.numpy_rules import NUMPY_RULES, ParamGrad
+from boltc.runtime.lsh.index import LSHIndex, training_fill, training_reserve
 
 NOT_TRAINED = ("label_count",)
 
@@ -36,7 +37,6 @@ def portable_state(state):
     """The state with LSH indexes rebuilt from their plain arrays (meta() + arrays()): an executor may
     attach native hash functions (ctypes) to an index, which can neither be pickled for Ray nor shared
     between replicas. Weights and moments are shared, not copied."""
-    from boltc.runtime.lsh.index import LSHIndex
     lsh = {n: LSHIndex.from_arrays(idx.meta(), {k: np.array(a) for k, a in idx.arrays().items()})
            for n, idx in (getattr(state, "lsh", {}) or {}).items()}
     return type(state)(params=state.params, m=state.m, v=state.v, step=int(state.step), lsh=lsh)
@@ -45,7 +45,6 @@ def portable_state(state):
 def missed_labels(index, x, labels) -> tuple[np.ndarray, np.ndarray]:
     """(label ids, their buckets (n, L)) of the labels that x's lookup did not retrieve: what
     `LSHIndex.select(insert_missed=True)` inserts, computed without inserting."""
-    import scipy.sparse as sp
     buckets = index.hash(x)
     cand = index.tables[np.arange(index.L)[None, :], buckets].reshape(buckets.shape[0], -1).astype(np.int64)
     lab = sp.csr_matrix(labels)
@@ -81,7 +80,6 @@ def param_shapes(state) -> dict[Key, tuple[int, ...]]:
 
 def to_param_grads(grads: dict[Key, RowGrad]) -> dict:
     """RowGrads -> the optimizer's `{layer: {tensor: ParamGrad(rows, None, values)}}`."""
-    from boltc.runtime.exec.numpy_rules import ParamGrad
     out: dict = {}
     for (layer, name), g in grads.items():
         out.setdefault(layer, {})[name] = ParamGrad(g.rows, None, g.values)
@@ -228,7 +226,6 @@ class Worker:
         Layers before the last sparse one are evaluated with the NumPy rules (the executable spec), which
         skips the output layer's forward that a full `executor.forward` would waste.
         """
-        from boltc.runtime.exec.numpy_rules import NUMPY_RULES
         lsh = getattr(self.state, "lsh", {}) or {}
         hashed = [l["name"] for l in self.plan["layers"] if l.get("hash") and l["name"] in lsh]
         active, values = {}, dict(batch.inputs)

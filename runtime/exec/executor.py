@@ -11,6 +11,7 @@ from typing import Protocol
 import numpy as np
 
 from boltc.errors import BackendError
+from boltc.runtime.exec.interp import NumpyExecutor
 
 
 class Executor(Protocol):
@@ -35,11 +36,12 @@ class Executor(Protocol):
 def make_executor(plan: dict, state, backend: str = "numpy", threads: int = 0, kernels=None) -> Executor:
     """`kernels`: prebuilt native kernels (from a compiled artifact's native/ members); native only."""
     if backend == "numpy":
-        from boltc.runtime.exec.interp import NumpyExecutor
         return NumpyExecutor(plan, state, threads=threads)
     if backend == "native":
+        # lazy, as an optional dependency: a platform where the native code generator cannot load
+        # (no llvmlite build) still runs every model on the interpreter
         try:
-            from boltc.runtime.exec.native import NativeExecutor
+            from boltc.runtime.exec.native import NativeExecutor  # optional: native backend (see above)
         except ImportError as e:
             raise BackendError(f"the native backend is not available ({e}); use backend='numpy'") from e
         return NativeExecutor(plan, state, threads=threads, kernels=kernels)

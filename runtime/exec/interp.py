@@ -26,12 +26,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from boltc.errors import BoltValidationError
-from boltc.runtime.lsh.index import training_reserve
-from boltc.runtime.lsh.upkeep import DEFAULT_BUDGET, LSHUpkeep
+from boltc.ops.base import SPARSE_INFERENCE_SEED, RunContext, step_seed
 from boltc.runtime.exec.numpy_rules import LOSS_RULES, NUMPY_RULES
 from boltc.runtime.exec.optim import make_optimizer
+from boltc.runtime.lsh.index import training_reserve
+from boltc.runtime.lsh.upkeep import DEFAULT_BUDGET, LSHUpkeep
 
-_SPARSE_INFERENCE_SEED = 0x5EED
+_SPARSE_INFERENCE_SEED = SPARSE_INFERENCE_SEED
 
 
 class NumpyExecutor:
@@ -59,7 +60,11 @@ class NumpyExecutor:
         return self.upkeep.seconds
 
     # ------------------------------------------------------------ forward
-    def _run(self, batch, mode: str, active: dict | None, rng, insert_missed: bool = False):
+    def context(self, mode: str) -> RunContext:
+        """The rules' context of a call made now (the same seed the native executor uses)."""
+        return RunContext(mode, step_seed(self.seed, self.state.step, mode), int(self.state.step))
+
+    def _run(self, batch, mode: str, active: dict | None, rng, insert_missed: bool = False, ctx=None):
         if mode not in ("train", "dense", "sparse"):
             raise ValueError(f"mode must be 'train', 'dense' or 'sparse', not {mode!r}")
         values = dict(batch.inputs)
@@ -67,6 +72,7 @@ class NumpyExecutor:
         if missing:
             raise BoltValidationError(f"the batch has no values for input(s) {', '.join(missing)}")
         caches = {}
+        ctx = ctx or self.context(mode)
         for layer in self.layers:
             name = layer["name"]
             ins = [values[n] for n in layer["inputs"]]
@@ -84,7 +90,7 @@ class NumpyExecutor:
                                    fill=self.upkeep.fill(layer) if train else None)
             rule = NUMPY_RULES[layer["op"]]
             values[name], caches[name] = rule.forward(layer, self.state.params.get(name, {}), ins, ids,
-                                                      name == self.output)
+                                                      name == self.output, ctx)
         return values, caches
 
     def forward(self, batch, mode: str = "dense", active: dict | None = None) -> dict:
@@ -98,7 +104,8 @@ class NumpyExecutor:
         if batch.labels is None:
             raise BoltValidationError("training needs labels")
         rng = np.random.default_rng([self.seed, self.state.step])
-        values, caches = self._run(batch, "train", active, rng, insert_missed=True)
+        ctx = self.context("train")
+        values, caches = self._run(batch, "train", active, rng, insert_missed=True, ctx=ctx)
         out_layer = self.by_name[self.output]
         oc = caches[self.output]
         loss, dz = LOSS_RULES[self.loss_kind](oc["z"], oc.get("active"), batch.labels, out_layer["dim"])
@@ -112,7 +119,7 @@ class NumpyExecutor:
             if g is None:
                 continue                               # no path from this layer to the loss
             in_grads, pgrads = NUMPY_RULES[layer["op"]].backward(
-                layer, self.state.params.get(name, {}), caches[name], g, wrt_pre=(name == self.output))
+                layer, self.state.params.get(name, {}), caches[name], g, (name == self.output), ctx)
             if pgrads:
                 grads[name] = pgrads
             for src, dg in zip(layer["inputs"], in_grads):

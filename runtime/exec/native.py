@@ -2,7 +2,7 @@
 
 Same results as NumpyExecutor (the spec) within float32 reassociation error when fed the same active
 sets. It runs any plan that boltc/lower/rules.py lowers (`native_support(plan)` is None): a DAG of
-fc, embedding, concat and layernorm layers with a softmax + cross-entropy or sigmoid + binary
+layers of any op (boltc/ops/) with a softmax + cross-entropy or sigmoid + binary
 cross-entropy output, dense or LSH-sparse, and LSH-sparse hidden layers. Other plans (a hidden
 softmax, a sparse fc reading a sparse input directly) run on the interpreter: same contract, only
 slower; `self.fallback_reason` says why.
@@ -27,16 +27,18 @@ import scipy.sparse as sp
 
 from boltc.errors import BoltValidationError
 from boltc.lower.backward import HYPER
+from boltc.lower.kernels import compile_plan, ptr
 from boltc.lower.loss import LOSS_ROLE
 from boltc.lower.rules import SPARSE_INPUT_KINDS, fused_input_activation, native_support
-from boltc.runtime.exec.interp import NumpyExecutor, _SPARSE_INFERENCE_SEED
-from boltc.runtime.lsh.index import training_reserve
-from boltc.runtime.exec.native_kernels import compile_plan, ptr
+from boltc.ops.base import step_seed
+from boltc.runtime.exec import blas, native_ops
+from boltc.runtime.exec.interp import NumpyExecutor
 from boltc.runtime.exec.native_ops import (DENSE_GEMM_MIN_WEIGHTS, N_CHUNKS, NATIVE_OPS,  # noqa: F401
-                                      NEURON_MAJOR_MIN_BATCH, Step, min_items)
+                                           NEURON_MAJOR_MIN_BATCH, Step, min_items)
 from boltc.runtime.exec.numpy_rules import activate
 from boltc.runtime.exec.state import check_moments
 from boltc.runtime.exec.threads import ThreadPool
+from boltc.runtime.lsh.index import training_reserve
 
 
 def _csr(x) -> sp.csr_matrix:
@@ -53,16 +55,6 @@ def _csr(x) -> sp.csr_matrix:
     return x
 
 
-_M64 = (1 << 64) - 1
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _M64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
-    return x ^ (x >> 31)
-
-
 class NativeExecutor:
     def __init__(self, plan: dict, state, threads: int = 0, kernels=None):
         self.plan, self.state = plan, state
@@ -75,6 +67,7 @@ class NativeExecutor:
         self.fallback_reason = native_support(plan)
         self.native = self.fallback_reason is None
         self.pool = ThreadPool(threads)
+        self.blas = blas                 # sgemm over the pool, for the ops' runners (runtime/exec/blas.py)
         self.threads = self.pool.threads
         if not self.native:
             return
@@ -223,7 +216,8 @@ class NativeExecutor:
         for n, spec in self.inputs.items():         # the buffers the kernels read, converted once
             values[n] = (_csr(values[n]) if spec["kind"] in SPARSE_INPUT_KINDS
                          else np.ascontiguousarray(values[n], dtype=np.float32))
-        step = Step(mode, batch, values[next(iter(self.inputs))].shape[0], active, seed, insert_missed)
+        step = Step(mode=mode, seed=seed, step=int(self.state.step), batch=batch,
+                    B=values[next(iter(self.inputs))].shape[0], active=active, insert_missed=insert_missed)
         caches = {}
         for layer in self.layers:
             name = layer["name"]
@@ -245,15 +239,21 @@ class NativeExecutor:
         return values
 
     def _seed(self, mode: str) -> int:
-        """63-bit seed of the native random fill: a splitmix64 hash of (train seed, step, mode), so a
-        resumed run draws what the uninterrupted one drew, and sparse inference is reproducible.
-        (Plain integer arithmetic: numpy's SeedSequence costs 0.2 ms, half a batch-1 inference.)"""
-        parts = ((self.seed, _SPARSE_INFERENCE_SEED) if mode == "sparse"
-                 else (self.seed, self.state.step, 0xF0 if mode != "train" else 0))
-        h = 0
-        for p in parts:
-            h = _splitmix64((h ^ (int(p) & _M64)) & _M64)
-        return h >> 1
+        """63-bit seed of the native random fill and of the ops' randomness: boltc/ops/base.py
+        step_seed, the one both executors use (a resumed run draws what the uninterrupted one drew)."""
+        return step_seed(self.seed, self.state.step, mode)
+
+    # ------------------------------------------------------------ what the ops' runners call
+    def run(self, name: str, role: str, n: int, *args, work: float, **kw) -> None:
+        """Layer `name`'s kernel `role` over n items of about `work` multiply-adds each, on the pool."""
+        native_ops.run(self, name, role, n, *args, work=work, **kw)
+
+    def worth_two_threads(self, total_work: float) -> bool:
+        return native_ops.worth_two_threads(total_work)
+
+    def param_state(self, name: str):
+        """(params, first moments, second moments) of a layer."""
+        return self.state.params[name], self.state.m.get(name, {}), self.state.v.get(name, {})
 
     # ------------------------------------------------------------ training
     def _hyper(self, lr: float) -> np.ndarray:

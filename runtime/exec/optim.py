@@ -14,7 +14,7 @@ the same float32 operations in the same order, one rounding each (no fused multi
     m' = b1*m + (1-b1)*g;  v' = b2*v + (1-b2)*(g*g);  store m', v'
     step = (lr * (m'/bc1)) / (sqrt(v'/bc2) + eps)  [+ (lr*wd)*W for weight matrices];  W = W - step
 Moments stored as bfloat16 (uint16 arrays; `adam(moments=bf16|auto)`, rule and reasons in
-boltc/passes/plan_memory_moments.py) are widened exactly before the update, rounded to nearest even on
+boltc/plan/moments.py) are widened exactly before the update, rounded to nearest even on
 store, and m', v' above are then the stored (rounded) values.
 """
 from __future__ import annotations
@@ -74,7 +74,7 @@ BF16 = np.dtype(np.uint16)        # how bfloat16 moments are stored (numpy has n
 
 class Adam:
     """Lazy Adam; `weight_decay` > 0 adds AdamW's decoupled decay W -= lr * wd * W on the touched
-    blocks of weight matrices (`W`; not biases or layernorm), so often-updated rows shrink more often."""
+    blocks of weight matrices (`W`; not biases or other vectors), so often-updated rows shrink more often."""
 
     def __init__(self, beta1=0.9, beta2=0.999, eps=1e-7, weight_decay=0.0):
         self.b1, self.b2, self.eps, self.wd = beta1, beta2, eps, weight_decay

@@ -1,7 +1,7 @@
 """ModelState: every number a model holds (parameters, optimizer moments, step, LSH indexes), seeded.
 
-Init (CONTRACTS.md section 4): fc W ~ N(0, 0.01) (BOLT's init; std 0.01), zero bias; embedding W ~
-N(0, 0.01); layernorm gamma 1, beta 0. Each layer draws from its own generator seeded by (seed, crc32 of
+Init (CONTRACTS.md section 4): each tensor as its op declares (boltc/ops/<op>.py `param_init`): weight
+matrices ~ N(0, 0.01) (BOLT's init; std 0.01), zero biases, ones or zeros. Each layer draws from its own generator seeded by (seed, crc32 of
 its name), so adding a layer does not change the others' initial weights.
 
 The output layer of a model trained with an LSH-sparse output also holds `label_count` (dim,) float32:
@@ -10,7 +10,7 @@ exclude neurons that were never a label (see `interp.NumpyExecutor._mask_unseen`
 structure of `params` (zeros for `label_count`) so savers can treat every tensor alike.
 
 Adam's moments of a tensor are float32, or bfloat16 stored as uint16 bits when the plan says so
-(`adam(moments=...)`, resolved per tensor by boltc/passes/plan_memory_moments.py): `zero_moments`
+(`adam(moments=...)`, resolved per tensor by boltc/plan/moments.py): `zero_moments`
 makes them, `check_moments` is what an executor calls before kernels write into them. Fresh moments
 are zeroed by calloc (np.zeros), so their pages only cost memory once lazy Adam touches them.
 
@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from boltc import debug
-from boltc.passes.plan_memory_moments import moment_dtypes, moment_kind
+from boltc.ops import OPS
+from boltc.plan.moments import moment_dtypes, moment_kind
+from boltc.runtime.lsh.index import LSHIndex
 
 INIT_STD = 0.01
 MOMENT_NUMPY = {"f32": np.dtype(np.float32), "bf16": np.dtype(np.uint16)}   # bf16: its bits, as uint16
@@ -84,18 +86,22 @@ def _layer_rng(seed: int, name: str) -> np.random.Generator:
 
 
 def init_params(layer: dict, seed: int) -> dict[str, np.ndarray]:
-    op, rng = layer["op"], _layer_rng(seed, layer["name"])
-    if op == "fc":
-        shape = (layer["in_dim"], layer["dim"]) if layer.get("layout") == "in_major" else (layer["dim"], layer["in_dim"])
-        p = {"W": _standard_normal(rng, shape)}
-        if layer.get("bias", True):
-            p["b"] = aligned_zeros(layer["dim"], np.float32)
-        return p
-    if op == "embedding":
-        return {"W": _standard_normal(rng, (layer["in_dim"], layer["dim"]))}
-    if op == "layernorm":
-        return {"gamma": np.ones(layer["dim"], dtype=np.float32), "beta": np.zeros(layer["dim"], dtype=np.float32)}
-    return {}
+    """The op's parameters (boltc/ops/<op>.py `params`), each drawn as its `param_init` says, in the
+    declared order from the layer's own generator."""
+    op = OPS.get(layer["op"])
+    shapes = op.params(layer) if op is not None else {}
+    if not shapes:
+        return {}
+    rng, out = _layer_rng(seed, layer["name"]), {}
+    for tensor, shape in shapes.items():
+        kind = op.param_init[tensor]
+        if kind == "normal":
+            out[tensor] = _standard_normal(rng, shape)
+        else:
+            out[tensor] = aligned_zeros(shape, np.float32)
+            if kind == "ones":
+                out[tensor][...] = 1.0
+    return out
 
 
 def neuron_rows(layer: dict, W: np.ndarray) -> np.ndarray:
@@ -104,7 +110,6 @@ def neuron_rows(layer: dict, W: np.ndarray) -> np.ndarray:
 
 
 def make_lsh(layer: dict, seed: int):
-    from boltc.runtime.lsh.index import LSHIndex
     h = layer["hash"]
     return LSHIndex(h["family"], layer["in_dim"], layer["dim"], h.get("hashes", h["range_bits"]),
                     h["range_bits"], h["tables"], h["reservoir"], seed=int(seed) * 7919 + zlib.crc32(layer["name"].encode()) % 7919,

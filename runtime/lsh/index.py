@@ -26,11 +26,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from boltc.plan import DEFAULT_NEGATIVES, DEFAULT_RANDOM_SHARE  # the plan's hash defaults (choose_hashing writes them)
+
 _CHUNK = 1 << 24          # max elements of a temporary gather (keeps hashing 670k rows in bounded memory)
 _PROBES = 10              # densification attempts before an empty DWTA bin falls back to code 0
-
-
-DEFAULT_RANDOM_SHARE = 0.25     # share of a training active set kept for uniform random negatives
 
 
 def training_reserve(layer: dict) -> int:
@@ -41,7 +40,6 @@ def training_reserve(layer: dict) -> int:
     return int(share * layer["active"])
 
 
-DEFAULT_NEGATIVES = "frequency"     # how a training fill draws: "frequency" or "uniform"
 WEIGHTED_ATTEMPTS = 4               # numpy spec: fill rounds drawn by frequency before turning uniform
 
 

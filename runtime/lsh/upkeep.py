@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from boltc.runtime.exec.state import neuron_rows
 from boltc.runtime.lsh.index import FILL_REFRESH, training_fill
 
 DEFAULT_BUDGET = 0.06
@@ -106,7 +107,6 @@ class LSHUpkeep:
                 # the next batch starts the frozen epochs: one last refill from the trained weights, so
                 # the frozen tables (and sparse inference) never hold the random initial hashing, even
                 # when the budget stretched the interval past the epoch (wide layers, slow hashing)
-                from boltc.runtime.exec.state import neuron_rows
                 idx.build(neuron_rows(layer, self.state.params[layer["name"]]["W"]))
                 self.rebuilds += 1
                 idx.frozen = True
@@ -117,7 +117,6 @@ class LSHUpkeep:
                 self.rehashes += 1
             elif done % rebuild != 0:
                 continue
-            from boltc.runtime.exec.state import neuron_rows
             idx.build(neuron_rows(layer, self.state.params[layer["name"]]["W"]))
             self.rebuilds += 1
         self.seconds += time.perf_counter() - t0

@@ -28,8 +28,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from boltc.errors import BoltValidationError, Location
-from boltc.runtime.sampler import native
 from boltc.runtime.data.dataset import Dataset, as_csr
+from boltc.runtime.sampler import native
 from boltc.runtime.sampler.nw_sketch import NWSketch, SRPHasher
 
 SAMPLER_KINDS = ("uniform", "nw_sketch")

@@ -25,15 +25,23 @@ import hashlib
 import io
 import json
 import os
+import struct
 import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import scipy
 
 from boltc import debug
-from boltc.errors import ModelFileError, Location
+from boltc.errors import Location, ModelFileError
+from boltc.ops import OPS
+from boltc.runtime.exec.optim import bf16_from_f32, f32_from_bf16
+from boltc.runtime.exec.state import (ModelState, aligned_copy, aligned_empty, aligned_zeros, moment_numpy_dtypes,
+                                      zero_moments)
+from boltc.runtime.lsh.index import LSHIndex
+from boltc.version import __version__
 
 FORMAT = "boltc-model"
 # 2: a checkpoint may hold bfloat16 moments as uint16 arrays, which a reader of version 1 would take
@@ -223,7 +231,6 @@ def _read_array_direct(path, zinfo: zipfile.ZipInfo, name: str):
     """A large stored .npy member read straight into its array with one `readinto` (no 256 KiB chunk
     loop through the zip layer, no CRC pass: the sha256 of the manifest is the stronger check). Measured
     on a 2.6 GB Amazon-670K-shaped model: the chunked path read at ~40 MB/s under load."""
-    import struct
     try:
         with open(path, "rb") as f:
             f.seek(zinfo.header_offset)
@@ -247,7 +254,6 @@ def _read_array_direct(path, zinfo: zipfile.ZipInfo, name: str):
                 return ValueError("object arrays need pickle"), "", -1
             # on a cache-line boundary (runtime/exec/state.py aligned_empty), so weights load aligned
             # without a second copy
-            from boltc.runtime.exec.state import aligned_empty
             arr = aligned_empty(shape[::-1] if fortran else shape, dtype)
             view = memoryview(arr).cast("B") if arr.nbytes else memoryview(b"")
             got = f.readinto(view) if arr.nbytes else 0
@@ -271,9 +277,7 @@ def _read_member(z: zipfile.ZipFile, name: str, path) -> bytes:
 
 
 def _versions() -> dict:
-    import scipy
     v = {"python": sys.version.split()[0], "numpy": np.__version__, "scipy": scipy.__version__}
-    from boltc import __version__
     v["boltc"] = __version__
     return v
 
@@ -377,8 +381,6 @@ def _moments(saved: dict, params: dict, dts: dict) -> dict:
     """A checkpoint's moments in the storage the plan asks for: as saved when the dtypes agree (float32
     files of older versions included), else converted: bf16 -> f32 exactly, f32 -> bf16 rounded to
     nearest even (as every update stores them). A tensor the file lacks starts at zero."""
-    from boltc.runtime.exec.optim import bf16_from_f32, f32_from_bf16
-    from boltc.runtime.exec.state import aligned_copy, aligned_zeros
     out = {}
     for n, p in params.items():
         out[n] = {}
@@ -398,11 +400,10 @@ def _moments(saved: dict, params: dict, dts: dict) -> dict:
 
 def state_from_saved(saved: SavedModel, path="<model>"):
     """A ModelState from a loaded model file (moments zero unless the file is a checkpoint)."""
-    from boltc.runtime.lsh.index import LSHIndex
-    from boltc.runtime.exec.state import ModelState, aligned_copy, moment_numpy_dtypes, zero_moments
     plan = saved.plan
     for layer in plan.get("layers", []):
-        want = layer["op"] in ("fc", "embedding", "layernorm")
+        op = OPS.get(layer["op"])
+        want = op is not None and bool(op.params(layer))
         if want and layer["name"] not in saved.params:
             raise _err(path, f"member 'params/{layer['name']}.*.npy' is missing")
         if layer.get("hash") and layer["name"] not in saved.lsh:

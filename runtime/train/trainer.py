@@ -24,16 +24,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from boltc import debug
 from boltc.errors import BoltValidationError
-from boltc.runtime.train import class_weights
-from boltc.runtime.train import metrics as metrics_mod
-from boltc.runtime.train import ranking
 from boltc.runtime import savefile
-from boltc.runtime.train.checkpoints import CheckpointPolicy, StopRequest
 from boltc.runtime.data.dataset import Dataset
 from boltc.runtime.exec.optim import lr_at
+from boltc.runtime.sampler import adaptive
+from boltc.runtime.train import class_weights, metrics as metrics_mod, ranking
+from boltc.runtime.train.checkpoints import CheckpointPolicy, StopRequest
 from boltc.runtime.train.early_stop import EarlyStopping, watched_metric
 
 DEFAULT_METRICS = ("precision@1", "precision@3", "precision@5")
@@ -67,11 +67,7 @@ class _UniformSampler:
 
 
 def make_sampler(spec: dict | None, dataset: Dataset, batch: int, seed: int):
-    try:
-        from boltc.runtime.sampler.adaptive import make_sampler as real
-    except ImportError:
-        return _UniformSampler(dataset.rows, batch, seed)
-    return real(spec, dataset, batch, seed)
+    return adaptive.make_sampler(spec, dataset, batch, seed)
 
 
 def metric_names(plan: dict) -> list[str]:
@@ -353,6 +349,5 @@ def true_losses(ex, plan: dict, batch) -> np.ndarray | None:
 def _progress(enabled: bool, total: int):
     if not enabled:
         return None
-    from tqdm import tqdm
     return tqdm(total=total, unit="ex", unit_scale=True, file=sys.stderr, dynamic_ncols=True,
                 mininterval=0.5, leave=False)

@@ -19,9 +19,15 @@ import hashlib
 import json
 
 import llvmlite
+import numpy as np
 
 from boltc import codegen
-from boltc.errors import Location, ModelFileError
+from boltc.lower.kernels import Kernels
+from boltc.errors import BackendError, Location, ModelFileError
+from boltc.lower.rules import lower_plan, native_support
+from boltc.runtime import savefile
+from boltc.runtime.exec.native import NativeExecutor
+from boltc.runtime.exec.state import ModelState, init_params, make_lsh, neuron_rows, zero_moments
 
 # The kernels' calling convention. Bump it whenever a kernel's signature or what the executor passes
 # it changes (tests/test_native_artifact.py pins the reference plans' signatures to this number): a
@@ -43,7 +49,6 @@ def _sha(b: bytes) -> str:
 
 
 def native_members(plan: dict) -> dict[str, bytes]:
-    from boltc.lower.rules import lower_plan
     km, symbols = lower_plan(plan)
     text = km.ir_text()
     target = codegen.host_target()
@@ -57,7 +62,6 @@ def native_members(plan: dict) -> dict[str, bytes]:
 
 def load_native(members: dict[str, bytes], where: str = "<model>"):
     """Kernels from an artifact's native/ members (no compiler toolchain involved)."""
-    from boltc.runtime.exec.native_kernels import Kernels
 
     def bad(msg):
         return ModelFileError(msg, Location(str(where), 0))
@@ -95,9 +99,6 @@ def load_native(members: dict[str, bytes], where: str = "<model>"):
 def initial_state(plan: dict, kernels=None):
     """Untrained state as the runtime makes it (ModelState.init), with the hash tables built by the
     native kernels when the plan is native (the NumPy build of a 670k-neuron table takes minutes)."""
-    import numpy as np
-    from boltc.lower.rules import native_support
-    from boltc.runtime.exec.state import ModelState, init_params, make_lsh, neuron_rows, zero_moments
     if native_support(plan) is not None:
         return ModelState.init(plan)
     seed = plan.get("train", {}).get("seed", 0)
@@ -109,7 +110,6 @@ def initial_state(plan: dict, kernels=None):
     for layer in plan["layers"]:
         if layer.get("hash"):
             state.lsh[layer["name"]] = make_lsh(layer, seed)
-    from boltc.runtime.exec.native import NativeExecutor
     NativeExecutor(plan, state, kernels=kernels)          # installs native hashing + table build
     for layer in plan["layers"]:
         if layer["name"] in state.lsh:
@@ -118,11 +118,8 @@ def initial_state(plan: dict, kernels=None):
 
 
 def write_artifact(graph, plan: dict, out_path) -> None:
-    from boltc.lower.rules import native_support
-    from boltc.runtime import savefile
     reason = native_support(plan)
     if reason is not None:
-        from boltc.errors import BackendError
         raise BackendError(f"this model is not lowered to native code ({reason}); "
                            "train and serve it with --backend numpy")
     members = native_members(plan)
@@ -136,7 +133,6 @@ def write_artifact(graph, plan: dict, out_path) -> None:
 
 def save_with_native(path, source: str, plan: dict, state, history=None) -> None:
     """Save a (trained) model with its native members, for deployment."""
-    from boltc.runtime import savefile
     saved = savefile.state_to_saved(source, plan, state, history)
     saved.extra = native_members(plan)
     savefile.save_model(path, saved)
@@ -144,8 +140,6 @@ def save_with_native(path, source: str, plan: dict, state, history=None) -> None
 
 def load_artifact(path, threads: int = 0):
     """(plan, state, executor) from a .boltc: the native executor runs the shipped object code."""
-    from boltc.runtime import savefile
-    from boltc.runtime.exec.native import NativeExecutor
     saved = savefile.load_model(path)
     state = savefile.state_from_saved(saved, path)
     try:

@@ -27,6 +27,10 @@ news20's hidden W, has exactly 256 MiB of moments), so their accuracy is unchang
 """
 from __future__ import annotations
 
+import math
+
+from boltc.ops import OPS
+
 MOMENT_KINDS = ("f32", "bf16", "auto")
 MOMENT_BYTES = {"f32": 4, "bf16": 2}
 AUTO_BF16_MIN_BYTES = 1 << 30       # f32 m + v of one tensor above this -> bf16 under `auto`
@@ -55,15 +59,10 @@ def plan_param_sizes(plan: dict) -> dict[str, dict[str, int]]:
     """{layer: {tensor: elements}} of a plan's trainable tensors (CONTRACTS.md section 4)."""
     sizes = {}
     for layer in plan.get("layers", []):
-        op, name = layer["op"], layer["name"]
-        if op == "fc":
-            sizes[name] = {"W": layer["in_dim"] * layer["dim"]}
-            if layer.get("bias", True):
-                sizes[name]["b"] = layer["dim"]
-        elif op == "embedding":
-            sizes[name] = {"W": layer["in_dim"] * layer["dim"]}
-        elif op == "layernorm":
-            sizes[name] = {"gamma": layer["dim"], "beta": layer["dim"]}
+        op = OPS.get(layer["op"])
+        shapes = op.params(layer) if op is not None else {}
+        if shapes:
+            sizes[layer["name"]] = {t: math.prod(s) for t, s in shapes.items()}
     return sizes
 
 

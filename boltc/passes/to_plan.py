@@ -1,24 +1,20 @@
-"""The plan: the planned graph as one JSON-able dict (docs/CONTRACTS.md section 3), the only thing the
-runtime and the native lowering read. Data paths are made absolute against the .bolt file's folder.
-
-    graph, plan = load_model_source("models/tiny.bolt")     # parse + passes + to_plan
-"""
+"""The last stage: a planned graph -> the plan dict (docs/CONTRACTS.md section 3; boltc/plan/ holds the
+contract), the only thing the lowering and the runtime read. Data paths are made absolute against the
+.bolt file's folder."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import networkx as nx
 
 from boltc import debug, ir
-from boltc.errors import BoltError
-from boltc.frontend.blocks import TRAIN_DEFAULTS  # noqa: F401  (the defaults live with the train block)
+from boltc.ops import OPS
+from boltc.passes import run_pipeline
+from boltc.passes.common import xc_header
+from boltc.plan import CATEGORICAL_KEYS, MEMORY_KEYS, PLAN_FORMAT, SPARSE_KINDS, TEXT_KEYS, TRAIN_DEFAULTS
 
-PLAN_FORMAT = 1
-SPARSE_KINDS = ("sparse", "text", "categorical")
-TEXT_KEYS = ("column", "tokenizer", "char_k", "ngrams", "lowercase", "values", "seed", "normalize", "idf")
-CATEGORICAL_KEYS = ("column", "seed", "normalize")
-MEMORY_KEYS = ("weights", "optimizer", "gradients", "activations", "hash_tables", "total")
 _SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".svm": "svmlight", ".svmlight": "svmlight",
                    ".libsvm": "svmlight", ".xc": "xc"}
 
@@ -33,7 +29,6 @@ def guess_format(path: Path) -> str | None:
     suffixes = [s for s in path.suffixes if s != ".gz"]
     if suffixes and suffixes[-1].lower() in _SUFFIX_FORMATS:
         return _SUFFIX_FORMATS[suffixes[-1].lower()]
-    from boltc.passes.common import xc_header
     return "xc" if xc_header(path) is not None else None
 
 
@@ -48,31 +43,13 @@ def _data_entry(src: ir.DataSource, base: Path) -> dict:
 
 
 def _layer_entry(g: nx.DiGraph, n: ir.Node) -> dict:
-    entry = {"name": n.name, "op": n.op, "inputs": list(n.inputs)}
-    a = n.attrs
-    if n.op in ("fc", "embedding"):
-        src = ir.node(g, n.inputs[0])
-        sparse_in = src.op == "input" and src.attrs["kind"] in SPARSE_KINDS
-        # a sparse input's row per feature is contiguous (in_major); every other fc reads a neuron's row
-        layout = "in_major" if sparse_in or n.op == "embedding" else "out_major"
-        entry.update(in_dim=a["in_dim"], dim=n.dim)
-        if n.op == "fc":
-            sparsity = float(a["sparsity"])
-            entry.update(activation=a["activation"], bias=a.get("bias", True), input_sparse=sparse_in,
-                         layout=layout, sparsity=sparsity, active=max(1, int(sparsity * n.dim)),
-                         hash=dict(a["hash"]) if isinstance(a.get("hash"), dict) else None)
-        else:
-            entry.update(reduce=a.get("reduce", "sum"), input_sparse=sparse_in, layout=layout)
-    elif n.op == "concat":
-        entry["dim"] = n.dim
-    elif n.op == "layernorm":
-        entry.update(dim=n.dim, eps=a.get("eps", 1e-5))
-    return entry
+    src = ir.node(g, n.inputs[0])
+    sparse_in = src.op == "input" and src.attrs["kind"] in SPARSE_KINDS
+    return {"name": n.name, "op": n.op, "inputs": list(n.inputs), **OPS[n.op].plan_entry(n.attrs, n.dim, sparse_in)}
 
 
 def to_plan(graph: nx.DiGraph) -> dict:
     """The plan dict of a graph (planned, or parsed: then the passes run first)."""
-    from boltc.passes import run_pipeline
     g = graph if is_planned(graph) else run_pipeline(graph)
     file = g.graph.get("file") or "<string>"
     base = Path(file).resolve().parent if not file.startswith("<") else Path.cwd()
@@ -121,31 +98,4 @@ def _plain(x):
 
 
 def _json(plan: dict) -> str:
-    import json
     return json.dumps(plan, indent=2)
-
-
-def read_source(path_or_text) -> tuple[str, str]:
-    """(text, file name) from a path or from .bolt text itself (anything holding a '{')."""
-    if isinstance(path_or_text, str) and "{" in path_or_text:
-        return path_or_text, "<string>"
-    path = Path(path_or_text)
-    try:
-        return path.read_text(encoding="utf-8-sig"), str(path)   # -sig: a BOM is not a character
-    except FileNotFoundError:
-        raise BoltError(f"no such file: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise BoltError(f"cannot read {path}: {e}") from None
-
-
-def load_model_source(path_or_text) -> tuple[nx.DiGraph, dict]:
-    """Parse, run the passes and build the plan: (planned graph, plan)."""
-    from boltc.frontend import parse
-    from boltc.passes import run_pipeline
-    text, file = read_source(path_or_text)
-    with debug.stage("parse + passes", part="compile", quiet=True):
-        with debug.stage("parse"):
-            graph = parse(text, file)
-        debug.dump(2, "graph after parse", lambda: ir.format_graph(graph))
-        graph = run_pipeline(graph)
-        return graph, to_plan(graph)
