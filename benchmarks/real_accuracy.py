@@ -29,6 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from boltc.commands.tune import settings
+from boltc.errors import BoltError
+from boltc.pipeline import load_model_source
+from boltc.runtime.data.dataset import l2_normalize_rows
+from boltc.runtime.data.xcformat import read_xc
+from boltc.tune import tune
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -48,9 +55,6 @@ SETS = {
 
 # ------------------------------------------------------------------------------------------------ boltc
 def run_boltc(name: str, seed: int, scale: float, workdir: Path, backend: str | None) -> dict:
-    from boltc.commands.tune import settings
-    from boltc.plan import load_model_source
-    from boltc.tune import tune
     model_file = ROOT / "models" / SETS[name][0]
     _, plan = load_model_source(model_file)
     budget, trials = settings(plan, None, None)
@@ -74,8 +78,6 @@ def run_boltc(name: str, seed: int, scale: float, workdir: Path, backend: str | 
 
 # ------------------------------------------------------------------------------------------------ peers
 def _xc(name: str, split: str, normalize: bool = True):
-    from boltc.runtime.data.load import l2_normalize_rows
-    from boltc.runtime.data.xcformat import read_xc
     X, Y = read_xc(str(DATA / SETS[name][3] / f"{split}.txt.gz"), "xc")
     return (l2_normalize_rows(X) if normalize else X), Y
 
@@ -214,6 +216,10 @@ def table(results: dict) -> str:
     lines = [head, "|" + "---|" * 10]
     for name, r in results.items():
         runs = r["boltc"]
+        if not runs:
+            lines.append(f"| {name} | {SETS[name][1]} | not measured: {r.get('failed', [{}])[0].get('error', '')} "
+                         f"| | >= {SETS[name][2]} | 0 | | | | {SETS[name][4]} |")
+            continue
         dense = [x["dense"] for x in runs]
         sparse = [x["sparse"] for x in runs if "sparse" in x]
         secs = [x["search_s"] + x["final_train_s"] for x in runs]
@@ -244,7 +250,12 @@ def main(argv=None) -> int:
                 continue
             r = {"peers": [] if args.no_peers else run_peers(name, workdir), "boltc": []}
             for seed in range(args.first_seed, args.first_seed + args.seeds):
-                r["boltc"].append(run_boltc(name, seed, args.budget_scale, workdir, args.backend))
+                try:
+                    r["boltc"].append(run_boltc(name, seed, args.budget_scale, workdir, args.backend))
+                except BoltError as e:          # e.g. a budget too small for one trial on a loaded machine
+                    print(f"{name} seed {seed}: {e.message}", file=sys.stderr)
+                    r.setdefault("failed", []).append({"seed": seed, "error": e.message})
+                    continue
                 print(f"{name} seed {seed}: {json.dumps({k: v for k, v in r['boltc'][-1].items() if k != 'tuned_bolt'})}",
                       file=sys.stderr, flush=True)
             results[name] = r

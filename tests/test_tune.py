@@ -142,3 +142,26 @@ def test_inspect_says_how_the_model_was_tuned(tuned, capsys):
     out = capsys.readouterr().out
     assert "tuned by boltc tune: 3 trials in" in out and f"trial {res.best['number']} chosen (validation precision@1" in out
     assert "trained on all the training rows (train + the validation share)" in out
+
+
+def test_auto_values_are_recorded_and_take_their_defaults_untuned():
+    text = """
+model a {
+  input x: text(ngrams=auto, dim=auto)
+  target y: label(3)
+  h = fc(x, auto, relu)
+  d = dropout(h, auto)
+  s = fc(d, 3, softmax)
+  loss cross_entropy(s, y)
+  train { optimizer adam(lr=auto, weight_decay=auto)  batch auto  epochs auto }
+}
+"""
+    plan = boltc.compile(text, backend="numpy").plan
+    got = {tuple(t["where"]): (t["kind"], t["default"]) for t in plan["tunable"]}
+    assert got == {("input", "x", "ngrams"): ("ngrams", 1), ("input", "x", "dim"): ("text_dim", 1 << 18),
+                   ("layer", "h", "dim"): ("width", 256), ("layer", "d", "rate"): ("dropout", 0.0),
+                   ("train", "lr"): ("lr", 1e-3), ("train", "weight_decay"): ("weight_decay", 0.0),
+                   ("train", "batch"): ("batch", 256)}
+    layers = {l["name"]: l for l in plan["layers"]}
+    assert layers["h"]["dim"] == 256 and plan["inputs"][0]["ngrams"] == 1 and plan["inputs"][0]["dim"] == 1 << 18
+    assert plan["train"]["lr"] == 1e-3 and plan["train"]["batch"] == 256 and plan["train"]["patience"] == 3
