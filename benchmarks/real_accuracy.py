@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+import boltc
+from boltc.commands.common import evaluate_both
 from boltc.commands.tune import settings
 from boltc.errors import BoltError
 from boltc.pipeline import load_model_source
@@ -73,6 +75,25 @@ def run_boltc(name: str, seed: int, scale: float, workdir: Path, backend: str | 
     if "sparse" in res.test:
         out["sparse"] = round(res.test["sparse"][metric], 2)
     out["tuned_bolt"] = res.bolt_path.read_text()
+    return out
+
+
+def run_untuned(name: str, seed: int, backend: str | None) -> dict:
+    """The other automatic mode: the model's untuned values (each `auto` at its default) with `epochs auto`
+    (early stopping on the validation split, best epoch kept), trained once; the test set read once."""
+    model_file = ROOT / "models" / SETS[name][0]
+    m = boltc.compile(str(model_file), backend=backend, seed=seed)
+    t0 = time.monotonic()
+    hist = m.fit(progress=False)
+    secs = time.monotonic() - t0
+    res = evaluate_both(m, m.data_source("test"))
+    metric = SETS[name][1]
+    es = hist.get("early_stopping") or {}
+    out = {"seed": seed, "mode": "epochs auto, untuned", "budget_s": 0.0, "search_s": 0.0,
+           "final_train_s": round(secs, 1), "epochs": es.get("best_epoch"), "epochs_trained": es.get("epochs_trained"),
+           "validation": es.get("best"), "dense": round(res["dense"][metric], 2)}
+    if "sparse" in res:
+        out["sparse"] = round(res["sparse"][metric], 2)
     return out
 
 
@@ -224,7 +245,8 @@ def table(results: dict) -> str:
         sparse = [x["sparse"] for x in runs if "sparse" in x]
         secs = [x["search_s"] + x["final_train_s"] for x in runs]
         peers = "; ".join(f"{p['tool']} {p['test']:.2f} ({p['train_s']:.1f} s)" for p in r["peers"]) or "-"
-        lines.append(f"| {name} | {SETS[name][1]} | {spread(dense)} | {spread(sparse)} | >= {SETS[name][2]} | "
+        mode = "" if "mode" not in runs[0] else f" ({runs[0]['mode']})"
+        lines.append(f"| {name}{mode} | {SETS[name][1]} | {spread(dense)} | {spread(sparse)} | >= {SETS[name][2]} | "
                      f"{len(runs)} | {runs[0]['budget_s']:.0f} s | {statistics.mean(secs):.0f} | {peers} | "
                      f"{SETS[name][4]} |" if runs else f"| {name} | - | - | - | - | 0 | - | - | {peers} | - |")
     return "\n".join(lines)
@@ -238,6 +260,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-scale", type=float, default=1.0, help="multiply each model's tuning budget")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--backend", default=None)
+    ap.add_argument("--untuned", action="append", default=[], choices=list(SETS),
+                    help="train this set in its other automatic mode, `epochs auto` with untuned values (repeatable)")
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
     names = args.only or list(SETS)
@@ -251,7 +275,8 @@ def main(argv=None) -> int:
             r = {"peers": [] if args.no_peers else run_peers(name, workdir), "boltc": []}
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 try:
-                    r["boltc"].append(run_boltc(name, seed, args.budget_scale, workdir, args.backend))
+                    r["boltc"].append(run_untuned(name, seed, args.backend) if name in args.untuned else
+                                      run_boltc(name, seed, args.budget_scale, workdir, args.backend))
                 except BoltError as e:          # e.g. a budget too small for one trial on a loaded machine
                     print(f"{name} seed {seed}: {e.message}", file=sys.stderr)
                     r.setdefault("failed", []).append({"seed": seed, "error": e.message})
