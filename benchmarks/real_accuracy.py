@@ -173,6 +173,7 @@ def peer_omikuji(name: str, workdir: Path) -> list[dict]:
 
 
 def _text_rows(name: str, split: str):
+    csv.field_size_limit(1 << 30)             # some 20newsgroups posts exceed the default 128 KiB field
     if name == "sst2":
         with gzip.open(DATA / "sst2" / f"{split}.tsv.gz", "rt", encoding="utf-8") as f:
             r = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
