@@ -115,8 +115,21 @@ def run_one(text: str, train, val, threads: int) -> dict:
            "dense_inference": m.evaluate(val, sparse=False, metrics=[metric])[metric]}
     if out.get("hash"):
         res["sparse_inference"] = m.evaluate(val, sparse=True, metrics=[metric])[metric]
+        # the same model with BOLT's random fill of the inference active set (runtime/lsh/prior.py)
+        out["hash"]["frequent_fill"] = False
+        res["sparse_inference_random_fill"] = m.evaluate(val, sparse=True, metrics=[metric])[metric]
+        out["hash"]["frequent_fill"] = True
     res["metric"] = metric
     return res
+
+
+def _reused_dense(path, name: str, train_rows: int, val_rows: int):
+    if not path:
+        return None
+    for r in json.loads(Path(path).read_text())["rows"]:
+        if r["data"] == name and r["train_rows"] == train_rows and r["validation_rows"] == val_rows and r["dense"]:
+            return r["dense"]
+    return None
 
 
 def choice_reason(text: str) -> tuple[float, str]:
@@ -134,6 +147,9 @@ def main(argv=None) -> int:
                     help="training rows drawn from 20ng_nextword (its validation share comes out of them)")
     ap.add_argument("--also", default="", help="comma-separated hand-set output sparsities to add")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dense-from", default=None,
+                    help="a JSON this script wrote: reuse its dense row of a data set with the same split "
+                         "(same rows) instead of training the dense model again")
     ap.add_argument("--train-dense", action="store_true",
                     help="also train the sets where auto keeps the output dense (the same model either way)")
     ap.add_argument("--tag", default="")
@@ -166,7 +182,10 @@ def main(argv=None) -> int:
             row["dense"] = None
             rows.append(row)
             continue
-        row["dense"] = run_one(dense_text, train, val, args.threads)
+        reuse = _reused_dense(args.dense_from, name, train.rows, val.rows)
+        row["dense"] = reuse or run_one(dense_text, train, val, args.threads)
+        if reuse:
+            row["dense_from"] = args.dense_from
         print(f"  dense: {row['dense']}", file=sys.stderr, flush=True)
         if value is not None and value < 1.0:
             row["auto"] = run_one(auto_text, train, val, args.threads)
@@ -201,6 +220,8 @@ def table(rows: list[dict]) -> str:
         else:
             worst = min(a["dense_inference"], a.get("sparse_inference", a["dense_inference"]))
             cells = f"{a['dense_inference']:>17.2f}{a.get('sparse_inference', float('nan')):>18.2f}{d - worst:>7.2f}"
+            if "sparse_inference_random_fill" in a:
+                cells += f"  (random fill: {a['sparse_inference_random_fill']:.2f})"
         other = "; ".join(f"{k}: {v['dense_inference']:.2f}/{v.get('sparse_inference', float('nan')):.2f}"
                           for k, v in r.items() if k.startswith("sparsity "))
         auto = "dense" if (r["auto_sparsity"] or 1.0) >= 1.0 else f"{r['auto_sparsity']:.4g}"

@@ -2,7 +2,7 @@
 kernels, per training step and per dense forward, on the shapes boltc's models have (SYNTHETIC data).
 
 Both paths run in the same process, in alternating rounds (best of ROUNDS), by switching
-runtime/exec/native_ops.py DENSE_BLAS_MIN_MACS. Prints a table and writes results/dense_blas.json.
+boltc/ops/fc.py DENSE_BLAS_MIN_MACS. Prints a table and writes results/dense_blas.json.
     python benchmarks/dense_blas.py [--rounds 5]
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from native_helpers import make_batch, make_plan  # noqa: E402
 
-from boltc.runtime.exec import native_ops  # noqa: E402
+from boltc.ops import fc as native_ops  # noqa: E402  (the dense fc runner and its BLAS thresholds)
 from boltc.runtime.exec.native import NativeExecutor  # noqa: E402
 from boltc.runtime.exec.state import ModelState  # noqa: E402
 

@@ -42,12 +42,13 @@ TEXT_SOURCE = text_source('column="body", tokenizer=words, dim=1024', classes=3,
                           hidden=8, lr=0.02, batch=16, epochs=4)
 
 
-def _topic_corpus(path, n, seed):
+def _topic_corpus(path, n, seed, binary=False):
     rng = random.Random(seed)
     rows = ["topic,body"]
     for _ in range(n):
         t = rng.choice(sorted(TOPICS))
-        rows.append(f"{t}," + " ".join(rng.choice(TOPICS[t].split()) for _ in range(6)))
+        label = int(t == "space") if binary else t
+        rows.append(f"{label}," + " ".join(rng.choice(TOPICS[t].split()) for _ in range(6)))
     return write_lines(path, rows)
 
 
@@ -68,6 +69,11 @@ def build_models(tmp) -> dict:
     d.fit(X, labels=[[i % 20] for i in range(64)], progress=False)
     out["dense"] = str(tmp / "dense.boltc")
     d.save(out["dense"])
+    b = boltc.compile(text_source('column="body", tokenizer=words, dim=1024', label_column="topic", hidden=4,
+                                  epochs=2), backend="numpy")
+    b.fit(_topic_corpus(tmp / "topics_binary.csv", 80, 2, binary=True), progress=False)
+    out["binary"] = str(tmp / "binary.boltc")
+    b.save(out["binary"])
     t = boltc.compile(TEXT_SOURCE, backend="numpy")
     t.fit(_topic_corpus(tmp / "topics.csv", 120, 1), progress=False)
     out["text"] = str(tmp / "text.boltc")

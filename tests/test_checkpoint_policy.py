@@ -96,6 +96,7 @@ def test_ctrl_c_finishes_the_epoch_writes_it_and_resumes_bit_identically(tmp_pat
     p.wait(timeout=300)
     assert p.returncode == 130, err
     assert "finishing this epoch" in err
+    assert ck.exists(), err
     done = savefile.load_model(ck).optimizer["epochs_done"]
     assert 1 <= done < 40
     assert not out.exists()

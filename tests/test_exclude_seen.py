@@ -89,3 +89,12 @@ def test_cli_predict_and_eval(trained, capsys, monkeypatch):
     assert res["dense"]["ndcg@3"] == pytest.approx(ref["ndcg@3"])
     assert main(["eval", str(path), "--metrics", "precision@0"]) == 1
     assert "--metrics" in capsys.readouterr().err
+
+
+def test_cli_flags_on_a_model_they_do_not_fit_name_the_flag(trained, capsys):
+    path, _ = trained
+    # tiny's target is multilabel: no confusion matrix; a binary text model has no ids to exclude
+    assert main(["eval", str(path), "--confusion", "--backend", "numpy"]) == 1
+    assert "--confusion" in capsys.readouterr().err
+    assert main(["eval", str(path), "--metrics", "macro_f1", "--backend", "numpy"]) == 1
+    assert "macro_f1" in capsys.readouterr().err

@@ -10,12 +10,12 @@ TINY = Path(__file__).parents[1] / "models" / "tiny.bolt"
 def test_compile_prints_graph_memory_and_choices(capsys):
     assert main(["compile", str(TINY)]) == 0
     out = capsys.readouterr().out
-    # tiny: 256 -> 32 relu -> 500 softmax; 500 is in BOLT's [450, 900) band: sparsity 0.2, 100 active
+    # tiny: 256 -> 32 relu -> 500 softmax, sparsity 0.2 by hand (100 active), DWTA settings automatic
     assert "hidden    fc      features  (batch, 32)   8,224" in out          # 256*32 + 32
     assert "scores    fc      hidden    (batch, 500)  16,500" in out         # 32*500 + 500
     assert "parameters: 24,724" in out
     assert "sparsity 0.2 (100 active)" in out
-    assert "scores.sparsity" in out and "width 500 < 900" in out
+    assert "scores.hash" in out and "scores.sparsity" not in out
     assert "total" in out and "planning only" in out
     assert "scores.W.adam_m_v" not in out                                 # per-buffer lines need --explain
 

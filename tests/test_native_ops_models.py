@@ -35,7 +35,7 @@ EVERYTHING = """model everything {
   p2     = fc(price, 8, sigmoid)
   joined = concat(bag, wide, f2, p2)
   normed = layernorm(joined, eps=1e-5)
-  scores = fc(normed, 700, softmax, sparsity=auto, hash=auto)
+  scores = fc(normed, 700, softmax, sparsity=0.2, hash=auto)
   loss    cross_entropy(scores, topic)
   metrics precision@1
 }"""

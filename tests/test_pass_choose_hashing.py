@@ -50,13 +50,13 @@ def test_amazon670k_output_layer():
 
 def test_delicious_width_matches_bolts_run():
     # PEERS.md: BOLT on delicious (983 labels) chose 0.1, DWTA K=3, L=51, range 512 (9 bits), reservoir 4
-    expect(model(983, ""), model(983, f", sparsity=0.1, hash=dwta(hashes=3, range=9, tables=51, reservoir=4, "
+    expect(model(983, ", sparsity=0.1"), model(983, f", sparsity=0.1, hash=dwta(hashes=3, range=9, tables=51, reservoir=4, "
                                       f"bin_size=8, {SCHEDULE}, {FILL})").replace("sparsity=1.0)", "sparsity=1.0, hash=none)"))
 
 
 def test_partial_dwta_keeps_what_was_given():
     # range given: hashes = 12 // 3 = 4; L = round(0.02 * 4096) = 82; reservoir = 4 * max(5000 // 4096, 1) = 4
-    got = expect(model(5000, ", hash=dwta(range=12, reservoir=32)"),
+    got = expect(model(5000, ", sparsity=0.02, hash=dwta(range=12, reservoir=32)"),
                  model(5000, f", sparsity=0.02, hash=dwta(range=12, reservoir=32, hashes=4, tables=82, bin_size=8, "
                              f"{SCHEDULE}, {FILL})").replace("sparsity=1.0)", "sparsity=1.0, hash=none)"))
     keys = {c.key for c in got.graph["choices"] if c.node == "s"}
@@ -65,7 +65,7 @@ def test_partial_dwta_keeps_what_was_given():
 
 def test_srp_uses_one_bit_per_hash():
     # sparsity 0.1: DWTA rule range = 9 -> srp hashes 9, range 9; L = round(0.1 * 512) = 51; reservoir 4*(983//512)
-    expect(model(983, ", hash=srp()"), model(983, f", sparsity=0.1, hash=srp(hashes=9, tables=51, reservoir=4, "
+    expect(model(983, ", sparsity=0.1, hash=srp()"), model(983, f", sparsity=0.1, hash=srp(hashes=9, tables=51, reservoir=4, "
                                                   f"{SCHEDULE}, {FILL})").replace("sparsity=1.0)", "sparsity=1.0, hash=none)"))
 
 
@@ -83,7 +83,7 @@ def test_hash_given_but_layer_dense_by_rule_is_explained():
 
 def test_sparse_hidden_layer_gets_no_fill_options():
     # the fill's share and frequency weighting apply to the labelled output only
-    src = model(2000, "").replace("h = fc(x, 16, relu, sparsity=1.0)", "h = fc(x, 2000, relu, sparsity=0.1)")
+    src = model(2000, ", sparsity=0.05").replace("h = fc(x, 16, relu, sparsity=1.0)", "h = fc(x, 2000, relu, sparsity=0.1)")
     got = choose_hashing(choose_sparsity(infer_shapes(validate(parse(src)))))
     assert "negatives" not in ir.node(got, "h").attrs["hash"]
     assert ir.node(got, "s").attrs["hash"]["negatives"] == "frequency"

@@ -34,18 +34,26 @@ def expect(before, after):
     return got
 
 
+def _share(active, width):
+    return next(v for v in (active / width, __import__("math").nextafter(active / width, 1.0))
+                if int(v * width) == active)
+
+
 @pytest.mark.parametrize("width, sparsity", [
-    (449, 1.0), (450, 0.2), (899, 0.2), (900, 0.1), (1799, 0.1), (1800, 0.05), (3999, 0.05), (4000, 0.02),
-    (9999, 0.02), (10000, 0.01), (19999, 0.01), (20000, 0.005), (670091, 0.005)])
-def test_bolts_table_at_every_boundary(width, sparsity):
+    (449, 1.0), (450, 1.0), (8191, 1.0), (8192, 0.25), (10000, _share(2048, 10000)), (19999, _share(2048, 19999)),
+    (37392, _share(2048, 37392)), (409599, _share(2048, 409599)), (409600, 0.005), (670091, 0.005)])
+def test_auto_output_sparsity_at_every_boundary(width, sparsity):
+    """Dense below MIN_ACTIVE / MAX_ACTIVE_SHARE = 8192 labels; above, BOLT's share raised to at least
+    MIN_ACTIVE = 2048 active neurons (BOLT's 0.005 takes over at 409,600 labels)."""
     got = expect(model(width), model(width, f", sparsity={sparsity!r}", ", sparsity=1.0"))
     choice = next(c for c in got.graph["choices"] if c.node == "s")
     assert (choice.key, choice.value) == ("sparsity", sparsity)
     assert "BOLT" in choice.reason
+    assert (": dense (" in choice.reason) == (sparsity == 1.0)
 
 
 def test_hidden_layers_stay_dense_and_say_why():
-    got = expect(model(5000), model(5000, ", sparsity=0.02", ", sparsity=1.0"))
+    got = expect(model(10000), model(10000, f", sparsity={_share(2048, 10000)!r}", ", sparsity=1.0"))
     (hidden,) = [c for c in got.graph["choices"] if c.node == "h"]
     assert hidden.value == 1.0 and "hidden layer" in hidden.reason
 

@@ -2,7 +2,8 @@
 Protocol payloads, answers identical to Model.predict in process, every kind of bad request, /metrics."""
 from __future__ import annotations
 
-import json
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -16,7 +17,7 @@ MAX_ROWS, MAX_BODY = 8, 16000
 
 @pytest.fixture(scope="module")
 def server(serve_models):
-    s = Server([serve_models["tiny"], serve_models["dense"], f"topics={serve_models['text']}",
+    s = Server([serve_models["tiny"], serve_models["dense"], f"topics={serve_models['text']}", serve_models["binary"],
                 "--max-rows", str(MAX_ROWS), "--max-body-bytes", str(MAX_BODY)])
     yield s
     assert s.stop() == 0, "".join(s.lines)
@@ -49,11 +50,11 @@ def test_server_and_model_metadata_health_and_ready(server, oracle):
         assert md["parameters"]["classes"] == m.plan["target"]["classes"]
         assert server.get(f"/v2/models/{name}/versions/1").json()["name"] == name
         assert server.get(f"/v2/models/{name}/ready").json() == {"name": name, "ready": True}
-    assert sorted(m["name"] for m in server.get("/v1/models").json()["models"]) == sorted(oracle)
+    assert sorted(m["name"] for m in server.get("/v1/models").json()["models"]) == sorted([*oracle, "binary"])
     index = server.post("/v2/repository/index").json()
-    assert sorted(e["name"] for e in index) == sorted(oracle) and {e["state"] for e in index} == {"READY"}
-    assert "sports" in json.dumps(server.get("/v2/models/topics").json()["outputs"]) or \
-        server.get("/v2/models/topics").json()["parameters"]["class_names"] is True
+    assert sorted(e["name"] for e in index) == sorted([*oracle, "binary"]) and {e["state"] for e in index} == {"READY"}
+    topics = server.get("/v2/models/topics").json()
+    assert topics["parameters"]["class_names"] is True and topics["outputs"][-1]["name"] == "labels"
 
 
 @pytest.mark.parametrize("sparse", [False, True])
@@ -89,6 +90,44 @@ def test_v1_full_vectors_dense_model_and_text_equal_model_predict(server, oracle
         assert_same(p, i, s, 2)
         assert p["labels"] == [oracle["topics"].class_name(j) for j in p["ids"]]
     assert {p["labels"][0] for p in r.json()["predictions"][:3]} <= set(oracle["topics"].plan["target"]["class_names"])
+
+
+def test_binary_model_answers_label_and_probability(server, serve_models):
+    m = boltc.load(serve_models["binary"])
+    texts = ["rocket orbit moon", "flour oven sauce"]
+    r = server.post("/v1/models/binary/predict", {"rows": texts})
+    _, scores = m.predict(texts, top_k=1)
+    names = m.plan["target"].get("class_names") or ["0", "1"]
+    for p, s in zip(r.json()["predictions"], scores[:, 0]):
+        assert np.float32(p["probability"]) == s
+        assert p["label"] == (names[1] if s >= 0.5 else names[0])
+
+
+def test_versioned_oip_routes(server, oracle):
+    X = sparse_rows(ROWS[:1], 300)
+    body = {"parameters": {"top_k": 2}, "inputs": [
+        {"name": "features", "datatype": "FP32", "shape": [1, 300], "data": X.toarray().ravel().tolist()}]}
+    r = server.post("/v2/models/tiny/versions/1/infer", body)
+    ids, _ = oracle["tiny"].predict(X, top_k=2)
+    assert r.json()["outputs"][0]["data"] == ids.ravel().tolist()
+    assert server.get("/v2/models/tiny/versions/1/ready").json()["ready"] is True
+    assert server.post("/v2/models/tiny/versions/3/infer", body).status_code == 404
+
+
+def test_exclude_seen_equals_model_predict(server, oracle):
+    """exclude_seen: the row's own feature ids (here ids < 40 name labels too) are never ranked."""
+    X = sparse_rows(ROWS, 300)
+    ids, scores = oracle["tiny"].predict(X, top_k=5, exclude_seen=True)
+    r = server.post("/v1/models/tiny/predict", {"rows": ROWS, "top_k": 5, "exclude_seen": True})
+    for p, row, i, s in zip(r.json()["predictions"], ROWS, ids, scores):
+        assert_same(p, i, s, 5)
+        assert not set(p["ids"]) & set(row["ids"])
+    r = server.post("/v2/models/tiny/infer", {"parameters": {"top_k": 5, "exclude_seen": True}, "inputs": [
+        {"name": "features", "datatype": "FP32", "shape": [len(ROWS), 300], "data": X.toarray().ravel().tolist()}]})
+    assert r.json()["outputs"][0]["data"] == ids.ravel().tolist()
+    r = server.post("/v1/models/dense/predict", {"rows": [[0.0] * 12], "exclude_seen": True})
+    assert r.status_code == 422 and r.json()["field"] == "exclude_seen"
+    assert server.get("/v2/models/tiny").json()["parameters"]["exclude_seen"] is True
 
 
 def test_v1_exclude_drops_labels_from_the_full_ranking(server, oracle):
@@ -138,7 +177,8 @@ def test_oip_infer_tensors_equal_model_predict(server, oracle):
 
 
 def test_concurrent_requests_each_equal_model_predict_alone(server, oracle):
-    """Requests that arrive together are batched; every answer must still be its rows' own."""
+    """Requests that arrive together are batched; every answer must still be its rows' own (exactly, for
+    layers this small: no BLAS path, whose summation order depends on the batch size)."""
     rng = np.random.default_rng(3)
     reqs = [[{"ids": sorted(rng.choice(300, 6, replace=False).tolist())}] for _ in range(48)]
 
@@ -172,6 +212,7 @@ BAD = [  # (route, body, status, field, row)
     ("tiny", {"rows": [{"ids": [1]}], "top_k": 0}, 422, "top_k", None),
     ("tiny", {"rows": [{"ids": [1]}], "top_k": "3"}, 422, "top_k", None),
     ("tiny", {"rows": [{"ids": [1]}], "sparse": "yes"}, 422, "sparse", None),
+    ("tiny", {"rows": [{"ids": [1]}], "exclude_seen": 1}, 422, "exclude_seen", None),
     ("tiny", {"rows": [{"ids": [1]}], "exclude": [[1], [2]]}, 422, "exclude", None),
     ("tiny", {"rows": [{"ids": [1]}], "exclude": [[40]]}, 422, "exclude[0][0]", 0),
     ("tiny", {"rows": [{"ids": [1]}], "colour": "red"}, 422, "colour", None),
@@ -249,7 +290,23 @@ def test_metrics_in_prometheus_format_and_no_500(server):
     assert ("/v1/models/{name}/predict", "200") in codes and ("/v1/models/{name}/predict", "422") in codes
     assert not any(c.startswith("5") for _, c in codes)          # every bad request above was a 4xx
     versions = {s.labels["model"]: s.value for s in fams["boltc_model_version"].samples}
-    assert versions == {"tiny": 1.0, "dense": 1.0, "topics": 1.0}
+    assert versions == {"tiny": 1.0, "dense": 1.0, "topics": 1.0, "binary": 1.0}
     assert all(s.value > 0 for s in fams["boltc_model_load_seconds"].samples)
     assert server.metric("boltc_batch_rows_count") >= 1
     assert server.get("/v2/health/ready").status_code == 200     # still serving
+
+
+@pytest.mark.parametrize("args,message", [
+    (["missing.boltc"], "cannot serve missing.boltc: missing.boltc: no such file"),
+    (["{bad}"], "not a boltc model or truncated"),
+    (["{tiny}", "--max-batch", "0"], "--max-batch must be at least 1"),
+    (["{tiny}", "--token-file", "nope.txt"], "nope.txt: cannot read the token file"),
+    (["a={tiny}", "a={tiny}"], "two models are named 'a'"),
+])
+def test_command_line_mistakes_exit_1_with_the_reason(serve_models, tmp_path, args, message):
+    bad = tmp_path / "bad.boltc"
+    bad.write_bytes(b"not a model")
+    args = [a.format(tiny=serve_models["tiny"], bad=bad) for a in args]
+    p = subprocess.run([sys.executable, "-m", "boltc.cli", "serve", *args, "--port", "0"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and message in p.stderr and "Traceback" not in p.stderr

@@ -28,7 +28,7 @@ def setup(serve_models, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("drain")
     path = str(tmp / "tiny.boltc")
     shutil.copy(serve_models["tiny"], path)
-    s = Server([path, "--max-queue", "3", "--batch-wait-ms", "20000", "--watch", "0.2"])
+    s = Server([path, "--max-queue", "4", "--batch-sparse", "--batch-wait-ms", "20000", "--watch", "0.2"])
     yield s, path, tmp
     s.stop()
 
@@ -51,7 +51,7 @@ def _held(s):
 def test_full_queue_answers_503_with_retry_after(setup, serve_models):
     s, path, _ = setup
     sock, s_body, a, pool = _held(s)
-    r = s.post(PATH, {"rows": [{"ids": [9]}, {"ids": [8]}]})            # 2 + 2 rows > --max-queue 3
+    r = s.post(PATH, {"rows": [{"ids": [9]}, {"ids": [8]}, {"ids": [7]}]})   # 2 + 3 rows > --max-queue 4
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     assert "busy" in r.json()["error"]
     status, s_answer = finish(sock, s_body)
@@ -76,6 +76,28 @@ def test_watch_reloads_a_replaced_file(setup, serve_models):
     r = s.post(PATH, {"rows": A_ROWS, "top_k": 3}).json()
     assert r["version"] == 2
     for p, i, sc in zip(r["predictions"], ids, scores):
+        assert_same(p, i, sc, 3)
+
+
+def test_batch_sparse_runs_queued_sparse_requests_as_one_call(setup):
+    s, path, _ = setup
+    s_body = json.dumps({"rows": S_ROWS, "top_k": 2}).encode()
+    sock = raw_request_head(s.port, PATH, s_body)
+    s.wait_metric("boltc_inflight_requests", 1.0)
+    rows_before, calls_before = s.metric("boltc_batch_rows_sum"), s.metric("boltc_batch_rows_count")
+    b_rows = [{"ids": [11, 12, 13, 14], "values": [0.5, 0.5, 1.0, 2.0]}]
+    with ThreadPoolExecutor(2) as pool:
+        a = pool.submit(s.client.post, PATH, json={"rows": A_ROWS, "top_k": 3, "sparse": True})
+        s.wait_metric("boltc_queue_depth_rows", 2.0)
+        b = pool.submit(s.client.post, PATH, json={"rows": b_rows, "top_k": 3, "sparse": True})
+        s.wait_metric("boltc_queue_depth_rows", 3.0)
+        assert finish(sock, s_body)[0] == 200
+        a, b = a.result(60).json(), b.result(60).json()
+    # one native call for A and B (3 rows), one for S: exactly Model.predict on A's and B's rows joined
+    assert s.metric("boltc_batch_rows_count") - calls_before == 2
+    assert s.metric("boltc_batch_rows_sum") - rows_before == 4
+    ids, scores = boltc.load(path).predict(sparse_rows(A_ROWS + b_rows, 300), top_k=3, sparse=True)
+    for p, i, sc in zip(a["predictions"] + b["predictions"], ids, scores):
         assert_same(p, i, sc, 3)
 
 

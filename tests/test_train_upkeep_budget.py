@@ -13,7 +13,7 @@ SOURCE = """model m {{
   input  x: sparse(200)
   target y: multilabel(1000)
   h = fc(x, 16, relu)
-  s = fc(h, 1000, softmax)
+  s = fc(h, 1000, softmax, sparsity=0.1)
   loss cross_entropy(s, y)
   train {{ batch 32 {setting} }}
 }}"""

@@ -23,6 +23,8 @@ def add_arguments(p) -> None:
     p.add_argument("--max-batch", type=int, default=64, help="most rows in one native predict call")
     p.add_argument("--batch-wait-ms", type=float, default=1.0,
                    help="longest wait for more rows while other requests are in flight")
+    p.add_argument("--batch-sparse", action="store_true",
+                   help="batch sparse-inference requests across clients too (see docs/serve.md)")
     p.add_argument("--max-queue", type=int, default=4096,
                    help="rows waiting at most; more are refused with 503 and Retry-After")
     p.add_argument("--max-rows", type=int, default=1024, help="rows per request at most")
@@ -70,5 +72,5 @@ def run(args) -> int:
         print(f"boltc serve: {name!r} from {path} ({m.schema.kind} input, {m.classes} classes, "
               f"{m.model.backend}) loaded in {m.load_seconds:.2f} s", flush=True)
     settings = Settings(max_batch=args.max_batch, max_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
-                        max_rows=args.max_rows, max_body=args.max_body_bytes, token=token, watch=args.watch)
+                        max_rows=args.max_rows, max_body=args.max_body_bytes, token=token, watch=args.watch, batch_sparse=args.batch_sparse)
     return server.run(build_app(models, settings), args.host, args.port, args.drain_seconds)

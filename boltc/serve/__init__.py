@@ -2,6 +2,7 @@
 
     models.py   load a .boltc beside the serving one, check it, describe its inputs
     rows.py     request bodies -> input rows, with 4xx errors naming field, row and what was expected
+    answers.py  (ids, scores) -> the JSON answers of the predict routes
     batcher.py  dynamic batching: one inference thread, bounded wait, bounded queue
     metrics.py  Prometheus collectors
     app.py      the Starlette routes, auth, body limits

@@ -13,6 +13,7 @@ class Metrics:
 
     def __init__(self):
         r = self.registry = CollectorRegistry()
+        self._children: dict = {}
         self.requests = Counter("boltc_requests", "HTTP requests by route template and status code",
                                 ["route", "code"], registry=r)
         self.errors = Counter("boltc_request_errors", "HTTP requests answered with a 4xx or 5xx",
@@ -36,10 +37,15 @@ class Metrics:
         self.load_seconds.labels(served.name).set(served.load_seconds)
 
     def observe(self, route: str, code: int, seconds: float) -> None:
-        self.requests.labels(route, str(code)).inc()
-        if code >= 400:
-            self.errors.labels(route, str(code)).inc()
-        self.latency.labels(route).observe(seconds)
+        children = self._children.get((route, code))
+        if children is None:           # labels() costs a lock and a dict build: look each pair up once
+            children = self._children[(route, code)] = (
+                self.requests.labels(route, str(code)), self.errors.labels(route, str(code)) if code >= 400 else None,
+                self.latency.labels(route))
+        children[0].inc()
+        if children[1] is not None:
+            children[1].inc()
+        children[2].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -73,6 +73,9 @@ class ServedModel:
         out = next((l for l in self.model.plan["layers"] if l["name"] == self.model.plan["output"]), {})
         return bool(out.get("hash"))
 
+    supports_exclude_seen: bool = False      # Model.predict(exclude_seen=True) works (checked at load)
+    exclude_seen_refusal: str = ""           # why not, in the model's words
+
     @property
     def sparse_default(self) -> bool:
         return self.model.plan.get("train", {}).get("inference", "dense") == "sparse"
@@ -82,7 +85,8 @@ class ServedModel:
                 "sha256": self.sha256, "input": self.schema.describe(), "classes": self.classes,
                 "class_names": bool(self.class_names), "binary": self.binary,
                 "inference": "sparse" if self.sparse_default else "dense",
-                "sparse_inference": self.has_sparse_inference, "backend": self.model.backend}
+                "sparse_inference": self.has_sparse_inference, "exclude_seen": self.supports_exclude_seen,
+                "backend": self.model.backend}
 
 
 def input_schema(plan: dict) -> InputSchema:
@@ -129,6 +133,11 @@ def load_served(name: str, path: str, version: int, *, backend=None, threads=Non
         model.predict(empty_rows(schema), top_k=1, sparse=False)
         if served.has_sparse_inference:
             model.predict(empty_rows(schema), top_k=1, sparse=True)
+        try:                          # the model says itself whether its feature ids name its labels
+            model.predict(empty_rows(schema), top_k=1, sparse=False, exclude_seen=True)
+            served.supports_exclude_seen = True
+        except BoltError as e:
+            served.exclude_seen_refusal = e.message
     except LoadRefused:
         raise
     except BoltError as e:
@@ -190,5 +199,7 @@ def parse_model_args(specs: list[str]) -> list[tuple[str, str]]:
             name, path = Path(s).stem, s
         if not name:
             raise BoltError(f"model {s!r}: the name before '=' is empty")
+        if any(name == n for n, _ in out):
+            raise BoltError(f"two models are named {name!r}: give one as name=path")
         out.append((name, path))
     return out

@@ -204,6 +204,15 @@ def parse_sparse(body: dict, served: ServedModel, field: str = "sparse") -> bool
     return v
 
 
+def parse_exclude_seen(body: dict, served: ServedModel, field: str = "exclude_seen") -> bool:
+    v = body.get(field, False)
+    if not isinstance(v, bool):
+        raise bad(field, "true or false", got=v)
+    if v and not served.supports_exclude_seen:
+        raise bad(field, f"false: {served.exclude_seen_refusal}", got=v)
+    return v
+
+
 def parse_exclude(body: dict, n: int, classes: int) -> list[set] | None:
     ex = body.get("exclude")
     if ex is None:

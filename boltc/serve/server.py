@@ -36,7 +36,8 @@ def run(app, host: str, port: int, drain_seconds: float = 30.0) -> int:
     sock = bind(host, port)
     shown = f"[{host}]" if ":" in host else host
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=drain_seconds, server_header=False)
+                            timeout_graceful_shutdown=drain_seconds, server_header=False,
+                            proxy_headers=False)
     server = uvicorn.Server(config)
     # uvicorn drains on SIGTERM/SIGINT, then raises the signal again through the handlers it found: make
     # those record it, so a drained shutdown ends as a normal exit (status 0) instead of death by signal

@@ -283,6 +283,8 @@ class Trainer:
                 elif self.epoch_lines:
                     self.log(line)
                 if stop.requested and not final:
+                    if not written:             # Ctrl-C came after this epoch's checkpoint decision
+                        self.save_checkpoint()
                     raise KeyboardInterrupt
                 try:
                     for cb in callbacks:
