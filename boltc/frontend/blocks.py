@@ -72,7 +72,7 @@ _SAMPLERS = {
 }
 _DISTRIBUTED = (Param("workers", integer(1), positional=True), Param("address", string, "auto"),
                 Param("exchange_every", integer(1), 1),
-                Param("exchange", word("sparse", "dense", "factors", what="exchange"), "sparse"))
+                Param("exchange", word("sparse", what="exchange"), "sparse"))
 
 
 def _duration(v: ast.Value) -> float:
