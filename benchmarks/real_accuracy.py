@@ -194,15 +194,19 @@ def peer_vw(name: str, workdir: Path) -> list[dict]:
     train, test = _text_rows(name, "train"), _text_rows(name, "test")
     classes = 2 if name == "sst2" else 20
     data = workdir / f"vw_{name}.txt"
+    order = np.random.default_rng(0).permutation(len(train))      # the files are sorted by label; VW is online
     with open(data, "w") as f:
-        for y, t in train:
+        for y, t in (train[i] for i in order):
             f.write(f"{y + 1} | {_vw_text(t)}\n")
-    args = f"--oaa {classes} --quiet -d {data}"
+    model = workdir / f"vw_{name}.model"
+    args = f"--oaa {classes} --quiet -d {data} -f {model}"
     if name == "20newsgroups":
         args += f" --ngram 2 --passes 5 -c -k --cache_file {workdir / 'vw_cache'}"
     t0 = time.monotonic()
     vw = vowpalwabbit.Workspace(args)
+    vw.finish()                      # the passes run to the end and the model is written
     secs = time.monotonic() - t0
+    vw = vowpalwabbit.Workspace(f"-i {model} -t --quiet")
     right = sum(int(vw.predict(f"| {_vw_text(t)}")) == y + 1 for y, t in test)
     vw.finish()
     label = "Vowpal Wabbit --oaa" + (" --ngram 2, 5 passes" if name == "20newsgroups" else "")
