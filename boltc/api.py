@@ -314,6 +314,8 @@ def apply_overrides(plan: dict, overrides: dict) -> None:
             raise BoltError(f"unknown train setting {k!r} (the train block has: {', '.join(sorted(train))})")
         if k == "upkeep_budget" and not 0.0 < float(v) <= 1.0:
             raise BoltError(f"upkeep_budget must be a fraction in (0, 1], not {v!r}")
+        if k == "label_smoothing" and not 0.0 <= float(v) < 1.0:
+            raise BoltError(f"label_smoothing must be a share in [0, 1), not {v!r}")
         if k == "class_weights":
             if isinstance(v, str) and v not in ("balanced", "none"):
                 raise BoltError(f"class_weights must be 'balanced', 'none' or one weight per class, not {v!r}")

@@ -95,6 +95,8 @@ CASES = [
      "class_weights balanced takes no other value", 9, 29),
     ("as_names_not_a_boolean", sub("multilabel(10)", "multilabel(10, as_names=maybe)"), VALID,
      "as_names of multilabel: expected true or false, found maybe", 3, 37),
+    ("label_smoothing_one", block("train", "label_smoothing 1"), VALID,
+     "label_smoothing: expected a share of the target <= 0.999999, found 1", 9, 21),
     ("sparse_normalize_unknown", sub("sparse(100)", "sparse(100, normalize=l1)"), VALID,
      "unknown value 'l1'; expected l2 or none", 2, 34),
     ("text_idf_not_boolean", sub("input x: sparse(100)", "input x: text(idf=yes)"), VALID,

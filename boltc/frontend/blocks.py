@@ -72,7 +72,7 @@ _SAMPLERS = {
 }
 _DISTRIBUTED = (Param("workers", integer(1), positional=True), Param("address", string, "auto"),
                 Param("exchange_every", integer(1), 1),
-                Param("exchange", word("sparse", "dense", "factors", what="exchange"), "sparse"))
+                Param("exchange", word("sparse", what="exchange"), "sparse"))
 
 
 def _duration(v: ast.Value) -> float:
@@ -100,11 +100,15 @@ _SCALARS = {
     # LSH table upkeep may cost at most this share of the training steps' work (runtime/lsh/upkeep.py;
     # absent = its DEFAULT_BUDGET, 0.06). Capped at 1 so that a percentage (`6` for 6%) is an error.
     "upkeep_budget": ("upkeep_budget", real(0.0, 1.0, low_open=True, what="a fraction of the step work")),
+    # cross entropy's target mixed with the uniform over the softmax's columns (runtime/exec/numpy_rules.py);
+    # below 1 (1 would ignore the labels), and 0.1 not 10
+    "label_smoothing": ("label_smoothing", real(0.0, 0.999999, what="a share of the target")),
 }
 # keys written into the plan only when the block sets them (the runtime holds their defaults)
-OPTIONAL_TRAIN_KEYS = ("upkeep_budget", "checkpoint_interval", "patience", "class_weights")
+OPTIONAL_TRAIN_KEYS = ("upkeep_budget", "checkpoint_interval", "patience", "class_weights", "label_smoothing")
 TRAIN_WORDS = ("optimizer", "batch", "epochs", "patience", "holdout", "schedule", "sampler", "threads", "seed",
-               "checkpoint", "checkpoint_interval", "inference", "upkeep_budget", "class_weights", "tune(...)",
+               "checkpoint", "checkpoint_interval", "inference", "upkeep_budget", "class_weights", "label_smoothing",
+               "tune(...)",
                "distributed(...)")
 
 
@@ -118,6 +122,7 @@ def _epochs(v: ast.Value):
 # where the block set class_weights: the count of given weights is checked against the target's classes
 # once the whole model is read (build.py), and reported here
 CLASS_WEIGHTS_LOC = "_class_weights_loc"
+LABEL_SMOOTHING_LOC = "_label_smoothing_loc"
 
 
 def class_weights(st: ast.Setting):
@@ -217,6 +222,8 @@ def build_train(body, problems: list[Problem], tunables: list | None = None) -> 
                     train.update(take_auto({plan_key: conv(value)}, ("train",), tunables))
                 except Problem as e:
                     raise Problem(f"{key}: {e.message}", e.loc) from None
+                if key == "label_smoothing":
+                    train[LABEL_SMOOTHING_LOC] = value.loc      # checked against the loss in build.py
         except Problem as e:
             problems.append(e)
     if auto_epochs:

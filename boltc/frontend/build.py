@@ -13,7 +13,7 @@ from boltc import ir
 from boltc.frontend import ast
 from boltc.frontend.bind import (Param, Problem, as_call, bind, boolean, did_you_mean, integer, one_of_words, real,
                                  reference, string, take_auto, tunable, word)
-from boltc.frontend.blocks import CLASS_WEIGHTS_LOC, build_data, build_train, default_train
+from boltc.frontend.blocks import CLASS_WEIGHTS_LOC, LABEL_SMOOTHING_LOC, build_data, build_train, default_train
 from boltc.ops import LAYER_OPS, OPS
 
 # Decisions: default widths of hashed featurisers. 2^18 text buckets keep a 256-wide first layer at
@@ -103,6 +103,7 @@ class _ArgKit:
     reference, boolean, sparsity = staticmethod(reference), staticmethod(boolean), staticmethod(_sparsity)
     integer, real, word = staticmethod(integer), staticmethod(real), staticmethod(word)
     width = staticmethod(tunable(integer(1), "width", AUTO_WIDTH))   # a layer width `boltc tune` may choose
+    tunable = staticmethod(tunable)    # tunable(converter, kind, default): the value may be written `auto`
     NAMES_ONLY = "names-only"          # an op that takes two or more names and nothing else (concat)
 
     def __init__(self, problems):
@@ -132,11 +133,20 @@ class Builder:
             if len(self.problems) > before:
                 self.broken(st)
         self.check_class_weights()
+        self.check_label_smoothing()
         # a model with mistakes is incomplete: validate then skips "the model has no loss" and the like,
         # which would only repeat the mistake that lost it
         self.graph.graph["incomplete"] = bool(self.problems)
         self.graph.graph["tunable"] = tuple(self.tunables)
         return self.graph
+
+    def check_label_smoothing(self) -> None:
+        """label_smoothing mixes a softmax target: a cross_entropy loss only."""
+        loc = self.graph.graph["train"].pop(LABEL_SMOOTHING_LOC, None)
+        loss = self.graph.graph.get("loss")
+        if loc is not None and loss is not None and loss.kind != "cross_entropy":
+            self.problems.append(Problem(f"label_smoothing needs a cross_entropy loss; this model's loss is "
+                                         f"{loss.kind}", loc))
 
     def check_class_weights(self) -> None:
         """Given class weights: one per class of the target (two for binary), reported at the setting."""

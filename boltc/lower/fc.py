@@ -9,6 +9,7 @@ from __future__ import annotations
 import llvmlite.ir as ir
 
 from boltc.lower.builder import F32, I32, I64, PTR, VOID, Kernel, KernelModule
+from boltc.ops.numeric import smoothing_constants
 
 # Software prefetch of gathered weight rows (dense_fc_fwd with gather=True; sparse_fc_fwd). Measured
 # with benchmarks/kernel_fc.py on the 670,091 x 256 output layer (docs/native.md):
@@ -219,14 +220,16 @@ def label_range(k: Kernel, a, b):
     return k.ld(a["lab_indptr"], b, I64), k.ld(a["lab_indptr"], k.add(b, k.i64(1)), I64)
 
 
-def softmax_ce(km: KernelModule, name: str, k_active: int) -> None:
+def softmax_ce(km: KernelModule, name: str, k_active: int, smoothing: float = 0.0) -> None:
     """Softmax over the active set, per-example loss, and the logits' gradient, for rows [b0, b1).
 
     logits (B, K) are overwritten with probabilities. Target: the multi-hot labels restricted to the
     active set, each present label weighing 1/|labels| (contract section 4), so
     loss_b = -sum_{k: ids[b,k] in labels} log(p_k) / |labels| and
     grad[b, k] = scale_b * (s_b * p_k - y_k) with s_b = sum_k y_k, scale_b = weight_b / batch
-    (scale[b] is given by the caller: importance weight over batch size)."""
+    (scale[b] is given by the caller: importance weight over batch size). Label smoothing e > 0:
+    y <- y (1 - e) + e / K on a row with labels (numpy_rules.softmax_cross_entropy, same float32
+    constants and order of operations)."""
     k = km.kernel(name, LOSS_PARAMS)
     a = k.arg
     K = k.i64(k_active)
@@ -238,6 +241,15 @@ def softmax_ce(km: KernelModule, name: str, k_active: int) -> None:
         l0, l1 = label_range(k, a, b)
         nlab = k.b.sitofp(k.b.sub(l1, l0), F32)
         ywt = k.fdiv(k.f32(1.0), k.fmax(nlab, k.f32(1.0)))
+        if smoothing:
+            keep, spread = smoothing_constants(smoothing, k_active)
+            spread_b = k.select(k.fcmp(">", nlab, k.f32(0.0)), k.f32(float(spread)), k.f32(0.0))
+
+            def smooth(y):
+                return k.b.fadd(k.b.fmul(y, k.f32(float(keep))), spread_b)
+        else:
+            def smooth(y):
+                return y
         sc = k.ld(a["scale"], b)
         loss = k.var(F32, k.f32(0.0))
         ysum = k.var(F32, k.f32(0.0))
@@ -246,7 +258,7 @@ def softmax_ce(km: KernelModule, name: str, k_active: int) -> None:
             # log p from the shifted logit (not log of a p rounded to zero): finite loss for tiny p
             logp = k.b.fsub(k.ld(a["logits"], i), logtot)
             k.st(a["logits"], i, k.exp(logp))
-            y = target_weight(k, a, i, l0, l1, ywt)
+            y = smooth(target_weight(k, a, i, l0, l1, ywt))
             k.set(ysum, k.b.fadd(k.get(ysum), y))
             k.set(loss, k.b.fsub(k.get(loss), k.b.fmul(y, logp)))
         k.st(a["loss"], b, k.get(loss))
@@ -254,7 +266,7 @@ def softmax_ce(km: KernelModule, name: str, k_active: int) -> None:
         with k.loop(0, N, "k4") as kk:
             i = k.add(ob, kk)
             p = k.ld(a["logits"], i)
-            y = target_weight(k, a, i, l0, l1, ywt)
+            y = smooth(target_weight(k, a, i, l0, l1, ywt))
             k.st(a["grad"], i, k.b.fmul(sc, k.b.fsub(k.b.fmul(s, p), y)))
     k.ret()
 

@@ -60,11 +60,11 @@ def _widths(layer: dict, sparse: bool) -> list[tuple[str, int]]:
     return ([("", layer["active"])] if sparse else []) + [("_all", layer["dim"])]
 
 
-def lower_softmax_ce(km: KernelModule, layer: dict, sparse: bool) -> dict:
+def lower_softmax_ce(km: KernelModule, layer: dict, sparse: bool, smoothing: float = 0.0) -> dict:
     out = {}
     for s, width in _widths(layer, sparse):
         out["ce" + s] = symbol(layer, "ce" + s)
-        fwd.softmax_ce(km, out["ce" + s], width)
+        fwd.softmax_ce(km, out["ce" + s], width, smoothing)
         out["topk" + s] = symbol(layer, "topk" + s)
         sel.topk(km, out["topk" + s], width, not s)
         out["lse" + s] = symbol(layer, "lse" + s)
@@ -72,7 +72,7 @@ def lower_softmax_ce(km: KernelModule, layer: dict, sparse: bool) -> dict:
     return out
 
 
-def lower_sigmoid_bce(km: KernelModule, layer: dict, sparse: bool) -> dict:
+def lower_sigmoid_bce(km: KernelModule, layer: dict, sparse: bool, smoothing: float = 0.0) -> dict:
     out = {}
     for s, width in _widths(layer, sparse):
         out["bce" + s] = symbol(layer, "bce" + s)

@@ -121,3 +121,14 @@ def act_grad(activation: str, act: np.ndarray, d: np.ndarray) -> np.ndarray:
     elif activation == "tanh":
         d = d * (1 - act * act)
     return np.ascontiguousarray(d, dtype=np.float32)
+
+
+def smoothing_constants(smoothing: float, columns: int) -> tuple[np.float32, np.float32]:
+    """(1 - e, e / K) rounded to float32 once: the two constants both backends use."""
+    return np.float32(1.0 - smoothing), np.float32(smoothing / columns)
+
+
+def loss_options(plan: dict) -> dict:
+    """The loss rule's keyword arguments from the plan (label smoothing, cross entropy only)."""
+    e = float((plan.get("train") or {}).get("label_smoothing", 0.0) or 0.0)
+    return {"smoothing": e} if e and plan.get("loss", "cross_entropy") == "cross_entropy" else {}

@@ -34,6 +34,7 @@ import scipy.sparse as sp
 
 from boltc.ops import OPS
 from boltc.ops.numeric import ParamGrad, activate, activation_backward, sigmoid, softmax  # noqa: F401  (the spec's helpers, here too)
+from boltc.ops.numeric import loss_options, smoothing_constants  # noqa: F401  (loss_options: for the executors)
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,19 @@ def label_mask(labels: sp.csr_matrix, active: np.ndarray | None, dim: int) -> np
     return np.isin(act_keys, label_keys)
 
 
-def softmax_cross_entropy(z, active, labels, dim):
+def softmax_cross_entropy(z, active, labels, dim, smoothing: float = 0.0):
     """p = softmax(z) over the given columns; target t_j = 1/|labels_b| on the example's labels present
     in the columns (a label cut from the active set contributes nothing); loss = -sum_j t_j log p_j;
-    dz = (sum_j t_j) p - t (exact also when some labels were cut). An example without labels: 0, 0."""
+    dz = (sum_j t_j) p - t (exact also when some labels were cut). An example without labels: 0, 0.
+    Label smoothing e (train block `label_smoothing`): t_j <- t_j (1 - e) + e / K on an example with
+    labels, K the number of columns (its active set, or every neuron), each product and sum rounded to
+    float32 in that order, as the native kernel (lower/fc.py softmax_ce) computes it."""
     mask = label_mask(labels, active, dim)
     n_labels = np.diff(sp.csr_matrix(labels).indptr).astype(z.dtype)
     t = mask * (np.where(n_labels > 0, 1.0 / np.maximum(n_labels, 1), 0).astype(z.dtype)[:, None])
+    if smoothing:
+        keep, spread = smoothing_constants(smoothing, z.shape[1])
+        t = (t * keep + np.where(n_labels > 0, spread, np.float32(0))[:, None]).astype(z.dtype)
     zs = z - z.max(axis=1, keepdims=True)
     logsum = np.log(np.exp(zs).sum(axis=1, keepdims=True))
     logp = zs - logsum
