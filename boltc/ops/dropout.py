@@ -44,10 +44,10 @@ def keep_mask(key: int, rows: int, dim: int, rate: float) -> np.ndarray:
 # ---------------------------------------------------------------- front end, shapes, plan
 
 def args(kit):
-    # `rate=auto` is searched by `boltc tune` (boltc/tune/space.py: 0 .. 0.5); untuned it is 0, the model
-    # without dropout, so an `auto` never changes a model that was not tuned
-    rate = kit.tunable(kit.real(0.0, 1.0, what="a dropout rate"), "dropout", 0.0)
-    return (kit.Param("input", kit.reference, positional=True), kit.Param("rate", rate, positional=True))
+    return (kit.Param("input", kit.reference, positional=True),
+            # `auto`: boltc tune searches 0..0.5 (boltc/tune/space.py); untuned, 0 (keeps every value)
+            kit.Param("rate", kit.tunable(kit.real(0.0, 1.0, what="a dropout rate"), "dropout", 0.0),
+                      positional=True))
 
 
 def check(attrs) -> list:
