@@ -5,51 +5,69 @@ import numpy as np
 import pytest
 
 from boltc.errors import DataError
-from boltc.runtime.distributed.exchange import RowGrad, combine, densify, grads_nbytes, sparse_from_dense
 from boltc.runtime.distributed.shard import read_shard, row_ranges, shard_ranges
+from boltc.runtime.distributed.worker import grads_nbytes, split_by_owner, sum_parts
+from boltc.runtime.exec.gradients import RowGrad
 
 
 def _random_sparse_grad(rng, shape, touched):
     dense = np.zeros(shape, np.float32)
-    rows = rng.choice(shape[0], touched, replace=False)
+    rows = np.sort(rng.choice(shape[0], touched, replace=False)).astype(np.int32)
     dense[rows] = rng.standard_normal((touched,) + shape[1:]).astype(np.float32)
     return dense, rows
 
 
-def test_combine_equals_weighted_dense_sum():
-    rng = np.random.default_rng(0)
+def _parts(rng, n):
     shapes = {("out", "W"): (50, 4), ("out", "b"): (50,), ("hid", "W"): (3, 5)}
-    counts = [3, 5, 2]
     dense_parts, sparse_parts = [], []
-    for _ in counts:
+    for _ in range(n):
         dW, rows = _random_sparse_grad(rng, shapes[("out", "W")], 7)
         db = np.zeros(50, np.float32)
         db[rows] = rng.standard_normal(7).astype(np.float32)
         dh = rng.standard_normal((3, 5)).astype(np.float32)
         dense_parts.append({("out", "W"): dW, ("out", "b"): db, ("hid", "W"): dh})
-        sparse_parts.append({("out", "W"): sparse_from_dense(dW, rows), ("out", "b"): sparse_from_dense(db, rows),
-                             ("hid", "W"): sparse_from_dense(dh, None)})
-    merged = combine(sparse_parts, counts)
+        sparse_parts.append({("out", "W"): RowGrad(rows, dW[rows]), ("out", "b"): RowGrad(rows, db[rows]),
+                             ("hid", "W"): RowGrad(None, dh)})
+    return shapes, dense_parts, sparse_parts
+
+
+def test_sum_of_row_sparse_parts_equals_the_dense_sum_in_worker_order():
+    shapes, dense_parts, sparse_parts = _parts(np.random.default_rng(0), 3)
+    merged = sum_parts(sparse_parts)
     for key, shape in shapes.items():
-        expect = sum(p[key] * (n / sum(counts)) for p, n in zip(dense_parts, counts))
-        np.testing.assert_allclose(merged[key].to_dense(shape), expect, rtol=1e-6, atol=1e-7)
-    # the union of touched rows is what is sent back, never more
+        expect = (dense_parts[0][key] + dense_parts[1][key]) + dense_parts[2][key]      # worker order
+        assert merged[key].to_dense(shape).tobytes() == expect.tobytes()
+    # the union of touched rows is what is kept, never more
     union = np.unique(np.concatenate([p[("out", "W")].rows for p in sparse_parts]))
     np.testing.assert_array_equal(merged[("out", "W")].rows, union)
-    # dense all-reduce of the same gradients gives the same numbers and costs the full tensor
-    merged_dense = combine([densify(p, shapes) for p in sparse_parts], counts)
-    for key, shape in shapes.items():
-        np.testing.assert_allclose(merged_dense[key].values, merged[key].to_dense(shape), rtol=1e-6, atol=1e-7)
     assert grads_nbytes(sparse_parts[0]) == 7 * 4 * 4 + 7 * 4 + 7 * 4 + 7 * 4 + 15 * 4
-    assert grads_nbytes(densify(sparse_parts[0], shapes)) == (200 + 50 + 15) * 4
 
 
-def test_combine_is_order_stable_and_handles_empty():
+def test_split_by_owner_gives_each_owner_its_row_range_and_loses_nothing():
+    shapes, _, sparse_parts = _parts(np.random.default_rng(1), 1)
+    grads = sparse_parts[0]
+    for world in (1, 2, 3):
+        cut = split_by_owner(grads, shapes, world)
+        for key, shape in shapes.items():
+            bounds = row_ranges(shape[0], world)
+            if grads[key].rows is None:
+                back = np.concatenate([cut[r][key].values for r in range(world)])
+                assert back.tobytes() == grads[key].values.tobytes()
+                continue
+            for r, (lo, hi) in enumerate(bounds):
+                rows = cut[r][key].rows
+                assert rows.size == 0 or (rows.min() >= lo and rows.max() < hi)
+            np.testing.assert_array_equal(np.concatenate([cut[r][key].rows for r in range(world)]), grads[key].rows)
+            back = np.concatenate([cut[r][key].values for r in range(world)])
+            assert back.tobytes() == grads[key].values.tobytes()
+
+
+def test_sum_handles_empty_parts():
     a = {("l", "W"): RowGrad(np.array([1, 3], np.int32), np.array([[1.0], [2.0]], np.float32))}
     b = {("l", "W"): RowGrad(np.array([], np.int32), np.zeros((0, 1), np.float32))}
-    m = combine([a, b], [1, 1])
+    m = sum_parts([a, b])
     np.testing.assert_array_equal(m[("l", "W")].rows, [1, 3])
-    np.testing.assert_allclose(m[("l", "W")].values, [[0.5], [1.0]])
+    np.testing.assert_allclose(m[("l", "W")].values, [[1.0], [2.0]])
 
 
 def _write_xc(path, rows, features=20, classes=6, seed=0, header=True):

@@ -41,7 +41,7 @@ def add_train_arguments(p) -> None:
                    help="train data-parallel on N Ray workers (needs: pip install boltc[distributed])")
     p.add_argument("--address", default=None,
                    help="Ray cluster to join: auto (the running one, else a local one) or ray://host:port")
-    p.add_argument("--exchange", choices=("sparse", "dense", "factors"), default=None,
+    p.add_argument("--exchange", choices=("sparse",), default=None,
                    help="what workers exchange each step (default: the model's distributed block, else sparse)")
 
 

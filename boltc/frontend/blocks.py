@@ -78,7 +78,7 @@ _SAMPLERS = {
 _SAMPLERS["auto"] = tuple(p for p in _SAMPLERS["nw_sketch"] if p.name != "draw")
 _DISTRIBUTED = (Param("workers", integer(1), positional=True), Param("address", string, "auto"),
                 Param("exchange_every", integer(1), 1),
-                Param("exchange", word("sparse", "dense", "factors", what="exchange"), "sparse"))
+                Param("exchange", word("sparse", what="exchange"), "sparse"))
 
 
 def _duration(v: ast.Value) -> float:

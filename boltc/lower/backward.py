@@ -217,19 +217,25 @@ def _update(k: Kernel, hp, optimizer: str, param, m, v, idx, g, moments: str = "
 
 def rows_update_out_major(km: KernelModule, name: str, in_dim: int, k_active: int, gather: bool,
                           bias: bool, optimizer: "str | UpdateSpec", fuse_dx: bool = False,
-                          prefetch: tuple = UPDATE_PREFETCH) -> None:
+                          prefetch: tuple = UPDATE_PREFETCH, store_grad: bool = False) -> None:
     """For unique neurons u in [u0, u1): g = sum_{p in seg(u)} grad[p] * x[p // K, :]; update W[n, :]
     (and bias[n] with sum grad[p]). gather=False: dense layer, neuron u = u, positions b*K + u.
     gather=True prefetches the rows named in `prefetch` ("W", "m", "v") of the neuron PREFETCH_ROWS
-    unique positions ahead (see UPDATE_PREFETCH); the dense layer's rows are sequential (no hints)."""
+    unique positions ahead (see UPDATE_PREFETCH); the dense layer's rows are sequential (no hints).
+    store_grad=True (data-parallel workers, boltc/lower/split.py): the same sums, stored as gW[u, :]
+    and gb[u] instead of applied; `split.rows_apply` then applies a (combined) gradient with the same
+    `_update`, so gradient + apply of one batch equals this kernel's fused update bit for bit."""
     spec = _spec(optimizer)
+    opt_args = ([("gW", "ptr"), ("gb", "ptr")] if store_grad else
+                [("bias", "ptr"), ("mW", "ptr"), ("vW", "ptr"), ("mb", "ptr"), ("vb", "ptr"), ("hyper", "ptr")])
     k = km.kernel(name, [("u0", "i64"), ("u1", "i64"), ("uniq", "ptr"), ("seg", "ptr"), ("pos", "ptr"),
-                         ("nrows", "i64"), ("grad", "ptr"), ("x", "ptr"), ("W", "ptr"), ("bias", "ptr"),
-                         ("mW", "ptr"), ("vW", "ptr"), ("mb", "ptr"), ("vb", "ptr"), ("hyper", "ptr"),
-                         ("scratch", "ptr")] + ([("dxbuf", "ptr")] if fuse_dx else []))
+                         ("nrows", "i64"), ("grad", "ptr"), ("x", "ptr"), ("W", "ptr")] + opt_args +
+                  [("scratch", "ptr")] + ([("dxbuf", "ptr")] if fuse_dx else []))
     a = k.arg
     IN, K = k.i64(in_dim), k.i64(k_active)
-    hp = _hyper(k)
+    hp = None if store_grad else _hyper(k)
+    if store_grad:
+        prefetch = ("W",) if fuse_dx else ()               # no moments read; W only for the input gradient
     with k.loop(a["u0"], a["u1"], "u") as u:
         if gather and prefetch:
             _prefetch_update_rows(k, spec, prefetch, k.mul(_ahead_neuron(k, u), IN), in_dim)
@@ -259,30 +265,43 @@ def rows_update_out_major(km: KernelModule, name: str, in_dim: int, k_active: in
             n = u
             with k.loop(0, a["nrows"], "bb") as b:
                 accumulate(k.add(k.mul(b, K), u), b)
-        wb = k.mul(n, IN)
-        with k.loop(0, in_dim, "j2") as j:
-            _update(k, hp, spec.optimizer, a["W"], a["mW"], a["vW"], k.add(wb, j), k.ld(a["scratch"], j),
-                    spec.moments_w, spec.weight_decay)
-        if bias:
-            _update(k, hp, spec.optimizer, a["bias"], a["mb"], a["vb"], n, k.get(gb), spec.moments_b)
+        if store_grad:
+            _store_grad_row(k, u, in_dim, bias, gb)
+        else:
+            wb = k.mul(n, IN)
+            with k.loop(0, in_dim, "j2") as j:
+                _update(k, hp, spec.optimizer, a["W"], a["mW"], a["vW"], k.add(wb, j), k.ld(a["scratch"], j),
+                        spec.moments_w, spec.weight_decay)
+            if bias:
+                _update(k, hp, spec.optimizer, a["bias"], a["mb"], a["vb"], n, k.get(gb), spec.moments_b)
     k.ret()
 
 
+def _store_grad_row(k: Kernel, u, width: int, bias: bool, gb=None) -> None:
+    """store_grad mode: the accumulated row (scratch) into gW[u, :], its bias sum into gb[u]."""
+    ub = k.mul(u, k.i64(width))
+    with k.loop(0, width, "j2") as j:
+        k.st(k.arg["gW"], k.add(ub, j), k.ld(k.arg["scratch"], j))
+    if bias:
+        k.st(k.arg["gb"], u, k.get(gb))
+
+
 def rows_update_in_major(km: KernelModule, name: str, dim: int, optimizer: "str | UpdateSpec",
-                         prefetch: tuple = UPDATE_PREFETCH) -> None:
+                         prefetch: tuple = UPDATE_PREFETCH, store_grad: bool = False) -> None:
     """Sparse-input layer, W in-major (in_dim, dim): for unique features u in [u0, u1):
     g = sum_{p in seg(u)} values[p] * dz[prow[p], :]; update W[f, :]. (Dense bias: `dense_update`.)
     Touched features are as scattered as the output's neurons: the rows `prefetch` of the feature
-    PREFETCH_ROWS unique positions ahead are prefetched the same way."""
+    PREFETCH_ROWS unique positions ahead are prefetched the same way.
+    store_grad=True: the sums are stored as gW[u, :] instead (see rows_update_out_major)."""
     spec = _spec(optimizer)
+    opt_args = [("gW", "ptr")] if store_grad else [("W", "ptr"), ("mW", "ptr"), ("vW", "ptr"), ("hyper", "ptr")]
     k = km.kernel(name, [("u0", "i64"), ("u1", "i64"), ("uniq", "ptr"), ("seg", "ptr"), ("pos", "ptr"),
-                         ("prow", "ptr"), ("values", "ptr"), ("dz", "ptr"), ("W", "ptr"), ("mW", "ptr"),
-                         ("vW", "ptr"), ("hyper", "ptr"), ("scratch", "ptr")])
+                         ("prow", "ptr"), ("values", "ptr"), ("dz", "ptr")] + opt_args + [("scratch", "ptr")])
     a = k.arg
     D = k.i64(dim)
-    hp = _hyper(k)
+    hp = None if store_grad else _hyper(k)
     with k.loop(a["u0"], a["u1"], "u") as u:
-        if prefetch:
+        if prefetch and not store_grad:
             _prefetch_update_rows(k, spec, prefetch, k.mul(_ahead_neuron(k, u), D), dim)
         with k.loop(0, dim, "j0") as j:
             k.st(a["scratch"], j, k.f32(0.0))
@@ -295,10 +314,13 @@ def rows_update_in_major(km: KernelModule, name: str, dim: int, optimizer: "str 
             zb = k.mul(k.ld_i32_as_i64(a["prow"], p), D)
             with k.loop(0, dim, "j") as j:
                 k.st(a["scratch"], j, k.fadd(k.ld(a["scratch"], j), k.fmul(val, k.ld(a["dz"], k.add(zb, j)))))
-        wb = k.mul(f, D)
-        with k.loop(0, dim, "j2") as j:
-            _update(k, hp, spec.optimizer, a["W"], a["mW"], a["vW"], k.add(wb, j), k.ld(a["scratch"], j),
-                    spec.moments_w, spec.weight_decay)
+        if store_grad:
+            _store_grad_row(k, u, dim, False)
+        else:
+            wb = k.mul(f, D)
+            with k.loop(0, dim, "j2") as j:
+                _update(k, hp, spec.optimizer, a["W"], a["mW"], a["vW"], k.add(wb, j), k.ld(a["scratch"], j),
+                        spec.moments_w, spec.weight_decay)
     k.ret()
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from boltc import codegen, debug
 from boltc.lower.builder import KernelModule
 from boltc.lower.rules import lower_plan
+from boltc.lower.split import lower_split
 
 _CTYPES = {"ptr": ctypes.c_void_p, "i64": ctypes.c_int64}
 
@@ -60,6 +61,14 @@ def build(km: KernelModule) -> Library:
 def compile_plan(plan: dict) -> Kernels:
     with debug.stage("lower + codegen", part="compile"):
         km, symbols = lower_plan(plan)
+        lib, key = codegen.build(km.ir_text())
+        return Kernels(lib, km.signatures, symbols, key)
+
+
+def compile_split(plan: dict) -> Kernels:
+    """The split gradient / apply kernels of data-parallel workers (boltc/lower/split.py)."""
+    with debug.stage("lower + codegen (split kernels)", part="compile"):
+        km, symbols = lower_split(plan)
         lib, key = codegen.build(km.ir_text())
         return Kernels(lib, km.signatures, symbols, key)
 

@@ -18,7 +18,7 @@ from boltc.errors import BoltValidationError
 from boltc.ops.base import LowerContext, Op
 from boltc.ops.numeric import (ParamGrad, act_grad, activate, activation_backward, compress_columns, loss_options,
                                matmul, ptr, scatter_dense)
-from boltc.ops.runners import ADAM_OPS, sparse_forward, update_sparse_input
+from boltc.ops.runners import ADAM_OPS, grad_buffer, sparse_forward, update_sparse_input
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "softmax", "linear")
 
@@ -368,6 +368,11 @@ def _dense_blas_backward(ex, layer, x, g, step):
         if fused:
             dx = act_grad(fused, x, dx)
     gW = ex.blas.matmul_tn(ex.pool, g, x)
+    if step.grads is not None:                     # gradient mode: handed out, applied later (lower/split.py)
+        step.grads[(name, "W")] = (None, gW)
+        if b is not None:
+            step.grads[(name, "b")] = (None, np.ascontiguousarray(g.sum(axis=0, dtype=np.float32)))
+        return [dx]
     ex.run(name, "w_upd", W.size, ptr(W), ptr(gW), ptr(m["W"]), ptr(v["W"]), ptr(step.hyper), work=ADAM_OPS)
     if b is not None:
         db = np.ascontiguousarray(g.sum(axis=0, dtype=np.float32))
@@ -391,9 +396,20 @@ def run_backward(ex, layer, cache, g, step):
     W, b = p["W"], p.get("b")
     mb, vb = (m.get("b"), v.get("b")) if b is not None else (None, None)
     needs_dx = ex.k.has(name, "dx")
+    grad_mode = step.grads is not None            # data-parallel workers: gradients stored, not applied
     if ids is not None:
         uniq, seg, pos, nu = cache["inv"] if cache["inv"] is not None else ex.invert(
             ids, layer["dim"], ex.k.fn(name, "invert"))
+        if grad_mode:
+            gW, gb = grad_buffer(ex, (name, "W"), (nu, layer["in_dim"])), grad_buffer(ex, (name, "b"), (nu,))
+            rows = uniq[:nu].copy()
+            step.grads[(name, "W")] = (rows, gW)
+            if b is not None:
+                step.grads[(name, "b")] = (rows, gb)
+        if grad_mode and not needs_dx:
+            ex.run_split(name, "grad_active", nu, ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x), ptr(W),
+                         ptr(gW), ptr(gb), per_thread=ex.scratch_ptrs, work=layer["in_dim"] * (ids.size / max(1, nu) + 1))
+            return [None]
         if not needs_dx:
             ex.run(name, "upd_active", nu, ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x), ptr(W), ptr(b),
                  ptr(m["W"]), ptr(v["W"]), ptr(mb), ptr(vb), ptr(step.hyper), per_thread=ex.scratch_ptrs,
@@ -403,9 +419,13 @@ def run_backward(ex, layer, cache, g, step):
         bounds = [(c * nu // N_CHUNKS, (c + 1) * nu // N_CHUNKS) for c in range(N_CHUNKS)]
         dxbufs = np.zeros((N_CHUNKS,) + x.shape, np.float32)
         scratch = [np.empty(layer["in_dim"], np.float32) for _ in range(N_CHUNKS)]
-        fn = ex.k.fn(name, "upd_active_dx")
-        args = (ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x), ptr(W), ptr(b), ptr(m["W"]), ptr(v["W"]),
-                ptr(mb), ptr(vb), ptr(step.hyper))
+        if grad_mode:
+            fn = ex.split_kernels.fn(name, "grad_active_dx")
+            args = (ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x), ptr(W), ptr(gW), ptr(gb))
+        else:
+            fn = ex.k.fn(name, "upd_active_dx")
+            args = (ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x), ptr(W), ptr(b), ptr(m["W"]), ptr(v["W"]),
+                    ptr(mb), ptr(vb), ptr(step.hyper))
         per_chunk = [(ptr(scratch[c]), ptr(dxbufs[c])) for c in range(N_CHUNKS)]
         if ex.worth_two_threads(nu * layer["in_dim"] * (2 * ids.size / max(1, nu) + ADAM_OPS)):
             ex.pool.run_chunks(fn, bounds, *args, per_chunk=per_chunk)
@@ -424,6 +444,14 @@ def run_backward(ex, layer, cache, g, step):
     if needs_dx:
         dx = np.empty_like(x)                      # the kernel applies the fused activation derivative
         ex.run(name, "dx", B, ptr(g), None, ptr(W), ptr(x), ptr(dx), work=layer["dim"] * layer["in_dim"])
+    if grad_mode:
+        gW, gb = grad_buffer(ex, (name, "W"), (layer["dim"], layer["in_dim"])), grad_buffer(ex, (name, "b"), (layer["dim"],))
+        ex.run_split(name, "grad", layer["dim"], None, None, None, B, ptr(g), ptr(x), ptr(W), ptr(gW), ptr(gb),
+                     per_thread=ex.scratch_ptrs, work=layer["in_dim"] * (B + 1))
+        step.grads[(name, "W")] = (None, gW)
+        if b is not None:
+            step.grads[(name, "b")] = (None, gb)
+        return [dx]
     ex.run(name, "upd", layer["dim"], None, None, None, B, ptr(g), ptr(x), ptr(W), ptr(b), ptr(m["W"]),
          ptr(v["W"]), ptr(mb), ptr(vb), ptr(step.hyper), per_thread=ex.scratch_ptrs,
          work=layer["in_dim"] * (B + ADAM_OPS))

@@ -178,6 +178,9 @@ def run_backward(ex, layer, cache, g, step):
              work=5 * d)
     dgamma, dbeta = np.empty(d, np.float32), np.empty(d, np.float32)
     ex.run(name, "pgrad", d, B, ptr(g), ptr(cache["xhat"]), ptr(dgamma), ptr(dbeta), work=2 * B)
+    if step.grads is not None:                     # gradient mode: handed out, applied later (lower/split.py)
+        step.grads[(name, "gamma")], step.grads[(name, "beta")] = (None, dgamma), (None, dbeta)
+        return [dx]
     for t, grad in (("gamma", dgamma), ("beta", dbeta)):
         ex.run(name, f"upd_{t}", d, ptr(p[t]), ptr(grad), ptr(m[t]), ptr(v[t]), ptr(step.hyper), work=ADAM_OPS)
     return [dx]

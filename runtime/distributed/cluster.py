@@ -18,15 +18,19 @@ from functools import partial
 import numpy as np
 
 from boltc.errors import BoltError, DependencyError
-from boltc.runtime.distributed import factors as fx
-from boltc.runtime.distributed.exchange import RowGrad, combine, densify
-from boltc.runtime.distributed.factors import rebuild
 from boltc.runtime.distributed.shard import load_shard
-from boltc.runtime.distributed.worker import Worker, merge_facts, portable_state
+from boltc.runtime.distributed.worker import Worker, portable_state
 from boltc.runtime.exec import executor  # looked up at call time (tests swap make_executor)
 
 INSTALL_HINT = "pip install boltc[distributed]"
-EXCHANGES = ("sparse", "dense", "factors")     # touched rows | whole tensors (baseline) | sufficient factors
+# What workers exchange. `sparse`: the touched rows of each gradient, cut by owner, and the owners' new
+# rows (ZeRO-1 on touched rows, runtime/distributed/worker.py). A dense all-reduce (every tensor whole)
+# and sufficient factors (layer inputs + pre-activation gradients) are not offered: with the update
+# divided among the workers, every worker must receive the new values of the global batch's touched
+# rows whatever it sent, so factors would save only the smaller, gradient half of the traffic at the
+# price of rebuilding dW from them on the hot path, and whole tensors move 3x the rows of the 100k
+# model (docs/distributed.md has the figures).
+EXCHANGES = ("sparse",)
 
 
 class DistributedError(BoltError):
@@ -44,86 +48,58 @@ def require_ray():
 
 # ---------------------------------------------------------------------------------------------- worker side
 class ShardWorker(Worker):
-    """A Worker that loads its own shard and runs one synchronous update per call (one round trip).
+    """A Worker that loads its own shard; each method is one round trip of the driver's protocol.
 
     Construction only stores its arguments; `setup()` loads the shard and builds the executor, so a data
     error comes back as that call's exception (a DataError with file and line) rather than a dead actor.
+    transport "ray": parts and new rows go through Ray's object store (put here, fetched by the workers
+    that need them: peer to peer); "local": in-process objects.
     """
 
     def __init__(self, plan, state, shard_spec, rank, world, local_batch, backend="numpy", threads=1,
-                 seed=0, exchange="sparse", fail_at=None, global_batch=None):
-        self._args = (plan, state, shard_spec, rank, world, local_batch, backend, threads, seed)
-        self.exchange, self.fail_at = exchange, fail_at
-        self.global_batch = int(global_batch or plan["train"]["batch"])
+                 seed=0, fail_at=None, global_batch=None, transport="local"):
+        self._args = (plan, state, shard_spec, rank, world, local_batch, backend, threads, seed, global_batch)
+        self.fail_at, self.transport = fail_at, transport
 
     def setup(self) -> int:
-        plan, state, spec, rank, world, local_batch, backend, threads, seed = self._args
+        plan, state, spec, rank, world, local_batch, backend, threads, seed, global_batch = self._args
         del self._args
-        state = copy.deepcopy(state)     # Ray hands out read-only zero-copy arrays; a replica must own its own
+        # Ray hands out read-only zero-copy arrays: a replica owns its weights and tables; of the moments
+        # the Worker copies only its own rows
+        state = type(state)(params=copy.deepcopy(state.params), m=state.m, v=state.v, step=int(state.step),
+                            lsh=copy.deepcopy(state.lsh))
+        put = get = None
+        if self.transport == "ray":
+            import ray  # optional: the distributed extra (this runs inside a Ray actor)
+            put, get = ray.put, ray.get
         super().__init__(plan, state, load_shard(spec, plan), rank, world, local_batch,
-                         partial(executor.make_executor, backend=backend, threads=threads), seed=seed)
-        by = {l["name"]: l for l in plan["layers"]}
-        self.row_sparse = {(l, t) for (l, t) in self.shapes
-                           if by[l].get("hash") or (by[l].get("input_sparse") and by[l].get("layout") == "in_major")}
+                         partial(executor.make_executor, backend=backend, threads=threads), seed=seed,
+                         global_batch=global_batch, put=put, get=get)
         return self.data.rows
 
-    def sync_step(self, prev, update: int, accumulate: int, record: bool = False):
-        """Apply the previous combined update (if any), then compute this update's local gradient.
+    def label_counts(self):
+        """This shard's label counts (the driver sums them for the negatives' weights), or None."""
+        classes = int((self.plan.get("target") or {}).get("classes", 0))
+        if self.data.labels is None or not classes:
+            return None
+        return np.bincount(self.data.labels.indices, minlength=classes).astype(np.float32)
 
-        `prev` = (combined grads, lr, batch facts, epoch, index in epoch, updates per epoch) or None.
-        Returns (grads, examples, loss sum, batch facts[, rows, active]).
-        """
+    def set_label_frequency(self, counts) -> None:
+        """The whole training set's label counts weight the training fill, as the single-machine
+        trainer sets them (runtime/lsh/upkeep.py: measured better than running counts)."""
+        upkeep = getattr(self.ex, "upkeep", None)
+        if upkeep is not None and hasattr(upkeep, "set_label_frequency"):
+            upkeep.set_label_frequency(counts)
+
+    def grads_step(self, prev, update: int, accumulate: int = 1, record: bool = False):
         if prev is not None:
             self.finish(prev)
         if self.fail_at is not None and update == self.fail_at:
             self.die()                                    # test hook for the fault path
-        if self.exchange == "factors":
-            parts = [self.compute_factors(record) for _ in range(accumulate)]
-            out = ([p[0] for p in parts], sum(p[1] for p in parts), sum(p[2] for p in parts),
-                   merge_facts([p[3] for p in parts]))
-            return out + ((np.concatenate([p[4] for p in parts]), [p[5] for p in parts]) if record else ())
-        parts = [self.compute(update, record) for _ in range(accumulate)]
-        if accumulate == 1:
-            grads, n, loss, facts = parts[0][:4]
-        else:
-            grads = combine([p[0] for p in parts], [p[1] for p in parts])
-            n, loss = sum(p[1] for p in parts), sum(p[2] for p in parts)
-            facts = merge_facts([p[3] for p in parts])
-        if self.exchange == "dense":
-            grads = densify(grads, self.shapes)
-        extra = (np.concatenate([p[4] for p in parts]), [p[5] for p in parts]) if record else ()
-        return (grads, n, loss, facts) + extra
-
-    def compute_factors(self, record: bool):
-        """One local batch's sufficient factors (factors.py) instead of its gradient."""
-        t0 = time.perf_counter()
-        rows = self._next_rows()
-        batch = self.data.take(rows)
-        active = self.select_active(batch)
-        losses, factors = fx.local_factors(self.plan, self.state, batch, active, self.global_batch)
-        self.compute_seconds += time.perf_counter() - t0
-        return (factors, int(rows.size), float(np.sum(losses)), self.batch_facts(batch)) + \
-            ((rows, active) if record else ())
+        return super().grads_step(None, update, accumulate, record)
 
     def die(self):
         os._exit(3)                                       # the actor's process goes away, as on a lost machine
-
-    def finish(self, prev) -> None:
-        grads, lr, facts, epoch, index, per_epoch = prev
-        if self.exchange == "factors":
-            t0 = time.perf_counter()
-            grads = rebuild(self.plan, grads)
-            self.apply_seconds += time.perf_counter() - t0
-        if self.exchange == "dense":   # a dense sum does not say which rows were touched: take the nonzero ones
-            grads = {k: (_nonzero_rows(g) if k in self.row_sparse else g) for k, g in grads.items()}
-        self.apply(grads, lr, facts)
-        self.after_update(epoch, index, per_epoch)
-
-
-def _nonzero_rows(g):
-    v = g.values
-    nz = np.flatnonzero(v.reshape(v.shape[0], -1).any(axis=1)).astype(np.int32)
-    return RowGrad(nz, np.ascontiguousarray(v[nz]))
 
 
 # ---------------------------------------------------------------------------------------------- runners
@@ -144,17 +120,15 @@ def _raise_lost():
 
 
 class InProcessRunner:
-    """Workers as plain objects in this process: the same protocol without Ray (tests, debugging)."""
+    """Workers as plain objects in this process: the same protocol without Ray (tests, debugging).
+    `submit` runs the calls at once, in worker order, and its handles are the results."""
 
     def __init__(self, workers: list):
         self.workers = workers
         for w in workers:
             w.die = _raise_lost                           # a simulated death must not end this process
 
-    def share(self, obj):
-        return obj
-
-    def call(self, method: str, per_worker_args=None, timeout=None):
+    def submit(self, method: str, per_worker_args=None, num_returns: int = 1):
         out = []
         for i, w in enumerate(self.workers):
             args = per_worker_args[i] if per_worker_args else ()
@@ -164,40 +138,58 @@ class InProcessRunner:
                 raise _WorkerFailed(i, "died (simulated)") from None
         return out
 
+    def wait(self, handles, timeout=None):
+        return list(handles)
+
+    def call(self, method: str, per_worker_args=None, timeout=None):
+        return self.submit(method, per_worker_args)
+
     def shutdown(self):
         self.workers = []
 
 
 class RayRunner:
-    """Workers as Ray actors; every wait has a deadline and a dead actor is reported by rank."""
+    """Workers as Ray actors; every wait has a deadline and a dead actor is reported by rank.
+
+    `submit` returns object references at once; a call may take the references of other calls'
+    results (nested in its arguments, so Ray passes them unresolved) and fetch them itself."""
 
     def __init__(self, ray, actors):
         self.ray, self.actors = ray, actors
 
-    def share(self, obj):
-        """Put a payload every worker needs into the object store once (a top-level ref arg is resolved)."""
-        return None if obj is None else self.ray.put(obj)
+    def submit(self, method: str, per_worker_args=None, num_returns: int = 1):
+        out = []
+        for i, a in enumerate(self.actors):
+            m = getattr(a, method)
+            if num_returns != 1:
+                m = m.options(num_returns=num_returns)
+            out.append(m.remote(*(per_worker_args[i] if per_worker_args else ())))
+        return out
 
-    def call(self, method: str, per_worker_args=None, timeout=300.0):
+    def wait(self, refs, timeout=300.0):
+        """The results of one reference per worker (in worker order), or _WorkerFailed naming the worker."""
         ray = self.ray
-        refs = [getattr(a, method).remote(*(per_worker_args[i] if per_worker_args else ()))
-                for i, a in enumerate(self.actors)]
         deadline = time.monotonic() + timeout
         out = []
+        lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError)
         for i, ref in enumerate(refs):
             try:
                 out.append(ray.get(ref, timeout=max(0.1, deadline - time.monotonic())))
             except ray.exceptions.GetTimeoutError:
                 raise _WorkerFailed(i, f"did not answer within {timeout:.0f} s") from None
-            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
-                    ray.exceptions.ObjectLostError) as e:
+            except lost as e:
                 raise _WorkerFailed(i, f"died ({type(e).__name__})") from None
             except ray.exceptions.RayTaskError as e:
                 cause = getattr(e, "cause", None) or e
                 if isinstance(cause, BoltError):
                     raise cause from None                 # a user error on the worker (bad data row, ...)
+                if isinstance(cause, lost):               # it waited on a worker that died
+                    raise _WorkerFailed(i, f"lost a peer ({type(cause).__name__})") from None
                 raise _WorkerFailed(i, f"raised {type(cause).__name__}: {cause}", lost=False) from None
         return out
+
+    def call(self, method: str, per_worker_args=None, timeout=300.0):
+        return self.wait(self.submit(method, per_worker_args), timeout)
 
     def shutdown(self):
         for a in self.actors:
@@ -245,7 +237,8 @@ def connect(address: str | None, workers: int, cpus_per_worker: float = 1.0, tem
 
 def _start_workers(kind, ray, plan, state, shards, local, opts, fail_at, timeout):
     args = [(plan, None, s, r, len(shards), local[r], opts["backend"], opts["threads"], opts["seed"],
-             opts["exchange"], (fail_at or {}).get(r), opts["global_batch"]) for r, s in enumerate(shards)]
+             (fail_at or {}).get(r), opts["global_batch"], "local" if kind == "inprocess" else "ray")
+            for r, s in enumerate(shards)]
     if kind == "inprocess":
         ws = []
         for a in args:
@@ -254,7 +247,7 @@ def _start_workers(kind, ray, plan, state, shards, local, opts, fail_at, timeout
             ws.append(ShardWorker(*a))
         runner = InProcessRunner(ws)
         runner.rows = runner.call("setup")
-        return runner
+        return _share_label_frequency(runner, timeout)
     remote_cls = ray.remote(num_cpus=opts["cpus_per_worker"], max_restarts=0)(ShardWorker)
     state_ref = ray.put(portable_state(state))
     actors = []
@@ -264,4 +257,14 @@ def _start_workers(kind, ray, plan, state, shards, local, opts, fail_at, timeout
         actors.append(remote_cls.remote(*a))
     runner = RayRunner(ray, actors)
     runner.rows = runner.call("setup", timeout=timeout)  # placed and loaded, or a clear error
+    return _share_label_frequency(runner, timeout)
+
+
+def _share_label_frequency(runner, timeout):
+    counts = runner.call("label_counts", timeout=timeout)
+    if all(c is not None for c in counts):
+        total = counts[0].copy()
+        for c in counts[1:]:
+            total += c
+        runner.call("set_label_frequency", [(total,)] * len(counts), timeout=timeout)
     return runner

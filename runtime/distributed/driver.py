@@ -1,39 +1,37 @@
-"""Data-parallel training on a Ray cluster with a sparse gradient exchange (issue 8; docs/distributed.md).
+"""Data-parallel training on a Ray cluster: native workers, the update divided among them (docs/distributed.md).
 
     result = train_distributed(plan, state, train_source, validation, workers=4, address="auto")
 
-Scheme (synchronous; every replica identical at every step):
+Scheme (synchronous; every replica identical at the start of every update):
   1. Shards: the driver cuts the training file into `workers` byte ranges aligned to line starts
      (runtime/distributed/shard.py); each worker reads only its range. Synthetic sources are cut by row
      range (each worker generates only its rows); other sources are read once by the driver and sliced.
-  2. Each update, worker i takes B_i = B / workers rows of its shard (the global batch B of the plan is
-     kept: same total batch as one process), computes forward + backward without updating, and sends
-     only the touched rows of each gradient (row ids + values; exchange.py). With
-     `exchange_every=k` a worker accumulates k local batches first (one update per k*B examples).
-  3. The driver sums them weighted by example counts (= the mean over the global batch) and broadcasts
-     the combined row-sparse gradient once through the Ray object store; every replica applies the same
-     lazy Adam update and runs the same LSH upkeep (same seeds, same weights -> same tables).
-  `exchange="dense"` sends every gradient tensor whole instead (the dense all-reduce baseline; replicas
-  then recover touched rows as the nonzero ones, so both modes train identically and only bytes differ).
-  `exchange="factors"` sends each fc layer's input and pre-activation gradient instead, from which
-  every replica rebuilds the global gradient (factors.py): ~50x fewer bytes than rows here.
+  2. Each update, worker i takes B_i = B / workers rows of its shard (the plan's batch B stays the
+     global batch: same total batch as one process) and computes their gradient with the executor's
+     split kernels (`gradients()`, no update); with `exchange_every=k` it sums k local batches first.
+  3. The update is divided (ZeRO stage 1 on touched rows): worker j owns a row range of every tensor
+     and its Adam moments; it fetches every worker's gradient rows in its range, sums them, applies
+     lazy Adam and publishes its new rows, which every other worker fetches and installs
+     (runtime/distributed/worker.py). Parts and rows move between workers through Ray's object store
+     (peer to peer); the driver only hands out references and the per-batch facts (label ids, labels
+     frozen tables missed), so no single process is on the path of every byte.
 
-Modules: shard.py (byte-range shards), worker.py (a replica's step),
-cluster.py (worker actors, runners, Ray start-up), exchange.py /
-factors.py (what is sent and how it is combined), this file (the synchronous driver loop,
-checkpoints, restarts, and `fit_model` for the API and CLI).
+Modules: shard.py (byte-range shards), worker.py (a replica's update and its
+share of the optimizer), cluster.py (worker actors, runners, Ray start-up), this file (the
+synchronous driver loop, checkpoints, restarts, and `fit_model` for the API and CLI).
 
 Faults: every wait on a worker has a timeout (`timeout`, seconds). A worker that dies or stops answering
 makes the run restart all workers from the last epoch-boundary state (at most `max_restarts` times; the
 per-epoch reseeding makes the replay identical) or, when restarts are used up, fail with a
-DistributedError that names the worker, the step and the checkpoint to resume from. Never a hang.
+DistributedError that names the worker, the step and the checkpoint to resume from. Never a hang. The
+epoch-boundary state and the checkpoints hold the whole optimizer state, assembled from the workers'
+shards, in the single-machine format; restarted or resumed workers take their rows of it again.
 
 Ray is optional (`pip install boltc[distributed]`); without it `require_ray` raises DependencyError.
 Tested with ray 2.60.0 on Python 3.11.
 """
 from __future__ import annotations
 
-import copy
 import math
 import os
 import sys
@@ -44,18 +42,15 @@ from pathlib import Path
 import numpy as np
 
 from boltc.errors import BoltError, DataError
-from boltc.runtime import savefile
 from boltc.runtime.distributed.cluster import (EXCHANGES, INSTALL_HINT, DistributedError,  # noqa: F401 (re-exported)
                                                _start_workers, _WorkerFailed, connect, require_ray)
-from boltc.runtime.distributed.exchange import combine, grads_nbytes
-from boltc.runtime.distributed.factors import factors_nbytes, supports
 from boltc.runtime.distributed.shard import load_shard, plan_shards  # noqa: F401 (re-exported)
-from boltc.runtime.distributed.worker import facts_nbytes, merge_facts
+from boltc.runtime import savefile
+from boltc.runtime.distributed.worker import assemble_state, facts_nbytes, merge_facts
 from boltc.runtime.exec import executor  # looked up at call time (tests swap make_executor)
 from boltc.runtime.exec.optim import lr_at
 from boltc.runtime.sampler.adaptive import check_distributed
 from boltc.runtime.train.trainer import evaluate, format_record, metric_names
-
 
 # ---------------------------------------------------------------------------------------------- driver
 @dataclass
@@ -93,9 +88,6 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
         require_ray()                                   # before any data is read: fail fast, say what to install
     if exchange not in EXCHANGES:
         raise BoltError(f"exchange must be one of {', '.join(EXCHANGES)}, not {exchange!r}")
-    if exchange == "factors":
-        if not supports(plan):
-            raise BoltError("exchange 'factors' handles models made of fc layers only; use 'sparse'")
     workers, k = int(workers), max(1, int(exchange_every))
     if workers < 1:
         raise BoltError("workers must be at least 1")
@@ -107,16 +99,16 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
     local = _split(batch, workers)
     shards = plan_shards(train_source, plan, workers)
     opts = {"backend": backend, "threads": threads_per_worker, "seed": int(train.get("seed", 0)),
-            "exchange": exchange, "cpus_per_worker": cpus_per_worker, "global_batch": batch * k}
+            "cpus_per_worker": cpus_per_worker, "global_batch": batch * k}
     ray, started = (None, False) if in_process else connect(address, workers, cpus_per_worker)
     kind = "inprocess" if in_process else "ray"
     log = progress or (lambda msg: None)
-    restarts, records, worker_seconds = 0, [], []
+    restarts, records, worker_stats = 0, [], []
     history = dict(history or {})
     history.setdefault("epochs", [])
     save = _checkpointer(checkpoint, source, plan)
-    bytes_up = bytes_down = updates_done = examples = 0
-    exchange_seconds = upkeep_before = 0.0
+    facts_bytes = updates_done = examples = 0
+    wait_seconds = 0.0                                     # the driver blocked on the workers' results
     t_start = time.perf_counter()
     runner = None
     try:
@@ -133,35 +125,38 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
             try:
                 runner.call("start_epoch", [(epoch,)] * workers, timeout=timeout)
                 t0, loss_sum, n_sum, prev, lr = time.perf_counter(), 0.0, 0, None, float(train["lr"])
-                for index in range(per_epoch):
-                    update = epoch * per_epoch + index
-                    if max_updates is not None and update >= max_updates:
-                        break
-                    lr = lr_at(float(train["lr"]), train.get("schedule"), update, total_updates, per_epoch)
-                    shared = runner.share(prev)
-                    parts = runner.call("sync_step", [(shared, update, k, record)] * workers, timeout=timeout)
-                    tx = time.perf_counter()
-                    facts = merge_facts([p[3] for p in parts])
-                    if exchange == "factors":            # factors cannot be summed: all of them, in worker order
-                        grads = [f for p in parts for f in p[0]]
-                        up = sum(factors_nbytes(f) for p in parts for f in p[0]) + facts_nbytes(facts)
-                        down = up
+                pending = None                               # the previous update's handles, read one behind
+                for index in range(per_epoch + 1):
+                    if index < per_epoch and (max_updates is None or epoch * per_epoch + index < max_updates):
+                        update = epoch * per_epoch + index
+                        lr = lr_at(float(train["lr"]), train.get("schedule"), update, total_updates, per_epoch)
+                        # submitted without waiting: each call names the results it needs and its worker
+                        # fetches them (the owners' parts, the new rows) when they exist
+                        grads = runner.submit("grads_step", [(prev, update, k, record)] * workers)
+                        applied = runner.submit("reduce_apply", [(grads, lr)] * workers, num_returns=2)
+                        prev = ([a[0] for a in applied], grads, epoch, index, per_epoch)
+                        current = (grads, [a[1] for a in applied])
                     else:
-                        grads = combine([p[0] for p in parts], [p[1] for p in parts])
-                        up = sum(grads_nbytes(p[0]) + facts_nbytes(p[3]) for p in parts)
-                        down = grads_nbytes(grads) + facts_nbytes(facts)
-                    bytes_up, bytes_down = bytes_up + up, bytes_down + workers * down
-                    exchange_seconds += time.perf_counter() - tx
-                    prev = (grads, lr, facts, epoch, index, per_epoch)
-                    n = sum(p[1] for p in parts)
-                    loss_sum, n_sum, updates_done, examples = loss_sum + sum(p[2] for p in parts), n_sum + n, updates_done + 1, examples + n
-                    if record:
-                        records.append([(p[4], p[5]) for p in parts])
+                        current = None
+                    if pending is not None:                  # the update before: losses, facts; failures surface here
+                        tw = time.perf_counter()
+                        parts = runner.wait(pending[0], timeout=timeout)
+                        runner.wait(pending[1], timeout=timeout)
+                        wait_seconds += time.perf_counter() - tw
+                        facts_bytes += workers * facts_nbytes(merge_facts([p[3] for p in parts]))
+                        n = sum(p[1] for p in parts)
+                        loss_sum, n_sum, updates_done, examples = loss_sum + sum(p[2] for p in parts), n_sum + n, updates_done + 1, examples + n
+                        if record:
+                            records.append([(p[5], p[6]) for p in parts])
+                    if current is None:
+                        break
+                    pending = current
                 if prev is not None:                         # the epoch's last update, then the epoch's state
-                    runner.call("finish", [(runner.share(prev),)] * workers, timeout=timeout)
-                worker_seconds = runner.call("timings", timeout=timeout)
-                # Ray returns read-only zero-copy arrays: copy, so the caller can keep training the state
-                new_state = copy.deepcopy(runner.call("get_state", timeout=timeout)[0])
+                    runner.call("finish", [(prev,)] * workers, timeout=timeout)
+                worker_stats = runner.call("timings", timeout=timeout)
+                shards_state = runner.call("get_state", timeout=timeout)
+                # a copy of its own (Ray returns read-only zero-copy arrays), so the caller can keep training it
+                new_state = assemble_state(shards_state[0][0], [s[1] for s in shards_state])
             except _WorkerFailed as f:
                 where = f"worker {f.rank} {f.why} in epoch {epoch + 1}"
                 runner.shutdown()
@@ -174,11 +169,9 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
                 log(f"{where}: restarting all workers from epoch {last_good[0] + 1} (restart {restarts}/{max_restarts})")
                 epoch, state_to_load = last_good
                 runner = _start_workers(kind, ray, plan, state_to_load, shards, local, opts, None, timeout)
-                upkeep_before = 0.0
                 continue
             seconds = time.perf_counter() - t0
-            upkeep = worker_seconds[0]["upkeep"] - upkeep_before if worker_seconds else 0.0
-            upkeep_before += upkeep
+            upkeep = worker_stats[0]["upkeep"] if worker_stats else 0.0
             entry = {"epoch": epoch + 1, "loss": loss_sum / max(1, n_sum), "seconds": seconds,
                      "examples_per_s": n_sum / max(seconds, 1e-9), "upkeep_seconds": upkeep,
                      "upkeep_share": upkeep / seconds if seconds > 0 else 0.0,
@@ -189,7 +182,7 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
                                                binary=(plan.get("target") or {}).get("kind") == "binary")
             history["epochs"].append(entry)
             history["step"] = int(new_state.step)
-            log(format_record(entry) + f" ({workers} workers, {exchange} exchange)")
+            log(format_record(entry) + f" ({workers} workers)")
             every = max(1, int(train.get("checkpoint_every", 1)))
             if save is not None and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
                 save(new_state, epoch + 1, history)
@@ -206,13 +199,27 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
         if started:
             ray.shutdown()
     wall = time.perf_counter() - t_start
-    stats = {"workers": workers, "exchange": exchange, "exchange_every": k, "updates": updates_done,
-             "examples": examples, "restarts": restarts, "bytes_to_driver": bytes_up,
-             "bytes_from_driver": bytes_down,
-             "bytes_per_update_per_worker": (bytes_up + bytes_down) / max(1, updates_done) / workers,
-             "combine_seconds": exchange_seconds, "seconds": wall,
-             "worker_seconds": worker_seconds if updates_done else []}
+    stats = _stats(worker_stats, workers, k, exchange, updates_done, examples, restarts, facts_bytes, wait_seconds, wall)
     return DistributedResult(state=final, history=history, stats=stats, records=records)
+
+
+def _stats(worker_stats, workers, k, exchange, updates, examples, restarts, facts_bytes, wait_seconds, wall) -> dict:
+    """Bytes and seconds per update, per worker (means over workers); worker counters start at the
+    workers' last (re)start, so after a restart they cover the epochs since."""
+    per = max(1, updates) * max(1, workers)
+    mean = lambda key: sum(w[key] for w in worker_stats) / per            # noqa: E731
+    out = {"workers": workers, "exchange": exchange, "exchange_every": k, "updates": updates,
+           "examples": examples, "restarts": restarts, "seconds": wall,
+           "driver_wait_seconds": wait_seconds, "facts_bytes_per_update": facts_bytes / max(1, updates),
+           "worker_seconds": worker_stats if updates else []}
+    if worker_stats:
+        out.update({"bytes_sent_per_update_per_worker": mean("sent"),
+                    "bytes_received_per_update_per_worker": mean("received"),
+                    "bytes_per_update_per_worker": mean("sent") + mean("received"),
+                    "gradient_bytes_sent_per_update_per_worker": mean("grads_sent"),
+                    "row_bytes_sent_per_update_per_worker": mean("rows_sent"),
+                    "seconds_per_update": {p: mean(p) for p in ("compute", "exchange", "update", "upkeep")}})
+    return out
 
 
 def _checkpointer(checkpoint, source: str, plan: dict):
@@ -228,6 +235,18 @@ def _checkpointer(checkpoint, source: str, plan: dict):
 
 
 # ---------------------------------------------------------------------------------------------- API glue
+def _refuse_single_process_settings(plan: dict) -> None:
+    """Settings the single-process trainer applies and the Ray workers do not yet: an error that says
+    so, not a run that silently ignores them."""
+    train = plan.get("train") or {}
+    used = [w for w, on in (("class_weights", train.get("class_weights")),
+                            ("label_smoothing", train.get("label_smoothing")),
+                            ("text(..., idf=true)", any(i.get("idf") for i in plan.get("inputs") or []))) if on]
+    if used:
+        raise BoltError(f"{', '.join(used)}: not supported by distributed training (--workers / distributed(...)) "
+                        "yet; train in one process, or leave the setting out")
+
+
 def fit_model(model, train=None, validation=None, epochs: int | None = None, *, workers: int | None = None,
               address: str | None = None, exchange: str | None = None, checkpoint=None, resume: bool = False,
               progress: bool = True) -> dict:
@@ -238,6 +257,7 @@ def fit_model(model, train=None, validation=None, epochs: int | None = None, *, 
     None starts a local one; "ray://host:port" uses Ray client. Checkpoints and `resume` use the
     single-machine trainer's file format, so a run may switch between one machine and many.
     """
+    _refuse_single_process_settings(model.plan)
     check_distributed(model.plan.get("train", {}).get("sampler"), (lambda msg: print(msg, file=sys.stderr)) if progress else None)
     require_ray()
     dist = dict(model.plan.get("train", {}).get("distributed") or {})

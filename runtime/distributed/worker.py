@@ -1,34 +1,39 @@
-"""One data-parallel worker: a full model replica that trains on its own shard of the data.
+"""One data-parallel worker: a model replica that trains on its own shard and owns a share of the update.
 
-Plain Python (no Ray here): `runtime/distributed/driver.py` runs it either in-process (tests, debugging) or as
-a Ray actor. Every replica holds identical weights, optimizer state and LSH tables at the start of every
-step, because every replica applies the same combined gradient with the same optimizer and rebuilds its
-hash tables at the same global steps with the same seeds. That is what keeps active sets consistent
-without shipping tables around.
+Plain Python (no Ray here): runtime/distributed/cluster.py runs it in-process (tests, debugging) or as
+a Ray actor. Every replica holds identical weights and LSH tables at the start of every update. The
+optimizer is divided, not repeated (ZeRO stage 1 on the rows a batch touches): worker r of N owns rows
+[R*r/N, R*(r+1)/N) of every trained tensor (R its rows) and the Adam moments of those rows only, so
+the optimizer's memory and work shrink with N. One update:
+  1. `grads_step`: the executor's `gradients()` of the local batch (native kernels; the loss gradient
+     is divided by the global batch, so workers' gradients add up to the global batch's mean), cut
+     by owner; the part for worker j is put where j fetches it (Ray's object store: peer to peer).
+  2. `reduce_apply`: worker j fetches its parts from every worker, sums them in worker order (the
+     same sum, in the same order, as a replicated update: bit-identical, tested), applies lazy Adam
+     to its rows (`apply_parts` on row-range views with its moment shard) and returns the new rows
+     (Ray keeps a call's result in the worker's object store, where the others fetch it).
+  3. `finish` (at the start of the next grads_step): every worker fetches the others' new rows, adds
+     the global batch's label counts, inserts the labels frozen tables missed (in worker order, with a
+     step-seeded generator) and runs the LSH upkeep at the same global step with the same seeds.
+The driver only submits the calls, passing each call the references of the results it needs; workers
+fetch those results themselves (Ray: `get` waits until they exist), so the driver never waits inside
+an update and no byte of a gradient or a row passes through it.
 
-A step is split in two so the driver can combine gradients in between:
-    grads, n, loss_sum = worker.compute(step)      # forward + backward on the local batch, no update
-    worker.apply(combined, lr)                     # identical optimizer update on every replica
-The executor provides both halves when it has `gradients(batch, active)` / `apply_gradients(grads, lr)`;
-otherwise `GradientProbe` recovers the gradient from the contract's `train_step` (see its docstring) and
-runtime/exec/optim.py's lazy Adam / SGD is applied to the touched rows.
-
-`label_count` (the output layer's count of how often each neuron was a label; not trained) is not a
-gradient: workers send the label ids of their batch and every replica adds the whole global batch's.
+`label_count` (how often each output neuron was a label; not trained) is not a gradient: workers send
+the label ids of their batch and every replica adds the whole global batch's.
 """
 from __future__ import annotations
 
 import copy
 import time
+from types import SimpleNamespace
 
 import numpy as np
-import scipy.sparse as sp
 
-from boltc.runtime.data.dataset import Batch, Dataset
-from boltc.runtime.distributed.exchange import Key, RowGrad
-from boltc.runtime.exec import optim
-from boltc.runtime.exec.numpy_rules import NUMPY_RULES, ParamGrad
-from boltc.runtime.lsh.index import LSHIndex, training_fill, training_reserve
+from boltc.runtime.data.dataset import Dataset
+from boltc.runtime.exec.gradients import Key, RowGrad
+from boltc.runtime.exec.state import aligned_copy
+from boltc.runtime.lsh.index import LSHIndex, missed_labels  # noqa: F401 (re-exported)
 
 NOT_TRAINED = ("label_count",)
 
@@ -40,20 +45,6 @@ def portable_state(state):
     lsh = {n: LSHIndex.from_arrays(idx.meta(), {k: np.array(a) for k, a in idx.arrays().items()})
            for n, idx in (getattr(state, "lsh", {}) or {}).items()}
     return type(state)(params=state.params, m=state.m, v=state.v, step=int(state.step), lsh=lsh)
-
-
-def missed_labels(index, x, labels) -> tuple[np.ndarray, np.ndarray]:
-    """(label ids, their buckets (n, L)) of the labels that x's lookup did not retrieve: what
-    `LSHIndex.select(insert_missed=True)` inserts, computed without inserting."""
-    buckets = index.hash(x)
-    cand = index.tables[np.arange(index.L)[None, :], buckets].reshape(buckets.shape[0], -1).astype(np.int64)
-    lab = sp.csr_matrix(labels)
-    lrows = np.repeat(np.arange(lab.shape[0], dtype=np.int64), np.diff(lab.indptr))
-    lids = lab.indices.astype(np.int64)
-    crow = np.repeat(np.arange(cand.shape[0], dtype=np.int64), cand.shape[1])
-    ok = cand.ravel() >= 0
-    missed = ~np.isin(lrows * index.dim + lids, crow[ok] * index.dim + cand.ravel()[ok])
-    return lids[missed].astype(np.int32), np.ascontiguousarray(buckets[lrows[missed]])
 
 
 def merge_facts(parts: list[dict]) -> dict:
@@ -70,136 +61,141 @@ def facts_nbytes(facts: dict) -> int:
     return int(facts["labels"].nbytes + sum(i.nbytes + b.nbytes for i, b in facts.get("inserts", {}).values()))
 
 
-PROBE_LR = float(2 ** 16)
-
-
-def param_shapes(state) -> dict[Key, tuple[int, ...]]:
+def trained_shapes(state) -> dict[Key, tuple[int, ...]]:
     return {(layer, name): arr.shape for layer, ts in state.params.items() for name, arr in ts.items()
             if name not in NOT_TRAINED}
 
 
-def to_param_grads(grads: dict[Key, RowGrad]) -> dict:
-    """RowGrads -> the optimizer's `{layer: {tensor: ParamGrad(rows, None, values)}}`."""
-    out: dict = {}
-    for (layer, name), g in grads.items():
-        out.setdefault(layer, {})[name] = ParamGrad(g.rows, None, g.values)
-    return out
+def row_ranges(rows: int, n: int) -> list[tuple[int, int]]:
+    """Owner r of n holds rows [rows*r/n, rows*(r+1)/n) of a tensor."""
+    return [(rows * r // n, rows * (r + 1) // n) for r in range(n)]
 
 
-def to_rowgrads(grads, shapes: dict[Key, tuple[int, ...]]) -> dict[Key, RowGrad]:
-    """Normalise an executor's gradient dict ({layer: {tensor: ParamGrad | ndarray | RowGrad}}) to RowGrads.
+def split_by_owner(grads: dict[Key, RowGrad], shapes: dict[Key, tuple], world: int) -> list[dict[Key, RowGrad]]:
+    """A gradient cut into each owner's rows. Listed rows keep their tensor row ids; a whole tensor's
+    part is its owner's row range (rows None: relative to the range)."""
+    parts: list[dict[Key, RowGrad]] = [{} for _ in range(world)]
+    for key, g in grads.items():
+        bounds = row_ranges(shapes[key][0], world)
+        if g.rows is None:
+            for r, (lo, hi) in enumerate(bounds):
+                parts[r][key] = RowGrad(None, g.values[lo:hi])
+            continue
+        cuts = np.searchsorted(g.rows, [lo for lo, _ in bounds] + [bounds[-1][1]])
+        for r in range(world):
+            a, b = cuts[r], cuts[r + 1]
+            parts[r][key] = RowGrad(g.rows[a:b], g.values[a:b])
+    return parts
 
-    A ParamGrad block with a column subset (rows x cols) is widened to full rows: merging blocks whose
-    column sets differ between workers is not worth the bookkeeping, and full rows are what lazy Adam
-    updates anyway.
-    """
+
+def sum_parts(parts: list[dict[Key, RowGrad]]) -> dict[Key, RowGrad]:
+    """The sum of row-sparse gradients, added in the order given (every replica and every run adds the
+    same values in the same order: the same bits). Listed rows: the union; whole tensors: elementwise.
+    The union is a mark per row over the parts' span (O(rows touched + span), no sort): on the 100k
+    model a worker's span is its 50k-row share, marked in microseconds where np.union1d took ~20 ms."""
+    if len(parts) == 1:
+        return dict(parts[0])
     out: dict[Key, RowGrad] = {}
-    for layer, ts in grads.items():
-        for name, g in ts.items():
-            shape = shapes[(layer, name)]
-            if isinstance(g, RowGrad):
-                out[(layer, name)] = g
-            elif isinstance(g, np.ndarray):
-                out[(layer, name)] = RowGrad(None, np.ascontiguousarray(g, np.float32))
-            else:                                       # ParamGrad(rows, cols, value)
-                rows, cols, val = g.rows, getattr(g, "cols", None), np.asarray(g.value, np.float32)
-                if cols is not None:
-                    width = shape[1]
-                    full = np.zeros((val.shape[0], width), np.float32)
-                    full[:, cols] = val
-                    val = full
-                if rows is None:
-                    out[(layer, name)] = RowGrad(None, np.ascontiguousarray(val.reshape(shape)))
-                else:
-                    out[(layer, name)] = RowGrad(np.asarray(rows, np.int32), np.ascontiguousarray(val))
+    for key in parts[0]:
+        gs = [p[key] for p in parts]
+        if gs[0].rows is None:
+            acc = np.array(gs[0].values, np.float32)
+            for g in gs[1:]:
+                acc += g.values
+            out[key] = RowGrad(None, acc)
+            continue
+        listed = [g for g in gs if g.rows.size]
+        if not listed:
+            out[key] = gs[0]
+            continue
+        lo = min(int(g.rows[0]) for g in listed)
+        hi = max(int(g.rows[-1]) for g in listed) + 1
+        where = np.zeros(hi - lo, np.int32)                   # row - lo -> 1 + its position in the union
+        for g in listed:
+            where[g.rows - lo] = 1
+        union = (np.flatnonzero(where) + lo).astype(np.int32)
+        np.cumsum(where, out=where)
+        acc = np.zeros((union.size,) + gs[0].values.shape[1:], np.float32)
+        for g in listed:                           # a part's rows are unique: fancy += adds each once
+            acc[where[g.rows - lo] - 1] += g.values
+        out[key] = RowGrad(union, acc)
     return out
 
 
-class GradientProbe:
-    """The gradient of one batch from an executor that only has the contract's `train_step`.
+def merge_index(gs: list[RowGrad]):
+    """Where each part holds each row of the parts' union: (union rows or None for whole tensors,
+    pos (nparts, n) int32 with -1 where a part lacks the row, the parts' values). What `apply_parts`
+    sums in part order; the same rows and sums as `sum_parts`. The union is a mark per row over the
+    parts' span (no sort: on the 100k model a share spans 50k rows)."""
+    vals = [g.values for g in gs]
+    if gs[0].rows is None:
+        n = gs[0].values.shape[0]
+        return None, np.tile(np.arange(n, dtype=np.int32), (len(gs), 1)), vals
+    listed = [g.rows for g in gs if g.rows.size]
+    if not listed:
+        return gs[0].rows, np.zeros((len(gs), 0), np.int32), vals
+    lo = min(int(r[0]) for r in listed)
+    hi = max(int(r[-1]) for r in listed) + 1
+    where = np.zeros(hi - lo, np.int32)                       # row - lo -> 1 + its position in the union
+    for r in listed:
+        where[r - lo] = 1
+    union = (np.flatnonzero(where) + lo).astype(np.int32)
+    np.cumsum(where, out=where)
+    pos = np.full((len(gs), union.size), -1, np.int32)
+    for i, g in enumerate(gs):
+        if g.rows.size:
+            pos[i, where[g.rows - lo] - 1] = np.arange(g.rows.size, dtype=np.int32)
+    return union, pos, vals
 
-    A second executor shares nothing with the real one: it runs on a scratch copy of the touched rows
-    with plain SGD at lr = 2**16 and momentum 0, so `(W_before - W_after) / 2**16` is the gradient. The
-    large power-of-two step makes the update dominate W, so rounding costs about one float32 ulp of the
-    gradient itself (at lr = 1 a gradient below ulp(W) ~ 1e-9 would vanish, and Adam, which normalises
-    by |g|, would turn that rounding into a visible weight change). Touched rows are known without scanning: the batch's
-    feature ids for an `in_major` layer over a sparse input, the active ids for a sparse `out_major`
-    layer (chosen here with `state.lsh` and passed as `active=`, so the same sets are used), all rows
-    otherwise. Costs one extra forward pass per step; executors with `gradients()` skip all of this.
-    """
 
-    def __init__(self, plan: dict, state, make_executor):
-        self.plan = plan
-        sgd = copy.deepcopy(plan)
-        sgd["train"] = {**sgd["train"], "optimizer": "sgd", "momentum": 0.0}
-        # scratch replica: weights and zero moments (the native backend's fused kernels take moment
-        # pointers even for plain SGD); no LSH tables, since active sets always come from outside
-        params = copy.deepcopy(state.params)
-        zeros = {n: {k: np.zeros_like(a) for k, a in p.items()} for n, p in params.items()}
-        self.state = type(state)(params=params, m=zeros, v=copy.deepcopy(zeros), step=state.step, lsh={})
-        self.ex = make_executor(sgd, self.state)
-        self.shapes = param_shapes(state)
-        self.layers = {l["name"]: l for l in plan["layers"]}
-
-    def touched(self, batch: Batch, active: dict) -> dict[Key, np.ndarray | None]:
-        rows: dict[Key, np.ndarray | None] = {}
-        for (layer, name), shape in self.shapes.items():      # label_count is left out of shapes
-            spec = self.layers[layer]
-            r = None
-            if spec.get("op") in ("fc", "embedding") and spec.get("layout") == "in_major" and spec.get("input_sparse") \
-                    and name == "W":
-                x = batch.inputs[spec["inputs"][0]]
-                r = np.unique(x.indices).astype(np.int32)
-            elif spec.get("op") == "fc" and spec.get("hash") and layer in active and len(shape) >= 1 \
-                    and (name == "b" or spec.get("layout") == "out_major"):
-                r = np.unique(active[layer]).astype(np.int32)
-            rows[(layer, name)] = r
-        return rows
-
-    def gradients(self, state, batch: Batch, active: dict):
-        touched = self.touched(batch, active)
-        for (layer, name), r in touched.items():        # bring the scratch replica to the live weights
-            src, dst = state.params[layer][name], self.state.params[layer][name]
-            if r is None:
-                dst[...] = src
-            else:
-                dst[r] = src[r]
-        before = {k: (self.state.params[k[0]][k[1]].copy() if r is None else self.state.params[k[0]][k[1]][r].copy())
-                  for k, r in touched.items()}
-        self.state.step = state.step
-        losses = self.ex.train_step(batch, PROBE_LR, active=active or None)
-        out = {}
-        for k, r in touched.items():
-            after = self.state.params[k[0]][k[1]] if r is None else self.state.params[k[0]][k[1]][r]
-            out[k] = RowGrad(r, ((before[k] - after) * np.float32(1.0 / PROBE_LR)).astype(np.float32))
-        return np.asarray(losses, np.float32), out
+def grads_nbytes(grads: dict[Key, RowGrad]) -> int:
+    return sum(g.nbytes for g in grads.values())
 
 
 class Worker:
-    """A replica + a shard. `make_executor(plan, state)` builds the single-machine executor."""
+    """A replica + a shard + the optimizer state of its share of the rows.
+
+    `make_executor(plan, state, sharded_moments=True)` builds the single-machine executor; `state` holds
+    full weights and tables and full moments, of which the worker keeps only its rows' (copies), so a
+    run restarted or resumed from any full state continues exactly. `put`/`get` move a payload to or
+    from the other workers (Ray's object store, or identity in-process).
+    """
 
     def __init__(self, plan: dict, state, shard: Dataset, rank: int, world: int, local_batch: int,
-                 make_executor, seed: int = 0):
-        self.plan, self.state, self.data = plan, state, shard
+                 make_executor, seed: int = 0, global_batch: int | None = None, put=None, get=None):
+        self.plan, self.data = plan, shard
         self.rank, self.world, self.local_batch = rank, world, int(local_batch)
-        self.ex = make_executor(plan, state)
-        self.shapes = param_shapes(state)
-        self.native_grads = hasattr(self.ex, "gradients") and hasattr(self.ex, "apply_gradients")
-        self.probe = None if self.native_grads else GradientProbe(plan, state, make_executor)
+        self.global_batch = int(global_batch or plan["train"]["batch"])
         self.seed = seed
-        self.optimizer = optim.make_optimizer(plan["train"])
+        self.put, self.get = put or (lambda x: x), get or (lambda x: x)
+        self.shapes = trained_shapes(state)
+        self.owned = {k: row_ranges(s[0], world)[rank] for k, s in self.shapes.items()}
+        m_shard, v_shard = {}, {}
+        for (layer, t), (lo, hi) in self.owned.items():       # this worker's share of the moments
+            m_shard.setdefault(layer, {})[t] = aligned_copy(np.array(state.m[layer][t][lo:hi]))
+            v_shard.setdefault(layer, {})[t] = aligned_copy(np.array(state.v[layer][t][lo:hi]))
+        self.state = type(state)(params=state.params, m={}, v={}, step=int(state.step), lsh=state.lsh)
+        self.ex = make_executor(plan, self.state, sharded_moments=True)
+        for ex in (self.ex, getattr(self.ex, "interp", None)):
+            if ex is not None:
+                ex.stream, ex.missed = rank, {}    # own random-fill draws; missed labels go to every replica
+        # gradients and new rows in buffers kept between updates: each update's are consumed (put, or
+        # read by the other in-process workers) before the next is computed; accumulated ones are copied
+        self.ex.reuse_grad_buffers = True
+        views = {}
+        for (layer, t), (lo, hi) in self.owned.items():
+            views.setdefault(layer, {})[t] = self.state.params[layer][t][lo:hi]
+        self.shard = SimpleNamespace(params=views, m=m_shard, v=v_shard)
         self.output = next((l for l in plan["layers"] if l["name"] == plan.get("output")), None)
-        self.pending_inserts: dict = {}
+        self.own_part: dict = {}
         self.start_epoch(0)
-        self.last_rows = np.zeros(0, np.int64)
-        self.last_active: dict = {}
-        self.compute_seconds = self.apply_seconds = self.upkeep_seconds = 0.0
+        self.seconds = {"compute": 0.0, "exchange": 0.0, "update": 0.0, "upkeep": 0.0}
+        self.bytes = {"sent": 0, "received": 0, "grads_sent": 0, "rows_sent": 0}
 
     # ------------------------------------------------------------------ data
     def start_epoch(self, epoch: int) -> None:
         """Reseed from (seed, rank, epoch) so a run resumed at an epoch boundary replays the same batches."""
         self.epoch = int(epoch)
-        self.rng = np.random.default_rng([self.seed, 7919, self.rank, self.epoch])
         self._order, self._pos, self._local_epoch = np.zeros(0, np.int64), 0, -1
 
     def _next_rows(self) -> np.ndarray:
@@ -219,105 +215,150 @@ class Worker:
             take.append(chunk)
         return np.concatenate(take) if take else np.zeros(0, np.int64)
 
-    # ------------------------------------------------------------------ one step
-    def select_active(self, batch: Batch) -> dict:
-        """Active sets of every LSH-sparse layer, chosen here so the probe can name the touched rows.
-
-        Layers before the last sparse one are evaluated with the NumPy rules (the executable spec), which
-        skips the output layer's forward that a full `executor.forward` would waste.
-        """
-        lsh = getattr(self.state, "lsh", {}) or {}
-        hashed = [l["name"] for l in self.plan["layers"] if l.get("hash") and l["name"] in lsh]
-        active, values = {}, dict(batch.inputs)
-        for layer in self.plan["layers"]:
-            if not hashed:
-                break
-            name = layer["name"]
-            ins = [values[n] for n in layer["inputs"]]
-            if name in hashed:
-                labels = batch.labels if name == self.plan.get("output") else None
-                # as the single-machine executor selects in training (random-fill reserve); missed labels
-                # of frozen tables are collected here and inserted by every replica (see apply)
-                reserve = training_reserve(layer) if labels is not None else 0
-                index = lsh[name]
-                fill = (training_fill(layer, self.state.params.get(name, {}).get("label_count"))
-                        if labels is not None else None)
-                active[name] = index.select(ins[0], labels, int(layer["active"]), self.rng, reserve=reserve,
-                                            fill=fill)
-                if labels is not None and getattr(index, "frozen", False):
-                    self.pending_inserts[name] = missed_labels(index, ins[0], labels)
-                hashed.remove(name)
-            if hashed:
-                values[name], _ = NUMPY_RULES[layer["op"]].forward(layer, self.state.params.get(name, {}), ins,
-                                                                  active.get(name), False)
-        return active
-
-    def compute(self, step: int, record: bool = False):
-        """Forward + backward on the next local batch: (row-sparse grads, examples, loss sum[, rows, active])."""
+    # ------------------------------------------------------------------ one update
+    def compute(self, record: bool = False):
+        """The local batch's gradient (divided by the global batch): (grads, examples, loss sum, facts[,
+        rows, active])."""
         t0 = time.perf_counter()
         rows = self._next_rows()
         batch = self.data.take(rows)
-        active = self.select_active(batch)          # chosen here in every path: identical rules everywhere
-        if self.native_grads:
-            losses, grads = self.ex.gradients(batch, active=active or None)
-            grads = to_rowgrads(grads, self.shapes)
-        else:
-            losses, grads = self.probe.gradients(self.state, batch, active)
+        losses, grads = self.ex.gradients(batch, batch_size=self.global_batch)
         grads = {k: g for k, g in grads.items() if k[1] not in NOT_TRAINED}
-        self.last_rows, self.last_active = rows, active
-        self.compute_seconds += time.perf_counter() - t0
-        out = (grads, int(rows.size), float(np.sum(losses)), self.batch_facts(batch))
-        return out + ((rows, active) if record else ())
+        facts = self.batch_facts(batch)
+        self.seconds["compute"] += time.perf_counter() - t0
+        out = (grads, int(rows.size), float(np.sum(losses)), facts)
+        return out + ((rows, dict(getattr(self.ex, "last_active", None) or
+                                  getattr(getattr(self.ex, "interp", None), "last_active", {}))) if record else ())
 
-    def batch_facts(self, batch: Batch) -> dict:
+    def batch_facts(self, batch) -> dict:
         """What every replica needs from this batch besides the gradient: label ids (for label_count) and
-        the labels frozen LSH tables missed (for BOLT's insertion), gathered since the last call."""
+        the labels frozen LSH tables missed (for BOLT's insertion)."""
         labels = np.zeros(0, np.int32)
         if self.output is not None and "label_count" in self.state.params.get(self.output["name"], {}):
             labels = batch.labels.indices.astype(np.int32)
-        facts, self.pending_inserts = {"labels": labels, "inserts": self.pending_inserts}, {}
-        return facts
+        missed = {}
+        for ex in (self.ex, getattr(self.ex, "interp", None)):
+            if ex is not None and ex.missed:
+                missed.update(ex.missed)
+                ex.missed = {}
+        return {"labels": labels, "inserts": missed}
 
-    def apply(self, grads: dict[Key, RowGrad], lr: float, facts: dict | None = None) -> None:
-        """The same update on every replica: optimizer on the combined gradient, then the global batch's
-        label counts and missed-label insertions (with a generator seeded by the step: same on all)."""
+    def grads_step(self, prev, update: int, accumulate: int = 1, record: bool = False):
+        """Finish the previous update (if any), then compute this one's gradient and hand each owner its
+        part. Returns (one handle per owner, None for our own part; examples; loss sum; facts; bytes put[,
+        rows, active])."""
+        if prev is not None:
+            self.finish(prev)
+        parts = []
+        for _ in range(accumulate):
+            part = self.compute(record)
+            if accumulate > 1:                         # the next compute reuses the gradient buffers
+                part = ({k: RowGrad(None if g.rows is None else g.rows.copy(), g.values.copy())
+                         for k, g in part[0].items()},) + part[1:]
+            parts.append(part)
+        grads = sum_parts([p[0] for p in parts])
+        n, loss = sum(p[1] for p in parts), sum(p[2] for p in parts)
+        facts = merge_facts([p[3] for p in parts])
         t0 = time.perf_counter()
-        if self.native_grads:
-            self.ex.apply_gradients(to_param_grads(grads), lr)
-        else:
-            self.state.step += 1                 # optim's Adam expects the step to count this update
-            self.optimizer.apply(self.state, to_param_grads(grads), lr)
-        facts = facts or {}
+        by_owner = split_by_owner(grads, self.shapes, self.world)
+        self.own_part = by_owner[self.rank]
+        handles, sent = [], 0
+        for r, part in enumerate(by_owner):
+            if r == self.rank:
+                handles.append(None)
+                continue
+            handles.append(self.put(part))
+            sent += grads_nbytes(part)
+        self.bytes["sent"] += sent
+        self.bytes["grads_sent"] += sent
+        self.seconds["exchange"] += time.perf_counter() - t0
+        extra = (np.concatenate([p[4] for p in parts]), [p[5] for p in parts]) if record else ()
+        return (handles, n, loss, facts, sent) + extra
+
+    def reduce_apply(self, grads_outs: list, lr: float):
+        """Sum every worker's part for our rows (worker order), update them, and return the new rows and
+        an acknowledgement. `grads_outs`: every worker's `grads_step` output (or its handle)."""
+        t0 = time.perf_counter()
+        outs = self.get(list(grads_outs))
+        handles = [o[0][self.rank] for o in outs]
+        others = self.get([h for h in handles if h is not None])
+        self.bytes["received"] += sum(grads_nbytes(p) for p in others)
+        it = iter(others)
+        parts = [self.own_part if h is None else next(it) for h in handles]
+        t1 = time.perf_counter()
+        plans, unions = {}, {}
+        for key in parts[0]:
+            union, pos, vals = merge_index([p[key] for p in parts])
+            lo = self.owned[key][0]
+            unions[key] = union                       # row ids relative to the share's views below
+            plans[key] = (None if union is None else (union - lo).astype(np.int32), pos, vals)
+        rows_out = self.ex.apply_parts(plans, lr, target=self.shard, copy_out=self.world > 1)
+        new_rows = {key: RowGrad(unions[key], rows_out[key]) for key in plans} if self.world > 1 else {}
+        self.own_part = {}
+        self.seconds["update"] += time.perf_counter() - t1
+        self.seconds["exchange"] += t1 - t0
+        self.bytes["sent"] += grads_nbytes(new_rows) * (self.world - 1)     # each other worker fetches them
+        self.bytes["rows_sent"] += grads_nbytes(new_rows) * (self.world - 1)
+        return new_rows, True
+
+    def finish(self, prev) -> None:
+        """Install the other owners' new rows, then the global batch's facts and the LSH upkeep.
+        `prev` = (every owner's new rows (or handles), every worker's grads_step output (or handles),
+        epoch, index in epoch, updates per epoch)."""
+        rows, grads_outs, epoch, index, per_epoch = prev
+        t0 = time.perf_counter()
+        facts = merge_facts([o[3] for o in self.get(list(grads_outs))])
+        owners = [r for r in range(len(rows)) if r != self.rank]
+        for r, new in zip(owners, self.get([rows[r] for r in owners])):
+            for (layer, t), g in new.items():
+                W = self.state.params[layer][t]
+                if g.rows is None:
+                    lo, hi = row_ranges(W.shape[0], self.world)[r]
+                    W[lo:hi] = g.values
+                else:
+                    W[g.rows] = g.values
+                self.bytes["received"] += g.nbytes
+        self.seconds["exchange"] += time.perf_counter() - t0
+        self.apply_facts(facts)
+        t0 = time.perf_counter()
+        if hasattr(self.ex, "after_step"):       # the single-machine trainer's upkeep, in global updates
+            self.ex.after_step(epoch, index, per_epoch)
+        self.seconds["upkeep"] += time.perf_counter() - t0
+
+    def apply_facts(self, facts: dict) -> None:
+        """Label counts and frozen tables' insertions of the global batch, the same on every replica."""
         labels = facts.get("labels")
         if labels is not None and labels.size:
             np.add.at(self.state.params[self.output["name"]]["label_count"], labels, 1.0)
         for name, (ids, buckets) in sorted((facts.get("inserts") or {}).items()):
             if ids.size:
                 self.state.lsh[name].insert(ids, buckets, np.random.default_rng([self.seed, int(self.state.step), 0x1D5]))
-        self.apply_seconds += time.perf_counter() - t0
-
-    # ------------------------------------------------------------------ hash tables
-    def after_update(self, epoch: int, index: int, updates_per_epoch: int) -> None:
-        """The single-machine trainer's LSH upkeep (executor.after_step), counted in global updates: every
-        replica rebuilds the same weights with the same seeds at the same step, so tables stay equal.
-
-        Once tables freeze, BOLT inserts the labels a lookup missed into the probed buckets. A replica
-        inserting only its own batch's labels would drift from the others, so workers report their
-        missed labels (`batch_facts`) and every replica inserts the whole global batch's, in worker order
-        with a step-seeded generator, after the update: tables stay identical.
-        """
-        t0 = time.perf_counter()
-        if hasattr(self.ex, "after_step"):
-            self.ex.after_step(epoch, index, updates_per_epoch)
-        self.upkeep_seconds += time.perf_counter() - t0
 
     # ------------------------------------------------------------------ state
     def get_state(self):
-        return portable_state(self.state)
+        """(weights and tables: rank 0 only, else None; this worker's moment shards)."""
+        full = portable_state(self.state) if self.rank == 0 else None
+        return full, (self.shard.m, self.shard.v)
 
     def ping(self) -> int:
         return self.rank
 
     def timings(self) -> dict:
-        """Seconds this worker spent on gradients, on optimizer updates and on LSH upkeep."""
-        return {"gradient": self.compute_seconds, "update": self.apply_seconds, "upkeep": self.upkeep_seconds}
+        """Seconds on gradients, exchange (put, fetch, install), the update of our rows and LSH upkeep;
+        bytes this worker sent (parts put, new rows times the workers fetching them) and received."""
+        return dict(self.seconds, **self.bytes)
+
+
+def assemble_state(full, shards: list):
+    """The single-machine state from rank 0's weights and every worker's moment shards (row order);
+    tensors that are not trained (label_count) get zero moments, as ModelState.init gives them."""
+    m, v, params = {}, {}, {}
+    for layer, ts in full.params.items():
+        params[layer] = {t: aligned_copy(np.array(a)) for t, a in ts.items()}    # ours, writeable
+        for t, a in ts.items():
+            for moments, which in ((m, 0), (v, 1)):
+                if t in NOT_TRAINED:
+                    moments.setdefault(layer, {})[t] = np.zeros_like(a)
+                else:
+                    moments.setdefault(layer, {})[t] = aligned_copy(np.concatenate([s[which][layer][t] for s in shards]))
+    return type(full)(params=params, m=m, v=v, step=int(full.step), lsh=copy.deepcopy(full.lsh))

@@ -33,8 +33,11 @@ class Executor(Protocol):
         """Called by the trainer after every train_step: LSH table upkeep on schedule."""
 
 
-def make_executor(plan: dict, state, backend: str = "numpy", threads: int = 0, kernels=None) -> Executor:
-    """`kernels`: prebuilt native kernels (from a compiled artifact's native/ members); native only."""
+def make_executor(plan: dict, state, backend: str = "numpy", threads: int = 0, kernels=None,
+                  sharded_moments: bool = False) -> Executor:
+    """`kernels`: prebuilt native kernels (from a compiled artifact's native/ members); native only.
+    `sharded_moments`: the state holds no moments (a data-parallel worker keeps its share of them and
+    trains with gradients() / apply_gradients(target=...)); train_step is then refused."""
     if backend == "numpy":
         return NumpyExecutor(plan, state, threads=threads)
     if backend == "native":
@@ -44,5 +47,5 @@ def make_executor(plan: dict, state, backend: str = "numpy", threads: int = 0, k
             from boltc.runtime.exec.native import NativeExecutor  # optional: native backend (see above)
         except ImportError as e:
             raise BackendError(f"the native backend is not available ({e}); use backend='numpy'") from e
-        return NativeExecutor(plan, state, threads=threads, kernels=kernels)
+        return NativeExecutor(plan, state, threads=threads, kernels=kernels, sharded_moments=sharded_moments)
     raise BackendError(f"unknown backend {backend!r} (expected 'numpy' or 'native')")

@@ -22,6 +22,8 @@ argmax (delicious, 3 epochs: dense P@1 0.56 vs sparse 0.63 without the reserve; 
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -29,7 +31,8 @@ from boltc.errors import BoltValidationError
 from boltc.ops.base import SPARSE_INFERENCE_SEED, RunContext, step_seed
 from boltc.runtime.exec.numpy_rules import LOSS_RULES, NUMPY_RULES, loss_options
 from boltc.runtime.exec.optim import make_optimizer
-from boltc.runtime.lsh.index import training_reserve
+from boltc.runtime.exec.gradients import RowGrad, sum_of_parts, to_param_grads, to_rowgrads
+from boltc.runtime.lsh.index import missed_labels, training_reserve
 from boltc.runtime.lsh.upkeep import DEFAULT_BUDGET, LSHUpkeep
 from boltc.runtime.lsh.prior import candidate_counts, fill_with_frequent, frequency_order
 
@@ -52,6 +55,8 @@ class NumpyExecutor:
                 raise BoltValidationError(f"layer {l['name']!r}: op {l['op']!r} has no NumPy rule")
         train = plan.get("train", {})
         self.seed = int(train.get("seed", 0))
+        self.stream = 0            # mixed into the training draws' seed when nonzero (a worker's rank)
+        self.missed = None         # a dict: frozen tables' missed labels are collected, not inserted
         self.optimizer = make_optimizer(train)
         # train.upkeep_budget: the share of step work LSH table upkeep may take (default 0.06)
         self.upkeep = LSHUpkeep(plan, state, budget=float(train.get("upkeep_budget", DEFAULT_BUDGET)))
@@ -122,18 +127,63 @@ class NumpyExecutor:
 
     # ------------------------------------------------------------ training
     def train_step(self, batch, lr: float, active: dict | None = None) -> np.ndarray:
+        loss, grads = self._gradients(batch, active, None, insert_missed=True)
+        self.state.step += 1
+        self.optimizer.apply(self.state, grads, lr)
+        counts = self.state.params.get(self.output, {}).get("label_count")
+        if counts is not None:
+            lab = sp.csr_matrix(batch.labels)
+            counts += np.bincount(lab.indices, minlength=counts.size).astype(np.float32)
+        return loss
+
+    # ------------------------------------------------------------ split training (data-parallel workers)
+    def gradients(self, batch, active: dict | None = None, batch_size: int | None = None):
+        """(per-example loss, {(layer, tensor): RowGrad}) without touching the state; the loss gradient
+        is divided by `batch_size` (default the batch's rows). Frozen tables' missed labels go to
+        `self.missed` when it is a dict, else are inserted as train_step does (the native executor's
+        contract, runtime/exec/native.py)."""
+        missed = getattr(self, "missed", None)
+        loss, grads = self._gradients(batch, active, batch_size, insert_missed=missed is None)
+        shapes = {(l, t): self.state.params[l][t].shape for l, ts in grads.items() for t in ts}
+        return loss, to_rowgrads(grads, shapes)
+
+    def apply_gradients(self, grads: dict, lr: float, target=None) -> None:
+        """The optimizer on `grads` ((layer, tensor) -> RowGrad); state.step advances. `target` (.params,
+        .m, .v; default the state) holds the arrays the rows index (a worker's row-range views)."""
+        self.state.step += 1
+        target = target or self.state
+        view = SimpleNamespace(params=target.params, m=target.m, v=target.v, step=self.state.step)
+        self.optimizer.apply(view, to_param_grads(grads), lr)
+
+    def apply_parts(self, parts: dict, lr: float, target=None, copy_out: bool = False) -> dict:
+        """As the native executor's: parts[key] = (rows or None, pos, values) summed in part order, one
+        optimizer step; with copy_out, key -> the updated rows."""
+        grads = {key: RowGrad(rows, sum_of_parts(rows, pos, vals)) for key, (rows, pos, vals) in parts.items()}
+        self.apply_gradients(grads, lr, target)
+        target = target or self.state
+        if not copy_out:
+            return {key: None for key in parts}
+        return {(l, t): np.array(target.params[l][t] if g.rows is None else target.params[l][t][g.rows])
+                for (l, t), g in grads.items()}
+
+    def _gradients(self, batch, active, batch_size, insert_missed: bool):
         if batch.labels is None:
             raise BoltValidationError("training needs labels")
-        rng = np.random.default_rng([self.seed, self.state.step])
+        rng = np.random.default_rng([self.seed, self.state.step] + ([self.stream] if self.stream else []))
         ctx = self.context("train")
-        values, caches = self._run(batch, "train", active, rng, insert_missed=True, ctx=ctx)
+        values, caches = self._run(batch, "train", active, rng, insert_missed=insert_missed, ctx=ctx)
+        self.last_active = {n: c["active"] for n, c in caches.items() if isinstance(c, dict) and c.get("active") is not None}
         out_layer = self.by_name[self.output]
+        missed = getattr(self, "missed", None)
+        index = self.state.lsh.get(self.output)
+        if missed is not None and index is not None and index.frozen and not (active and self.output in active):
+            missed[self.output] = missed_labels(index, values[out_layer["inputs"][0]], batch.labels)
         oc = caches[self.output]
         loss, dz = LOSS_RULES[self.loss_kind](oc["z"], oc.get("active"), batch.labels, out_layer["dim"],
                                               **loss_options(self.plan))
         B = dz.shape[0]
         w = np.ones(B, dtype=dz.dtype) if batch.weights is None else np.asarray(batch.weights, dz.dtype)
-        dz = dz * (w / B)[:, None]
+        dz = dz * (w / (batch_size or B))[:, None]
         grads, value_grads = {}, {self.output: dz}
         for layer in reversed(self.layers):
             name = layer["name"]
@@ -147,13 +197,7 @@ class NumpyExecutor:
             for src, dg in zip(layer["inputs"], in_grads):
                 if dg is not None and src in self.by_name:
                     value_grads[src] = dg if src not in value_grads else value_grads[src] + dg
-        self.state.step += 1
-        self.optimizer.apply(self.state, grads, lr)
-        counts = self.state.params.get(self.output, {}).get("label_count")
-        if counts is not None:
-            lab = sp.csr_matrix(batch.labels)
-            counts += np.bincount(lab.indices, minlength=counts.size).astype(np.float32)
-        return loss.astype(np.float32)
+        return loss.astype(np.float32), grads
 
     def after_step(self, epoch: int, batch_index: int, batches_per_epoch: int) -> None:
         self.upkeep.after_step(epoch, batch_index, batches_per_epoch)

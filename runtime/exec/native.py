@@ -27,16 +27,18 @@ import scipy.sparse as sp
 
 from boltc.errors import BoltValidationError
 from boltc.lower.backward import HYPER
-from boltc.lower.kernels import compile_plan, ptr
+from boltc.lower.kernels import compile_plan, compile_split, ptr
 from boltc.lower.loss import LOSS_ROLE
 from boltc.lower.rules import SPARSE_INPUT_KINDS, fused_input_activation, native_support
-from boltc.ops.base import step_seed
+from boltc.ops.base import mix_seed, step_seed
+from boltc.ops.runners import grad_buffer
 from boltc.runtime.exec import blas, native_ops
 from boltc.runtime.exec.interp import NumpyExecutor
-from boltc.runtime.exec.native_ops import (DENSE_GEMM_MIN_WEIGHTS, N_CHUNKS, NATIVE_OPS,  # noqa: F401
+from boltc.runtime.exec.native_ops import (ADAM_OPS, DENSE_GEMM_MIN_WEIGHTS, N_CHUNKS, NATIVE_OPS,  # noqa: F401
                                            NEURON_MAJOR_MIN_BATCH, Step, min_items)
 from boltc.runtime.exec.numpy_rules import activate
 from boltc.runtime.exec.state import check_moments
+from boltc.runtime.exec.gradients import RowGrad, one_part
 from boltc.runtime.exec.threads import ThreadPool
 from boltc.runtime.lsh.index import training_reserve
 
@@ -56,8 +58,17 @@ def _csr(x) -> sp.csr_matrix:
 
 
 class NativeExecutor:
-    def __init__(self, plan: dict, state, threads: int = 0, kernels=None):
+    def __init__(self, plan: dict, state, threads: int = 0, kernels=None, sharded_moments: bool = False):
         self.plan, self.state = plan, state
+        # a data-parallel worker holding only its share of the moments (ZeRO-1) computes gradients and
+        # applies them to its own rows; the fused train_step (which writes every touched row's moments)
+        # is then refused
+        self.sharded_moments = sharded_moments
+        self.stream = 0            # mixed into the random-fill seed when nonzero (a worker's rank)
+        self.missed = None         # a dict: frozen tables' missed labels are collected, not inserted
+        self._split = None
+        # gradients() and apply_parts(copy_out) write into buffers kept between calls (native_ops.grad_buffer)
+        self.reuse_grad_buffers, self.grad_buffers = False, {}
         self.interp = NumpyExecutor(plan, state, threads=threads)     # fallback, upkeep, validation
         self.upkeep = self.interp.upkeep
         self.layers = plan["layers"]
@@ -71,7 +82,8 @@ class NativeExecutor:
         self.threads = self.pool.threads
         if not self.native:
             return
-        check_moments(plan, state)     # the update kernels write moments in the plan's dtype (f32 / bf16)
+        if not sharded_moments:
+            check_moments(plan, state)     # the update kernels write moments in the plan's dtype (f32 / bf16)
         self.k = kernels or compile_plan(plan)
         self.inputs = {i["name"]: i for i in plan["inputs"]}
         self.loss_role = LOSS_ROLE[plan["loss"]]
@@ -177,7 +189,10 @@ class NativeExecutor:
                       0 if fill is None else fill.cum.size, ptr(out), per_thread=[ptr(m) for m in marks],
                       min_per_thread=min_items(index.L * index.reservoir + 4 * K))
         if insert_missed and lab is not None and lab.nnz:
-            self._insert_missed(index, buckets, lab, np.random.default_rng(rng_seed))
+            if self.missed is not None:
+                self.missed[layer["name"]] = self._missed_labels(index, buckets, lab)
+            else:
+                self._insert_missed(index, buckets, lab, np.random.default_rng(rng_seed))
         return out if lab is not None else self._inference_fill(layer, index, buckets, out)
 
     def _inference_fill(self, layer, index, buckets, out):
@@ -201,15 +216,21 @@ class NativeExecutor:
         return out
 
     @staticmethod
-    def _insert_missed(index, buckets, lab, rng) -> None:
-        """Frozen tables: labels a lookup did not retrieve go into the probed buckets (as the spec)."""
+    def _missed_labels(index, buckets, lab) -> tuple[np.ndarray, np.ndarray]:
+        """(label ids, their buckets) of the labels a frozen table's lookup did not retrieve."""
         B = buckets.shape[0]
         cand = index.tables[np.arange(index.L)[None, :], buckets].reshape(B, -1)
         lrows = np.repeat(np.arange(B, dtype=np.int64), np.diff(lab.indptr))
         lids = lab.indices.astype(np.int64)
         hit = (cand[lrows] == lids[:, None]).any(axis=1)
-        if (~hit).any():
-            index.insert(lids[~hit], buckets[lrows[~hit]], rng)
+        return lids[~hit].astype(np.int32), np.ascontiguousarray(buckets[lrows[~hit]])
+
+    @classmethod
+    def _insert_missed(cls, index, buckets, lab, rng) -> None:
+        """Frozen tables: labels a lookup did not retrieve go into the probed buckets (as the spec)."""
+        ids, where = cls._missed_labels(index, buckets, lab)
+        if ids.size:
+            index.insert(ids.astype(np.int64), where, rng)
 
     _select = select           # the name tests/test_native.py calls
 
@@ -249,12 +270,19 @@ class NativeExecutor:
     def _seed(self, mode: str) -> int:
         """63-bit seed of the native random fill and of the ops' randomness: boltc/ops/base.py
         step_seed, the one both executors use (a resumed run draws what the uninterrupted one drew)."""
-        return step_seed(self.seed, self.state.step, mode)
+        seed = step_seed(self.seed, self.state.step, mode)
+        if self.stream and mode == "train":        # a data-parallel worker's own draws (its rank)
+            seed = mix_seed(seed, self.stream)
+        return seed
 
     # ------------------------------------------------------------ what the ops' runners call
     def run(self, name: str, role: str, n: int, *args, work: float, **kw) -> None:
         """Layer `name`'s kernel `role` over n items of about `work` multiply-adds each, on the pool."""
         native_ops.run(self, name, role, n, *args, work=work, **kw)
+
+    def run_split(self, name: str, role: str, n: int, *args, work: float, **kw) -> None:
+        """As `run`, with a kernel of the split module (gradient mode, boltc/lower/split.py)."""
+        self.pool.run(self.split_kernels.fn(name, role), n, *args, min_per_thread=min_items(work), **kw)
 
     def worth_two_threads(self, total_work: float) -> bool:
         return native_ops.worth_two_threads(total_work)
@@ -293,14 +321,82 @@ class NativeExecutor:
     def train_step(self, batch, lr: float, active: dict | None = None) -> np.ndarray:
         if not self.native:
             return self.interp.train_step(batch, lr, active)
+        if self.sharded_moments:
+            raise BoltValidationError("this executor holds a shard of the optimizer state: train with "
+                                      "gradients() and apply_gradients()")
+        loss, lab = self._backward(batch, lr, active, None, None)
+        counts = self.state.params[self.output].get("label_count")
+        if counts is not None:
+            counts += np.bincount(lab.indices, minlength=counts.size).astype(np.float32)
+        return loss
+
+    # ------------------------------------------------------------ split training (data-parallel workers)
+    @property
+    def split_kernels(self):
+        """The gradient and apply kernels (boltc/lower/split.py), compiled on first use."""
+        if self._split is None:
+            self._split = compile_split(self.plan)
+        return self._split
+
+    def gradients(self, batch, active: dict | None = None, batch_size: int | None = None):
+        """The batch's gradient without touching weights, moments or tables: (per-example loss,
+        {(layer, tensor): RowGrad}). The loss gradient is divided by `batch_size` (default: this
+        batch's rows; a data-parallel worker passes the global batch, so workers' gradients add up).
+        Frozen tables' missed labels go to `self.missed` when it is a dict, else are inserted as
+        train_step does. `apply_gradients(grads, lr)` after it equals train_step bit for bit (except
+        label counts, which the caller adds: workers add the global batch's)."""
+        if not self.native:
+            return self.interp.gradients(batch, active, batch_size)
+        grads: dict = {}
+        loss, _ = self._backward(batch, None, active, grads, batch_size)
+        return loss, {key: RowGrad(rows, values) for key, (rows, values) in grads.items()}
+
+    def apply_gradients(self, grads: dict, lr: float, target=None) -> None:
+        """One optimizer step (state.step advances) from `grads` ((layer, tensor) -> RowGrad) on the rows
+        they list. `target` (default the state) holds the arrays to update (.params, .m, .v): a worker
+        owning rows [lo, hi) passes views W[lo:hi] with its moment shards and row ids minus lo."""
+        self.apply_parts({key: one_part(g) for key, g in grads.items()}, lr, target)
+
+    def apply_parts(self, parts: dict, lr: float, target=None, copy_out: bool = False) -> dict:
+        """One optimizer step from gradients given in parts: parts[key] = (rows or None, pos, values),
+        pos (nparts, n) int32 = each part's row holding row u (-1: absent), values the parts' arrays;
+        the parts are summed in order inside the update kernel (boltc/lower/split.py rows_apply). With
+        copy_out, returns key -> the updated rows (n, ...), copied in the same pass."""
+        if not self.native:
+            return self.interp.apply_parts(parts, lr, target, copy_out)
+        self.state.step += 1
+        hyper = self._hyper(lr)
+        target = target or self.state
+        sk = self.split_kernels
+        out = {}
+        for (layer, tensor), (rows, pos, vals) in parts.items():
+            W = target.params[layer][tensor]
+            m, v = target.m[layer][tensor], target.v[layer][tensor]
+            width = W.size // max(1, W.shape[0])
+            n = W.shape[0] if rows is None else rows.size
+            if pos.shape != (len(vals), n) or any(p.dtype != np.float32 or p.size % max(1, width) for p in vals):
+                raise ValueError(f"gradient parts of {layer}.{tensor} do not fit a tensor of shape {W.shape}")
+            vals = [np.ascontiguousarray(p) for p in vals]
+            addrs = np.array([p.ctypes.data for p in vals], np.int64)
+            new = grad_buffer(self, ("out", layer, tensor), (n,) + W.shape[1:]) if copy_out else None
+            pos = np.ascontiguousarray(pos, dtype=np.int32)
+            self.pool.run(sk.fn(layer, f"apply_{tensor}"), n, ptr(rows), len(vals), n, ptr(pos), ptr(addrs), ptr(W),
+                          ptr(m), ptr(v), ptr(hyper), ptr(new), int(copy_out), per_thread=self.scratch_ptrs,
+                          min_per_thread=min_items(width * (ADAM_OPS + len(vals))))
+            out[(layer, tensor)] = new
+        return out
+
+    def _backward(self, batch, lr, active, grads, batch_size):
+        """Forward and backward of a training batch: updates (grads None) or gradients into `grads`."""
         if batch.labels is None:
             raise BoltValidationError("training needs labels")
         _, caches, step = self._forward(batch, "train", active, self._seed("train"), insert_missed=True)
         oc = caches[self.output]
         z, ids, B = oc["out"], oc["ids"], step.B
+        self.last_active = {n: c["ids"] for n, c in caches.items() if isinstance(c, dict) and c.get("ids") is not None}
         lab = _csr(batch.labels)
         w = np.ones(B, np.float32) if batch.weights is None else np.asarray(batch.weights, np.float32)
-        scale = np.ascontiguousarray(w / np.float32(B), dtype=np.float32)
+        scale = np.ascontiguousarray(w / np.float32(batch_size or B), dtype=np.float32)
         loss = np.empty(B, np.float32)
         grad = np.empty_like(z)
         loss_ids = ids if ids is not None else np.ascontiguousarray(
@@ -308,22 +404,21 @@ class NativeExecutor:
         self.pool.run(self.k.fn(self.output, self.loss_role + ("" if ids is not None else "_all")), B, ptr(z),
                       ptr(loss_ids), ptr(lab.indptr), ptr(lab.indices), ptr(scale), ptr(loss), ptr(grad),
                       min_per_thread=min_items(20 * z.shape[1]))
-        self.state.step += 1
-        step.hyper = self._hyper(lr)
+        if grads is None:
+            self.state.step += 1
+            step.hyper = self._hyper(lr)
+        step.grads = grads
         # backward, last layer first; value gradients summed into each producer in this fixed order
-        grads = {self.output: grad}
+        vgrads = {self.output: grad}
         for layer in reversed(self.layers):
-            g = grads.pop(layer["name"], None)
+            g = vgrads.pop(layer["name"], None)
             if g is None:
                 continue                                   # no path from this layer to the loss
             in_grads = NATIVE_OPS[layer["op"]][1](self, layer, caches[layer["name"]], g, step)
             for src, dg in zip(layer["inputs"], in_grads):
                 if dg is not None and src in self.by_name:
-                    grads[src] = dg if src not in grads else grads[src] + dg
-        counts = self.state.params[self.output].get("label_count")
-        if counts is not None:
-            counts += np.bincount(lab.indices, minlength=counts.size).astype(np.float32)
-        return loss
+                    vgrads[src] = dg if src not in vgrads else vgrads[src] + dg
+        return loss, lab
 
     # ------------------------------------------------------------ inference
     def predict(self, batch, top_k: int, sparse: bool = False):

@@ -46,6 +46,10 @@ class Step(Context):
     insert_missed: bool = False
     hyper: np.ndarray | None = None
     inversions: dict = field(default_factory=dict)     # sparse input name -> (uniq, seg, pos, n, prow)
+    # gradient mode (executor.gradients, data-parallel workers): the backward runners store each
+    # tensor's gradient here as (layer, tensor) -> (rows or None, values) instead of updating
+    # (boltc/lower/split.py)
+    grads: dict | None = None
     step: int = 0
 
 

@@ -446,3 +446,17 @@ def _argsort_pairs(major: np.ndarray, minor: np.ndarray) -> np.ndarray:
     if major.size and int(major.max()) >= (1 << 23):
         return np.lexsort((minor, major))
     return np.argsort((major << 40) | minor)
+
+
+def missed_labels(index, x, labels) -> tuple[np.ndarray, np.ndarray]:
+    """(label ids, their buckets (n, L)) of the labels that x's lookup did not retrieve: what
+    `LSHIndex.select(insert_missed=True)` inserts, computed without inserting."""
+    buckets = index.hash(x)
+    cand = index.tables[np.arange(index.L)[None, :], buckets].reshape(buckets.shape[0], -1).astype(np.int64)
+    lab = sp.csr_matrix(labels)
+    lrows = np.repeat(np.arange(lab.shape[0], dtype=np.int64), np.diff(lab.indptr))
+    lids = lab.indices.astype(np.int64)
+    crow = np.repeat(np.arange(cand.shape[0], dtype=np.int64), cand.shape[1])
+    ok = cand.ravel() >= 0
+    missed = ~np.isin(lrows * index.dim + lids, crow[ok] * index.dim + cand.ravel()[ok])
+    return lids[missed].astype(np.int32), np.ascontiguousarray(buckets[lrows[missed]])

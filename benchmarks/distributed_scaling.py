@@ -1,0 +1,217 @@
+"""One process x 1 thread against 2 Ray workers x 1 thread, in one run, alternated and repeated.
+
+    python benchmarks/distributed_scaling.py [--sets synth100k,nextword] [--repeats 2]
+
+For each set: examples/s of the training loop (one epoch, same global batch 256 and epochs), test
+P@1 with dense and sparse inference, and for the workers the bytes per update and the time split
+(gradient compute, exchange, update of the worker's rows, LSH upkeep; seconds per update per worker).
+  synth100k  models/synth100k.bolt, SYNTHETIC, 20,000 training rows, 5,000 test rows
+  nextword   ../shared/data/20ng_nextword (real): the first 100,000 training rows and 10,000 test rows,
+             fc 256 relu -> fc 37,392 softmax; skipped when the data is absent
+Both outputs at sparsity 0.005 (BOLT's rule for wide layers: 500 and 187 active neurons), written here so
+the measured shapes do not follow changes of the automatic choice.
+Both runs of a pair start from the same initial state and draw batches with the same seed; repeat r
+uses seed + r, so the spread of one process's metrics over repeats is the noise of the batch order.
+The two configurations alternate (one process, then the workers, repeated), because the machine is
+shared: compare within a pair, never across runs.
+Then a projection to 8, 32 and 64 machines on 10 Gbit/s links from the measured seconds and bytes
+(the model is in `project`; docs/distributed.md explains it). Writes benchmarks/results/distributed_scaling.json.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gzip
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_common import RESULTS  # noqa: E402
+
+import boltc  # noqa: E402
+from boltc.runtime.data.load import load_dataset  # noqa: E402
+from boltc.runtime.distributed.driver import train_distributed  # noqa: E402
+from boltc.runtime.exec.executor import make_executor  # noqa: E402
+from boltc.runtime.exec.state import ModelState  # noqa: E402
+from boltc.runtime.train.trainer import Trainer, evaluate  # noqa: E402
+
+NEXTWORD = ROOT.parent / "shared" / "data" / "20ng_nextword"
+NEXTWORD_MODEL = """model nextword {
+  input  features: sparse(149572)
+  target labels:   multilabel(37392)
+  hidden = fc(features, 256, relu)
+  scores = fc(hidden, 37392, softmax, sparsity=0.005)
+  loss    cross_entropy(scores, labels)
+  metrics precision@1, precision@5
+  train {
+    optimizer adam(lr=0.001)
+    batch     256
+    epochs    1
+  }
+}"""
+SPARSITY = 0.005
+LINK = 1.25e9          # 10 Gbit/s, bytes per second each way
+
+
+def head_of_xc(src: Path, rows: int, dst: Path) -> str:
+    """The first `rows` rows of a gzipped XC file as an uncompressed XC file (workers cut it by bytes)."""
+    with gzip.open(src, "rt") as f:
+        header = f.readline().split()
+        lines = [f.readline() for _ in range(rows)]
+    lines = [ln for ln in lines if ln]
+    with open(dst, "w") as out:
+        out.write(f"{len(lines)} {header[1]} {header[2]}\n")
+        out.writelines(lines)
+    return str(dst)
+
+
+def sets(names, tmp: Path):
+    out = {}
+    if "synth100k" in names:
+        source = (ROOT / "models" / "synth100k.bolt").read_text()
+        plan = boltc.compile(source.replace("sparsity=auto", f"sparsity={SPARSITY}")).plan
+        out["synth100k"] = (plan, dict(plan["data"]["train"], rows=20000),
+                            load_dataset(dict(plan["data"]["test"], rows=5000), plan), "SYNTHETIC")
+    if "nextword" in names:
+        if not (NEXTWORD / "train.txt.gz").exists():
+            print(f"nextword: {NEXTWORD} is absent, skipped")
+        else:
+            plan = boltc.compile(NEXTWORD_MODEL).plan
+            train = head_of_xc(NEXTWORD / "train.txt.gz", 100_000, tmp / "nextword_train.txt")
+            test = load_dataset(head_of_xc(NEXTWORD / "test.txt.gz", 10_000, tmp / "nextword_test.txt"), plan)
+            out["nextword"] = (plan, train, test, "real (20ng_nextword)")
+    return out
+
+
+def p1(plan, state, test):
+    ex = make_executor(plan, state, backend="native", threads=1)
+    return {mode: evaluate(ex, test, ["precision@1"], sparse=mode == "sparse")["precision@1"]
+            for mode in ("dense", "sparse")}
+
+
+def one_process(plan, init, train):
+    state = copy.deepcopy(init)
+    ex = make_executor(plan, state, backend="native", threads=1)
+    hist = Trainer(plan, state, ex, progress=False).fit(load_dataset(train, plan))
+    e = hist["epochs"][0]
+    return state, {"seconds": e["seconds"], "examples_per_s": e["examples_per_s"]}
+
+
+def two_workers(plan, init, train):
+    t0 = time.perf_counter()
+    res = train_distributed(plan, copy.deepcopy(init), train, workers=2, backend="native", threads_per_worker=1,
+                            timeout=600)
+    e = res.history["epochs"][0]
+    s = res.stats
+    keep = ("bytes_sent_per_update_per_worker", "bytes_received_per_update_per_worker",
+            "gradient_bytes_sent_per_update_per_worker", "row_bytes_sent_per_update_per_worker",
+            "seconds_per_update", "driver_wait_seconds", "updates", "facts_bytes_per_update")
+    return res.state, {"seconds": e["seconds"], "examples_per_s": e["examples_per_s"],
+                       "wall_with_startup": time.perf_counter() - t0, **{k: s[k] for k in keep}}
+
+
+def project(one: dict, two: dict, plan: dict) -> list[dict]:
+    """Speed-up of N machines over one process, per update of the same global batch B.
+
+    Measured (2 workers): c = gradient seconds per worker (B/2 examples), u = update seconds per worker
+    (its half of the rows the global batch touches), k = LSH upkeep per update (every replica), bytes
+    of gradient rows and of new rows sent per worker. One process: T1 seconds per update.
+    N machines: compute c*2/N and update u*2/N (both shrink with the share); upkeep k stays; the
+    gradient rows a worker sends shrink with its batch (its union of B/N examples' rows, the
+    random-set formula 1 - exp(-b*a/D) of the output's a active of D neurons, scaled from the measured
+    B/2), times (N-1)/N of them going to other owners; the new rows every worker fetches are the global
+    batch's union times (N-1)/N (measured at N=2 as twice the sent rows), whatever N. A link carries
+    each worker's own traffic (object store, peer to peer: no central link), one direction at a time
+    (upload and download overlap on full-duplex links, so the larger one counts). No overlap of
+    compute and exchange (the protocol is synchronous)."""
+    out_layer = next(l for l in plan["layers"] if l["name"] == plan["output"])
+    a, D, B = out_layer["active"], out_layer["dim"], plan["train"]["batch"]
+    frac = lambda b: 1 - math.exp(-b * a / D)                     # noqa: E731
+    sp = two["seconds_per_update"]
+    c, u, k = sp["compute"], sp["update"], sp["upkeep"]
+    g2, r2 = two["gradient_bytes_sent_per_update_per_worker"], two["row_bytes_sent_per_update_per_worker"]
+    union_rows_bytes = 2 * r2                 # at N=2 a worker sends its half of the union once
+    local_bytes_2 = 2 * g2                    # its whole gradient: half goes to the other owner
+    t1 = one["seconds"] / max(1, two["updates"])
+    rows = []
+    for n in (2, 8, 32, 64):
+        grad_up = local_bytes_2 * frac(B / n) / frac(B / 2) * (n - 1) / n
+        rows_down = union_rows_bytes * (n - 1) / n
+        xfer = max(grad_up + union_rows_bytes / n * (n - 1), grad_up + rows_down) / LINK
+        step = c * 2 / n + u * 2 / n + k + xfer
+        terms = {"compute + update": c * 2 / n + u * 2 / n, "upkeep": k, "exchange": xfer}
+        bound = max(terms, key=terms.get)
+        rows.append({"machines": n, "compute_s": c * 2 / n, "update_s": u * 2 / n, "upkeep_s": k,
+                     "exchange_s": xfer, "bytes_per_worker": grad_up + rows_down, "speedup": t1 / step,
+                     "bound": bound})
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sets", default="synth100k,nextword")
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    import ray
+    tmp = Path(tempfile.mkdtemp(prefix="boltc_dist_bench_"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(tmp / "ray"))
+    results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)", "date": time.strftime("%Y-%m-%d"),
+               "command": "python benchmarks/distributed_scaling.py " + " ".join(sys.argv[1:]), "sets": {}}
+    try:
+        for name, (plan, train, test, kind) in sets(args.sets.split(","), tmp).items():
+            init = ModelState.init(plan)
+            runs = []
+            for r in range(args.repeats):
+                # repeat r draws its batches in another order (train seed + r; same initial state), so the
+                # spread of one process's metrics over repeats shows how much the order alone moves them
+                run_plan = copy.deepcopy(plan)
+                run_plan["train"]["seed"] = int(plan["train"].get("seed", 0)) + r
+                for label, fn in (("one process x 1 thread", one_process), ("2 Ray workers x 1 thread", two_workers)):
+                    state, m = fn(run_plan, init, train)
+                    m.update({"config": label, "repeat": r, "p1": p1(plan, state, test)})
+                    runs.append(m)
+                    print(f"{name} [{r}] {label}: {m['examples_per_s']:.0f} ex/s, P@1 dense {m['p1']['dense']:.2f} "
+                          f"sparse {m['p1']['sparse']:.2f}", flush=True)
+            pairs = [(runs[2 * r], runs[2 * r + 1]) for r in range(args.repeats)]
+            speedups = [b["examples_per_s"] / a["examples_per_s"] for a, b in pairs]
+            results["sets"][name] = {"data": kind, "runs": runs, "speedups": speedups,
+                                     "projection": project(pairs[-1][0], pairs[-1][1], plan)}
+    finally:
+        ray.shutdown()
+    report(results)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "distributed_scaling.json").write_text(json.dumps(results, indent=1))
+
+
+def report(results):
+    for name, r in results["sets"].items():
+        print(f"\n{name} ({r['data']}); {results['machine']}, {results['date']}")
+        print("| run | config | ex/s | 2 workers vs one process | P@1 dense | P@1 sparse | MB sent / received per update per worker | s per update per worker: compute / exchange / update / upkeep |")
+        print("|---|---|---|---|---|---|---|---|")
+        for i, m in enumerate(r["runs"]):
+            ratio = f"{r['speedups'][m['repeat']]:.2f}x" if i % 2 else ""
+            bytes_ = (f"{m['bytes_sent_per_update_per_worker'] / 1e6:.1f} / {m['bytes_received_per_update_per_worker'] / 1e6:.1f}"
+                      if "seconds_per_update" in m else "")
+            split = (" / ".join(f"{m['seconds_per_update'][k]:.3f}" for k in ("compute", "exchange", "update", "upkeep"))
+                     if "seconds_per_update" in m else "")
+            print(f"| {m['repeat']} | {m['config']} | {m['examples_per_s']:.0f} | {ratio} | {m['p1']['dense']:.2f} | "
+                  f"{m['p1']['sparse']:.2f} | {bytes_} | {split} |")
+        print("\nprojection, 10 Gbit/s links (from the last pair's measurements)")
+        print("| machines | compute s | update s | upkeep s | exchange s | MB per worker | speed-up vs one process | bound by |")
+        print("|---|---|---|---|---|---|---|---|")
+        for p in r["projection"]:
+            print(f"| {p['machines']} | {p['compute_s']:.4f} | {p['update_s']:.4f} | {p['upkeep_s']:.4f} | "
+                  f"{p['exchange_s']:.4f} | {p['bytes_per_worker'] / 1e6:.1f} | {p['speedup']:.2f}x | {p['bound']} |")
+
+
+if __name__ == "__main__":
+    main()

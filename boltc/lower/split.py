@@ -1,0 +1,131 @@
+"""The split training kernels of data-parallel workers: a batch's gradient, and applying a gradient.
+
+The single-process kernels fuse each row's gradient sum with its optimizer update (backward.py): no
+gradient buffer is ever written. A data-parallel worker must hand its gradient to the others before
+anyone updates, so `lower_split(plan)` makes, in a module of its own (built only when a run asks for
+it, so single-process plans compile exactly what they did):
+  grad roles   the fused update kernels with `store_grad=True`: the same per-row sums in the same
+               order, written as gW[u, :] (and gb[u]) for the unique rows u instead of applied;
+  apply roles  `rows_apply`: lazy Adam / SGD on listed rows from a gradient block, with backward.py's
+               `_update` (one rounding per operation, no FMA), per tensor (its moment storage, decay).
+So gradient + apply of one batch is the fused update bit for bit (tests/test_native_split.py), and a
+combined gradient of several workers is applied with exactly the single-process arithmetic.
+
+Rows are addressed relative to the W, m and v pointers the caller passes: a worker that owns rows
+[lo, hi) of a tensor (ZeRO-1, runtime/distributed) passes W + lo rows and its moment shard, and row
+ids minus lo.
+"""
+from __future__ import annotations
+
+from boltc.lower import backward as bw
+from boltc.lower.builder import I64, PTR, KernelModule, symbol
+from boltc.lower.rules import SPARSE_INPUT_KINDS, is_sparse_layer, native_support
+from boltc.plan.moments import moment_dtypes, moment_kind
+
+
+def rows_apply(km: KernelModule, name: str, width: int, spec: bw.UpdateSpec, tensor: str, listed: bool) -> None:
+    """Sum a row's gradient over parts, update the row, copy it out. For u in [u0, u1): row n =
+    uniq[u] (listed) or u; g = (0 + part_0[pos[0, u]]) + part_1[pos[1, u]] + ... over the parts that
+    hold the row (pos -1: absent), added in part order with one rounding each (as NumPy's
+    `acc[pos] += part` in part order: the same bits); param[n, :] updated with g by backward.py's
+    `_update`; the new row written to out[u, :] (out NULL: not written). `vals` holds the parts' data
+    addresses (int64). `tensor` "W" uses the spec's weight moments and decay, anything else the bias
+    moments, no decay. Listed rows are prefetched PREFETCH_ROWS ahead like the fused updates.
+    One part with pos = 0..n-1 is a plain apply: gradient + apply of one batch = the fused update."""
+    moments = spec.moments_w if tensor == "W" else spec.moments_b
+    decay = spec.weight_decay if tensor == "W" else 0.0
+    k = km.kernel(name, [("u0", "i64"), ("u1", "i64"), ("uniq", "ptr"), ("nparts", "i64"), ("nu", "i64"),
+                         ("pos", "ptr"), ("vals", "ptr"), ("W", "ptr"), ("mW", "ptr"), ("vW", "ptr"),
+                         ("hyper", "ptr"), ("out", "ptr"), ("has_out", "i64"), ("scratch", "ptr")])
+    a = k.arg
+    D = k.i64(width)
+    hp = bw._hyper(k)
+    row_spec = bw.UpdateSpec(spec.optimizer, moments, moments, decay)
+    with k.loop(a["u0"], a["u1"], "u") as u:
+        n = k.ld_i32_as_i64(a["uniq"], u) if listed else u
+        if listed and width >= 16:
+            bw._prefetch_update_rows(k, row_spec, bw.UPDATE_PREFETCH, k.mul(bw._ahead_neuron(k, u), D), width)
+        with k.loop(0, width, "j0") as j:
+            k.st(a["scratch"], j, k.f32(0.0))
+        with k.loop(0, a["nparts"], "i") as i:
+            p = k.ld_i32_as_i64(a["pos"], k.add(k.mul(i, a["nu"]), u))
+            with k.if_(k.icmp(">=", p, k.i64(0))):
+                part = k.b.inttoptr(k.ld(a["vals"], i, I64), PTR)
+                pb = k.mul(p, D)
+                with k.loop(0, width, "j") as j:
+                    k.st(a["scratch"], j, k.b.fadd(k.ld(a["scratch"], j), k.ld(part, k.add(pb, j))))
+        wb, ob = k.mul(n, D), k.mul(u, D)
+        with k.loop(0, width, "j2") as j:
+            bw._update(k, hp, spec.optimizer, a["W"], a["mW"], a["vW"], k.add(wb, j), k.ld(a["scratch"], j),
+                       moments, decay)
+        with k.if_(k.icmp("!=", a["has_out"], k.i64(0))):
+            with k.loop(0, width, "j3") as j:
+                k.st(a["out"], k.add(ob, j), k.ld(a["W"], k.add(wb, j)))
+    k.ret()
+
+
+def param_widths(layer: dict) -> dict[str, int]:
+    """Each trained tensor of a layer -> its row width (elements per row of the first dimension)."""
+    op = layer["op"]
+    if op in ("fc", "embedding"):
+        in_major = layer.get("layout") == "in_major" or op == "embedding"
+        out = {"W": layer["dim"] if in_major else layer["in_dim"]}
+        if op == "fc" and layer.get("bias", True):
+            out["b"] = 1
+        return out
+    if op == "layernorm":
+        return {"gamma": 1, "beta": 1}
+    return {}
+
+
+def row_sparse(layer: dict, tensor: str) -> bool:
+    """Whether a step touches only some rows of the tensor (else the whole tensor is its gradient)."""
+    if layer["op"] == "embedding" or (layer["op"] == "fc" and layer.get("layout") == "in_major"):
+        return tensor == "W"
+    return layer["op"] == "fc" and is_sparse_layer(layer)
+
+
+def lower_split(plan: dict) -> tuple[KernelModule, dict[str, dict[str, str]]]:
+    """The grad and apply kernels of every layer: layer -> role -> symbol (roles `grad`, `grad_active`,
+    `grad_active_dx`, `apply_<tensor>`)."""
+    reason = native_support(plan)
+    if reason is not None:
+        raise ValueError(reason)
+    km = KernelModule(plan.get("model", "boltc") + ".split")
+    inputs = {i["name"]: i for i in plan["inputs"]}
+    syms: dict[str, dict[str, str]] = {}
+    for layer in plan["layers"]:
+        name, op = layer["name"], layer["op"]
+        out: dict[str, str] = {}
+        spec = bw.update_spec(plan, layer) if op in ("fc", "embedding") else None
+        src = layer["inputs"][0]
+        sparse_in = src in inputs and inputs[src]["kind"] in SPARSE_INPUT_KINDS
+        if op == "embedding" or (op == "fc" and sparse_in):
+            out["grad"] = symbol(layer, "grad")
+            bw.rows_update_in_major(km, out["grad"], layer["dim"], spec, store_grad=True)
+        elif op == "fc":
+            bias, dim, in_dim = bool(layer.get("bias", True)), layer["dim"], layer["in_dim"]
+            out["grad"] = symbol(layer, "grad")
+            bw.rows_update_out_major(km, out["grad"], in_dim, dim, False, bias, spec, store_grad=True)
+            if is_sparse_layer(layer):
+                out["grad_active"] = symbol(layer, "grad_active")
+                bw.rows_update_out_major(km, out["grad_active"], in_dim, layer["active"], True, bias, spec,
+                                         store_grad=True)
+                if src not in inputs:
+                    out["grad_active_dx"] = symbol(layer, "grad_active_dx")
+                    bw.rows_update_out_major(km, out["grad_active_dx"], in_dim, layer["active"], True, bias, spec,
+                                             fuse_dx=True, store_grad=True)
+        elif op == "layernorm":
+            kinds = moment_dtypes(plan)
+            spec = None
+            for tensor in ("gamma", "beta"):
+                out[f"apply_{tensor}"] = symbol(layer, f"apply_{tensor}")
+                tspec = bw.UpdateSpec(plan.get("train", {}).get("optimizer", "adam"),
+                                      moments_b=moment_kind(kinds, name, tensor))
+                rows_apply(km, out[f"apply_{tensor}"], 1, tspec, "b", False)
+        if spec is not None:
+            for tensor, width in param_widths(layer).items():
+                out[f"apply_{tensor}"] = symbol(layer, f"apply_{tensor}")
+                rows_apply(km, out[f"apply_{tensor}"], width, spec, tensor, row_sparse(layer, tensor))
+        syms[name] = out
+    return km, syms
