@@ -17,7 +17,7 @@ system, after warm-up steps:
   both moments read and written by the optimizer; activations and their gradients written and read;
   LSH buckets probed), against the memory bandwidth measured in this run (2 threads reading 1 GiB).
   A model whose weights stay in cache can exceed this DRAM bound (share > 100%).
-Ratios are within this run only. Results: results/model_speed.json (rewritten after every model).
+Every system is timed in alternating rounds (best of --rounds). Ratios are within this run only. Results: results/model_speed.json (rewritten after every model).
 """
 from __future__ import annotations
 
@@ -222,36 +222,39 @@ def measure(name: str, source, args, bw: float) -> dict:
     for b in batches[:warm]:
         ex.train_step(b, lr)
     bpe = -(-rows // B)
-    native = time_steps(ex, timed, lr, bpe)
-    nbytes = step_bytes(ex, plan, timed[-1])
-    bound = bw / (nbytes / B)
-    r = {"model": name, "batch": B, "steps": len(timed), "native_eps": native, "bytes_per_example": nbytes / B,
-         "bound_eps": bound, "share_of_bound": native / bound}
-    state0 = None
+    # every system is built once, then timed in alternating rounds (best of args.rounds): the load of
+    # a shared machine moves between seconds, and each round gives every system the same conditions
+    systems = {"native": (ex, timed, bpe)}
     if not args.no_numpy:
-        state0 = ModelState.init(plan)
-        ix = NumpyExecutor(plan, state0, threads=ex.threads)
-        few = timed[:max(1, min(len(timed), args.numpy_steps))]
+        ix = NumpyExecutor(plan, ModelState.init(plan), threads=ex.threads)
         ix.train_step(batches[0], lr)
-        r["numpy_eps"] = time_steps(ix, few, lr, bpe)
-        del ix, state0
+        systems["numpy"] = (ix, timed[:max(1, min(len(timed), args.numpy_steps))], bpe)
     if not args.no_torch:
         try:
-            import torch
-            # its best of 1 and 2 intra-op threads: on a loaded machine its spinning threads can lose
-            # more than they gain (the same holds for OpenBLAS, runtime/exec/blas.py)
-            best = 0.0
+            import torch  # optional: the bench extra
+            # PyTorch's best of 1 and 2 intra-op threads: on a loaded machine its spinning threads can
+            # lose more than they gain (the same holds for OpenBLAS, runtime/exec/blas.py)
             for threads in (1, 2):
                 torch.set_num_threads(threads)
                 ts = torch_system(plan)
                 for b in batches[:warm]:
                     ts.train_step(b, lr)
-                few = timed[:max(1, min(len(timed), args.torch_steps))]
-                best = max(best, time_steps(ts, few, lr))
-                del ts
-            r["torch_eps"] = best
+                systems[f"torch{threads}"] = (ts, timed[:max(1, min(len(timed), args.torch_steps))], 0)
         except ImportError:
-            r["torch_eps"] = None
+            pass
+    best = dict.fromkeys(systems, 0.0)
+    for _ in range(args.rounds):
+        for key, (system, bs, per_epoch) in systems.items():
+            if key.startswith("torch"):
+                torch.set_num_threads(int(key[-1]))
+            best[key] = max(best[key], time_steps(system, bs, lr, per_epoch))
+    native = best["native"]
+    nbytes = step_bytes(ex, plan, timed[-1])
+    bound = bw / (nbytes / B)
+    r = {"model": name, "batch": B, "steps": len(timed), "rounds": args.rounds, "native_eps": native,
+         "bytes_per_example": nbytes / B, "bound_eps": bound, "share_of_bound": native / bound,
+         "numpy_eps": best.get("numpy"), "torch_eps": max(best.get("torch1", 0.0), best.get("torch2", 0.0)) or None}
+    del systems
     if r.get("torch_eps"):
         r["native_vs_torch"] = native / r["torch_eps"]
     if r.get("numpy_eps"):
@@ -276,6 +279,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=30, help="timed native steps per model")
     ap.add_argument("--torch-steps", type=int, default=10)
     ap.add_argument("--numpy-steps", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating timing rounds (best of)")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-numpy", action="store_true")
     ap.add_argument("--tag", default="")

@@ -52,7 +52,7 @@ def run_one(name: str, backend: str | None, epochs: int | None, model_dir: Path,
     overrides["normalize"] = normalize
     _ = m.executor
     t0 = time.perf_counter()
-    hist = m.fit(train, test, progress=sys.stderr.isatty())
+    hist = m.fit(train, progress=sys.stderr.isatty())    # validation: the holdout share, never the test set
     train_s = time.perf_counter() - t0
     out_layer = next(l for l in m.plan["layers"] if l["name"] == m.plan["output"])
     names = ["precision@1", "precision@3", "precision@5"]

@@ -22,3 +22,13 @@ def test_unreachable_ray_address_fails_fast_and_names_it():
         connect("127.0.0.1:1", workers=2)
     with pytest.raises(DistributedError, match="not auto, host:port"):
         connect("nonsense", workers=2)
+
+
+def test_settings_the_workers_do_not_apply_are_refused_not_ignored(tmp_path, capsys):
+    src = Path(TINY).read_text().replace("    seed      7\n", "    seed      7\n    class_weights balanced\n")
+    assert "class_weights balanced" in src
+    bolt = tmp_path / "cw.bolt"
+    bolt.write_text(src)
+    assert main(["train", str(bolt), "--workers", "2", "-o", str(tmp_path / "t.boltc"), "--no-progress"]) == 1
+    assert "class_weights: not supported by distributed training" in capsys.readouterr().err
+    assert not (tmp_path / "t.boltc").exists()

@@ -153,6 +153,13 @@ def test_one_and_two_threads_are_bit_identical(plan):
             np.testing.assert_array_equal(b.params[layer][t], arr, err_msg=f"{layer}.{t}")
 
 
+def test_rate_auto_is_a_tunable_value():
+    g = parse(source().replace("dropout(hidden, 0.3)", "dropout(hidden, auto)"), "d.bolt")
+    (t,) = [t for t in g.graph["tunable"] if t.kind == "dropout"]
+    assert t.where == ("layer", "dropped", "rate") and t.default == 0.0
+    assert next(n for n in g.nodes.values() if n["node"].name == "dropped")["node"].attrs["rate"] == 0.0
+
+
 def test_format_round_trip_and_checks():
     g = parse(source(rate=0.5), "d.bolt")
     assert "dropped = dropout(hidden, 0.5)" in format_source(g)

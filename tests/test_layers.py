@@ -207,3 +207,12 @@ assert not banned, banned
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
+
+
+def test_the_ir_and_the_plan_know_nothing_of_llvm():
+    """Importing the IR, the op declarations and the plan contract loads no LLVM binding or builder."""
+    code = ("import sys, boltc.ir, boltc.plan, boltc.ops\n"
+            "bad = [m for m in sys.modules if m.startswith(('llvmlite', 'boltc.lower', 'boltc.codegen', 'lark'))]\n"
+            "assert not bad, bad\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

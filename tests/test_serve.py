@@ -2,6 +2,8 @@
 Protocol payloads, answers identical to Model.predict in process, every kind of bad request, /metrics."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -292,3 +294,19 @@ def test_metrics_in_prometheus_format_and_no_500(server):
     assert all(s.value > 0 for s in fams["boltc_model_load_seconds"].samples)
     assert server.metric("boltc_batch_rows_count") >= 1
     assert server.get("/v2/health/ready").status_code == 200     # still serving
+
+
+@pytest.mark.parametrize("args,message", [
+    (["missing.boltc"], "cannot serve missing.boltc: missing.boltc: no such file"),
+    (["{bad}"], "not a boltc model or truncated"),
+    (["{tiny}", "--max-batch", "0"], "--max-batch must be at least 1"),
+    (["{tiny}", "--token-file", "nope.txt"], "nope.txt: cannot read the token file"),
+    (["a={tiny}", "a={tiny}"], "two models are named 'a'"),
+])
+def test_command_line_mistakes_exit_1_with_the_reason(serve_models, tmp_path, args, message):
+    bad = tmp_path / "bad.boltc"
+    bad.write_bytes(b"not a model")
+    args = [a.format(tiny=serve_models["tiny"], bad=bad) for a in args]
+    p = subprocess.run([sys.executable, "-m", "boltc.cli", "serve", *args, "--port", "0"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and message in p.stderr and "Traceback" not in p.stderr

@@ -20,7 +20,7 @@ model small {
   train {
     optimizer adam(lr=auto)
     batch     64
-    epochs    auto
+    epochs    8
     patience  2
     seed      5
   }
@@ -39,9 +39,18 @@ def bolt(tmp_path):
     return p
 
 
-def test_tuned_bolt_retrains_to_the_same_test_metric(bolt, tmp_path):
-    res = tune(str(bolt), budget=120, output=tmp_path / "out" / "small.boltc", trials=3, backend="numpy",
-               progress=False, log=lambda m: None)
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """One search of 3 trials, shared by the tests that read its result."""
+    folder = tmp_path_factory.mktemp("tuned")
+    (folder / "small.bolt").write_text(MODEL)
+    res = tune(str(folder / "small.bolt"), budget=120, output=folder / "out" / "small.boltc", trials=3,
+               backend="numpy", progress=False, log=lambda m: None)
+    return res, folder
+
+
+def test_tuned_bolt_retrains_to_the_same_test_metric(tuned):
+    res, folder = tuned
     text = res.bolt_path.read_text()
     assert "auto" not in text.split("model small")[1]           # every chosen value written out
     assert "holdout 0.0" in text and f"epochs {res.best['best_epoch']}" in text
@@ -53,14 +62,14 @@ def test_tuned_bolt_retrains_to_the_same_test_metric(bolt, tmp_path):
     def metrics(d):
         return {k: v for k, v in d.items() if k != "examples_per_s"}
     assert metrics(again.evaluate()) == metrics(res.test["dense"])
-    saved = boltc.load(tmp_path / "out" / "small.boltc", backend="numpy")
+    saved = boltc.load(folder / "out" / "small.boltc", backend="numpy")
     assert saved.evaluate()["precision@1"] == res.test["dense"]["precision@1"]
 
 
 def test_a_killed_search_resumes_from_its_journal(bolt, tmp_path):
     out = tmp_path / "small.boltc"
     quiet = dict(backend="numpy", progress=False, log=lambda m: None)
-    tune(str(bolt), budget=120, output=out, trials=2, **quiet)
+    tune(str(bolt), budget=120, output=out, trials=1, **quiet)
     journal = out.with_name(out.name + ".tune.journal")
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -68,11 +77,11 @@ def test_a_killed_search_resumes_from_its_journal(bolt, tmp_path):
     first = [(t.number, t.params, t.value) for t in study.trials]
     spent = study.user_attrs["elapsed_s"]
     study.ask()                              # a trial left running, as by a run killed mid-trial
-    res = tune(str(bolt), budget=120, output=out, trials=4, **quiet)
+    res = tune(str(bolt), budget=120, output=out, trials=3, **quiet)
     study = optuna.load_study(study_name="boltc-tune", storage=JournalStorage(JournalFileBackend(str(journal))))
     states = [t.state.name for t in study.trials]
-    assert len(states) == 5 and states[2] == "FAIL"            # the orphan is not counted, 2 new trials ran
-    assert [(t.number, t.params, t.value) for t in study.trials[:2]] == first
+    assert len(states) == 4 and states[1] == "FAIL"            # the orphan is not counted, 2 new trials ran
+    assert [(t.number, t.params, t.value) for t in study.trials[:1]] == first
     # the budget left is what the first run did not spend: its time carries over
     assert study.user_attrs["elapsed_s"] > spent > 0
     assert res.search_seconds == pytest.approx(study.user_attrs["elapsed_s"], abs=0.5)
@@ -121,7 +130,38 @@ def test_tune_setting_errors_are_located(tmp_path, capsys, setting, col, message
 
 def test_nothing_to_tune_says_so(tmp_path):
     p = tmp_path / "fixed.bolt"
-    p.write_text(MODEL.replace("auto", "32").replace("lr=32", "lr=0.01").replace("epochs    32", "epochs 2")
+    p.write_text(MODEL.replace("auto", "32").replace("lr=32", "lr=0.01").replace("epochs    8", "epochs 2")
                  .replace("    patience  2\n", ""))
     with pytest.raises(BoltError, match="nothing to tune"):
         tune(str(p), budget=10, output=tmp_path / "o.boltc", backend="numpy", progress=False)
+
+
+def test_inspect_says_how_the_model_was_tuned(tuned, capsys):
+    res, folder = tuned
+    assert main(["inspect", str(folder / "out" / "small.boltc")]) == 0
+    out = capsys.readouterr().out
+    assert "tuned by boltc tune: 3 trials in" in out and f"trial {res.best['number']} chosen (validation precision@1" in out
+    assert "trained on all the training rows (train + the validation share)" in out
+
+
+def test_auto_values_are_recorded_and_take_their_defaults_untuned():
+    text = """
+model a {
+  input x: text(ngrams=auto, dim=auto)
+  target y: label(3)
+  h = fc(x, auto, relu)
+  d = dropout(h, auto)
+  s = fc(d, 3, softmax)
+  loss cross_entropy(s, y)
+  train { optimizer adam(lr=auto, weight_decay=auto)  batch auto  epochs auto }
+}
+"""
+    plan = boltc.compile(text, backend="numpy").plan
+    got = {tuple(t["where"]): (t["kind"], t["default"]) for t in plan["tunable"]}
+    assert got == {("input", "x", "ngrams"): ("ngrams", 1), ("input", "x", "dim"): ("text_dim", 1 << 18),
+                   ("layer", "h", "dim"): ("width", 256), ("layer", "d", "rate"): ("dropout", 0.0),
+                   ("train", "lr"): ("lr", 1e-3), ("train", "weight_decay"): ("weight_decay", 0.0),
+                   ("train", "batch"): ("batch", 256)}
+    layers = {l["name"]: l for l in plan["layers"]}
+    assert layers["h"]["dim"] == 256 and plan["inputs"][0]["ngrams"] == 1 and plan["inputs"][0]["dim"] == 1 << 18
+    assert plan["train"]["lr"] == 1e-3 and plan["train"]["batch"] == 256 and plan["train"]["patience"] == 3

@@ -32,6 +32,12 @@ def training_curve(history: dict) -> list[str]:
         why = (f"stopped early: no better validation {es['metric']} for {es['patience']} epochs" if es["stopped_early"]
                else "ran every epoch allowed")
         lines[0] += f" ({why}; weights of epoch {es['best_epoch']} kept)"
+    tuned = history.get("tune")
+    if tuned:
+        (k, v), = tuned["validation"].items()
+        lines.append(f"tuned by boltc tune: {tuned['trials']} trials in {tuned['search_s']:.0f}s of a "
+                     f"{tuned['budget_s']:g}s budget; trial {tuned['best_trial']} chosen (validation {k} {v:.2f}); "
+                     f"trained on {tuned['final_data'].split(':')[0]}")
     if metric:
         vals = []
         for e in epochs:

@@ -103,6 +103,7 @@ class _ArgKit:
     reference, boolean, sparsity = staticmethod(reference), staticmethod(boolean), staticmethod(_sparsity)
     integer, real, word = staticmethod(integer), staticmethod(real), staticmethod(word)
     width = staticmethod(tunable(integer(1), "width", AUTO_WIDTH))   # a layer width `boltc tune` may choose
+    tunable = staticmethod(tunable)    # tunable(converter, kind, default): the value may be written `auto`
     NAMES_ONLY = "names-only"          # an op that takes two or more names and nothing else (concat)
 
     def __init__(self, problems):

@@ -45,7 +45,9 @@ def keep_mask(key: int, rows: int, dim: int, rate: float) -> np.ndarray:
 
 def args(kit):
     return (kit.Param("input", kit.reference, positional=True),
-            kit.Param("rate", kit.real(0.0, 1.0, what="a dropout rate"), positional=True))
+            # `auto`: boltc tune searches 0..0.5 (boltc/tune/space.py); untuned, 0 (keeps every value)
+            kit.Param("rate", kit.tunable(kit.real(0.0, 1.0, what="a dropout rate"), "dropout", 0.0),
+                      positional=True))
 
 
 def check(attrs) -> list:

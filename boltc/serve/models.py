@@ -199,5 +199,7 @@ def parse_model_args(specs: list[str]) -> list[tuple[str, str]]:
             name, path = Path(s).stem, s
         if not name:
             raise BoltError(f"model {s!r}: the name before '=' is empty")
+        if any(name == n for n, _ in out):
+            raise BoltError(f"two models are named {name!r}: give one as name=path")
         out.append((name, path))
     return out

@@ -234,6 +234,18 @@ def _checkpointer(checkpoint, source: str, plan: dict):
 
 
 # ---------------------------------------------------------------------------------------------- API glue
+def _refuse_single_process_settings(plan: dict) -> None:
+    """Settings the single-process trainer applies and the Ray workers do not yet: an error that says
+    so, not a run that silently ignores them."""
+    train = plan.get("train") or {}
+    used = [w for w, on in (("class_weights", train.get("class_weights")),
+                            ("label_smoothing", train.get("label_smoothing")),
+                            ("text(..., idf=true)", any(i.get("idf") for i in plan.get("inputs") or []))) if on]
+    if used:
+        raise BoltError(f"{', '.join(used)}: not supported by distributed training (--workers / distributed(...)) "
+                        "yet; train in one process, or leave the setting out")
+
+
 def fit_model(model, train=None, validation=None, epochs: int | None = None, *, workers: int | None = None,
               address: str | None = None, exchange: str | None = None, checkpoint=None, resume: bool = False,
               progress: bool = True) -> dict:
@@ -244,6 +256,7 @@ def fit_model(model, train=None, validation=None, epochs: int | None = None, *, 
     None starts a local one; "ray://host:port" uses Ray client. Checkpoints and `resume` use the
     single-machine trainer's file format, so a run may switch between one machine and many.
     """
+    _refuse_single_process_settings(model.plan)
     require_ray()
     dist = dict(model.plan.get("train", {}).get("distributed") or {})
     workers = int(workers if workers is not None else (dist.get("workers") or 2))   # 0 is an error, not "unset"
