@@ -1,32 +1,32 @@
-"""Does the adaptive NW-sketch sampler reach uniform sampling's accuracy sooner, in wall-clock time?
+"""Does the adaptive sampler reach uniform sampling's validation metric sooner, in wall-clock time?
 
-For each dataset (bibtex and delicious from ../shared/data, and the project's seeded synthetic set of
-models/quickstart.bolt) and each of three seeds, the same boltc pipeline (`boltc.compile(model.bolt)` +
-`Model.fit`: same model file, executor, trainer, seed) is trained twice, once with `sampler uniform` and
-once with `sampler nw_sketch` (its defaults unless --spec says otherwise), for the same number of epochs
-(an epoch is N draws either way). The two runs of a seed advance in lockstep (one step of each, in
-turn), because these machines are shared and noisy: a load spike then slows both alike. Each run's
-clock covers its own steps (draw, take, train_step, after_step, observe: the trainer's loop body) plus
-building its sampler (hashing every example); test P@1 is read after every epoch with the clock stopped.
+For each data set and seed, the same boltc pipeline (`boltc.compile(model.bolt)`: same model file,
+executor, seed, learning-rate schedule, the trainer's loop body) is trained once per sampler:
+`uniform`, `nw_sketch` (its defaults: thinning) and `auto`. The runs of a seed advance in lockstep (one
+step of each in turn), because the machine is shared and noisy: a load spike then slows all alike.
 
-Reported per dataset: uniform's final P@1 (mean over seeds) = the target; the time each sampler's mean
-curve (mean over seeds of time and P@1 after each epoch) needs to reach it, interpolated between epochs; the
-ratio nw_sketch / uniform (goal <= 0.7); the sampler's share of training time; the rank correlation
-between the sketch's predicted losses and the true losses of 512 random training rows (every 2 epochs)
-and the free one (prediction at draw time vs loss observed). Writes benchmarks/results/
-sampler_wallclock.json and .png.
+- Validation is carved from the training file (a seeded share, the same rows for every sampler and
+  seed); the validation metric is read four times per epoch of data walked, with the clock stopped.
+- Each run's clock covers building its sampler (hashing every example) and its steps (draw, take,
+  train_step, after_step, observe), so the sampler's overhead is included.
+- The test set is read once per run, after its last epoch.
 
-Each dataset runs in a child process (a native-code crash in one cannot take the others down); when the
-native backend fails there, that dataset is rerun on the NumPy backend and the table says so.
+Reported per data set and sampler (means over seeds): uniform's best validation metric is the target of
+its seed; the time each sampler needs to first reach it (interpolated between evaluations) as a share of
+the time uniform needed (goal for nw_sketch <= 0.7 on 20ng_nextword and sst2); total training time as a
+share of uniform's (goal for auto <= 1.02); final test metric (goal: nw_sketch >= uniform; auto >=
+uniform - 0.3 points); the sampler's share of training time, the share of examples kept, and auto's
+switches. Writes benchmarks/results/sampler_wallclock[_TAG].json and .png.
 
-    python benchmarks/sampler_wallclock.py                     # full run
-    python benchmarks/sampler_wallclock.py --quick             # 1 seed, fewer epochs (smoke run)
-    python benchmarks/sampler_wallclock.py --spec '{"mix": 0.1}' --only delicious
+    python benchmarks/sampler_wallclock.py                             # all four sets, 3 seeds
+    python benchmarks/sampler_wallclock.py --only sst2 --seeds 1       # one set, one seed
+    python benchmarks/sampler_wallclock.py --spec '{"floor": 0.05}'    # nw_sketch overrides
 """
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import subprocess
 import sys
 import tempfile
@@ -38,189 +38,262 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"
-PROBLEMS = {  # name: (model file, epochs, data needed)
-    "bibtex": ("models/bibtex.bolt", 10, "bibtex"),
-    "delicious": ("models/delicious.bolt", 8, "delicious"),
-    "synthetic": ("models/quickstart.bolt", 5, None),
+# name: model file, epochs, data folder, metric, training rows used (None = all), test rows read (None =
+# all), validation rows at most, validation reads per epoch. 20ng_nextword is cut to a seeded subset: a
+# dense evaluation of its 37,392 outputs costs ~5 GFLOP per 1,000 rows, and three samplers x three seeds
+# x the full 1M rows do not fit a shared 2-core machine's hour.
+PROBLEMS = {
+    "20ng_nextword": ("benchmarks/sampler_models/nextword.bolt", 3, "20ng_nextword", "precision@1", 50_000, 5_000, 2_000, 2),
+    "sst2": ("benchmarks/sampler_models/sst2.bolt", 2, "sst2", "accuracy", None, None, 5_000, 4),
+    "delicious": ("benchmarks/sampler_models/delicious.bolt", 8, "delicious", "precision@1", None, None, 5_000, 2),
+    "bibtex": ("benchmarks/sampler_models/bibtex.bolt", 10, "bibtex", "precision@1", None, None, 5_000, 2),
 }
+VALIDATION_SHARE = 0.1
+SPLIT_SEED = 20240
+THREADS = 1
 
 
-# -- one dataset (child process) -------------------------------------------------------------------
-def true_losses(model, ds, rows):
-    """Per-example cross entropy of the dense model on `rows` (the trainer's own measure)."""
-    from boltc.runtime.train.trainer import true_losses as losses_of
-    return losses_of(model.executor, model.plan, ds.take(rows))
+# -- data ------------------------------------------------------------------------------------------
+def subset(ds, rows):
+    from boltc.runtime.data.dataset import Dataset, _take
+    rows = np.asarray(rows, dtype=np.int64)
+    return Dataset(inputs={k: _take(v, rows) for k, v in ds.inputs.items()},
+                   labels=_take(ds.labels, rows) if ds.labels is not None else None,
+                   class_names=ds.class_names, source=ds.source, meta=dict(ds.meta))
 
 
-def run_pair(model_file, specs, seed, epochs, backend):
-    """Train one model per sampler spec in lockstep: step k of every model runs back to back, so the
-    machine's load (shared, noisy) hits all of them alike. Each step is the trainer's own loop body
-    (runtime/train/trainer.py): draw, take, train_step, after_step, observe."""
-    import boltc
+def load(model, rows_cap, test_cap, val_max):
+    """(train, validation, test): validation carved from the training file with a fixed seed; a seeded
+    subset of the training rows / test rows when capped (said in the report)."""
+    full = model.dataset(model.data_source("train"))
+    rng = np.random.default_rng(SPLIT_SEED)
+    order = rng.permutation(full.rows)
+    if rows_cap and rows_cap < full.rows:
+        order = order[:rows_cap]
+    n_val = min(val_max, int(round(VALIDATION_SHARE * order.size)))
+    val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
+    test = model.dataset(model.data_source("test"))
+    if test_cap and test_cap < test.rows:
+        test = subset(test, np.sort(np.random.default_rng(SPLIT_SEED + 1).choice(test.rows, test_cap, replace=False)))
+    return subset(full, train), subset(full, val), test, full.rows
+
+
+# -- one run (a generator: one step per next()) ----------------------------------------------------
+def run(model, spec, train, val, epochs, seed, metric, evals_per_epoch, out):
+    """Train `model` with sampler `spec` as Trainer.fit does, yielding after every step; fills `out`."""
     from boltc.runtime.exec.optim import lr_at
-    from boltc.runtime.sampler.adaptive import make_sampler
-    from boltc.runtime.train.trainer import evaluate
-    models = [boltc.compile(str(ROOT / model_file), backend=backend, sampler=sp_, seed=seed, epochs=epochs)
-              for sp_ in specs]
-    train = models[0].dataset(models[0].data_source("train"))
-    test = models[0].dataset(models[0].data_source("test"))
-    cfg = models[0].plan["train"]
+    from boltc.runtime.sampler.choose import make_sampler
+    from boltc.runtime.train.trainer import epoch_step, evaluate
+    ex, cfg = model.executor, model.plan["train"]
     batch, base_lr = int(cfg["batch"]), float(cfg["lr"])
     bpe = -(-train.rows // batch)
-    out = []
-    for m, spec in zip(models, specs):
-        ex = m.executor                                  # built (and compiled) before the clock starts
-        # as Trainer.fit does: the negatives weighted by the training set's label counts
-        ex.upkeep.set_label_frequency(np.bincount(train.labels.indices, minlength=train.labels.shape[1]))
-        t0 = time.perf_counter()
-        sampler = make_sampler(spec, train, batch, seed)
-        out.append({"ex": ex, "sampler": sampler, "clock": time.perf_counter() - t0, "curve": [], "rank": []})
-    probe = np.random.default_rng(seed + 99).choice(train.rows, min(512, train.rows), replace=False)
+    binary = model.plan["target"]["kind"] == "binary"
+    upkeep = getattr(ex, "upkeep", None)
+    if upkeep is not None and hasattr(upkeep, "set_label_frequency"):
+        upkeep.set_label_frequency(np.bincount(train.labels.indices, minlength=train.labels.shape[1]))
+    t0 = time.perf_counter()
+    sampler = make_sampler(spec, train, batch, seed)
+    clock = time.perf_counter() - t0
+    curve, steps = [], 0
+
+    def validate(walked):
+        curve.append((clock, evaluate(ex, val, [metric], binary=binary)[metric], walked))
+
     for epoch in range(epochs):
-        gens = [iter(o["sampler"].batches(epoch)) for o in out]
-        for bi in range(bpe):
-            lr = lr_at(base_lr, cfg.get("schedule"), epoch * bpe + bi, epochs * bpe, bpe)
-            for o, g in zip(out, gens):
-                t0 = time.perf_counter()
-                rows, weights = next(g)
-                b = train.take(rows)
-                if weights is not None:
-                    b.weights = np.asarray(weights, dtype=np.float32)
-                losses = o["ex"].train_step(b, lr)
-                o["ex"].after_step(epoch, bi, bpe)
-                o["sampler"].observe(rows, losses)
-                o["clock"] += time.perf_counter() - t0
-        for o, m in zip(out, models):                     # clock stopped
-            p1 = evaluate(o["ex"], test, ["precision@1"])["precision@1"] / 100.0
-            o["curve"].append((o["clock"], p1))
-            if epoch % 2 == 1 and hasattr(o["sampler"], "predict"):
-                o["rank"].append(o["sampler"].rank_correlation(true_losses(m, train, probe), probe))
-    results = []
-    for o, m in zip(out, models):
-        st = o["sampler"].stats()
-        overhead = float(st.get("overhead_s", 0.0)) + float(st.get("hash_s", 0.0))
-        results.append({"curve": o["curve"], "train_s": o["clock"], "sampler_s": overhead,
-                        "share": overhead / o["clock"], "final": o["curve"][-1][1], "rank_correlation": o["rank"],
-                        "observed_rank_correlation": st.get("observed_rank_correlation"), "backend": m.backend,
-                        "stats": {k: v for k, v in st.items() if isinstance(v, (int, float, str, type(None)))}})
-    return results
+        it = iter(sampler.batches(epoch))
+        bi, mark = 0, 1
+        while True:
+            t0 = time.perf_counter()
+            try:
+                rows, weights = next(it)
+            except StopIteration:
+                clock += time.perf_counter() - t0
+                break
+            b = train.take(rows)
+            if weights is not None:
+                b.weights = np.asarray(weights, dtype=np.float32)
+            lr = lr_at(base_lr, cfg.get("schedule"), epoch * bpe + epoch_step(sampler, bi, bpe), epochs * bpe, bpe)
+            losses = ex.train_step(b, lr)
+            ex.after_step(epoch, bi, bpe)
+            sampler.observe(rows, losses)
+            clock += time.perf_counter() - t0
+            bi += 1
+            steps += 1
+            walked = getattr(sampler, "epoch_position", None)
+            walked = min(train.rows, bi * batch) if walked is None else walked
+            while mark < evals_per_epoch and walked >= mark * train.rows / evals_per_epoch:
+                validate(epoch + walked / train.rows)
+                mark += 1
+            yield
+        validate(epoch + 1.0)
+    st = sampler.stats()
+    overhead = float(st.get("overhead_s", 0.0)) + float(st.get("hash_s", 0.0))
+    out.update(curve=curve, train_s=clock, steps=steps, sampler_s=overhead, share=overhead / clock,
+               stats={k: v for k, v in st.items() if isinstance(v, (int, float, str, bool, type(None)))},
+               switches=[list(s) for s in getattr(sampler, "switches", [])], backend=model.backend)
+
+
+def warm_up(model_file, backend, train, val):
+    """A few steps and an evaluation of a throwaway model, clock off: kernels that are built or loaded on
+    first use are then in place for every timed run alike (otherwise the first run in the lockstep pays)."""
+    import boltc
+    from boltc.runtime.train.trainer import evaluate
+    m = boltc.compile(str(ROOT / model_file), backend=backend, threads=THREADS)
+    batch = int(m.plan["train"]["batch"])
+    for i in range(3):
+        m.executor.train_step(train.take(np.arange(i * batch, (i + 1) * batch) % train.rows), 1e-4)
+        m.executor.after_step(0, i, 10)
+    evaluate(m.executor, subset(val, np.arange(min(val.rows, 256))), [m.plan["metrics"][0]],
+             binary=m.plan["target"]["kind"] == "binary")
+
+
+def run_seed(model_file, specs, seed, epochs, backend, metric, rows_cap, test_cap, val_max, evals):
+    import boltc
+    from boltc.runtime.train.trainer import evaluate
+    # one thread per model: with several models stepping in turn on a shared machine, a step that waits
+    # for a descheduled second thread doubled single runs' times at random
+    models = {name: boltc.compile(str(ROOT / model_file), backend=backend, sampler=sp_, seed=seed, epochs=epochs,
+                                  threads=THREADS)
+              for name, sp_ in specs.items()}
+    first = next(iter(models.values()))
+    train, val, test, full_rows = load(first, rows_cap, test_cap, val_max)
+    warm_up(model_file, backend, train, val)
+    outs = {name: {} for name in models}
+    active = [run(models[n], specs[n], train, val, epochs, seed, metric, evals, outs[n]) for n in models]
+    turn = 0
+    while active:                      # lockstep: one step of each run in turn, the order rotating
+        turn += 1
+        for g in active[turn % len(active):] + active[:turn % len(active)]:
+            try:
+                next(g)
+            except StopIteration:
+                active.remove(g)
+    binary = first.plan["target"]["kind"] == "binary"
+    for name, m in models.items():     # the test set, read once per run
+        outs[name]["test"] = evaluate(m.executor, test, [metric], binary=binary)[metric]
+    sizes = {"train": train.rows, "validation": val.rows, "test": test.rows, "train_file_rows": full_rows}
+    return outs, sizes
 
 
 def child(args):
-    model_file, epochs, _ = PROBLEMS[args.child]
-    epochs = args.epochs or (max(2, epochs // 2) if args.quick else epochs)
-    nw = {"kind": "nw_sketch", **json.loads(args.spec)}
-    runs = {"uniform": [], "nw_sketch": []}
-    for seed in range(1 if args.quick else args.seeds):
-        pair = run_pair(model_file, [{"kind": "uniform"}, nw], seed, epochs, args.backend)
-        for kind, r in zip(("uniform", "nw_sketch"), pair):
-            runs[kind].append(r)
-            print(f"  {args.child} seed {seed} {kind}: final P@1 {r['final']:.4f} in {r['train_s']:.1f}s",
-                  file=sys.stderr, flush=True)
-    Path(args.out).write_text(json.dumps({"epochs": epochs, "runs": runs}, default=float))
+    model_file, epochs, _, metric, rows_cap, test_cap, val_max, evals = PROBLEMS[args.child]
+    epochs = args.epochs or epochs
+    rows_cap = args.rows if args.rows >= 0 else rows_cap
+    specs = {"uniform": {"kind": "uniform"}, "nw_sketch": {"kind": "nw_sketch", **json.loads(args.spec)},
+             "auto": {"kind": "auto", **json.loads(args.auto_spec)}}
+    if args.specs:                     # exploration: any named set of sampler specs (uniform always first)
+        specs = {"uniform": {"kind": "uniform"}, **json.loads(args.specs)}
+    runs = {name: [] for name in specs}
+    sizes = {}
+    for seed in range(args.seeds):
+        outs, sizes = run_seed(model_file, specs, seed, epochs, args.backend, metric, rows_cap, test_cap, val_max,
+                               evals)
+        for name, r in outs.items():
+            runs[name].append(r)
+            print(f"  {args.child} seed {seed} {name:9}: best val {max(c[1] for c in r['curve']):.2f} "
+                  f"test {r['test']:.2f} in {r['train_s']:.1f}s ({r['steps']} steps)", file=sys.stderr, flush=True)
+    Path(args.out).write_text(json.dumps({"epochs": epochs, "metric": metric, "sizes": sizes, "specs": specs,
+                                          "runs": runs}, default=float))
 
 
 # -- the report ------------------------------------------------------------------------------------
 def time_to_reach(curve, target):
-    """First time the curve reaches target, interpolated between epochs (from 0 at time 0); None if never."""
-    prev_t, prev_a = 0.0, 0.0
-    for t, a in curve:
+    """First time the validation curve reaches target, interpolated between evaluations; None if never."""
+    prev_t, prev_a = 0.0, None
+    for t, a, _ in curve:
         if a >= target:
-            return prev_t + (t - prev_t) * ((target - prev_a) / (a - prev_a) if a > prev_a else 1.0)
+            if prev_a is None or a <= prev_a:
+                return t
+            return prev_t + (t - prev_t) * (target - prev_a) / (a - prev_a)
         prev_t, prev_a = t, a
     return None
 
 
-def mean_curve(runs):
-    """Mean over seeds of (time, P@1) after each epoch."""
-    return [tuple(x) for x in np.mean(np.array([r["curve"] for r in runs], dtype=np.float64), axis=0)]
-
-
-def summarise(name, res, seeds):
-    """Target = uniform's final P@1, mean over seeds. Time to target is read off each sampler's mean
-    curve (mean time and mean P@1 after each epoch): a single seed's curve may never reach a mean."""
+def summarise(name, res):
     runs = res["runs"]
-    target = float(np.mean([r["final"] for r in runs["uniform"]]))
-    entry = {"target_p_at_1": target, "epochs": res["epochs"], "runs": runs, "backend": res.get("backend")}
+    entry = {k: res[k] for k in ("epochs", "metric", "sizes", "specs", "runs")}
+    entry["backend"] = res.get("backend")
+    n = len(runs["uniform"])
     for kind, rs in runs.items():
-        reach = [time_to_reach(r["curve"], target) for r in rs]
-        mean = mean_curve(rs)
-        rc = [x for r in rs for x in r["rank_correlation"] if x is not None]
-        orc = [r["observed_rank_correlation"] for r in rs if r.get("observed_rank_correlation") is not None]
+        ratios, time_shares = [], []
+        for s in range(n):
+            u = runs["uniform"][s]
+            target = max(c[1] for c in u["curve"])
+            tu, tx = time_to_reach(u["curve"], target), time_to_reach(rs[s]["curve"], target)
+            ratios.append(tx / tu if (tx is not None and tu) else None)
+            time_shares.append(rs[s]["train_s"] / u["train_s"])
+        reached = [r for r in ratios if r is not None]
+        keep = [r["stats"].get("keep_fraction") for r in rs if r["stats"].get("keep_fraction") is not None]
         entry[kind] = {
-            "final_p_at_1": float(np.mean([r["final"] for r in rs])),
-            "mean_curve": mean,
-            "time_to_target_s": time_to_reach(mean, target),
-            "seeds_reaching_target": sum(t is not None for t in reach),
+            "time_to_uniform_best_ratio": float(np.mean(reached)) if len(reached) == n else None,
+            "time_to_uniform_best_ratio_per_seed": ratios,
+            "total_time_ratio": float(np.mean(time_shares)),
+            "best_validation": float(np.mean([max(c[1] for c in r["curve"]) for r in rs])),
+            "final_test": float(np.mean([r["test"] for r in rs])),
+            "final_test_per_seed": [r["test"] for r in rs],
             "train_s": float(np.mean([r["train_s"] for r in rs])),
             "sampler_share": float(np.mean([r["share"] for r in rs])),
-            "rank_correlation": float(np.mean(rc)) if rc else None,
-            "observed_rank_correlation": float(np.mean(orc)) if orc else None,
+            "keep_fraction_last_epoch": float(np.mean(keep)) if keep else None,
+            "switches": [r["switches"] for r in rs],
         }
-        e = entry[kind]
-        tt = f"{e['time_to_target_s']:.2f}" if e["time_to_target_s"] is not None else "never"
-        fmt = lambda v: f"{v:.3f}" if v is not None else "-"
-        print(f"{name:10} {kind:9} {e['final_p_at_1']:9.4f} {tt:>11} {e['train_s']:8.2f} "
-              f"{100 * e['sampler_share']:8.1f}% {fmt(e['rank_correlation']):>9} {fmt(e['observed_rank_correlation']):>9}")
-    u, a = entry["uniform"]["time_to_target_s"], entry["nw_sketch"]["time_to_target_s"]
-    entry["time_ratio"] = (a / u) if (a is not None and u) else None
-    ratio = "not reached" if entry["time_ratio"] is None else f"{entry['time_ratio']:.3f}"
-    print(f"{name:10} nw_sketch / uniform time to reach P@1 {target:.4f}: {ratio}  [{res.get('backend')}]")
     return entry
 
 
-TABLE_HEAD = (f"{'dataset':10} {'sampler':9} {'final P@1':>9} {'t->target':>11} {'train s':>8} "
-              f"{'sampler':>9} {'rank corr':>9} {'observed':>9}")
+def table(report):
+    lines = [f"{'dataset':14} {'sampler':9} {'t->uni best':>11} {'per seed':>20} {'time':>6} {'best val':>8} "
+             f"{'test':>6} {'overhead':>8} {'kept':>5} {'switches':>8}"]
+    for name, e in report["datasets"].items():
+        for kind in e["runs"]:
+            k = e[kind]
+            r = k["time_to_uniform_best_ratio"]
+            per = ",".join("never" if x is None else f"{x:.2f}" for x in k["time_to_uniform_best_ratio_per_seed"])
+            kept = "-" if k["keep_fraction_last_epoch"] is None else f"{k['keep_fraction_last_epoch']:.2f}"
+            sw = sum(len(s) for s in k["switches"])
+            lines.append(f"{name:14} {kind:9} {'never' if r is None else f'{r:.3f}':>11} {per:>20} "
+                         f"{k['total_time_ratio']:6.3f} {k['best_validation']:8.2f} {k['final_test']:6.2f} "
+                         f"{100 * k['sampler_share']:7.1f}% {kept:>5} {sw:>8}")
+    return "\n".join(lines)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=0, help="override every dataset's epochs")
+    ap.add_argument("--rows", type=int, default=-1, help="training rows used (seeded subset; 0 = all)")
     ap.add_argument("--spec", default="{}", help="JSON overrides of nw_sketch's defaults")
+    ap.add_argument("--auto-spec", default="{}", help="JSON overrides of auto's defaults")
+    ap.add_argument("--specs", default="", help='JSON {"name": spec, ...}: samplers to compare with uniform')
     ap.add_argument("--only", default="", help="comma-separated dataset names")
     ap.add_argument("--backend", default="native")
     ap.add_argument("--child", default="")
     ap.add_argument("--out", default="")
     ap.add_argument("--tag", default="", help="suffix of the result files")
-    ap.add_argument("--from-json", default="", help="re-summarise the runs stored in a result file")
+    ap.add_argument("--from-json", default="", help="re-print the table of a result file")
     args = ap.parse_args()
     if args.child:
         return child(args)
     if args.from_json:
-        report = json.loads(Path(args.from_json).read_text())
-        print(TABLE_HEAD)
-        for name, entry in report["datasets"].items():
-            report["datasets"][name] = summarise(name, {"runs": entry["runs"], "epochs": entry["epochs"],
-                                                        "backend": entry.get("backend")}, args.seeds)
-        Path(args.from_json).write_text(json.dumps(report, indent=1, default=float))
-        plot(report, Path(args.from_json).with_suffix(".png"))
+        print(table(json.loads(Path(args.from_json).read_text())))
         return None
-    from boltc.runtime.sampler.adaptive import resolve_spec
     names = [n for n in PROBLEMS if not args.only or n in args.only.split(",")]
-    report = {"spec": resolve_spec({"kind": "nw_sketch", **json.loads(args.spec)}), "datasets": {},
-              "note": "synthetic = models/quickstart.bolt's seeded generator: SYNTHETIC figures",
-              "command": " ".join(["python", "benchmarks/sampler_wallclock.py"] + sys.argv[1:])}
-    done = {}
+    report = {"datasets": {}, "command": " ".join(["python", "benchmarks/sampler_wallclock.py"] + sys.argv[1:]),
+              "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, shared",
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     for name in names:
-        need = PROBLEMS[name][2]
-        if need and not (DATA / need).exists():
-            print(f"{name}: skipped ({DATA / need} not found)")
+        if not (DATA / PROBLEMS[name][2]).exists():
+            print(f"{name}: skipped ({DATA / PROBLEMS[name][2]} not found)")
             continue
         for backend in dict.fromkeys([args.backend, "numpy"]):
             with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
                 cmd = [sys.executable, __file__, "--child", name, "--out", tmp.name, "--backend", backend,
-                       "--seeds", str(args.seeds), "--spec", args.spec, "--epochs", str(args.epochs)]
-                if args.quick:
-                    cmd.append("--quick")
+                       "--seeds", str(args.seeds), "--spec", args.spec, "--auto-spec", args.auto_spec,
+                       "--epochs", str(args.epochs), "--rows", str(args.rows), "--specs", args.specs]
                 if subprocess.run(cmd).returncode == 0:
-                    done[name] = {**json.loads(Path(tmp.name).read_text()), "backend": backend}
+                    res = {**json.loads(Path(tmp.name).read_text()), "backend": backend}
+                    report["datasets"][name] = summarise(name, res)
                     break
                 print(f"{name}: the {backend} backend failed; retrying on numpy", file=sys.stderr)
-    print("\n" + TABLE_HEAD)
-    for name, res in done.items():
-        report["datasets"][name] = summarise(name, res, args.seeds)
+    print("\n" + table(report))
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "sampler_wallclock" + (f"_{args.tag}" if args.tag else "")
     (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1, default=float))
@@ -239,17 +312,21 @@ def plot(report, path):
     if not names:
         return
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+    palette = ["tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink"]
     for ax, name in zip(axes[0], names):
         entry = report["datasets"][name]
-        for kind, colour in (("uniform", "tab:blue"), ("nw_sketch", "tab:red")):
+        for kind, colour in zip(entry["runs"], palette):
             for i, r in enumerate(entry["runs"][kind]):
-                t, a = zip(*([(0.0, 0.0)] + [tuple(p) for p in r["curve"]]))
-                ax.plot(t, a, color=colour, alpha=0.7, marker=".", label=kind if i == 0 else None)
-        ax.axhline(entry["target_p_at_1"], color="gray", ls="--", lw=0.8, label="uniform final (mean)")
-        ax.set_ylim(max(0.0, entry["target_p_at_1"] - 0.25), min(1.0, entry["target_p_at_1"] + 0.08))
-        ax.set_title(f"{name}{' (SYNTHETIC)' if name == 'synthetic' else ''} [{entry.get('backend')}]")
-        ax.set_xlabel("training wall-clock (s)")
-        ax.set_ylabel("test P@1")
+                t, a = [c[0] for c in r["curve"]], [c[1] for c in r["curve"]]
+                ax.plot(t, a, color=colour, alpha=0.6, marker=".", label=kind if i == 0 else None)
+        best = entry["uniform"]["best_validation"]
+        ax.axhline(best, color="gray", ls="--", lw=0.8, label="uniform best (mean)")
+        lo = min(c[1] for r in entry["runs"]["uniform"] for c in r["curve"])
+        ax.set_ylim(max(lo, best - 15), best + 3)
+        sizes = entry["sizes"]
+        ax.set_title(f"{name} ({sizes['train']:,} train rows) [{entry.get('backend')}]")
+        ax.set_xlabel("training wall-clock (s), sampler included")
+        ax.set_ylabel(f"validation {entry['metric']} (%)")
         ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -9,8 +9,9 @@ from scipy.stats import chisquare
 from boltc.errors import BoltValidationError, Location
 from boltc.runtime.sampler import native
 from boltc.runtime.data.dataset import Dataset, as_csr
-from boltc.runtime.sampler.adaptive import (NWSketchSampler, UniformSampler, make_sampler, resolve_spec,
-                                   sampling_probabilities, spearman)
+from boltc.runtime.sampler.adaptive import (NWSketchSampler, UniformSampler, resolve_spec, sampling_probabilities,
+                                           spearman)
+from boltc.runtime.sampler.choose import make_sampler
 
 
 def _dataset(n=3000, d=50, seed=0, clusters=8):
@@ -72,7 +73,7 @@ def test_uniform_sampler_draws_every_row_once_per_epoch_reproducibly():
 
 def test_an_epoch_is_n_draws_in_batches_and_warmup_epochs_are_uniform():
     ds, group = _dataset(n=1001)
-    s = make_sampler({"kind": "nw_sketch", "refresh": 3, "warmup": 2}, ds, 64, seed=0)
+    s = make_sampler({"kind": "nw_sketch", "draw": "alias", "refresh": 3, "warmup": 2}, ds, 64, seed=0)
     for epoch in range(3):
         rows = [r for r, w in s.batches(epoch) if s.observe(r, 1.0 + (group[r] == 0)) is None]
         sizes = [r.size for r in rows]
@@ -86,7 +87,7 @@ def test_an_epoch_is_n_draws_in_batches_and_warmup_epochs_are_uniform():
 def test_hard_subpopulation_is_drawn_more_often():
     ds, group = _dataset()
     hard = group == 0                               # a region of input space with high loss
-    s = make_sampler({"kind": "nw_sketch", "refresh": 5, "mix": 0.2, "temperature": 1.0, "warmup": 0}, ds, 50,
+    s = make_sampler({"kind": "nw_sketch", "draw": "alias", "refresh": 5, "mix": 0.2, "temperature": 1.0, "warmup": 0}, ds, 50,
                      seed=1)
     share = []
     for epoch in range(3):
@@ -117,7 +118,7 @@ def test_reweighted_draws_give_the_full_gradient_of_a_frozen_linear_model():
     grads = (x @ w - y)[:, None] * x                            # per-example squared-loss gradients
     full = grads.mean(axis=0)
     ds = Dataset(inputs={"x": x.astype(np.float32)}, labels=None)
-    s = make_sampler({"kind": "nw_sketch", "reweight": True, "refresh": 1, "mix": 0.1, "warmup": 0}, ds, 40,
+    s = make_sampler({"kind": "nw_sketch", "draw": "alias", "reweight": True, "refresh": 1, "mix": 0.1, "warmup": 0}, ds, 40,
                      seed=2)
     for rows, _ in s.batches(0):                                # learn a non-uniform distribution
         s.observe(rows, 0.5 * (x[rows] @ w - y[rows]) ** 2)
@@ -152,7 +153,7 @@ def test_state_dict_resumes_exactly_and_is_plain_data():
                 out.append(rows)
         return np.concatenate(out)
 
-    spec = {"kind": "nw_sketch", "refresh": 4}
+    spec = {"kind": "nw_sketch", "draw": "alias", "refresh": 4}
     a = make_sampler(spec, ds, 32, seed=9)
     run(a, [0, 1])
     state = a.state_dict()
@@ -164,13 +165,13 @@ def test_state_dict_resumes_exactly_and_is_plain_data():
     assert json.loads(json.dumps(scalars)) == scalars
     assert all(isinstance(v, np.ndarray) for k, v in state.items() if k not in scalars)
     with pytest.raises(ValueError):
-        make_sampler({"kind": "nw_sketch", "rows": 4}, ds, 32).load_state_dict(state)
+        make_sampler({"kind": "nw_sketch", "draw": "alias", "rows": 4}, ds, 32).load_state_dict(state)
 
 
 def test_rank_correlation_of_predictions_with_true_losses():
     ds, group = _dataset(n=1500)
     true = 0.2 + group.astype(float)                  # loss rises with the cluster id
-    s = make_sampler({"kind": "nw_sketch", "refresh": 2}, ds, 50, seed=0)
+    s = make_sampler({"kind": "nw_sketch", "draw": "alias", "refresh": 2}, ds, 50, seed=0)
     for rows, _ in s.batches(0):
         s.observe(rows, true[rows])
     subset = np.random.default_rng(0).choice(1500, 300, replace=False)
@@ -189,9 +190,13 @@ def test_rank_correlation_of_predictions_with_true_losses():
 
 def test_non_finite_losses_are_ignored():
     ds, _ = _dataset(n=200)
-    s = make_sampler({"kind": "nw_sketch"}, ds, 20)
+    for spec in ({"kind": "nw_sketch", "draw": "alias"}, {"kind": "nw_sketch", "key": "input"}):
+        s = make_sampler(spec, ds, 20)
+        s.observe(np.array([0, 1, 2]), np.array([np.nan, np.inf, 1.5]))
+        assert s.sketch.total_count == 1 and np.isfinite(s.sketch.loss).all()
+    s = make_sampler({"kind": "nw_sketch"}, ds, 20)            # key=example: own last loss per row
     s.observe(np.array([0, 1, 2]), np.array([np.nan, np.inf, 1.5]))
-    assert s.sketch.total_count == 1 and np.isfinite(s.sketch.loss).all()
+    assert s.sketch.total_count == 1 and np.array_equal(s.predict(np.array([0, 1, 2])), [1.5, 1.5, 1.5])
 
 
 def test_resolve_spec_fills_defaults_with_reasons_and_rejects_bad_input():
@@ -216,7 +221,7 @@ def test_sparse_multi_input_datasets_are_hashed():
     rng = np.random.default_rng(0)
     a = as_csr(sp.random(300, 5000, density=0.01, random_state=1, format="csr"))
     ds = Dataset(inputs={"a": a, "b": rng.standard_normal((300, 3)).astype(np.float32)}, labels=None)
-    s = make_sampler({"kind": "nw_sketch", "rows": 4, "bits": 6}, ds, 30)
+    s = make_sampler({"kind": "nw_sketch", "draw": "alias", "rows": 4, "bits": 6}, ds, 30)
     assert s.codes.shape == (300, 4) and s.codes.max() < 64
     assert isinstance(make_sampler(None, ds, 30), UniformSampler)
     assert isinstance(s, NWSketchSampler)
@@ -227,10 +232,10 @@ def test_multilabel_losses_are_learnt_above_their_floor():
     x = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
     labels = sp.csr_matrix(np.array([[1, 0, 0], [1, 1, 0], [1, 1, 1], [0, 0, 1]], dtype=np.float32))
     ds = Dataset(inputs={"x": x}, labels=labels)
-    s = make_sampler({"kind": "nw_sketch", "rows": 2, "bits": 3}, ds, 2)
+    s = make_sampler({"kind": "nw_sketch", "draw": "alias", "rows": 2, "bits": 3}, ds, 2)
     rows = np.arange(4)
     s.observe(rows, np.array([0.5, np.log(2) + 0.25, np.log(3) - 0.1, 1.0]))
     assert s.sketch.total_loss == pytest.approx(0.5 + 0.25 + 0.0 + 1.0)
-    off = make_sampler({"kind": "nw_sketch", "rows": 2, "bits": 3, "excess": False}, ds, 2)
+    off = make_sampler({"kind": "nw_sketch", "draw": "alias", "rows": 2, "bits": 3, "excess": False}, ds, 2)
     off.observe(rows, np.array([0.5, 1.0, 1.0, 1.0]))
     assert off.sketch.total_loss == pytest.approx(3.5)

@@ -5,7 +5,7 @@ import pytest
 from boltc.runtime.sampler import native as sn
 from boltc.runtime.data.dataset import Dataset
 from boltc.runtime.sampler.nw_sketch import NWSketch
-from boltc.runtime.sampler.adaptive import make_sampler
+from boltc.runtime.sampler.choose import make_sampler
 
 pytestmark = pytest.mark.skipif(not sn.available(), reason="native kernels unavailable (no llvmlite codegen)")
 
@@ -47,7 +47,7 @@ def test_sampler_native_and_numpy_paths_agree():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((600, 20)).astype(np.float32)
     ds = Dataset(inputs={"x": x}, labels=None)
-    spec = {"kind": "nw_sketch", "refresh": 2}
+    spec = {"kind": "nw_sketch", "draw": "alias", "refresh": 2}
     fast = make_sampler(spec, ds, 30, seed=1)
     assert fast.native
     slow = type(fast)({**fast.spec}, ds, 30, seed=1, use_native=False)

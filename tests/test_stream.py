@@ -115,3 +115,12 @@ def test_trainer_weights_negatives_by_the_data_label_counts(tmp_path, tiny_files
     s = _model(tmp_path, epochs=1)
     s.fit(_streamed(tiny_files["train"], s.plan), progress=False)
     assert s.executor.upkeep.label_frequency is None
+
+
+def test_auto_sampler_on_streamed_data_trains_uniformly_and_says_why(tmp_path, tiny_files, capsys):
+    src = tmp_path / "a.bolt"
+    src.write_text(tiny_source().replace("epochs    3", "epochs    1\n    sampler   auto"))
+    m = boltc.compile(str(src), backend="numpy")
+    hist = m.fit({"kind": "file", "path": str(tiny_files["train"]), "stream": True}, progress=False)
+    assert len(hist["epochs"]) == 1
+    assert "sampler auto" in capsys.readouterr().err and "uniform" in hist["epochs"][0]["sampler"]["kind"]

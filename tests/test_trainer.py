@@ -57,7 +57,9 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("sampler", [{"kind": "uniform"}, {"kind": "nw_sketch", "rows": 4, "bits": 4}])
+@pytest.mark.parametrize("sampler", [{"kind": "uniform"}, {"kind": "nw_sketch", "rows": 4, "bits": 4},
+                                     {"kind": "nw_sketch", "draw": "alias", "rows": 4, "bits": 4},
+                                     {"kind": "auto", "rows": 4, "bits": 4}])
 def test_killed_after_an_epoch_resumes_bit_identically(tmp_path, sampler):
     plan = make_plan(sparsity=0.25, epochs=3, sampler=sampler)
     train, val = data(plan, 300, 1), data(plan, 100, 2)

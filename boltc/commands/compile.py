@@ -54,12 +54,12 @@ def _notes(n) -> str:
 def _sampler_lines(graph, plan: dict) -> list[str]:
     """The training sampler's settings with the runtime's reasons (it resolves its own defaults)."""
     spec = plan["train"]["sampler"]
-    if spec.get("kind") != "nw_sketch":
+    if spec.get("kind") not in ("nw_sketch", "auto"):
         return []
     rows, _ = train_rows(graph)
     resolved = resolve_spec(spec, rows, plan["train"]["batch"])
     reasons = resolved.get("reasons", {})
-    return ["", "sampler nw_sketch" + ("" if rows else " (training rows unknown: bits and refresh decided at run time)")] + \
+    return ["", f"sampler {spec['kind']}" + ("" if rows else " (training rows unknown: bits and refresh decided at run time)")] + \
         _table([[key, str(resolved[key]), reasons.get(key, "")] for key in reasons if key != "kind"])
 
 

@@ -64,12 +64,18 @@ _SCHEDULES = {
 _SAMPLERS = {
     "uniform": (),
     # the keys runtime/sampler/adaptive.py reads (NW_KEYS); `auto` (or leaving one out) takes the sampler's default
-    "nw_sketch": (Param("rows", integer(1), None), Param("bits", _auto_or(integer(1, 24)), None),
+    "nw_sketch": (Param("draw", word("thin", "alias", what="draw"), None),
+                  Param("key", word("example", "input", "input_label", what="sketch key"), None),
+                  Param("keep", _auto_or(_POS), None), Param("drop", real(0.0, 1.0), None),
+                  Param("floor", real(0.0, 1.0, low_open=True), None),
+                  Param("rows", integer(1), None), Param("bits", _auto_or(integer(1, 24)), None),
                   Param("mix", real(0.0, 1.0, low_open=True), None), Param("refresh", _auto_or(_POS), None),
                   Param("decay", real(0.0, 1.0), None), Param("reweight", boolean, None),
                   Param("temperature", _POS, None), Param("clip", _POS, None), Param("seed", integer(0), None),
                   Param("warmup", integer(0, what="a number of epochs"), None), Param("excess", boolean, None)),
 }
+# auto takes nw_sketch's settings except draw (it switches thinning on and off itself)
+_SAMPLERS["auto"] = tuple(p for p in _SAMPLERS["nw_sketch"] if p.name != "draw")
 _DISTRIBUTED = (Param("workers", integer(1), positional=True), Param("address", string, "auto"),
                 Param("exchange_every", integer(1), 1),
                 Param("exchange", word("sparse", what="exchange"), "sparse"))
@@ -102,7 +108,9 @@ _SCALARS = {
     "upkeep_budget": ("upkeep_budget", real(0.0, 1.0, low_open=True, what="a fraction of the step work")),
     # cross entropy's target mixed with the uniform over the softmax's columns (runtime/exec/numpy_rules.py);
     # below 1 (1 would ignore the labels), and 0.1 not 10
-    "label_smoothing": ("label_smoothing", real(0.0, 0.999999, what="a share of the target")),
+    # `auto`: boltc tune searches 0, 0.05, 0.1, 0.2 (boltc/tune/space.py); untuned, 0 (off)
+    "label_smoothing": ("label_smoothing", tunable(real(0.0, 0.999999, what="a share of the target"),
+                                                   "label_smoothing", 0.0)),
 }
 # keys written into the plan only when the block sets them (the runtime holds their defaults)
 OPTIONAL_TRAIN_KEYS = ("upkeep_budget", "checkpoint_interval", "patience", "class_weights", "label_smoothing")

@@ -49,6 +49,7 @@ from boltc.runtime import savefile
 from boltc.runtime.distributed.worker import assemble_state, facts_nbytes, merge_facts
 from boltc.runtime.exec import executor  # looked up at call time (tests swap make_executor)
 from boltc.runtime.exec.optim import lr_at
+from boltc.runtime.sampler.adaptive import check_distributed
 from boltc.runtime.train.trainer import evaluate, format_record, metric_names
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -257,6 +258,7 @@ def fit_model(model, train=None, validation=None, epochs: int | None = None, *, 
     single-machine trainer's file format, so a run may switch between one machine and many.
     """
     _refuse_single_process_settings(model.plan)
+    check_distributed(model.plan.get("train", {}).get("sampler"), (lambda msg: print(msg, file=sys.stderr)) if progress else None)
     require_ray()
     dist = dict(model.plan.get("train", {}).get("distributed") or {})
     workers = int(workers if workers is not None else (dist.get("workers") or 2))   # 0 is an error, not "unset"

@@ -31,7 +31,7 @@ from boltc.errors import BoltValidationError
 from boltc.runtime import savefile
 from boltc.runtime.data.dataset import Dataset
 from boltc.runtime.exec.optim import lr_at
-from boltc.runtime.sampler import adaptive
+from boltc.runtime.sampler import choose
 from boltc.runtime.train import class_weights, metrics as metrics_mod, ranking
 from boltc.runtime.train.checkpoints import CheckpointPolicy, StopRequest
 from boltc.runtime.train.early_stop import EarlyStopping, watched_metric
@@ -67,7 +67,7 @@ class _UniformSampler:
 
 
 def make_sampler(spec: dict | None, dataset: Dataset, batch: int, seed: int):
-    return adaptive.make_sampler(spec, dataset, batch, seed)
+    return choose.make_sampler(spec, dataset, batch, seed)
 
 
 def metric_names(plan: dict) -> list[str]:
@@ -98,6 +98,14 @@ def evaluate(executor, dataset: Dataset, names, sparse: bool = False, batch: int
     dt = time.perf_counter() - t0
     out["examples_per_s"] = dataset.rows / dt if dt > 0 else 0.0
     return out
+
+
+def epoch_step(sampler, bi: int, bpe: int) -> int:
+    """The lr schedule's position within the epoch: a thinning sampler takes fewer steps per epoch, so
+    its position is the share of the epoch's permutation walked (`epoch_position` of its N), not the
+    step count (the two agree when nothing is skipped)."""
+    pos = getattr(sampler, "epoch_position", None)
+    return bi if pos is None else min(bpe - 1, int(pos) * bpe // int(sampler.n))
 
 
 class Trainer:
@@ -181,7 +189,12 @@ class Trainer:
         batch = int(cfg.get("batch", 256))
         seed = int(cfg.get("seed", 0))
         streaming = getattr(train, "streaming", False)
-        if streaming and (cfg.get("sampler") or {}).get("kind", "uniform") != "uniform":
+        kind = (cfg.get("sampler") or {}).get("kind", "uniform")
+        if streaming and kind == "auto" and self.sampler is None:
+            # auto means "adaptive only where it pays"; a streamed file cannot be revisited out of order
+            self.log(f"sampler auto: {train.source} is streamed, so it trains with the uniform sampler "
+                     "(the adaptive sampler needs the training set in memory)")
+        elif streaming and kind != "uniform":
             raise BoltValidationError(
                 f"sampler {cfg['sampler']['kind']} needs the training set in memory, but {train.source} is "
                 "streamed (too large for memory, or stream=true): use the uniform sampler, or a smaller file")
@@ -239,7 +252,7 @@ class Trainer:
                 up0 = getattr(self.ex, "upkeep_seconds", 0.0)
                 loss_sum, n_seen, lr = 0.0, 0, base_lr
                 for bi, (rows, b) in enumerate(self._epoch_batches(train, epoch, batch, seed)):
-                    lr = lr_at(base_lr, cfg.get("schedule"), epoch * bpe + bi, total_steps, bpe)
+                    lr = lr_at(base_lr, cfg.get("schedule"), epoch * bpe + epoch_step(self.sampler, bi, bpe), total_steps, bpe)
                     losses = self.ex.train_step(b, lr)
                     self.ex.after_step(epoch, bi, bpe)
                     self.sampler.observe(rows, losses)

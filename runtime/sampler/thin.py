@@ -1,0 +1,352 @@
+"""Thinning: skip easy examples within an epoch, and `sampler auto`, which thins only while it pays.
+
+An epoch walks a fresh random permutation of the training set (as `uniform`). Each candidate example i
+is kept with probability
+    k_i = clip(keep * s_i / mean(s), floor, 1),   s_i = max(pred_i, 0) ** (1 / temperature)
+where pred_i is the Nadaraya-Watson sketch's predicted (excess) loss at the moment the example's turn
+comes (runtime/sampler/nw_sketch.py; the sketch learns from the losses the trainer computes anyway), and
+mean(s) is measured on a fixed random probe of PROBE_ROWS examples each time the sketch is aged (about
+ten times an epoch), so a frozen sketch gives fixed keep probabilities. A kept example
+carries the weight w_i = 1 / k_i, so the epoch's summed gradient is an unbiased estimate of a uniform
+epoch's (E[1{kept} w_i g_i] = g_i), in fewer steps: an epoch costs about mean(k) of a uniform one.
+
+Decisions (measured by benchmarks/sampler_wallclock.py; figures in docs/sampler.md):
+- Thinning rather than drawing N examples with replacement from p ∝ pred (`draw=alias`): drawing keeps
+  every epoch's cost at N steps and only changes the mix, which did not save time on real data;
+  skipping is where the time goes away, and it needs no O(N R) refresh: predictions are queried per
+  candidate, so they are always as fresh as the last step.
+- The keep rate follows the data (keep=auto): `keep` is chosen, about ten times an epoch on the probe,
+  as the smallest scale that leaves out at most `drop` (default 0.1) of the predicted loss. Where losses
+  are spread evenly almost nothing is skipped (no saving, no harm: on 20ng_nextword, skipping 45% of an
+  epoch at a fixed keep=0.5 cost 2 points of P@1); where most of the loss sits on a few examples, most
+  of the rest is skipped (sst2: about half an epoch for 10% of the loss).
+- floor bounds the weights (<= 1 / floor) and makes sure every example is revisited now and then, so a
+  stale low prediction cannot hide an example for ever.
+- The random keep decisions use their own generator seeded by (seed, epoch): the permutation is the one
+  `uniform` walks, so a sampler that keeps everything trains exactly like `uniform`.
+
+`auto` (AutoSampler): the same walk, starting with thinning off. The sketch keeps learning either way.
+Every `check` steps it compares the sketch's prediction for each drawn example (made before the example's
+loss was added) with the loss then observed, on the last OBSERVED_WINDOW examples: a rank correlation
+(weighted by 1/k so that thinning's preference for hard examples does not bias it). Thinning switches
+on when the correlation reaches AUTO_ON and the keep probabilities of a fixed random probe of the data
+say it would skip at least
+AUTO_MIN_SKIP (30%) of the data, and off again when the correlation falls below AUTO_OFF (hysteresis, so it
+does not flap). Where the sketch carries no signal, auto is `uniform` plus the sketch's upkeep.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from boltc.runtime.sampler import native
+from boltc.runtime.sampler.adaptive import OBSERVED_WINDOW, NWSketchSampler, rankdata
+
+AUTO_ON = 0.3        # noise gives |rho| ~ 1/sqrt(4096) = 0.016 on a full window: 0.3 is far outside it
+AUTO_OFF = 0.15
+AUTO_MIN_SKIP = 0.3  # thinning must be able to skip 30% of the data to switch on: at 10% and 20% it switched
+                     # on for 20ng_nextword (which skips ~11% on average) and cost it up to 0.66 points of
+                     # test P@1 for ~3-5% of the time (benchmarks/sampler_wallclock.py, docs/results.md)
+MIN_PAIRS = 512      # no decision on fewer observed (prediction, loss) pairs
+THIN_PROJ_ROWS = 4096  # inputs folded to 4096 columns before projecting: a 4 MB projection that stays in
+                      # cache (32,768 columns cost 6 us a row to hash on sst2, more than a training step)
+PROBE_ROWS = 2048    # mean(s) is measured on this fixed random sample of the data at every ageing
+
+
+def weighted_rank_correlation(a: np.ndarray, b: np.ndarray, w: np.ndarray | None = None) -> float | None:
+    """Pearson correlation of the ranks of a and b, each pair weighted by w (None: Spearman)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    w = np.ones(a.size) if w is None else np.asarray(w, dtype=np.float64)
+    ok = np.isfinite(a) & np.isfinite(b) & (w > 0)
+    if ok.sum() < 3:
+        return None
+    ra, rb, w = rankdata(a[ok]), rankdata(b[ok]), w[ok] / w[ok].sum()
+    if np.ptp(ra) == 0 or np.ptp(rb) == 0:
+        return None                     # a constant side has no ranking
+    ca, cb = ra - w @ ra, rb - w @ rb
+    va, vb = w @ (ca * ca), w @ (cb * cb)
+    if va <= 0 or vb <= 0:
+        return None
+    return float((w @ (ca * cb)) / np.sqrt(va * vb))
+
+
+def keep_scale_for(r: np.ndarray, floor: float, drop: float) -> float:
+    """The smallest scale c such that keeping each example with k = clip(c r, floor, 1) leaves out at
+    most `drop` of the loss: sum((1 - k) r) / sum(r) <= drop (r = s / mean(s) >= 0). The left-out share
+    falls as c grows, so bisection (on a log scale) finds it."""
+    total = float(r.sum())
+    if total <= 0:
+        return 1.0
+    lo, hi = 1e-3, 1e3
+    for _ in range(40):
+        mid = (lo * hi) ** 0.5
+        if float(((1.0 - np.clip(mid * r, floor, 1.0)) * r).sum()) > drop * total:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+class ExampleMemory:
+    """key=example: each example's own last (excess) loss, the prior for examples not seen yet. The
+    sketch's interface (query, update, decay, prior, state) over row ids instead of bucket ids: no hashing."""
+
+    def __init__(self, n: int):
+        self.loss = np.full(n, np.nan)
+        self.total_loss = 0.0
+        self.total_count = 0.0
+
+    @property
+    def prior(self) -> float:
+        return self.total_loss / self.total_count if self.total_count > 0 else 1.0
+
+    def query(self, rows: np.ndarray) -> np.ndarray:
+        v = self.loss[rows]
+        return np.where(np.isnan(v), self.prior, v)
+
+    def update(self, rows: np.ndarray, losses: np.ndarray) -> None:
+        self.loss[rows] = losses
+        self.total_loss += float(losses.sum())
+        self.total_count += float(losses.size)
+
+    def decay(self, factor: float) -> None:
+        self.total_loss *= factor
+        self.total_count *= factor
+
+    def state_dict(self) -> dict:
+        return {"loss": self.loss.copy(), "total_loss": self.total_loss, "total_count": self.total_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loss = np.array(state["loss"], dtype=np.float64)
+        self.total_loss, self.total_count = float(state["total_loss"]), float(state["total_count"])
+
+
+class ThinningSampler(NWSketchSampler):
+    """Walks a random permutation per epoch and skips examples the sketch predicts to be easy."""
+
+    kind = "nw_sketch"
+
+    def __init__(self, spec: dict, dataset, batch: int, seed: int = 0, codes: np.ndarray | None = None,
+                 use_native: bool | None = None):
+        super().__init__(spec, dataset, batch, seed, codes=codes, use_native=use_native)
+        self.expected_keep = 1.0
+        self.fixed_keep = spec["keep"] != "auto"
+        self.keep_scale = float(spec["keep"]) if self.fixed_keep else 1.0
+        self.floor, self.drop = float(spec["floor"]), float(spec["drop"])
+        self.thinning = True               # AutoSampler starts with it off
+        self.norm = 0.0                    # mean of s over the probe (0: not yet measured)
+        self.probe = np.sort(np.random.default_rng([self.seed, 0x960B]).choice(
+            self.n, size=min(self.n, PROBE_ROWS), replace=False))
+        self.since_decay = 0               # candidates since the sketch was last aged
+        self.epoch_position = 0            # candidates of this epoch's permutation walked (the trainer's lr clock)
+        self.kept, self.candidates = 0, 0  # over the last epoch (keep fraction in stats)
+        self._obs_w = np.ones(OBSERVED_WINDOW)
+        self._pending: dict = {}           # id of a yielded rows array -> (predictions, weights)
+
+    def _build_predictor(self, dataset, spec: dict, codes, max_proj_rows: int = 0) -> None:
+        if spec.get("key") == "example":
+            self.sketch, self.codes = ExampleMemory(self.n), None
+            return
+        super()._build_predictor(dataset, spec, codes, THIN_PROJ_ROWS)
+
+    # -- keep decisions ----------------------------------------------------------------------------
+    def keep_probabilities(self, rows: np.ndarray, pred: np.ndarray | None = None) -> np.ndarray:
+        """k_i for each row from the sketch's current predictions (updates nothing)."""
+        if self.sketch.total_count <= 0:
+            return np.ones(len(rows))
+        pred = self.predict_rows(rows) if pred is None else pred
+        s = np.maximum(pred, 0.0)
+        if self.temperature != 1.0:
+            s = s ** (1.0 / self.temperature)
+        norm = self.norm if self.norm > 0 else float(s.mean())
+        if not np.isfinite(norm) or norm <= 0:
+            return np.full(len(rows), self.floor)   # every loss seen is zero: all easy, revisit at the floor
+        return np.clip(self.keep_scale * s / norm, self.floor, 1.0)
+
+    def predict_rows(self, rows: np.ndarray) -> np.ndarray:
+        if self.codes is None:
+            return self.sketch.query(rows)
+        return native.query(self.sketch, np.ascontiguousarray(self.codes[rows]), self.native)
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        return self.predict_rows(np.asarray(rows, dtype=np.int64))
+
+    def measure_norm(self) -> None:
+        """mean(s) over the probe rows (the normaliser of the keep probabilities), and with keep=auto the
+        keep scale that leaves out at most `drop` of the probe's predicted loss."""
+        if self.sketch.total_count <= 0:
+            return
+        s = np.maximum(self.predict_rows(self.probe), 0.0)
+        if self.temperature != 1.0:
+            s = s ** (1.0 / self.temperature)
+        self.norm = float(s.mean())
+        if self.norm > 0:
+            if not self.fixed_keep:
+                self.keep_scale = keep_scale_for(s / self.norm, self.floor, self.drop)
+            # the share thinning would keep now, on a uniform sample of the data (auto's second test)
+            self.expected_keep = float(np.clip(self.keep_scale * s / self.norm, self.floor, 1.0).mean())
+
+    def _age(self, n_candidates: int) -> None:
+        """Decay is per epoch; applied about ten times an epoch (each pass touches every cell), and the
+        normaliser re-measured with it."""
+        self.since_decay += n_candidates
+        if self.since_decay * 10 >= self.n:
+            self.sketch.decay(float(self.spec["decay"]) ** (self.since_decay / self.n))
+            self.measure_norm()
+            self.refreshes += 1
+            self.since_decay = 0
+        elif self.norm <= 0:
+            self.measure_norm()
+
+    def _thinning_now(self, epoch: int) -> bool:
+        return self.thinning and epoch >= self.warmup
+
+    def batches(self, epoch: int):
+        order = np.random.default_rng([self.seed, int(epoch), 0xB01]).permutation(self.n).astype(np.int64)
+        coin = np.random.default_rng([self.seed, int(epoch), 0x7417])
+        self.kept, self.candidates, self.epoch_position = 0, 0, 0
+        rows_buf: list[np.ndarray] = []
+        pred_buf: list[np.ndarray] = []
+        w_buf: list[np.ndarray] = []
+        have = 0
+        for start in range(0, self.n, self.batch):
+            with self._timer:
+                cand = order[start:start + self.batch]
+                pred = self.predict_rows(cand)
+                if self._thinning_now(epoch):
+                    k = self.keep_probabilities(cand, pred)
+                    sel = coin.random(cand.size) < k
+                    cand, pred, w = cand[sel], pred[sel], 1.0 / k[sel]
+                else:
+                    w = np.ones(cand.size)
+                self.candidates += min(self.batch, self.n - start)
+                self.kept += cand.size
+                self._age(min(self.batch, self.n - start))
+                rows_buf.append(cand), pred_buf.append(pred), w_buf.append(w)
+                have += cand.size
+            self.epoch_position = start          # where the batch about to be yielded began
+            while have >= self.batch or (have > 0 and start + self.batch >= self.n):
+                yield self._emit(rows_buf, pred_buf, w_buf)
+                have = sum(r.size for r in rows_buf)
+        self.epoch_position = self.n
+
+    def _emit(self, rows_buf, pred_buf, w_buf):
+        with self._timer:
+            rows, pred, w = (np.concatenate(b) for b in (rows_buf, pred_buf, w_buf))
+            size = min(self.batch, rows.size)
+            out_rows, out_pred, out_w = rows[:size], pred[:size], w[:size]
+            for buf, rest in ((rows_buf, rows[size:]), (pred_buf, pred[size:]), (w_buf, w[size:])):
+                buf.clear()
+                if rest.size:
+                    buf.append(rest)
+            self.step += 1
+            self.draws += size
+            self._pending = {"rows": out_rows, "pred": out_pred, "w": out_w}
+            weights = out_w.astype(np.float32) if self.reweight else None
+        return out_rows, weights
+
+    # -- learning ----------------------------------------------------------------------------------
+    def observe(self, rows: np.ndarray, losses: np.ndarray) -> None:
+        with self._timer:
+            rows = np.asarray(rows, dtype=np.int64)
+            losses = np.asarray(losses, dtype=np.float64)
+            if self.loss_floor is not None:
+                losses = np.maximum(losses - self.loss_floor[rows], 0.0)
+            pend = self._pending
+            if pend and pend["rows"] is rows or (pend and np.array_equal(pend["rows"], rows)):
+                pred, w = pend["pred"], pend["w"]
+            else:                               # rows not drawn by batches(): predict now
+                pred, w = self.predict_rows(rows), np.ones(rows.size)
+            ok = np.isfinite(losses)
+            if not ok.all():
+                rows, losses, pred, w = rows[ok], losses[ok], pred[ok], w[ok]
+            if rows.size == 0:
+                return
+            k = min(rows.size, OBSERVED_WINDOW)
+            pos = (self._obs_n + np.arange(k)) % OBSERVED_WINDOW
+            self._obs_pred[pos], self._obs_true[pos], self._obs_w[pos] = pred[:k], losses[:k], w[:k]
+            self._obs_n += k
+            if self.codes is None:
+                self.sketch.update(rows, losses)
+            else:
+                native.update(self.sketch, self.codes, rows, losses, self.native)
+            self._after_observe()
+
+    def _after_observe(self) -> None:
+        pass
+
+    def observed_correlation(self) -> float | None:
+        m = min(self._obs_n, OBSERVED_WINDOW)
+        if m < MIN_PAIRS:
+            return None
+        return weighted_rank_correlation(self._obs_pred[:m], self._obs_true[:m], self._obs_w[:m])
+
+    # -- reporting and checkpoints -----------------------------------------------------------------
+    def stats(self) -> dict:
+        out = super().stats()
+        out.update(kind=self.kind, draw="thin", thinning=bool(self.thinning), keep_scale=float(self.keep_scale),
+                   expected_keep=float(self.expected_keep),
+                   keep_fraction=self.kept / self.candidates if self.candidates else 1.0,
+                   observed_rank_correlation=self.observed_correlation())
+        return out
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "kind": self.kind, "thinning": bool(self.thinning), "norm": float(self.norm),
+                "keep_scale": float(self.keep_scale), "expected_keep": float(self.expected_keep),
+                "since_decay": int(self.since_decay), "obs_pred": self._obs_pred.copy(),
+                "obs_true": self._obs_true.copy(), "obs_w": self._obs_w.copy(), "obs_n": int(self._obs_n),
+                "kept": int(self.kept), "candidates": int(self.candidates)}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.thinning = bool(state["thinning"])
+        self.norm, self.since_decay = float(state["norm"]), int(state["since_decay"])
+        self.keep_scale, self.expected_keep = float(state["keep_scale"]), float(state["expected_keep"])
+        self._obs_pred = np.array(state["obs_pred"], dtype=np.float64)
+        self._obs_true = np.array(state["obs_true"], dtype=np.float64)
+        self._obs_w = np.array(state["obs_w"], dtype=np.float64)
+        self._obs_n = int(state["obs_n"])
+        self.kept, self.candidates = int(state["kept"]), int(state["candidates"])
+
+
+class AutoSampler(ThinningSampler):
+    """`sampler auto`: uniform until the sketch's predictions rank the observed losses, then thinning."""
+
+    kind = "auto"
+
+    def __init__(self, spec: dict, dataset, batch: int, seed: int = 0, codes: np.ndarray | None = None,
+                 use_native: bool | None = None):
+        super().__init__(spec, dataset, batch, seed, codes=codes, use_native=use_native)
+        self.thinning = False
+        self.check_every = max(1, int(spec["refresh"]))
+        self.switches: list[tuple[int, bool, float]] = []     # (step, on?, correlation)
+        self.last_correlation: float | None = None
+
+    def _after_observe(self) -> None:
+        if self.step % self.check_every:
+            return
+        rho = self.observed_correlation()
+        self.last_correlation = rho
+        if rho is None:
+            return
+        if not self.thinning:
+            if rho >= AUTO_ON and self.expected_keep <= 1.0 - AUTO_MIN_SKIP:
+                self._switch(True, rho)
+        elif rho < AUTO_OFF:
+            self._switch(False, rho)
+
+    def _switch(self, on: bool, rho: float) -> None:
+        self.thinning = on
+        self.switches.append((int(self.step), bool(on), float(rho)))
+
+    def stats(self) -> dict:
+        out = super().stats()
+        out.update(switches=len(self.switches))
+        return out
+
+    def state_dict(self) -> dict:
+        sw = np.array(self.switches, dtype=np.float64).reshape(-1, 3)
+        return {**super().state_dict(), "switches": sw}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.switches = [(int(s), bool(o), float(r)) for s, o, r in np.asarray(state["switches"]).reshape(-1, 3)]
