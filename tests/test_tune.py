@@ -153,7 +153,7 @@ model a {
   d = dropout(h, auto)
   s = fc(d, 3, softmax)
   loss cross_entropy(s, y)
-  train { optimizer adam(lr=auto, weight_decay=auto)  batch auto  epochs auto }
+  train { optimizer adam(lr=auto, weight_decay=auto)  batch auto  epochs auto  label_smoothing auto }
 }
 """
     plan = boltc.compile(text, backend="numpy").plan
@@ -161,7 +161,7 @@ model a {
     assert got == {("input", "x", "ngrams"): ("ngrams", 1), ("input", "x", "dim"): ("text_dim", 1 << 18),
                    ("layer", "h", "dim"): ("width", 256), ("layer", "d", "rate"): ("dropout", 0.0),
                    ("train", "lr"): ("lr", 1e-3), ("train", "weight_decay"): ("weight_decay", 0.0),
-                   ("train", "batch"): ("batch", 256)}
+                   ("train", "batch"): ("batch", 256), ("train", "label_smoothing"): ("label_smoothing", 0.0)}
     layers = {l["name"]: l for l in plan["layers"]}
     assert layers["h"]["dim"] == 256 and plan["inputs"][0]["ngrams"] == 1 and plan["inputs"][0]["dim"] == 1 << 18
     assert plan["train"]["lr"] == 1e-3 and plan["train"]["batch"] == 256 and plan["train"]["patience"] == 3

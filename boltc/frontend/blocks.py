@@ -108,7 +108,9 @@ _SCALARS = {
     "upkeep_budget": ("upkeep_budget", real(0.0, 1.0, low_open=True, what="a fraction of the step work")),
     # cross entropy's target mixed with the uniform over the softmax's columns (runtime/exec/numpy_rules.py);
     # below 1 (1 would ignore the labels), and 0.1 not 10
-    "label_smoothing": ("label_smoothing", real(0.0, 0.999999, what="a share of the target")),
+    # `auto`: boltc tune searches 0, 0.05, 0.1, 0.2 (boltc/tune/space.py); untuned, 0 (off)
+    "label_smoothing": ("label_smoothing", tunable(real(0.0, 0.999999, what="a share of the target"),
+                                                   "label_smoothing", 0.0)),
 }
 # keys written into the plan only when the block sets them (the runtime holds their defaults)
 OPTIONAL_TRAIN_KEYS = ("upkeep_budget", "checkpoint_interval", "patience", "class_weights", "label_smoothing")

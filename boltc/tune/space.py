@@ -7,7 +7,7 @@ and narrow enough that a 10-minute budget samples it meaningfully):
 - weight_decay: 0 or 1e-6 .. 1e-2 in decades (decoupled decay on touched rows);
 - batch: 32 .. 512 in powers of two;
 - text ngrams: 1, 2, 3; text dim: 2^16 .. 2^20;
-- dropout rate: 0 .. 0.5;
+- dropout rate: 0 .. 0.5; label smoothing: 0, 0.05, 0.1 or 0.2;
 - output sparsity: for a layer left `sparsity=auto` that the rule makes sparse, 1x, 2x or 4x the rule's
   share of active neurons (at 1 the layer is dense); its hashing follows the rule for that share.
 A trial whose model would plan more than MAX_TRIAL_BYTES of training memory is pruned before it trains
@@ -25,6 +25,7 @@ BATCHES = (32, 64, 128, 256, 512)
 WEIGHT_DECAYS = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
 TEXT_DIMS = (1 << 16, 1 << 17, 1 << 18, 1 << 19, 1 << 20)
 SPARSITY_FACTORS = (1, 2, 4)
+LABEL_SMOOTHINGS = (0.0, 0.05, 0.1, 0.2)
 MAX_TRIAL_BYTES = 4 << 30
 
 
@@ -51,6 +52,8 @@ def suggest(trial, tunables, optimizer: str) -> dict:
             v = trial.suggest_categorical(name, (1, 2, 3))
         elif t.kind == "text_dim":
             v = trial.suggest_categorical(name, TEXT_DIMS)
+        elif t.kind == "label_smoothing":
+            v = trial.suggest_categorical(name, LABEL_SMOOTHINGS)
         elif t.kind == "dropout":
             v = trial.suggest_float(name, 0.0, 0.5)
         elif t.kind == "sparsity":
