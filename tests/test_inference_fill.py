@@ -1,6 +1,6 @@
-"""Sparse inference fill (runtime/lsh/prior.py): the slots past the bucket candidates hold the most
-frequent training labels, by hand on a small case, and the interpreter and the native backend (1 and 2
-threads) rank the same."""
+"""Sparse inference fill (runtime/lsh/prior.py): with the plan's opt-in `frequent_fill`, the slots past
+the bucket candidates hold the most frequent training labels, by hand on a small case, and the
+interpreter and the native backend (1 and 2 threads) rank the same; without it, BOLT's random fill."""
 import numpy as np
 import pytest
 
@@ -40,6 +40,7 @@ def test_sparse_inference_scores_the_frequent_labels_and_backends_agree(saved):
     got = {}
     for backend, threads in (("numpy", 1), ("native", 1), ("native", 2)):
         m = boltc.load(path, backend=backend, threads=threads)
+        m.plan["layers"][-1]["hash"]["frequent_fill"] = True
         out = m.executor.forward(test.take(np.arange(X.shape[0])), mode="sparse")["scores"]
         got[(backend, threads)] = (out[0], m.predict(X, top_k=3, sparse=True))
     ids_np = got[("numpy", 1)][0]
@@ -57,3 +58,18 @@ def test_sparse_inference_scores_the_frequent_labels_and_backends_agree(saved):
     assert (n < ids_plain.shape[1]).any()                              # some slots were filled
     order = frequency_order(plain.state.params["scores"]["label_count"])
     np.testing.assert_array_equal(ids_np, fill_with_frequent(ids_plain, n, order))
+
+
+def test_the_random_fill_is_the_default(saved):
+    """A saved model's plan without the flag ranks exactly as with `frequent_fill: false`."""
+    path, test = saved
+    b = test.take(np.arange(test.inputs["features"].shape[0]))
+    default = boltc.load(path, backend="numpy")
+    off = boltc.load(path, backend="numpy")
+    off.plan["layers"][-1]["hash"]["frequent_fill"] = False
+    on = boltc.load(path, backend="numpy")
+    on.plan["layers"][-1]["hash"]["frequent_fill"] = True
+    ids = {k: m.executor.forward(b, mode="sparse")["scores"][0] for k, m in
+           (("default", default), ("off", off), ("on", on))}
+    np.testing.assert_array_equal(ids["default"], ids["off"])
+    assert not np.array_equal(ids["default"], ids["on"])

@@ -102,9 +102,10 @@ class NumpyExecutor:
         return values, caches
 
     def inference_fill(self, layer, index, buckets, ids):
-        """Sparse inference of the output: the slots past the bucket candidates hold the most frequent
-        training labels (runtime/lsh/prior.py); as selected when no label was counted yet."""
-        if not layer.get("hash", {}).get("frequent_fill", True):
+        """Sparse inference of the output: with the plan's `"frequent_fill": true` the slots past the
+        bucket candidates hold the most frequent training labels (runtime/lsh/prior.py); otherwise, and
+        when no label was counted yet, BOLT's random fill as selected."""
+        if not layer.get("hash", {}).get("frequent_fill", False):
             return ids
         order = self._frequency_order(layer["name"])
         if order is None:

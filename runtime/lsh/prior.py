@@ -1,13 +1,14 @@
 """Sparse inference: what fills an output's active set past the bucket candidates.
 
 An inference lookup returns each row's candidates (the contents of its L probed buckets, most
-collisions first) and BOLT fills the rest of the `active` slots with uniformly random neurons. A random
-neuron is almost never the top answer. Decision beyond BOLT: the slots past the candidates hold the
-most frequent training labels (the output's `label_count`, descending; ties by id) that are not already
-candidates. On Zipfian label sets (next-word prediction, tags) the frequent labels are the likeliest
-answers for any input, so the sparse ranking then also scores the labels a dense argmax picks most
-often; the neurons scored per example stay exactly `active`, so the cost is unchanged. Deterministic,
-so both backends rank the same set.
+collisions first) and BOLT fills the rest of the `active` slots with uniformly random neurons. This
+module is the opt-in alternative, a plan hash entry `"frequent_fill": true`: the slots past the
+candidates hold the most frequent training labels (the output's `label_count`, descending; ties by id)
+that are not already candidates; the neurons scored per example stay exactly `active`. It is off by
+default because it was measured both ways on validation data (docs/results.md, 'Sparse inference
+fill'): +0.08 P@1 on a 20ng_nextword sample (12.11 vs 12.03), but -19.5 on the SYNTHETIC 100k-label
+problem (21.24 vs 40.78), where frequent labels with large logits crowd out the candidates the hash
+found. Deterministic, so both backends rank the same set.
 """
 from __future__ import annotations
 
