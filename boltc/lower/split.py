@@ -11,16 +11,25 @@ it, so single-process plans compile exactly what they did):
 So gradient + apply of one batch is the fused update bit for bit (tests/test_native_split.py), and a
 combined gradient of several workers is applied with exactly the single-process arithmetic.
 
+What each op trains and which kernels it needs is its own (`split_params`, `split_row_sparse`,
+`lower_split` in boltc/ops/<op>.py); this module is the library those rules write with (`rows_apply`,
+`apply_kernels`, backward.py as `bw`, `symbol`, `moment_dtypes`, `moment_kind`) and the dispatch.
+
 Rows are addressed relative to the W, m and v pointers the caller passes: a worker that owns rows
 [lo, hi) of a tensor (ZeRO-1, runtime/distributed) passes W + lo rows and its moment shard, and row
 ids minus lo.
 """
 from __future__ import annotations
 
+import sys
+from typing import Callable
+
 from boltc.lower import backward as bw
 from boltc.lower.builder import I64, PTR, KernelModule, symbol
-from boltc.lower.rules import SPARSE_INPUT_KINDS, is_sparse_layer, native_support
-from boltc.plan.moments import moment_dtypes, moment_kind
+from boltc.lower.rules import native_support, reads_sparse_input
+from boltc.ops import OPS
+from boltc.ops.base import SplitContext
+from boltc.plan.moments import moment_dtypes, moment_kind  # noqa: F401 (library of the ops' split rules)
 
 
 def rows_apply(km: KernelModule, name: str, width: int, spec: bw.UpdateSpec, tensor: str, listed: bool) -> None:
@@ -64,68 +73,41 @@ def rows_apply(km: KernelModule, name: str, width: int, spec: bw.UpdateSpec, ten
     k.ret()
 
 
+def apply_kernels(km: KernelModule, layer: dict, spec: bw.UpdateSpec, widths: dict[str, int],
+                  row_sparse: Callable) -> dict[str, str]:
+    """One `rows_apply` kernel per trained tensor (role `apply_<tensor>`), with the layer's update spec;
+    `row_sparse(layer, tensor)`: whether it applies listed rows only (the op's split_row_sparse)."""
+    out: dict[str, str] = {}
+    for tensor, width in widths.items():
+        out[f"apply_{tensor}"] = symbol(layer, f"apply_{tensor}")
+        rows_apply(km, out[f"apply_{tensor}"], width, spec, tensor, row_sparse(layer, tensor))
+    return out
+
+
 def param_widths(layer: dict) -> dict[str, int]:
     """Each trained tensor of a layer -> its row width (elements per row of the first dimension)."""
-    op = layer["op"]
-    if op in ("fc", "embedding"):
-        in_major = layer.get("layout") == "in_major" or op == "embedding"
-        out = {"W": layer["dim"] if in_major else layer["in_dim"]}
-        if op == "fc" and layer.get("bias", True):
-            out["b"] = 1
-        return out
-    if op == "layernorm":
-        return {"gamma": 1, "beta": 1}
-    return {}
+    return OPS[layer["op"]].split_params(layer)
 
 
 def row_sparse(layer: dict, tensor: str) -> bool:
     """Whether a step touches only some rows of the tensor (else the whole tensor is its gradient)."""
-    if layer["op"] == "embedding" or (layer["op"] == "fc" and layer.get("layout") == "in_major"):
-        return tensor == "W"
-    return layer["op"] == "fc" and is_sparse_layer(layer)
+    return OPS[layer["op"]].split_row_sparse(layer, tensor)
 
 
 def lower_split(plan: dict) -> tuple[KernelModule, dict[str, dict[str, str]]]:
     """The grad and apply kernels of every layer: layer -> role -> symbol (roles `grad`, `grad_active`,
-    `grad_active_dx`, `apply_<tensor>`)."""
+    `grad_active_dx`, `apply_<tensor>`), each op's from its `lower_split` rule (boltc/ops/<op>.py), which
+    reads this module as its library."""
     reason = native_support(plan)
     if reason is not None:
         raise ValueError(reason)
     km = KernelModule(plan.get("model", "boltc") + ".split")
     inputs = {i["name"]: i for i in plan["inputs"]}
+    lib = sys.modules[__name__]
     syms: dict[str, dict[str, str]] = {}
     for layer in plan["layers"]:
-        name, op = layer["name"], layer["op"]
-        out: dict[str, str] = {}
-        spec = bw.update_spec(plan, layer) if op in ("fc", "embedding") else None
         src = layer["inputs"][0]
-        sparse_in = src in inputs and inputs[src]["kind"] in SPARSE_INPUT_KINDS
-        if op == "embedding" or (op == "fc" and sparse_in):
-            out["grad"] = symbol(layer, "grad")
-            bw.rows_update_in_major(km, out["grad"], layer["dim"], spec, store_grad=True)
-        elif op == "fc":
-            bias, dim, in_dim = bool(layer.get("bias", True)), layer["dim"], layer["in_dim"]
-            out["grad"] = symbol(layer, "grad")
-            bw.rows_update_out_major(km, out["grad"], in_dim, dim, False, bias, spec, store_grad=True)
-            if is_sparse_layer(layer):
-                out["grad_active"] = symbol(layer, "grad_active")
-                bw.rows_update_out_major(km, out["grad_active"], in_dim, layer["active"], True, bias, spec,
-                                         store_grad=True)
-                if src not in inputs:
-                    out["grad_active_dx"] = symbol(layer, "grad_active_dx")
-                    bw.rows_update_out_major(km, out["grad_active_dx"], in_dim, layer["active"], True, bias, spec,
-                                             fuse_dx=True, store_grad=True)
-        elif op == "layernorm":
-            kinds = moment_dtypes(plan)
-            spec = None
-            for tensor in ("gamma", "beta"):
-                out[f"apply_{tensor}"] = symbol(layer, f"apply_{tensor}")
-                tspec = bw.UpdateSpec(plan.get("train", {}).get("optimizer", "adam"),
-                                      moments_b=moment_kind(kinds, name, tensor))
-                rows_apply(km, out[f"apply_{tensor}"], 1, tspec, "b", False)
-        if spec is not None:
-            for tensor, width in param_widths(layer).items():
-                out[f"apply_{tensor}"] = symbol(layer, f"apply_{tensor}")
-                rows_apply(km, out[f"apply_{tensor}"], width, spec, tensor, row_sparse(layer, tensor))
-        syms[name] = out
+        ctx = SplitContext(plan, input_sparse=reads_sparse_input(layer, inputs), input_is_layer=src not in inputs,
+                           lib=lib)
+        syms[layer["name"]] = OPS[layer["op"]].lower_split(km, layer, ctx)
     return km, syms

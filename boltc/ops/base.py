@@ -89,6 +89,15 @@ class LowerContext:
     lib: Any = None                 # the kernel-writing library (boltc/lower/library.py)
 
 
+@dataclass
+class SplitContext:
+    """What a split-kernel rule (data-parallel gradient / apply kernels) knows about its layer."""
+    plan: dict
+    input_sparse: bool              # the first input is a sparse model input (CSR batches)
+    input_is_layer: bool            # the first input is a layer, not a model input
+    lib: Any = None                 # the split-kernel library (boltc/lower/split.py)
+
+
 @dataclass(frozen=True)
 class Op:
     """One op of the language. Every field is required (tests/test_ops_registry.py)."""
@@ -114,11 +123,29 @@ class Op:
     lower: Callable                                # (km, layer, LowerContext) -> {role: kernel symbol}
     run_forward: Callable                          # (ex, layer, inputs, step) -> (value, cache)
     run_backward: Callable                         # (ex, layer, cache, grad, step) -> input grads
+    # --- split kernels of data-parallel workers (boltc/lower/split.py)
+    split_params: Callable                         # (layer) -> {trained tensor: row width}; {} if none
+    split_row_sparse: Callable                     # (layer, tensor) -> a step touches only some of its rows
+    lower_split: Callable                          # (km, layer, SplitContext) -> {role: kernel symbol}
     extra: dict = field(default_factory=dict)      # anything else an op wants to publish
 
 
 def no_checks(attrs: dict) -> list:
     return []
+
+
+def no_split_params(layer: dict) -> dict:
+    """split_params of an op without trained tensors."""
+    return {}
+
+
+def no_row_sparse(layer: dict, tensor: str) -> bool:
+    return False
+
+
+def no_split_kernels(km, layer: dict, ctx: SplitContext) -> dict:
+    """lower_split of an op without trained tensors: it has no gradient to hand out."""
+    return {}
 
 
 def plain_layer(n) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from boltc.ops.base import LowerContext, Op, no_checks
+from boltc.ops.base import LowerContext, Op, no_checks, no_row_sparse, no_split_kernels, no_split_params
 from boltc.ops.numeric import ptr
 
 
@@ -100,4 +100,5 @@ OP = Op(
     params=lambda layer: {}, param_init={}, plan_entry=lambda attrs, dim, input_sparse: {"dim": dim},
     notes=lambda attrs, dim: "",
     forward=forward, backward=backward, lower=lower, run_forward=run_forward, run_backward=run_backward,
+    split_params=no_split_params, split_row_sparse=no_row_sparse, lower_split=no_split_kernels,  # nothing trained
 )

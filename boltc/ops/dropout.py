@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from boltc.ops.base import LowerContext, Op
+from boltc.ops.base import LowerContext, Op, no_row_sparse, no_split_kernels, no_split_params
 from boltc.ops.numeric import ptr
 
 _M64 = (1 << 64) - 1
@@ -161,4 +161,5 @@ OP = Op(
     params=lambda layer: {}, param_init={}, plan_entry=plan_entry,
     notes=lambda attrs, dim: f"rate={attrs['rate']:g}, training steps only",
     forward=forward, backward=backward, lower=lower, run_forward=run_forward, run_backward=run_backward,
+    split_params=no_split_params, split_row_sparse=no_row_sparse, lower_split=no_split_kernels,  # nothing trained
 )

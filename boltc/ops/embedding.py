@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from boltc.ops.base import LowerContext, Op, no_checks
+from boltc.ops.base import LowerContext, Op, SplitContext, no_checks
 from boltc.ops.numeric import ParamGrad, compress_columns, matmul, ptr
 from boltc.ops.runners import sparse_forward, update_sparse_input
 
@@ -92,6 +92,26 @@ def lower(km, layer: dict, ctx: LowerContext) -> dict:
     return out
 
 
+# ---------------------------------------------------------------- split kernels (data-parallel workers)
+
+def split_params(layer: dict) -> dict:
+    return {"W": layer["dim"]}                     # in-major: one row of width dim per input feature
+
+
+def split_row_sparse(layer: dict, tensor: str) -> bool:
+    return tensor == "W"                           # the batch's features
+
+
+def lower_split(km, layer: dict, ctx: SplitContext) -> dict:
+    """`grad`: the in-major row update with store_grad; `apply_W`: rows_apply on listed rows."""
+    lib = ctx.lib
+    spec = lib.bw.update_spec(ctx.plan, layer)
+    out = {"grad": lib.symbol(layer, "grad")}
+    lib.bw.rows_update_in_major(km, out["grad"], layer["dim"], spec, store_grad=True)
+    out.update(lib.apply_kernels(km, layer, spec, split_params(layer), split_row_sparse))
+    return out
+
+
 # ---------------------------------------------------------------- native runner
 
 def run_forward(ex, layer, ins, step):
@@ -118,4 +138,5 @@ OP = Op(
     params=params, param_init={"W": "normal"}, plan_entry=plan_entry,
     notes=lambda attrs, dim: f"reduce={attrs.get('reduce', 'sum')}",
     forward=forward, backward=backward, lower=lower, run_forward=run_forward, run_backward=run_backward,
+    split_params=split_params, split_row_sparse=split_row_sparse, lower_split=lower_split,
 )

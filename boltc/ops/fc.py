@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from boltc.errors import BoltValidationError
-from boltc.ops.base import LowerContext, Op
+from boltc.ops.base import LowerContext, Op, SplitContext
 from boltc.ops.numeric import (ParamGrad, act_grad, activate, activation_backward, compress_columns, loss_options,
                                matmul, ptr, scatter_dense)
 from boltc.ops.runners import ADAM_OPS, grad_buffer, sparse_forward, update_sparse_input
@@ -247,6 +247,46 @@ def lower(km, layer: dict, ctx: LowerContext) -> dict:
     return out
 
 
+# ---------------------------------------------------------------- split kernels (data-parallel workers)
+
+def split_params(layer: dict) -> dict:
+    """W's rows are input features (in_major: width dim) or neurons (width in_dim); b one per neuron."""
+    out = {"W": layer["dim"] if layer.get("layout") == "in_major" else layer["in_dim"]}
+    if layer.get("bias", True):
+        out["b"] = 1
+    return out
+
+
+def split_row_sparse(layer: dict, tensor: str) -> bool:
+    """in_major: W's touched rows are the batch's features (b is whole); LSH-sparse: the active neurons."""
+    if layer.get("layout") == "in_major":
+        return tensor == "W"
+    return layer.get("active", layer["dim"]) < layer["dim"]
+
+
+def lower_split(km, layer: dict, ctx: SplitContext) -> dict:
+    """`grad` (and `grad_active`, `grad_active_dx` for an LSH-sparse layer): the fused updates with
+    store_grad; `apply_W`, `apply_b`: rows_apply."""
+    lib = ctx.lib
+    spec = lib.bw.update_spec(ctx.plan, layer)
+    out: dict[str, str] = {"grad": lib.symbol(layer, "grad")}
+    if ctx.input_sparse:
+        lib.bw.rows_update_in_major(km, out["grad"], layer["dim"], spec, store_grad=True)
+    else:
+        bias, dim, in_dim = bool(layer.get("bias", True)), layer["dim"], layer["in_dim"]
+        lib.bw.rows_update_out_major(km, out["grad"], in_dim, dim, False, bias, spec, store_grad=True)
+        if layer.get("active", dim) < dim:
+            out["grad_active"] = lib.symbol(layer, "grad_active")
+            lib.bw.rows_update_out_major(km, out["grad_active"], in_dim, layer["active"], True, bias, spec,
+                                         store_grad=True)
+            if ctx.input_is_layer:
+                out["grad_active_dx"] = lib.symbol(layer, "grad_active_dx")
+                lib.bw.rows_update_out_major(km, out["grad_active_dx"], in_dim, layer["active"], True, bias, spec,
+                                             fuse_dx=True, store_grad=True)
+    out.update(lib.apply_kernels(km, layer, spec, split_params(layer), split_row_sparse))
+    return out
+
+
 # ---------------------------------------------------------------- native runner
 
 # Fixed chunks of the wide layer's unique neurons for the fused update + input gradient: each chunk has
@@ -464,4 +504,5 @@ OP = Op(
     shape=lambda attrs, in_dims: attrs["dim"], weighted_input=True,
     params=params, param_init={"W": "normal", "b": "zeros"}, plan_entry=plan_entry, notes=notes,
     forward=forward, backward=backward, lower=lower, run_forward=run_forward, run_backward=run_backward,
+    split_params=split_params, split_row_sparse=split_row_sparse, lower_split=lower_split,
 )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from boltc.ops.base import LowerContext, Op, no_checks
+from boltc.ops.base import LowerContext, Op, SplitContext, no_checks
 from boltc.ops.numeric import ParamGrad, ptr
 from boltc.ops.runners import ADAM_OPS
 
@@ -156,6 +156,30 @@ def lower(km, layer: dict, ctx: LowerContext) -> dict:
     return out
 
 
+# ---------------------------------------------------------------- split kernels (data-parallel workers)
+
+def split_params(layer: dict) -> dict:
+    return {"gamma": 1, "beta": 1}                 # one entry per feature; every step touches all
+
+
+def split_row_sparse(layer: dict, tensor: str) -> bool:
+    return False
+
+
+def lower_split(km, layer: dict, ctx: SplitContext) -> dict:
+    """No grad kernel (`pgrad` already writes dgamma, dbeta); `apply_gamma`, `apply_beta`: rows_apply
+    over every entry with the tensor's moment storage, no decay (as `upd_<tensor>`)."""
+    lib, name = ctx.lib, layer["name"]
+    kinds = lib.moment_dtypes(ctx.plan)
+    out: dict[str, str] = {}
+    for tensor in ("gamma", "beta"):
+        out[f"apply_{tensor}"] = lib.symbol(layer, f"apply_{tensor}")
+        spec = lib.bw.UpdateSpec(ctx.plan.get("train", {}).get("optimizer", "adam"),
+                                 moments_b=lib.moment_kind(kinds, name, tensor))
+        lib.rows_apply(km, out[f"apply_{tensor}"], 1, spec, "b", False)
+    return out
+
+
 # ---------------------------------------------------------------- native runner
 
 def run_forward(ex, layer, ins, step):
@@ -192,4 +216,5 @@ OP = Op(
     shape=lambda attrs, in_dims: in_dims[0], weighted_input=False,
     params=params, param_init={"gamma": "ones", "beta": "zeros"}, plan_entry=plan_entry, notes=notes,
     forward=forward, backward=backward, lower=lower, run_forward=run_forward, run_backward=run_backward,
+    split_params=split_params, split_row_sparse=split_row_sparse, lower_split=lower_split,
 )

@@ -2,10 +2,9 @@
 
 A gradient is a dict `(layer, tensor) -> RowGrad`. A `RowGrad` holds either a whole tensor (`rows is
 None`) or only the rows a batch touched: `rows` (r,) int32 sorted and unique, `values` (r, ...) float32.
-Which rows a step touches:
-  - an `in_major` fc (or embedding) over a sparse input: the input features present in the batch;
-  - an LSH-sparse `out_major` fc (W and b): the union of the batch's active neurons;
-  - everything else (dense layers, layernorm, biases of dense layers): the whole tensor.
+Which rows a step touches is each op's own rule (`split_row_sparse` in boltc/ops/<op>.py): for example
+the input features present in the batch, or the union of its active neurons; a tensor that is not
+row-sparse is handed out whole.
 Data-parallel training (runtime/distributed*) sums these across workers and splits them by row range.
 """
 from __future__ import annotations
