@@ -165,3 +165,17 @@ model a {
     layers = {l["name"]: l for l in plan["layers"]}
     assert layers["h"]["dim"] == 256 and plan["inputs"][0]["ngrams"] == 1 and plan["inputs"][0]["dim"] == 1 << 18
     assert plan["train"]["lr"] == 1e-3 and plan["train"]["batch"] == 256 and plan["train"]["patience"] == 3
+
+
+def test_run_can_skip_or_bound_the_tune_setting(tmp_path, capsys):
+    """`boltc run` on a model with tune(...): --no-tune trains the untuned defaults (no search, no chosen
+    .bolt written), --budget bounds the search (a budget too small for one trial says so)."""
+    p = tmp_path / "m.bolt"
+    p.write_text(MODEL.replace("    seed      5\n", "    seed      5\n    tune(budget=600)\n"))
+    out = tmp_path / "m.boltc"
+    assert main(["run", str(p), "-o", str(out), "--backend", "numpy", "--no-tune", "--no-progress"]) == 0
+    assert out.exists() and not (tmp_path / "m.tuned.bolt").exists() and not list(tmp_path.glob("*.journal"))
+    assert "chose trial" not in capsys.readouterr().err
+    assert main(["run", str(p), "-o", str(tmp_path / "b.boltc"), "--backend", "numpy", "--budget", "0.001s",
+                 "--no-progress"]) == 1
+    assert "the budget of 0.001s is too small for one trial" in capsys.readouterr().err

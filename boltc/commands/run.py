@@ -11,7 +11,7 @@ from pathlib import Path
 
 import boltc
 from boltc.commands.common import add_backend_arguments, evaluate_both, is_sparse_output, metrics_table  # noqa: F401
-from boltc.commands.tune import run_tune
+from boltc.commands.tune import duration_argument, run_tune
 from boltc.errors import DataError
 from boltc.runtime.distributed.driver import fit_model
 
@@ -105,6 +105,12 @@ def train_and_report(model, args, train, validation, test, output: Path) -> int:
 def add_arguments(p) -> None:
     p.add_argument("model", help="the .bolt file")
     p.add_argument("-o", "--output", default=None, help="saved model (default: MODEL_NAME.boltc)")
+    # a model whose train block says tune(...) searches first; these two let a user bound or skip that
+    # search without editing the file (skipped, the values written `auto` take their untuned defaults)
+    p.add_argument("--budget", type=duration_argument, default=None,
+                   help="wall-clock time for the tune(...) search: 90s, 10m, 1h (default: the train block's)")
+    p.add_argument("--no-tune", action="store_true",
+                   help="skip the train block's tune(...) search: train the values written auto at their defaults")
     add_train_arguments(p)
 
 
@@ -113,9 +119,9 @@ def run(args) -> int:
     if not data.get("train"):
         raise DataError(f"{args.model} has no data block naming a train set; use `boltc train` with --train")
     output = Path(args.output or f"{model.plan.get('model') or Path(args.model).stem}.boltc")
-    if model.plan["train"].get("tune"):
+    if model.plan["train"].get("tune") and not args.no_tune:
         # a tune(...) setting: search the values written auto first (boltc/tune), then train the winner
-        return run_tune(args.model, output, budget=None, trials=None, backend=args.backend, threads=args.threads,
+        return run_tune(args.model, output, budget=args.budget, trials=None, backend=args.backend, threads=args.threads,
                         seed=args.seed, progress=not args.no_progress, as_json=args.json)
     # per-epoch metrics on the data block's validation set, else on the train block's holdout share of
     # the training rows (Model.fit); the test set is evaluated once, after training

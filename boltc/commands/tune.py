@@ -18,7 +18,7 @@ HELP = "search the values written auto on a validation split within a time budge
 DEFAULT_BUDGET = 600.0
 
 
-def _duration(text: str) -> float:
+def duration_argument(text: str) -> float:
     try:
         return parse_duration(text)
     except ValueError as e:
@@ -37,7 +37,7 @@ def _positive(text: str) -> int:
 
 def add_arguments(p) -> None:
     p.add_argument("model", help="the .bolt file (values to search written `auto`)")
-    p.add_argument("--budget", type=_duration, default=None,
+    p.add_argument("--budget", type=duration_argument, default=None,
                    help="wall-clock time for the search: 90s, 10m, 1h (default: the train block's tune(budget=), "
                         "else 10m)")
     p.add_argument("--trials", type=_positive, default=None, help="stop after this many trials (default: the budget decides)")
