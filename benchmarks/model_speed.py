@@ -148,6 +148,8 @@ def torch_system(plan: dict):
             mods[name] = ("ln", ln, None)
         elif op == "concat":
             mods[name] = ("concat", None, None)
+        elif op == "dropout":
+            mods[name] = ("dropout", torch.nn.Dropout(float(layer.get("rate") or 0.0)), None)
         else:
             raise NotImplementedError(op)
     tr = plan["train"]
@@ -174,7 +176,7 @@ def torch_system(plan: dict):
                 src = layer["inputs"][0]
                 x = vals[src] if src in vals else torch.from_numpy(np.asarray(batch.inputs[src], np.float32))
                 z = mod(x)
-            elif kind == "ln":
+            elif kind in ("ln", "dropout"):
                 z = mod(vals[layer["inputs"][0]])
             else:
                 z = torch.cat([vals[s] for s in layer["inputs"]], 1)
