@@ -1,7 +1,10 @@
 """Small plans and batches for the native-backend tests (hand-written plans: no front end needed)."""
+import ctypes
+
 import numpy as np
 import scipy.sparse as sp
 
+from boltc import codegen
 from boltc.runtime.data.dataset import Batch, as_csr
 
 
@@ -86,3 +89,15 @@ def pair(plan, threads: int = 2, must_be_native: bool = False):
     nx = NativeExecutor(plan, s, threads=threads)
     assert nx.native or not must_be_native, nx.fallback_reason
     return nx, NumpyExecutor(plan, copy.deepcopy(s))
+
+
+def runs_right(obj: bytes) -> None:
+    """out[b, k] = dot(h[b], W[k]) with h = 0..7, W rows of ones and twos: 28 and 56."""
+    lib = codegen.load_object(obj)
+    f = ctypes.CFUNCTYPE(None, *([ctypes.c_int64] * 2 + [ctypes.c_void_p] * 5))(lib.address("dot"))
+    h = np.arange(8, dtype=np.float32).reshape(1, 8)
+    W = np.ones((2, 8), np.float32)
+    W[1] *= 2
+    out = np.zeros((1, 2), np.float32)
+    f(0, 1, h.ctypes.data, None, W.ctypes.data, None, out.ctypes.data)
+    np.testing.assert_array_equal(out, [[28.0, 56.0]])

@@ -1,5 +1,11 @@
 """Model sources and fixture writers shared by the runtime tests (API, CLI, text pipeline): a tiny separable
 sparse problem, a small text classifier."""
+import signal
+import subprocess
+import time
+
+from boltc.runtime import savefile
+
 
 
 def tiny_source(epochs: int = 3, rows: int = 300) -> str:
@@ -65,3 +71,25 @@ def write_test_set(model, path):
     ds = model.dataset(model.plan["data"]["test"])
     xcformat.write_xc(path, ds.inputs["features"], ds.labels, value_format=".9g")
     return ds
+
+
+def kill_and_resume(cmd: list, tmp_path, env: dict):
+    """Train with `cmd` uninterrupted (ref.boltc), then again with a checkpoint after every epoch,
+    SIGKILLed once its first checkpoint exists and finished with --resume (out.boltc). Returns the two
+    saved models and the epochs the checkpoint held when the process died."""
+    ref, out = tmp_path / "ref.boltc", tmp_path / "out.boltc"
+    subprocess.run(cmd + ["-o", str(ref)], check=True, env=env, capture_output=True, timeout=300)
+    cmd = cmd + ["--checkpoint-interval", "1e-6"]          # a checkpoint after every epoch
+    ck = tmp_path / "out.boltc.ckpt"
+    p = subprocess.Popen(cmd + ["-o", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not ck.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    if p.poll() is None:
+        p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert ck.exists()
+    done = savefile.load_model(ck).optimizer["epochs_done"]
+    r = subprocess.run(cmd + ["-o", str(out), "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return savefile.load_model(ref), savefile.load_model(out), done

@@ -1,9 +1,7 @@
 """The runtime commands end to end: run, train (+ a real SIGKILL and --resume), eval, predict, inspect, synth."""
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -11,7 +9,7 @@ import pytest
 from boltc.cli import main
 from boltc.runtime import savefile
 from boltc.runtime.data import xcformat
-from runtime_models import text_source, tiny_source, write_lines, write_test_set
+from runtime_models import kill_and_resume, text_source, tiny_source, write_lines, write_test_set
 
 
 def model_file(tmp_path, epochs=2, rows=300):
@@ -98,25 +96,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     bolt = model_file(tmp_path, epochs=4, rows=800)
     env = dict(os.environ, PYTHONHASHSEED="0")
     cmd = [sys.executable, "-m", "boltc.cli", "train", str(bolt), "--backend", "numpy", "--no-progress"]
-    ref, out = tmp_path / "ref.boltc", tmp_path / "out.boltc"
-    subprocess.run(cmd + ["-o", str(ref)], check=True, env=env, capture_output=True, timeout=300)
-    cmd += ["--checkpoint-interval", "1e-6"]          # a checkpoint after every epoch
-
-    ck = tmp_path / "out.boltc.ckpt"
-    p = subprocess.Popen(cmd + ["-o", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not ck.exists() and p.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    killed = p.poll() is None
-    if killed:
-        p.send_signal(signal.SIGKILL)
-    p.wait()
-    assert ck.exists()
-    done = savefile.load_model(ck).optimizer["epochs_done"]
+    a, b, done = kill_and_resume(cmd, tmp_path, env)
     assert 1 <= done <= 4
-    r = subprocess.run(cmd + ["-o", str(out), "--resume"], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    a, b = savefile.load_model(ref), savefile.load_model(out)
     for layer, tensors in a.params.items():
         for k, arr in tensors.items():
             np.testing.assert_array_equal(b.params[layer][k], arr, err_msg=f"{layer}.{k}")

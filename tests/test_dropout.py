@@ -4,10 +4,7 @@ uninterrupted one."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -18,13 +15,13 @@ from boltc.ops import OPS
 from boltc.ops.base import RunContext
 from boltc.ops.dropout import keep_mask, scale
 from boltc.pipeline import load_model_source
-from boltc.runtime import savefile
 from boltc.runtime.exec.interp import NumpyExecutor
 from boltc.runtime.exec.native import NativeExecutor
 from boltc.runtime.exec.native_ops import NATIVE_OPS, Step
 from boltc.runtime.exec.numpy_rules import NUMPY_RULES
 from boltc.runtime.exec.state import ModelState
 from native_helpers import make_batch
+from runtime_models import kill_and_resume
 
 M64 = (1 << 64) - 1
 
@@ -179,22 +176,8 @@ def test_killed_then_resumed_equals_uninterrupted(tmp_path):
     env = dict(os.environ, PYTHONHASHSEED="0")
     cmd = [sys.executable, "-m", "boltc.cli", "train", str(bolt), "--backend", "native", "--threads", "2",
            "--no-progress"]
-    ref, out = tmp_path / "ref.boltc", tmp_path / "out.boltc"
-    subprocess.run(cmd + ["-o", str(ref)], check=True, env=env, capture_output=True, timeout=300)
-    cmd += ["--checkpoint-interval", "1e-6"]          # a checkpoint after every epoch
-    ck = tmp_path / "out.boltc.ckpt"
-    p = subprocess.Popen(cmd + ["-o", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not ck.exists() and p.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    if p.poll() is None:
-        p.send_signal(signal.SIGKILL)
-    p.wait()
-    assert ck.exists()
-    assert 1 <= savefile.load_model(ck).optimizer["epochs_done"] <= 4
-    r = subprocess.run(cmd + ["-o", str(out), "--resume"], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    a, b = savefile.load_model(ref), savefile.load_model(out)
+    a, b, done = kill_and_resume(cmd, tmp_path, env)
+    assert 1 <= done <= 4
     assert a.plan["layers"][1]["op"] == "dropout"
     for layer, tensors in a.params.items():
         for k, arr in tensors.items():

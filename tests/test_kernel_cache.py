@@ -1,7 +1,6 @@
 """The on-disk kernel cache (boltc/kernel_cache.py): two processes compiling one plan at once, a
 corrupted entry, a read-only or full cache folder. The oracle for "the right kernel" is the kernel's
 own result on a hand-computed case, and the compiled object of a cache that was never touched."""
-import ctypes
 import errno
 import json
 import os
@@ -9,11 +8,11 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 from boltc import codegen, kernel_cache
 from boltc.lower import fc
+from native_helpers import runs_right
 from boltc.lower.builder import KernelModule
 
 
@@ -21,18 +20,6 @@ def _ir() -> str:
     km = KernelModule()
     fc.dense_fc_fwd(km, "dot", 8, 2, "linear", False, False)
     return km.ir_text()
-
-
-def _runs_right(obj: bytes) -> None:
-    """out[b, k] = dot(h[b], W[k]) with h = 0..7, W rows of ones and twos: 28 and 56."""
-    lib = codegen.load_object(obj)
-    f = ctypes.CFUNCTYPE(None, *([ctypes.c_int64] * 2 + [ctypes.c_void_p] * 5))(lib.address("dot"))
-    h = np.arange(8, dtype=np.float32).reshape(1, 8)
-    W = np.ones((2, 8), np.float32)
-    W[1] *= 2
-    out = np.zeros((1, 2), np.float32)
-    f(0, 1, h.ctypes.data, None, W.ctypes.data, None, out.ctypes.data)
-    np.testing.assert_array_equal(out, [[28.0, 56.0]])
 
 
 def _leftovers(d) -> list[str]:
@@ -51,7 +38,7 @@ def test_a_corrupted_entry_is_recompiled_and_replaced(tmp_path, monkeypatch, dam
     assert kernel_cache.read(entry) is None
     obj, key2 = codegen.cached_object(_ir())
     assert key2 == key and obj == good
-    _runs_right(obj)
+    runs_right(obj)
     assert kernel_cache.read(entry) == good            # the entry was repaired
     assert _leftovers(tmp_path) == []
 
@@ -83,7 +70,7 @@ def test_a_read_only_cache_folder_serves_hits_and_compiles_misses(tmp_path, monk
         other = _ir() + "\n; another plan\n"
         obj2, key2 = codegen.cached_object(other)           # a miss: compiled, not stored, no crash
         assert key2 != key
-        _runs_right(obj2)
+        runs_right(obj2)
         assert not (d / f"{key2}.o").exists()
         assert _leftovers(d) == []
     finally:
@@ -109,7 +96,7 @@ def test_a_full_disk_leaves_no_partial_entry(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(kernel_cache.os, "fdopen", FullFile)
     obj, key = codegen.cached_object(_ir())
-    _runs_right(obj)
+    runs_right(obj)
     assert not (tmp_path / f"{key}.o").exists()
     assert _leftovers(tmp_path) == []
 
@@ -149,7 +136,7 @@ def test_two_processes_compiling_the_same_plan_at_once(tmp_path):
     assert sorted(r["compiled"] for r in results) == [0, 1]
     obj = bytes.fromhex(results[0]["obj"])
     assert kernel_cache.read(cache / f"{results[0]['key']}.o") == obj
-    _runs_right(obj)
+    runs_right(obj)
     assert _leftovers(cache) == []
 
 
@@ -157,5 +144,5 @@ def test_cache_off_always_compiles(tmp_path, monkeypatch):
     monkeypatch.setenv("BOLTC_CACHE", "off")
     monkeypatch.setenv("HOME", str(tmp_path))
     obj, _ = codegen.cached_object(_ir())
-    _runs_right(obj)
+    runs_right(obj)
     assert list(tmp_path.iterdir()) == []
