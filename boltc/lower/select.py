@@ -11,6 +11,10 @@ import llvmlite.ir as ir
 from boltc.lower.builder import F32, I1, I32, I64, Kernel, KernelModule, symbol
 
 PROBES = 10          # == runtime/lsh/index.py _PROBES
+# The training lookup prefetches the bucket it will probe LOOKUP_PREFETCH tables ahead (a hint: the
+# tables are MBs of random probes). quickstart's lookup, one thread: 0.62 ms a step without, 0.45 at 8,
+# 0.39 at 16 tables ahead.
+LOOKUP_PREFETCH = 16
 
 
 def lower_hash(km: KernelModule, layer: dict, h: dict) -> dict:
@@ -164,7 +168,14 @@ def lookup(km: KernelModule, name: str, dim: int, k_active: int) -> None:
         after_labels = k.get(cnt)
         cap = k.select(k.icmp(">", a["room"], after_labels), a["room"], after_labels)
         cap = k.select(k.icmp("<", cap, K), cap, K)
+        pf = k.km.intrinsic("llvm.prefetch.p0", ir.VoidType(), [ir.PointerType(), I32, I32, I32])
         with k.loop(0, L, "t") as t:
+            # the bucket LOOKUP_PREFETCH tables ahead: the tables are MBs of random probes (a hint only)
+            ahead = k.add(t, k.i64(LOOKUP_PREFETCH))
+            with k.if_(k.icmp("<", ahead, L)):
+                nb = k.ld_i32_as_i64(a["buckets"], k.add(k.mul(b, L), ahead))
+                k.b.call(pf, [k.addr(a["tables"], k.mul(k.add(k.mul(ahead, NB), nb), R), I32),
+                              *[ir.Constant(I32, v) for v in (0, 3, 1)]])
             with k.if_(k.icmp("<", k.get(cnt), cap)):
                 bucket = k.ld_i32_as_i64(a["buckets"], k.add(k.mul(b, L), t))
                 base = k.mul(k.add(k.mul(t, NB), bucket), R)
