@@ -99,6 +99,17 @@ def test_both_input_gradient_paths_of_a_sparse_layer_train_like_the_interpreter(
     for layer in s1.params:
         for t in s1.params[layer]:
             np.testing.assert_array_equal(s1.params[layer][t], s2.params[layer][t])
+    # a data-parallel worker's gradients() + apply_gradients() equal train_step bit for bit on either path
+    s3, s4, fused_step, split = twin_executors(plan, threads=(2, 2))
+    batch = make_batch(rng, 40, 150, 260)
+    active = {"scores": random_active(rng, batch.labels, 40, 260, 37)}
+    fused_step.train_step(batch, 1e-2, active=active)
+    _, grads = split.gradients(batch, active=active)
+    split.apply_gradients(grads, 1e-2)
+    for layer in s3.params:
+        for t in set(s3.params[layer]) - {"label_count"}:        # the caller of apply_gradients adds those
+            np.testing.assert_array_equal(s3.params[layer][t], s4.params[layer][t])
+            np.testing.assert_array_equal(s3.m[layer][t], s4.m[layer][t])
 
 
 def test_dense_output_and_dense_input_training_match_interpreter():

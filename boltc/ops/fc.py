@@ -460,15 +460,20 @@ def run_backward(ex, layer, cache, g, step):
                  ptr(m["W"]), ptr(v["W"]), ptr(mb), ptr(vb), ptr(step.hyper), per_thread=ex.scratch_ptrs,
                  work=layer["in_dim"] * (ids.size / max(1, nu) + ADAM_OPS))
             return [None]
-        if not grad_mode and ex.k.has(name, "dx_active") and W.nbytes <= FUSED_DX_MIN_WEIGHT_BYTES:
-            # W stays in cache: the input gradient by examples (each dx row summed in registers and
-            # written once), then the update alone; no per-chunk buffers to clear and sum
+        if ex.k.has(name, "dx_active") and W.nbytes <= FUSED_DX_MIN_WEIGHT_BYTES:
+            # W stays in cache: the input gradient by examples (each dx row written by one thread), then
+            # the update (or, gradient mode, the gradient) alone; no per-chunk buffers to clear and sum
             dx = np.empty_like(x)                  # the kernel applies the fused activation derivative
             ex.run(name, "dx_active", B, ptr(g), ptr(ids), ptr(W), ptr(x), ptr(dx),
                    work=ids.shape[1] * layer["in_dim"])
-            ex.run(name, "upd_active", nu, ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x), ptr(W), ptr(b),
-                   ptr(m["W"]), ptr(v["W"]), ptr(mb), ptr(vb), ptr(step.hyper), per_thread=ex.scratch_ptrs,
-                   work=layer["in_dim"] * (ids.size / max(1, nu) + ADAM_OPS))
+            if grad_mode:
+                ex.run_split(name, "grad_active", nu, ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x), ptr(W),
+                             ptr(gW), ptr(gb), per_thread=ex.scratch_ptrs,
+                             work=layer["in_dim"] * (ids.size / max(1, nu) + 1))
+            else:
+                ex.run(name, "upd_active", nu, ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x), ptr(W), ptr(b),
+                       ptr(m["W"]), ptr(v["W"]), ptr(mb), ptr(vb), ptr(step.hyper), per_thread=ex.scratch_ptrs,
+                       work=layer["in_dim"] * (ids.size / max(1, nu) + ADAM_OPS))
             return [dx]
         # fused: the weight update and the input gradient (from W before its update) in one pass
         bounds = [(c * nu // N_CHUNKS, (c + 1) * nu // N_CHUNKS) for c in range(N_CHUNKS)]
