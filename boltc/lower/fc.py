@@ -267,10 +267,15 @@ def softmax_ce(km: KernelModule, name: str, k_active: int, smoothing: float = 0.
         loss = k.var(F32, k.f32(0.0))
         ysum = k.var(F32, k.f32(0.0))
         with k.loop(0, N, "k3") as kk:
+            # log p from the shifted logit (not log of a p rounded to zero): finite loss for tiny p;
+            # kept in grad until the last loop, so this loop (exp) vectorizes apart from the ordered sums
             i = k.add(ob, kk)
-            # log p from the shifted logit (not log of a p rounded to zero): finite loss for tiny p
             logp = k.b.fsub(k.ld(a["logits"], i), logtot)
+            k.st(a["grad"], i, logp)
             k.st(a["logits"], i, k.exp(logp))
+        with k.loop(0, N, "k3s") as kk:
+            i = k.add(ob, kk)
+            logp = k.ld(a["grad"], i)
             y = smooth(target_weight(k, a, i, l0, l1, ywt))
             k.set(ysum, k.b.fadd(k.get(ysum), y))
             k.set(loss, k.b.fsub(k.get(loss), k.b.fmul(y, logp)))
