@@ -18,7 +18,7 @@ MODEL = f"""
 model small {{
   input  features: sparse(128)
   target labels:   multilabel(40)
-  hidden = fc(features, auto, relu)
+  hidden = fc(features, 32, relu)
   scores = fc(hidden, 40, softmax)
   loss    cross_entropy(scores, labels)
   metrics precision@1
@@ -102,3 +102,22 @@ def test_a_search_on_row_samples_promotes_and_keeps_early_stopping(small_rungs, 
     assert res.model.history["early_stopping"]["best_epoch"] >= 1
     assert res.model.history["tune"]["row_rungs"] == [n_train // 16, n_train // 4]
     assert np.intersect1d(train_part, val_part).size == 0
+
+
+def test_a_killed_search_on_row_samples_resumes_without_promoting_twice(small_rungs, tmp_path):
+    (tmp_path / "small.bolt").write_text(MODEL)
+    out = tmp_path / "small.boltc"
+    quiet = dict(budget=600, output=out, trials=3, backend="numpy", progress=False, log=lambda m: None)
+    first = search.tune(str(tmp_path / "small.bolt"), **quiet)
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    storage = JournalStorage(JournalFileBackend(str(out.with_name(out.name + ".tune.journal"))))
+    n_high = (ROWS - round(0.1 * ROWS)) // 4
+    high = optuna.load_study(study_name=f"boltc-tune-rows-{n_high}", storage=storage)
+    before = [(t.params, t.value) for t in high.trials]
+    high.ask()                               # a trial left running on the top rung, as by a killed run
+    again = search.tune(str(tmp_path / "small.bolt"), **quiet)
+    high = optuna.load_study(study_name=f"boltc-tune-rows-{n_high}", storage=storage)
+    assert [(t.params, t.value) for t in high.trials[:len(before)]] == before
+    assert [t.state.name for t in high.trials[len(before):]] == ["FAIL"]     # no second promotion
+    assert again.best["params"] == first.best["params"] and again.best["value"] == first.best["value"]
