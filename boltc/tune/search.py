@@ -30,7 +30,8 @@ Decisions:
   ROW_FACTOR * MIN_RUNG_ROWS rows, trials do not train on all of them. The search runs on a seeded sample
   of N / ROW_FACTOR^k rows (the smallest rung holding >= MIN_RUNG_ROWS, at most MAX_ROW_RUNGS rungs below
   all rows), with the epoch pruner inside each trial as above; when its share of the budget is spent
-  (rung r of R ends at budget * (r + 1) / R, time left over carries forward), the best 1/ROW_FACTOR of
+  (rung r of R ends at budget * (r + 1) / R, time left over carries forward; a rung where no trial has
+  finished yet lets its running trial go on up to the whole budget), the best 1/ROW_FACTOR of
   its finished trials (at least PROMOTE_MIN) train again from scratch on ROW_FACTOR times the rows, best
   first. The winner is the best trial of the largest rung where one finished (a trial's rank on few rows
   only predicts its rank on many, and the larger sample is the better witness). Validation for a rung is a
@@ -275,7 +276,9 @@ def tune(model_path, budget: float, output, *, train=None, validation=None, test
                 trial.set_user_attr("epochs_run", record["epoch"])
                 if trial.should_prune():
                     raise optuna.TrialPruned()
-            if time.monotonic() > rung_deadline[0]:
+            now = time.monotonic()
+            # a rung's share of the budget ends its trials only once one of them finished there
+            if now > t_start + budget - spent0 or (now > rung_deadline[0] and _complete(optuna, trial.study)):
                 trial.set_user_attr("note", "budget ran out")
                 raise _OutOfTime()
 
