@@ -11,7 +11,7 @@ optuna = pytest.importorskip("optuna")     # the `tune` extra; .ci/run installs 
 
 from boltc.runtime.data.holdout import holdout_rows  # noqa: E402
 from boltc.tune import search  # noqa: E402
-from boltc.tune.search import promoted, row_rungs, rung_validation_rows  # noqa: E402
+from boltc.tune.search import promoted, row_rungs, rung_validation_rows, worth_promoting  # noqa: E402
 
 ROWS = 3000
 MODEL = f"""
@@ -57,6 +57,12 @@ def test_the_best_quarter_moves_up_best_first_ties_to_the_earlier_trial():
     assert [x.number for x in promoted(t)] == [1, 3, 6]          # ceil(9 / 4) = 3
     assert [x.number for x in promoted(t[:3])] == [1, 2]         # at least PROMOTE_MIN
     assert promoted([]) == []
+
+
+def test_a_trial_moves_up_only_when_four_times_its_rungs_median_time_fits():
+    done = [SimpleNamespace(user_attrs={"seconds": s}) for s in (10.0, 30.0, 20.0)]
+    assert worth_promoting(done, 80.0) and not worth_promoting(done, 79.9)      # median 20 s x 4
+    assert not worth_promoting([], 1e9)
 
 
 @pytest.fixture
@@ -121,3 +127,19 @@ def test_a_killed_search_on_row_samples_resumes_without_promoting_twice(small_ru
     assert [(t.params, t.value) for t in high.trials[:len(before)]] == before
     assert [t.state.name for t in high.trials[len(before):]] == ["FAIL"]     # no second promotion
     assert again.best["params"] == first.best["params"] and again.best["value"] == first.best["value"]
+
+
+def test_without_time_for_a_promoted_trial_the_search_stays_on_the_small_rung(small_rungs, tmp_path, monkeypatch):
+    monkeypatch.setattr(search, "worth_promoting", lambda finished, left: False)
+    (tmp_path / "small.bolt").write_text(MODEL)
+    out = tmp_path / "small.boltc"
+    res = search.tune(str(tmp_path / "small.bolt"), budget=600, output=out, trials=3, backend="numpy",
+                      progress=False, log=lambda m: None)
+    n_low = (ROWS - round(0.1 * ROWS)) // 16
+    assert {r["rows"] for r in res.trials} == {n_low} and res.best["rows"] == n_low
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    storage = JournalStorage(JournalFileBackend(str(out.with_name(out.name + ".tune.journal"))))
+    assert optuna.get_all_study_names(storage) == ["boltc-tune"]
+    best_low = max((r for r in res.trials if r["state"] == "complete"), key=lambda r: (r["value"], -r["trial"]))
+    assert res.best["params"] == best_low["params"]

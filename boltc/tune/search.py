@@ -33,7 +33,10 @@ Decisions:
   (rung r of R ends at budget * (r + 1) / R, time left over carries forward; a rung where no trial has
   finished yet lets its running trial go on up to the whole budget), the best 1/ROW_FACTOR of
   its finished trials (at least PROMOTE_MIN) train again from scratch on ROW_FACTOR times the rows, best
-  first. The winner is the best trial of the largest rung where one finished (a trial's rank on few rows
+  first, but only when such a trial is expected to finish in the budget left (the median time of the
+  rung's finished trials times ROW_FACTOR); otherwise the search goes on at the rung it is on, since a
+  promoted trial cut off by the budget measures nothing (on a loaded machine a 30-minute budget may buy
+  three trials on the smallest rung). The winner is the best trial of the largest rung where one finished (a trial's rank on few rows
   only predicts its rank on many, and the larger sample is the better witness). Validation for a rung is a
   seeded sample of the validation rows, as many as a fifth of the rung's training rows and at least
   MIN_RUNG_VALIDATION (10,000 rows put the standard error of a P@1 near 20% at 0.4 points), since a
@@ -187,10 +190,8 @@ def fingerprint(source: str, tunables, data: dict) -> str:
 
 def _open_study(optuna, journal: Path, seed: int, fp: str, defaults: dict):
     """The search's study (the smallest row rung's, when there are rungs)."""
-    from optuna.storages import JournalStorage  # optional: the tune extra
-    from optuna.storages.journal import JournalFileBackend  # optional: the tune extra
     from optuna.trial import TrialState  # optional: the tune extra
-    storage = JournalStorage(JournalFileBackend(str(journal)))
+    storage = _storage(journal)
     study = optuna.create_study(
         study_name=STUDY, storage=storage, direction="maximize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5),
@@ -311,6 +312,19 @@ def tune(model_path, budget: float, output, *, train=None, validation=None, test
         for r in range(max(1, len(rungs))):
             rung_end = budget * (r + 1) / max(1, len(rungs))
             if r > 0:
+                if (f"{STUDY}-rows-{rungs[r]}" not in optuna.get_all_study_names(_storage(journal))
+                        and not worth_promoting(_complete(optuna, studies[-1]), budget - spent())):
+                    # a promoted trial would not finish in the budget left: the rung below keeps it
+                    bar.note(f"no promotion to {rungs[r]:,} rows: a trial there would not finish in the "
+                             f"{budget - spent():.0f}s left; the search goes on with {rungs[r - 1]:,} rows")
+                    left = budget - spent()
+                    rung_deadline[0] = time.monotonic() + max(left, 0.0)
+                    more = None if trials is None else max(0, int(trials) - len(
+                        study.get_trials(deepcopy=False, states=finished)))
+                    if left > 0 and more != 0:
+                        studies[-1].optimize(objective, timeout=left, n_trials=more, callbacks=[after_trial],
+                                             catch=(BoltError,), gc_after_trial=False)
+                    break
                 st = _open_rung_study(optuna, journal, rungs[r], studies[-1], bar)
                 if st is None:
                     break                   # nothing finished on the rung below: nothing to promote
@@ -409,6 +423,19 @@ def top_rows(rungs: list[int], studies: list) -> int:
     return rungs[0]
 
 
+def worth_promoting(finished: list, left_s: float) -> bool:
+    """Whether a trial promoted from a rung is expected to finish in the `left_s` seconds left: the median
+    time of the rung's finished trials times ROW_FACTOR (4x the rows, and so about 4x the time per epoch)."""
+    secs = sorted(float(t.user_attrs.get("seconds", 0.0)) for t in finished)
+    return bool(secs) and secs[len(secs) // 2] * ROW_FACTOR <= left_s
+
+
+def _storage(journal: Path):
+    from optuna.storages import JournalStorage  # optional: the tune extra
+    from optuna.storages.journal import JournalFileBackend  # optional: the tune extra
+    return JournalStorage(JournalFileBackend(str(journal)))
+
+
 def _complete(optuna, study) -> list:
     return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
 
@@ -417,9 +444,7 @@ def _open_rung_study(optuna, journal: Path, rows: int, below, bar):
     """The study of the rung with `rows` training rows: the best trials of the rung below enqueued once
     (with their values; no sampler, no pruner: the few promoted trials are compared whole). None when the
     rung below finished no trial."""
-    from optuna.storages import JournalStorage  # optional: the tune extra
-    from optuna.storages.journal import JournalFileBackend  # optional: the tune extra
-    storage = JournalStorage(JournalFileBackend(str(journal)))
+    storage = _storage(journal)
     st = optuna.create_study(study_name=f"{STUDY}-rows-{rows}", storage=storage, direction="maximize",
                              load_if_exists=True, pruner=optuna.pruners.NopPruner())
     if st.user_attrs.get("promoted"):
