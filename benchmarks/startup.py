@@ -34,12 +34,12 @@ RESULTS = Path(__file__).parent / "results"
 COMPILE = """
 import sys, time
 t = time.perf_counter()
-from boltc.plan import load_model_source
-from boltc.runtime.exec.native_kernels import compile_plan
+from boltc.pipeline import load_model_source
+from boltc.lower.kernels import compile_plan
 _, plan = load_model_source(sys.argv[1])
-t1 = time.perf_counter()
+t1, c1 = time.perf_counter(), time.process_time()
 compile_plan(plan)
-print(t1 - t, time.perf_counter() - t1)
+print(t1 - t, time.perf_counter() - t1, time.process_time() - c1)
 """
 PARTS = re.compile(r"\[boltc\] wall clock ([\d.]+)s: (.*)")
 CPU_PARTS = re.compile(r"\[boltc\] cpu time ([\d.]+)s: (.*)")
@@ -52,13 +52,13 @@ def _env(**extra) -> dict:
 
 
 def compile_times(model: Path, cache: str) -> tuple[float, float, float]:
-    """(process wall, parse + passes, lower + codegen) seconds."""
+    """(process wall, parse + passes, lower + codegen, lower + codegen CPU) seconds."""
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", COMPILE, str(model)], env=_env(BOLTC_CACHE=cache),
                        capture_output=True, text=True, check=True)
     wall = time.perf_counter() - t
-    plan_s, codegen_s = (float(v) for v in r.stdout.split())
-    return wall, plan_s, codegen_s
+    plan_s, codegen_s, codegen_cpu_s = (float(v) for v in r.stdout.split())
+    return wall, plan_s, codegen_s, codegen_cpu_s
 
 
 def run_breakdown(model: Path, epochs: int, cache: str, out_dir: str) -> dict:
@@ -99,6 +99,7 @@ def main(argv=None) -> int:
             cold = compile_times(model, cache)
             warm = compile_times(model, cache)
             rows.append({"model": model.stem, "cold process s": round(cold[0], 2), "cold codegen s": round(cold[2], 2),
+                         "cold codegen CPU s": round(cold[3], 2),
                          "warm process s": round(warm[0], 2), "warm codegen s": round(warm[2], 3),
                          "parse + passes s": round(warm[1], 3)})
             print(json.dumps(rows[-1]), flush=True)
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
           f"; load average {run['load_average'][0]:.1f}")
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / ("startup_run.json" if args.no_compile else "startup.json")
-    path.write_text(json.dumps({"machine": machine(), "compile": rows, "run": {"model": args.run_model, **run}},
+    path.write_text(json.dumps({"machine": machine(), "load_average_end": os.getloadavg(), "compile": rows, "run": {"model": args.run_model, **run}},
                                indent=1))
     print(f"wrote {path}")
     return 0
