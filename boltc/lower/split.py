@@ -73,6 +73,31 @@ def rows_apply(km: KernelModule, name: str, width: int, spec: bw.UpdateSpec, ten
     k.ret()
 
 
+def rows_dx(km: KernelModule, name: str, in_dim: int, k_active: int) -> None:
+    """The input gradient of an LSH-sparse layer alone: for unique neurons u in [u0, u1), for each of
+    its positions p (example b = p // K): dxbuf[b, :] += grad[p] * W[uniq[u], :]. The same loops and the
+    same operation per element as the `fuse_dx` part of backward.rows_update_out_major, so with the same
+    chunks the same bits; no weight gradient is summed. A data-parallel worker that hands out its
+    layer's factors (the input rows and the logits' gradient) computes only this; the row owners then
+    run the fused update on the whole batch's factors (runtime/distributed/worker.py)."""
+    k = km.kernel(name, [("u0", "i64"), ("u1", "i64"), ("uniq", "ptr"), ("seg", "ptr"), ("pos", "ptr"),
+                         ("grad", "ptr"), ("W", "ptr"), ("dxbuf", "ptr")])
+    a = k.arg
+    IN, K = k.i64(in_dim), k.i64(k_active)
+    with k.loop(a["u0"], a["u1"], "u") as u:
+        wb = k.mul(k.ld_i32_as_i64(a["uniq"], u), IN)
+        s0 = k.ld(a["seg"], u, I64)
+        s1 = k.ld(a["seg"], k.add(u, k.i64(1)), I64)
+        with k.loop(s0, s1, "s") as s:
+            p = k.ld_i32_as_i64(a["pos"], s)
+            g = k.ld(a["grad"], p)
+            xb = k.mul(k.b.sdiv(p, K), IN)
+            with k.loop(0, in_dim, "j") as j:
+                o = k.add(xb, j)
+                k.st(a["dxbuf"], o, k.fadd(k.ld(a["dxbuf"], o), k.fmul(g, k.ld(a["W"], k.add(wb, j)))))
+    k.ret()
+
+
 def apply_kernels(km: KernelModule, layer: dict, spec: bw.UpdateSpec, widths: dict[str, int],
                   row_sparse: Callable) -> dict[str, str]:
     """One `rows_apply` kernel per trained tensor (role `apply_<tensor>`), with the layer's update spec;

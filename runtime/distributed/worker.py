@@ -32,6 +32,7 @@ import numpy as np
 
 from boltc.runtime.data.dataset import Dataset
 from boltc.runtime.exec.gradients import Key, RowGrad
+from boltc.runtime.exec.native import merge_factors
 from boltc.runtime.exec.state import aligned_copy
 from boltc.runtime.lsh.index import LSHIndex, missed_labels  # noqa: F401 (re-exported)
 
@@ -152,6 +153,10 @@ def grads_nbytes(grads: dict[Key, RowGrad]) -> int:
     return sum(g.nbytes for g in grads.values())
 
 
+def factors_nbytes(factors: dict) -> int:
+    return int(sum(a.nbytes for f in factors.values() for a in f.values() if isinstance(a, np.ndarray)))
+
+
 class Worker:
     """A replica + a shard + the optimizer state of its share of the rows.
 
@@ -182,6 +187,12 @@ class Worker:
         # gradients and new rows in buffers kept between updates: each update's are consumed (put, or
         # read by the other in-process workers) before the next is computed; accumulated ones are copied
         self.ex.reuse_grad_buffers = True
+        # layers whose weight gradient the native kernels can hand out as factors (the layer's input
+        # rows and pre-activation gradients, ~100x smaller than the touched rows' gradient) do so: each
+        # owner runs the fused update kernel on the whole batch's factors for its rows
+        # (runtime/exec/native.py apply_update); the others' gradients go out as row parts
+        self.use_factors = bool(getattr(self.ex, "native", False)) and hasattr(self.ex, "apply_update")
+        self.own_factors: dict = {}
         views = {}
         for (layer, t), (lo, hi) in self.owned.items():
             views.setdefault(layer, {})[t] = self.state.params[layer][t][lo:hi]
@@ -222,11 +233,14 @@ class Worker:
         t0 = time.perf_counter()
         rows = self._next_rows()
         batch = self.data.take(rows)
-        losses, grads = self.ex.gradients(batch, batch_size=self.global_batch)
+        if self.use_factors:
+            losses, grads, factors = self.ex.gradients(batch, batch_size=self.global_batch, factors=True)
+        else:
+            (losses, grads), factors = self.ex.gradients(batch, batch_size=self.global_batch), {}
         grads = {k: g for k, g in grads.items() if k[1] not in NOT_TRAINED}
         facts = self.batch_facts(batch)
         self.seconds["compute"] += time.perf_counter() - t0
-        out = (grads, int(rows.size), float(np.sum(losses)), facts)
+        out = (grads, int(rows.size), float(np.sum(losses)), facts, factors)
         return out + ((rows, dict(getattr(self.ex, "last_active", None) or
                                   getattr(getattr(self.ex, "interp", None), "last_active", {}))) if record else ())
 
@@ -271,20 +285,31 @@ class Worker:
             sent += grads_nbytes(part)
         self.bytes["sent"] += sent
         self.bytes["grads_sent"] += sent
+        # the layers' factors (inputs and pre-activation gradients, a few hundred KB) go to every owner
+        factors = merge_factors([p[4] for p in parts])
+        self.own_factors = factors
+        fsent = factors_nbytes(factors) * (self.world - 1)
+        handle = self.put(factors) if factors and self.world > 1 else None
+        self.bytes["sent"] += fsent
+        self.bytes["grads_sent"] += fsent
         self.seconds["exchange"] += time.perf_counter() - t0
-        extra = (np.concatenate([p[4] for p in parts]), [p[5] for p in parts]) if record else ()
-        return (handles, n, loss, facts, sent) + extra
+        extra = (np.concatenate([p[5] for p in parts]), [p[6] for p in parts]) if record else ()
+        return ((handles, handle), n, loss, facts, sent + fsent) + extra
 
     def reduce_apply(self, grads_outs: list, lr: float):
         """Sum every worker's part for our rows (worker order), update them, and return the new rows and
         an acknowledgement. `grads_outs`: every worker's `grads_step` output (or its handle)."""
         t0 = time.perf_counter()
         outs = self.get(list(grads_outs))
-        handles = [o[0][self.rank] for o in outs]
+        handles = [o[0][0][self.rank] for o in outs]
         others = self.get([h for h in handles if h is not None])
         self.bytes["received"] += sum(grads_nbytes(p) for p in others)
         it = iter(others)
         parts = [self.own_part if h is None else next(it) for h in handles]
+        fhandles = [None if r == self.rank else o[0][1] for r, o in enumerate(outs)]
+        fetched = iter(self.get([h for h in fhandles if h is not None]))
+        factors = merge_factors([self.own_factors if h is None else next(fetched) for h in fhandles])
+        self.bytes["received"] += sum(factors_nbytes(f) for f in [factors]) - factors_nbytes(self.own_factors)
         t1 = time.perf_counter()
         plans, unions = {}, {}
         for key in parts[0]:
@@ -292,9 +317,15 @@ class Worker:
             lo = self.owned[key][0]
             unions[key] = union                       # row ids relative to the share's views below
             plans[key] = (None if union is None else (union - lo).astype(np.int32), pos, vals)
-        rows_out = self.ex.apply_parts(plans, lr, target=self.shard, copy_out=self.world > 1)
+        if factors:
+            rows_out, factor_rows = self.ex.apply_update(plans, factors, lr, self.owned, self.shard,
+                                                         copy_out=self.world > 1)
+        else:
+            rows_out, factor_rows = self.ex.apply_parts(plans, lr, target=self.shard, copy_out=self.world > 1), {}
         new_rows = {key: RowGrad(unions[key], rows_out[key]) for key in plans} if self.world > 1 else {}
-        self.own_part = {}
+        if self.world > 1:
+            new_rows.update(factor_rows)
+        self.own_part, self.own_factors = {}, {}
         self.seconds["update"] += time.perf_counter() - t1
         self.seconds["exchange"] += t1 - t0
         self.bytes["sent"] += grads_nbytes(new_rows) * (self.world - 1)     # each other worker fetches them
