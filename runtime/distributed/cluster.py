@@ -19,7 +19,9 @@ import numpy as np
 
 from boltc.errors import BoltError, DependencyError
 from boltc.runtime.distributed.shard import load_shard
-from boltc.runtime.distributed.worker import Worker, portable_state
+from boltc.runtime.distributed.shared import SharedWeights, attach
+from boltc.runtime.distributed.worker import NOT_TRAINED, Worker, portable_state
+from boltc.runtime.exec.state import aligned_copy
 from boltc.runtime.exec import executor  # looked up at call time (tests swap make_executor)
 
 INSTALL_HINT = "pip install boltc[distributed]"
@@ -98,6 +100,16 @@ class ShardWorker(Worker):
             self.die()                                    # test hook for the fault path
         return super().grads_step(None, update, accumulate, record)
 
+    def node(self) -> str:
+        """The Ray node this worker runs on (workers on the driver's node share its weights file)."""
+        import ray  # optional: the distributed extra (this runs inside a Ray actor)
+        return ray.get_runtime_context().get_node_id()
+
+    def share_weights(self, shared) -> None:
+        """Train on the machine's one copy of the weights: a shared file's spec (Ray workers) or the
+        arrays themselves (in-process workers)."""
+        self.use_shared_weights(attach(shared) if "path" in shared else shared)
+
     def die(self):
         os._exit(3)                                       # the actor's process goes away, as on a lost machine
 
@@ -125,6 +137,7 @@ class InProcessRunner:
 
     def __init__(self, workers: list):
         self.workers = workers
+        self.sharing = False
         for w in workers:
             w.die = _raise_lost                           # a simulated death must not end this process
 
@@ -147,6 +160,11 @@ class InProcessRunner:
     def shutdown(self):
         self.workers = []
 
+    def share_weights(self, state, opts, timeout) -> None:
+        """In-process workers share one set of arrays (the same code path as a shared file)."""
+        self.call("share_weights", [(_trained(state, aligned_copy),)] * len(self.workers))
+        self.sharing = True
+
 
 class RayRunner:
     """Workers as Ray actors; every wait has a deadline and a dead actor is reported by rank.
@@ -156,6 +174,7 @@ class RayRunner:
 
     def __init__(self, ray, actors):
         self.ray, self.actors = ray, actors
+        self.shared, self.sharing = None, False
 
     def submit(self, method: str, per_worker_args=None, num_returns: int = 1):
         out = []
@@ -198,6 +217,21 @@ class RayRunner:
             except Exception:                               # already dead: nothing to release
                 pass
         self.actors = []
+        if self.shared is not None:
+            self.shared.close()
+            self.shared = None
+
+    def share_weights(self, state, opts, timeout) -> None:
+        """Workers that all run on the driver's machine share one copy of the weights (shared.py);
+        otherwise (a worker on another node, or a Ray client connection) they keep replicas."""
+        if str(opts.get("address") or "").startswith("ray://"):
+            return
+        here = self.ray.get_runtime_context().get_node_id()
+        if any(n != here for n in self.call("node", timeout=timeout)):
+            return
+        self.shared = SharedWeights(_trained(state, np.asarray))
+        self.call("share_weights", [(self.shared.spec,)] * len(self.actors), timeout=timeout)
+        self.sharing = True
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -247,6 +281,8 @@ def _start_workers(kind, ray, plan, state, shards, local, opts, fail_at, timeout
             ws.append(ShardWorker(*a))
         runner = InProcessRunner(ws)
         runner.rows = runner.call("setup")
+        if opts.get("share_weights", True) and len(ws) > 1:
+            runner.share_weights(state, opts, timeout)
         return _share_label_frequency(runner, timeout)
     remote_cls = ray.remote(num_cpus=opts["cpus_per_worker"], max_restarts=0)(ShardWorker)
     state_ref = ray.put(portable_state(state))
@@ -257,7 +293,13 @@ def _start_workers(kind, ray, plan, state, shards, local, opts, fail_at, timeout
         actors.append(remote_cls.remote(*a))
     runner = RayRunner(ray, actors)
     runner.rows = runner.call("setup", timeout=timeout)  # placed and loaded, or a clear error
+    if opts.get("share_weights", True) and len(actors) > 1:
+        runner.share_weights(state, opts, timeout)
     return _share_label_frequency(runner, timeout)
+
+
+def _trained(state, copy) -> dict:
+    return {(layer, t): copy(a) for layer, ts in state.params.items() for t, a in ts.items() if t not in NOT_TRAINED}
 
 
 def _share_label_frequency(runner, timeout):

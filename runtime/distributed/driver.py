@@ -71,7 +71,8 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
                       cpus_per_worker: float = 1.0, timeout: float = 300.0, max_restarts: int = 1,
                       checkpoint=None, source: str = "", history: dict | None = None,
                       epochs_done: int | None = None, max_updates: int | None = None, in_process: bool = False,
-                      record: bool = False, progress=None, fail_at: dict | None = None) -> DistributedResult:
+                      record: bool = False, progress=None, fail_at: dict | None = None,
+                      share_weights: bool = True) -> DistributedResult:
     """Train `state` (a ModelState for `plan`) data-parallel on `workers` replicas; returns the trained state.
 
     train_source: a path, a plan data entry (file or synthetic) or a Dataset. validation: a Dataset (or
@@ -81,6 +82,8 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
     the single-machine trainer's format, so `boltc train --resume` works on it either way) or a
     callable(state, epochs_done, history). Resuming: pass the checkpoint's state, its history and
     epochs_done (default: state.step // updates per epoch); epochs run from there.
+    share_weights: workers on the driver's machine train on one shared copy of the weights
+    (runtime/distributed/shared.py); False keeps a replica each, exchanging new rows as across machines.
     in_process=True runs the same protocol without Ray. fail_at={rank: update} kills a worker at that
     update (tests of the fault path). Returns the final state, the history and exchange statistics.
     """
@@ -99,11 +102,12 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
     local = _split(batch, workers)
     shards = plan_shards(train_source, plan, workers)
     opts = {"backend": backend, "threads": threads_per_worker, "seed": int(train.get("seed", 0)),
+            "share_weights": share_weights, "address": address,
             "cpus_per_worker": cpus_per_worker, "global_batch": batch * k}
     ray, started = (None, False) if in_process else connect(address, workers, cpus_per_worker)
     kind = "inprocess" if in_process else "ray"
     log = progress or (lambda msg: None)
-    restarts, records, worker_stats = 0, [], []
+    restarts, records, worker_stats, shared_weights = 0, [], [], False
     history = dict(history or {})
     history.setdefault("epochs", [])
     save = _checkpointer(checkpoint, source, plan)
@@ -113,6 +117,7 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
     runner = None
     try:
         runner = _start_workers(kind, ray, plan, state, shards, local, opts, fail_at, timeout)
+        shared_weights = runner.sharing
         total_rows = sum(runner.rows)
         if total_rows == 0:
             raise DataError("the training data has no rows")
@@ -200,6 +205,7 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
             ray.shutdown()
     wall = time.perf_counter() - t_start
     stats = _stats(worker_stats, workers, k, exchange, updates_done, examples, restarts, facts_bytes, wait_seconds, wall)
+    stats["shared_weights"] = shared_weights
     return DistributedResult(state=final, history=history, stats=stats, records=records)
 
 

@@ -193,6 +193,7 @@ class Worker:
         # (runtime/exec/native.py apply_update); the others' gradients go out as row parts
         self.use_factors = bool(getattr(self.ex, "native", False)) and hasattr(self.ex, "apply_update")
         self.own_factors: dict = {}
+        self.shared = False
         views = {}
         for (layer, t), (lo, hi) in self.owned.items():
             views.setdefault(layer, {})[t] = self.state.params[layer][t][lo:hi]
@@ -317,20 +318,38 @@ class Worker:
             lo = self.owned[key][0]
             unions[key] = union                       # row ids relative to the share's views below
             plans[key] = (None if union is None else (union - lo).astype(np.int32), pos, vals)
+        copy_out = self.world > 1 and not self.shared       # shared weights: the others read our rows in place
         if factors:
-            rows_out, factor_rows = self.ex.apply_update(plans, factors, lr, self.owned, self.shard,
-                                                         copy_out=self.world > 1)
+            rows_out, factor_rows = self.ex.apply_update(plans, factors, lr, self.owned, self.shard, copy_out=copy_out)
         else:
-            rows_out, factor_rows = self.ex.apply_parts(plans, lr, target=self.shard, copy_out=self.world > 1), {}
-        new_rows = {key: RowGrad(unions[key], rows_out[key]) for key in plans} if self.world > 1 else {}
-        if self.world > 1:
-            new_rows.update(factor_rows)
+            rows_out, factor_rows = self.ex.apply_parts(plans, lr, target=self.shard, copy_out=copy_out), {}
+        updated = {key: RowGrad(unions[key], rows_out[key]) for key in plans}
+        updated.update(factor_rows)
+        new_rows = updated if copy_out else {}
         self.own_part, self.own_factors = {}, {}
         self.seconds["update"] += time.perf_counter() - t1
         self.seconds["exchange"] += t1 - t0
-        self.bytes["sent"] += grads_nbytes(new_rows) * (self.world - 1)     # each other worker fetches them
-        self.bytes["rows_sent"] += grads_nbytes(new_rows) * (self.world - 1)
+        # what each other worker fetches; with shared weights nothing moves, but a worker on another
+        # machine would fetch these rows (the projection to many machines reads `rows_sent`)
+        row_bytes = sum(self._rows_nbytes(key, g.rows) for key, g in updated.items()) * (self.world - 1)
+        self.bytes["sent"] += grads_nbytes(new_rows) * (self.world - 1)
+        self.bytes["rows_sent"] += row_bytes
         return new_rows, True
+
+    def _rows_nbytes(self, key, rows) -> int:
+        shape = self.shapes[key]
+        width = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        lo, hi = self.owned[key]
+        return (hi - lo if rows is None else rows.size) * width * 4 + (0 if rows is None else rows.nbytes)
+
+    def use_shared_weights(self, arrays: dict) -> None:
+        """Train on `arrays` ((layer, tensor) -> the machine's one copy, runtime/distributed/shared.py)
+        instead of this replica's own trained tensors; they hold the same values."""
+        for (layer, t), a in arrays.items():
+            self.state.params[layer][t] = a
+        for (layer, t), (lo, hi) in self.owned.items():
+            self.shard.params[layer][t] = self.state.params[layer][t][lo:hi]
+        self.shared = True
 
     def finish(self, prev) -> None:
         """Install the other owners' new rows, then the global batch's facts and the LSH upkeep.
