@@ -13,12 +13,14 @@ import math
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import numpy as np
 
 from boltc.errors import BoltError, DependencyError
 from boltc.runtime.distributed.shard import load_shard
+from boltc.runtime.distributed.mesh import Mesh, PeerLost
 from boltc.runtime.distributed.shared import SharedWeights, attach
 from boltc.runtime.distributed.worker import NOT_TRAINED, Worker, portable_state
 from boltc.runtime.exec.state import aligned_copy
@@ -105,10 +107,17 @@ class ShardWorker(Worker):
         import ray  # optional: the distributed extra (this runs inside a Ray actor)
         return ray.get_runtime_context().get_node_id()
 
-    def share_weights(self, shared) -> None:
-        """Train on the machine's one copy of the weights: a shared file's spec (Ray workers) or the
-        arrays themselves (in-process workers)."""
+    def share_weights(self, shared, mesh_prefix: str, timeout: float) -> None:
+        """Train on the machine's one copy of the weights (a shared file's spec, or in-process the
+        arrays themselves) and link up with the other workers of the machine (mesh.py): from now on
+        the updates run in `run_updates`, payloads pass by direct links, not through Ray."""
         self.use_shared_weights(attach(shared) if "path" in shared else shared)
+        self.put = self.get = _same
+        self.mesh = Mesh(mesh_prefix, self.rank, self.world, timeout)
+        self.mesh.connect()
+
+    def run_updates(self, updates: list, accumulate: int = 1, record: bool = False) -> list:
+        return super().run_updates(self.mesh, updates, accumulate, record)
 
     def die(self):
         os._exit(3)                                       # the actor's process goes away, as on a lost machine
@@ -129,6 +138,10 @@ class _Lost(Exception):
 
 def _raise_lost():
     raise _Lost()
+
+
+def _same(x):
+    return x
 
 
 class InProcessRunner:
@@ -154,6 +167,23 @@ class InProcessRunner:
     def wait(self, handles, timeout=None):
         return list(handles)
 
+    def call_together(self, method: str, per_worker_args=None, timeout=None):
+        """The calls on threads at once (workers that meet each other inside a call: `run_updates`).
+        A simulated death is reported by the worker that died, not by the peers that lost it."""
+        def one(i):
+            args = per_worker_args[i] if per_worker_args else ()
+            return getattr(self.workers[i], method)(*args)
+        with ThreadPoolExecutor(len(self.workers)) as pool:
+            futs = [pool.submit(one, i) for i in range(len(self.workers))]
+            errors = [f.exception() for f in futs]
+        dead = [i for i, e in enumerate(errors) if isinstance(e, _Lost)]
+        if dead:
+            raise _WorkerFailed(dead[0], "died (simulated)")
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
+        return [f.result() for f in futs]
+
     def call(self, method: str, per_worker_args=None, timeout=None):
         return self.submit(method, per_worker_args)
 
@@ -162,7 +192,8 @@ class InProcessRunner:
 
     def share_weights(self, state, opts, timeout) -> None:
         """In-process workers share one set of arrays (the same code path as a shared file)."""
-        self.call("share_weights", [(_trained(state, aligned_copy),)] * len(self.workers))
+        arrays = _trained(state, aligned_copy)
+        self.call_together("share_weights", [(arrays, _mesh_prefix(), timeout)] * len(self.workers))
         self.sharing = True
 
 
@@ -202,6 +233,8 @@ class RayRunner:
                 cause = getattr(e, "cause", None) or e
                 if isinstance(cause, BoltError):
                     raise cause from None                 # a user error on the worker (bad data row, ...)
+                if isinstance(cause, PeerLost):           # its link to a worker broke: name the one that died
+                    raise self._dead_peer(refs, i, lost) from None
                 if isinstance(cause, lost):               # it waited on a worker that died
                     raise _WorkerFailed(i, f"lost a peer ({type(cause).__name__})") from None
                 raise _WorkerFailed(i, f"raised {type(cause).__name__}: {cause}", lost=False) from None
@@ -209,6 +242,18 @@ class RayRunner:
 
     def call(self, method: str, per_worker_args=None, timeout=300.0):
         return self.wait(self.submit(method, per_worker_args), timeout)
+
+    def _dead_peer(self, refs, i: int, lost) -> "_WorkerFailed":
+        for j, ref in enumerate(refs):
+            if j == i:
+                continue
+            try:
+                self.ray.get(ref, timeout=10)
+            except lost as e:
+                return _WorkerFailed(j, f"died ({type(e).__name__})")
+            except Exception:                              # still running, or it lost a peer too
+                pass
+        return _WorkerFailed(i, "lost its link to a worker")
 
     def shutdown(self):
         for a in self.actors:
@@ -230,8 +275,11 @@ class RayRunner:
         if any(n != here for n in self.call("node", timeout=timeout)):
             return
         self.shared = SharedWeights(_trained(state, np.asarray))
-        self.call("share_weights", [(self.shared.spec,)] * len(self.actors), timeout=timeout)
+        self.call("share_weights", [(self.shared.spec, _mesh_prefix(), timeout)] * len(self.actors), timeout=timeout)
         self.sharing = True
+
+    def call_together(self, method: str, per_worker_args=None, timeout=300.0):
+        return self.call(method, per_worker_args, timeout)
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -296,6 +344,10 @@ def _start_workers(kind, ray, plan, state, shards, local, opts, fail_at, timeout
     if opts.get("share_weights", True) and len(actors) > 1:
         runner.share_weights(state, opts, timeout)
     return _share_label_frequency(runner, timeout)
+
+
+def _mesh_prefix() -> str:
+    return f"boltc-mesh-{os.getpid()}-{time.monotonic_ns()}"
 
 
 def _trained(state, copy) -> dict:

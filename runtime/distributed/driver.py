@@ -53,6 +53,11 @@ from boltc.runtime.sampler.adaptive import check_distributed
 from boltc.runtime.train.trainer import evaluate, format_record, metric_names
 
 # ---------------------------------------------------------------------------------------------- driver
+# Updates per call of workers that meet directly (shared weights on one machine): the driver's calls
+# and its deadline (timeout x updates of the call) are per chunk; the workers' links have their own
+# timeout per meeting, so a silent worker is found within `timeout` either way.
+MESH_CHUNK = 64
+
 @dataclass
 class DistributedResult:
     state: object
@@ -131,7 +136,26 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
                 runner.call("start_epoch", [(epoch,)] * workers, timeout=timeout)
                 t0, loss_sum, n_sum, prev, lr = time.perf_counter(), 0.0, 0, None, float(train["lr"])
                 pending = None                               # the previous update's handles, read one behind
-                for index in range(per_epoch + 1):
+                todo = [] if not runner.sharing else [
+                    (u, lr_at(float(train["lr"]), train.get("schedule"), u, total_updates, per_epoch), epoch, u - epoch * per_epoch,
+                     per_epoch) for u in range(epoch * per_epoch, (epoch + 1) * per_epoch) if max_updates is None or u < max_updates]
+                for c in range(0, len(todo), MESH_CHUNK):
+                    # workers sharing their weights meet each other directly (mesh.py): one call per
+                    # MESH_CHUNK updates, the driver only collects losses and facts
+                    chunk = todo[c:c + MESH_CHUNK]
+                    tw = time.perf_counter()
+                    outs = runner.call_together("run_updates", [(chunk, k, record)] * workers, timeout=timeout * len(chunk))
+                    wait_seconds += time.perf_counter() - tw
+                    lr = chunk[-1][1]
+                    for parts in zip(*outs):
+                        facts_bytes += workers * facts_nbytes(merge_facts([p[3] for p in parts]))
+                        n = sum(p[1] for p in parts)
+                        loss_sum, n_sum, updates_done, examples = loss_sum + sum(p[2] for p in parts), n_sum + n, updates_done + 1, examples + n
+                        if record:
+                            records.append([(p[5], p[6]) for p in parts])
+                for index in range(0 if not runner.sharing else -1, per_epoch + 1):
+                    if index < 0:
+                        break
                     if index < per_epoch and (max_updates is None or epoch * per_epoch + index < max_updates):
                         update = epoch * per_epoch + index
                         lr = lr_at(float(train["lr"]), train.get("schedule"), update, total_updates, per_epoch)

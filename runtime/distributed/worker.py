@@ -351,6 +351,33 @@ class Worker:
             self.shard.params[layer][t] = self.state.params[layer][t][lo:hi]
         self.shared = True
 
+    def run_updates(self, mesh, updates: list, accumulate: int = 1, record: bool = False) -> list:
+        """Workers on one machine sharing their weights: the updates [(update, lr, epoch, index in epoch,
+        updates per epoch)] in one call, meeting the other workers through `mesh` (mesh.py) instead of
+        the driver: hand each owner its part and everyone the factors, update our rows, wait until
+        every owner has updated, then the batch's facts and the upkeep. The arithmetic is the
+        per-update protocol's (`grads_step`, `reduce_apply`, `finish`), so both give the same bits.
+        -> one `grads_step` output per update (handles None)."""
+        out = []
+        try:
+            for update, lr, epoch, index, per_epoch in updates:
+                mine = self.grads_step(None, update, accumulate, record)
+                t0 = time.perf_counter()
+                (handles, factors), rest = mine[0], mine[1:5]
+                everyone = mesh.exchange([((tuple(h if r == j else None for r, h in enumerate(handles)), factors),) + rest
+                                          for j in range(self.world)])
+                self.seconds["exchange"] += time.perf_counter() - t0
+                self.reduce_apply(everyone, lr)
+                t0 = time.perf_counter()
+                mesh.barrier()                            # every owner's rows are updated
+                self.seconds["exchange"] += time.perf_counter() - t0
+                self.finish(([{}] * self.world, everyone, epoch, index, per_epoch))
+                out.append((None,) + mine[1:])
+        except BaseException:
+            mesh.close()                                  # the others' reads end now, not at the timeout
+            raise
+        return out
+
     def finish(self, prev) -> None:
         """Install the other owners' new rows, then the global batch's facts and the LSH upkeep.
         `prev` = (every owner's new rows (or handles), every worker's grads_step output (or handles),
