@@ -42,6 +42,7 @@ from bench_common import RESULTS  # noqa: E402
 
 import boltc  # noqa: E402
 from boltc.runtime.data.load import load_dataset  # noqa: E402
+from boltc.runtime.distributed.cluster import LOCAL_SYSTEM_CONFIG  # noqa: E402
 from boltc.runtime.distributed.driver import train_distributed  # noqa: E402
 from boltc.runtime.exec.executor import make_executor  # noqa: E402
 from boltc.runtime.exec.state import ModelState  # noqa: E402
@@ -192,7 +193,8 @@ def main():
     args = ap.parse_args()
     import ray
     tmp = Path(tempfile.mkdtemp(prefix="boltc_dist_bench_"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(tmp / "ray"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(tmp / "ray"),
+             _system_config=LOCAL_SYSTEM_CONFIG)           # workers at the driver's priority, as boltc starts Ray
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)", "date": time.strftime("%Y-%m-%d"),
                "command": "python benchmarks/distributed_scaling.py " + " ".join(sys.argv[1:]), "sets": {}}
     try:

@@ -26,6 +26,7 @@ from typing import Callable
 
 from boltc.lower import backward as bw
 from boltc.lower.builder import I64, PTR, KernelModule, symbol
+from boltc.lower.fc import prefetch_row
 from boltc.lower.rules import native_support, reads_sparse_input
 from boltc.ops import OPS
 from boltc.ops.base import SplitContext
@@ -85,6 +86,8 @@ def rows_dx(km: KernelModule, name: str, in_dim: int, k_active: int) -> None:
     a = k.arg
     IN, K = k.i64(in_dim), k.i64(k_active)
     with k.loop(a["u0"], a["u1"], "u") as u:
+        if in_dim >= 16:                          # hints only (as the fused kernel's): the same bits
+            prefetch_row(k, a["W"], k.mul(bw._ahead_neuron(k, u), IN), in_dim)
         wb = k.mul(k.ld_i32_as_i64(a["uniq"], u), IN)
         s0 = k.ld(a["seg"], u, I64)
         s1 = k.ld(a["seg"], k.add(u, k.i64(1)), I64)

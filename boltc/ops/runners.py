@@ -43,16 +43,16 @@ def update_sparse_input(ex, layer, x, dz: np.ndarray, step) -> None:
     The inversion of x's feature ids is made once per step for every layer reading the same input."""
     name, src = layer["name"], layer["inputs"][0]
     p, m, v = ex.param_state(name)
+    if step.factors is not None:      # factor mode: the batch's rows and dz (apply_sparse_input)
+        step.factors[name] = {"kind": "sparse_input", "indptr": x.indptr, "indices": x.indices, "data": x.data,
+                              "dz": np.ascontiguousarray(dz, dtype=np.float32)}
+        return
     inv = step.inversions.get(src)
     if inv is None:
         uniq, seg, pos, nu = ex.invert(x.indices, layer["in_dim"], ex.k.fn(name, "invert"))
         prow = np.repeat(np.arange(x.shape[0], dtype=np.int32), np.diff(x.indptr))
         inv = step.inversions[src] = (uniq, seg, pos, nu, prow)
     uniq, seg, pos, nu, prow = inv
-    if step.factors is not None:      # factor mode: the batch's rows and dz (apply_sparse_input_factors)
-        step.factors[name] = {"kind": "sparse_input", "indptr": x.indptr, "indices": x.indices, "data": x.data,
-                              "dz": np.ascontiguousarray(dz, dtype=np.float32)}
-        return
     if step.grads is not None:        # gradient mode: the same sums stored, not applied (lower/split.py)
         gW = grad_buffer(ex, (name, "W"), (nu, layer["dim"]))
         ex.run_split(name, "grad", nu, ptr(uniq), ptr(seg), ptr(pos), ptr(prow), ptr(x.data), ptr(dz), ptr(gW),
