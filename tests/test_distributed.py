@@ -416,3 +416,28 @@ def test_checkpoints_move_between_one_process_and_the_workers_both_ways(tiny, tm
         for layer, ts in getattr(direct.state, which).items():
             for t, arr in ts.items():
                 assert getattr(resumed.state, which)[layer][t].tobytes() == arr.tobytes(), (which, layer, t)
+
+
+def test_shared_weights_equal_replicas_bit_for_bit(tiny, monkeypatch):
+    """Workers of one machine sharing one copy of the weights (direct links, table rebuilds hashed a
+    share per worker) end with exactly the weights, moments and tables of workers that keep replicas
+    and exchange new rows (the protocol across machines)."""
+    from boltc.runtime.distributed import worker as distributed_worker
+    plan, train, _ = tiny
+    init = ModelState.init(plan)
+    divided = []
+    real = distributed_worker.Worker.hash_share
+    monkeypatch.setattr(distributed_worker.Worker, "hash_share",
+                        lambda self, *a: divided.append(self.rank) or real(self, *a))
+    kw = dict(workers=2, in_process=True, backend="native")
+    shared = train_distributed(plan, copy.deepcopy(init), train, **kw)
+    replicas = train_distributed(plan, copy.deepcopy(init), train, share_weights=False, **kw)
+    assert shared.stats["shared_weights"] and not replicas.stats["shared_weights"]
+    assert sorted(divided) == [0, 1]                    # the epoch-end rebuild, hashed half by each worker
+    for which in ("params", "m", "v"):
+        for layer, ts in getattr(replicas.state, which).items():
+            for t, a in ts.items():
+                assert getattr(shared.state, which)[layer][t].tobytes() == a.tobytes(), (which, layer, t)
+    np.testing.assert_array_equal(shared.state.lsh["scores"].tables, replicas.state.lsh["scores"].tables)
+    assert replicas.stats["row_bytes_sent_per_update_per_worker"] == shared.stats["row_bytes_sent_per_update_per_worker"] > 0
+    assert shared.stats["bytes_sent_per_update_per_worker"] < replicas.stats["bytes_sent_per_update_per_worker"]

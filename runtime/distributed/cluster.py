@@ -22,7 +22,7 @@ from boltc.errors import BoltError, DependencyError
 from boltc.runtime.distributed.shard import load_shard
 from boltc.runtime.distributed.mesh import Mesh, PeerLost
 from boltc.runtime.distributed.shared import SharedWeights, attach
-from boltc.runtime.distributed.worker import NOT_TRAINED, Worker, portable_state
+from boltc.runtime.distributed.worker import CODES, NOT_TRAINED, Worker, portable_state
 from boltc.runtime.exec.state import aligned_copy
 from boltc.runtime.exec import executor  # looked up at call time (tests swap make_executor)
 
@@ -119,10 +119,10 @@ class ShardWorker(Worker):
         """Train on the machine's one copy of the weights (a shared file's spec, or in-process the
         arrays themselves) and link up with the other workers of the machine (mesh.py): from now on
         the updates run in `run_updates`, payloads pass by direct links, not through Ray."""
-        self.use_shared_weights(attach(shared) if "path" in shared else shared)
+        mesh = Mesh(mesh_prefix, self.rank, self.world, timeout)
+        mesh.connect()
+        self.use_shared_weights(attach(shared) if "path" in shared else shared, mesh)
         self.put = self.get = _same
-        self.mesh = Mesh(mesh_prefix, self.rank, self.world, timeout)
-        self.mesh.connect()
 
     def run_updates(self, updates: list, accumulate: int = 1, record: bool = False) -> list:
         return super().run_updates(self.mesh, updates, accumulate, record)
@@ -200,7 +200,7 @@ class InProcessRunner:
 
     def share_weights(self, state, opts, timeout) -> None:
         """In-process workers share one set of arrays (the same code path as a shared file)."""
-        arrays = _trained(state, aligned_copy)
+        arrays = _shared_arrays(self.plan, state, aligned_copy)
         self.call_together("share_weights", [(arrays, _mesh_prefix(), timeout)] * len(self.workers))
         self.sharing = True
 
@@ -282,7 +282,7 @@ class RayRunner:
         here = self.ray.get_runtime_context().get_node_id()
         if any(n != here for n in self.call("node", timeout=timeout)):
             return
-        self.shared = SharedWeights(_trained(state, np.asarray))
+        self.shared = SharedWeights(_shared_arrays(self.plan, state, np.asarray))
         self.call("share_weights", [(self.shared.spec, _mesh_prefix(), timeout)] * len(self.actors), timeout=timeout)
         self.sharing = True
 
@@ -336,6 +336,7 @@ def _start_workers(kind, ray, plan, state, shards, local, opts, fail_at, timeout
             a[1] = copy.deepcopy(portable_state(state))      # a replica each, as on separate machines
             ws.append(ShardWorker(*a))
         runner = InProcessRunner(ws)
+        runner.plan = plan
         runner.rows = runner.call("setup")
         if opts.get("share_weights", True) and len(ws) > 1:
             runner.share_weights(state, opts, timeout)
@@ -348,6 +349,7 @@ def _start_workers(kind, ray, plan, state, shards, local, opts, fail_at, timeout
         a[1] = state_ref
         actors.append(remote_cls.remote(*a))
     runner = RayRunner(ray, actors)
+    runner.plan = plan
     runner.rows = runner.call("setup", timeout=timeout)  # placed and loaded, or a clear error
     if opts.get("share_weights", True) and len(actors) > 1:
         runner.share_weights(state, opts, timeout)
@@ -360,6 +362,17 @@ def _mesh_prefix() -> str:
 
 def _trained(state, copy) -> dict:
     return {(layer, t): copy(a) for layer, ts in state.params.items() for t, a in ts.items() if t not in NOT_TRAINED}
+
+
+def _shared_arrays(plan, state, copy) -> dict:
+    """What the workers of one machine share: the trained tensors, and per DWTA-hashed layer a buffer
+    for the neurons' codes of a table rebuild (worker.hash_share)."""
+    out = _trained(state, copy)
+    for layer in plan["layers"]:
+        idx = (getattr(state, "lsh", None) or {}).get(layer["name"])
+        if idx is not None and layer.get("hash") and idx.family == "dwta":
+            out[(layer["name"], CODES)] = np.zeros((layer["dim"], idx.L), np.int32)
+    return out
 
 
 def _share_label_frequency(runner, timeout):

@@ -9,7 +9,10 @@ and the others read them at the next forward pass. The protocol's order already 
 update has returned (it waits for their factors), and a worker computes the next update only after
 every owner's update has returned (`finish` waits for their results), so no row is read while it is
 written. Moments stay private (each owner holds its own shard); label counts and LSH tables stay per
-replica (each replica adds the same counts and rebuilds the same tables).
+replica (each replica adds the same counts and fills the same tables); the hashing of a rebuild, its
+dominant cost, is divided: each worker hashes a share of the neurons into a shared codes buffer
+(one more array here, (neurons, tables) int32 per LSH layer), then every replica fills its tables
+from all codes.
 
 Decision: a file under /dev/shm mapped by every worker with Python's mmap (plain ndarrays over it),
 created and deleted by the driver, rather than multiprocessing.shared_memory, whose resource tracker
@@ -32,17 +35,17 @@ SHM_DIR = "/dev/shm"
 def _layout(tensors: dict) -> tuple[list, int]:
     out, offset = [], 0
     for key, a in tensors.items():
-        out.append((key, offset, tuple(a.shape)))
+        out.append((key, offset, tuple(a.shape), a.dtype.str))
         offset += -(-a.nbytes // ALIGN) * ALIGN
     return out, max(offset, ALIGN)
 
 
 def attach(spec: dict) -> dict:
-    """(layer, tensor) -> float32 ndarray over the shared file `spec` describes (writable)."""
+    """key -> ndarray over the shared file `spec` describes (writable)."""
     with open(spec["path"], "r+b") as f:
         mem = mmap.mmap(f.fileno(), spec["size"])
-    return {tuple(key): np.frombuffer(mem, np.float32, int(np.prod(shape)), offset).reshape(shape)
-            for key, offset, shape in spec["layout"]}
+    return {tuple(key): np.frombuffer(mem, np.dtype(dt), int(np.prod(shape)), offset).reshape(shape)
+            for key, offset, shape, dt in spec["layout"]}
 
 
 class SharedWeights:

@@ -37,6 +37,8 @@ from boltc.runtime.exec.state import aligned_copy
 from boltc.runtime.lsh.index import LSHIndex, missed_labels  # noqa: F401 (re-exported)
 
 NOT_TRAINED = ("label_count",)
+CODES = "lsh_codes"               # a shared buffer of a layer's neuron codes (table rebuilds), not a tensor
+HASH_CHUNK = 1 << 16              # neurons hashed per call (bounded scratch), as the executor's rebuild
 
 
 def portable_state(state):
@@ -193,7 +195,7 @@ class Worker:
         # (runtime/exec/native.py apply_update); the others' gradients go out as row parts
         self.use_factors = bool(getattr(self.ex, "native", False)) and hasattr(self.ex, "apply_update")
         self.own_factors: dict = {}
-        self.shared = False
+        self.shared, self.mesh, self.codes = False, None, {}
         views = {}
         for (layer, t), (lo, hi) in self.owned.items():
             views.setdefault(layer, {})[t] = self.state.params[layer][t][lo:hi]
@@ -342,14 +344,35 @@ class Worker:
         lo, hi = self.owned[key]
         return (hi - lo if rows is None else rows.size) * width * 4 + (0 if rows is None else rows.nbytes)
 
-    def use_shared_weights(self, arrays: dict) -> None:
+    def use_shared_weights(self, arrays: dict, mesh=None) -> None:
         """Train on `arrays` ((layer, tensor) -> the machine's one copy, runtime/distributed/shared.py)
-        instead of this replica's own trained tensors; they hold the same values."""
+        instead of this replica's own trained tensors; they hold the same values. With `mesh`, table
+        rebuilds hash a share of the neurons each into the shared (layer, CODES) buffers."""
         for (layer, t), a in arrays.items():
-            self.state.params[layer][t] = a
+            if t == CODES:
+                self.codes[layer] = a
+            else:
+                self.state.params[layer][t] = a
         for (layer, t), (lo, hi) in self.owned.items():
             self.shard.params[layer][t] = self.state.params[layer][t][lo:hi]
-        self.shared = True
+        self.shared, self.mesh = True, mesh
+        if mesh is not None and self.codes and hasattr(self.ex, "divided_hashing"):
+            self.ex.divided_hashing = self.hash_share
+
+    def hash_share(self, name: str, index, w: np.ndarray):
+        """A table rebuild's codes with the hashing divided: this worker hashes its share of the
+        neurons (rows of `w`) into the shared buffer, waits for the others' (every replica rebuilds at
+        the same update) and returns all codes, which are what hashing every row here would give (the
+        hash is per row). None (hash here) for a layer without a buffer."""
+        codes = self.codes.get(name)
+        if codes is None or codes.shape != (w.shape[0], index.L):
+            return None
+        lo, hi = row_ranges(w.shape[0], self.world)[self.rank]
+        for n0 in range(lo, hi, HASH_CHUNK):
+            n1 = min(hi, n0 + HASH_CHUNK)
+            codes[n0:n1] = index.hash(np.ascontiguousarray(w[n0:n1], dtype=np.float32))
+        self.mesh.barrier()
+        return codes
 
     def run_updates(self, mesh, updates: list, accumulate: int = 1, record: bool = False) -> list:
         """Workers on one machine sharing their weights: the updates [(update, lr, epoch, index in epoch,

@@ -80,6 +80,7 @@ class NativeExecutor:
         self._split = None
         # gradients() and apply_parts(copy_out) write into buffers kept between calls (native_ops.grad_buffer)
         self.reuse_grad_buffers, self.grad_buffers = False, {}
+        self.divided_hashing = None
         self.interp = NumpyExecutor(plan, state, threads=threads)     # fallback, upkeep, validation
         self.upkeep = self.interp.upkeep
         self.layers = plan["layers"]
@@ -139,21 +140,24 @@ class NativeExecutor:
                 index.hash = native_hash
 
             def native_build(w_out_major, _index=index, _k=kernels, _name=name):
-                self._build_tables(_k.fn(_name, "build"), _index, w_out_major)
+                self._build_tables(_k.fn(_name, "build"), _index, w_out_major, _name)
 
             index.build = native_build
             index._native_hash = True
 
-    def _build_tables(self, fn, index, w: np.ndarray, chunk: int = 1 << 16) -> None:
+    def _build_tables(self, fn, index, w: np.ndarray, name: str = "", chunk: int = 1 << 16) -> None:
         """Refill every table from the neurons' weight rows: native hashing in chunks of neurons (bounded
-        memory), then reservoir insertion split by tables (see boltc/lower/select.py build_tables)."""
+        memory), then reservoir insertion split by tables (see boltc/lower/select.py build_tables).
+        `divided_hashing(name, index, w)`, when set (data-parallel workers on one machine), returns
+        every neuron's codes, hashed a share per worker (runtime/distributed/worker.py hash_share)."""
         index.builds += 1
         seed = (index.seed * 1000003 + index.builds) & ((1 << 63) - 1)
         L = index.L
+        codes = self.divided_hashing(name, index, w) if self.divided_hashing is not None else None
         for n0 in range(0, w.shape[0], chunk):
-            part = np.ascontiguousarray(w[n0:n0 + chunk], dtype=np.float32)
-            buckets = index.hash(part)
-            self.pool.run(fn, L, ptr(buckets), n0, part.shape[0], ptr(index.tables), ptr(index.counts),
+            n1 = min(w.shape[0], n0 + chunk)
+            buckets = codes[n0:n1] if codes is not None else index.hash(np.ascontiguousarray(w[n0:n1], dtype=np.float32))
+            self.pool.run(fn, L, ptr(buckets), n0, n1 - n0, ptr(index.tables), ptr(index.counts),
                           seed, int(n0 == 0))
 
     def _dwta(self, fn, index, x: np.ndarray) -> np.ndarray:
