@@ -87,6 +87,8 @@ class ShardWorker(Worker):
         super().__init__(plan, state, load_shard(spec, plan), rank, world, local_batch,
                          partial(executor.make_executor, backend=backend, threads=threads), seed=seed,
                          global_batch=global_batch, put=put, get=get)
+        if getattr(self.ex, "native", False):
+            self.ex.split_kernels                         # compiled (or loaded from the cache) now, not in epoch 1
         return self.data.rows
 
     def label_counts(self):

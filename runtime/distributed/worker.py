@@ -41,6 +41,10 @@ CODES = "lsh_codes"               # a shared buffer of a layer's neuron codes (t
 HASH_CHUNK = 1 << 16              # neurons hashed per call (bounded scratch), as the executor's rebuild
 
 
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.thread_time()
+
+
 def portable_state(state):
     """The state with LSH indexes rebuilt from their plain arrays (meta() + arrays()): an executor may
     attach native hash functions (ctypes) to an index, which can neither be pickled for Ray nor shared
@@ -202,8 +206,10 @@ class Worker:
         self.shard = SimpleNamespace(params=views, m=m_shard, v=v_shard)
         self.output = next((l for l in plan["layers"] if l["name"] == plan.get("output")), None)
         self.own_part: dict = {}
+        self.cpu_start = None            # CPU seconds of this process from its first epoch on (timings)
         self.start_epoch(0)
         self.seconds = {"compute": 0.0, "exchange": 0.0, "update": 0.0, "upkeep": 0.0}
+        self.cpu = dict(self.seconds)
         self.bytes = {"sent": 0, "received": 0, "grads_sent": 0, "rows_sent": 0}
 
     # ------------------------------------------------------------------ data
@@ -211,6 +217,8 @@ class Worker:
         """Reseed from (seed, rank, epoch) so a run resumed at an epoch boundary replays the same batches."""
         self.epoch = int(epoch)
         self._order, self._pos, self._local_epoch = np.zeros(0, np.int64), 0, -1
+        if self.cpu_start is None:
+            self.cpu_start = time.process_time()
 
     def _next_rows(self) -> np.ndarray:
         """The next `local_batch` rows of a shuffled pass over the shard (passes run back to back)."""
@@ -233,7 +241,7 @@ class Worker:
     def compute(self, record: bool = False):
         """The local batch's gradient (divided by the global batch): (grads, examples, loss sum, facts[,
         rows, active])."""
-        t0 = time.perf_counter()
+        t0 = _clock()
         rows = self._next_rows()
         batch = self.data.take(rows)
         if self.use_factors:
@@ -242,7 +250,7 @@ class Worker:
             (losses, grads), factors = self.ex.gradients(batch, batch_size=self.global_batch), {}
         grads = {k: g for k, g in grads.items() if k[1] not in NOT_TRAINED}
         facts = self.batch_facts(batch)
-        self.seconds["compute"] += time.perf_counter() - t0
+        self._took("compute", t0)
         out = (grads, int(rows.size), float(np.sum(losses)), facts, factors)
         return out + ((rows, dict(getattr(self.ex, "last_active", None) or
                                   getattr(getattr(self.ex, "interp", None), "last_active", {}))) if record else ())
@@ -276,7 +284,7 @@ class Worker:
         grads = sum_parts([p[0] for p in parts])
         n, loss = sum(p[1] for p in parts), sum(p[2] for p in parts)
         facts = merge_facts([p[3] for p in parts])
-        t0 = time.perf_counter()
+        t0 = _clock()
         by_owner = split_by_owner(grads, self.shapes, self.world)
         self.own_part = by_owner[self.rank]
         handles, sent = [], 0
@@ -295,14 +303,14 @@ class Worker:
         handle = self.put(factors) if factors and self.world > 1 else None
         self.bytes["sent"] += fsent
         self.bytes["grads_sent"] += fsent
-        self.seconds["exchange"] += time.perf_counter() - t0
+        self._took("exchange", t0)
         extra = (np.concatenate([p[5] for p in parts]), [p[6] for p in parts]) if record else ()
         return ((handles, handle), n, loss, facts, sent + fsent) + extra
 
     def reduce_apply(self, grads_outs: list, lr: float):
         """Sum every worker's part for our rows (worker order), update them, and return the new rows and
         an acknowledgement. `grads_outs`: every worker's `grads_step` output (or its handle)."""
-        t0 = time.perf_counter()
+        t0 = _clock()
         outs = self.get(list(grads_outs))
         handles = [o[0][0][self.rank] for o in outs]
         others = self.get([h for h in handles if h is not None])
@@ -313,7 +321,7 @@ class Worker:
         fetched = iter(self.get([h for h in fhandles if h is not None]))
         factors = merge_factors([self.own_factors if h is None else next(fetched) for h in fhandles])
         self.bytes["received"] += sum(factors_nbytes(f) for f in [factors]) - factors_nbytes(self.own_factors)
-        t1 = time.perf_counter()
+        t1 = _clock()
         plans, unions = {}, {}
         for key in parts[0]:
             union, pos, vals = merge_index([p[key] for p in parts])
@@ -329,8 +337,8 @@ class Worker:
         updated.update(factor_rows)
         new_rows = updated if copy_out else {}
         self.own_part, self.own_factors = {}, {}
-        self.seconds["update"] += time.perf_counter() - t1
-        self.seconds["exchange"] += t1 - t0
+        self._took("update", t1)
+        self._took("exchange", t0, t1)
         # what each other worker fetches; with shared weights nothing moves, but a worker on another
         # machine would fetch these rows (the projection to many machines reads `rows_sent`)
         row_bytes = sum(self._rows_nbytes(key, g.rows) for key, g in updated.items()) * (self.world - 1)
@@ -385,15 +393,15 @@ class Worker:
         try:
             for update, lr, epoch, index, per_epoch in updates:
                 mine = self.grads_step(None, update, accumulate, record)
-                t0 = time.perf_counter()
+                t0 = _clock()
                 (handles, factors), rest = mine[0], mine[1:5]
                 everyone = mesh.exchange([((tuple(h if r == j else None for r, h in enumerate(handles)), factors),) + rest
                                           for j in range(self.world)])
-                self.seconds["exchange"] += time.perf_counter() - t0
+                self._took("exchange", t0)
                 self.reduce_apply(everyone, lr)
-                t0 = time.perf_counter()
+                t0 = _clock()
                 mesh.barrier()                            # every owner's rows are updated
-                self.seconds["exchange"] += time.perf_counter() - t0
+                self._took("exchange", t0)
                 self.finish(([{}] * self.world, everyone, epoch, index, per_epoch))
                 out.append((None,) + mine[1:])
         except BaseException:
@@ -406,7 +414,7 @@ class Worker:
         `prev` = (every owner's new rows (or handles), every worker's grads_step output (or handles),
         epoch, index in epoch, updates per epoch)."""
         rows, grads_outs, epoch, index, per_epoch = prev
-        t0 = time.perf_counter()
+        t0 = _clock()
         facts = merge_facts([o[3] for o in self.get(list(grads_outs))])
         owners = [r for r in range(len(rows)) if r != self.rank]
         for r, new in zip(owners, self.get([rows[r] for r in owners])):
@@ -418,12 +426,12 @@ class Worker:
                 else:
                     W[g.rows] = g.values
                 self.bytes["received"] += g.nbytes
-        self.seconds["exchange"] += time.perf_counter() - t0
+        self._took("exchange", t0)
         self.apply_facts(facts)
-        t0 = time.perf_counter()
+        t0 = _clock()
         if hasattr(self.ex, "after_step"):       # the single-machine trainer's upkeep, in global updates
             self.ex.after_step(epoch, index, per_epoch)
-        self.seconds["upkeep"] += time.perf_counter() - t0
+        self._took("upkeep", t0)
 
     def apply_facts(self, facts: dict) -> None:
         """Label counts and frozen tables' insertions of the global batch, the same on every replica."""
@@ -440,13 +448,23 @@ class Worker:
         full = portable_state(self.state) if self.rank == 0 else None
         return full, (self.shard.m, self.shard.v)
 
+    def _took(self, phase: str, start: tuple, end: tuple | None = None) -> None:
+        """Add a phase's wall seconds and CPU seconds (this thread's: the kernels run on it with one
+        thread per worker) from `start` (a _clock()) to `end` (default now)."""
+        end = end or _clock()
+        self.seconds[phase] += end[0] - start[0]
+        self.cpu[phase] += end[1] - start[1]
+
     def ping(self) -> int:
         return self.rank
 
     def timings(self) -> dict:
         """Seconds on gradients, exchange (put, fetch, install), the update of our rows and LSH upkeep;
-        bytes this worker sent (parts put, new rows times the workers fetching them) and received."""
-        return dict(self.seconds, **self.bytes)
+        bytes this worker sent (parts put, new rows times the workers fetching them) and received; `cpu`:
+        CPU seconds of the worker's process since its first epoch started (wall seconds on a loaded
+        machine include waiting for a core, CPU seconds do not)."""
+        return dict(self.seconds, **self.bytes, **{f"cpu_{k}": v for k, v in self.cpu.items()},
+                    cpu=time.process_time() - self.cpu_start)
 
 
 def assemble_state(full, shards: list):
