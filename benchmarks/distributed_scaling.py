@@ -216,7 +216,8 @@ def main():
                     state, m = fn(run_plan, init, train)
                     m.update({"config": label, "repeat": r, "p1": p1(plan, state, test)})
                     runs.append(m)
-                    print(f"{name} [{r}] {label}: {m['examples_per_s']:.0f} ex/s, P@1 dense {m['p1']['dense']:.2f} "
+                    print(f"{name} [{r}] {label}: {m['examples_per_s']:.0f} ex/s, {m['cpu_seconds_per_update'] * 1e3:.1f} "
+                          f"CPU ms per update, load {m['load'][0]:.1f}, P@1 dense {m['p1']['dense']:.2f} "
                           f"sparse {m['p1']['sparse']:.2f}", flush=True)
             pairs = [(runs[2 * r], runs[2 * r + 1]) for r in range(args.repeats)]
             speedups = [b["examples_per_s"] / a["examples_per_s"] for a, b in pairs]

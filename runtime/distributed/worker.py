@@ -427,8 +427,8 @@ class Worker:
                     W[g.rows] = g.values
                 self.bytes["received"] += g.nbytes
         self._took("exchange", t0)
-        self.apply_facts(facts)
-        t0 = _clock()
+        t0 = _clock()                            # upkeep: the global batch's label counts and table inserts,
+        self.apply_facts(facts)                  # then the schedule's rebuilds
         if hasattr(self.ex, "after_step"):       # the single-machine trainer's upkeep, in global updates
             self.ex.after_step(epoch, index, per_epoch)
         self._took("upkeep", t0)
