@@ -109,7 +109,9 @@ def test_language_round_trip_and_tunables():
     g = parse(_with_blend(tiny_source(), "blend ridge(weight=auto, l2=auto)"), "<m>")
     kinds = {t.kind: t.where for t in g.graph["tunable"]}
     assert kinds["blend_weight"] == ("train", "blend", "weight") and kinds["blend_l2"] == ("train", "blend", "l2")
-    assert g.graph["train"]["blend"] == {"kind": "ridge", "weight": 0.5, "l2": 1.0}
+    assert g.graph["train"]["blend"] == {"kind": "ridge", "weight": 0.0, "l2": 1.0}     # untuned: off
+    assert parse(_with_blend(tiny_source(), "blend ridge"), "<m>").graph["train"]["blend"] == \
+        {"kind": "ridge", "weight": 0.5, "l2": 1.0}
     tuned = space.with_values(g, {("train", "blend", "weight"): 2.0, ("train", "blend", "l2"): 0.1})
     assert tuned.graph["train"]["blend"] == {"kind": "ridge", "weight": 2.0, "l2": 0.1}
     again = parse(format_source(tuned), "<m>")
