@@ -476,6 +476,8 @@ def run_backward(ex, layer, cache, g, step):
             dx = np.empty_like(x)                  # the kernel applies the fused activation derivative
             ex.run(name, "dx_active", B, ptr(g), ptr(ids), ptr(W), ptr(x), ptr(dx),
                    work=ids.shape[1] * layer["in_dim"])
+            if step.factors is not None:           # factor mode: the owners update from the factors
+                return [dx]
             if grad_mode:
                 ex.run_split(name, "grad_active", nu, ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x), ptr(W),
                              ptr(gW), ptr(gb), per_thread=ex.scratch_ptrs,
