@@ -13,7 +13,7 @@ from boltc import ir
 from boltc.frontend import ast
 from boltc.frontend.bind import (Param, Problem, as_call, bind, boolean, did_you_mean, integer, one_of_words, real,
                                  reference, string, take_auto, tunable, word)
-from boltc.frontend.blocks import CLASS_WEIGHTS_LOC, LABEL_SMOOTHING_LOC, build_data, build_train, default_train
+from boltc.frontend.blocks import BLEND_LOC, CLASS_WEIGHTS_LOC, LABEL_SMOOTHING_LOC, build_data, build_train, default_train
 from boltc.ops import LAYER_OPS, OPS
 
 # Decisions: default widths of hashed featurisers. 2^18 text buckets keep a 256-wide first layer at
@@ -134,6 +134,7 @@ class Builder:
                 self.broken(st)
         self.check_class_weights()
         self.check_label_smoothing()
+        self.check_blend()
         # a model with mistakes is incomplete: validate then skips "the model has no loss" and the like,
         # which would only repeat the mistake that lost it
         self.graph.graph["incomplete"] = bool(self.problems)
@@ -147,6 +148,21 @@ class Builder:
         if loc is not None and loss is not None and loss.kind != "cross_entropy":
             self.problems.append(Problem(f"label_smoothing needs a cross_entropy loss; this model's loss is "
                                          f"{loss.kind}", loc))
+
+    def check_blend(self) -> None:
+        """blend ridge(...) regresses the target on the model's one input: one input, a label target."""
+        loc = self.graph.graph["train"].pop(BLEND_LOC, None)
+        if loc is None:
+            return
+        nodes = [n["node"] for n in self.graph.nodes.values() if "node" in n]
+        inputs = [n for n in nodes if n.op == "input"]
+        targets = [n for n in nodes if n.op == "target"]
+        if len(inputs) != 1:
+            self.problems.append(Problem(f"blend ridge(...) needs a model with one input; this one has "
+                                         f"{len(inputs)}", loc))
+        if targets and targets[0].attrs.get("kind") == "binary":
+            self.problems.append(Problem("blend ridge(...) ranks classes: it needs a label(n) or multilabel(n) "
+                                         "target, not binary", loc))
 
     def check_class_weights(self) -> None:
         """Given class weights: one per class of the target (two for binary), reported at the setting."""
