@@ -164,3 +164,16 @@ model two {
         .replace("cross_entropy", "binary_cross_entropy")
     with pytest.raises(BoltError, match="needs a label"):
         parse(binary, "m.bolt")
+
+
+def test_sparse_normalize_auto_is_tunable_and_l2_untuned():
+    src = tiny_source().replace("sparse(300)", "sparse(300, normalize=auto)")
+    g = parse(src, "<m>")
+    (t,) = [t for t in g.graph["tunable"] if t.kind == "normalize"]
+    assert t.where == ("input", "features", "normalize") and t.default == "l2"
+    m = boltc.compile(src, backend="numpy")
+    assert m.plan["inputs"][0]["normalize"] == "l2"
+    tuned = space.with_values(g, {t.where: "none"})
+    assert "normalize" not in format_source(tuned).split("input")[1].split("\n")[0]
+    assert parse(format_source(space.with_values(g, {t.where: "l2"})), "<m>").nodes["features"]["node"] \
+        .attrs["normalize"] == "l2"
