@@ -166,13 +166,13 @@ model two {
         parse(binary, "m.bolt")
 
 
-def test_sparse_normalize_auto_is_tunable_and_l2_untuned():
+def test_sparse_normalize_auto_is_tunable_and_none_untuned():
     src = tiny_source().replace("sparse(300)", "sparse(300, normalize=auto)")
     g = parse(src, "<m>")
     (t,) = [t for t in g.graph["tunable"] if t.kind == "normalize"]
-    assert t.where == ("input", "features", "normalize") and t.default == "l2"
+    assert t.where == ("input", "features", "normalize") and t.default == "none"
     m = boltc.compile(src, backend="numpy")
-    assert m.plan["inputs"][0]["normalize"] == "l2"
+    assert m.plan["inputs"][0]["normalize"] == "none"
     tuned = space.with_values(g, {t.where: "none"})
     assert "normalize" not in format_source(tuned).split("input")[1].split("\n")[0]
     assert parse(format_source(space.with_values(g, {t.where: "l2"})), "<m>").nodes["features"]["node"] \
