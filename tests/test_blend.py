@@ -172,7 +172,7 @@ def test_sparse_normalize_auto_is_tunable_and_none_untuned():
     (t,) = [t for t in g.graph["tunable"] if t.kind == "normalize"]
     assert t.where == ("input", "features", "normalize") and t.default == "none"
     m = boltc.compile(src, backend="numpy")
-    assert m.plan["inputs"][0]["normalize"] == "none"
+    assert m.plan["inputs"][0].get("normalize", "none") == "none"
     tuned = space.with_values(g, {t.where: "none"})
     assert "normalize" not in format_source(tuned).split("input")[1].split("\n")[0]
     assert parse(format_source(space.with_values(g, {t.where: "l2"})), "<m>").nodes["features"]["node"] \
