@@ -22,10 +22,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from boltc.errors import BoltError
+from boltc.runtime.exec.topk import top_k_of
 
 DIRECT_MAX_DIM = 4096
 MAX_ENTRIES = 1 << 26           # input width x classes: 256 MB of float32 weights
-CG_TOL = 1e-5                   # relative residual of every column
+CG_TOL = 1e-3                   # relative residual of every column: enough to rank by (a tighter one
+                                # tripled the solve on 20newsgroups' hashed bigrams)
 CG_MAX_ITER = 500
 
 
@@ -102,18 +104,3 @@ def predict(executor, batch, top_k: int, sparse: bool, blend: dict, w: np.ndarra
     if counts is not None and counts.any():
         total[:, counts == 0] = -np.inf
     return top_k_of(total, top_k)
-
-
-def top_k_of(scores: np.ndarray, top_k: int):
-    """(ids (B, k) int32, scores (B, k) float32), best first; -1 / -inf pad past the classes."""
-    b, n = scores.shape
-    k = min(int(top_k), n)
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (b, 1))
-    top = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-top, axis=1, kind="stable")
-    ids = np.take_along_axis(part, order, axis=1)
-    top = np.take_along_axis(top, order, axis=1)
-    if k < top_k:
-        ids = np.pad(ids, ((0, 0), (0, top_k - k)), constant_values=-1)
-        top = np.pad(top, ((0, 0), (0, top_k - k)), constant_values=-np.inf)
-    return ids.astype(np.int32), top.astype(np.float32)
