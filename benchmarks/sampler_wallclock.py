@@ -91,23 +91,24 @@ def run(model, spec, train, val, epochs, seed, metric, evals_per_epoch, out):
     upkeep = getattr(ex, "upkeep", None)
     if upkeep is not None and hasattr(upkeep, "set_label_frequency"):
         upkeep.set_label_frequency(np.bincount(train.labels.indices, minlength=train.labels.shape[1]))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     sampler = make_sampler(spec, train, batch, seed)
-    clock = time.perf_counter() - t0
+    clock, cpu = time.perf_counter() - t0, time.thread_time() - c0
     curve, steps = [], 0
 
     def validate(walked):
-        curve.append((clock, evaluate(ex, val, [metric], binary=binary)[metric], walked))
+        curve.append((clock, evaluate(ex, val, [metric], binary=binary)[metric], walked, cpu))
 
     for epoch in range(epochs):
         it = iter(sampler.batches(epoch))
         bi, mark = 0, 1
         while True:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 rows, weights = next(it)
             except StopIteration:
                 clock += time.perf_counter() - t0
+                cpu += time.thread_time() - c0
                 break
             b = train.take(rows)
             if weights is not None:
@@ -117,6 +118,7 @@ def run(model, spec, train, val, epochs, seed, metric, evals_per_epoch, out):
             ex.after_step(epoch, bi, bpe)
             sampler.observe(rows, losses)
             clock += time.perf_counter() - t0
+            cpu += time.thread_time() - c0
             bi += 1
             steps += 1
             walked = getattr(sampler, "epoch_position", None)
@@ -128,7 +130,7 @@ def run(model, spec, train, val, epochs, seed, metric, evals_per_epoch, out):
         validate(epoch + 1.0)
     st = sampler.stats()
     overhead = float(st.get("overhead_s", 0.0)) + float(st.get("hash_s", 0.0))
-    out.update(curve=curve, train_s=clock, steps=steps, sampler_s=overhead, share=overhead / clock,
+    out.update(curve=curve, train_s=clock, cpu_s=cpu, steps=steps, sampler_s=overhead, share=overhead / clock,
                stats={k: v for k, v in st.items() if isinstance(v, (int, float, str, bool, type(None)))},
                switches=[list(s) for s in getattr(sampler, "switches", [])], backend=model.backend)
 
@@ -197,10 +199,12 @@ def child(args):
 
 
 # -- the report ------------------------------------------------------------------------------------
-def time_to_reach(curve, target):
-    """First time the validation curve reaches target, interpolated between evaluations; None if never."""
+def time_to_reach(curve, target, clock=0):
+    """First time the validation curve reaches target, interpolated between evaluations; None if never.
+    clock 0: wall-clock seconds; 3: the run's thread CPU seconds."""
     prev_t, prev_a = 0.0, None
-    for t, a, _ in curve:
+    for point in curve:
+        t, a = point[clock], point[1]
         if a >= target:
             if prev_a is None or a <= prev_a:
                 return t
@@ -215,23 +219,32 @@ def summarise(name, res):
     entry["backend"] = res.get("backend")
     n = len(runs["uniform"])
     for kind, rs in runs.items():
-        ratios, time_shares = [], []
+        ratios, time_shares, cpu_ratios, cpu_shares = [], [], [], []
         for s in range(n):
             u = runs["uniform"][s]
             target = max(c[1] for c in u["curve"])
             tu, tx = time_to_reach(u["curve"], target), time_to_reach(rs[s]["curve"], target)
             ratios.append(tx / tu if (tx is not None and tu) else None)
             time_shares.append(rs[s]["train_s"] / u["train_s"])
+            cu, cx = time_to_reach(u["curve"], target, 3), time_to_reach(rs[s]["curve"], target, 3)
+            cpu_ratios.append(cx / cu if (cx is not None and cu) else None)
+            cpu_shares.append(rs[s]["cpu_s"] / u["cpu_s"])
         reached = [r for r in ratios if r is not None]
+        reached_cpu = [r for r in cpu_ratios if r is not None]
         keep = [r["stats"].get("keep_fraction") for r in rs if r["stats"].get("keep_fraction") is not None]
         entry[kind] = {
             "time_to_uniform_best_ratio": float(np.mean(reached)) if len(reached) == n else None,
             "time_to_uniform_best_ratio_per_seed": ratios,
             "total_time_ratio": float(np.mean(time_shares)),
+            "time_to_uniform_best_cpu_ratio": float(np.mean(reached_cpu)) if len(reached_cpu) == n else None,
+            "time_to_uniform_best_cpu_ratio_per_seed": cpu_ratios,
+            "total_cpu_ratio": float(np.mean(cpu_shares)),
+            "best_validation_per_seed": [max(c[1] for c in r["curve"]) for r in rs],
             "best_validation": float(np.mean([max(c[1] for c in r["curve"]) for r in rs])),
             "final_test": float(np.mean([r["test"] for r in rs])),
             "final_test_per_seed": [r["test"] for r in rs],
             "train_s": float(np.mean([r["train_s"] for r in rs])),
+            "cpu_s": float(np.mean([r["cpu_s"] for r in rs])),
             "sampler_share": float(np.mean([r["share"] for r in rs])),
             "keep_fraction_last_epoch": float(np.mean(keep)) if keep else None,
             "switches": [r["switches"] for r in rs],
@@ -240,17 +253,21 @@ def summarise(name, res):
 
 
 def table(report):
-    lines = [f"{'dataset':14} {'sampler':9} {'t->uni best':>11} {'per seed':>20} {'time':>6} {'best val':>8} "
-             f"{'test':>6} {'overhead':>8} {'kept':>5} {'switches':>8}"]
+    """Time columns: wall-clock ("wall") and the run's own thread CPU time ("cpu", what an unshared
+    one-thread run's wall-clock would be), both as a share of uniform's in the same run."""
+    fmt = lambda x: "never" if x is None else f"{x:.2f}"
+    lines = [f"{'dataset':14} {'sampler':9} {'t->best wall':>12} {'t->best cpu':>11} {'per seed (cpu)':>17} "
+             f"{'wall':>5} {'cpu':>5} {'best val':>8} {'test':>6} {'overhead':>8} {'kept':>5} {'switches':>8}"]
     for name, e in report["datasets"].items():
         for kind in e["runs"]:
             k = e[kind]
-            r = k["time_to_uniform_best_ratio"]
-            per = ",".join("never" if x is None else f"{x:.2f}" for x in k["time_to_uniform_best_ratio_per_seed"])
+            per = ",".join(fmt(x) for x in k.get("time_to_uniform_best_cpu_ratio_per_seed", []))
             kept = "-" if k["keep_fraction_last_epoch"] is None else f"{k['keep_fraction_last_epoch']:.2f}"
             sw = sum(len(s) for s in k["switches"])
-            lines.append(f"{name:14} {kind:9} {'never' if r is None else f'{r:.3f}':>11} {per:>20} "
-                         f"{k['total_time_ratio']:6.3f} {k['best_validation']:8.2f} {k['final_test']:6.2f} "
+            lines.append(f"{name:14} {kind:9} {fmt(k['time_to_uniform_best_ratio']):>12} "
+                         f"{fmt(k.get('time_to_uniform_best_cpu_ratio')):>11} {per:>17} "
+                         f"{k['total_time_ratio']:5.2f} {k.get('total_cpu_ratio', float('nan')):5.2f} "
+                         f"{k['best_validation']:8.2f} {k['final_test']:6.2f} "
                          f"{100 * k['sampler_share']:7.1f}% {kept:>5} {sw:>8}")
     return "\n".join(lines)
 
