@@ -36,22 +36,27 @@ does not flap). Where the sketch carries no signal, auto is `uniform` plus the s
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from boltc.runtime.sampler import native
 from boltc.runtime.sampler.adaptive import OBSERVED_WINDOW, NWSketchSampler, rankdata
 
-AUTO_ON = 0.3        # noise gives |rho| ~ 1/sqrt(1024) = 0.03 on a full decision window: 0.3 is far outside it
+AUTO_ON = 0.3        # noise gives |rho| ~ 1/sqrt(512) = 0.044 on a full decision window: 0.3 is far outside it
 AUTO_OFF = 0.15
 AUTO_MIN_SKIP = 0.3  # thinning must be able to skip 30% of the data to switch on: at 10% and 20% it switched
                      # on for 20ng_nextword (which skips ~11% on average) and cost it up to 0.66 points of
                      # test P@1 for ~3-5% of the time (benchmarks/sampler_wallclock.py, docs/results.md)
 MIN_PAIRS = 512      # no decision on fewer observed (prediction, loss) pairs
-AUTO_PAIRS = 1024    # auto decides on the latest 1,024 pairs: ranking 4,096 pairs ten times an epoch cost
-                     # ~1% of sst2's training time (a step there is ~1.5 ms), 1,024 cost a quarter of that
+AUTO_PAIRS = 512     # auto decides on the latest 512 pairs (noise |rho| ~ 0.044, far below AUTO_ON): ranking
+                     # 4,096 pairs ten times an epoch cost ~1% of sst2's training time (a step is ~0.7 ms
+                     # of CPU there), 512 an eighth of that
 THIN_PROJ_ROWS = 4096  # inputs folded to 4096 columns before projecting: a 4 MB projection that stays in
                       # cache (32,768 columns cost 6 us a row to hash on sst2, more than a training step)
 PROBE_ROWS = 2048    # mean(s) is measured on this fixed random sample of the data at every ageing
+DEFER_BATCHES = 8    # the plain walk learns its losses 8 batches at a time: per batch, the numpy calls cost
+                     # ~35 us, 5% of an sst2 step (0.7 ms CPU); grouped, ~1% (benchmarks/sampler_overhead.py)
 CHUNK_BATCHES = 8    # thinning decides the candidates of 8 batches at once: numpy's per-call cost, paid
                      # per batch, was most of the sampler's 0.08 ms a step (sst2, benchmarks/sampler_overhead.py);
                      # with key=example a prediction cannot change within an epoch anyway (one visit each)
@@ -150,6 +155,9 @@ class ThinningSampler(NWSketchSampler):
         # the plain walk (uniform epochs, auto while off) records the (prediction, loss) pairs of one batch in
         # watch_every: the window still refills about four times an epoch, at a fraction of the cost
         self.watch_every = max(1, min(4, self.n // (4 * OBSERVED_WINDOW)))
+        self._deferred: list = []          # (rows, losses) of the plain walk not yet learnt
+        self._plain_rows = None            # the batch the plain walk last yielded
+        self._flushes = 0
 
     def _build_predictor(self, dataset, spec: dict, codes, max_proj_rows: int = 0) -> None:
         if spec.get("key") == "example":
@@ -214,6 +222,7 @@ class ThinningSampler(NWSketchSampler):
         """One epoch: a fresh permutation walked in order. While thinning is off (warm-up epochs, auto while
         off) each batch is the permutation's next slice, exactly uniform's, with no prediction made; while
         it is on, candidates are predicted and kept or skipped a chunk of CHUNK_BATCHES batches at a time."""
+        self._flush()
         order = np.random.default_rng([self.seed, int(epoch), 0xB01]).permutation(self.n).astype(np.int64)
         coin = np.random.default_rng([self.seed, int(epoch), 0x7417])
         self.kept, self.candidates, self.epoch_position = 0, 0, 0
@@ -230,10 +239,11 @@ class ThinningSampler(NWSketchSampler):
                 start += rows.size
                 self.step += 1
                 self.draws += rows.size
-                self._pending = None
+                self._pending, self._plain_rows = None, rows
                 yield rows, (np.ones(rows.size, dtype=np.float32) if self.reweight else None)
                 continue
             with self._timer:
+                self._flush()
                 self._age(0)
                 cand = order[start:start + chunk]
                 pos = np.arange(start, start + cand.size)
@@ -256,37 +266,60 @@ class ThinningSampler(NWSketchSampler):
                     self.epoch_position = int(bpos[0])   # the lr clock: where this batch's first row stands
                     self.step += 1
                     self.draws += rows.size
-                    self._pending = {"rows": rows, "pred": bpred, "w": bw}
+                    self._pending, self._plain_rows = {"rows": rows, "pred": bpred, "w": bw}, None
                     weights = bw.astype(np.float32) if self.reweight else None
                 yield rows, weights
+        with self._timer:
+            self._flush()                  # after the epoch's last observe: a checkpoint here holds no pending losses
         self.epoch_position = self.n
 
     # -- learning ----------------------------------------------------------------------------------
     def observe(self, rows: np.ndarray, losses: np.ndarray) -> None:
         with self._timer:
-            rows = np.asarray(rows, dtype=np.int64)
-            losses = np.asarray(losses, dtype=np.float64)
-            if self.loss_floor is not None:
-                losses = np.maximum(losses - self.loss_floor[rows], 0.0)
-            pend = self._pending
-            drawn = pend is not None and (pend["rows"] is rows or np.array_equal(pend["rows"], rows))
-            total = float(losses.sum())
-            if not np.isfinite(total):                 # one NaN would poison the sketch: drop those rows
-                ok = np.isfinite(losses)
-                rows, losses, total = rows[ok], losses[ok], float(losses[ok].sum())
-                if drawn:
-                    pend = {"pred": pend["pred"][ok], "w": pend["w"][ok]}
-            if rows.size == 0:
-                return
-            if drawn:                                  # the prediction each row was drawn with
-                self._record(pend["pred"], losses, pend["w"])
-            elif self.step % self.watch_every == 0:    # the plain walk: a sampled share of batches
-                self._record(self.predict_rows(rows), losses, None)
-            if self.codes is None:
-                self.sketch.update(rows, losses, total)
-            else:
-                native.update(self.sketch, self.codes, rows, losses, self.native)
+            if rows is self._plain_rows:       # the plain walk: learn in groups of DEFER_BATCHES batches
+                # a copy: the executor may reuse its loss buffer for the next step
+                self._deferred.append((rows, np.array(losses, dtype=np.float64)))
+                self._plain_rows = None
+                if len(self._deferred) >= DEFER_BATCHES:
+                    self._flush()
+            else:                              # a thinned batch, or rows not drawn here: learn now
+                self._flush()
+                self._learn(rows, losses, self._pending)
             self._after_observe()
+
+    def _flush(self) -> None:
+        """Learn the deferred batches of the plain walk at once (an example appears once an epoch, and a
+        group never spans two epochs, so each row's prediction is still the one made before its loss)."""
+        if not self._deferred:
+            return
+        group, self._deferred = self._deferred, []
+        rows = group[0][0] if len(group) == 1 else np.concatenate([g[0] for g in group])
+        losses = group[0][1] if len(group) == 1 else np.concatenate([g[1] for g in group])
+        self._flushes += 1
+        self._learn(rows, losses, None, watch=self._flushes % self.watch_every == 0)
+
+    def _learn(self, rows, losses, pend: dict | None, watch: bool = True) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        losses = np.asarray(losses, dtype=np.float64)
+        if self.loss_floor is not None:
+            losses = np.maximum(losses - self.loss_floor[rows], 0.0)
+        drawn = pend is not None and (pend["rows"] is rows or np.array_equal(pend["rows"], rows))
+        total = float(losses.sum())
+        if not math.isfinite(total):               # one NaN would poison the sketch: drop those rows
+            ok = np.isfinite(losses)
+            rows, losses, total = rows[ok], losses[ok], float(losses[ok].sum())
+            if drawn:
+                pend = {"pred": pend["pred"][ok], "w": pend["w"][ok]}
+        if rows.size == 0:
+            return
+        if drawn:                                  # the prediction each row was drawn with
+            self._record(pend["pred"], losses, pend["w"])
+        elif watch:                                # the plain walk: a sampled share of the groups
+            self._record(self.predict_rows(rows), losses, None)
+        if self.codes is None:
+            self.sketch.update(rows, losses, total)
+        else:
+            native.update(self.sketch, self.codes, rows, losses, self.native)
 
     def _record(self, pred: np.ndarray, losses: np.ndarray, w: np.ndarray | None) -> None:
         """(prediction before the loss was added, loss observed, 1/k) into the ring window."""
@@ -322,7 +355,8 @@ class ThinningSampler(NWSketchSampler):
         return out
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "kind": self.kind, "thinning": bool(self.thinning), "norm": float(self.norm),
+        self._flush()
+        return {**super().state_dict(), "kind": self.kind, "flushes": int(self._flushes), "thinning": bool(self.thinning), "norm": float(self.norm),
                 "norm_stale": bool(self._norm_stale),
                 "keep_scale": float(self.keep_scale), "expected_keep": float(self.expected_keep),
                 "since_decay": int(self.since_decay), "obs_pred": self._obs_pred.copy(),
@@ -334,6 +368,7 @@ class ThinningSampler(NWSketchSampler):
         self.thinning = bool(state["thinning"])
         self.norm, self.since_decay = float(state["norm"]), int(state["since_decay"])
         self._norm_stale = bool(state.get("norm_stale", True))
+        self._flushes, self._deferred = int(state.get("flushes", 0)), []
         self.keep_scale, self.expected_keep = float(state["keep_scale"]), float(state["expected_keep"])
         self._obs_pred = np.array(state["obs_pred"], dtype=np.float64)
         self._obs_true = np.array(state["obs_true"], dtype=np.float64)
@@ -358,6 +393,7 @@ class AutoSampler(ThinningSampler):
     def _after_observe(self) -> None:
         if self.step % self.check_every:
             return
+        self._flush()
         rho = self.observed_correlation(AUTO_PAIRS)
         self.last_correlation = rho
         if rho is None:
