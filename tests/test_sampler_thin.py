@@ -220,3 +220,19 @@ def test_nw_sketch_with_distributed_or_streamed_training_is_refused_at_its_line(
     assert main(["check", str(src)]) == 1
     err = capsys.readouterr().err
     assert f"stream.bolt:{line}:5: error: sampler nw_sketch needs the training set in memory" in err
+
+
+def test_plain_walk_learns_every_loss_it_defers():
+    """auto while off learns the plain walk's losses 8 batches at a time: after an epoch every example's
+    memory holds exactly the loss it was given, whatever the grouping (the oracle: the losses themselves)."""
+    ds, _ = _clusters(n=1000)
+    s = make_sampler({"kind": "auto"}, ds, 30, seed=2)
+    given = np.full(1000, np.nan)
+    noise = np.random.default_rng(3)
+    for epoch in range(2):
+        for rows, _ in s.batches(epoch):
+            losses = noise.exponential(size=rows.size).astype(np.float32)
+            given[rows] = losses
+            s.observe(rows, losses)
+        assert not s.thinning and not s._deferred                 # nothing left unlearnt at the epoch's end
+        np.testing.assert_array_equal(s.sketch.loss, given)
