@@ -25,14 +25,15 @@ Decisions (measured by benchmarks/sampler_wallclock.py; figures in docs/sampler.
 - The random keep decisions use their own generator seeded by (seed, epoch): the permutation is the one
   `uniform` walks, so a sampler that keeps everything trains exactly like `uniform`.
 
-`auto` (AutoSampler): the same walk, starting with thinning off. The sketch keeps learning either way.
-Every `check` steps it compares the sketch's prediction for each drawn example (made before the example's
-loss was added) with the loss then observed, on the last OBSERVED_WINDOW examples: a rank correlation
-(weighted by 1/k so that thinning's preference for hard examples does not bias it). Thinning switches
-on when the correlation reaches AUTO_ON and the keep probabilities of a fixed random probe of the data
-say it would skip at least
-AUTO_MIN_SKIP (30%) of the data, and off again when the correlation falls below AUTO_OFF (hysteresis, so it
-does not flap). Where the sketch carries no signal, auto is `uniform` plus the sketch's upkeep.
+`auto` (AutoSampler): the same walk, starting with thinning off. While off, each batch is the permutation's
+next slice (no prediction made: exactly `uniform`'s batches), its losses are learnt 8 batches at a time,
+and one such group in `watch_every` records its (prediction before the loss, loss) pairs. Every `check`
+steps auto ranks the latest AUTO_PAIRS pairs (weighted by 1/k while thinning, so that thinning's
+preference for hard examples does not bias it). Only when the correlation reaches AUTO_ON does it measure
+what thinning would keep on a fixed random probe of the data, and it switches on if that skips at least
+AUTO_MIN_SKIP (30%); off again when the correlation falls below AUTO_OFF (hysteresis, so it does not
+flap). Where the predictions carry no signal, auto is `uniform` plus the memory's upkeep (0.013 vs
+0.005 ms a step on sst2's size, benchmarks/sampler_overhead.py).
 """
 from __future__ import annotations
 
@@ -55,8 +56,9 @@ AUTO_PAIRS = 512     # auto decides on the latest 512 pairs (noise |rho| ~ 0.044
 THIN_PROJ_ROWS = 4096  # inputs folded to 4096 columns before projecting: a 4 MB projection that stays in
                       # cache (32,768 columns cost 6 us a row to hash on sst2, more than a training step)
 PROBE_ROWS = 2048    # mean(s) is measured on this fixed random sample of the data at every ageing
-DEFER_BATCHES = 8    # the plain walk learns its losses 8 batches at a time: per batch, the numpy calls cost
-                     # ~35 us, 5% of an sst2 step (0.7 ms CPU); grouped, ~1% (benchmarks/sampler_overhead.py)
+DEFER_BATCHES = 8    # the plain walk learns its losses 8 batches at a time: learnt per batch, auto while off
+                     # took ~5% of sst2's step CPU time (a step is ~0.7 ms there), grouped 3.5% (thread CPU
+                     # time around the sampler's calls in sst2's training; uniform 0.9%)
 CHUNK_BATCHES = 8    # thinning decides the candidates of 8 batches at once: numpy's per-call cost, paid
                      # per batch, was most of the sampler's 0.08 ms a step (sst2, benchmarks/sampler_overhead.py);
                      # with key=example a prediction cannot change within an epoch anyway (one visit each)
