@@ -42,6 +42,7 @@ from bench_common import RESULTS  # noqa: E402
 
 import boltc  # noqa: E402
 from boltc.runtime.data.load import load_dataset  # noqa: E402
+from boltc.runtime.distributed.cluster import LOCAL_SYSTEM_CONFIG  # noqa: E402
 from boltc.runtime.distributed.driver import train_distributed  # noqa: E402
 from boltc.runtime.exec.executor import make_executor  # noqa: E402
 from boltc.runtime.exec.state import ModelState  # noqa: E402
@@ -132,56 +133,62 @@ def p1(plan, state, test):
 def one_process(plan, init, train):
     state = copy.deepcopy(init)
     ex = make_executor(plan, state, backend="native", threads=1)
-    hist = Trainer(plan, state, ex, progress=False).fit(load_dataset(train, plan))
-    return state, rate(hist)
+    data = load_dataset(train, plan)
+    load, c0 = os.getloadavg()[0], time.process_time()
+    hist = Trainer(plan, state, ex, progress=False).fit(data)
+    cpu = time.process_time() - c0
+    updates = int(state.step)
+    return state, {**rate(hist), "updates": updates, "cpu_seconds_per_update": cpu / max(1, updates),
+                   "load": [load, os.getloadavg()[0]]}
 
 
 def two_workers(plan, init, train):
-    t0 = time.perf_counter()
+    t0, load = time.perf_counter(), os.getloadavg()[0]
     res = train_distributed(plan, copy.deepcopy(init), train, workers=2, backend="native", threads_per_worker=1,
                             timeout=600)
     s = res.stats
     keep = ("bytes_sent_per_update_per_worker", "bytes_received_per_update_per_worker",
             "gradient_bytes_sent_per_update_per_worker", "row_bytes_sent_per_update_per_worker",
-            "seconds_per_update", "driver_wait_seconds", "updates", "facts_bytes_per_update")
+            "seconds_per_update", "cpu_seconds_per_update", "cpu_seconds_per_update_by_phase",
+            "driver_wait_seconds", "updates", "facts_bytes_per_update", "shared_weights")
     return res.state, {**rate(res.history), "wall_with_startup": time.perf_counter() - t0,
-                       **{k: s[k] for k in keep}}
+                       "load": [load, os.getloadavg()[0]], **{k: s[k] for k in keep}}
 
 
 def project(one: dict, two: dict, plan: dict) -> list[dict]:
-    """Speed-up of N machines over one process, per update of the same global batch B.
+    """Speed-up of N machines over one process, per update of the same global batch B, from CPU
+    seconds (what a dedicated machine spends; the shared machine's waiting left out) and bytes.
 
-    Measured (2 workers): c = gradient seconds per worker (B/2 examples), u = update seconds per worker
-    (its half of the rows the global batch touches), k = LSH upkeep per update (every replica), bytes
-    of gradient rows and of new rows sent per worker. One process: T1 seconds per update.
-    N machines: compute c*2/N and update u*2/N (both shrink with the share); upkeep k stays; the
-    gradient rows a worker sends shrink with its batch (its union of B/N examples' rows, the
-    random-set formula 1 - exp(-b*a/D) of the output's a active of D neurons, scaled from the measured
-    B/2), times (N-1)/N of them going to other owners; the new rows every worker fetches are the global
-    batch's union times (N-1)/N (measured at N=2 as twice the sent rows), whatever N. A link carries
-    each worker's own traffic (object store, peer to peer: no central link), one direction at a time
-    (upload and download overlap on full-duplex links, so the larger one counts). No overlap of
-    compute and exchange (the protocol is synchronous)."""
-    out_layer = next(l for l in plan["layers"] if l["name"] == plan["output"])
-    a, D, B = out_layer["active"], out_layer["dim"], plan["train"]["batch"]
-    frac = lambda b: 1 - math.exp(-b * a / D)                     # noqa: E731
-    sp = two["seconds_per_update"]
-    c, u, k = sp["compute"], sp["update"], sp["upkeep"]
-    g2, r2 = two["gradient_bytes_sent_per_update_per_worker"], two["row_bytes_sent_per_update_per_worker"]
-    union_rows_bytes = 2 * r2                 # at N=2 a worker sends its half of the union once
-    local_bytes_2 = 2 * g2                    # its whole gradient: half goes to the other owner
-    t1 = one["seconds"] / max(1, two["updates"])          # one process's seconds per update
+    Measured (2 workers, CPU seconds per worker and update): c = forward + input gradients of B/2
+    examples, u = the owner's update of its half of the rows from the whole batch's factors, k = LSH
+    upkeep (hashing halved between the 2 workers, tables filled by each); f = factor bytes a worker sends
+    per example (to each other worker); U = bytes of the rows the global batch updates (2 x what one
+    worker would send to a replica on another machine). One process: T1 CPU seconds per update.
+    N machines (each its own replica of the weights; 10 Gbit/s full-duplex links, peer to peer):
+      ZeRO-1 (built): c*2/N + u*2/N + k + link, link = (factors of B/N examples to N-1 peers and the
+        owner's U/N rows to N-1 peers; the same amounts received) / 1.25 GB/s
+      replicated update (not built): every machine applies the update of every row from every
+        worker's factors (full moments everywhere, no rows on the link): c*2/N + 2u + k + factor link.
+    The owner's update counted as shrinking with its share (u*2/N) leaves out its inversion of the
+    whole batch's active sets, which does not shrink; the upkeep is taken as measured (on separate
+    machines the codes of a divided rebuild would travel: not built, so each would hash all neurons).
+    No overlap of compute and link time (the protocol is synchronous)."""
+    B = plan["train"]["batch"]
+    cp = two["cpu_seconds_per_update_by_phase"]
+    c, u, k = cp["compute"], cp["update"], cp["upkeep"]
+    f = two["gradient_bytes_sent_per_update_per_worker"] / (B / 2)      # per example, to one peer (N=2)
+    U = 2 * two["row_bytes_sent_per_update_per_worker"]
+    t1 = one["cpu_seconds_per_update"]
     rows = []
     for n in (2, 8, 32, 64):
-        grad_up = local_bytes_2 * frac(B / n) / frac(B / 2) * (n - 1) / n
-        rows_down = union_rows_bytes * (n - 1) / n
-        xfer = max(grad_up + union_rows_bytes / n * (n - 1), grad_up + rows_down) / LINK
-        step = c * 2 / n + u * 2 / n + k + xfer
-        terms = {"compute + update": c * 2 / n + u * 2 / n, "upkeep": k, "exchange": xfer}
-        bound = max(terms, key=terms.get)
-        rows.append({"machines": n, "compute_s": c * 2 / n, "update_s": u * 2 / n, "upkeep_s": k,
-                     "exchange_s": xfer, "bytes_per_worker": grad_up + rows_down, "speedup": t1 / step,
-                     "bound": bound})
+        factors = f * B / n * (n - 1)
+        link = (factors + U / n * (n - 1)) / LINK
+        zero1 = {"compute": c * 2 / n, "update": u * 2 / n, "upkeep": k, "link": link}
+        repl = {"compute": c * 2 / n, "update": 2 * u, "upkeep": k, "link": factors / LINK}
+        rows.append({"machines": n, **{f"{key}_s": v for key, v in zero1.items()},
+                     "bytes_per_worker": factors + U / n * (n - 1), "speedup": t1 / sum(zero1.values()),
+                     "bound": max(zero1, key=zero1.get), "replicated_speedup": t1 / sum(repl.values()),
+                     "replicated_bound": max(repl, key=repl.get)})
     return rows
 
 
@@ -192,7 +199,8 @@ def main():
     args = ap.parse_args()
     import ray
     tmp = Path(tempfile.mkdtemp(prefix="boltc_dist_bench_"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(tmp / "ray"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(tmp / "ray"),
+             _system_config=LOCAL_SYSTEM_CONFIG)           # workers at the driver's priority, as boltc starts Ray
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)", "date": time.strftime("%Y-%m-%d"),
                "command": "python benchmarks/distributed_scaling.py " + " ".join(sys.argv[1:]), "sets": {}}
     try:
@@ -208,7 +216,8 @@ def main():
                     state, m = fn(run_plan, init, train)
                     m.update({"config": label, "repeat": r, "p1": p1(plan, state, test)})
                     runs.append(m)
-                    print(f"{name} [{r}] {label}: {m['examples_per_s']:.0f} ex/s, P@1 dense {m['p1']['dense']:.2f} "
+                    print(f"{name} [{r}] {label}: {m['examples_per_s']:.0f} ex/s, {m['cpu_seconds_per_update'] * 1e3:.1f} "
+                          f"CPU ms per update, load {m['load'][0]:.1f}, P@1 dense {m['p1']['dense']:.2f} "
                           f"sparse {m['p1']['sparse']:.2f}", flush=True)
             pairs = [(runs[2 * r], runs[2 * r + 1]) for r in range(args.repeats)]
             speedups = [b["examples_per_s"] / a["examples_per_s"] for a, b in pairs]
@@ -228,22 +237,27 @@ def main():
 def report(results):
     for name, r in results["sets"].items():
         print(f"\n{name} ({r['data']}); {results['machine']}, {results['date']}")
-        print("| run | config | ex/s | 2 workers vs one process | P@1 dense | P@1 sparse | MB sent / received per update per worker | s per update per worker: compute / exchange / update / upkeep |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| run | config | ex/s | vs one process | load avg | P@1 dense | P@1 sparse | CPU ms per update (per worker) "
+              "| MB moved per update per worker | MB of rows for a remote replica | CPU ms compute / exchange / update / upkeep "
+              "| wall ms compute / exchange / update / upkeep |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for i, m in enumerate(r["runs"]):
+            w = "seconds_per_update" in m
             ratio = f"{r['speedups'][m['repeat']]:.2f}x" if i % 2 else ""
-            bytes_ = (f"{m['bytes_sent_per_update_per_worker'] / 1e6:.1f} / {m['bytes_received_per_update_per_worker'] / 1e6:.1f}"
-                      if "seconds_per_update" in m else "")
-            split = (" / ".join(f"{m['seconds_per_update'][k]:.3f}" for k in ("compute", "exchange", "update", "upkeep"))
-                     if "seconds_per_update" in m else "")
-            print(f"| {m['repeat']} | {m['config']} | {m['examples_per_s']:.0f} | {ratio} | {m['p1']['dense']:.2f} | "
-                  f"{m['p1']['sparse']:.2f} | {bytes_} | {split} |")
-        print("\nprojection, 10 Gbit/s links (from the last pair's measurements)")
-        print("| machines | compute s | update s | upkeep s | exchange s | MB per worker | speed-up vs one process | bound by |")
-        print("|---|---|---|---|---|---|---|---|")
+            fmt = lambda d: " / ".join(f"{d[k] * 1e3:.1f}" for k in ("compute", "exchange", "update", "upkeep"))  # noqa: E731
+            print(f"| {m['repeat']} | {m['config']} | {m['examples_per_s']:.0f} | {ratio} | "
+                  f"{m['load'][0]:.1f}-{m['load'][1]:.1f} | {m['p1']['dense']:.2f} | {m['p1']['sparse']:.2f} | "
+                  f"{m['cpu_seconds_per_update'] * 1e3:.1f} | "
+                  + (f"{m['bytes_sent_per_update_per_worker'] / 1e6:.2f} | {m['row_bytes_sent_per_update_per_worker'] / 1e6:.1f} | "
+                     f"{fmt(m['cpu_seconds_per_update_by_phase'])} | {fmt(m['seconds_per_update'])} |" if w else "| | | |"))
+        print("\nprojection to N machines, 10 Gbit/s links (CPU seconds of the last pair; see `project`)")
+        print("| machines | compute s | update s | upkeep s | link s | MB per worker | speed-up (ZeRO-1, built) | bound by "
+              "| speed-up (replicated update, not built) | bound by |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for p in r["projection"]:
             print(f"| {p['machines']} | {p['compute_s']:.4f} | {p['update_s']:.4f} | {p['upkeep_s']:.4f} | "
-                  f"{p['exchange_s']:.4f} | {p['bytes_per_worker'] / 1e6:.1f} | {p['speedup']:.2f}x | {p['bound']} |")
+                  f"{p['link_s']:.4f} | {p['bytes_per_worker'] / 1e6:.1f} | {p['speedup']:.2f}x | {p['bound']} | "
+                  f"{p['replicated_speedup']:.2f}x | {p['replicated_bound']} |")
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def run_boltc(name: str, seed: int, scale: float, workdir: Path, backend: str | 
            "final_train_s": round(res.final_seconds, 1), "total_s": round(total, 1),
            "trials": len(res.trials), "complete": sum(r["state"] == "complete" for r in res.trials),
            "validation": round(res.best["value"], 2), "chosen": res.best["params"],
-           "epochs": res.best["best_epoch"], "final_data": res.final_data,
+           "epochs": res.best["best_epoch"], "chosen_on_rows": res.best.get("rows"), "final_data": res.final_data,
            "dense": round(res.test["dense"][metric], 2)}
     if "sparse" in res.test:
         out["sparse"] = round(res.test["sparse"][metric], 2)
@@ -271,6 +271,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     names = args.only or list(SETS)
     results = {}
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="real_accuracy_") as tmp:
         workdir = Path(tmp)
         for name in names:
@@ -293,6 +294,7 @@ def main(argv=None) -> int:
             out = RESULTS / f"real_accuracy{'_' + args.tag if args.tag else ''}.json"
             out.write_text(json.dumps({"benchmark": "real_accuracy", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                        "machine": f"{os.cpu_count()} cores", "command": " ".join(sys.argv),
+                                       "load_average": {"start": load_start, "now": os.getloadavg()},
                                        "results": results}, indent=1))
     print(table(results))
     print(f"wrote {out}" if results else "nothing measured (no data sets present)")

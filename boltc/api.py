@@ -37,7 +37,7 @@ from boltc.runtime.data.text import apply_idf, fit_idf, idf_weights
 from boltc.runtime.exec.executor import make_executor
 from boltc.runtime.exec.state import ModelState
 from boltc.runtime.savefile.artifact import StaleNativeCode, load_native
-from boltc.runtime.train import ranking
+from boltc.runtime.train import blend, ranking
 from boltc.runtime.train.class_weights import n_classes
 from boltc.runtime.train.metrics import parse_metric
 from boltc.runtime.train.ranking import seen_input
@@ -142,6 +142,7 @@ class Model:
             self.plan["target"]["class_names"] = list(train_ds.class_names)
         train_ds, val_ds = self.validation_split(train_ds, validation)
         self._fit_idf(train_ds, val_ds)
+        self._fit_blend(train_ds)
         saved = None
         if resume and checkpoint and Path(checkpoint).exists():
             saved = savefile.load_model(checkpoint)
@@ -182,6 +183,18 @@ class Model:
             if val_ds is not None and name in getattr(val_ds, "inputs", {}):
                 val_ds.inputs[name] = apply_idf(val_ds.inputs[name], idf_weights(entry),
                                                 entry.get("normalize") or "l2")
+
+    def _fit_blend(self, train_ds) -> None:
+        """`blend ridge(...)`: the ridge weights from the training rows (the validation share held out),
+        kept in the state, so checkpoints and the saved model carry them (runtime/train/blend.py)."""
+        settings = blend.settings(self.plan)
+        if settings is None or "ridge" in self.state.blend:
+            return
+        if getattr(train_ds, "streaming", False):
+            raise DataError(f"{train_ds.source} is streamed (too large for memory): blend ridge(...) solves on "
+                            "every training row at once; leave blend out for this data")
+        x = train_ds.inputs[blend.input_name(self.plan)]
+        self.state.blend["ridge"] = blend.fit_ridge(x, train_ds.labels, float(settings["l2"]))
 
     def validation_split(self, train_ds, validation=None):
         """(training Dataset, validation Dataset or None): `validation` read, or else the train block's

@@ -6,8 +6,9 @@ Oracles:
   2e-6 absolute on every weight after 2 epochs (float32; the gradients are summed in a different order).
 - Ray vs in-process: the same protocol must give bit-identical weights (same seeds, same order of sums).
 - the divided update (each worker updates its rows with its moment shard) vs a replicated update of
-  the summed gradient: bit-identical weights and moments; one native worker vs the fused train_step:
-  bit-identical.
+  the same gradient (native: the fused update kernels over every row, from the workers' factors;
+  NumPy: the summed gradient): bit-identical weights and moments; one native worker (gradient factors
+  + the owner's fused update) vs the fused train_step: bit-identical.
 - loose: single-process `Trainer.fit` (its own batch order, same total batch) on the same data has each
   epoch's mean training loss within 2% (measured: within 0.7% over 4 seeds) and the final validation
   precision@1 within 5 points.
@@ -31,6 +32,8 @@ from boltc.runtime.distributed.driver import (DistributedError, load_shard, plan
                                        train_distributed)
 from boltc.runtime.distributed.worker import sum_parts
 from boltc.runtime.exec.executor import make_executor
+from boltc.runtime.exec.gradients import one_part
+from boltc.runtime.exec.native import merge_factors
 from boltc.runtime.exec.state import ModelState
 
 TINY = Path(__file__).parents[1] / "models" / "tiny.bolt"
@@ -121,18 +124,29 @@ def test_frozen_tables_get_the_whole_batchs_missed_labels_on_every_replica(tiny,
 
 def _replicated_replay(plan, train, records, state, backend):
     """Oracle of the divided update: one replica computing every worker's gradient (the same rows and
-    active sets), summing them in worker order and applying the sum to all rows with full moments."""
+    active sets) and applying it to all rows with full moments. NumPy: the gradients summed in worker
+    order. Native: the layers' factors stacked in worker order, run through the fused update kernels
+    over every row (the workers run them over their own rows only), the other tensors' gradients summed."""
     shards = [load_shard(s, plan) for s in plan_shards(train, plan, len(records[0]))]
     ex = make_executor(plan, state, backend=backend)
     per_epoch = -(-ROWS // plan["train"]["batch"])
     counts = state.params["scores"]["label_count"]
+    whole = {(l, t): (0, a.shape[0]) for l, ts in state.params.items() for t, a in ts.items() if t != "label_count"}
     for u, rec in enumerate(records):
-        parts = []
+        parts, factors = [], []
         for sh, (rows, acts) in zip(shards, rec):
             batch = sh.take(rows)
-            parts.append(ex.gradients(batch, active=acts[0], batch_size=plan["train"]["batch"])[1])
+            kw = {"factors": True} if backend == "native" else {}
+            out = ex.gradients(batch, active=acts[0], batch_size=plan["train"]["batch"], **kw)
+            parts.append(out[1])
+            factors.append(out[2] if backend == "native" else {})
             counts += np.bincount(batch.labels.indices, minlength=counts.size).astype(np.float32)
-        ex.apply_gradients(sum_parts(parts), plan["train"]["lr"])
+        if backend == "native":
+            assert set(factors[0]) == {"hidden", "scores"}          # both layers hand out factors
+            ex.apply_update({k: one_part(g) for k, g in sum_parts(parts).items()}, merge_factors(factors),
+                            plan["train"]["lr"], whole, state)
+        else:
+            ex.apply_gradients(sum_parts(parts), plan["train"]["lr"])
         ex.after_step(u // per_epoch, u % per_epoch, per_epoch)
     return state
 
@@ -402,3 +416,28 @@ def test_checkpoints_move_between_one_process_and_the_workers_both_ways(tiny, tm
         for layer, ts in getattr(direct.state, which).items():
             for t, arr in ts.items():
                 assert getattr(resumed.state, which)[layer][t].tobytes() == arr.tobytes(), (which, layer, t)
+
+
+def test_shared_weights_equal_replicas_bit_for_bit(tiny, monkeypatch):
+    """Workers of one machine sharing one copy of the weights (direct links, table rebuilds hashed a
+    share per worker) end with exactly the weights, moments and tables of workers that keep replicas
+    and exchange new rows (the protocol across machines)."""
+    from boltc.runtime.distributed import worker as distributed_worker
+    plan, train, _ = tiny
+    init = ModelState.init(plan)
+    divided = []
+    real = distributed_worker.Worker.hash_share
+    monkeypatch.setattr(distributed_worker.Worker, "hash_share",
+                        lambda self, *a: divided.append(self.rank) or real(self, *a))
+    kw = dict(workers=2, in_process=True, backend="native")
+    shared = train_distributed(plan, copy.deepcopy(init), train, **kw)
+    replicas = train_distributed(plan, copy.deepcopy(init), train, share_weights=False, **kw)
+    assert shared.stats["shared_weights"] and not replicas.stats["shared_weights"]
+    assert sorted(divided) == [0, 1]                    # the epoch-end rebuild, hashed half by each worker
+    for which in ("params", "m", "v"):
+        for layer, ts in getattr(replicas.state, which).items():
+            for t, a in ts.items():
+                assert getattr(shared.state, which)[layer][t].tobytes() == a.tobytes(), (which, layer, t)
+    np.testing.assert_array_equal(shared.state.lsh["scores"].tables, replicas.state.lsh["scores"].tables)
+    assert replicas.stats["row_bytes_sent_per_update_per_worker"] == shared.stats["row_bytes_sent_per_update_per_worker"] > 0
+    assert shared.stats["bytes_sent_per_update_per_worker"] < replicas.stats["bytes_sent_per_update_per_worker"]

@@ -95,9 +95,12 @@ def test_split_rules_cover_exactly_the_trained_tensors(name):
         km = KernelModule("registry.split")
         syms = op.lower_split(km, layer, SplitContext(plan, input_sparse=in_sparse, input_is_layer=True, lib=split))
         assert {r for r in syms if r.startswith("apply_")} == {f"apply_{t}" for t in widths}
-        assert all(r.startswith("apply_") or r.startswith("grad") for r in syms)
+        # grad kernels hand out gradients, dx kernels the input gradient alone (factor mode)
+        assert all(r.startswith(("apply_", "grad", "dx_")) for r in syms)
         if not widths:
             assert syms == {}
+    for kind, fns in op.extra.get("factor_kinds", {}).items():      # (merge, apply) per factor kind
+        assert isinstance(kind, str) and len(fns) == 2 and all(callable(f) for f in fns)
 
 
 def test_rule_context_is_typed_and_seeded():

@@ -179,3 +179,27 @@ def test_run_can_skip_or_bound_the_tune_setting(tmp_path, capsys):
     assert main(["run", str(p), "-o", str(tmp_path / "b.boltc"), "--backend", "numpy", "--budget", "0.001s",
                  "--no-progress"]) == 1
     assert "the budget of 0.001s is too small for one trial" in capsys.readouterr().err
+
+
+def test_a_small_training_set_scores_each_trial_on_three_disjoint_folds(tuned):
+    """600 training rows (under SMALL_ROWS): a trial's value is the mean of its three folds' best values."""
+    from boltc.tune.search import FOLDS, STUDY, _storage
+    res, folder = tuned
+    study = optuna.load_study(study_name=STUDY, storage=_storage(folder / "out" / "small.boltc.tune.journal"))
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete
+    for t in complete:
+        folds = t.user_attrs["folds"]
+        assert len(folds) == FOLDS and t.value == pytest.approx(sum(folds) / FOLDS, abs=0.01)
+
+
+def test_holdout_folds_are_disjoint_and_fold_zero_is_the_plain_holdout():
+    import numpy as np
+    from boltc.runtime.data.holdout import holdout_rows
+    parts = [holdout_rows(500, 0.1, seed=3, fold=f) for f in range(3)]
+    assert np.array_equal(parts[0][1], holdout_rows(500, 0.1, seed=3)[1])
+    for tr, va in parts:
+        assert len(va) == 50 and np.array_equal(np.sort(np.concatenate([tr, va])), np.arange(500))
+    assert not set(parts[0][1]) & set(parts[1][1]) and not set(parts[1][1]) & set(parts[2][1])
+    with pytest.raises(BoltError, match="fold 11"):
+        holdout_rows(500, 0.1, seed=3, fold=10)

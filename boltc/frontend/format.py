@@ -125,7 +125,9 @@ def _train_lines(t: dict) -> list[str]:
     if t["inference"] != d["inference"]:
         lines.append(f"inference {t['inference']}")
     for key in OPTIONAL_TRAIN_KEYS:
-        if key == "class_weights" and key in t:
+        if key == "blend" and key in t:
+            lines.append("blend " + _call(t[key]["kind"], [], _kw(t[key])))
+        elif key == "class_weights" and key in t:
             v = t[key]
             lines.append(f"class_weights {v if isinstance(v, str) else ', '.join(fmt_value(float(w)) for w in v)}")
         elif key in t:

@@ -26,6 +26,7 @@ from typing import Callable
 
 from boltc.lower import backward as bw
 from boltc.lower.builder import I64, PTR, KernelModule, symbol
+from boltc.lower.fc import prefetch_row
 from boltc.lower.rules import native_support, reads_sparse_input
 from boltc.ops import OPS
 from boltc.ops.base import SplitContext
@@ -70,6 +71,33 @@ def rows_apply(km: KernelModule, name: str, width: int, spec: bw.UpdateSpec, ten
         with k.if_(k.icmp("!=", a["has_out"], k.i64(0))):
             with k.loop(0, width, "j3") as j:
                 k.st(a["out"], k.add(ob, j), k.ld(a["W"], k.add(wb, j)))
+    k.ret()
+
+
+def rows_dx(km: KernelModule, name: str, in_dim: int, k_active: int) -> None:
+    """The input gradient of an LSH-sparse layer alone: for unique neurons u in [u0, u1), for each of
+    its positions p (example b = p // K): dxbuf[b, :] += grad[p] * W[uniq[u], :]. The same loops and the
+    same operation per element as the `fuse_dx` part of backward.rows_update_out_major, so with the same
+    chunks the same bits; no weight gradient is summed. A data-parallel worker that hands out its
+    layer's factors (the input rows and the logits' gradient) computes only this; the row owners then
+    run the fused update on the whole batch's factors (runtime/distributed/worker.py)."""
+    k = km.kernel(name, [("u0", "i64"), ("u1", "i64"), ("uniq", "ptr"), ("seg", "ptr"), ("pos", "ptr"),
+                         ("grad", "ptr"), ("W", "ptr"), ("dxbuf", "ptr")])
+    a = k.arg
+    IN, K = k.i64(in_dim), k.i64(k_active)
+    with k.loop(a["u0"], a["u1"], "u") as u:
+        if in_dim >= 16:                          # hints only (as the fused kernel's): the same bits
+            prefetch_row(k, a["W"], k.mul(bw._ahead_neuron(k, u), IN), in_dim)
+        wb = k.mul(k.ld_i32_as_i64(a["uniq"], u), IN)
+        s0 = k.ld(a["seg"], u, I64)
+        s1 = k.ld(a["seg"], k.add(u, k.i64(1)), I64)
+        with k.loop(s0, s1, "s") as s:
+            p = k.ld_i32_as_i64(a["pos"], s)
+            g = k.ld(a["grad"], p)
+            xb = k.mul(k.b.sdiv(p, K), IN)
+            with k.loop(0, in_dim, "j") as j:
+                o = k.add(xb, j)
+                k.st(a["dxbuf"], o, k.fadd(k.ld(a["dxbuf"], o), k.fmul(g, k.ld(a["W"], k.add(wb, j)))))
     k.ret()
 
 

@@ -18,7 +18,8 @@ from boltc.errors import BoltValidationError
 from boltc.ops.base import LowerContext, Op, SplitContext
 from boltc.ops.numeric import (ParamGrad, act_grad, activate, activation_backward, compress_columns, loss_options,
                                matmul, ptr, scatter_dense)
-from boltc.ops.runners import ADAM_OPS, grad_buffer, sparse_forward, update_sparse_input
+from boltc.ops.runners import (ADAM_OPS, apply_sparse_input, grad_buffer, merge_sparse_input, shifted, sparse_forward,
+                               update_sparse_input)
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "softmax", "linear")
 
@@ -283,6 +284,10 @@ def lower_split(km, layer: dict, ctx: SplitContext) -> dict:
                 out["grad_active_dx"] = lib.symbol(layer, "grad_active_dx")
                 lib.bw.rows_update_out_major(km, out["grad_active_dx"], in_dim, layer["active"], True, bias, spec,
                                              fuse_dx=True, store_grad=True)
+                # factor mode (a worker hands out its input rows and logits' gradient): the input
+                # gradient alone; the row owners run the fused `upd_active` on the whole batch's factors
+                out["dx_active"] = lib.symbol(layer, "dx_active")
+                lib.rows_dx(km, out["dx_active"], in_dim, layer["active"])
     out.update(lib.apply_kernels(km, layer, spec, split_params(layer), split_row_sparse))
     return out
 
@@ -440,13 +445,18 @@ def run_backward(ex, layer, cache, g, step):
     if ids is not None:
         uniq, seg, pos, nu = cache["inv"] if cache["inv"] is not None else ex.invert(
             ids, layer["dim"], ex.k.fn(name, "invert"))
-        if grad_mode:
+        if step.factors is not None:
+            # factor mode: hand out what the weight gradient is made of (apply_active_factors below)
+            step.factors[name] = {"kind": "active", "ids": ids, "g": g, "x": x}
+            if not needs_dx:
+                return [None]
+        elif grad_mode:
             gW, gb = grad_buffer(ex, (name, "W"), (nu, layer["in_dim"])), grad_buffer(ex, (name, "b"), (nu,))
             rows = uniq[:nu].copy()
             step.grads[(name, "W")] = (rows, gW)
             if b is not None:
                 step.grads[(name, "b")] = (rows, gb)
-        if grad_mode and not needs_dx:
+        if grad_mode and not needs_dx and step.factors is None:
             ex.run_split(name, "grad_active", nu, ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x), ptr(W),
                          ptr(gW), ptr(gb), per_thread=ex.scratch_ptrs, work=layer["in_dim"] * (ids.size / max(1, nu) + 1))
             return [None]
@@ -459,14 +469,19 @@ def run_backward(ex, layer, cache, g, step):
         bounds = [(c * nu // N_CHUNKS, (c + 1) * nu // N_CHUNKS) for c in range(N_CHUNKS)]
         dxbufs = np.zeros((N_CHUNKS,) + x.shape, np.float32)
         scratch = [np.empty(layer["in_dim"], np.float32) for _ in range(N_CHUNKS)]
-        if grad_mode:
+        if step.factors is not None:
+            fn = ex.split_kernels.fn(name, "dx_active")
+            args = (ptr(uniq), ptr(seg), ptr(pos), ptr(g), ptr(W))
+            scratch = None
+        elif grad_mode:
             fn = ex.split_kernels.fn(name, "grad_active_dx")
             args = (ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x), ptr(W), ptr(gW), ptr(gb))
         else:
             fn = ex.k.fn(name, "upd_active_dx")
             args = (ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x), ptr(W), ptr(b), ptr(m["W"]), ptr(v["W"]),
                     ptr(mb), ptr(vb), ptr(step.hyper))
-        per_chunk = [(ptr(scratch[c]), ptr(dxbufs[c])) for c in range(N_CHUNKS)]
+        per_chunk = [(ptr(dxbufs[c]),) if scratch is None else (ptr(scratch[c]), ptr(dxbufs[c]))
+                     for c in range(N_CHUNKS)]
         if ex.worth_two_threads(nu * layer["in_dim"] * (2 * ids.size / max(1, nu) + ADAM_OPS)):
             ex.pool.run_chunks(fn, bounds, *args, per_chunk=per_chunk)
         else:                                      # small: the same chunks in order on this thread
@@ -498,6 +513,43 @@ def run_backward(ex, layer, cache, g, step):
     return [dx]
 
 
+# ---------------------------------------------------------------- factors (data-parallel workers)
+
+def merge_active_factors(fs: list) -> dict:
+    """Workers' factors of an LSH-sparse layer stacked in worker order: the whole batch's active sets,
+    logits' gradients and input rows."""
+    if len(fs) == 1:
+        return fs[0]
+    return {"kind": "active", **{k: np.concatenate([f[k] for f in fs]) for k in ("ids", "g", "x")}}
+
+
+def apply_active_factors(ex, layer, f: dict, owned: dict, moments: dict, hyper, copy_out: bool) -> dict:
+    """The fused lazy update (`upd_active`) of the owned neurons from the whole batch's factors: the
+    single-process arithmetic (each row's gradient summed over the batch's positions in order) on the
+    owner's rows only. W is the replica's own; moments are the owner's shards (runners.shifted)."""
+    name = layer["name"]
+    p = ex.state.params[name]
+    W, b = p["W"], p.get("b")
+    ids = np.ascontiguousarray(f["ids"], dtype=np.int32)
+    g, x = np.ascontiguousarray(f["g"], np.float32), np.ascontiguousarray(f["x"], np.float32)
+    uniq, seg, pos, nu = ex.invert(ids, layer["dim"], ex.k.fn(name, "invert"))
+    lo, hi = owned["W"]
+    u0, u1 = (int(i) for i in np.searchsorted(uniq[:nu], [lo, hi]))
+    (mW, vW), (mb, vb) = moments["W"], moments.get("b", (None, None))
+    ex.run(name, "upd_active", u1 - u0, uniq.ctypes.data + 4 * u0, seg.ctypes.data + 8 * u0, ptr(pos), ids.shape[0],
+           ptr(g), ptr(x), ptr(W), ptr(b), shifted(mW, lo), shifted(vW, lo), shifted(mb, lo), shifted(vb, lo),
+           ptr(hyper), per_thread=ex.scratch_ptrs, work=layer["in_dim"] * (ids.size / max(1, nu) + ADAM_OPS))
+    rows = np.array(uniq[u0:u1])
+    out = {"W": (rows, W[rows] if copy_out else None)}
+    if b is not None:
+        out["b"] = (rows, b[rows] if copy_out else None)
+    return out
+
+
+FACTOR_KINDS = {"active": (merge_active_factors, apply_active_factors),
+                "sparse_input": (merge_sparse_input, apply_sparse_input)}
+
+
 OP = Op(
     name="fc", order=10, summary="a fully connected layer, optionally LSH-sparse",
     args=args, reads="any", check=check, to_bolt=to_bolt,
@@ -505,4 +557,5 @@ OP = Op(
     params=params, param_init={"W": "normal", "b": "zeros"}, plan_entry=plan_entry, notes=notes,
     forward=forward, backward=backward, lower=lower, run_forward=run_forward, run_backward=run_backward,
     split_params=split_params, split_row_sparse=split_row_sparse, lower_split=lower_split,
+    extra={"factor_kinds": FACTOR_KINDS},
 )

@@ -43,6 +43,10 @@ def update_sparse_input(ex, layer, x, dz: np.ndarray, step) -> None:
     The inversion of x's feature ids is made once per step for every layer reading the same input."""
     name, src = layer["name"], layer["inputs"][0]
     p, m, v = ex.param_state(name)
+    if step.factors is not None:      # factor mode: the batch's rows and dz (apply_sparse_input)
+        step.factors[name] = {"kind": "sparse_input", "indptr": x.indptr, "indices": x.indices, "data": x.data,
+                              "dz": np.ascontiguousarray(dz, dtype=np.float32)}
+        return
     inv = step.inversions.get(src)
     if inv is None:
         uniq, seg, pos, nu = ex.invert(x.indices, layer["in_dim"], ex.k.fn(name, "invert"))
@@ -64,3 +68,63 @@ def update_sparse_input(ex, layer, x, dz: np.ndarray, step) -> None:
         db = np.ascontiguousarray(dz.sum(axis=0, dtype=np.float32))
         ex.run(name, "bias_upd", layer["dim"], ptr(p["b"]), ptr(db), ptr(m["b"]), ptr(v["b"]), ptr(step.hyper),
              work=ADAM_OPS)
+
+
+# ---------------------------------------------------------------- factors (data-parallel workers)
+# A worker in factor mode hands out, instead of a layer's weight gradient, what the fused update kernel
+# makes it from (the batch's inputs and the gradient of the layer's pre-activations); the owner of a row
+# range concatenates every worker's factors in worker order and runs the fused update kernel on them,
+# restricted to its rows. Per kind: merge(list of factor dicts) -> one, apply(ex, layer, f, owned,
+# moments, hyper, copy_out) -> {tensor: (rows or None, new values or None)}.
+
+
+def shifted(a, lo: int):
+    """The address of moment shard `a` (rows [lo, hi) of a tensor) as if it held the whole tensor: the
+    kernels index moments by the tensor's row ids, and touch only the owner's rows."""
+    if a is None:
+        return None
+    if a.ndim == 0 or a.shape[0] == 0:
+        return ptr(a)
+    assert a.flags.c_contiguous, "kernels read C-contiguous buffers"
+    return a.ctypes.data - lo * a.strides[0]
+
+
+def merge_sparse_input(fs: list) -> dict:
+    """Workers' sparse-input factors stacked in order: one CSR batch and its dz rows."""
+    if len(fs) == 1:
+        return fs[0]
+    indptr = [np.asarray(fs[0]["indptr"], np.int64)]
+    for f in fs[1:]:
+        indptr.append(np.asarray(f["indptr"][1:], np.int64) + indptr[-1][-1])
+    return {"kind": "sparse_input", "indptr": np.concatenate(indptr),
+            "indices": np.concatenate([f["indices"] for f in fs]).astype(np.int32, copy=False),
+            "data": np.concatenate([f["data"] for f in fs]).astype(np.float32, copy=False),
+            "dz": np.concatenate([f["dz"] for f in fs])}
+
+
+def apply_sparse_input(ex, layer, f: dict, owned: dict, moments: dict, hyper, copy_out: bool) -> dict:
+    """The fused lazy update of an in-major W (and its dense bias) on the owned rows, from the whole
+    batch's factors: the single-process `update_sparse_input` arithmetic on the same rows."""
+    name = layer["name"]
+    p = ex.state.params[name]
+    W, b = p["W"], p.get("b")
+    indptr, indices, data = f["indptr"], np.ascontiguousarray(f["indices"], np.int32), f["data"]
+    dz = np.ascontiguousarray(f["dz"], dtype=np.float32)
+    uniq, seg, pos, nu = ex.invert(indices, layer["in_dim"], ex.k.fn(name, "invert"))
+    prow = np.repeat(np.arange(indptr.size - 1, dtype=np.int32), np.diff(indptr))
+    lo, hi = owned["W"]
+    u0, u1 = (int(i) for i in np.searchsorted(uniq[:nu], [lo, hi]))
+    mW, vW = moments["W"]
+    ex.run(name, "upd", u1 - u0, uniq.ctypes.data + 4 * u0, seg.ctypes.data + 8 * u0, ptr(pos), ptr(prow),
+           ptr(data), ptr(dz), ptr(W), shifted(mW, lo), shifted(vW, lo), ptr(hyper), per_thread=ex.scratch_ptrs,
+           work=layer["dim"] * (indices.size / max(1, nu) + ADAM_OPS))
+    rows = np.array(uniq[u0:u1])
+    out = {"W": (rows, W[rows] if copy_out else None)}
+    if b is not None:
+        db = np.ascontiguousarray(dz.sum(axis=0, dtype=np.float32))
+        blo, bhi = owned["b"]
+        mb, vb = moments["b"]
+        ex.run(name, "bias_upd", bhi - blo, ptr(b) + 4 * blo, ptr(db) + 4 * blo, ptr(mb), ptr(vb), ptr(hyper),
+               work=ADAM_OPS)
+        out["b"] = (None, b[blo:bhi].copy() if copy_out else None)
+    return out

@@ -26,6 +26,7 @@ class Progress:
     def __init__(self, enabled: bool, budget: float, spent: float, metric: str, log):
         self.metric, self.log, self.budget, self.spent = metric, log, budget, spent
         self.bar = None
+        self.prefix = ""                    # the row rung's "rows N: " when the search runs on row samples
         if enabled:
             self.bar = tqdm(total=round(budget), initial=min(round(spent), round(budget)), unit="s",
                             file=sys.stderr, dynamic_ncols=True, leave=False,
@@ -34,7 +35,7 @@ class Progress:
     def epoch(self, trial: int, epoch: int, value, elapsed: float) -> None:
         if self.bar is not None:
             self.bar.n = min(round(self.spent + elapsed), round(self.budget))
-            self.bar.set_postfix_str(f"trial {trial} epoch {epoch} {self.metric} "
+            self.bar.set_postfix_str(f"{self.prefix}trial {trial} epoch {epoch} {self.metric} "
                                      f"{'-' if value is None else f'{value:.2f}'}")
 
     def trial_done(self, trial, study) -> None:
@@ -46,10 +47,13 @@ class Progress:
         except ValueError:
             best = None
         note = trial.user_attrs.get("note")
-        line = (f"trial {trial.number:>3}  {state:<8} {self.metric} {'-' if v is None else f'{v:6.2f}'}  "
+        line = (f"{self.prefix}trial {trial.number:>3}  {state:<8} {self.metric} {'-' if v is None else f'{v:6.2f}'}  "
                 f"epochs {trial.user_attrs.get('best_epoch', trial.user_attrs.get('epochs_run', '-'))}  "
                 f"{trial.user_attrs.get('seconds', 0):6.1f}s  best {'-' if best is None else f'{best:.2f}'}  "
                 f"{_params(trial.params)}" + (f"  ({note})" if note else ""))
+        self.note(line)
+
+    def note(self, line: str) -> None:
         if self.bar is not None:
             self.bar.write(line, file=sys.stderr)
         else:
@@ -76,9 +80,10 @@ def leaderboard(study, metric: str) -> list[dict]:
     return rows
 
 
-def format_leaderboard(rows: list[dict], metric: str) -> str:
+def format_leaderboard(rows: list[dict], metric: str, on: str | None = None) -> str:
     done = sum(r["state"] == "complete" for r in rows)
-    lines = [f"leaderboard ({len(rows)} trials, {done} complete; validation {metric}, best first):",
+    lines = [f"leaderboard{'' if on is None else ' on ' + on} ({len(rows)} trials, {done} complete; "
+             f"validation {metric}, best first):",
              f"{'rank':>4} {'trial':>5} {'state':<9}{metric:>12} {'epochs':>6} {'seconds':>8}  values"]
     for i, r in enumerate(rows[:LEADERBOARD_ROWS], 1):
         v = "-" if r["value"] is None else f"{r['value']:.2f}"
@@ -87,9 +92,8 @@ def format_leaderboard(rows: list[dict], metric: str) -> str:
     return "\n".join(lines)
 
 
-def header(file: str, budget: float, search_s: float, study, best, metric: str, final_data: str,
+def header(file: str, budget: float, search_s: float, n: int, best, metric: str, final_data: str,
            validation: str) -> list[str]:
-    n = len(study.trials)
     return [f"Tuned by `boltc tune` from {Path(file).name}: {n} trials in {search_s:.0f}s of a {budget:g}s budget,",
             f"chosen on validation {metric} ({validation}): trial {best.number}, {best.value:.2f}.",
             f"Every value is written out; the final model trains on {final_data}."]

@@ -23,14 +23,19 @@ from boltc.runtime.data.dataset import Dataset, take_rows
 HOLDOUT_STREAM = 0x4F1D
 
 
-def holdout_rows(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(training row ids, validation row ids), each sorted, disjoint, covering range(n)."""
+def holdout_rows(n: int, share: float, seed: int, fold: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(training row ids, validation row ids), each sorted, disjoint, covering range(n). `fold` f holds out
+    the f-th block of `share` of the same seeded permutation (fold 0 is the plain holdout), so the
+    validation parts of folds 0, 1, ... are disjoint (boltc tune's folds on small training sets)."""
     if n < 2:
         raise DataError(f"cannot hold out a validation share of {n} training row(s): give validation data "
                         "or set `holdout 0`")
     k = min(max(1, int(round(share * n))), n - 1)
+    if (fold + 1) * k > n - 1:
+        raise DataError(f"cannot hold out fold {fold + 1} of {100 * share:g}% of {n} training rows")
     perm = np.random.default_rng([int(seed), HOLDOUT_STREAM]).permutation(n)
-    return np.sort(perm[k:]), np.sort(perm[:k])
+    val = perm[fold * k:(fold + 1) * k]
+    return np.sort(np.concatenate([perm[:fold * k], perm[(fold + 1) * k:]])), np.sort(val)
 
 
 def subset(ds: Dataset, rows: np.ndarray, source: str) -> Dataset:
@@ -41,8 +46,8 @@ def subset(ds: Dataset, rows: np.ndarray, source: str) -> Dataset:
                    source=source, meta={**ds.meta, "rows_of": ds.source, "row_ids": rows})
 
 
-def split(ds: Dataset, share: float, seed: int) -> tuple[Dataset, Dataset]:
-    train_rows, val_rows = holdout_rows(ds.rows, share, seed)
-    pct = f"{100 * share:g}%"
+def split(ds: Dataset, share: float, seed: int, fold: int = 0) -> tuple[Dataset, Dataset]:
+    train_rows, val_rows = holdout_rows(ds.rows, share, seed, fold)
+    pct = f"{100 * share:g}%" + (f" (fold {fold + 1})" if fold else "")
     return (subset(ds, train_rows, f"{ds.source} (training part: {pct} held out, seed {seed})"),
             subset(ds, val_rows, f"{ds.source} (validation: {pct} held out, seed {seed})"))

@@ -13,13 +13,17 @@ import math
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import numpy as np
 
 from boltc.errors import BoltError, DependencyError
 from boltc.runtime.distributed.shard import load_shard
-from boltc.runtime.distributed.worker import Worker, portable_state
+from boltc.runtime.distributed.mesh import Mesh, PeerLost
+from boltc.runtime.distributed.shared import SharedWeights, attach
+from boltc.runtime.distributed.worker import CODES, NOT_TRAINED, Worker, portable_state
+from boltc.runtime.exec.state import aligned_copy
 from boltc.runtime.exec import executor  # looked up at call time (tests swap make_executor)
 
 INSTALL_HINT = "pip install boltc[distributed]"
@@ -31,6 +35,14 @@ INSTALL_HINT = "pip install boltc[distributed]"
 # price of rebuilding dW from them on the hot path, and whole tensors move 3x the rows of the 100k
 # model (docs/distributed.md has the figures).
 EXCHANGES = ("sparse",)
+
+
+# A local Ray instance started here runs its workers at the driver's priority. Ray's default (worker
+# niceness 15) suits background tasks; these workers are the training job: on a machine shared with
+# other jobs, nice 15 gave each worker a fraction of a single process's CPU share (measured: 2 workers
+# at 0.4x one process at a load average of 15). A cluster started with `ray start` keeps its own
+# setting: start it with RAY_worker_niceness=0 (docs/distributed.md).
+LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0}
 
 
 class DistributedError(BoltError):
@@ -75,6 +87,8 @@ class ShardWorker(Worker):
         super().__init__(plan, state, load_shard(spec, plan), rank, world, local_batch,
                          partial(executor.make_executor, backend=backend, threads=threads), seed=seed,
                          global_batch=global_batch, put=put, get=get)
+        if getattr(self.ex, "native", False):
+            self.ex.split_kernels                         # compiled (or loaded from the cache) now, not in epoch 1
         return self.data.rows
 
     def label_counts(self):
@@ -98,6 +112,23 @@ class ShardWorker(Worker):
             self.die()                                    # test hook for the fault path
         return super().grads_step(None, update, accumulate, record)
 
+    def node(self) -> str:
+        """The Ray node this worker runs on (workers on the driver's node share its weights file)."""
+        import ray  # optional: the distributed extra (this runs inside a Ray actor)
+        return ray.get_runtime_context().get_node_id()
+
+    def share_weights(self, shared, mesh_prefix: str, timeout: float) -> None:
+        """Train on the machine's one copy of the weights (a shared file's spec, or in-process the
+        arrays themselves) and link up with the other workers of the machine (mesh.py): from now on
+        the updates run in `run_updates`, payloads pass by direct links, not through Ray."""
+        mesh = Mesh(mesh_prefix, self.rank, self.world, timeout)
+        mesh.connect()
+        self.use_shared_weights(attach(shared) if "path" in shared else shared, mesh)
+        self.put = self.get = _same
+
+    def run_updates(self, updates: list, accumulate: int = 1, record: bool = False) -> list:
+        return super().run_updates(self.mesh, updates, accumulate, record)
+
     def die(self):
         os._exit(3)                                       # the actor's process goes away, as on a lost machine
 
@@ -119,12 +150,17 @@ def _raise_lost():
     raise _Lost()
 
 
+def _same(x):
+    return x
+
+
 class InProcessRunner:
     """Workers as plain objects in this process: the same protocol without Ray (tests, debugging).
     `submit` runs the calls at once, in worker order, and its handles are the results."""
 
     def __init__(self, workers: list):
         self.workers = workers
+        self.sharing = False
         for w in workers:
             w.die = _raise_lost                           # a simulated death must not end this process
 
@@ -141,11 +177,34 @@ class InProcessRunner:
     def wait(self, handles, timeout=None):
         return list(handles)
 
+    def call_together(self, method: str, per_worker_args=None, timeout=None):
+        """The calls on threads at once (workers that meet each other inside a call: `run_updates`).
+        A simulated death is reported by the worker that died, not by the peers that lost it."""
+        def one(i):
+            args = per_worker_args[i] if per_worker_args else ()
+            return getattr(self.workers[i], method)(*args)
+        with ThreadPoolExecutor(len(self.workers)) as pool:
+            futs = [pool.submit(one, i) for i in range(len(self.workers))]
+            errors = [f.exception() for f in futs]
+        dead = [i for i, e in enumerate(errors) if isinstance(e, _Lost)]
+        if dead:
+            raise _WorkerFailed(dead[0], "died (simulated)")
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
+        return [f.result() for f in futs]
+
     def call(self, method: str, per_worker_args=None, timeout=None):
         return self.submit(method, per_worker_args)
 
     def shutdown(self):
         self.workers = []
+
+    def share_weights(self, state, opts, timeout) -> None:
+        """In-process workers share one set of arrays (the same code path as a shared file)."""
+        arrays = _shared_arrays(self.plan, state, aligned_copy)
+        self.call_together("share_weights", [(arrays, _mesh_prefix(), timeout)] * len(self.workers))
+        self.sharing = True
 
 
 class RayRunner:
@@ -156,6 +215,7 @@ class RayRunner:
 
     def __init__(self, ray, actors):
         self.ray, self.actors = ray, actors
+        self.shared, self.sharing = None, False
 
     def submit(self, method: str, per_worker_args=None, num_returns: int = 1):
         out = []
@@ -183,6 +243,8 @@ class RayRunner:
                 cause = getattr(e, "cause", None) or e
                 if isinstance(cause, BoltError):
                     raise cause from None                 # a user error on the worker (bad data row, ...)
+                if isinstance(cause, PeerLost):           # its link to a worker broke: name the one that died
+                    raise self._dead_peer(refs, i, lost) from None
                 if isinstance(cause, lost):               # it waited on a worker that died
                     raise _WorkerFailed(i, f"lost a peer ({type(cause).__name__})") from None
                 raise _WorkerFailed(i, f"raised {type(cause).__name__}: {cause}", lost=False) from None
@@ -191,6 +253,18 @@ class RayRunner:
     def call(self, method: str, per_worker_args=None, timeout=300.0):
         return self.wait(self.submit(method, per_worker_args), timeout)
 
+    def _dead_peer(self, refs, i: int, lost) -> "_WorkerFailed":
+        for j, ref in enumerate(refs):
+            if j == i:
+                continue
+            try:
+                self.ray.get(ref, timeout=10)
+            except lost as e:
+                return _WorkerFailed(j, f"died ({type(e).__name__})")
+            except Exception:                              # still running, or it lost a peer too
+                pass
+        return _WorkerFailed(i, "lost its link to a worker")
+
     def shutdown(self):
         for a in self.actors:
             try:
@@ -198,6 +272,24 @@ class RayRunner:
             except Exception:                               # already dead: nothing to release
                 pass
         self.actors = []
+        if self.shared is not None:
+            self.shared.close()
+            self.shared = None
+
+    def share_weights(self, state, opts, timeout) -> None:
+        """Workers that all run on the driver's machine share one copy of the weights (shared.py);
+        otherwise (a worker on another node, or a Ray client connection) they keep replicas."""
+        if str(opts.get("address") or "").startswith("ray://"):
+            return
+        here = self.ray.get_runtime_context().get_node_id()
+        if any(n != here for n in self.call("node", timeout=timeout)):
+            return
+        self.shared = SharedWeights(_shared_arrays(self.plan, state, np.asarray))
+        self.call("share_weights", [(self.shared.spec, _mesh_prefix(), timeout)] * len(self.actors), timeout=timeout)
+        self.sharing = True
+
+    def call_together(self, method: str, per_worker_args=None, timeout=300.0):
+        return self.call(method, per_worker_args, timeout)
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -224,7 +316,7 @@ def connect(address: str | None, workers: int, cpus_per_worker: float = 1.0, tem
         if address in (None, "", "local"):
             cpus = max(os.cpu_count() or 1, int(math.ceil(workers * cpus_per_worker)))
             ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-                     _temp_dir=temp_dir or f"/tmp/boltc_ray_{os.getpid()}")
+                     _temp_dir=temp_dir or f"/tmp/boltc_ray_{os.getpid()}", _system_config=LOCAL_SYSTEM_CONFIG)
         else:
             _check_reachable(address)
             ray.init(address=address, log_to_driver=False)
@@ -246,7 +338,10 @@ def _start_workers(kind, ray, plan, state, shards, local, opts, fail_at, timeout
             a[1] = copy.deepcopy(portable_state(state))      # a replica each, as on separate machines
             ws.append(ShardWorker(*a))
         runner = InProcessRunner(ws)
+        runner.plan = plan
         runner.rows = runner.call("setup")
+        if opts.get("share_weights", True) and len(ws) > 1:
+            runner.share_weights(state, opts, timeout)
         return _share_label_frequency(runner, timeout)
     remote_cls = ray.remote(num_cpus=opts["cpus_per_worker"], max_restarts=0)(ShardWorker)
     state_ref = ray.put(portable_state(state))
@@ -256,8 +351,30 @@ def _start_workers(kind, ray, plan, state, shards, local, opts, fail_at, timeout
         a[1] = state_ref
         actors.append(remote_cls.remote(*a))
     runner = RayRunner(ray, actors)
+    runner.plan = plan
     runner.rows = runner.call("setup", timeout=timeout)  # placed and loaded, or a clear error
+    if opts.get("share_weights", True) and len(actors) > 1:
+        runner.share_weights(state, opts, timeout)
     return _share_label_frequency(runner, timeout)
+
+
+def _mesh_prefix() -> str:
+    return f"boltc-mesh-{os.getpid()}-{time.monotonic_ns()}"
+
+
+def _trained(state, copy) -> dict:
+    return {(layer, t): copy(a) for layer, ts in state.params.items() for t, a in ts.items() if t not in NOT_TRAINED}
+
+
+def _shared_arrays(plan, state, copy) -> dict:
+    """What the workers of one machine share: the trained tensors, and per DWTA-hashed layer a buffer
+    for the neurons' codes of a table rebuild (worker.hash_share)."""
+    out = _trained(state, copy)
+    for layer in plan["layers"]:
+        idx = (getattr(state, "lsh", None) or {}).get(layer["name"])
+        if idx is not None and layer.get("hash") and idx.family == "dwta":
+            out[(layer["name"], CODES)] = np.zeros((layer["dim"], idx.L), np.int32)
+    return out
 
 
 def _share_label_frequency(runner, timeout):

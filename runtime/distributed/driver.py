@@ -53,6 +53,11 @@ from boltc.runtime.sampler.adaptive import check_distributed
 from boltc.runtime.train.trainer import evaluate, format_record, metric_names
 
 # ---------------------------------------------------------------------------------------------- driver
+# Updates per call of workers that meet directly (shared weights on one machine): the driver's calls
+# and its deadline (timeout x updates of the call) are per chunk; the workers' links have their own
+# timeout per meeting, so a silent worker is found within `timeout` either way.
+MESH_CHUNK = 64
+
 @dataclass
 class DistributedResult:
     state: object
@@ -71,7 +76,8 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
                       cpus_per_worker: float = 1.0, timeout: float = 300.0, max_restarts: int = 1,
                       checkpoint=None, source: str = "", history: dict | None = None,
                       epochs_done: int | None = None, max_updates: int | None = None, in_process: bool = False,
-                      record: bool = False, progress=None, fail_at: dict | None = None) -> DistributedResult:
+                      record: bool = False, progress=None, fail_at: dict | None = None,
+                      share_weights: bool = True) -> DistributedResult:
     """Train `state` (a ModelState for `plan`) data-parallel on `workers` replicas; returns the trained state.
 
     train_source: a path, a plan data entry (file or synthetic) or a Dataset. validation: a Dataset (or
@@ -81,6 +87,8 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
     the single-machine trainer's format, so `boltc train --resume` works on it either way) or a
     callable(state, epochs_done, history). Resuming: pass the checkpoint's state, its history and
     epochs_done (default: state.step // updates per epoch); epochs run from there.
+    share_weights: workers on the driver's machine train on one shared copy of the weights
+    (runtime/distributed/shared.py); False keeps a replica each, exchanging new rows as across machines.
     in_process=True runs the same protocol without Ray. fail_at={rank: update} kills a worker at that
     update (tests of the fault path). Returns the final state, the history and exchange statistics.
     """
@@ -99,20 +107,22 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
     local = _split(batch, workers)
     shards = plan_shards(train_source, plan, workers)
     opts = {"backend": backend, "threads": threads_per_worker, "seed": int(train.get("seed", 0)),
+            "share_weights": share_weights, "address": address,
             "cpus_per_worker": cpus_per_worker, "global_batch": batch * k}
     ray, started = (None, False) if in_process else connect(address, workers, cpus_per_worker)
     kind = "inprocess" if in_process else "ray"
     log = progress or (lambda msg: None)
-    restarts, records, worker_stats = 0, [], []
+    restarts, records, worker_stats, shared_weights = 0, [], [], False
     history = dict(history or {})
     history.setdefault("epochs", [])
     save = _checkpointer(checkpoint, source, plan)
     facts_bytes = updates_done = examples = 0
-    wait_seconds = 0.0                                     # the driver blocked on the workers' results
+    clock = {"wait": 0.0}                                  # seconds the driver blocked on the workers' results
     t_start = time.perf_counter()
     runner = None
     try:
         runner = _start_workers(kind, ray, plan, state, shards, local, opts, fail_at, timeout)
+        shared_weights = runner.sharing
         total_rows = sum(runner.rows)
         if total_rows == 0:
             raise DataError("the training data has no rows")
@@ -124,35 +134,18 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
         while epoch < epochs:
             try:
                 runner.call("start_epoch", [(epoch,)] * workers, timeout=timeout)
-                t0, loss_sum, n_sum, prev, lr = time.perf_counter(), 0.0, 0, None, float(train["lr"])
-                pending = None                               # the previous update's handles, read one behind
-                for index in range(per_epoch + 1):
-                    if index < per_epoch and (max_updates is None or epoch * per_epoch + index < max_updates):
-                        update = epoch * per_epoch + index
-                        lr = lr_at(float(train["lr"]), train.get("schedule"), update, total_updates, per_epoch)
-                        # submitted without waiting: each call names the results it needs and its worker
-                        # fetches them (the owners' parts, the new rows) when they exist
-                        grads = runner.submit("grads_step", [(prev, update, k, record)] * workers)
-                        applied = runner.submit("reduce_apply", [(grads, lr)] * workers, num_returns=2)
-                        prev = ([a[0] for a in applied], grads, epoch, index, per_epoch)
-                        current = (grads, [a[1] for a in applied])
-                    else:
-                        current = None
-                    if pending is not None:                  # the update before: losses, facts; failures surface here
-                        tw = time.perf_counter()
-                        parts = runner.wait(pending[0], timeout=timeout)
-                        runner.wait(pending[1], timeout=timeout)
-                        wait_seconds += time.perf_counter() - tw
-                        facts_bytes += workers * facts_nbytes(merge_facts([p[3] for p in parts]))
-                        n = sum(p[1] for p in parts)
-                        loss_sum, n_sum, updates_done, examples = loss_sum + sum(p[2] for p in parts), n_sum + n, updates_done + 1, examples + n
-                        if record:
-                            records.append([(p[5], p[6]) for p in parts])
-                    if current is None:
-                        break
-                    pending = current
-                if prev is not None:                         # the epoch's last update, then the epoch's state
-                    runner.call("finish", [(prev,)] * workers, timeout=timeout)
+                t0, loss_sum, n_sum, lr = time.perf_counter(), 0.0, 0, float(train["lr"])
+                todo = [(u, lr_at(float(train["lr"]), train.get("schedule"), u, total_updates, per_epoch), epoch,
+                         u - epoch * per_epoch, per_epoch)
+                        for u in range(epoch * per_epoch, (epoch + 1) * per_epoch) if max_updates is None or u < max_updates]
+                run_epoch = _updates_on_mesh if runner.sharing else _updates_by_calls
+                for parts in run_epoch(runner, todo, k, record, timeout, clock):
+                    facts_bytes += workers * facts_nbytes(merge_facts([p[3] for p in parts]))
+                    n = sum(p[1] for p in parts)
+                    loss_sum, n_sum, updates_done, examples = loss_sum + sum(p[2] for p in parts), n_sum + n, updates_done + 1, examples + n
+                    if record:
+                        records.append([(p[5], p[6]) for p in parts])
+                lr = todo[-1][1] if todo else lr
                 worker_stats = runner.call("timings", timeout=timeout)
                 shards_state = runner.call("get_state", timeout=timeout)
                 # a copy of its own (Ray returns read-only zero-copy arrays), so the caller can keep training it
@@ -199,8 +192,47 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
         if started:
             ray.shutdown()
     wall = time.perf_counter() - t_start
-    stats = _stats(worker_stats, workers, k, exchange, updates_done, examples, restarts, facts_bytes, wait_seconds, wall)
+    stats = _stats(worker_stats, workers, k, exchange, updates_done, examples, restarts, facts_bytes, clock["wait"], wall)
+    stats["shared_weights"] = shared_weights
     return DistributedResult(state=final, history=history, stats=stats, records=records)
+
+
+def _updates_by_calls(runner, todo: list, k: int, record: bool, timeout: float, clock: dict):
+    """The updates `todo` [(update, lr, epoch, index, per epoch)] as two calls per worker and update
+    (grads_step, reduce_apply), submitted one update ahead: each call names the results it needs and
+    its worker fetches them (the owners' parts, the new rows) when they exist. Yields each update's
+    grads_step outputs (one per worker); failures surface at the waits."""
+    prev = pending = None
+    workers = len(runner.rows)
+    for item in todo + [None]:
+        current = None
+        if item is not None:
+            update, lr, epoch, index, per_epoch = item
+            grads = runner.submit("grads_step", [(prev, update, k, record)] * workers)
+            applied = runner.submit("reduce_apply", [(grads, lr)] * workers, num_returns=2)
+            prev = ([a[0] for a in applied], grads, epoch, index, per_epoch)
+            current = (grads, [a[1] for a in applied])
+        if pending is not None:                           # the update before, read one behind
+            tw = time.perf_counter()
+            parts = runner.wait(pending[0], timeout=timeout)
+            runner.wait(pending[1], timeout=timeout)
+            clock["wait"] += time.perf_counter() - tw
+            yield parts
+        pending = current
+    if prev is not None:                                  # the epoch's last update's new rows and upkeep
+        runner.call("finish", [(prev,)] * workers, timeout=timeout)
+
+
+def _updates_on_mesh(runner, todo: list, k: int, record: bool, timeout: float, clock: dict):
+    """Workers that share their weights meet each other directly (mesh.py): one call per MESH_CHUNK
+    updates; the driver only collects losses and facts."""
+    workers = len(runner.rows)
+    for c in range(0, len(todo), MESH_CHUNK):
+        chunk = todo[c:c + MESH_CHUNK]
+        tw = time.perf_counter()
+        outs = runner.call_together("run_updates", [(chunk, k, record)] * workers, timeout=timeout * len(chunk))
+        clock["wait"] += time.perf_counter() - tw
+        yield from zip(*outs)
 
 
 def _stats(worker_stats, workers, k, exchange, updates, examples, restarts, facts_bytes, wait_seconds, wall) -> dict:
@@ -218,7 +250,9 @@ def _stats(worker_stats, workers, k, exchange, updates, examples, restarts, fact
                     "bytes_per_update_per_worker": mean("sent") + mean("received"),
                     "gradient_bytes_sent_per_update_per_worker": mean("grads_sent"),
                     "row_bytes_sent_per_update_per_worker": mean("rows_sent"),
-                    "seconds_per_update": {p: mean(p) for p in ("compute", "exchange", "update", "upkeep")}})
+                    "seconds_per_update": {p: mean(p) for p in ("compute", "exchange", "update", "upkeep")},
+                    "cpu_seconds_per_update": mean("cpu"),
+                    "cpu_seconds_per_update_by_phase": {p: mean(f"cpu_{p}") for p in ("compute", "exchange", "update", "upkeep")}})
     return out
 
 
@@ -241,6 +275,7 @@ def _refuse_single_process_settings(plan: dict) -> None:
     train = plan.get("train") or {}
     used = [w for w, on in (("class_weights", train.get("class_weights")),
                             ("label_smoothing", train.get("label_smoothing")),
+                            ("blend ridge(...)", (train.get("blend") or {}).get("weight")),
                             ("text(..., idf=true)", any(i.get("idf") for i in plan.get("inputs") or []))) if on]
     if used:
         raise BoltError(f"{', '.join(used)}: not supported by distributed training (--workers / distributed(...)) "

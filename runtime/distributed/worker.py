@@ -32,10 +32,17 @@ import numpy as np
 
 from boltc.runtime.data.dataset import Dataset
 from boltc.runtime.exec.gradients import Key, RowGrad
+from boltc.runtime.exec.native import merge_factors
 from boltc.runtime.exec.state import aligned_copy
 from boltc.runtime.lsh.index import LSHIndex, missed_labels  # noqa: F401 (re-exported)
 
 NOT_TRAINED = ("label_count",)
+CODES = "lsh_codes"               # a shared buffer of a layer's neuron codes (table rebuilds), not a tensor
+HASH_CHUNK = 1 << 16              # neurons hashed per call (bounded scratch), as the executor's rebuild
+
+
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.thread_time()
 
 
 def portable_state(state):
@@ -152,6 +159,10 @@ def grads_nbytes(grads: dict[Key, RowGrad]) -> int:
     return sum(g.nbytes for g in grads.values())
 
 
+def factors_nbytes(factors: dict) -> int:
+    return int(sum(a.nbytes for f in factors.values() for a in f.values() if isinstance(a, np.ndarray)))
+
+
 class Worker:
     """A replica + a shard + the optimizer state of its share of the rows.
 
@@ -182,14 +193,23 @@ class Worker:
         # gradients and new rows in buffers kept between updates: each update's are consumed (put, or
         # read by the other in-process workers) before the next is computed; accumulated ones are copied
         self.ex.reuse_grad_buffers = True
+        # layers whose weight gradient the native kernels can hand out as factors (the layer's input
+        # rows and pre-activation gradients, ~100x smaller than the touched rows' gradient) do so: each
+        # owner runs the fused update kernel on the whole batch's factors for its rows
+        # (runtime/exec/native.py apply_update); the others' gradients go out as row parts
+        self.use_factors = bool(getattr(self.ex, "native", False)) and hasattr(self.ex, "apply_update")
+        self.own_factors: dict = {}
+        self.shared, self.mesh, self.codes = False, None, {}
         views = {}
         for (layer, t), (lo, hi) in self.owned.items():
             views.setdefault(layer, {})[t] = self.state.params[layer][t][lo:hi]
         self.shard = SimpleNamespace(params=views, m=m_shard, v=v_shard)
         self.output = next((l for l in plan["layers"] if l["name"] == plan.get("output")), None)
         self.own_part: dict = {}
+        self.cpu_start = None            # CPU seconds of this process from its first epoch on (timings)
         self.start_epoch(0)
         self.seconds = {"compute": 0.0, "exchange": 0.0, "update": 0.0, "upkeep": 0.0}
+        self.cpu = dict(self.seconds)
         self.bytes = {"sent": 0, "received": 0, "grads_sent": 0, "rows_sent": 0}
 
     # ------------------------------------------------------------------ data
@@ -197,6 +217,8 @@ class Worker:
         """Reseed from (seed, rank, epoch) so a run resumed at an epoch boundary replays the same batches."""
         self.epoch = int(epoch)
         self._order, self._pos, self._local_epoch = np.zeros(0, np.int64), 0, -1
+        if self.cpu_start is None:
+            self.cpu_start = time.process_time()
 
     def _next_rows(self) -> np.ndarray:
         """The next `local_batch` rows of a shuffled pass over the shard (passes run back to back)."""
@@ -219,14 +241,17 @@ class Worker:
     def compute(self, record: bool = False):
         """The local batch's gradient (divided by the global batch): (grads, examples, loss sum, facts[,
         rows, active])."""
-        t0 = time.perf_counter()
+        t0 = _clock()
         rows = self._next_rows()
         batch = self.data.take(rows)
-        losses, grads = self.ex.gradients(batch, batch_size=self.global_batch)
+        if self.use_factors:
+            losses, grads, factors = self.ex.gradients(batch, batch_size=self.global_batch, factors=True)
+        else:
+            (losses, grads), factors = self.ex.gradients(batch, batch_size=self.global_batch), {}
         grads = {k: g for k, g in grads.items() if k[1] not in NOT_TRAINED}
         facts = self.batch_facts(batch)
-        self.seconds["compute"] += time.perf_counter() - t0
-        out = (grads, int(rows.size), float(np.sum(losses)), facts)
+        self._took("compute", t0)
+        out = (grads, int(rows.size), float(np.sum(losses)), facts, factors)
         return out + ((rows, dict(getattr(self.ex, "last_active", None) or
                                   getattr(getattr(self.ex, "interp", None), "last_active", {}))) if record else ())
 
@@ -259,7 +284,7 @@ class Worker:
         grads = sum_parts([p[0] for p in parts])
         n, loss = sum(p[1] for p in parts), sum(p[2] for p in parts)
         facts = merge_facts([p[3] for p in parts])
-        t0 = time.perf_counter()
+        t0 = _clock()
         by_owner = split_by_owner(grads, self.shapes, self.world)
         self.own_part = by_owner[self.rank]
         handles, sent = [], 0
@@ -271,42 +296,125 @@ class Worker:
             sent += grads_nbytes(part)
         self.bytes["sent"] += sent
         self.bytes["grads_sent"] += sent
-        self.seconds["exchange"] += time.perf_counter() - t0
-        extra = (np.concatenate([p[4] for p in parts]), [p[5] for p in parts]) if record else ()
-        return (handles, n, loss, facts, sent) + extra
+        # the layers' factors (inputs and pre-activation gradients, a few hundred KB) go to every owner
+        factors = merge_factors([p[4] for p in parts])
+        self.own_factors = factors
+        fsent = factors_nbytes(factors) * (self.world - 1)
+        handle = self.put(factors) if factors and self.world > 1 else None
+        self.bytes["sent"] += fsent
+        self.bytes["grads_sent"] += fsent
+        self._took("exchange", t0)
+        extra = (np.concatenate([p[5] for p in parts]), [p[6] for p in parts]) if record else ()
+        return ((handles, handle), n, loss, facts, sent + fsent) + extra
 
     def reduce_apply(self, grads_outs: list, lr: float):
         """Sum every worker's part for our rows (worker order), update them, and return the new rows and
         an acknowledgement. `grads_outs`: every worker's `grads_step` output (or its handle)."""
-        t0 = time.perf_counter()
+        t0 = _clock()
         outs = self.get(list(grads_outs))
-        handles = [o[0][self.rank] for o in outs]
+        handles = [o[0][0][self.rank] for o in outs]
         others = self.get([h for h in handles if h is not None])
         self.bytes["received"] += sum(grads_nbytes(p) for p in others)
         it = iter(others)
         parts = [self.own_part if h is None else next(it) for h in handles]
-        t1 = time.perf_counter()
+        fhandles = [None if r == self.rank else o[0][1] for r, o in enumerate(outs)]
+        fetched = iter(self.get([h for h in fhandles if h is not None]))
+        factors = merge_factors([self.own_factors if h is None else next(fetched) for h in fhandles])
+        self.bytes["received"] += sum(factors_nbytes(f) for f in [factors]) - factors_nbytes(self.own_factors)
+        t1 = _clock()
         plans, unions = {}, {}
         for key in parts[0]:
             union, pos, vals = merge_index([p[key] for p in parts])
             lo = self.owned[key][0]
             unions[key] = union                       # row ids relative to the share's views below
             plans[key] = (None if union is None else (union - lo).astype(np.int32), pos, vals)
-        rows_out = self.ex.apply_parts(plans, lr, target=self.shard, copy_out=self.world > 1)
-        new_rows = {key: RowGrad(unions[key], rows_out[key]) for key in plans} if self.world > 1 else {}
-        self.own_part = {}
-        self.seconds["update"] += time.perf_counter() - t1
-        self.seconds["exchange"] += t1 - t0
-        self.bytes["sent"] += grads_nbytes(new_rows) * (self.world - 1)     # each other worker fetches them
-        self.bytes["rows_sent"] += grads_nbytes(new_rows) * (self.world - 1)
+        copy_out = self.world > 1 and not self.shared       # shared weights: the others read our rows in place
+        if factors:
+            rows_out, factor_rows = self.ex.apply_update(plans, factors, lr, self.owned, self.shard, copy_out=copy_out)
+        else:
+            rows_out, factor_rows = self.ex.apply_parts(plans, lr, target=self.shard, copy_out=copy_out), {}
+        updated = {key: RowGrad(unions[key], rows_out[key]) for key in plans}
+        updated.update(factor_rows)
+        new_rows = updated if copy_out else {}
+        self.own_part, self.own_factors = {}, {}
+        self._took("update", t1)
+        self._took("exchange", t0, t1)
+        # what each other worker fetches; with shared weights nothing moves, but a worker on another
+        # machine would fetch these rows (the projection to many machines reads `rows_sent`)
+        row_bytes = sum(self._rows_nbytes(key, g.rows) for key, g in updated.items()) * (self.world - 1)
+        self.bytes["sent"] += grads_nbytes(new_rows) * (self.world - 1)
+        self.bytes["rows_sent"] += row_bytes
         return new_rows, True
+
+    def _rows_nbytes(self, key, rows) -> int:
+        shape = self.shapes[key]
+        width = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        lo, hi = self.owned[key]
+        return (hi - lo if rows is None else rows.size) * width * 4 + (0 if rows is None else rows.nbytes)
+
+    def use_shared_weights(self, arrays: dict, mesh=None) -> None:
+        """Train on `arrays` ((layer, tensor) -> the machine's one copy, runtime/distributed/shared.py)
+        instead of this replica's own trained tensors; they hold the same values. With `mesh`, table
+        rebuilds hash a share of the neurons each into the shared (layer, CODES) buffers."""
+        for (layer, t), a in arrays.items():
+            if t == CODES:
+                self.codes[layer] = a
+            else:
+                self.state.params[layer][t] = a
+        for (layer, t), (lo, hi) in self.owned.items():
+            self.shard.params[layer][t] = self.state.params[layer][t][lo:hi]
+        self.shared, self.mesh = True, mesh
+        if mesh is not None and self.codes and hasattr(self.ex, "divided_hashing"):
+            self.ex.divided_hashing = self.hash_share
+
+    def hash_share(self, name: str, index, w: np.ndarray):
+        """A table rebuild's codes with the hashing divided: this worker hashes its share of the
+        neurons (rows of `w`) into the shared buffer, waits for the others' (every replica rebuilds at
+        the same update) and returns all codes, which are what hashing every row here would give (the
+        hash is per row). None (hash here) for a layer without a buffer."""
+        codes = self.codes.get(name)
+        if codes is None or codes.shape != (w.shape[0], index.L):
+            return None
+        lo, hi = row_ranges(w.shape[0], self.world)[self.rank]
+        for n0 in range(lo, hi, HASH_CHUNK):
+            n1 = min(hi, n0 + HASH_CHUNK)
+            codes[n0:n1] = index.hash(np.ascontiguousarray(w[n0:n1], dtype=np.float32))
+        self.mesh.barrier()
+        return codes
+
+    def run_updates(self, mesh, updates: list, accumulate: int = 1, record: bool = False) -> list:
+        """Workers on one machine sharing their weights: the updates [(update, lr, epoch, index in epoch,
+        updates per epoch)] in one call, meeting the other workers through `mesh` (mesh.py) instead of
+        the driver: hand each owner its part and everyone the factors, update our rows, wait until
+        every owner has updated, then the batch's facts and the upkeep. The arithmetic is the
+        per-update protocol's (`grads_step`, `reduce_apply`, `finish`), so both give the same bits.
+        -> one `grads_step` output per update (handles None)."""
+        out = []
+        try:
+            for update, lr, epoch, index, per_epoch in updates:
+                mine = self.grads_step(None, update, accumulate, record)
+                t0 = _clock()
+                (handles, factors), rest = mine[0], mine[1:5]
+                everyone = mesh.exchange([((tuple(h if r == j else None for r, h in enumerate(handles)), factors),) + rest
+                                          for j in range(self.world)])
+                self._took("exchange", t0)
+                self.reduce_apply(everyone, lr)
+                t0 = _clock()
+                mesh.barrier()                            # every owner's rows are updated
+                self._took("exchange", t0)
+                self.finish(([{}] * self.world, everyone, epoch, index, per_epoch))
+                out.append((None,) + mine[1:])
+        except BaseException:
+            mesh.close()                                  # the others' reads end now, not at the timeout
+            raise
+        return out
 
     def finish(self, prev) -> None:
         """Install the other owners' new rows, then the global batch's facts and the LSH upkeep.
         `prev` = (every owner's new rows (or handles), every worker's grads_step output (or handles),
         epoch, index in epoch, updates per epoch)."""
         rows, grads_outs, epoch, index, per_epoch = prev
-        t0 = time.perf_counter()
+        t0 = _clock()
         facts = merge_facts([o[3] for o in self.get(list(grads_outs))])
         owners = [r for r in range(len(rows)) if r != self.rank]
         for r, new in zip(owners, self.get([rows[r] for r in owners])):
@@ -318,12 +426,12 @@ class Worker:
                 else:
                     W[g.rows] = g.values
                 self.bytes["received"] += g.nbytes
-        self.seconds["exchange"] += time.perf_counter() - t0
-        self.apply_facts(facts)
-        t0 = time.perf_counter()
+        self._took("exchange", t0)
+        t0 = _clock()                            # upkeep: the global batch's label counts and table inserts,
+        self.apply_facts(facts)                  # then the schedule's rebuilds
         if hasattr(self.ex, "after_step"):       # the single-machine trainer's upkeep, in global updates
             self.ex.after_step(epoch, index, per_epoch)
-        self.seconds["upkeep"] += time.perf_counter() - t0
+        self._took("upkeep", t0)
 
     def apply_facts(self, facts: dict) -> None:
         """Label counts and frozen tables' insertions of the global batch, the same on every replica."""
@@ -340,13 +448,23 @@ class Worker:
         full = portable_state(self.state) if self.rank == 0 else None
         return full, (self.shard.m, self.shard.v)
 
+    def _took(self, phase: str, start: tuple, end: tuple | None = None) -> None:
+        """Add a phase's wall seconds and CPU seconds (this thread's: the kernels run on it with one
+        thread per worker) from `start` (a _clock()) to `end` (default now)."""
+        end = end or _clock()
+        self.seconds[phase] += end[0] - start[0]
+        self.cpu[phase] += end[1] - start[1]
+
     def ping(self) -> int:
         return self.rank
 
     def timings(self) -> dict:
         """Seconds on gradients, exchange (put, fetch, install), the update of our rows and LSH upkeep;
-        bytes this worker sent (parts put, new rows times the workers fetching them) and received."""
-        return dict(self.seconds, **self.bytes)
+        bytes this worker sent (parts put, new rows times the workers fetching them) and received; `cpu`:
+        CPU seconds of the worker's process since its first epoch started (wall seconds on a loaded
+        machine include waiting for a core, CPU seconds do not)."""
+        return dict(self.seconds, **self.bytes, **{f"cpu_{k}": v for k, v in self.cpu.items()},
+                    cpu=time.process_time() - self.cpu_start)
 
 
 def assemble_state(full, shards: list):

@@ -30,6 +30,7 @@ from boltc.lower.backward import HYPER
 from boltc.lower.kernels import compile_plan, compile_split, ptr
 from boltc.lower.loss import LOSS_ROLE
 from boltc.lower.rules import SPARSE_INPUT_KINDS, fused_input_activation, native_support
+from boltc.ops import OPS
 from boltc.ops.base import mix_seed, step_seed
 from boltc.ops.runners import grad_buffer
 from boltc.runtime.exec import blas, native_ops
@@ -41,6 +42,16 @@ from boltc.runtime.exec.state import check_moments
 from boltc.runtime.exec.gradients import RowGrad, one_part
 from boltc.runtime.exec.threads import ThreadPool
 from boltc.runtime.lsh.index import training_reserve
+
+# factor kinds -> (merge, apply): the ops' rules for handing out a weight gradient's factors
+FACTOR_KINDS = {kind: fns for op in OPS.values() for kind, fns in op.extra.get("factor_kinds", {}).items()}
+
+
+def merge_factors(per_worker: list[dict]) -> dict:
+    """Every worker's factors (layer -> factor dict), stacked in worker order, layer by layer."""
+    if len(per_worker) == 1:
+        return per_worker[0]
+    return {name: FACTOR_KINDS[f["kind"]][0]([w[name] for w in per_worker]) for name, f in per_worker[0].items()}
 
 
 def _csr(x) -> sp.csr_matrix:
@@ -69,6 +80,7 @@ class NativeExecutor:
         self._split = None
         # gradients() and apply_parts(copy_out) write into buffers kept between calls (native_ops.grad_buffer)
         self.reuse_grad_buffers, self.grad_buffers = False, {}
+        self.divided_hashing = None
         self.interp = NumpyExecutor(plan, state, threads=threads)     # fallback, upkeep, validation
         self.upkeep = self.interp.upkeep
         self.layers = plan["layers"]
@@ -128,21 +140,24 @@ class NativeExecutor:
                 index.hash = native_hash
 
             def native_build(w_out_major, _index=index, _k=kernels, _name=name):
-                self._build_tables(_k.fn(_name, "build"), _index, w_out_major)
+                self._build_tables(_k.fn(_name, "build"), _index, w_out_major, _name)
 
             index.build = native_build
             index._native_hash = True
 
-    def _build_tables(self, fn, index, w: np.ndarray, chunk: int = 1 << 16) -> None:
+    def _build_tables(self, fn, index, w: np.ndarray, name: str = "", chunk: int = 1 << 16) -> None:
         """Refill every table from the neurons' weight rows: native hashing in chunks of neurons (bounded
-        memory), then reservoir insertion split by tables (see boltc/lower/select.py build_tables)."""
+        memory), then reservoir insertion split by tables (see boltc/lower/select.py build_tables).
+        `divided_hashing(name, index, w)`, when set (data-parallel workers on one machine), returns
+        every neuron's codes, hashed a share per worker (runtime/distributed/worker.py hash_share)."""
         index.builds += 1
         seed = (index.seed * 1000003 + index.builds) & ((1 << 63) - 1)
         L = index.L
+        codes = self.divided_hashing(name, index, w) if self.divided_hashing is not None else None
         for n0 in range(0, w.shape[0], chunk):
-            part = np.ascontiguousarray(w[n0:n0 + chunk], dtype=np.float32)
-            buckets = index.hash(part)
-            self.pool.run(fn, L, ptr(buckets), n0, part.shape[0], ptr(index.tables), ptr(index.counts),
+            n1 = min(w.shape[0], n0 + chunk)
+            buckets = codes[n0:n1] if codes is not None else index.hash(np.ascontiguousarray(w[n0:n1], dtype=np.float32))
+            self.pool.run(fn, L, ptr(buckets), n0, n1 - n0, ptr(index.tables), ptr(index.counts),
                           seed, int(n0 == 0))
 
     def _dwta(self, fn, index, x: np.ndarray) -> np.ndarray:
@@ -338,7 +353,7 @@ class NativeExecutor:
             self._split = compile_split(self.plan)
         return self._split
 
-    def gradients(self, batch, active: dict | None = None, batch_size: int | None = None):
+    def gradients(self, batch, active: dict | None = None, batch_size: int | None = None, factors: bool = False):
         """The batch's gradient without touching weights, moments or tables: (per-example loss,
         {(layer, tensor): RowGrad}). The loss gradient is divided by `batch_size` (default: this
         batch's rows; a data-parallel worker passes the global batch, so workers' gradients add up).
@@ -346,10 +361,13 @@ class NativeExecutor:
         train_step does. `apply_gradients(grads, lr)` after it equals train_step bit for bit (except
         label counts, which the caller adds: workers add the global batch's)."""
         if not self.native:
-            return self.interp.gradients(batch, active, batch_size)
+            out = self.interp.gradients(batch, active, batch_size)
+            return out + ({},) if factors else out
         grads: dict = {}
-        loss, _ = self._backward(batch, None, active, grads, batch_size)
-        return loss, {key: RowGrad(rows, values) for key, (rows, values) in grads.items()}
+        facts: dict | None = {} if factors else None
+        loss, _ = self._backward(batch, None, active, grads, batch_size, facts)
+        out = (loss, {key: RowGrad(rows, values) for key, (rows, values) in grads.items()})
+        return out + (facts,) if factors else out
 
     def apply_gradients(self, grads: dict, lr: float, target=None) -> None:
         """One optimizer step (state.step advances) from `grads` ((layer, tensor) -> RowGrad) on the rows
@@ -365,8 +383,31 @@ class NativeExecutor:
         if not self.native:
             return self.interp.apply_parts(parts, lr, target, copy_out)
         self.state.step += 1
+        return self._apply_parts(parts, self._hyper(lr), target or self.state, copy_out)
+
+    def apply_update(self, parts: dict, factors: dict, lr: float, owned: dict, target, copy_out: bool = False):
+        """One optimizer step of a row owner: `parts` as apply_parts, and `factors` (layer -> the whole
+        batch's merged factors, from gradients(factors=True)) through the fused update kernels
+        restricted to the rows `owned[(layer, tensor)] = (lo, hi)`; `target` holds the owner's moment
+        shards. -> (apply_parts' new rows, {(layer, tensor): RowGrad(rows or None, new values)})."""
+        if not self.native:
+            if factors:
+                raise BoltValidationError("factors come from the native backend's gradients(factors=True)")
+            return self.interp.apply_parts(parts, lr, target, copy_out), {}
+        self.state.step += 1
         hyper = self._hyper(lr)
-        target = target or self.state
+        out = self._apply_parts(parts, hyper, target, copy_out)
+        rows = {}
+        for name, f in factors.items():
+            layer = self.by_name[name]
+            ts = [t for (l, t) in owned if l == name]
+            res = FACTOR_KINDS[f["kind"]][1](self, layer, f, {t: owned[(name, t)] for t in ts},
+                                              {t: (target.m[name][t], target.v[name][t]) for t in ts}, hyper, copy_out)
+            for t, (r, values) in res.items():
+                rows[(name, t)] = RowGrad(r, values)
+        return out, rows
+
+    def _apply_parts(self, parts: dict, hyper, target, copy_out: bool) -> dict:
         sk = self.split_kernels
         out = {}
         for (layer, tensor), (rows, pos, vals) in parts.items():
@@ -386,7 +427,7 @@ class NativeExecutor:
             out[(layer, tensor)] = new
         return out
 
-    def _backward(self, batch, lr, active, grads, batch_size):
+    def _backward(self, batch, lr, active, grads, batch_size, factors=None):
         """Forward and backward of a training batch: updates (grads None) or gradients into `grads`."""
         if batch.labels is None:
             raise BoltValidationError("training needs labels")
@@ -407,7 +448,7 @@ class NativeExecutor:
         if grads is None:
             self.state.step += 1
             step.hyper = self._hyper(lr)
-        step.grads = grads
+        step.grads, step.factors = grads, factors
         # backward, last layer first; value gradients summed into each producer in this fixed order
         vgrads = {self.output: grad}
         for layer in reversed(self.layers):

@@ -50,6 +50,10 @@ class Step(Context):
     # tensor's gradient here as (layer, tensor) -> (rows or None, values) instead of updating
     # (boltc/lower/split.py)
     grads: dict | None = None
+    # factor mode (executor.gradients(factors=True)): layers that can hand out what their weight
+    # gradient is made of store it here, layer -> {"kind": ..., arrays} (boltc/ops factor rules), and
+    # compute only their input gradient; the other layers store gradients in `grads`
+    factors: dict | None = None
     step: int = 0
 
 

@@ -123,6 +123,7 @@ class ModelState:
     v: dict[str, dict[str, np.ndarray]]
     step: int = 0
     lsh: dict = field(default_factory=dict)
+    blend: dict = field(default_factory=dict)      # "ridge": (input dim, classes) weights (runtime/train/blend.py)
 
     @classmethod
     @debug.stage("init weights", part="init")

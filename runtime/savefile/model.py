@@ -7,6 +7,7 @@ Members (all stored uncompressed: weights do not compress and stored members can
     params/<layer>.<t>.npy     weights
     lsh/<layer>.<a>.npy        hash tables and hash functions (+ lsh/<layer>.json for scalars)
     history.json               training history (per-epoch metrics, times)
+    blend/<name>.npy           scores blended into the ranking (`blend ridge(...)`: blend/ridge.npy)
     optimizer/...              checkpoints only: Adam moments (in their storage dtype: float32, or
                                bfloat16 bits as uint16), step, sampler and trainer state
     native/...                 optional native artefacts
@@ -294,6 +295,7 @@ class SavedModel:
     optimizer: object | None = None                                # nested state (checkpoints)
     extra: dict[str, bytes] = field(default_factory=dict)         # native/... members, kept as bytes
     manifest: dict = field(default_factory=dict)
+    blend: dict[str, np.ndarray] = field(default_factory=dict)    # blend/<name>.npy
 
 
 @debug.stage("save", part="save")
@@ -310,6 +312,8 @@ def save_model(path, model: SavedModel) -> None:
         skel, arrays = flatten_state(state, f"lsh/{layer}.")
         members[f"lsh/{layer}.json"] = json.dumps(skel).encode()
         members.update({k: np.asarray(v) for k, v in arrays.items()})
+    for name, a in model.blend.items():
+        members[f"blend/{name}.npy"] = np.asarray(a)
     version = 1                 # the oldest format that holds the file (see FORMAT_VERSION)
     if model.optimizer is not None:
         skel, arrays = flatten_state(model.optimizer, "optimizer/")
@@ -351,9 +355,10 @@ def load_model(path) -> SavedModel:
     optimizer = _unflatten(js("optimizer/state.json"), arrays, path, "optimizer/state.json") \
         if "optimizer/state.json" in members else None
     extra = {n: d for n, d in members.items() if n.startswith("native/")}
+    blend = {n[len("blend/"):-len(".npy")]: a for n, a in arrays.items() if n.startswith("blend/")}
     return SavedModel(source=members["model.bolt"].decode("utf-8"), plan=js("plan.json"), params=params,
                       lsh=lsh, history=js("history.json") if "history.json" in members else {},
-                      optimizer=optimizer, extra=extra, manifest=manifest)
+                      optimizer=optimizer, extra=extra, manifest=manifest, blend=blend)
 
 
 def _unflatten(skel, arrays, path, member):
@@ -374,7 +379,7 @@ def state_to_saved(source: str, plan: dict, state, history: dict | None = None,
     if with_optimizer:
         opt = {"step": int(state.step), "m": state.m, "v": state.v, **(optimizer_extra or {})}
     return SavedModel(source=source, plan=plan, params=state.params, lsh=lsh, history=history or {},
-                      optimizer=opt)
+                      optimizer=opt, blend=dict(getattr(state, "blend", {})))
 
 
 def _moments(saved: dict, params: dict, dts: dict) -> dict:
@@ -427,4 +432,5 @@ def state_from_saved(saved: SavedModel, path="<model>"):
             lsh[name] = LSHIndex.from_arrays(st["meta"], dict(st["arrays"]))
         except (KeyError, ValueError) as e:
             raise _err(path, f"member 'lsh/{name}.json': bad hash index ({e})") from None
-    return ModelState(params=params, m=m, v=v, step=step, lsh=lsh)
+    blend = {n: np.ascontiguousarray(a, np.float32) for n, a in saved.blend.items()}
+    return ModelState(params=params, m=m, v=v, step=step, lsh=lsh, blend=blend)

@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from boltc.errors import BoltError
+from boltc.runtime.train import blend
 from boltc.runtime.train.metrics import hits
 
 
@@ -58,13 +59,23 @@ def drop_seen(ids: np.ndarray, scores: np.ndarray, seen: sp.csr_matrix, top_k: i
             np.where(pad, -np.inf, kept_sc).astype(np.float32))
 
 
-def predict(executor, batch, top_k: int, sparse: bool = False, exclude_seen: bool = False, plan=None):
-    """executor.predict, optionally with each row's own ids left out of the ranking."""
-    if not exclude_seen:
+def _ranked(executor, batch, top_k: int, sparse: bool):
+    """executor.predict, or the blended ranking when the model blends in its ridge scores (blend.py)."""
+    settings = blend.settings(executor.plan)
+    w = getattr(executor.state, "blend", {}).get("ridge") if settings else None
+    if w is None:
         return executor.predict(batch, top_k, sparse=sparse)
+    return blend.predict(executor, batch, top_k, sparse, settings, w)
+
+
+def predict(executor, batch, top_k: int, sparse: bool = False, exclude_seen: bool = False, plan=None):
+    """executor.predict (blended where the model says so), optionally with each row's own ids left out
+    of the ranking."""
+    if not exclude_seen:
+        return _ranked(executor, batch, top_k, sparse)
     plan = plan if plan is not None else executor.plan
     seen = seen_ids(batch, plan)
     extra = int(np.diff(seen.indptr).max(initial=0))
     k = min(int(top_k) + extra, int(plan["target"]["classes"]))
-    ids, scores = executor.predict(batch, max(k, 1), sparse=sparse)
+    ids, scores = _ranked(executor, batch, max(k, 1), sparse)
     return drop_seen(ids, scores, seen, int(top_k))
