@@ -25,7 +25,8 @@ from boltc.errors import BoltError
 
 DIRECT_MAX_DIM = 4096
 MAX_ENTRIES = 1 << 26           # input width x classes: 256 MB of float32 weights
-CG_TOL = 1e-5                   # relative residual of every column
+CG_TOL = 1e-3                   # relative residual of every column: enough to rank by (a tighter one
+                                # tripled the solve on 20newsgroups' hashed bigrams)
 CG_MAX_ITER = 500
 
 
