@@ -47,6 +47,13 @@ def test_conjugate_gradients_equal_the_direct_solve(monkeypatch):
     np.testing.assert_allclose(blend.fit_ridge(x, y, 0.3), want, rtol=1e-3, atol=1e-4)
 
 
+def test_the_dual_for_fewer_rows_than_inputs_equals_the_direct_solve(monkeypatch):
+    x, y = _problem(seed=5, n=40, d=90)
+    monkeypatch.setattr(blend, "DIRECT_MAX_DIM", 10)
+    monkeypatch.setattr(blend, "CG_TOL", 1e-9)
+    np.testing.assert_allclose(blend.fit_ridge(x, y, 0.3), _ridge_by_hand(x, y, 0.3), rtol=1e-3, atol=1e-4)
+
+
 def test_too_many_weights_is_refused(monkeypatch):
     x, y = _problem()
     monkeypatch.setattr(blend, "MAX_ENTRIES", 100)
@@ -166,13 +173,13 @@ model two {
         parse(binary, "m.bolt")
 
 
-def test_sparse_normalize_auto_is_tunable_and_l2_untuned():
+def test_sparse_normalize_auto_is_tunable_and_none_untuned():
     src = tiny_source().replace("sparse(300)", "sparse(300, normalize=auto)")
     g = parse(src, "<m>")
     (t,) = [t for t in g.graph["tunable"] if t.kind == "normalize"]
-    assert t.where == ("input", "features", "normalize") and t.default == "l2"
+    assert t.where == ("input", "features", "normalize") and t.default == "none"
     m = boltc.compile(src, backend="numpy")
-    assert m.plan["inputs"][0]["normalize"] == "l2"
+    assert m.plan["inputs"][0].get("normalize", "none") == "none"
     tuned = space.with_values(g, {t.where: "none"})
     assert "normalize" not in format_source(tuned).split("input")[1].split("\n")[0]
     assert parse(format_source(space.with_values(g, {t.where: "l2"})), "<m>").nodes["features"]["node"] \

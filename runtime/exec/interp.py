@@ -31,6 +31,7 @@ from boltc.errors import BoltValidationError
 from boltc.ops.base import SPARSE_INFERENCE_SEED, RunContext, step_seed
 from boltc.runtime.exec.numpy_rules import LOSS_RULES, NUMPY_RULES, loss_options
 from boltc.runtime.exec.optim import make_optimizer
+from boltc.runtime.exec.topk import top_k_of
 from boltc.runtime.exec.gradients import RowGrad, sum_of_parts, to_param_grads, to_rowgrads
 from boltc.runtime.lsh.index import missed_labels, training_reserve
 from boltc.runtime.lsh.upkeep import DEFAULT_BUDGET, LSHUpkeep
@@ -219,15 +220,7 @@ class NumpyExecutor:
         else:
             ids, scores = None, out
         scores = self._mask_unseen(ids, scores)
-        B, n = scores.shape
-        k = min(top_k, n)
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (B, 1))
-        top = np.take_along_axis(scores, part, axis=1)
-        order = np.argsort(-top, axis=1, kind="stable")
-        pos = np.take_along_axis(part, order, axis=1)
-        top = np.take_along_axis(top, order, axis=1)
-        top_ids = pos if ids is None else np.take_along_axis(ids, pos, axis=1)
-        if k < top_k:                                  # fewer candidates than asked: pad
-            top_ids = np.pad(top_ids, ((0, 0), (0, top_k - k)), constant_values=-1)
-            top = np.pad(top, ((0, 0), (0, top_k - k)), constant_values=-np.inf)
-        return top_ids.astype(np.int32), top.astype(np.float32)
+        pos, top = top_k_of(scores, top_k)             # positions in `scores` (-1 past its columns)
+        if ids is not None:
+            pos = np.where(pos >= 0, np.take_along_axis(ids, np.maximum(pos, 0), axis=1), -1).astype(np.int32)
+        return pos, top

@@ -1,0 +1,20 @@
+"""The top k of a score matrix, best first: the interpreter's predict and the blended ranking (the native
+backend has a kernel of its own for it)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def top_k_of(scores: np.ndarray, top_k: int):
+    """(ids (B, k) int32, scores (B, k) float32), best first; -1 / -inf pad past the classes."""
+    b, n = scores.shape
+    k = min(int(top_k), n)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (b, 1))
+    top = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    ids = np.take_along_axis(part, order, axis=1)
+    top = np.take_along_axis(top, order, axis=1)
+    if k < top_k:
+        ids = np.pad(ids, ((0, 0), (0, top_k - k)), constant_values=-1)
+        top = np.pad(top, ((0, 0), (0, top_k - k)), constant_values=-np.inf)
+    return ids.astype(np.int32), top.astype(np.float32)
