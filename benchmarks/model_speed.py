@@ -18,6 +18,10 @@ system, after warm-up steps:
   LSH buckets probed), against the memory bandwidth measured in this run (2 threads reading 1 GiB).
   A model whose weights stay in cache can exceed this DRAM bound (share > 100%).
 Every system is timed in alternating rounds (best of --rounds). Ratios are within this run only. Results: results/model_speed.json (rewritten after every model).
+
+On a machine shared with other jobs, wall-clock ratios follow the load more than the code (PyTorch's
+threads wait for cores others hold). `--threads 1 --clock cpu` compares the systems on one thread each
+by the CPU time the process spends (time.process_time): every system then pays for its own work only.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import argparse
 import copy
 import gc
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -78,16 +83,20 @@ def training_batches(model, name: str, rows_needed: int):
 
 
 # ---------------------------------------------------------------- boltc
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+CLOCK = CLOCKS["wall"]
+
+
 def time_steps(ex, batches, lr: float, batches_per_epoch: int = 0) -> float:
     """Examples/s of `batches`; with batches_per_epoch, the LSH upkeep runs on its schedule as in training."""
-    t = time.perf_counter()
+    t = CLOCK()
     n = 0
     for i, b in enumerate(batches):
         ex.train_step(b, lr)
         if batches_per_epoch:
             ex.after_step(0, i + 2, batches_per_epoch)
         n += b.size
-    return n / (time.perf_counter() - t)
+    return n / (CLOCK() - t)
 
 
 def step_bytes(ex, plan: dict, batch) -> int:
@@ -209,7 +218,7 @@ def torch_system(plan: dict):
 
 # ---------------------------------------------------------------- one model
 def measure(name: str, source, args, bw: float) -> dict:
-    model = boltc.compile(source, backend="native")
+    model = boltc.compile(source, backend="native", **({"threads": args.threads} if args.threads else {}))
     plan = model.plan
     B = int(plan["train"]["batch"])
     warm = 2
@@ -236,7 +245,7 @@ def measure(name: str, source, args, bw: float) -> dict:
             import torch  # optional: the bench extra
             # PyTorch's best of 1 and 2 intra-op threads: on a loaded machine its spinning threads can
             # lose more than they gain (the same holds for OpenBLAS, runtime/exec/blas.py)
-            for threads in (1, 2):
+            for threads in ((args.threads,) if args.threads else (1, 2)):
                 torch.set_num_threads(threads)
                 ts = torch_system(plan)
                 for b in batches[:warm]:
@@ -285,7 +294,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-numpy", action="store_true")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="boltc's and PyTorch's thread count (default: the model's own; PyTorch's best of 1 and 2)")
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                    help="cpu: process CPU time (with --threads 1: each system's own work, robust to load)")
     args = ap.parse_args(argv)
+    global CLOCK
+    CLOCK = CLOCKS[args.clock]
     bw = memory_bandwidth()
     print(f"memory bandwidth this run (2 threads, read): {bw / 1e9:.1f} GB/s", flush=True)
     rows = []
@@ -299,7 +314,8 @@ def main(argv=None) -> int:
         print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
         RESULTS.mkdir(exist_ok=True)
         out_path.write_text(json.dumps({"machine": machine(), "bandwidth_Bps": bw, "steps": args.steps,
-                                        "rows": rows}, indent=1, default=float))
+                                        "threads": args.threads or "model", "clock": args.clock,
+                                        "load_average": os.getloadavg(), "rows": rows}, indent=1, default=float))
     fmt = []
     for r in rows:
         f = {"model": r["model"]}
@@ -311,7 +327,8 @@ def main(argv=None) -> int:
         f["x interpreter"] = f"{r['native_vs_numpy']:.1f}" if r.get("native_vs_numpy") else "-"
         fmt.append(f)
     print(f"\ntraining throughput, {args.steps} timed steps per model (same batches for every system), "
-          f"bandwidth {bw / 1e9:.1f} GB/s")
+          f"bandwidth {bw / 1e9:.1f} GB/s, threads {args.threads or 'the model' + chr(39) + 's'}, clock {args.clock}, "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(table(fmt, list(fmt[0])))
     print(f"wrote {out_path}")
     return 0

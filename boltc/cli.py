@@ -15,11 +15,14 @@ from boltc.errors import BoltError
 COMMANDS = ("run", "check", "compile", "train", "tune", "eval", "predict", "inspect", "synth", "serve")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or with `only`, of that command alone: a command's module imports
+    what it runs (`serve` the web stack, `tune` the search), so a run imports only its own (start-up:
+    docs/results.md). The full parser answers `boltc --help` and any mistake in the command name."""
     parser = argparse.ArgumentParser(prog="boltc", description="Compile, train and serve LSH-sparse neural networks.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else (only,):
         mod = importlib.import_module(f"boltc.commands.{name}")
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
@@ -27,8 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_of(argv: list[str]) -> str | None:
+    """The command named by argv when it is the first argument and a known one, else None."""
+    return argv[0] if argv and argv[0] in COMMANDS else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     debug.reset()
     try:

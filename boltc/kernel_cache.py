@@ -14,6 +14,12 @@ Decisions:
   its entry instead of compiling too. Where no lock can be taken (read-only folder, no fcntl) each
   process compiles on its own; the atomic replace keeps that correct. The kernel drops the lock when
   its holder dies, so a killed compile never blocks the next one.
+- Size: after each write the folder is kept under `BOLTC_CACHE_MAX_MB` (default 1024 MB; 0 = no limit):
+  the entries used longest ago go first (a hit refreshes its entry's modification time, so this is
+  least-recently-used), all the files of one key together, never the entry just written. Pruning is
+  best effort: another process may prune or read at the same time, and a reader that loses an entry it
+  was about to read only compiles again. A tuning search compiles a plan per trial (a few MB each), so
+  an unbounded folder grows by every model ever tried.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from pathlib import Path
 
 MAGIC = b"boltc-cache 1\n"
 _HEX = 64
+DEFAULT_MAX_MB = 1024
 
 
 def cache_dir() -> Path | None:
@@ -33,6 +40,62 @@ def cache_dir() -> Path | None:
     if d and d.lower() in ("off", "0", "none"):
         return None
     return Path(d) if d else Path.home() / ".cache" / "boltc"
+
+
+def max_bytes() -> int | None:
+    """The folder's size limit in bytes (BOLTC_CACHE_MAX_MB), or None for no limit."""
+    text = os.environ.get("BOLTC_CACHE_MAX_MB", "")
+    try:
+        mb = float(text) if text.strip() else DEFAULT_MAX_MB
+    except ValueError:
+        mb = DEFAULT_MAX_MB           # a malformed setting must not break compiling: the default holds
+    return None if mb <= 0 else int(mb * (1 << 20))
+
+
+def prune(d: Path, keep: str | None = None, limit: int | None = None) -> int:
+    """Delete the least recently used keys' files until the folder's entries fit `limit` bytes (default
+    max_bytes()); `keep` (a key) is never deleted. Returns the bytes freed."""
+    limit = max_bytes() if limit is None else limit
+    if limit is None:
+        return 0
+    keys: dict[str, list] = {}
+    try:
+        for entry in os.scandir(d):
+            name = entry.name
+            if name.startswith(".") or name.endswith(".lock") or not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue                       # removed meanwhile by another process
+            key = name.split(".", 1)[0]
+            files = keys.setdefault(key, [0.0, 0, []])
+            files[0] = max(files[0], st.st_mtime)
+            files[1] += st.st_size
+            files[2].append(entry.path)
+    except OSError:
+        return 0
+    total = sum(size for _, size, _ in keys.values())
+    freed = 0
+    for key, (_, size, paths) in sorted(keys.items(), key=lambda kv: kv[1][0]):
+        if total <= limit:
+            break
+        if key == keep:
+            continue
+        for path in paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(d, f"{key}.lock"))
+        total -= size
+        freed += size
+    return freed
+
+
+def _touch(path: Path) -> None:
+    """Mark an entry as used now (the pruning order); a read-only folder just keeps the old time."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
 
 
 def read(path: Path) -> bytes | None:
@@ -101,12 +164,15 @@ def cached(key: str, suffixes: tuple[str, ...], build) -> tuple[tuple[bytes, ...
 
     found = lookup()
     if found is not None:
+        for s in suffixes:
+            _touch(d / f"{key}{s}")
         return found, True
     with compiling(key):
         found = lookup()                  # another process may have built it while we waited
         if found is not None:
             return found, True
         built = tuple(build())
-        for s, payload in zip(suffixes, built):
-            write(d / f"{key}{s}", payload)
+        stored = [write(d / f"{key}{s}", payload) for s, payload in zip(suffixes, built)]
+    if any(stored):
+        prune(d, keep=key)
     return built, False

@@ -214,3 +214,24 @@ def test_the_language_reference_example_is_a_valid_model():
     assert {n.op for n in ir.nodes(graph)} == set(ir.OPS)          # shows every op
     assert {n.attrs["kind"] for n in ir.nodes(graph) if n.op == "input"} == set(ir.INPUT_KINDS)
     assert graphs_equal(parse(example), parse(format_source(parse(example))))
+
+
+def test_debug_summary_adds_up_and_counts_the_start_up():
+    """The wall-clock line: parts nested in a part count once, and the process's start-up before the
+    command (interpreter and imports) is its own part where /proc gives the start time."""
+    import re
+    import time
+    debug.reset()
+    with debug.stage("outer", part="train", quiet=True):
+        time.sleep(0.03)
+        with debug.stage("inner", part="evaluate", quiet=True):
+            time.sleep(0.02)
+    line, cpu_line = debug.summary().splitlines()
+    assert cpu_line.startswith("[boltc] cpu time ")
+    wall = float(re.search(r"wall clock ([\d.]+)s", line).group(1))
+    parts = dict((k, float(v)) for k, v in re.findall(r"([\w-]+) ([\d.]+)s", line.split(": ", 1)[1]))
+    assert parts["evaluate"] >= 0.02 and parts["train"] >= 0.03 - 0.005
+    assert abs(sum(parts.values()) - wall) <= 0.011 * len(parts)          # each cell rounded to 0.01
+    age = debug.process_age()
+    if age is not None:                         # Linux: the test process started before this test
+        assert parts["start-up"] > 0 and age >= parts["start-up"]

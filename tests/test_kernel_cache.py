@@ -146,3 +146,59 @@ def test_cache_off_always_compiles(tmp_path, monkeypatch):
     obj, _ = codegen.cached_object(_ir())
     runs_right(obj)
     assert list(tmp_path.iterdir()) == []
+
+
+def _plan_ir(n: int) -> str:
+    """A distinct small module per n (its own cache key)."""
+    km = KernelModule()
+    fc.dense_fc_fwd(km, "dot", 8 + n, 2, "linear", False, False)
+    return km.ir_text()
+
+
+def _age(d, key, seconds_ago: float) -> None:
+    """Set a key's entries' modification time (the pruning order) explicitly: no test of clock ticks."""
+    import time
+    t = time.time() - seconds_ago
+    for p in d.glob(f"{key}.*"):
+        os.utime(p, (t, t))
+
+
+def test_the_cache_stays_under_its_size_limit_dropping_the_least_recently_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("BOLTC_CACHE", str(tmp_path))
+    monkeypatch.delenv("BOLTC_CACHE_MAX_MB", raising=False)
+    _, k0 = codegen.cached_object(_plan_ir(0))
+    size = (tmp_path / f"{k0}.o").stat().st_size
+    # room for two entries of about this size, not three
+    monkeypatch.setenv("BOLTC_CACHE_MAX_MB", str(2.5 * size / (1 << 20)))
+    _age(tmp_path, k0, 300)
+    _, k1 = codegen.cached_object(_plan_ir(1))
+    _age(tmp_path, k1, 200)
+    obj0, _ = codegen.cached_object(_plan_ir(0))          # a hit: k0 is now the most recently used
+    assert (tmp_path / f"{k0}.o").stat().st_mtime > (tmp_path / f"{k1}.o").stat().st_mtime
+    obj2, k2 = codegen.cached_object(_plan_ir(2))         # the third entry: k1, used longest ago, goes
+    names = {p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")}
+    assert f"{k1}.o" not in names and {f"{k0}.o", f"{k2}.o"} <= names
+    assert sum(p.stat().st_size for p in tmp_path.iterdir()) <= 2.5 * size
+    assert kernel_cache.read(tmp_path / f"{k0}.o") == obj0 and kernel_cache.read(tmp_path / f"{k2}.o") == obj2
+    runs_right(obj0)                                      # the 8-wide kernel of _plan_ir(0)
+    # a pruned plan compiles again and is cached again
+    obj1, again = codegen.cached_object(_plan_ir(1))
+    assert again == k1 and kernel_cache.read(tmp_path / f"{k1}.o") == obj1
+
+
+def test_the_entry_just_written_stays_even_when_alone_above_the_limit(tmp_path, monkeypatch):
+    monkeypatch.setenv("BOLTC_CACHE", str(tmp_path))
+    monkeypatch.setenv("BOLTC_CACHE_MAX_MB", "0.000001")    # a byte: smaller than any entry
+    obj, key = codegen.cached_object(_plan_ir(3))
+    assert kernel_cache.read(tmp_path / f"{key}.o") == obj
+    _, other = codegen.cached_object(_plan_ir(4))
+    assert not (tmp_path / f"{key}.o").exists() and (tmp_path / f"{other}.o").exists()
+
+
+@pytest.mark.parametrize("setting", ["0", "not a number"])
+def test_no_limit_or_a_malformed_one_keeps_entries(tmp_path, monkeypatch, setting):
+    monkeypatch.setenv("BOLTC_CACHE", str(tmp_path))
+    monkeypatch.setenv("BOLTC_CACHE_MAX_MB", setting)
+    keys = [codegen.cached_object(_plan_ir(n))[1] for n in (5, 6, 7)]
+    assert all((tmp_path / f"{k}.o").exists() for k in keys)
+    assert kernel_cache.max_bytes() == (None if setting == "0" else kernel_cache.DEFAULT_MAX_MB << 20)

@@ -60,7 +60,9 @@ LAZY = {("boltc", "boltc.api.compile"), ("boltc", "boltc.api.load"),
         # `boltc serve` loads the server (which needs the serve extra) only when it runs
         ("boltc.commands.serve", "boltc.serve.server"), ("boltc.commands.serve", "boltc.serve.app.Settings"),
         ("boltc.commands.serve", "boltc.serve.app.build_app"), ("boltc.commands.serve", "boltc.serve.models.ModelSet"),
-        ("boltc.commands.serve", "boltc.serve.models.parse_model_args")}
+        ("boltc.commands.serve", "boltc.serve.models.parse_model_args"),
+        # `boltc train` / `boltc run` without tune(...) do not load the search (start-up time)
+        ("boltc.commands.run", "boltc.commands.tune.run_tune")}
 
 
 def modules() -> dict[str, Path]:

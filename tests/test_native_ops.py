@@ -262,7 +262,8 @@ def test_sigmoid_bce_kernel_matches_spec(width, active):
     role = "bce" if active else "bce_all"
     zz = z.copy()
     nx.k.fn("out", role)(0, B, zz.ctypes.data, ids.ctypes.data, lab.indptr.ctypes.data, lab.indices.ctypes.data,
-                         scale.ctypes.data, loss.ctypes.data, grad.ctypes.data)
+                         scale.ctypes.data, loss.ctypes.data, grad.ctypes.data, nx.marks(width)[0].ctypes.data)
+    assert not nx.marks(width)[0].any()                                # the label bitset is left empty
     ref_loss, ref_dz = LOSS_RULES["binary_cross_entropy"](z, ids if active else None, lab, width)
     np.testing.assert_allclose(loss, ref_loss, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(grad, ref_dz / B, rtol=RTOL, atol=ATOL)

@@ -1,6 +1,18 @@
 """Helpers several commands share (run, tune, eval, predict): backend options and the metrics table."""
 from __future__ import annotations
 
+import argparse
+
+from boltc.frontend.duration import parse_duration
+
+
+def duration_argument(text: str) -> float:
+    """argparse type of --budget: 90s, 10m, 1h."""
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
 
 def add_backend_arguments(p) -> None:
     p.add_argument("--backend", choices=("native", "numpy"), default=None,

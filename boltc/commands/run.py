@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import boltc
-from boltc.commands.common import add_backend_arguments, evaluate_both, is_sparse_output, metrics_table  # noqa: F401
-from boltc.commands.tune import duration_argument, run_tune
+from boltc.commands.common import (add_backend_arguments, duration_argument, evaluate_both,  # noqa: F401
+                                   is_sparse_output, metrics_table)
 from boltc.errors import DataError
 from boltc.runtime.distributed.driver import fit_model
 
@@ -121,6 +121,8 @@ def run(args) -> int:
     output = Path(args.output or f"{model.plan.get('model') or Path(args.model).stem}.boltc")
     if model.plan["train"].get("tune") and not args.no_tune:
         # a tune(...) setting: search the values written auto first (boltc/tune), then train the winner
+        # the search (boltc/tune) is imported only by a run that tunes: a plain train does not load it
+        from boltc.commands.tune import run_tune
         return run_tune(args.model, output, budget=args.budget, trials=None, backend=args.backend, threads=args.threads,
                         seed=args.seed, progress=not args.no_progress, as_json=args.json)
     # per-epoch metrics on the data block's validation set, else on the train block's holdout share of

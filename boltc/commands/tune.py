@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from boltc.commands.common import add_backend_arguments, metrics_table
+from boltc.commands.common import add_backend_arguments, duration_argument, metrics_table
 from boltc.errors import BoltError
 from boltc.pipeline import load_model_source
 from boltc.tune import tune
@@ -16,13 +16,6 @@ from boltc.frontend.duration import parse_duration
 
 HELP = "search the values written auto on a validation split within a time budget; write and train the best model"
 DEFAULT_BUDGET = 600.0
-
-
-def duration_argument(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive(text: str) -> int:

@@ -132,7 +132,29 @@ class Kernel:
         return self.b.call(fn, list(args))
 
     def exp(self, x):
-        return self.call("llvm.exp.f32", F32, x)
+        """exp(x) in float32 from plain arithmetic (Cephes' expf: x = n ln2 + r, |r| <= ln2/2, a degree-6
+        polynomial in r, times 2^n built in the exponent bits), within 2 ulp of the correctly rounded
+        value. llvm.exp.f32 becomes one libm call per element, which no loop vectorizes: the softmax
+        of a 159-wide output spent 0.3 ms a batch of 256 in those calls. Exact at 0 (1.0); 0 below
+        -87.33 (no subnormals), +inf above 88.72, NaN stays NaN."""
+        b = self.b
+        xc = self.fmax(self.call("llvm.minnum.f32", F32, x, self.f32(88.72283)), self.f32(-87.33654))
+        n = self.call("llvm.floor.f32", F32, b.fadd(b.fmul(xc, self.f32(1.44269504088896341)), self.f32(0.5)))
+        r = b.fsub(b.fsub(xc, b.fmul(n, self.f32(0.693359375))), b.fmul(n, self.f32(-2.12194440e-4)))
+        p = self.f32(1.9875691500e-4)
+        for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+            p = b.fadd(b.fmul(p, r), self.f32(c))
+        p = b.fadd(b.fadd(b.fmul(p, b.fmul(r, r)), r), self.f32(1.0))
+        # 2^n as 2^h 2^(n-h), h = n >> 1: each factor a normal float for every n in [-126, 128]
+        ni = b.fptosi(n, I32)
+        h = b.ashr(ni, ir.Constant(I32, 1))
+
+        def pow2(e):
+            return b.bitcast(b.shl(b.add(e, ir.Constant(I32, 127)), ir.Constant(I32, 23)), F32)
+        y = b.fmul(b.fmul(p, pow2(h)), pow2(b.sub(ni, h)))
+        y = b.select(b.fcmp_ordered("<", x, self.f32(-87.33654)), self.f32(0.0), y)
+        y = b.select(b.fcmp_ordered(">", x, self.f32(88.72283)), self.f32(float("inf")), y)
+        return b.select(b.fcmp_unordered("uno", x, x), x, y)
 
     def log(self, x):
         return self.call("llvm.log.f32", F32, x)

@@ -200,19 +200,31 @@ def max_and_sum_exp(k: Kernel, z, ob, n, store_shifted: bool):
 
 
 def target_weight(k: Kernel, a, i, l0, l1, ywt):
-    """ywt when the neuron at position i (ids[i]) is one of the row's labels lab_indices[l0:l1], else 0."""
-    n = k.ld(a["ids"], i, I32)
-    hit = k.var(I32, k.b.trunc(k.i64(0), I32))
-    with k.loop(l0, l1, "l") as li:
-        eq = k.b.icmp_signed("==", k.ld(a["lab_indices"], li, I32), n)
-        k.set(hit, k.b.or_(k.get(hit), k.b.zext(eq, I32)))
-    is_hit = k.b.icmp_signed("!=", k.get(hit), k.b.trunc(k.i64(0), I32))
-    return k.select(is_hit, ywt, k.f32(0.0))
+    """ywt when the neuron at position i (ids[i]) is one of the row's labels lab_indices[l0:l1], else 0:
+    a test of the row's label bits (`mark_labels`), O(1) per position instead of a scan of the labels."""
+    n = k.ld_i32_as_i64(a["ids"], i)
+    word = k.ld(a["marks"], k.b.lshr(n, k.i64(5)), I32)
+    bit = k.b.and_(k.b.lshr(word, k.b.trunc(k.b.and_(n, k.i64(31)), I32)), k.b.trunc(k.i64(1), I32))
+    return k.select(k.b.icmp_signed("!=", bit, k.b.trunc(k.i64(0), I32)), ywt, k.f32(0.0))
+
+
+def mark_labels(k: Kernel, a, l0, l1, on: bool) -> None:
+    """Set (on) or clear the bits of the row's labels in the per-thread bitset `marks` (dim bits, all
+    zero between rows)."""
+    with k.loop(l0, l1, "lm" if on else "lc") as li:
+        n = k.ld_i32_as_i64(a["lab_indices"], li)
+        w = k.b.lshr(n, k.i64(5))
+        if on:
+            bit = k.b.shl(k.b.trunc(k.i64(1), I32), k.b.trunc(k.b.and_(n, k.i64(31)), I32))
+            k.st(a["marks"], w, k.b.or_(k.ld(a["marks"], w, I32), bit))
+        else:
+            k.st(a["marks"], w, k.b.trunc(k.i64(0), I32))
 
 
 # the arguments of every fused output-loss kernel (softmax_ce here, sigmoid_bce in lower/loss.py)
+# (marks: a per-thread bitset of the layer's width, zero on entry and on exit: see target_weight)
 LOSS_PARAMS = [("b0", "i64"), ("b1", "i64"), ("logits", "ptr"), ("ids", "ptr"), ("lab_indptr", "ptr"),
-               ("lab_indices", "ptr"), ("scale", "ptr"), ("loss", "ptr"), ("grad", "ptr")]
+               ("lab_indices", "ptr"), ("scale", "ptr"), ("loss", "ptr"), ("grad", "ptr"), ("marks", "ptr")]
 
 
 def label_range(k: Kernel, a, b):
@@ -239,6 +251,7 @@ def softmax_ce(km: KernelModule, name: str, k_active: int, smoothing: float = 0.
         _, tot = max_and_sum_exp(k, a["logits"], ob, N, store_shifted=True)
         logtot = k.log(tot)
         l0, l1 = label_range(k, a, b)
+        mark_labels(k, a, l0, l1, True)
         nlab = k.b.sitofp(k.b.sub(l1, l0), F32)
         ywt = k.fdiv(k.f32(1.0), k.fmax(nlab, k.f32(1.0)))
         if smoothing:
@@ -254,10 +267,15 @@ def softmax_ce(km: KernelModule, name: str, k_active: int, smoothing: float = 0.
         loss = k.var(F32, k.f32(0.0))
         ysum = k.var(F32, k.f32(0.0))
         with k.loop(0, N, "k3") as kk:
+            # log p from the shifted logit (not log of a p rounded to zero): finite loss for tiny p;
+            # kept in grad until the last loop, so this loop (exp) vectorizes apart from the ordered sums
             i = k.add(ob, kk)
-            # log p from the shifted logit (not log of a p rounded to zero): finite loss for tiny p
             logp = k.b.fsub(k.ld(a["logits"], i), logtot)
+            k.st(a["grad"], i, logp)
             k.st(a["logits"], i, k.exp(logp))
+        with k.loop(0, N, "k3s") as kk:
+            i = k.add(ob, kk)
+            logp = k.ld(a["grad"], i)
             y = smooth(target_weight(k, a, i, l0, l1, ywt))
             k.set(ysum, k.b.fadd(k.get(ysum), y))
             k.set(loss, k.b.fsub(k.get(loss), k.b.fmul(y, logp)))
@@ -268,6 +286,7 @@ def softmax_ce(km: KernelModule, name: str, k_active: int, smoothing: float = 0.
             p = k.ld(a["logits"], i)
             y = smooth(target_weight(k, a, i, l0, l1, ywt))
             k.st(a["grad"], i, k.b.fmul(sc, k.b.fsub(k.b.fmul(s, p), y)))
+        mark_labels(k, a, l0, l1, False)
     k.ret()
 
 

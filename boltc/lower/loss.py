@@ -35,6 +35,7 @@ def sigmoid_bce(km: KernelModule, name: str, k_active: int) -> None:
     with k.loop(a["b0"], a["b1"], "b") as b:
         ob = k.mul(b, K)
         l0, l1 = fwd.label_range(k, a, b)
+        fwd.mark_labels(k, a, l0, l1, True)
         sc = k.ld(a["scale"], b)
         loss = k.var(F32, k.f32(0.0))
         with k.loop(0, N, "k") as kk:
@@ -50,6 +51,7 @@ def sigmoid_bce(km: KernelModule, name: str, k_active: int) -> None:
             k.st(a["logits"], i, s)
             k.st(a["grad"], i, k.b.fmul(sc, k.b.fsub(s, y)))
         k.st(a["loss"], b, k.get(loss))
+        fwd.mark_labels(k, a, l0, l1, False)
     k.ret()
 
 

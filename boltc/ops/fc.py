@@ -238,6 +238,8 @@ def lower(km, layer: dict, ctx: LowerContext) -> dict:
             if ctx.needs_dx:
                 out["upd_active_dx"] = lib.symbol(layer, "upd_active_dx")
                 lib.backward.rows_update_out_major(km, out["upd_active_dx"], in_dim, k, True, bias, opt, fuse_dx=True)
+                out["dx_active"] = lib.symbol(layer, "dx_active")
+                lib.backward.input_grad(km, out["dx_active"], in_dim, k, True, ctx.in_activation)
             out["invert"] = lib.symbol(layer, "invert")
             lib.backward.invert(km, out["invert"], dim)
     if is_out:
@@ -298,6 +300,9 @@ def lower_split(km, layer: dict, ctx: SplitContext) -> dict:
 # its own input-gradient buffer (B x in_dim, small), summed in chunk order afterwards. The chunking does
 # not depend on the thread count, so neither does the result.
 N_CHUNKS = 8
+# An LSH-sparse layer's input gradient is fused into its update (W's rows read once) when W is larger than
+# this; a smaller W stays in cache, and the input gradient runs first, split by examples (`dx_active`).
+FUSED_DX_MIN_WEIGHT_BYTES = 8 << 20
 # Below this batch size the active-set forward gathers per example (no inversion: batch-1 latency);
 # above it, it runs in neuron order (each weight row read once, in address order).
 NEURON_MAJOR_MIN_BATCH = 32
@@ -465,6 +470,23 @@ def run_backward(ex, layer, cache, g, step):
                  ptr(m["W"]), ptr(v["W"]), ptr(mb), ptr(vb), ptr(step.hyper), per_thread=ex.scratch_ptrs,
                  work=layer["in_dim"] * (ids.size / max(1, nu) + ADAM_OPS))
             return [None]
+        if ex.k.has(name, "dx_active") and W.nbytes <= FUSED_DX_MIN_WEIGHT_BYTES:
+            # W stays in cache: the input gradient by examples (each dx row written by one thread), then
+            # the update (or, gradient mode, the gradient) alone; no per-chunk buffers to clear and sum
+            dx = np.empty_like(x)                  # the kernel applies the fused activation derivative
+            ex.run(name, "dx_active", B, ptr(g), ptr(ids), ptr(W), ptr(x), ptr(dx),
+                   work=ids.shape[1] * layer["in_dim"])
+            if step.factors is not None:           # factor mode: the owners update from the factors
+                return [dx]
+            if grad_mode:
+                ex.run_split(name, "grad_active", nu, ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x), ptr(W),
+                             ptr(gW), ptr(gb), per_thread=ex.scratch_ptrs,
+                             work=layer["in_dim"] * (ids.size / max(1, nu) + 1))
+            else:
+                ex.run(name, "upd_active", nu, ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x), ptr(W), ptr(b),
+                       ptr(m["W"]), ptr(v["W"]), ptr(mb), ptr(vb), ptr(step.hyper), per_thread=ex.scratch_ptrs,
+                       work=layer["in_dim"] * (ids.size / max(1, nu) + ADAM_OPS))
+            return [dx]
         # fused: the weight update and the input gradient (from W before its update) in one pass
         bounds = [(c * nu // N_CHUNKS, (c + 1) * nu // N_CHUNKS) for c in range(N_CHUNKS)]
         dxbufs = np.zeros((N_CHUNKS,) + x.shape, np.float32)

@@ -38,7 +38,12 @@ def take_rows(m: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
     indptr = np.zeros(rows.size + 1, dtype=np.int64)
     np.cumsum(lens, out=indptr[1:])
     pos = np.arange(indptr[-1], dtype=np.int64) + np.repeat(starts - indptr[:-1], lens)
-    return sp.csr_matrix((m.data[pos], m.indices[pos], indptr), shape=(rows.size, m.shape[1]))
+    out = sp.csr_matrix((m.data[pos], m.indices[pos], indptr), shape=(rows.size, m.shape[1]))
+    # in the dtypes the native kernels read (as as_csr): scipy's constructor casts indptr to int32 when
+    # it fits, and the executor would then convert every batch again (a scipy copy per input per step)
+    out.indptr = indptr
+    out.indices = out.indices.astype(np.int32, copy=False)
+    return out
 
 
 @dataclass

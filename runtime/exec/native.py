@@ -163,7 +163,7 @@ class NativeExecutor:
     def _dwta(self, fn, index, x: np.ndarray) -> np.ndarray:
         n = x.shape[0]
         out = np.empty((n, index.L), np.int32)
-        idx = np.ascontiguousarray(index.idx, np.int32)
+        idx = self._transposed_idx(index)
         probe = np.ascontiguousarray(index.probe, np.int32)
         key = ("hash", index.n_hashes)
         scratch = self._hash_scratch.get(key)
@@ -173,6 +173,22 @@ class NativeExecutor:
         self.pool.run(fn, n, ptr(x), ptr(idx), ptr(probe), ptr(out),
                       per_thread=[ptr(s) for s in scratch], min_per_thread=min_items(4 * idx.size))
         return out
+
+    def marks(self, dim: int) -> list:
+        """Per-thread bitsets of dim bits (the lookup's de-duplication, the loss kernels' label test);
+        every kernel leaves them zero."""
+        marks = self._marks.get(dim)
+        if marks is None:
+            marks = self._marks[dim] = [np.zeros(dim // 32 + 1, np.int32) for _ in range(self.threads)]
+        return marks
+
+    def _transposed_idx(self, index) -> np.ndarray:
+        """index.idx as the hash kernel reads it, (bin_size, n_hashes): kept until a rehash replaces idx."""
+        cached = self._hash_scratch.get(("idxT", id(index)))
+        if cached is None or cached[0] is not index.idx:
+            cached = self._hash_scratch[("idxT", id(index))] = (
+                index.idx, np.ascontiguousarray(np.asarray(index.idx, np.int32).T))
+        return cached[1]
 
     def select(self, layer, h: np.ndarray, labels, rng_seed: int, insert_missed: bool) -> np.ndarray:
         index = self.state.lsh[layer["name"]]
@@ -187,9 +203,7 @@ class NativeExecutor:
             return ids if labels is not None else self._inference_fill(layer, index, index.hash(h), ids)
         B, K, dim = h.shape[0], layer["active"], layer["dim"]
         buckets = index.hash(h)
-        marks = self._marks.get(dim)
-        if marks is None:                      # per-thread bitsets (per width), zero between calls
-            marks = self._marks[dim] = [np.zeros(dim // 32 + 1, np.int32) for _ in range(self.threads)]
+        marks = self.marks(dim)
         out = np.empty((B, K), np.int32)
         lab = _csr(labels) if labels is not None else None
         tables = index.tables
@@ -444,6 +458,7 @@ class NativeExecutor:
             np.broadcast_to(np.arange(z.shape[1], dtype=np.int32), z.shape))
         self.pool.run(self.k.fn(self.output, self.loss_role + ("" if ids is not None else "_all")), B, ptr(z),
                       ptr(loss_ids), ptr(lab.indptr), ptr(lab.indices), ptr(scale), ptr(loss), ptr(grad),
+                      per_thread=[ptr(m) for m in self.marks(self.by_name[self.output]["dim"])],
                       min_per_thread=min_items(20 * z.shape[1]))
         if grads is None:
             self.state.step += 1

@@ -36,7 +36,9 @@ from boltc.runtime.exec.state import ModelState, init_params, make_lsh, neuron_r
 # 2: the training lookup takes the frequency fill table (cum, guide, ncum); bf16 moment updates;
 # kernels of every op.
 # 3: dense fc layers also have `w_upd` and `bias_upd` (the optimizer after a BLAS gradient).
-NATIVE_FORMAT = 3
+# 4: the loss kernels take a per-thread label bitset (`marks`); the DWTA hash reads idx transposed
+# (bin_size, n_hashes); LSH-sparse layers with an input gradient also have `dx_active`.
+NATIVE_FORMAT = 4
 
 
 class StaleNativeCode(ModelFileError):
