@@ -3,8 +3,12 @@
     python benchmarks/distributed_scaling.py [--sets synth100k,nextword,delicious] [--repeats 2]
 
 For each set: examples/s of the training loop (one epoch, same global batch 256 and epochs), test
-P@1 with dense and sparse inference, and for the workers the bytes per update and the time split
-(gradient compute, exchange, update of the worker's rows, LSH upkeep; seconds per update per worker).
+P@1 with dense and sparse inference, CPU seconds per update (one process; each worker's whole process),
+the load average before and after each run, and for the workers the bytes moved per update, the bytes
+of the rows a replica on another machine would fetch, and the time split (forward + input gradients,
+exchange, update of the worker's rows, LSH upkeep incl. table inserts) in CPU and wall seconds per update
+per worker. On a machine shared with other jobs the wall figures include waiting for a core (and, for
+the synchronous workers, for each other); the CPU figures do not.
   synth100k  models/synth100k.bolt, SYNTHETIC, 20,000 training rows, 5,000 test rows
   nextword   ../shared/data/20ng_nextword (real): the first 100,000 training rows and 10,000 test rows,
              fc 256 relu -> fc 37,392 softmax; skipped when the data is absent
@@ -16,7 +20,7 @@ Both runs of a pair start from the same initial state and draw batches with the 
 uses seed + r, so the spread of one process's metrics over repeats is the noise of the batch order.
 The two configurations alternate (one process, then the workers, repeated), because the machine is
 shared: compare within a pair, never across runs.
-Then a projection to 8, 32 and 64 machines on 10 Gbit/s links from the measured seconds and bytes
+Then a projection to 8, 32 and 64 machines on 10 Gbit/s links from the measured CPU seconds and bytes
 (the model is in `project`; docs/distributed.md explains it). Writes benchmarks/results/distributed_scaling.json
 (a run updates the sets it measured and keeps the others'). Examples/s count every epoch.
 """

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -91,23 +92,24 @@ def run(model, spec, train, val, epochs, seed, metric, evals_per_epoch, out):
     upkeep = getattr(ex, "upkeep", None)
     if upkeep is not None and hasattr(upkeep, "set_label_frequency"):
         upkeep.set_label_frequency(np.bincount(train.labels.indices, minlength=train.labels.shape[1]))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     sampler = make_sampler(spec, train, batch, seed)
-    clock = time.perf_counter() - t0
+    clock, cpu = time.perf_counter() - t0, time.thread_time() - c0
     curve, steps = [], 0
 
     def validate(walked):
-        curve.append((clock, evaluate(ex, val, [metric], binary=binary)[metric], walked))
+        curve.append((clock, evaluate(ex, val, [metric], binary=binary)[metric], walked, cpu))
 
     for epoch in range(epochs):
         it = iter(sampler.batches(epoch))
         bi, mark = 0, 1
         while True:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 rows, weights = next(it)
             except StopIteration:
                 clock += time.perf_counter() - t0
+                cpu += time.thread_time() - c0
                 break
             b = train.take(rows)
             if weights is not None:
@@ -117,6 +119,7 @@ def run(model, spec, train, val, epochs, seed, metric, evals_per_epoch, out):
             ex.after_step(epoch, bi, bpe)
             sampler.observe(rows, losses)
             clock += time.perf_counter() - t0
+            cpu += time.thread_time() - c0
             bi += 1
             steps += 1
             walked = getattr(sampler, "epoch_position", None)
@@ -128,7 +131,7 @@ def run(model, spec, train, val, epochs, seed, metric, evals_per_epoch, out):
         validate(epoch + 1.0)
     st = sampler.stats()
     overhead = float(st.get("overhead_s", 0.0)) + float(st.get("hash_s", 0.0))
-    out.update(curve=curve, train_s=clock, steps=steps, sampler_s=overhead, share=overhead / clock,
+    out.update(curve=curve, train_s=clock, cpu_s=cpu, steps=steps, sampler_s=overhead, share=overhead / clock,
                stats={k: v for k, v in st.items() if isinstance(v, (int, float, str, bool, type(None)))},
                switches=[list(s) for s in getattr(sampler, "switches", [])], backend=model.backend)
 
@@ -147,6 +150,18 @@ def warm_up(model_file, backend, train, val):
              binary=m.plan["target"]["kind"] == "binary")
 
 
+def prefault(model):
+    """Write every page of the weights and optimizer moments once, clock off. The moments start as untouched
+    zero pages and lazy Adam first writes them over the first epoch, so a run whose pages came fresh from
+    the OS paid page faults that a run reusing a freed model's memory did not (sst2: its first quarter
+    epoch took 0.12 to 0.41 CPU seconds depending on that alone)."""
+    for group in (model.state.params, model.state.m, model.state.v):
+        for tensors in group.values():
+            for a in tensors.values():
+                if isinstance(a, np.ndarray) and a.size and a.flags.writeable:
+                    a *= 1                      # unchanged values (finite or not), every page written
+
+
 def run_seed(model_file, specs, seed, epochs, backend, metric, rows_cap, test_cap, val_max, evals):
     import boltc
     from boltc.runtime.train.trainer import evaluate
@@ -158,6 +173,8 @@ def run_seed(model_file, specs, seed, epochs, backend, metric, rows_cap, test_ca
     first = next(iter(models.values()))
     train, val, test, full_rows = load(first, rows_cap, test_cap, val_max)
     warm_up(model_file, backend, train, val)
+    for m in models.values():
+        prefault(m)
     outs = {name: {} for name in models}
     active = [run(models[n], specs[n], train, val, epochs, seed, metric, evals, outs[n]) for n in models]
     turn = 0
@@ -197,10 +214,12 @@ def child(args):
 
 
 # -- the report ------------------------------------------------------------------------------------
-def time_to_reach(curve, target):
-    """First time the validation curve reaches target, interpolated between evaluations; None if never."""
+def time_to_reach(curve, target, clock=0):
+    """First time the validation curve reaches target, interpolated between evaluations; None if never.
+    clock 0: wall-clock seconds; 3: the run's thread CPU seconds."""
     prev_t, prev_a = 0.0, None
-    for t, a, _ in curve:
+    for point in curve:
+        t, a = point[clock], point[1]
         if a >= target:
             if prev_a is None or a <= prev_a:
                 return t
@@ -215,23 +234,32 @@ def summarise(name, res):
     entry["backend"] = res.get("backend")
     n = len(runs["uniform"])
     for kind, rs in runs.items():
-        ratios, time_shares = [], []
+        ratios, time_shares, cpu_ratios, cpu_shares = [], [], [], []
         for s in range(n):
             u = runs["uniform"][s]
             target = max(c[1] for c in u["curve"])
             tu, tx = time_to_reach(u["curve"], target), time_to_reach(rs[s]["curve"], target)
             ratios.append(tx / tu if (tx is not None and tu) else None)
             time_shares.append(rs[s]["train_s"] / u["train_s"])
+            cu, cx = time_to_reach(u["curve"], target, 3), time_to_reach(rs[s]["curve"], target, 3)
+            cpu_ratios.append(cx / cu if (cx is not None and cu) else None)
+            cpu_shares.append(rs[s]["cpu_s"] / u["cpu_s"])
         reached = [r for r in ratios if r is not None]
+        reached_cpu = [r for r in cpu_ratios if r is not None]
         keep = [r["stats"].get("keep_fraction") for r in rs if r["stats"].get("keep_fraction") is not None]
         entry[kind] = {
             "time_to_uniform_best_ratio": float(np.mean(reached)) if len(reached) == n else None,
             "time_to_uniform_best_ratio_per_seed": ratios,
             "total_time_ratio": float(np.mean(time_shares)),
+            "time_to_uniform_best_cpu_ratio": float(np.mean(reached_cpu)) if len(reached_cpu) == n else None,
+            "time_to_uniform_best_cpu_ratio_per_seed": cpu_ratios,
+            "total_cpu_ratio": float(np.mean(cpu_shares)),
+            "best_validation_per_seed": [max(c[1] for c in r["curve"]) for r in rs],
             "best_validation": float(np.mean([max(c[1] for c in r["curve"]) for r in rs])),
             "final_test": float(np.mean([r["test"] for r in rs])),
             "final_test_per_seed": [r["test"] for r in rs],
             "train_s": float(np.mean([r["train_s"] for r in rs])),
+            "cpu_s": float(np.mean([r["cpu_s"] for r in rs])),
             "sampler_share": float(np.mean([r["share"] for r in rs])),
             "keep_fraction_last_epoch": float(np.mean(keep)) if keep else None,
             "switches": [r["switches"] for r in rs],
@@ -240,17 +268,21 @@ def summarise(name, res):
 
 
 def table(report):
-    lines = [f"{'dataset':14} {'sampler':9} {'t->uni best':>11} {'per seed':>20} {'time':>6} {'best val':>8} "
-             f"{'test':>6} {'overhead':>8} {'kept':>5} {'switches':>8}"]
+    """Time columns: wall-clock ("wall") and the run's own thread CPU time ("cpu", what an unshared
+    one-thread run's wall-clock would be), both as a share of uniform's in the same run."""
+    fmt = lambda x: "never" if x is None else f"{x:.2f}"
+    lines = [f"{'dataset':14} {'sampler':9} {'t->best wall':>12} {'t->best cpu':>11} {'per seed (cpu)':>17} "
+             f"{'wall':>5} {'cpu':>5} {'best val':>8} {'test':>6} {'overhead':>8} {'kept':>5} {'switches':>8}"]
     for name, e in report["datasets"].items():
         for kind in e["runs"]:
             k = e[kind]
-            r = k["time_to_uniform_best_ratio"]
-            per = ",".join("never" if x is None else f"{x:.2f}" for x in k["time_to_uniform_best_ratio_per_seed"])
+            per = ",".join(fmt(x) for x in k.get("time_to_uniform_best_cpu_ratio_per_seed", []))
             kept = "-" if k["keep_fraction_last_epoch"] is None else f"{k['keep_fraction_last_epoch']:.2f}"
             sw = sum(len(s) for s in k["switches"])
-            lines.append(f"{name:14} {kind:9} {'never' if r is None else f'{r:.3f}':>11} {per:>20} "
-                         f"{k['total_time_ratio']:6.3f} {k['best_validation']:8.2f} {k['final_test']:6.2f} "
+            lines.append(f"{name:14} {kind:9} {fmt(k['time_to_uniform_best_ratio']):>12} "
+                         f"{fmt(k.get('time_to_uniform_best_cpu_ratio')):>11} {per:>17} "
+                         f"{k['total_time_ratio']:5.2f} {k.get('total_cpu_ratio', float('nan')):5.2f} "
+                         f"{k['best_validation']:8.2f} {k['final_test']:6.2f} "
                          f"{100 * k['sampler_share']:7.1f}% {kept:>5} {sw:>8}")
     return "\n".join(lines)
 
@@ -268,17 +300,25 @@ def main():
     ap.add_argument("--child", default="")
     ap.add_argument("--out", default="")
     ap.add_argument("--tag", default="", help="suffix of the result files")
-    ap.add_argument("--from-json", default="", help="re-print the table of a result file")
+    ap.add_argument("--from-json", default="", help="re-print the table of result files (comma-separated; "
+                                                   "with --tag, merged into one JSON and PNG)")
     args = ap.parse_args()
     if args.child:
         return child(args)
-    if args.from_json:
-        print(table(json.loads(Path(args.from_json).read_text())))
+    if args.from_json:                 # re-print, or merge runs of different data sets into one report
+        parts = [json.loads(Path(f).read_text()) for f in args.from_json.split(",")]
+        merged = {**parts[0], "datasets": {k: v for r in parts for k, v in r["datasets"].items()},
+                  "parts": [{k: r.get(k) for k in ("command", "date", "machine", "load_average")} for r in parts]}
+        print(table(merged))
+        if args.tag:
+            stem = RESULTS / f"sampler_wallclock_{args.tag}"
+            stem.with_suffix(".json").write_text(json.dumps(merged, indent=1, default=float))
+            plot(merged, stem.with_suffix(".png"))
         return None
     names = [n for n in PROBLEMS if not args.only or n in args.only.split(",")]
     report = {"datasets": {}, "command": " ".join(["python", "benchmarks/sampler_wallclock.py"] + sys.argv[1:]),
               "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, shared",
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_average": list(os.getloadavg())}
     for name in names:
         if not (DATA / PROBLEMS[name][2]).exists():
             print(f"{name}: skipped ({DATA / PROBLEMS[name][2]} not found)")
@@ -293,6 +333,7 @@ def main():
                     report["datasets"][name] = summarise(name, res)
                     break
                 print(f"{name}: the {backend} backend failed; retrying on numpy", file=sys.stderr)
+    report["load_average_end"] = list(os.getloadavg())
     print("\n" + table(report))
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "sampler_wallclock" + (f"_{args.tag}" if args.tag else "")

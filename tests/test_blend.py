@@ -47,6 +47,13 @@ def test_conjugate_gradients_equal_the_direct_solve(monkeypatch):
     np.testing.assert_allclose(blend.fit_ridge(x, y, 0.3), want, rtol=1e-3, atol=1e-4)
 
 
+def test_the_dual_for_fewer_rows_than_inputs_equals_the_direct_solve(monkeypatch):
+    x, y = _problem(seed=5, n=40, d=90)
+    monkeypatch.setattr(blend, "DIRECT_MAX_DIM", 10)
+    monkeypatch.setattr(blend, "CG_TOL", 1e-9)
+    np.testing.assert_allclose(blend.fit_ridge(x, y, 0.3), _ridge_by_hand(x, y, 0.3), rtol=1e-3, atol=1e-4)
+
+
 def test_too_many_weights_is_refused(monkeypatch):
     x, y = _problem()
     monkeypatch.setattr(blend, "MAX_ENTRIES", 100)

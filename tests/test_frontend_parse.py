@@ -35,7 +35,7 @@ model everything {
     batch      128
     epochs     7
     schedule   step(every=2, gamma=0.5, warmup=10)
-    sampler    nw_sketch(rows=16, bits=6, mix=0.3, decay=0.9, reweight=true, temperature=2.0)
+    sampler    auto(rows=16, bits=6, mix=0.3, decay=0.9, reweight=true, temperature=2.0)
     threads    2
     seed       11
     checkpoint 2
@@ -93,7 +93,7 @@ def test_train_block_values():
     t = parse(KITCHEN_SINK).graph["train"]
     assert t == {"optimizer": "sgd", "lr": 0.5, "momentum": 0.9, "beta1": 0.9, "beta2": 0.999, "eps": 1e-7,
                  "batch": 128, "epochs": 7, "schedule": {"kind": "step", "every": 2, "gamma": 0.5, "warmup": 10},
-                 "sampler": {"kind": "nw_sketch", "rows": 16, "bits": 6, "mix": 0.3, "decay": 0.9,
+                 "sampler": {"kind": "auto", "rows": 16, "bits": 6, "mix": 0.3, "decay": 0.9,
                              "reweight": True, "temperature": 2.0},
                  "threads": 2, "seed": 11, "checkpoint_every": 2, "inference": "sparse", "weight_decay": 0.0, "moments": "auto",
                  "holdout": 0.1,

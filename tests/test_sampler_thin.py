@@ -194,3 +194,45 @@ def test_keep_auto_leaves_out_at_most_drop_of_the_loss():
     heavy = rng.gamma(0.1, size=5000)
     heavy /= heavy.mean()
     assert np.clip(keep_scale_for(heavy, 0.1, 0.1) * heavy, 0.1, 1).mean() < 0.5
+
+
+def test_nw_sketch_with_distributed_or_streamed_training_is_refused_at_its_line(tmp_path, capsys):
+    """Both are known from the .bolt file alone: the error names the `sampler` setting's line and column."""
+    from pathlib import Path
+
+    from boltc.cli import main
+    tiny = (Path(__file__).parents[1] / "models" / "tiny.bolt").read_text()
+    lines = tiny.replace("epochs    3", "epochs    1\n    sampler   nw_sketch\n    distributed(workers=2)")
+    line = lines.splitlines().index("    sampler   nw_sketch") + 1
+    src = tmp_path / "dist.bolt"
+    src.write_text(lines)
+    assert main(["check", str(src)]) == 1
+    err = capsys.readouterr().err
+    assert f"dist.bolt:{line}:5: error: sampler nw_sketch cannot run with distributed(...) training" in err
+    data = tmp_path / "t.txt"
+    data.write_text("2 256 500\n1 3:1.0 7:0.5\n4 2:1.0\n")
+    streamed = tiny.replace("epochs    3", "epochs    1\n    sampler   nw_sketch")
+    start = streamed.index("  data {")
+    streamed = streamed[:start] + f'  data {{\n    train file("{data}", stream=true)\n  }}\n}}\n'
+    src = tmp_path / "stream.bolt"
+    src.write_text(streamed)
+    line = streamed.splitlines().index("    sampler   nw_sketch") + 1
+    assert main(["check", str(src)]) == 1
+    err = capsys.readouterr().err
+    assert f"stream.bolt:{line}:5: error: sampler nw_sketch needs the training set in memory" in err
+
+
+def test_plain_walk_learns_every_loss_it_defers():
+    """auto while off learns the plain walk's losses 8 batches at a time: after an epoch every example's
+    memory holds exactly the loss it was given, whatever the grouping (the oracle: the losses themselves)."""
+    ds, _ = _clusters(n=1000)
+    s = make_sampler({"kind": "auto"}, ds, 30, seed=2)
+    given = np.full(1000, np.nan)
+    noise = np.random.default_rng(3)
+    for epoch in range(2):
+        for rows, _ in s.batches(epoch):
+            losses = noise.exponential(size=rows.size).astype(np.float32)
+            given[rows] = losses
+            s.observe(rows, losses)
+        assert not s.thinning and not s._deferred                 # nothing left unlearnt at the epoch's end
+        np.testing.assert_array_equal(s.sketch.loss, given)

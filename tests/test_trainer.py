@@ -103,3 +103,33 @@ def test_checkpoint_is_a_loadable_model(tmp_path):
     a = evaluate(make_executor(plan, st), train, ["precision@1"])
     b = evaluate(make_executor(plan, st2), train, ["precision@1"])
     assert a["precision@1"] == b["precision@1"]
+
+
+def test_killed_while_auto_thins_resumes_bit_identically(tmp_path):
+    """`sampler auto` switched on (noisy labels: a fifth of the rows stay hard) before the kill: the resumed
+    run skips the same examples and ends with the same weights as the uninterrupted one."""
+    plan = make_plan(C=20, sparsity=0.25, epochs=4, lr=1e-2, sampler={"kind": "auto"})
+    train, val = data(plan, 1200, 1, noise=0.2), data(plan, 100, 2)
+    ref_state, ref_hist = run(plan, train, val)
+    assert ref_hist["epochs"][1]["sampler"]["thinning"] == 1           # on by the end of the second epoch
+    assert ref_hist["epochs"][-1]["sampler"]["keep_fraction"] < 0.7    # and skipping
+    ck = tmp_path / "auto.ckpt.boltc"
+
+    def kill_after_second(trainer, record):
+        if record["epoch"] == 2:
+            raise Killed()
+    with pytest.raises(Killed):
+        run(plan, train, val, checkpoint=ck, callbacks=[kill_after_second])
+    saved = savefile.load_model(ck)
+    st = savefile.state_from_saved(saved, ck)
+    tr = Trainer(saved.plan, st, make_executor(saved.plan, st), checkpoint=ck, progress=False)
+    tr.restore(saved)
+    assert tr.epochs_done == 2
+    hist = tr.fit(train, val)
+    for layer, tensors in ref_state.params.items():
+        for name, a in tensors.items():
+            np.testing.assert_array_equal(st.params[layer][name], a, err_msg=f"{layer}.{name}")
+    assert st.step == ref_state.step
+    assert [e["loss"] for e in hist["epochs"]] == [e["loss"] for e in ref_hist["epochs"]]
+    assert [e["sampler"]["keep_fraction"] for e in hist["epochs"]] == \
+        [e["sampler"]["keep_fraction"] for e in ref_hist["epochs"]]

@@ -141,6 +141,7 @@ def _epochs(v: ast.Value):
 # once the whole model is read (build.py), and reported here
 CLASS_WEIGHTS_LOC = "_class_weights_loc"
 LABEL_SMOOTHING_LOC = "_label_smoothing_loc"
+SAMPLER_LOC = "_sampler_loc"            # where `sampler` was given: build.py checks it against the data block
 BLEND_LOC = "_blend_loc"
 
 
@@ -233,6 +234,7 @@ def build_train(body, problems: list[Problem], tunables: list | None = None) -> 
             elif key == "sampler":
                 name, got = _choose(value, _SAMPLERS, "sampler", problems)
                 train["sampler"] = {"kind": name, **_given(got)}
+                train[SAMPLER_LOC] = st.loc
             elif key == "epochs":
                 try:
                     n = _epochs(value)
@@ -250,6 +252,12 @@ def build_train(body, problems: list[Problem], tunables: list | None = None) -> 
                     train[LABEL_SMOOTHING_LOC] = value.loc      # checked against the loss in build.py
         except Problem as e:
             problems.append(e)
+    kind = (train.get("sampler") or {}).get("kind")
+    if train.get("distributed") and kind == "nw_sketch":
+        problems.append(Problem("sampler nw_sketch cannot run with distributed(...) training: each worker walks "
+                                "its own shard, so no sampler sees every example's loss; use sampler uniform "
+                                "or auto (auto then trains uniformly), or train in one process",
+                                train.get(SAMPLER_LOC)))
     if auto_epochs:
         train.setdefault("patience", DEFAULT_PATIENCE)
         if train["schedule"]["kind"] in ("linear", "cosine"):

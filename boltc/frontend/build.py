@@ -13,7 +13,8 @@ from boltc import ir
 from boltc.frontend import ast
 from boltc.frontend.bind import (Param, Problem, as_call, bind, boolean, did_you_mean, integer, one_of_words, real,
                                  reference, string, take_auto, tunable, word)
-from boltc.frontend.blocks import BLEND_LOC, CLASS_WEIGHTS_LOC, LABEL_SMOOTHING_LOC, build_data, build_train, default_train
+from boltc.frontend.blocks import (BLEND_LOC, CLASS_WEIGHTS_LOC, LABEL_SMOOTHING_LOC, SAMPLER_LOC, build_data, build_train,
+                                   default_train)
 from boltc.ops import LAYER_OPS, OPS
 
 # Decisions: default widths of hashed featurisers. 2^18 text buckets keep a 256-wide first layer at
@@ -139,12 +140,24 @@ class Builder:
                 self.broken(st)
         self.check_class_weights()
         self.check_label_smoothing()
+        self.check_sampler_data()
         self.check_blend()
         # a model with mistakes is incomplete: validate then skips "the model has no loss" and the like,
         # which would only repeat the mistake that lost it
         self.graph.graph["incomplete"] = bool(self.problems)
         self.graph.graph["tunable"] = tuple(self.tunables)
         return self.graph
+
+    def check_sampler_data(self) -> None:
+        """An adaptive sampler revisits examples out of file order: a training file read with stream=true
+        cannot be (auto then trains uniformly and says so at run time)."""
+        loc = (self.graph.graph.get("train") or {}).pop(SAMPLER_LOC, None)
+        kind = ((self.graph.graph.get("train") or {}).get("sampler") or {}).get("kind")
+        source = (self.graph.graph.get("data") or {}).get("train")
+        if kind == "nw_sketch" and (getattr(source, "options", None) or {}).get("stream") is True:
+            self.problems.append(Problem("sampler nw_sketch needs the training set in memory (it revisits "
+                                         "examples out of file order), but the data block streams the training "
+                                         "file (stream=true): use sampler uniform or auto, or stream=false", loc))
 
     def check_label_smoothing(self) -> None:
         """label_smoothing mixes a softmax target: a cross_entropy loss only."""

@@ -198,6 +198,9 @@ class InProcessRunner:
         return self.submit(method, per_worker_args)
 
     def shutdown(self):
+        for w in self.workers:
+            if getattr(w, "mesh", None) is not None:
+                w.mesh.close()                          # its sockets and sender thread, now rather than at GC
         self.workers = []
 
     def share_weights(self, state, opts, timeout) -> None:

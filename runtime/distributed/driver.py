@@ -293,7 +293,8 @@ def fit_model(model, train=None, validation=None, epochs: int | None = None, *, 
     single-machine trainer's file format, so a run may switch between one machine and many.
     """
     _refuse_single_process_settings(model.plan)
-    check_distributed(model.plan.get("train", {}).get("sampler"), (lambda msg: print(msg, file=sys.stderr)) if progress else None)
+    check_distributed(model.plan.get("train", {}).get("sampler"), (lambda msg: print(msg, file=sys.stderr)) if progress else None,
+                      where=model.file)
     require_ray()
     dist = dict(model.plan.get("train", {}).get("distributed") or {})
     workers = int(workers if workers is not None else (dist.get("workers") or 2))   # 0 is an error, not "unset"

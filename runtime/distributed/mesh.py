@@ -27,6 +27,25 @@ class PeerLost(Exception):
     """A peer closed its link (it died) or did not answer within the timeout."""
 
 
+_HEAD = struct.Struct("<QQ")          # pickle bytes, out-of-band buffers
+
+
+def _frames(obj) -> list:
+    """obj as frames to send: (sizes), the pickle, then each out-of-band buffer's own memory."""
+    bufs: list = []
+    head = pickle.dumps(obj, protocol=5, buffer_callback=bufs.append)
+    try:
+        raws = [b.raw() for b in bufs]
+    except BufferError:                    # a non-contiguous buffer: send everything in band
+        head, raws = pickle.dumps(obj, protocol=5), []
+    return [_HEAD.pack(len(head), len(raws)) + struct.pack(f"<{len(raws)}Q", *(r.nbytes for r in raws)), head] + raws
+
+
+def _send(s: socket.socket, frames: list) -> None:
+    for f in frames:
+        s.sendall(f)
+
+
 def _address(prefix: str, rank: int) -> str:
     return f"\0{prefix}.{rank}"
 
@@ -82,15 +101,18 @@ class Mesh:
 
     def exchange(self, per_peer: list) -> list:
         """Send per_peer[j] to worker j (every j but this one) and return what each sent here, in
-        worker order (this worker's own entry is per_peer[rank], not sent)."""
+        worker order (this worker's own entry is per_peer[rank], not sent). Arrays travel out of band
+        (pickle protocol 5): sent from their own memory and received into buffers the arrays then
+        use, so neither side copies them into or out of the pickle."""
         sends = []
         for j, s in self.peers.items():
-            data = pickle.dumps(per_peer[j], protocol=5)
-            sends.append(self.sender.submit(s.sendall, _LEN.pack(len(data)) + data))
+            sends.append(self.sender.submit(_send, s, _frames(per_peer[j])))
         out = list(per_peer)
         for j, s in sorted(self.peers.items()):
-            n = _LEN.unpack(self._read(s, _LEN.size))[0]
-            out[j] = pickle.loads(self._read(s, n))
+            nhead, nbufs = _HEAD.unpack(self._read(s, _HEAD.size))
+            sizes = struct.unpack(f"<{nbufs}Q", self._read(s, 8 * nbufs)) if nbufs else ()
+            head = self._read(s, nhead)
+            out[j] = pickle.loads(head, buffers=[self._read(s, n) for n in sizes])
         for f in sends:
             try:
                 f.result(timeout=self.timeout)

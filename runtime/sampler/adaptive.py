@@ -175,15 +175,17 @@ def _validate(s: dict, location: Location | None) -> None:
     need(s["seed"] is None or is_int(s["seed"]), f"seed must be an integer, got {s['seed']!r}")
 
 
-def check_distributed(spec: dict | None, log=None) -> None:
+def check_distributed(spec: dict | None, log=None, where: str | None = None) -> None:
     """Distributed training shards the data by worker and walks each shard in order: there is no one
     sampler that sees every example's loss. `auto` then trains uniformly (said in the log); an explicit
-    nw_sketch is an error rather than a silent uniform run."""
+    nw_sketch is an error rather than a silent uniform run (`where`: the model file, named in the error;
+    a .bolt file with both `distributed(...)` and `sampler nw_sketch` is refused at compile time already)."""
     kind = (spec or {}).get("kind", "uniform")
     if kind == "nw_sketch":
-        raise BoltValidationError("sampler nw_sketch is not supported with distributed training (each worker "
-                                  "walks its own shard, so no sampler sees every example's loss): use sampler "
-                                  "uniform or auto, or train on one machine")
+        raise BoltValidationError("sampler nw_sketch (train block) is not supported with distributed training "
+                                  "(each worker walks its own shard, so no sampler sees every example's loss): "
+                                  "use sampler uniform or auto, or train on one machine",
+                                  Location(str(where), 0) if where else None)
     if kind == "auto" and log is not None:
         log("sampler auto: distributed training walks each worker's shard in order, so it trains with the "
             "uniform sampler")

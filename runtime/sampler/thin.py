@@ -25,31 +25,43 @@ Decisions (measured by benchmarks/sampler_wallclock.py; figures in docs/sampler.
 - The random keep decisions use their own generator seeded by (seed, epoch): the permutation is the one
   `uniform` walks, so a sampler that keeps everything trains exactly like `uniform`.
 
-`auto` (AutoSampler): the same walk, starting with thinning off. The sketch keeps learning either way.
-Every `check` steps it compares the sketch's prediction for each drawn example (made before the example's
-loss was added) with the loss then observed, on the last OBSERVED_WINDOW examples: a rank correlation
-(weighted by 1/k so that thinning's preference for hard examples does not bias it). Thinning switches
-on when the correlation reaches AUTO_ON and the keep probabilities of a fixed random probe of the data
-say it would skip at least
-AUTO_MIN_SKIP (30%) of the data, and off again when the correlation falls below AUTO_OFF (hysteresis, so it
-does not flap). Where the sketch carries no signal, auto is `uniform` plus the sketch's upkeep.
+`auto` (AutoSampler): the same walk, starting with thinning off. While off, each batch is the permutation's
+next slice (no prediction made: exactly `uniform`'s batches), its losses are learnt 8 batches at a time,
+and one such group in `watch_every` records its (prediction before the loss, loss) pairs. Every `check`
+steps auto ranks the latest AUTO_PAIRS pairs (weighted by 1/k while thinning, so that thinning's
+preference for hard examples does not bias it). Only when the correlation reaches AUTO_ON does it measure
+what thinning would keep on a fixed random probe of the data, and it switches on if that skips at least
+AUTO_MIN_SKIP (30%); off again when the correlation falls below AUTO_OFF (hysteresis, so it does not
+flap). Where the predictions carry no signal, auto is `uniform` plus the memory's upkeep (0.013 vs
+0.005 ms a step on sst2's size, benchmarks/sampler_overhead.py).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from boltc.runtime.sampler import native
 from boltc.runtime.sampler.adaptive import OBSERVED_WINDOW, NWSketchSampler, rankdata
 
-AUTO_ON = 0.3        # noise gives |rho| ~ 1/sqrt(4096) = 0.016 on a full window: 0.3 is far outside it
+AUTO_ON = 0.3        # noise gives |rho| ~ 1/sqrt(512) = 0.044 on a full decision window: 0.3 is far outside it
 AUTO_OFF = 0.15
 AUTO_MIN_SKIP = 0.3  # thinning must be able to skip 30% of the data to switch on: at 10% and 20% it switched
                      # on for 20ng_nextword (which skips ~11% on average) and cost it up to 0.66 points of
                      # test P@1 for ~3-5% of the time (benchmarks/sampler_wallclock.py, docs/results.md)
 MIN_PAIRS = 512      # no decision on fewer observed (prediction, loss) pairs
+AUTO_PAIRS = 512     # auto decides on the latest 512 pairs (noise |rho| ~ 0.044, far below AUTO_ON): ranking
+                     # 4,096 pairs ten times an epoch cost ~1% of sst2's training time (a step is ~0.7 ms
+                     # of CPU there), 512 an eighth of that
 THIN_PROJ_ROWS = 4096  # inputs folded to 4096 columns before projecting: a 4 MB projection that stays in
                       # cache (32,768 columns cost 6 us a row to hash on sst2, more than a training step)
 PROBE_ROWS = 2048    # mean(s) is measured on this fixed random sample of the data at every ageing
+DEFER_BATCHES = 8    # the plain walk learns its losses 8 batches at a time: learnt per batch, auto while off
+                     # took ~5% of sst2's step CPU time (a step is ~0.7 ms there), grouped 3.5% (thread CPU
+                     # time around the sampler's calls in sst2's training; uniform 0.9%)
+CHUNK_BATCHES = 8    # thinning decides the candidates of 8 batches at once: numpy's per-call cost, paid
+                     # per batch, was most of the sampler's 0.08 ms a step (sst2, benchmarks/sampler_overhead.py);
+                     # with key=example a prediction cannot change within an epoch anyway (one visit each)
 
 
 def weighted_rank_correlation(a: np.ndarray, b: np.ndarray, w: np.ndarray | None = None) -> float | None:
@@ -77,9 +89,9 @@ def keep_scale_for(r: np.ndarray, floor: float, drop: float) -> float:
     if total <= 0:
         return 1.0
     lo, hi = 1e-3, 1e3
-    for _ in range(40):
+    for _ in range(16):             # 2^-16 of the log range: the scale to within 0.03%
         mid = (lo * hi) ** 0.5
-        if float(((1.0 - np.clip(mid * r, floor, 1.0)) * r).sum()) > drop * total:
+        if total - float(np.minimum(np.maximum(mid * r, floor), 1.0) @ r) > drop * total:
             lo = mid
         else:
             hi = mid
@@ -103,9 +115,9 @@ class ExampleMemory:
         v = self.loss[rows]
         return np.where(np.isnan(v), self.prior, v)
 
-    def update(self, rows: np.ndarray, losses: np.ndarray) -> None:
+    def update(self, rows: np.ndarray, losses: np.ndarray, total: float | None = None) -> None:
         self.loss[rows] = losses
-        self.total_loss += float(losses.sum())
+        self.total_loss += float(losses.sum()) if total is None else total
         self.total_count += float(losses.size)
 
     def decay(self, factor: float) -> None:
@@ -140,7 +152,14 @@ class ThinningSampler(NWSketchSampler):
         self.epoch_position = 0            # candidates of this epoch's permutation walked (the trainer's lr clock)
         self.kept, self.candidates = 0, 0  # over the last epoch (keep fraction in stats)
         self._obs_w = np.ones(OBSERVED_WINDOW)
-        self._pending: dict = {}           # id of a yielded rows array -> (predictions, weights)
+        self._pending: dict | None = None  # the batch last yielded by the thinning walk: rows, predictions, weights
+        self._norm_stale = True            # the sketch was aged since mean(s) was last measured
+        # the plain walk (uniform epochs, auto while off) records the (prediction, loss) pairs of one batch in
+        # watch_every: the window still refills about four times an epoch, at a fraction of the cost
+        self.watch_every = max(1, min(4, self.n // (4 * OBSERVED_WINDOW)))
+        self._deferred: list = []          # (rows, losses) of the plain walk not yet learnt
+        self._plain_rows = None            # the batch the plain walk last yielded
+        self._flushes = 0
 
     def _build_predictor(self, dataset, spec: dict, codes, max_proj_rows: int = 0) -> None:
         if spec.get("key") == "example":
@@ -175,6 +194,7 @@ class ThinningSampler(NWSketchSampler):
         keep scale that leaves out at most `drop` of the probe's predicted loss."""
         if self.sketch.total_count <= 0:
             return
+        self._norm_stale = False
         s = np.maximum(self.predict_rows(self.probe), 0.0)
         if self.temperature != 1.0:
             s = s ** (1.0 / self.temperature)
@@ -186,99 +206,146 @@ class ThinningSampler(NWSketchSampler):
             self.expected_keep = float(np.clip(self.keep_scale * s / self.norm, self.floor, 1.0).mean())
 
     def _age(self, n_candidates: int) -> None:
-        """Decay is per epoch; applied about ten times an epoch (each pass touches every cell), and the
-        normaliser re-measured with it."""
+        """Decay is per epoch; applied about ten times an epoch (each pass touches every cell). mean(s) is
+        re-measured then while thinning, and only when next needed otherwise (the plain walk never needs it)."""
         self.since_decay += n_candidates
         if self.since_decay * 10 >= self.n:
             self.sketch.decay(float(self.spec["decay"]) ** (self.since_decay / self.n))
-            self.measure_norm()
             self.refreshes += 1
             self.since_decay = 0
-        elif self.norm <= 0:
+            self._norm_stale = True
+        if self._norm_stale and self.thinning:
             self.measure_norm()
 
     def _thinning_now(self, epoch: int) -> bool:
         return self.thinning and epoch >= self.warmup
 
     def batches(self, epoch: int):
+        """One epoch: a fresh permutation walked in order. While thinning is off (warm-up epochs, auto while
+        off) each batch is the permutation's next slice, exactly uniform's, with no prediction made; while
+        it is on, candidates are predicted and kept or skipped a chunk of CHUNK_BATCHES batches at a time."""
+        self._flush()
         order = np.random.default_rng([self.seed, int(epoch), 0xB01]).permutation(self.n).astype(np.int64)
         coin = np.random.default_rng([self.seed, int(epoch), 0x7417])
         self.kept, self.candidates, self.epoch_position = 0, 0, 0
-        rows_buf: list[np.ndarray] = []
-        pred_buf: list[np.ndarray] = []
-        w_buf: list[np.ndarray] = []
-        have = 0
-        for start in range(0, self.n, self.batch):
+        chunk = self.batch * CHUNK_BATCHES
+        buf = None                      # kept (rows, position in the permutation, prediction, weight)
+        start = 0
+        while start < self.n:
+            if buf is None and not self._thinning_now(epoch):
+                rows = order[start:start + self.batch]
+                self.candidates += rows.size
+                self.kept += rows.size
+                self._age(rows.size)
+                self.epoch_position = start
+                start += rows.size
+                self.step += 1
+                self.draws += rows.size
+                self._pending, self._plain_rows = None, rows
+                yield rows, (np.ones(rows.size, dtype=np.float32) if self.reweight else None)
+                continue
             with self._timer:
-                cand = order[start:start + self.batch]
+                self._flush()
+                self._age(0)
+                cand = order[start:start + chunk]
+                pos = np.arange(start, start + cand.size)
                 pred = self.predict_rows(cand)
                 if self._thinning_now(epoch):
                     k = self.keep_probabilities(cand, pred)
                     sel = coin.random(cand.size) < k
-                    cand, pred, w = cand[sel], pred[sel], 1.0 / k[sel]
+                    part = (cand[sel], pos[sel], pred[sel], 1.0 / k[sel])
                 else:
-                    w = np.ones(cand.size)
-                self.candidates += min(self.batch, self.n - start)
-                self.kept += cand.size
-                self._age(min(self.batch, self.n - start))
-                rows_buf.append(cand), pred_buf.append(pred), w_buf.append(w)
-                have += cand.size
-            self.epoch_position = start          # where the batch about to be yielded began
-            while have >= self.batch or (have > 0 and start + self.batch >= self.n):
-                yield self._emit(rows_buf, pred_buf, w_buf)
-                have = sum(r.size for r in rows_buf)
-        self.epoch_position = self.n
-
-    def _emit(self, rows_buf, pred_buf, w_buf):
+                    part = (cand, pos, pred, np.ones(cand.size))
+                self.candidates += cand.size
+                self.kept += part[0].size
+                self._age(cand.size)
+                start += cand.size
+                buf = part if buf is None else tuple(np.concatenate(ab) for ab in zip(buf, part))
+            while buf is not None and (buf[0].size >= self.batch or (start >= self.n and buf[0].size)):
+                with self._timer:
+                    rows, bpos, bpred, bw = (a[:self.batch] for a in buf)
+                    buf = None if buf[0].size <= self.batch else tuple(a[self.batch:] for a in buf)
+                    self.epoch_position = int(bpos[0])   # the lr clock: where this batch's first row stands
+                    self.step += 1
+                    self.draws += rows.size
+                    self._pending, self._plain_rows = {"rows": rows, "pred": bpred, "w": bw}, None
+                    weights = bw.astype(np.float32) if self.reweight else None
+                yield rows, weights
         with self._timer:
-            rows, pred, w = (np.concatenate(b) for b in (rows_buf, pred_buf, w_buf))
-            size = min(self.batch, rows.size)
-            out_rows, out_pred, out_w = rows[:size], pred[:size], w[:size]
-            for buf, rest in ((rows_buf, rows[size:]), (pred_buf, pred[size:]), (w_buf, w[size:])):
-                buf.clear()
-                if rest.size:
-                    buf.append(rest)
-            self.step += 1
-            self.draws += size
-            self._pending = {"rows": out_rows, "pred": out_pred, "w": out_w}
-            weights = out_w.astype(np.float32) if self.reweight else None
-        return out_rows, weights
+            self._flush()                  # after the epoch's last observe: a checkpoint here holds no pending losses
+        self.epoch_position = self.n
 
     # -- learning ----------------------------------------------------------------------------------
     def observe(self, rows: np.ndarray, losses: np.ndarray) -> None:
         with self._timer:
-            rows = np.asarray(rows, dtype=np.int64)
-            losses = np.asarray(losses, dtype=np.float64)
-            if self.loss_floor is not None:
-                losses = np.maximum(losses - self.loss_floor[rows], 0.0)
-            pend = self._pending
-            if pend and pend["rows"] is rows or (pend and np.array_equal(pend["rows"], rows)):
-                pred, w = pend["pred"], pend["w"]
-            else:                               # rows not drawn by batches(): predict now
-                pred, w = self.predict_rows(rows), np.ones(rows.size)
-            ok = np.isfinite(losses)
-            if not ok.all():
-                rows, losses, pred, w = rows[ok], losses[ok], pred[ok], w[ok]
-            if rows.size == 0:
-                return
-            k = min(rows.size, OBSERVED_WINDOW)
-            pos = (self._obs_n + np.arange(k)) % OBSERVED_WINDOW
-            self._obs_pred[pos], self._obs_true[pos], self._obs_w[pos] = pred[:k], losses[:k], w[:k]
-            self._obs_n += k
-            if self.codes is None:
-                self.sketch.update(rows, losses)
-            else:
-                native.update(self.sketch, self.codes, rows, losses, self.native)
+            if rows is self._plain_rows:       # the plain walk: learn in groups of DEFER_BATCHES batches
+                # a copy: the executor may reuse its loss buffer for the next step
+                self._deferred.append((rows, np.array(losses, dtype=np.float64)))
+                self._plain_rows = None
+                if len(self._deferred) >= DEFER_BATCHES:
+                    self._flush()
+            else:                              # a thinned batch, or rows not drawn here: learn now
+                self._flush()
+                self._learn(rows, losses, self._pending)
             self._after_observe()
+
+    def _flush(self) -> None:
+        """Learn the deferred batches of the plain walk at once (an example appears once an epoch, and a
+        group never spans two epochs, so each row's prediction is still the one made before its loss)."""
+        if not self._deferred:
+            return
+        group, self._deferred = self._deferred, []
+        rows = group[0][0] if len(group) == 1 else np.concatenate([g[0] for g in group])
+        losses = group[0][1] if len(group) == 1 else np.concatenate([g[1] for g in group])
+        self._flushes += 1
+        self._learn(rows, losses, None, watch=self._flushes % self.watch_every == 0)
+
+    def _learn(self, rows, losses, pend: dict | None, watch: bool = True) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        losses = np.asarray(losses, dtype=np.float64)
+        if self.loss_floor is not None:
+            losses = np.maximum(losses - self.loss_floor[rows], 0.0)
+        drawn = pend is not None and (pend["rows"] is rows or np.array_equal(pend["rows"], rows))
+        total = float(losses.sum())
+        if not math.isfinite(total):               # one NaN would poison the sketch: drop those rows
+            ok = np.isfinite(losses)
+            rows, losses, total = rows[ok], losses[ok], float(losses[ok].sum())
+            if drawn:
+                pend = {"pred": pend["pred"][ok], "w": pend["w"][ok]}
+        if rows.size == 0:
+            return
+        if drawn:                                  # the prediction each row was drawn with
+            self._record(pend["pred"], losses, pend["w"])
+        elif watch:                                # the plain walk: a sampled share of the groups
+            self._record(self.predict_rows(rows), losses, None)
+        if self.codes is None:
+            self.sketch.update(rows, losses, total)
+        else:
+            native.update(self.sketch, self.codes, rows, losses, self.native)
+
+    def _record(self, pred: np.ndarray, losses: np.ndarray, w: np.ndarray | None) -> None:
+        """(prediction before the loss was added, loss observed, 1/k) into the ring window."""
+        k = min(losses.size, OBSERVED_WINDOW)
+        at = self._obs_n % OBSERVED_WINDOW
+        first = min(k, OBSERVED_WINDOW - at)            # two contiguous slices: no index arrays
+        for dst, src in ((self._obs_pred, pred), (self._obs_true, losses)):
+            dst[at:at + first], dst[:k - first] = src[:first], src[first:k]
+        if w is None:
+            self._obs_w[at:at + first], self._obs_w[:k - first] = 1.0, 1.0
+        else:
+            self._obs_w[at:at + first], self._obs_w[:k - first] = w[:first], w[first:k]
+        self._obs_n += k
 
     def _after_observe(self) -> None:
         pass
 
-    def observed_correlation(self) -> float | None:
-        m = min(self._obs_n, OBSERVED_WINDOW)
+    def observed_correlation(self, last: int = OBSERVED_WINDOW) -> float | None:
+        """Weighted rank correlation of the latest `last` recorded (prediction, loss) pairs."""
+        m = min(self._obs_n, OBSERVED_WINDOW, last)
         if m < MIN_PAIRS:
             return None
-        return weighted_rank_correlation(self._obs_pred[:m], self._obs_true[:m], self._obs_w[:m])
+        idx = (self._obs_n - m + np.arange(m)) % OBSERVED_WINDOW if m < OBSERVED_WINDOW else slice(None)
+        return weighted_rank_correlation(self._obs_pred[idx], self._obs_true[idx], self._obs_w[idx])
 
     # -- reporting and checkpoints -----------------------------------------------------------------
     def stats(self) -> dict:
@@ -290,7 +357,9 @@ class ThinningSampler(NWSketchSampler):
         return out
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "kind": self.kind, "thinning": bool(self.thinning), "norm": float(self.norm),
+        self._flush()
+        return {**super().state_dict(), "kind": self.kind, "flushes": int(self._flushes), "thinning": bool(self.thinning), "norm": float(self.norm),
+                "norm_stale": bool(self._norm_stale),
                 "keep_scale": float(self.keep_scale), "expected_keep": float(self.expected_keep),
                 "since_decay": int(self.since_decay), "obs_pred": self._obs_pred.copy(),
                 "obs_true": self._obs_true.copy(), "obs_w": self._obs_w.copy(), "obs_n": int(self._obs_n),
@@ -300,6 +369,8 @@ class ThinningSampler(NWSketchSampler):
         super().load_state_dict(state)
         self.thinning = bool(state["thinning"])
         self.norm, self.since_decay = float(state["norm"]), int(state["since_decay"])
+        self._norm_stale = bool(state.get("norm_stale", True))
+        self._flushes, self._deferred = int(state.get("flushes", 0)), []
         self.keep_scale, self.expected_keep = float(state["keep_scale"]), float(state["expected_keep"])
         self._obs_pred = np.array(state["obs_pred"], dtype=np.float64)
         self._obs_true = np.array(state["obs_true"], dtype=np.float64)
@@ -324,13 +395,16 @@ class AutoSampler(ThinningSampler):
     def _after_observe(self) -> None:
         if self.step % self.check_every:
             return
-        rho = self.observed_correlation()
+        self._flush()
+        rho = self.observed_correlation(AUTO_PAIRS)
         self.last_correlation = rho
         if rho is None:
             return
         if not self.thinning:
-            if rho >= AUTO_ON and self.expected_keep <= 1.0 - AUTO_MIN_SKIP:
-                self._switch(True, rho)
+            if rho >= AUTO_ON:
+                self.measure_norm()            # what thinning would keep now (only measured when it could switch)
+                if self.expected_keep <= 1.0 - AUTO_MIN_SKIP:
+                    self._switch(True, rho)
         elif rho < AUTO_OFF:
             self._switch(False, rho)
 

@@ -11,8 +11,8 @@ validation, 0 (off) included.
 What: W_r = argmin |X W_r - Y|^2 + l2 |W_r|^2 over the training rows (not the validation share), X the
 model's one input as its first layer sees it (normalised, TF-IDF weighted), Y the 0/1 target matrix.
 Solved in float64: by the normal equations when the input is at most DIRECT_MAX_DIM wide, else by
-conjugate gradients on X^T X + l2 I (one run per target column, vectorised), which never forms a
-d x d matrix (hashed text inputs are 2^16..2^20 wide). The scores are the network's output activation
+conjugate gradients (every target column at once), on X^T X + l2 I or, with fewer rows than input
+width, on the dual X X^T + l2 I; neither forms a d x d matrix (hashed text inputs are 2^16..2^20 wide). The scores are the network's output activation
 (softmax probabilities; under sparse inference its active neurons, the others count 0) plus
 W * x W_r; top-k is taken over all classes. Labels never seen in training keep -inf, as without blend.
 """
@@ -52,25 +52,32 @@ def fit_ridge(x, y, l2: float) -> np.ndarray:
         raise BoltError(f"blend ridge(...) would hold {d} x {classes} weights (more than {MAX_ENTRIES:,}): "
                         "use a narrower input or leave blend out")
     xs = sp.csr_matrix(x, dtype=np.float64) if sp.issparse(x) else np.asarray(x, np.float64)
-    b = np.asarray((xs.T @ sp.csr_matrix(y, dtype=np.float64)).todense()) if sp.issparse(xs) \
-        else xs.T @ sp.csr_matrix(y, dtype=np.float64).toarray()
+    yd = sp.csr_matrix(y, dtype=np.float64).toarray()
+    if d <= DIRECT_MAX_DIM or n >= d:
+        b = np.asarray(xs.T @ yd)
     if d <= DIRECT_MAX_DIM:
         g = xs.T @ xs
         g = g.toarray() if sp.issparse(g) else np.asarray(g)
         g[np.diag_indices(d)] += l2
         return np.linalg.solve(g, b).astype(np.float32)
-    return _cg(xs, b, l2).astype(np.float32)
+    if n < d:
+        # the dual: W_r = X^T A with (X X^T + l2 I) A = Y, whose iterates are n x classes, not d x classes
+        # (hashed text: 11,314 posts against 2^20 buckets)
+        a = _cg(lambda p: xs @ (xs.T @ p) + l2 * p, yd)
+        return np.asarray(xs.T @ a).astype(np.float32)
+    return _cg(lambda p: xs.T @ (xs @ p) + l2 * p, b).astype(np.float32)
 
 
-def _cg(xs, b: np.ndarray, l2: float) -> np.ndarray:
-    """Conjugate gradients on (X^T X + l2 I) W = B, every column at once (each its own step sizes)."""
+def _cg(apply, b: np.ndarray) -> np.ndarray:
+    """Conjugate gradients on apply(W) = B (a symmetric positive definite operator), every column at once
+    (each with its own step sizes)."""
     w = np.zeros_like(b)
     r = b.copy()
     p = r.copy()
     rs = (r * r).sum(0)
     stop = (CG_TOL ** 2) * np.maximum(rs, 1e-300)
     for _ in range(CG_MAX_ITER):
-        ap = xs.T @ (xs @ p) + l2 * p
+        ap = apply(p)
         alpha = rs / np.maximum((p * ap).sum(0), 1e-300)
         w += alpha * p
         r -= alpha * ap
