@@ -173,7 +173,7 @@ class LSHIndex:
                 xt = sp.csr_matrix(part.T)
                 v = xt[flat].toarray()
             else:
-                v = np.ascontiguousarray(np.asarray(part).T)[flat]
+                v = np.take(np.ascontiguousarray(np.asarray(part).T), flat, axis=0)   # = [flat], several x faster
             v = v.reshape(self.n_hashes, -1, m)
             if self.family == "srp":
                 bits = (np.einsum("hwn,hw->hn", v, self.signs) > 0).astype(np.int64)
