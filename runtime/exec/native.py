@@ -263,8 +263,8 @@ class NativeExecutor:
     def _insert_missed(cls, index, buckets, lab, rng) -> None:
         """Frozen tables: labels a lookup did not retrieve go into the probed buckets (as the spec)."""
         ids, where = cls._missed_labels(index, buckets, lab)
-        if ids.size:
-            index.insert(ids.astype(np.int64), where, rng)
+        if ids.size:       # absent: a missed label is in none of its probed buckets
+            index.insert(ids.astype(np.int64), where, rng, absent=True)
 
     _select = select           # the name tests/test_native.py calls
 
