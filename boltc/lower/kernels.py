@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import ctypes
 
-import numpy as np
-
 from boltc import codegen, debug
 from boltc.lower.builder import KernelModule
 from boltc.lower.rules import lower_plan
 from boltc.lower.split import lower_split
+from boltc.ops.numeric import ptr  # noqa: F401  (the executors' address helper, cached)
 
 _CTYPES = {"ptr": ctypes.c_void_p, "i64": ctypes.c_int64}
 
@@ -73,9 +72,3 @@ def compile_split(plan: dict) -> Kernels:
         return Kernels(lib, km.signatures, symbols, key)
 
 
-def ptr(a: np.ndarray | None):
-    """Raw address of a C-contiguous array (None -> NULL). The caller keeps `a` alive across the call."""
-    if a is None:
-        return None
-    assert a.flags.c_contiguous, "kernels read C-contiguous buffers"
-    return a.ctypes.data

@@ -19,8 +19,9 @@ LOOKUP_PREFETCH = 16
 
 def lower_hash(km: KernelModule, layer: dict, h: dict) -> dict:
     name = layer["name"]
-    out = {r: symbol(name, r) for r in ("lookup", "lookup_ranked")}
+    out = {r: symbol(name, r) for r in ("lookup", "lookup_ranked", "label_hits")}
     lookup(km, out["lookup"], layer["dim"], layer["active"])
+    label_hits(km, out["label_hits"])
     lookup_ranked(km, out["lookup_ranked"], layer["dim"], layer["active"])
     out["build"] = symbol(name, "build")
     build_tables(km, out["build"], h["tables"], h["range_bits"], h["reservoir"])
@@ -203,6 +204,31 @@ def lookup(km: KernelModule, name: str, dim: int, k_active: int) -> None:
 
 I8 = ir.IntType(8)
 MAX_COUNT = 255          # collision counts saturate here (uint8 per neuron: 670 KB per thread at 670k)
+
+
+def label_hits(km: KernelModule, name: str) -> None:
+    """hit[l] = 1 if label l of row b is in any of b's probed buckets tables[t, buckets[b, t], :], else 0,
+    for b in [b0, b1): the frozen tables' missed-label test (runtime/lsh/index.py select), which in NumPy
+    cost a batch-64 step as much as the lookup itself."""
+    k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("buckets", "ptr"), ("tables", "ptr"),
+                         ("ntables", "i64"), ("nbuckets", "i64"), ("reservoir", "i64"),
+                         ("lab_indptr", "ptr"), ("lab_indices", "ptr"), ("hit", "ptr")])
+    a = k.arg
+    L, NB, R = a["ntables"], a["nbuckets"], a["reservoir"]
+    with k.loop(a["b0"], a["b1"], "b") as b:
+        l0 = k.ld(a["lab_indptr"], b, I64)
+        l1 = k.ld(a["lab_indptr"], k.add(b, k.i64(1)), I64)
+        with k.loop(l0, l1, "l") as li:
+            lid = k.ld(a["lab_indices"], li, I32)
+            found = k.var(I32, k.b.trunc(k.i64(0), I32))
+            with k.loop(0, L, "t") as t:
+                bucket = k.ld_i32_as_i64(a["buckets"], k.add(k.mul(b, L), t))
+                base = k.mul(k.add(k.mul(t, NB), bucket), R)
+                with k.loop(0, R, "r") as r:
+                    same = k.b.icmp_signed("==", k.ld(a["tables"], k.add(base, r), I32), lid)
+                    k.set(found, k.b.or_(k.get(found), k.b.zext(same, I32)))
+            k.st(a["hit"], li, k.get(found))
+    k.ret()
 
 
 def lookup_ranked(km: KernelModule, name: str, dim: int, k_active: int) -> None:

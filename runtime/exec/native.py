@@ -219,9 +219,9 @@ class NativeExecutor:
                       min_per_thread=min_items(index.L * index.reservoir + 4 * K))
         if insert_missed and lab is not None and lab.nnz:
             if self.missed is not None:
-                self.missed[layer["name"]] = self._missed_labels(index, buckets, lab)
+                self.missed[layer["name"]] = self._missed_labels(index, buckets, lab, layer["name"])
             else:
-                self._insert_missed(index, buckets, lab, np.random.default_rng(rng_seed))
+                self._insert_missed(index, buckets, lab, np.random.default_rng(rng_seed), layer["name"])
         return out if lab is not None else self._inference_fill(layer, index, buckets, out)
 
     def _inference_fill(self, layer, index, buckets, out):
@@ -244,22 +244,29 @@ class NativeExecutor:
                       min_per_thread=min_items(4 * cap + 4 * layer["active"]))
         return out
 
-    @staticmethod
-    def _missed_labels(index, buckets, lab) -> tuple[np.ndarray, np.ndarray]:
-        """(label ids, their buckets) of the labels a frozen table's lookup did not retrieve."""
-        B = buckets.shape[0]
-        cand = index.tables[np.arange(index.L)[None, :], buckets].reshape(B, -1)
-        lrows = np.repeat(np.arange(B, dtype=np.int64), np.diff(lab.indptr))
-        lids = lab.indices.astype(np.int64)
-        hit = (cand[lrows] == lids[:, None]).any(axis=1)
-        return lids[~hit].astype(np.int32), np.ascontiguousarray(buckets[lrows[~hit]])
+    def _missed_labels(self, index, buckets, lab, name: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """(label ids, their buckets) of the labels a frozen table's lookup did not retrieve: those in
+        none of their row's probed buckets (the `label_hits` kernel, split by examples)."""
+        lrows = np.repeat(np.arange(buckets.shape[0], dtype=np.int64), np.diff(lab.indptr))
+        lids = np.asarray(lab.indices, np.int32)
+        if name and self.k.has(name, "label_hits"):
+            hit = np.empty(lids.size, np.int32)
+            self.pool.run(self.k.fn(name, "label_hits"), buckets.shape[0], ptr(buckets), ptr(index.tables),
+                          index.L, index.tables.shape[1], index.reservoir, ptr(lab.indptr), ptr(lids), ptr(hit),
+                          min_per_thread=min_items(index.L * index.reservoir * lids.size / max(1, buckets.shape[0])))
+            hit = hit.astype(bool)
+        else:
+            flat = index.tables.reshape(-1, index.reservoir)
+            keys = (buckets[lrows] + np.arange(index.L, dtype=np.int64) * index.tables.shape[1]).ravel()
+            cand = np.take(flat, keys, axis=0).reshape(lids.size, index.L * index.reservoir)
+            hit = np.count_nonzero(cand == lids[:, None], axis=1) > 0
+        return lids[~hit], np.ascontiguousarray(buckets[lrows[~hit]])
 
-    @classmethod
-    def _insert_missed(cls, index, buckets, lab, rng) -> None:
+    def _insert_missed(self, index, buckets, lab, rng, name: str = "") -> None:
         """Frozen tables: labels a lookup did not retrieve go into the probed buckets (as the spec)."""
-        ids, where = cls._missed_labels(index, buckets, lab)
-        if ids.size:
-            index.insert(ids.astype(np.int64), where, rng)
+        ids, where = self._missed_labels(index, buckets, lab, name)
+        if ids.size:       # absent: a missed label is in none of its probed buckets
+            index.insert(ids.astype(np.int64), where, rng, absent=True)
 
     _select = select           # the name tests/test_native.py calls
 

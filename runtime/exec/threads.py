@@ -47,6 +47,15 @@ class ThreadPool:
         scratch pointers); returns when every slice is done."""
         if n <= 0:
             return
+        if self._pool is None or n < 2 * max(1, min_per_thread):
+            # one slice (one thread, or too little work to split): run inline, no slicing or hand-off;
+            # this is most calls of a batch-64 step, where the bookkeeping would cost as much as the kernel
+            if per_thread is None:
+                fn(0, n, *args)
+            else:
+                scr = per_thread[0]
+                fn(0, n, *args, *(scr if isinstance(scr, tuple) else (scr,)))
+            return
         parts = self.slices(n, min_per_thread)
         extra = (lambda i: per_thread[i] if isinstance(per_thread[i], tuple) else (per_thread[i],)) \
             if per_thread is not None else (lambda i: ())

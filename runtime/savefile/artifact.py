@@ -38,7 +38,8 @@ from boltc.runtime.exec.state import ModelState, init_params, make_lsh, neuron_r
 # 3: dense fc layers also have `w_upd` and `bias_upd` (the optimizer after a BLAS gradient).
 # 4: the loss kernels take a per-thread label bitset (`marks`); the DWTA hash reads idx transposed
 # (bin_size, n_hashes); LSH-sparse layers with an input gradient also have `dx_active`.
-NATIVE_FORMAT = 4
+# 5: LSH-hashed layers also have `label_hits` (the frozen tables' missed-label test).
+NATIVE_FORMAT = 5
 
 
 class StaleNativeCode(ModelFileError):
