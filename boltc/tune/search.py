@@ -151,6 +151,7 @@ class _Data:
         self.train_src, self.val_src, self.share, self.seed = train, validation, share, seed
         self.cache: dict[str, tuple] = {}
         self.full: dict[str, object] = {}               # the whole training set (small sets: for folds)
+        self.more_folds: dict[str, list] = {}           # folds 2.. of a small set, split once per key
         self.rows: tuple[int, int] | None = None       # (training, validation) rows of the current rung
         self.samples: dict = {}
 
@@ -161,6 +162,7 @@ class _Data:
                 old = next(iter(self.cache))
                 self.cache.pop(old)
                 self.full.pop(old, None)
+                self.more_folds.pop(old, None)
             full = model.dataset(self.train_src)
             if full.labels is None:
                 raise DataError(f"{full.source} has no labels to tune on")
@@ -187,7 +189,9 @@ class _Data:
         key = json.dumps(model.plan["inputs"], sort_keys=True)
         if self.rows is not None or key not in self.full:
             return [first]
-        return [first] + [split(self.full[key], self.share, self.seed, f) for f in range(1, FOLDS)]
+        if key not in self.more_folds:
+            self.more_folds[key] = [split(self.full[key], self.share, self.seed, f) for f in range(1, FOLDS)]
+        return [first] + self.more_folds[key]
 
     def sample(self, pair, key):
         """The current rung's seeded row samples of (train, validation); a smaller rung's rows are a subset

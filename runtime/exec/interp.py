@@ -31,7 +31,7 @@ from boltc.errors import BoltValidationError
 from boltc.ops.base import SPARSE_INFERENCE_SEED, RunContext, step_seed
 from boltc.runtime.exec.numpy_rules import LOSS_RULES, NUMPY_RULES, loss_options
 from boltc.runtime.exec.optim import make_optimizer
-from boltc.runtime.exec.topk import top_k_of
+from boltc.runtime.exec.topk import mask_never_seen, top_k_of
 from boltc.runtime.exec.gradients import RowGrad, sum_of_parts, to_param_grads, to_rowgrads
 from boltc.runtime.lsh.index import missed_labels, training_reserve
 from boltc.runtime.lsh.upkeep import DEFAULT_BUDGET, LSHUpkeep
@@ -207,11 +207,7 @@ class NumpyExecutor:
     # ------------------------------------------------------------ inference
     def _mask_unseen(self, ids: np.ndarray | None, scores: np.ndarray) -> np.ndarray:
         """-inf for neurons never seen as a training label (see the module docstring)."""
-        counts = self.state.params.get(self.output, {}).get("label_count")
-        if counts is None or not counts.any():
-            return scores
-        unseen = (counts == 0) if ids is None else (counts[ids] == 0)
-        return np.where(unseen, -np.inf, scores).astype(scores.dtype)
+        return mask_never_seen(scores, self.state.params.get(self.output, {}).get("label_count"), ids)
 
     def predict(self, batch, top_k: int, sparse: bool = False):
         out = self.forward(batch, mode="sparse" if sparse else "dense")[self.output]

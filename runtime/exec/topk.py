@@ -1,8 +1,17 @@
 """The top k of a score matrix, best first: the interpreter's predict and the blended ranking (the native
-backend has a kernel of its own for it)."""
+backend has a kernel of its own for it), and the mask of labels never seen in training they share."""
 from __future__ import annotations
 
 import numpy as np
+
+
+def mask_never_seen(scores: np.ndarray, counts: np.ndarray | None, ids: np.ndarray | None = None) -> np.ndarray:
+    """`scores` with -inf for neurons never seen as a training label (`label_count` 0; `ids`: the columns'
+    neuron ids under sparse inference, else every neuron in order). No counts, or all zero: unchanged."""
+    if counts is None or not counts.any():
+        return scores
+    unseen = (counts == 0) if ids is None else (counts[ids] == 0)
+    return np.where(unseen, -np.inf, scores).astype(scores.dtype)
 
 
 def top_k_of(scores: np.ndarray, top_k: int):

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from boltc.errors import BoltError
-from boltc.runtime.exec.topk import top_k_of
+from boltc.runtime.exec.topk import mask_never_seen, top_k_of
 
 DIRECT_MAX_DIM = 4096
 MAX_ENTRIES = 1 << 26           # input width x classes: 256 MB of float32 weights
@@ -107,7 +107,5 @@ def predict(executor, batch, top_k: int, sparse: bool, blend: dict, w: np.ndarra
         total[rows[ok], ids[ok]] += np.asarray(vals, np.float32)[ok]
     else:
         total += np.asarray(out, np.float32)
-    counts = executor.state.params.get(plan["output"], {}).get("label_count")
-    if counts is not None and counts.any():
-        total[:, counts == 0] = -np.inf
+    total = mask_never_seen(total, executor.state.params.get(plan["output"], {}).get("label_count"))
     return top_k_of(total, top_k)
