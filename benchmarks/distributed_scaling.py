@@ -54,32 +54,25 @@ from boltc.runtime.train.trainer import Trainer, evaluate  # noqa: E402
 
 NEXTWORD = ROOT.parent / "shared" / "data" / "20ng_nextword"
 DELICIOUS = ROOT.parent / "shared" / "data" / "delicious" / "xc_split"
-DELICIOUS_MODEL = """model delicious {
-  input  features: sparse(500)
-  target labels:   multilabel(983)
-  hidden = fc(features, 512, relu)
-  scores = fc(hidden, 983, softmax, sparsity=0.2)
+def xc_model(name: str, features: int, labels: int, hidden: int, sparsity: float, metrics: str, epochs: int) -> str:
+    """A one-hidden-layer XC model with an LSH-sparse softmax output, Adam 1e-3, batch 256."""
+    return f"""model {name} {{
+  input  features: sparse({features})
+  target labels:   multilabel({labels})
+  hidden = fc(features, {hidden}, relu)
+  scores = fc(hidden, {labels}, softmax, sparsity={sparsity})
   loss    cross_entropy(scores, labels)
-  metrics precision@1, precision@3, precision@5
-  train {
+  metrics {metrics}
+  train {{
     optimizer adam(lr=0.001)
     batch     256
-    epochs    5
-  }
-}"""
-NEXTWORD_MODEL = """model nextword {
-  input  features: sparse(149572)
-  target labels:   multilabel(37392)
-  hidden = fc(features, 256, relu)
-  scores = fc(hidden, 37392, softmax, sparsity=0.005)
-  loss    cross_entropy(scores, labels)
-  metrics precision@1, precision@5
-  train {
-    optimizer adam(lr=0.001)
-    batch     256
-    epochs    1
-  }
-}"""
+    epochs    {epochs}
+  }}
+}}"""
+
+
+DELICIOUS_MODEL = xc_model("delicious", 500, 983, 512, 0.2, "precision@1, precision@3, precision@5", 5)
+NEXTWORD_MODEL = xc_model("nextword", 149572, 37392, 256, 0.005, "precision@1, precision@5", 1)
 SPARSITY = 0.005
 LINK = 1.25e9          # 10 Gbit/s, bytes per second each way
 
