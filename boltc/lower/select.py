@@ -25,11 +25,57 @@ def lower_hash(km: KernelModule, layer: dict, h: dict) -> dict:
     lookup_ranked(km, out["lookup_ranked"], layer["dim"], layer["active"])
     out["build"] = symbol(name, "build")
     build_tables(km, out["build"], h["tables"], h["range_bits"], h["reservoir"])
+    out["hash"] = symbol(name, "hash")
     if h["family"] == "dwta":
-        out["hash"] = symbol(name, "hash")
         dwta_hash(km, out["hash"], layer["in_dim"], h["tables"], h["hashes"], h["range_bits"],
                   h.get("bin_size", 8))
+    else:
+        srp_hash(km, out["hash"], layer["in_dim"], h["tables"], h["range_bits"])
     return out
+
+
+def srp_hash(km: KernelModule, name: str, in_dim: int, tables: int, range_bits: int) -> None:
+    """buckets[b, t] for rows x[b, :] (dense, in_dim wide), b in [b0, b1): SRP bits = projection > 0,
+    a table's range_bits bits concatenated, low bits first (runtime/lsh/index.py, the spec).
+
+    idx and signs (width, n_hashes) are the LSHIndex's idx and signs transposed (each hash's dims in
+    ascending order; with full = 1 every hash covers every dim, idx[w] == w, and x[b, w] is read once
+    for all hashes). Each projection is summed in float32 in that order, one add per dim, without
+    reassociation: the same bits as the spec's. The loop over hashes is the vectorized one.
+    scratch: n_hashes float32 per thread."""
+    n_h = tables * range_bits
+    k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("x", "ptr"), ("idx", "ptr"), ("signs", "ptr"),
+                         ("width", "i64"), ("full", "i64"), ("buckets", "ptr"), ("scratch", "ptr")])
+    a = k.arg
+    acc = a["scratch"]
+    with k.loop(a["b0"], a["b1"], "b") as b:
+        xb = k.mul(b, k.i64(in_dim))
+        with k.loop(0, n_h, "h0") as hh:
+            k.st(acc, hh, k.f32(0.0))
+        with k.if_else(k.icmp("!=", a["full"], k.i64(0))) as (full, sampled):
+            with full:
+                with k.loop(0, a["width"], "w") as w:
+                    xv = k.ld(a["x"], k.add(xb, w))
+                    row = k.mul(w, k.i64(n_h))
+                    with k.loop(0, n_h, "h") as hh:
+                        # plain fmul / fadd (no reassoc): a sign times x is exact, one rounding per add
+                        term = k.b.fmul(k.ld(a["signs"], k.add(row, hh)), xv)
+                        k.st(acc, hh, k.b.fadd(k.ld(acc, hh), term))
+            with sampled:
+                with k.loop(0, a["width"], "ws") as w:
+                    row = k.mul(w, k.i64(n_h))
+                    with k.loop(0, n_h, "hs") as hh:
+                        xv = k.ld(a["x"], k.add(xb, k.ld_i32_as_i64(a["idx"], k.add(row, hh))))
+                        term = k.b.fmul(k.ld(a["signs"], k.add(row, hh)), xv)
+                        k.st(acc, hh, k.b.fadd(k.ld(acc, hh), term))
+        with k.loop(0, tables, "tb") as tb:
+            bits = k.var(I64, k.i64(0))
+            with k.loop(0, range_bits, "j") as j:
+                hh = k.add(k.mul(tb, k.i64(range_bits)), j)
+                bit = k.b.zext(k.fcmp(">", k.ld(acc, hh), k.f32(0.0)), I64)
+                k.set(bits, k.b.or_(k.get(bits), k.b.shl(bit, j)))
+            k.st(a["buckets"], k.add(k.mul(b, k.i64(tables)), tb), k.b.trunc(k.get(bits), I32))
+    k.ret()
 
 
 def dwta_hash(km: KernelModule, name: str, in_dim: int, tables: int, hashes: int, range_bits: int,

@@ -125,18 +125,19 @@ class NativeExecutor:
     # ------------------------------------------------------------ hashing and active sets
     def _install_native_hash(self) -> None:
         """Every LSH index of the plan refills its tables with the native kernel (reservoir insertion
-        split by tables), and DWTA indexes hash dense rows with the native kernel (also during those
-        rebuilds, which hash every neuron's weight row: the dominant upkeep cost); codes are identical
-        to the NumPy ones. SRP indexes keep the spec's hash (a small matrix product)."""
+        split by tables), and hashes dense rows with the native kernel (also during those rebuilds,
+        which hash every neuron's weight row: the dominant upkeep cost); codes are identical to the
+        NumPy ones for both families (a model file from before the SRP kernel keeps the spec's hash)."""
         kernels = self.k           # the closures keep the native library alive as long as the index
         for name, index in self.state.lsh.items():
             if name not in self.by_name or not self.k.has(name, "build") or getattr(index, "_native_hash", False):
                 continue
-            if index.family == "dwta" and self.k.has(name, "hash"):
+            if self.k.has(name, "hash"):
                 def native_hash(x, _index=index, _spec=index.hash, _k=kernels, _name=name):
-                    if sp.issparse(x) or _index.family != "dwta":
+                    if sp.issparse(x):
                         return _spec(x)
-                    return self._dwta(_k.fn(_name, "hash"), _index, np.ascontiguousarray(x, dtype=np.float32))
+                    kernel = self._dwta if _index.family == "dwta" else self._srp
+                    return kernel(_k.fn(_name, "hash"), _index, np.ascontiguousarray(x, dtype=np.float32))
                 index.hash = native_hash
 
             def native_build(w_out_major, _index=index, _k=kernels, _name=name):
@@ -174,6 +175,18 @@ class NativeExecutor:
                       per_thread=[ptr(s) for s in scratch], min_per_thread=min_items(4 * idx.size))
         return out
 
+    def _srp(self, fn, index, x: np.ndarray) -> np.ndarray:
+        n = x.shape[0]
+        out = np.empty((n, index.L), np.int32)
+        idx, signs = self._transposed_idx(index), self._transposed(index, "signs")
+        key = ("srp", index.n_hashes)
+        scratch = self._hash_scratch.get(key)
+        if scratch is None:
+            scratch = self._hash_scratch[key] = [np.empty(index.n_hashes, np.float32) for _ in range(self.threads)]
+        self.pool.run(fn, n, ptr(x), ptr(idx), ptr(signs), idx.shape[0], int(index.full_width()), ptr(out),
+                      per_thread=[ptr(s) for s in scratch], min_per_thread=min_items(idx.size))
+        return out
+
     def marks(self, dim: int) -> list:
         """Per-thread bitsets of dim bits (the lookup's de-duplication, the loss kernels' label test);
         every kernel leaves them zero."""
@@ -183,11 +196,15 @@ class NativeExecutor:
         return marks
 
     def _transposed_idx(self, index) -> np.ndarray:
-        """index.idx as the hash kernel reads it, (bin_size, n_hashes): kept until a rehash replaces idx."""
-        cached = self._hash_scratch.get(("idxT", id(index)))
-        if cached is None or cached[0] is not index.idx:
-            cached = self._hash_scratch[("idxT", id(index))] = (
-                index.idx, np.ascontiguousarray(np.asarray(index.idx, np.int32).T))
+        """index.idx as the hash kernels read it, (bin_size or width, n_hashes)."""
+        return self._transposed(index, "idx")
+
+    def _transposed(self, index, attr: str) -> np.ndarray:
+        """index.<attr> transposed and contiguous, kept until a rehash replaces the array."""
+        cached = self._hash_scratch.get((attr, id(index)))
+        a = getattr(index, attr)
+        if cached is None or cached[0] is not a:
+            cached = self._hash_scratch[(attr, id(index))] = (a, np.ascontiguousarray(a.T))
         return cached[1]
 
     def select(self, layer, h: np.ndarray, labels, rng_seed: int, insert_missed: bool) -> np.ndarray:
