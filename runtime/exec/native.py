@@ -29,6 +29,7 @@ from boltc.errors import BoltValidationError
 from boltc.lower.backward import HYPER
 from boltc.lower.kernels import compile_plan, compile_split, ptr
 from boltc.lower.loss import LOSS_ROLE
+from boltc.lower.select import DWTA_LANES, dwta_scratch_words
 from boltc.lower.rules import SPARSE_INPUT_KINDS, fused_input_activation, native_support
 from boltc.ops import OPS
 from boltc.ops.base import mix_seed, step_seed
@@ -164,14 +165,23 @@ class NativeExecutor:
     def _dwta(self, fn, index, x: np.ndarray) -> np.ndarray:
         n = x.shape[0]
         out = np.empty((n, index.L), np.int32)
+        # the kernel reads x transposed, DWTA_LANES examples per vector, past the last row by up to
+        # DWTA_LANES columns (zeros here; boltc/lower/select.py dwta_hash)
+        key = ("xT", x.shape)
+        xT = self._hash_scratch.get(key)
+        if xT is None:
+            if len(self._hash_scratch) > 64:           # many batch shapes (inference): keep it bounded
+                self._hash_scratch = {k: v for k, v in self._hash_scratch.items() if k[0] != "xT"}
+            xT = self._hash_scratch[key] = np.zeros((x.shape[1], n + DWTA_LANES), np.float32)
+        xT[:, :n] = x.T
         idx = self._transposed_idx(index)
         probe = np.ascontiguousarray(index.probe, np.int32)
         key = ("hash", index.n_hashes)
         scratch = self._hash_scratch.get(key)
         if scratch is None:
-            scratch = self._hash_scratch[key] = [np.empty(4 * index.n_hashes, np.int32)
+            scratch = self._hash_scratch[key] = [np.empty(dwta_scratch_words(index.n_hashes), np.int32)
                                                  for _ in range(self.threads)]
-        self.pool.run(fn, n, ptr(x), ptr(idx), ptr(probe), ptr(out),
+        self.pool.run(fn, n, ptr(xT), xT.shape[1], ptr(idx), ptr(probe), ptr(out),
                       per_thread=[ptr(s) for s in scratch], min_per_thread=min_items(4 * idx.size))
         return out
 
