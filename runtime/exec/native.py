@@ -110,6 +110,8 @@ class NativeExecutor:
         self.scratch = [np.zeros(widest, np.float32) for _ in range(self.threads)]
         self.scratch_ptrs = [ptr(s) for s in self.scratch]
         self._counts = {}          # per inverted dimension: zeroed int32 counts + int64 offsets
+        self._inversions = {}      # (invert kernel, ids) -> its output buffers (see invert)
+        self._step_buffers = {}    # buffers of a training step that no caller keeps, by shape
         self._inv = None           # the output's last inversion (benchmarks/train_throughput.py reads it)
         self._marks = {}
         self._ranked_scratch = None
@@ -189,11 +191,15 @@ class NativeExecutor:
         n = x.shape[0]
         out = np.empty((n, index.L), np.int32)
         idx, signs = self._transposed_idx(index), self._transposed(index, "signs")
+        cached = self._hash_scratch.get(("neg", id(index)))
+        if cached is None or cached[0] is not signs:       # 1 where the sign is -1, as bytes (the kernel's)
+            cached = self._hash_scratch[("neg", id(index))] = (signs, (signs < 0).astype(np.uint8))
+        neg = cached[1]
         key = ("srp", index.n_hashes)
         scratch = self._hash_scratch.get(key)
         if scratch is None:
             scratch = self._hash_scratch[key] = [np.empty(index.n_hashes, np.float32) for _ in range(self.threads)]
-        self.pool.run(fn, n, ptr(x), ptr(idx), ptr(signs), idx.shape[0], int(index.full_width()), ptr(out),
+        self.pool.run(fn, n, ptr(x), ptr(idx), ptr(neg), idx.shape[0], int(index.full_width()), ptr(out),
                       per_thread=[ptr(s) for s in scratch], min_per_thread=min_items(idx.size))
         return out
 
@@ -374,10 +380,16 @@ class NativeExecutor:
         if dim not in self._counts:
             self._counts[dim] = (np.zeros(dim, np.int32), np.empty(dim, np.int64))
         counts, offs = self._counts[dim]
-        uniq = np.empty(max(n, 1), np.int32)
-        seg = np.empty(n + 1, np.int64)
-        pos = np.empty(max(n, 1), np.int32)
-        nu = np.zeros(1, np.int64)
+        # the outputs are kept per (kernel, size) and rewritten by that layer's next inversion of as
+        # many ids: a step uses its inversions only until it returns (a caller keeping one copies it)
+        key = (id(fn), n)
+        out = self._inversions.get(key)
+        if out is None:
+            if len(self._inversions) > 64:          # batch sizes of inference or a last short batch
+                self._inversions.clear()
+            out = self._inversions[key] = (np.empty(max(n, 1), np.int32), np.empty(n + 1, np.int64),
+                                           np.empty(max(n, 1), np.int32), np.zeros(1, np.int64), fn)
+        uniq, seg, pos, nu, _ = out
         fn(ptr(flat), n, ptr(counts), ptr(offs), ptr(uniq), ptr(seg), ptr(pos), ptr(nu))
         return uniq, seg, pos, int(nu[0])
 
@@ -484,10 +496,25 @@ class NativeExecutor:
         z, ids, B = oc["out"], oc["ids"], step.B
         self.last_active = {n: c["ids"] for n, c in caches.items() if isinstance(c, dict) and c.get("ids") is not None}
         lab = _csr(batch.labels)
-        w = np.ones(B, np.float32) if batch.weights is None else np.asarray(batch.weights, np.float32)
-        scale = np.ascontiguousarray(w / np.float32(batch_size or B), dtype=np.float32)
+        if batch.weights is None:              # 1 / batch for every example: the same array each step
+            scale = self._step_buffers.get(("scale", B, batch_size))
+            if scale is None:
+                scale = self._step_buffers[("scale", B, batch_size)] = np.full(
+                    B, np.float32(1) / np.float32(batch_size or B), np.float32)
+        else:
+            w = np.asarray(batch.weights, np.float32)
+            scale = np.ascontiguousarray(w / np.float32(batch_size or B), dtype=np.float32)
         loss = np.empty(B, np.float32)
-        grad = np.empty_like(z)
+        if grads is None and factors is None:
+            # the logits' gradient lives until the backward below returns: one buffer per shape (in
+            # gradient and factor modes it is handed out, so it is fresh there)
+            grad = self._step_buffers.get(("grad", z.shape))
+            if grad is None:
+                if len(self._step_buffers) > 64:
+                    self._step_buffers.clear()
+                grad = self._step_buffers[("grad", z.shape)] = np.empty_like(z)
+        else:
+            grad = np.empty_like(z)
         loss_ids = ids if ids is not None else np.ascontiguousarray(
             np.broadcast_to(np.arange(z.shape[1], dtype=np.int32), z.shape))
         self.pool.run(self.k.fn(self.output, self.loss_role + ("" if ids is not None else "_all")), B, ptr(z),
