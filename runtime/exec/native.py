@@ -345,9 +345,18 @@ class NativeExecutor:
         return seed
 
     # ------------------------------------------------------------ what the ops' runners call
-    def run(self, name: str, role: str, n: int, *args, work: float, **kw) -> None:
+    def run(self, name: str, role: str, n: int, *args, work: float, per_thread=None) -> None:
         """Layer `name`'s kernel `role` over n items of about `work` multiply-adds each, on the pool."""
-        native_ops.run(self, name, role, n, *args, work=work, **kw)
+        if self.threads == 1:                # the pool's one-slice path, without its bookkeeping
+            if n > 0:
+                fn = self.k.fn(name, role)
+                if per_thread is None:
+                    fn(0, n, *args)
+                else:
+                    scr = per_thread[0]
+                    fn(0, n, *args, *(scr if isinstance(scr, tuple) else (scr,)))
+            return
+        native_ops.run(self, name, role, n, *args, work=work, per_thread=per_thread)
 
     def run_split(self, name: str, role: str, n: int, *args, work: float, **kw) -> None:
         """As `run`, with a kernel of the split module (gradient mode, boltc/lower/split.py)."""
