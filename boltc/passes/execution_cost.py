@@ -4,37 +4,58 @@ Used by choose_sparsity: a sparse layer whose active set is a large share of its
 that is estimated cheaper (issue: BOLT's table sparsifies by width only; bibtex's 159-wide output at
 sparsity 0.5 spent more on hashing, gathering and per-neuron updates than a dense layer costs).
 
-Units: multiply-adds per example, with the weight rows a sparse layer gathers counted GATHER_COST times
-(a gathered row is a random read bound by memory latency, docs/native.md "Sparse fc kernels", while
-the dense layer's products are streaming sgemm calls, runtime/exec/blas.py) and the optimizer's update
-of an entry as ADAM_COST (runtime/exec/native_ops.py ADAM_OPS). Hashing is left out of the sparse side,
-which only favours sparse. Per example: forward, weight gradient and input gradient (3 products), and
-the update of every row the batch touches (a sparse layer with B * active >= dim touches them all).
+Units: multiply-adds per example, with the weight rows a sparse layer gathers counted GATHER times (a
+gathered row is a random read bound by memory latency, docs/native.md "Sparse fc kernels", while the
+dense layer's products are streaming sgemm calls, runtime/exec/blas.py) and the optimizer's update of
+an entry as ADAM. Both are measured on the host once (boltc/calibration.py: the real generated kernels
+timed, cached beside the compiled kernels), else fixed. Per example: forward, weight gradient and
+input gradient (3 products), the update of every row the batch touches (a sparse layer with B * active
+>= dim touches them all) and, on the sparse side, the LSH selection: the DWTA hash of BOLT's tables for
+this sparsity (HASH per bin entry) and the ids the lookup takes from the buckets (PROBE each; the rest
+of the active set is the random fill). The choice is made only for hash=auto (BOLT's DWTA parameters).
 """
 from __future__ import annotations
 
-GATHER_COST = 4.0
-ADAM_COST = 12.0
+from boltc.calibration import CostModel, host_costs
+from boltc.passes import bolt_rules as R
+from boltc.plan import DEFAULT_RANDOM_SHARE
+
 # below this share of the width a layer stays sparse whatever the estimate: BOLT's table never goes
 # above 0.2, and small test-sized sparse layers (10 of 40) are estimated cheaper dense too, but a user
 # who writes 25% asks for the sampled softmax; at 40% and more the sampling saves little
 MIN_DENSE_SHARE = 0.4
 
 
-def per_example_cost(dim: int, in_dim: int, active: int, batch: int) -> tuple[float, float]:
+def lsh_work(dim: int, active: int) -> tuple[int, int]:
+    """(DWTA bin entries hashed, ids taken from buckets) per example with BOLT's tables for the share."""
+    s = active / dim
+    hashes = R.dwta_hashes(s)
+    bits = R.range_bits(hashes)
+    tables = R.tables(s, bits)
+    room = active - int(DEFAULT_RANDOM_SHARE * active)
+    return tables * hashes * R.DEFAULT_BIN_SIZE, min(room, tables * R.reservoir(dim, bits))
+
+
+def per_example_cost(dim: int, in_dim: int, active: int, batch: int, costs: CostModel) -> tuple[float, float]:
     """(sparse, dense) estimated multiply-adds per training example."""
     touched = min(dim, batch * active)
-    sparse = 3 * active * in_dim * GATHER_COST + touched * in_dim * ADAM_COST / batch
-    dense = 3 * dim * in_dim + dim * in_dim * ADAM_COST / batch
+    entries, taken = lsh_work(dim, active)
+    sparse = (3 * active * in_dim * costs.gather + touched * in_dim * costs.adam / batch
+              + entries * costs.hash + taken * costs.probe)
+    dense = 3 * dim * in_dim + dim * in_dim * costs.adam / batch
     return sparse, dense
 
 
 def runs_dense(dim: int, in_dim: int, active: int, batch: int) -> tuple[bool, str]:
-    """Whether to run the layer dense, and the estimate in words (compile --explain shows it)."""
-    sparse, dense = per_example_cost(dim, in_dim, active, batch)
+    """Whether to run the layer dense, and the estimate in words (compile --explain shows it). Only a
+    share where the choice can go either way measures the host (a first compile pays ~1 s, once)."""
     share = active / dim
+    costs = host_costs(measure=share >= MIN_DENSE_SHARE)
+    sparse, dense = per_example_cost(dim, in_dim, active, batch, costs)
     words = (f"active set {active} of {dim} ({100 * share:.0f}%), estimated cost per example: sparse "
-             f"{sparse / 1e6:.2f}M, dense {dense / 1e6:.2f}M multiply-adds")
+             f"{sparse / 1e6:.2f}M, dense {dense / 1e6:.2f}M multiply-adds (in multiply-adds: a gathered one "
+             f"{costs.gather:.2f}, an update {costs.adam:.1f}, a hashed entry {costs.hash:.2f}, a looked-up id "
+             f"{costs.probe:.0f}; {costs.source})")
     if share >= MIN_DENSE_SHARE and dense <= sparse:
         return True, "runs dense: " + words
     return False, "stays sparse: " + words
