@@ -39,36 +39,28 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
+
+import llvmlite
+import numpy as np
+
+from boltc import codegen, kernel_cache
+from boltc.lower import backward, select
+from boltc.lower.builder import KernelModule
+from boltc.lower.kernels import build, ptr
+from boltc.passes.execution_cost import CostModel, fixed
+from boltc.runtime.exec import blas
+from boltc.runtime.exec.threads import ThreadPool
+from boltc.runtime.lsh.index import LSHIndex
+from boltc.version import __version__
 
 CALIBRATION_VERSION = 1
 SHAPE = {"batch": 64, "in_dim": 128, "dim": 2048, "active": 1024}
 UPDATE_ROWS = 8
 LSH_SHAPE = {"tables": 64, "hashes": 3, "bin_size": 8, "reservoir": 4, "taken": 128}
-# the fixed estimate: gather and update as first set by hand; hashing and lookup as this calibration
-# measured them on the project's AMD EPYC (2026-12-07: 8.9-9.2 and 283-289, docs/results.md)
-FIXED_GATHER, FIXED_ADAM, FIXED_HASH, FIXED_PROBE = 4.0, 12.0, 9.0, 285.0
-
-
-@dataclass(frozen=True)
-class CostModel:
-    gather: float
-    adam: float
-    hash: float           # one DWTA bin entry (or SRP sign term), in dense multiply-adds
-    probe: float          # one id taken from a bucket by the lookup
-    source: str           # where the numbers come from, for compile --explain
-
-
-def fixed(reason: str) -> CostModel:
-    return CostModel(FIXED_GATHER, FIXED_ADAM, FIXED_HASH, FIXED_PROBE, f"fixed estimate ({reason})")
 
 
 def cache_key() -> str:
-    import llvmlite
-
-    from boltc import codegen
-    from boltc.version import __version__
     t = codegen.host_target()
     parts = (t.triple, t.cpu, t.features, llvmlite.__version__, __version__, str(CALIBRATION_VERSION))
     return "calib-" + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
@@ -104,7 +96,6 @@ def host_costs(measure: bool = True) -> CostModel:
 
 
 def _cached_or_measured(measure: bool) -> CostModel:
-    from boltc import kernel_cache
     d = kernel_cache.cache_dir()
     key = cache_key()
     if d is not None:
@@ -125,15 +116,6 @@ def _cached_or_measured(measure: bool) -> CostModel:
 
 def measure_host(rounds: int = 3) -> dict:
     """Time the dense and the sparse fc kernels on SHAPE (see the module note): the calibration record."""
-    import numpy as np
-
-    from boltc import codegen
-    from boltc.lower import backward, select
-    from boltc.lower.builder import KernelModule
-    from boltc.lower.kernels import build, ptr
-    from boltc.runtime.exec import blas
-    from boltc.runtime.exec.threads import ThreadPool
-    from boltc.runtime.lsh.index import LSHIndex
     B, IN, D, K = SHAPE["batch"], SHAPE["in_dim"], SHAPE["dim"], SHAPE["active"]
     km = KernelModule("boltc_calibration")
     backward.input_grad(km, "dx", IN, D, False, "linear")
@@ -179,8 +161,8 @@ def measure_host(rounds: int = 3) -> dict:
     ops = {
         "dense_fwd": lambda: blas.matmul_nt(pool, x, W, b),
         "dense_dx": lambda: fn("dx")(0, B, ptr(g_dense), None, ptr(W), ptr(x), ptr(dx)),
-        "dense_update": lambda: fn("upd")(0, D, None, None, None, UPDATE_ROWS, ptr(g_dense), ptr(x), ptr(W), ptr(b),
-                                          ptr(mW), ptr(vW), ptr(mb), ptr(vb), ptr(hyper), ptr(scratch)),
+        "dense_update": lambda: fn("upd")(0, D, None, None, None, UPDATE_ROWS, ptr(g_dense), ptr(x), ptr(W),
+                                          ptr(b), ptr(mW), ptr(vW), ptr(mb), ptr(vb), ptr(hyper), ptr(scratch)),
         "sparse_fwd": lambda: fn("fwd_neuron")(0, inversion(), ptr(uniq), ptr(seg), ptr(pos), ptr(x), ptr(W),
                                                ptr(b), ptr(out)),
         "sparse_dx": lambda: fn("dx_active")(0, B, ptr(g_sparse), ptr(ids), ptr(W), ptr(x), ptr(dx)),

@@ -5,7 +5,9 @@ import json
 
 import pytest
 
+import boltc.pipeline  # noqa: F401  (installs the host calibration as the passes' cost source)
 from boltc import calibration, kernel_cache
+from boltc.passes import execution_cost
 from test_kernel_cache import _make_read_only
 from test_pass_choose_sparsity import model, run
 
@@ -53,7 +55,7 @@ def test_a_bad_planted_file_falls_back_to_the_fixed_estimate(tmp_path, monkeypat
         planted.write_text(content)
         monkeypatch.setenv("BOLTC_CALIBRATION", str(planted))
         costs = calibration.host_costs()
-        assert (costs.gather, costs.adam) == (calibration.FIXED_GATHER, calibration.FIXED_ADAM)
+        assert (costs.gather, costs.adam) == (execution_cost.FIXED_GATHER, execution_cost.FIXED_ADAM)
         assert costs.source.startswith("fixed estimate") and str(planted) in costs.source
     monkeypatch.setenv("BOLTC_CALIBRATION", str(tmp_path / "missing.json"))
     assert "unreadable" in calibration.host_costs().source
@@ -127,7 +129,7 @@ def test_a_failing_measurement_falls_back_to_the_fixed_estimate(tmp_path, monkey
         raise RuntimeError("no compiler")
     monkeypatch.setattr(calibration, "measure_host", broken)
     costs = calibration.host_costs()
-    assert costs.gather == calibration.FIXED_GATHER and "calibration failed: RuntimeError" in costs.source
+    assert costs.gather == execution_cost.FIXED_GATHER and "calibration failed: RuntimeError" in costs.source
 
 
 def test_a_real_measurement_gives_usable_costs():

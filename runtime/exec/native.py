@@ -172,9 +172,11 @@ class NativeExecutor:
         key = ("xT", x.shape)
         xT = self._hash_scratch.get(key)
         if xT is None:
-            if len(self._hash_scratch) > 64:           # many batch shapes (inference): keep it bounded
-                self._hash_scratch = {k: v for k, v in self._hash_scratch.items() if k[0] != "xT"}
-            xT = self._hash_scratch[key] = np.zeros((x.shape[1], n + DWTA_LANES), np.float32)
+            xT = np.zeros((x.shape[1], n + DWTA_LANES), np.float32)
+            if x.size <= 1 << 20:      # a batch's (kept per shape); a table rebuild's chunk is not kept
+                if len(self._hash_scratch) > 64:       # many batch shapes (inference): keep it bounded
+                    self._hash_scratch = {k: v for k, v in self._hash_scratch.items() if k[0] != "xT"}
+                self._hash_scratch[key] = xT
         xT[:, :n] = x.T
         idx = self._transposed_idx(index)
         probe = np.ascontiguousarray(index.probe, np.int32)
