@@ -99,7 +99,7 @@ def test_a_read_only_cache_folder_measures_without_storing(tmp_path, monkeypatch
         costs = calibration.host_costs()
         assert costs.gather == 3.0 and "measured now" in costs.source
         # the compile goes on with the measured costs: sparse 3 * 150 * 16 * 3 + 300 * 16 * 7 / 256 +
-        # 6,144 entries + 113 ids x 50 = 33,445 against dense 14,531
+        # 6,144 entries + 771 slots x 50 = 66,425 against dense 14,531
         assert execution(HALF).value == "dense"
         assert [p.name for p in ro.iterdir() if not p.name.endswith(".lock")] == []
     finally:

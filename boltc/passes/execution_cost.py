@@ -11,8 +11,8 @@ an entry as ADAM. Both are measured on the host once (boltc/calibration.py: the 
 timed, cached beside the compiled kernels), else fixed. Per example: forward, weight gradient and
 input gradient (3 products), the update of every row the batch touches (a sparse layer with B * active
 >= dim touches them all) and, on the sparse side, the LSH selection: the DWTA hash of BOLT's tables for
-this sparsity (HASH per bin entry) and the ids the lookup takes from the buckets (PROBE each; the rest
-of the active set is the random fill). The choice is made only for hash=auto (BOLT's DWTA parameters).
+this sparsity (HASH per bin entry) and the bucket slots the lookup reads (PROBE each; the rest of the
+active set is the random fill). The choice is made only for hash=auto (BOLT's DWTA parameters).
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from boltc.passes import bolt_rules as R
 from boltc.plan import DEFAULT_RANDOM_SHARE
 
 # the fixed estimate: gather and update as first set by hand; hashing and lookup as the host calibration
-# measured them on the project's AMD EPYC (2026-12-07: 8.9-9.2 and 283-289, docs/results.md)
-FIXED_GATHER, FIXED_ADAM, FIXED_HASH, FIXED_PROBE = 4.0, 12.0, 9.0, 285.0
+# measured them on the project's AMD EPYC (2026-12-07: 6.1-6.5 and 97-102, docs/results.md)
+FIXED_GATHER, FIXED_ADAM, FIXED_HASH, FIXED_PROBE = 4.0, 12.0, 6.5, 100.0
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class CostModel:
     gather: float         # a multiply-add on a gathered (random) weight row, in dense multiply-adds
     adam: float           # the optimizer's update of one weight entry
     hash: float           # one DWTA bin entry hashed
-    probe: float          # one id the lookup takes from a bucket
+    probe: float          # one bucket slot the lookup reads
     source: str           # where the numbers come from, for compile --explain
 
 
@@ -59,13 +59,17 @@ MIN_DENSE_SHARE = 0.4
 
 
 def lsh_work(dim: int, active: int) -> tuple[int, int]:
-    """(DWTA bin entries hashed, ids taken from buckets) per example with BOLT's tables for the share."""
+    """(DWTA bin entries hashed, bucket slots the lookup reads) per example with BOLT's tables for the
+    share. The lookup reads buckets until the training set's room (the share not left to random
+    negatives) is full; a slot holds a neuron with probability dim / (buckets x reservoir) (bibtex's 159
+    neurons in 512 x 4 slots a table: 8%), so it reads about room / that slots, at most every one."""
     s = active / dim
     hashes = R.dwta_hashes(s)
     bits = R.range_bits(hashes)
-    tables = R.tables(s, bits)
+    tables, reservoir = R.tables(s, bits), R.reservoir(dim, bits)
     room = active - int(DEFAULT_RANDOM_SHARE * active)
-    return tables * hashes * R.DEFAULT_BIN_SIZE, min(room, tables * R.reservoir(dim, bits))
+    filled = min(1.0, dim / ((1 << bits) * reservoir))
+    return tables * hashes * R.DEFAULT_BIN_SIZE, int(min(tables * reservoir, room / filled))
 
 
 def per_example_cost(dim: int, in_dim: int, active: int, batch: int, costs: CostModel) -> tuple[float, float]:
@@ -86,7 +90,7 @@ def runs_dense(dim: int, in_dim: int, active: int, batch: int) -> tuple[bool, st
     sparse, dense = per_example_cost(dim, in_dim, active, batch, costs)
     words = (f"active set {active} of {dim} ({100 * share:.0f}%), estimated cost per example: sparse "
              f"{sparse / 1e6:.2f}M, dense {dense / 1e6:.2f}M multiply-adds (in multiply-adds: a gathered one "
-             f"{costs.gather:.2f}, an update {costs.adam:.1f}, a hashed entry {costs.hash:.2f}, a looked-up id "
+             f"{costs.gather:.2f}, an update {costs.adam:.1f}, a hashed entry {costs.hash:.2f}, a bucket slot read "
              f"{costs.probe:.0f}; {costs.source})")
     if share >= MIN_DENSE_SHARE and dense <= sparse:
         return True, "runs dense: " + words
