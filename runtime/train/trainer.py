@@ -346,11 +346,15 @@ RANK_CORR_CHUNK = 64       # rows per dense forward (bounds the (rows, output wi
 
 
 def true_losses(ex, plan: dict, batch) -> np.ndarray | None:
-    """Per-example cross entropy of the dense model against the normalised multi-hot target (the loss
-    the trainer minimises), without a training step. None for binary targets (not what the sketch ranks)."""
+    """Per-example loss of the dense model (the loss the trainer minimises), without a training step:
+    cross entropy against the normalised multi-hot target, or with `binary_cross_entropy` the sum over
+    labels of the sigmoid's. None for binary targets (not what the sketch ranks)."""
     if plan["target"]["kind"] == "binary" or batch.labels is None:
         return None
     out = np.asarray(ex.forward(batch, mode="dense")[plan["output"]], dtype=np.float64)
+    if plan.get("loss") == "binary_cross_entropy":          # out: the sigmoid of every label
+        y = batch.labels.tocsr().toarray() > 0
+        return -np.log(np.maximum(np.where(y, out, 1.0 - out), 1e-30)).sum(axis=1)
     if not np.allclose(out.sum(axis=1), 1.0, atol=1e-3):          # logits -> probabilities
         out = np.exp(out - out.max(axis=1, keepdims=True))
         out /= out.sum(axis=1, keepdims=True)
