@@ -188,3 +188,36 @@ def test_a_decaying_schedule_with_epochs_auto_is_located(tmp_path, capsys):
     assert main(["check", str(bolt)]) == 1
     assert "m.bolt:8:14: error: schedule linear decays over a known number of epochs; with `epochs auto` use " \
            "constant or step(every=E)" in capsys.readouterr().err
+
+
+def test_with_a_blend_early_stopping_watches_the_network_and_reports_the_blend(monkeypatch):
+    """Planted curves: the blended metric is flat (the ridge dominates) and would stop at epoch 3; the
+    network's own curve peaks at epoch 5, which is the epoch kept; the model's (blended) value at that
+    epoch is what the summary, and so `boltc tune`, reports."""
+    network = [10.0, 20.0, 30.0, 35.0, 50.0, 45.0, 40.0, 30.0]
+    blended = [60.0, 61.0, 60.5, 60.0, 60.8, 60.1, 59.0, 58.0]
+    calls = []
+
+    def fake(ex, ds, names, *a, **k):
+        own = k.get("blended") is False
+        calls.append(own)
+        curve = network if own else blended
+        v = curve[sum(1 for c in calls if c == own) - 1]
+        return {n: float(v) for n in names} | {"examples_per_s": 1.0}
+    monkeypatch.setattr(trainer_mod, "evaluate", fake)
+    m = boltc.compile(model_text("auto", "patience 3 blend ridge(weight=1, l2=1)"), backend="numpy")
+    seen = {}
+    hist = m.fit(identity_rows(0, ROWS), progress=False,
+                 callbacks=[lambda tr, rec: seen.__setitem__(rec["epoch"], weights(tr.state))])
+    es = hist["early_stopping"]
+    assert (es["best_epoch"], es["best"], es["validation_at_best"], es["epochs_trained"]) == (5, 50.0, 60.8, 8)
+    assert [e["validation_network"]["accuracy"] for e in hist["epochs"]] == network
+    assert same(weights(m.state), seen[5])
+    from boltc.tune.search import _best
+    assert _best(hist, "accuracy") == (60.8, 5)
+    # without a blend nothing else is measured and the summary's value is the watched one
+    calls.clear()
+    plain = boltc.compile(model_text("auto", "patience 2"), backend="numpy")
+    monkeypatch.setattr(trainer_mod, "evaluate", planted(CURVE))
+    h = plain.fit(identity_rows(0, ROWS), progress=False)
+    assert "validation_network" not in h["epochs"][0] and h["early_stopping"]["validation_at_best"] == 30.0
