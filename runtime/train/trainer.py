@@ -241,8 +241,7 @@ class Trainer:
                 self.early = EarlyStopping(int(patience), watched_metric(names))
                 if getattr(self, "_early_state", None):
                     self.early.load_state_dict(self._early_state)
-        stopped = bool(self.early and self.early.best_epoch and
-                       self.epochs_done - self.early.best_epoch >= self.early.patience)
+        stopped = bool(self.early and self.early.done(self.epochs_done))
         # early stopping: how many epochs run is not known up front, so the bar counts rows only
         bar = None if stopped else _progress(
             self.progress, total=None if self.early else (epochs - self.epochs_done) * train.rows)
