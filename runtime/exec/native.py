@@ -113,6 +113,7 @@ class NativeExecutor:
         self._marks = {}
         self._ranked_scratch = None
         self._hash_scratch = {}
+        self.kernel_scratch = {}   # scratch an op's runner keeps between steps (boltc/ops/fc.py _blocked_scratch)
         self._install_native_hash()
 
     @property
