@@ -170,13 +170,17 @@ def lookup(km: KernelModule, name: str, dim: int, k_active: int) -> None:
         cap = k.select(k.icmp(">", a["room"], after_labels), a["room"], after_labels)
         cap = k.select(k.icmp("<", cap, K), cap, K)
         pf = k.km.intrinsic("llvm.prefetch.p0", ir.VoidType(), [ir.PointerType(), I32, I32, I32])
+        hint = [ir.Constant(I32, v) for v in (0, 3, 1)]
         with k.loop(0, L, "t") as t:
-            # the bucket LOOKUP_PREFETCH tables ahead: the tables are MBs of random probes (a hint only)
+            # the bucket LOOKUP_PREFETCH tables ahead, every line of it (a bucket of R int32 spans
+            # several): the tables are MBs of random probes (hints only)
             ahead = k.add(t, k.i64(LOOKUP_PREFETCH))
             with k.if_(k.icmp("<", ahead, L)):
                 nb = k.ld_i32_as_i64(a["buckets"], k.add(k.mul(b, L), ahead))
-                k.b.call(pf, [k.addr(a["tables"], k.mul(k.add(k.mul(ahead, NB), nb), R), I32),
-                              *[ir.Constant(I32, v) for v in (0, 3, 1)]])
+                start = k.mul(k.add(k.mul(ahead, NB), nb), R)
+                with k.loop(0, k.b.add(k.b.lshr(k.b.sub(R, k.i64(1)), k.i64(4)), k.i64(1)), "pl") as q:
+                    k.b.call(pf, [k.addr(a["tables"], k.add(start, k.b.shl(q, k.i64(4))), I32), *hint])
+                k.b.call(pf, [k.addr(a["tables"], k.b.sub(k.add(start, R), k.i64(1)), I32), *hint])
             with k.if_(k.icmp("<", k.get(cnt), cap)):
                 bucket = k.ld_i32_as_i64(a["buckets"], k.add(k.mul(b, L), t))
                 base = k.mul(k.add(k.mul(t, NB), bucket), R)
