@@ -126,7 +126,8 @@ def test_boltc_load_runs_the_artifacts_shipped_kernels(tmp_path, monkeypatch):
 SIGNATURES_OF_FORMAT = {2: "ec7be4d1d06f43d0d565247e699c94e684b2bee6c5af3e044e671cb75b55772c",
                         3: "b90bd5b5cce22835759dfaa40b2bdc6b113f4f4f971ae4ec07bbcd4413dcb0d9",
                         4: "0a4640ced621d83cab7f99a792865cbc6c77ea3959fc06995ecd0e6e1598a178",
-                        5: "665a8cf88a8234b0aa10cb2c6668cf45a94e87340528175ac6d3c4674fdba131"}
+                        5: "665a8cf88a8234b0aa10cb2c6668cf45a94e87340528175ac6d3c4674fdba131",
+                        6: "b1ef40b33097ba40ca07b8fb9c8094302804bc58a992f6339187676ac1f61c93"}
 
 
 def test_kernel_signatures_are_pinned_to_the_native_format():
