@@ -4,9 +4,10 @@ measured in one run (issue 15).
 For each shipped real-data model (models/bibtex.bolt, delicious.bolt, news20.bolt, sst2.bolt,
 20ng_nextword.bolt) and each seed: `boltc tune` with the model's budget (its `tune(budget=)`; scaled by
 --budget-scale), which chooses on a validation split of the training data and then trains the winner;
-the test set is read once, for the table. The peers (napkinXC one-vs-rest and PLT, Omikuji, Vowpal Wabbit;
-the `peers` extra) run with ../shared/PEERS.md's settings in the same process, where they import; the
-reference points of PEERS.md are printed beside them.
+the test set is read once, for the table. The peers (one-vs-rest ridge, TF-IDF + LinearSVC or LR,
+napkinXC one-vs-rest and PLT, Omikuji, Vowpal Wabbit, fastText; the `peers` extra) run with
+../shared/PEERS.md's settings in the same process, where they import; the reference points of PEERS.md
+are printed beside them.
 
     python benchmarks/real_accuracy.py                       # every set, 3 seeds, full budgets
     python benchmarks/real_accuracy.py --only bibtex --seeds 1 --budget-scale 0.5 --tag quick
@@ -213,8 +214,72 @@ def peer_vw(name: str, workdir: Path) -> list[dict]:
     return [{"tool": label, "test": round(100.0 * right / len(test), 2), "train_s": round(secs, 1)}]
 
 
-PEERS = {"bibtex": (peer_napkinxc, peer_omikuji), "delicious": (peer_napkinxc, peer_omikuji),
-         "20newsgroups": (peer_vw,), "sst2": (peer_vw,), "20ng_nextword": ()}
+def peer_ridge(name: str, workdir: Path) -> list[dict]:
+    """One-vs-rest ridge regression (lambda 1) on L2-normalised rows, as the data READMEs' baseline."""
+    from sklearn.linear_model import Ridge
+    X, Y = _xc(name, "train")
+    Xt, Yt = _xc(name, "test")
+    t0 = time.monotonic()
+    m = Ridge(alpha=1.0).fit(X, Y.toarray())
+    secs = time.monotonic() - t0
+    top1 = np.asarray(m.predict(Xt)).argmax(axis=1)
+    return [{"tool": "one-vs-rest ridge", "test": round(_p_at_1(Yt, top1), 2), "train_s": round(secs, 1)}]
+
+
+def peer_linear_text(name: str, workdir: Path) -> list[dict]:
+    """The data READMEs' linear baselines: 20newsgroups TF-IDF (sublinear, min_df=2) + LinearSVC; sst2
+    TF-IDF of 1-2-grams (sublinear) + LogisticRegression(C=4)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+    train, test = _text_rows(name, "train"), _text_rows(name, "test")
+    t0 = time.monotonic()
+    if name == "sst2":
+        vec, clf, label = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True), \
+            LogisticRegression(C=4, max_iter=1000), "TF-IDF + LR"
+    else:
+        vec, clf, label = TfidfVectorizer(sublinear_tf=True, min_df=2), LinearSVC(), "TF-IDF + LinearSVC"
+    clf.fit(vec.fit_transform([t for _, t in train]), [y for y, _ in train])
+    secs = time.monotonic() - t0
+    pred = clf.predict(vec.transform([t for _, t in test]))
+    right = float(np.mean(np.asarray(pred) == np.array([y for y, _ in test])))
+    return [{"tool": label, "test": round(100.0 * right, 2), "train_s": round(secs, 1)}]
+
+
+def _ft_text(t: str) -> str:
+    return _vw_text(t).replace("\n", " ")
+
+
+def peer_fasttext(name: str, workdir: Path) -> list[dict]:
+    """fastText as PEERS.md: sst2 autotuned on the dev file for 60 s; 20newsgroups lr 1, 25 epochs,
+    bigrams. Predictions go through the binding's own predict (its numpy wrapper needs numpy < 2)."""
+    import fasttext
+    train, test = _text_rows(name, "train"), _text_rows(name, "test")
+    order = np.random.default_rng(0).permutation(len(train))
+    data = workdir / f"ft_{name}.txt"
+    data.write_text("".join(f"__label__{train[i][0]} {_ft_text(train[i][1])}\n" for i in order))
+    t0 = time.monotonic()
+    with _quiet_stderr():
+        if name == "sst2":
+            dev = workdir / "ft_sst2_dev.txt"
+            dev.write_text("".join(f"__label__{y} {_ft_text(t)}\n" for y, t in _text_rows(name, "dev")))
+            m = fasttext.train_supervised(input=str(data), autotuneValidationFile=str(dev), autotuneDuration=60,
+                                          verbose=0)
+            label = "fastText autotuned on dev (60 s)"
+        else:
+            m = fasttext.train_supervised(input=str(data), lr=1.0, epoch=25, wordNgrams=2, verbose=0)
+            label = "fastText lr 1, 25 epochs, bigrams"
+    secs = time.monotonic() - t0
+    right = 0
+    for y, t in test:
+        (_, top), = m.f.predict(_ft_text(t) + "\n", 1, 0.0, "strict")
+        right += top == f"__label__{y}"
+    return [{"tool": label, "test": round(100.0 * right / len(test), 2), "train_s": round(secs, 1)}]
+
+
+PEERS = {"bibtex": (peer_ridge, peer_napkinxc, peer_omikuji), "delicious": (peer_ridge, peer_napkinxc, peer_omikuji),
+         "20newsgroups": (peer_linear_text, peer_vw, peer_fasttext), "sst2": (peer_linear_text, peer_vw, peer_fasttext),
+         "20ng_nextword": ()}
 
 
 def run_peers(name: str, workdir: Path) -> list[dict]:

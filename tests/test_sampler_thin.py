@@ -80,7 +80,7 @@ def test_thinning_skips_easy_examples_and_the_lr_clock_walks_the_whole_epoch():
 def test_auto_switches_on_for_a_planted_signal():
     ds, group = _clusters(n=3000)
     hard = group == 0
-    s = make_sampler({"kind": "auto", "key": "input"}, ds, 50, seed=0)
+    s = make_sampler({"kind": "auto", "key": "input", "min_rows": 0}, ds, 50, seed=0)
     assert not s.thinning
     _rows(s, 0, lambda r: np.where(hard[r], 3.0, 0.05) + 0.01 * np.random.default_rng(r[0]).random(r.size))
     assert s.thinning and s.switches and s.switches[0][1] is True
@@ -92,7 +92,7 @@ def test_auto_switches_on_for_a_planted_signal():
 def test_auto_on_pure_noise_stays_off_and_draws_exactly_like_uniform():
     ds, _ = _clusters(n=3000)
     noise = np.random.default_rng(7)
-    s = make_sampler({"kind": "auto"}, ds, 64, seed=5)
+    s = make_sampler({"kind": "auto", "min_rows": 0}, ds, 64, seed=5)
     u = UniformSampler(3000, 64, seed=5)
     for epoch in range(3):
         got = _rows(s, epoch, lambda r: noise.exponential(size=r.size))
@@ -105,10 +105,25 @@ def test_auto_on_pure_noise_stays_off_and_draws_exactly_like_uniform():
     assert s.last_correlation is not None and abs(s.last_correlation) < AUTO_ON / 3
 
 
+def test_auto_below_min_rows_is_the_uniform_sampler_even_with_a_planted_signal():
+    """A training set under min_rows (default 50,000) never thins: auto is the uniform sampler there, its
+    draws uniform's, batch for batch, whatever the losses say."""
+    ds, group = _clusters(n=3000)
+    hard = group == 0
+    for spec in ({"kind": "auto", "key": "input"}, {"kind": "auto", "key": "input", "min_rows": 3001}):
+        s = make_sampler(spec, ds, 50, seed=0)
+        assert isinstance(s, UniformSampler)
+        u = UniformSampler(3000, 50, seed=0)
+        for epoch in range(2):
+            got = _rows(s, epoch, lambda r: np.where(hard[r], 3.0, 0.05))
+            assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(got, u.batches(epoch)))
+    assert not isinstance(make_sampler({"kind": "auto", "min_rows": 3000}, ds, 50), UniformSampler)
+
+
 def test_auto_switches_off_when_the_signal_goes():
     ds, group = _clusters(n=3000)
     hard = group == 0
-    s = make_sampler({"kind": "auto", "key": "input"}, ds, 50, seed=0)
+    s = make_sampler({"kind": "auto", "key": "input", "min_rows": 0}, ds, 50, seed=0)
     _rows(s, 0, lambda r: np.where(hard[r], 3.0, 0.05))
     assert s.thinning
     noise = np.random.default_rng(1)
@@ -131,7 +146,8 @@ def test_auto_and_thin_specs_are_checked():
     ds, _ = _clusters(n=100)
     for bad in ({"kind": "auto", "draw": "alias"}, {"kind": "nw_sketch", "draw": "poisson"},
                 {"kind": "nw_sketch", "floor": 0}, {"kind": "nw_sketch", "key": "hidden"},
-                {"kind": "auto", "keep": -1}):
+                {"kind": "auto", "keep": -1}, {"kind": "auto", "min_rows": -5},
+                {"kind": "nw_sketch", "min_rows": 10}):
         with pytest.raises(BoltValidationError):
             make_sampler(bad, ds, 10)
 
@@ -144,12 +160,12 @@ def test_auto_resumes_from_its_state_dict_exactly_after_switching_on():
     def run(s, epochs):
         return [rows for e in epochs for rows, _ in _rows(s, e, loss)]
 
-    whole = make_sampler({"kind": "auto"}, ds, 40, seed=3)
+    whole = make_sampler({"kind": "auto", "min_rows": 0}, ds, 40, seed=3)
     ref = run(whole, range(4))
-    first = make_sampler({"kind": "auto"}, ds, 40, seed=3)
+    first = make_sampler({"kind": "auto", "min_rows": 0}, ds, 40, seed=3)
     done = run(first, [0, 1])
     assert first.thinning                                         # the state being resumed is "on"
-    again = make_sampler({"kind": "auto"}, ds, 40, seed=3)
+    again = make_sampler({"kind": "auto", "min_rows": 0}, ds, 40, seed=3)
     again.load_state_dict({k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in first.state_dict().items()})
     rest = run(again, [2, 3])
     assert len(done) + len(rest) == len(ref)
@@ -226,7 +242,7 @@ def test_plain_walk_learns_every_loss_it_defers():
     """auto while off learns the plain walk's losses 8 batches at a time: after an epoch every example's
     memory holds exactly the loss it was given, whatever the grouping (the oracle: the losses themselves)."""
     ds, _ = _clusters(n=1000)
-    s = make_sampler({"kind": "auto"}, ds, 30, seed=2)
+    s = make_sampler({"kind": "auto", "min_rows": 0}, ds, 30, seed=2)
     given = np.full(1000, np.nan)
     noise = np.random.default_rng(3)
     for epoch in range(2):

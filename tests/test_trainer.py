@@ -59,7 +59,7 @@ class Killed(Exception):
 
 @pytest.mark.parametrize("sampler", [{"kind": "uniform"}, {"kind": "nw_sketch", "rows": 4, "bits": 4},
                                      {"kind": "nw_sketch", "draw": "alias", "rows": 4, "bits": 4},
-                                     {"kind": "auto", "rows": 4, "bits": 4}])
+                                     {"kind": "auto", "rows": 4, "bits": 4, "min_rows": 0}])
 def test_killed_after_an_epoch_resumes_bit_identically(tmp_path, sampler):
     plan = make_plan(sparsity=0.25, epochs=3, sampler=sampler)
     train, val = data(plan, 300, 1), data(plan, 100, 2)
@@ -108,7 +108,7 @@ def test_checkpoint_is_a_loadable_model(tmp_path):
 def test_killed_while_auto_thins_resumes_bit_identically(tmp_path):
     """`sampler auto` switched on (noisy labels: a fifth of the rows stay hard) before the kill: the resumed
     run skips the same examples and ends with the same weights as the uninterrupted one."""
-    plan = make_plan(C=20, sparsity=0.25, epochs=4, lr=1e-2, sampler={"kind": "auto"})
+    plan = make_plan(C=20, sparsity=0.25, epochs=4, lr=1e-2, sampler={"kind": "auto", "min_rows": 0})
     train, val = data(plan, 1200, 1, noise=0.2), data(plan, 100, 2)
     ref_state, ref_hist = run(plan, train, val)
     assert ref_hist["epochs"][1]["sampler"]["thinning"] == 1           # on by the end of the second epoch

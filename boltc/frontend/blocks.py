@@ -74,8 +74,10 @@ _SAMPLERS = {
                   Param("temperature", _POS, None), Param("clip", _POS, None), Param("seed", integer(0), None),
                   Param("warmup", integer(0, what="a number of epochs"), None), Param("excess", boolean, None)),
 }
-# auto takes nw_sketch's settings except draw (it switches thinning on and off itself)
-_SAMPLERS["auto"] = tuple(p for p in _SAMPLERS["nw_sketch"] if p.name != "draw")
+# auto takes nw_sketch's settings except draw (it switches thinning on and off itself), and min_rows: the
+# training set size below which it is the uniform sampler (runtime/sampler/adaptive.py AUTO_DEFAULTS)
+_SAMPLERS["auto"] = tuple(p for p in _SAMPLERS["nw_sketch"] if p.name != "draw") + (
+    Param("min_rows", integer(0, what="a number of training rows"), None),)
 # `blend ridge(weight=W, l2=L)` (runtime/train/blend.py): ranking scores = the network's output plus W times
 # a ridge regression from the model's input to its target, solved in closed form on the training rows.
 # Decision: weight 0.5 and l2 1 (a ridge on unit-length rows) when left out; `boltc tune` searches both

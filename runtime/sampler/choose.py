@@ -16,6 +16,10 @@ def make_sampler(spec: dict | None, dataset: Dataset, batch: int, seed: int = 0)
         resolve_spec(spec)
         return UniformSampler(dataset.rows, batch, seed)
     resolved = resolve_spec(spec, dataset.rows, batch)
+    if resolved["kind"] == "auto" and dataset.rows < resolved["min_rows"]:
+        # too small for thinning to pay (adaptive.py AUTO_DEFAULTS): the uniform sampler, the same draws
+        # as auto's uniform phase, without watching the losses
+        return UniformSampler(dataset.rows, batch, seed)
     if resolved["kind"] == "nw_sketch" and resolved["draw"] == "alias":
         return NWSketchSampler(resolved, dataset, batch, seed)
     return (AutoSampler if resolved["kind"] == "auto" else ThinningSampler)(resolved, dataset, batch, seed)
