@@ -336,3 +336,33 @@ def test_native_frequency_fill_with_dominant_weights_is_distinct_and_exact():
     ids = _native_fill_only(counts, 40, 12, seed=6)
     for row in ids:
         assert len(set(row)) == 12 and set(row[:2]) == {3, 9}
+
+
+def test_native_insert_of_missed_labels_equals_the_spec():
+    """The `insert` kernel (frozen tables' missed labels) writes the same tables and counts as the spec's
+    apply_inserts, given the same sorted pairs and draws: full and unfull buckets, repeated cells."""
+    plan = make_plan(300, 24, 3000, 60)
+    state = ModelState.init(plan)
+    index = state.lsh["scores"]
+    index.build(state.params["scores"]["W"])
+    ex = NativeExecutor(plan, state, threads=1)
+    rng = np.random.default_rng(11)
+    ids = rng.integers(0, 3000, 400)
+    buckets = rng.integers(0, index.tables.shape[1], (400, index.L)).astype(np.int32)
+    spec_tables, spec_counts = index.tables.copy(), index.counts.copy()
+    got = {}
+
+    def native(keys, nid, u):
+        got["n"] = keys.size
+        fn = ex.k.fn("scores", "insert")
+        keys, nid = np.ascontiguousarray(keys, np.int64), np.ascontiguousarray(nid, np.int32)
+        fn(keys.size, keys.ctypes.data, nid.ctypes.data, u.ctypes.data, index.reservoir, index.tables.ctypes.data,
+           index.counts.ctypes.data)
+
+    n = index.insert(ids, buckets, np.random.default_rng(3), apply=native)
+    native_tables, native_counts = index.tables.copy(), index.counts.copy()
+    index.tables[...], index.counts[...] = spec_tables, spec_counts
+    assert index.insert(ids, buckets, np.random.default_rng(3)) == n == got["n"] > 0
+    assert (index.counts > index.reservoir).any()                    # some buckets overflowed (draws used)
+    np.testing.assert_array_equal(native_tables, index.tables)
+    np.testing.assert_array_equal(native_counts, index.counts)

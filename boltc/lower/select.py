@@ -25,6 +25,8 @@ def lower_hash(km: KernelModule, layer: dict, h: dict) -> dict:
     lookup_ranked(km, out["lookup_ranked"], layer["dim"], layer["active"])
     out["build"] = symbol(name, "build")
     build_tables(km, out["build"], h["tables"], h["range_bits"], h["reservoir"])
+    out["insert"] = symbol(name, "insert")
+    insert_pairs(km, out["insert"])
     if h["family"] == "dwta":
         out["hash"] = symbol(name, "hash")
         dwta_hash(km, out["hash"], layer["in_dim"], h["tables"], h["hashes"], h["range_bits"],
@@ -349,6 +351,37 @@ def topk(km: KernelModule, name: str, k_in: int, gather: bool) -> None:
         with k.loop(k.get(c), KO, "pad") as j:
             k.st(a["out_scores"], k.add(o, j), k.f32(float("-inf")))
             k.st(a["out_ids"], k.add(o, j), k.b.trunc(k.i64(-1), I32))
+    k.ret()
+
+
+def insert_pairs(km: KernelModule, name: str) -> None:
+    """runtime/lsh/index.py LSHIndex.apply_inserts, exactly: (cell, neuron) pairs sorted by cell, each
+    cell's new neurons ranked in order; a neuron with `seen` = counts[cell] + rank offers before it takes
+    slot seen while the bucket has room, else slot floor(u[i] * (seen + 1)) (u: the caller's float64
+    uniform draws, one per pair) when that is < reservoir; writes in pair order; counts[cell] grows by
+    its pairs. Serial: a few hundred thousand pairs, once a step of the frozen epochs."""
+    k = km.kernel(name, [("n", "i64"), ("cells", "ptr"), ("ids", "ptr"), ("u", "ptr"), ("reservoir", "i64"),
+                         ("tables", "ptr"), ("counts", "ptr")])
+    a = k.arg
+    R = a["reservoir"]
+    F64 = ir.DoubleType()
+    prev = k.var(I64, k.i64(-1))
+    rank = k.var(I64, k.i64(0))
+    with k.loop(0, a["n"], "i") as i:
+        cell = k.ld(a["cells"], i, I64)
+        same = k.icmp("==", cell, k.get(prev))
+        r = k.select(same, k.add(k.get(rank), k.i64(1)), k.i64(0))
+        k.set(rank, r)
+        k.set(prev, cell)
+        seen = k.add(k.ld_i32_as_i64(a["counts"], cell), r)
+        drawn = k.b.fptosi(k.b.fmul(k.ld(a["u"], i, F64), k.b.sitofp(k.add(seen, k.i64(1)), F64)), I64)
+        slot = k.select(k.icmp("<", seen, R), seen, drawn)
+        with k.if_(k.icmp("<", slot, R)):
+            k.st(a["tables"], k.add(k.mul(cell, R), slot), k.ld(a["ids"], i, I32))
+    # counts after every offer (each pair read its cell's count before this)
+    with k.loop(0, a["n"], "c") as i:
+        cell = k.ld(a["cells"], i, I64)
+        k.st(a["counts"], cell, k.b.trunc(k.add(k.ld_i32_as_i64(a["counts"], cell), k.i64(1)), I32))
     k.ret()
 
 
