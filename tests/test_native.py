@@ -366,3 +366,37 @@ def test_native_insert_of_missed_labels_equals_the_spec():
     assert (index.counts > index.reservoir).any()                    # some buckets overflowed (draws used)
     np.testing.assert_array_equal(native_tables, index.tables)
     np.testing.assert_array_equal(native_counts, index.counts)
+
+
+@pytest.mark.parametrize("optimizer,moments,decay", [("sgd", "f32", 0.0), ("adam", "bf16", 0.0), ("adam", "f32", 0.01)])
+def test_blocked_fused_update_equals_the_by_examples_path(monkeypatch, optimizer, moments, decay):
+    """The blocked fused update + input gradient (boltc/lower/backward.py rows_update_blocked) moves the
+    output layer's weights and moments exactly as its update alone (`upd_active`, after the by-examples
+    input gradient) for each optimizer and moment storage, with blocks cut short by a small `cap`; and
+    it is thread-count independent."""
+    import boltc.ops.fc as fc_op
+    import boltc.runtime.exec.native_ops as native_ops
+    monkeypatch.setattr(native_ops, "MIN_WORK_PER_THREAD", 1)
+    monkeypatch.setattr(fc_op, "BLOCKED_MIN_CAP", 5)
+    plan = make_plan(150, 40, 400, 50, optimizer=optimizer, lr=1e-2, momentum=0.5 if optimizer == "sgd" else 0.0)
+    plan["train"]["moments"] = moments
+    plan["train"]["weight_decay"] = decay
+    rng = np.random.default_rng(12)
+    batches = [make_batch(rng, 40, 150, 400) for _ in range(2)]
+    actives = [{"scores": random_active(rng, b.labels, 40, 400, 50)} for b in batches]
+    s_fused, s_split, fused, by_examples = twin_executors(plan, threads=(1, 1))
+    monkeypatch.setattr(fc_op, "FUSED_DX_MIN_WEIGHT_BYTES", 0)
+    fused.train_step(batches[0], 1e-2, active=actives[0])
+    monkeypatch.setattr(fc_op, "FUSED_DX_MIN_WEIGHT_BYTES", 1 << 40)
+    by_examples.train_step(batches[0], 1e-2, active=actives[0])
+    for group in ("params", "m", "v"):
+        for t, a in getattr(s_fused, group)["scores"].items():
+            np.testing.assert_array_equal(a, getattr(s_split, group)["scores"][t], err_msg=f"{group} scores.{t}")
+    monkeypatch.setattr(fc_op, "FUSED_DX_MIN_WEIGHT_BYTES", 0)
+    s1, s2, one, two = twin_executors(plan)
+    for b, act in zip(batches, actives):
+        np.testing.assert_array_equal(one.train_step(b, 1e-2, active=act), two.train_step(b, 1e-2, active=act))
+    for group in ("params", "m", "v"):
+        for layer, ts in getattr(s1, group).items():
+            for t, a in ts.items():
+                np.testing.assert_array_equal(a, getattr(s2, group)[layer][t], err_msg=f"{group} {layer}.{t}")

@@ -505,7 +505,13 @@ def run_backward(ex, layer, cache, g, step):
             return [dx]
         # fused: the weight update and the input gradient (from W before its update) in one pass
         bounds = [(c * nu // N_CHUNKS, (c + 1) * nu // N_CHUNKS) for c in range(N_CHUNKS)]
-        dxbufs = np.zeros((N_CHUNKS,) + x.shape, np.float32)
+        # the chunks' input-gradient buffers, kept between steps and cleared here (a fresh 2 MB np.zeros
+        # each step costs its page faults)
+        dxbufs = ex.kernel_scratch.get(("dxbufs", name))
+        if dxbufs is None or dxbufs.shape[1:] != x.shape:
+            dxbufs = ex.kernel_scratch[("dxbufs", name)] = np.zeros((N_CHUNKS,) + x.shape, np.float32)
+        else:
+            dxbufs.fill(0.0)
         scratch = [np.empty(layer["in_dim"], np.float32) for _ in range(N_CHUNKS)]
         if step.factors is not None:
             fn = ex.split_kernels.fn(name, "dx_active")
@@ -531,7 +537,7 @@ def run_backward(ex, layer, cache, g, step):
             for (lo, hi), extra in zip(bounds, per_chunk):
                 if hi > lo:
                     fn(lo, hi, *args, *extra)
-        dx = dxbufs[0]
+        dx = dxbufs[0].copy()
         for c in range(1, N_CHUNKS):               # fixed order: thread-count independent
             dx += dxbufs[c]
         fused = ex.fused_activation[name]
