@@ -20,7 +20,7 @@ LOOKUP_PREFETCH = 16
 def lower_hash(km: KernelModule, layer: dict, h: dict) -> dict:
     name = layer["name"]
     out = {r: symbol(name, r) for r in ("lookup", "lookup_ranked", "label_hits")}
-    lookup(km, out["lookup"], layer["dim"], layer["active"])
+    lookup(km, out["lookup"], layer["dim"], layer["active"], h["reservoir"])
     label_hits(km, out["label_hits"])
     lookup_ranked(km, out["lookup_ranked"], layer["dim"], layer["active"])
     out["build"] = symbol(name, "build")
@@ -130,14 +130,22 @@ def _weighted_pick(k: Kernel, cum, guide, u, total, dim: int, out_slot) -> None:
     k.set(out_slot, k.get(j))
 
 
-def lookup(km: KernelModule, name: str, dim: int, k_active: int) -> None:
+def bucket_lines(reservoir: int) -> list[int]:
+    """Offsets (int32 entries) that touch every 64-byte line of a bucket of `reservoir` ids wherever it
+    starts: one per 16 entries, and the last."""
+    return sorted(set(range(0, reservoir, 16)) | {reservoir - 1})
+
+
+def lookup(km: KernelModule, name: str, dim: int, k_active: int, reservoir: int = 1) -> None:
     """out[b, :K] = labels of b, then tables[t, buckets[b, t], r] for t, r in order, de-duplicated,
     then random ids, for b in [b0, b1). `marks` is a per-thread bitset of dim bits (int32 words, zero
     on entry and on exit): 84 KB at 670k neurons, so the de-duplication stays in L2; each row clears
     the bits it set. has_labels = 0 skips the labels (inference). The random fill draws from
     splitmix64(seed, b): with ncum = dim, in proportion to the cumulative int64 weights `cum` (a guided
     search; runtime/lsh/index.py FillTable) for the first WEIGHTED_DRAWS * K draws, uniform after that
-    (a few dominant weights cannot stall the de-duplication); with any other ncum (0), uniform."""
+    (a few dominant weights cannot stall the de-duplication); with any other ncum (0), uniform.
+    `reservoir` (the plan's bucket size) places the prefetch hints only: the kernel reads the size it is
+    passed."""
     k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("buckets", "ptr"), ("tables", "ptr"),
                          ("ntables", "i64"), ("nbuckets", "i64"), ("reservoir", "i64"),
                          ("lab_indptr", "ptr"), ("lab_indices", "ptr"), ("has_labels", "i64"),
@@ -180,9 +188,8 @@ def lookup(km: KernelModule, name: str, dim: int, k_active: int) -> None:
             with k.if_(k.icmp("<", ahead, L)):
                 nb = k.ld_i32_as_i64(a["buckets"], k.add(k.mul(b, L), ahead))
                 start = k.mul(k.add(k.mul(ahead, NB), nb), R)
-                with k.loop(0, k.b.add(k.b.lshr(k.b.sub(R, k.i64(1)), k.i64(4)), k.i64(1)), "pl") as q:
-                    k.b.call(pf, [k.addr(a["tables"], k.add(start, k.b.shl(q, k.i64(4))), I32), *hint])
-                k.b.call(pf, [k.addr(a["tables"], k.b.sub(k.add(start, R), k.i64(1)), I32), *hint])
+                for off in bucket_lines(reservoir):
+                    k.b.call(pf, [k.addr(a["tables"], k.add(start, k.i64(off)), I32), *hint])
             with k.if_(k.icmp("<", k.get(cnt), cap)):
                 bucket = k.ld_i32_as_i64(a["buckets"], k.add(k.mul(b, L), t))
                 base = k.mul(k.add(k.mul(t, NB), bucket), R)
