@@ -11,8 +11,18 @@ import networkx as nx
 from boltc import debug, ir
 from boltc.errors import BoltError
 from boltc.frontend import parse
-from boltc.passes import run_pipeline
+from boltc.passes import execution_cost, run_pipeline
 from boltc.passes.to_plan import to_plan
+
+
+def _host_costs(measure: bool):
+    # lazy: the host calibration loads the kernel library and the runtime, which a compile needs only
+    # when a layer's sparse-or-dense choice can go either way (boltc/calibration.py)
+    from boltc.calibration import host_costs
+    return host_costs(measure)
+
+
+execution_cost.install_cost_source(_host_costs)
 
 
 def read_source(path_or_text) -> tuple[str, str]:

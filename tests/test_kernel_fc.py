@@ -148,7 +148,7 @@ def test_gather_prefetches_each_row_into_l2():
     calls = re.findall(r"call void @llvm\.prefetch\.p0\(ptr [^,]+, i32 0, i32 (\d), i32 1\)", g)
     assert len(calls) == 17 and set(calls) == {str(fc.PREFETCH_LOCALITY)}
     assert "llvm.prefetch" not in n
-    assert re.search(r"fadd reassoc contract <\d+ x float>", g)     # the row's dot is still vectorized
+    assert re.search(r"fadd [a-z ]*<\d+ x float>", g)     # the row's dot is still vectorized
 
 
 def fenced_copy(a: np.ndarray):

@@ -62,7 +62,9 @@ LAZY = {("boltc", "boltc.api.compile"), ("boltc", "boltc.api.load"),
         ("boltc.commands.serve", "boltc.serve.app.build_app"), ("boltc.commands.serve", "boltc.serve.models.ModelSet"),
         ("boltc.commands.serve", "boltc.serve.models.parse_model_args"),
         # `boltc train` / `boltc run` without tune(...) do not load the search (start-up time)
-        ("boltc.commands.run", "boltc.commands.tune.run_tune")}
+        ("boltc.commands.run", "boltc.commands.tune.run_tune"),
+        # a compile loads the host calibration (kernels, runtime) only when a choice needs it
+        ("boltc.pipeline", "boltc.calibration.host_costs")}
 
 
 def modules() -> dict[str, Path]:

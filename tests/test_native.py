@@ -161,6 +161,45 @@ def test_native_dwta_hash_equals_spec_hash():
     np.testing.assert_array_equal(index.hash(h), type(index).hash(index, h))
 
 
+@pytest.mark.parametrize("rows,threads", [(1, 1), (16, 1), (17, 2), (1100, 3)])
+def test_native_dwta_hash_equals_spec_for_any_group_and_slice(rows, threads):
+    """The kernel hashes 16 examples at once from x transposed: a partial last group, and slices that
+    start inside a group (1,100 rows on 3 threads), give the spec's codes."""
+    plan = make_plan(300, 24, 500, 40)
+    nx, _ = pair(plan, threads=threads)
+    index = nx.state.lsh["scores"]
+    rng = np.random.default_rng(rows)
+    h = np.maximum(rng.standard_normal((rows, 24)), 0).astype(np.float32)
+    h[rng.random(h.shape) < 0.5] = 0.0                                      # many empty bins
+    np.testing.assert_array_equal(index.hash(h), type(index).hash(index, h))
+
+
+@pytest.mark.parametrize("sorted_dims", [True, False])
+def test_native_srp_hash_equals_spec_hash(sorted_dims):
+    """SRP codes of the native kernel equal the spec's bit for bit: projections summed in float32 in the
+    order of each hash's idx row (ascending dims as rehash draws them: every hash reads x[b, w] in
+    order; an index whose rows are in another order, as a model file may hold, takes the gather path)."""
+    plan = make_plan(300, 24, 500, 40, family="srp")
+    nx, _ = pair(plan)
+    index = nx.state.lsh["scores"]
+    assert index.full_width()
+    if not sorted_dims:
+        order = np.random.default_rng(1).permuted(np.tile(np.arange(index.in_dim), (index.n_hashes, 1)), axis=1)
+        index.idx = np.ascontiguousarray(np.take_along_axis(index.idx, order, axis=1))
+        index.signs = np.ascontiguousarray(np.take_along_axis(index.signs, order, axis=1))
+        assert not index.full_width()
+    rng = np.random.default_rng(7)
+    h = rng.standard_normal((40, 24)).astype(np.float32) * np.float32(1e3)
+    h[:, :12] *= np.float32(1e-4)
+    h[5] = 0.0
+    # rows where the order decides a bit: where the two 1e8 cancel, adding the 1 last keeps its sign
+    # (ascending dims), while adding it first loses it in the rounding of 1e8 +- 1 (bit 0)
+    h[30:] = 0.0
+    h[30:, [3, 11, 17]] = np.array([1e8, 1e8, 1.0], np.float32)
+    h[35:, 17] = -1.0
+    np.testing.assert_array_equal(index.hash(h), type(index).hash(index, h))
+
+
 def lookup_kernels(k: int, dim: int = 500):
     """The training and inference lookup kernels of a 'scores' layer with k active of dim neurons."""
     from boltc import codegen

@@ -147,7 +147,7 @@ def test_inspect_says_how_the_model_was_tuned(tuned, capsys):
 def test_auto_values_are_recorded_and_take_their_defaults_untuned():
     text = """
 model a {
-  input x: text(ngrams=auto, dim=auto)
+  input x: text(ngrams=auto, dim=auto, idf=auto)
   target y: label(3)
   h = fc(x, auto, relu)
   d = dropout(h, auto)
@@ -159,11 +159,13 @@ model a {
     plan = boltc.compile(text, backend="numpy").plan
     got = {tuple(t["where"]): (t["kind"], t["default"]) for t in plan["tunable"]}
     assert got == {("input", "x", "ngrams"): ("ngrams", 1), ("input", "x", "dim"): ("text_dim", 1 << 18),
+                   ("input", "x", "idf"): ("idf", False),
                    ("layer", "h", "dim"): ("width", 256), ("layer", "d", "rate"): ("dropout", 0.0),
                    ("train", "lr"): ("lr", 1e-3), ("train", "weight_decay"): ("weight_decay", 0.0),
                    ("train", "batch"): ("batch", 256), ("train", "label_smoothing"): ("label_smoothing", 0.0)}
     layers = {l["name"]: l for l in plan["layers"]}
     assert layers["h"]["dim"] == 256 and plan["inputs"][0]["ngrams"] == 1 and plan["inputs"][0]["dim"] == 1 << 18
+    assert plan["inputs"][0]["idf"] is False
     assert plan["train"]["lr"] == 1e-3 and plan["train"]["batch"] == 256 and plan["train"]["patience"] == 3
 
 
@@ -203,3 +205,24 @@ def test_holdout_folds_are_disjoint_and_fold_zero_is_the_plain_holdout():
     assert not set(parts[0][1]) & set(parts[1][1]) and not set(parts[1][1]) & set(parts[2][1])
     with pytest.raises(BoltError, match="fold 11"):
         holdout_rows(500, 0.1, seed=3, fold=10)
+
+
+def test_a_chosen_idf_is_written_out_and_planned(tmp_path):
+    """`text(..., idf=auto)`: the value a trial chooses reaches the written .bolt and the retrained plan."""
+    from boltc.frontend import parse
+    from boltc.tune import report, space
+    text = """
+model a {
+  input x: text(idf=auto)
+  target y: label(2)
+  s = fc(x, 2, softmax)
+  loss cross_entropy(s, y)
+}
+"""
+    parsed = parse(text, str(tmp_path / "a.bolt"))
+    for chosen in (True, False):
+        out = tmp_path / f"a_{chosen}.bolt"
+        report.write_bolt(out, space.with_values(parsed, {("input", "x", "idf"): chosen}), [],
+                          train=None, validation=None, test=None)
+        assert ("idf=true" in out.read_text()) is chosen
+        assert boltc.compile(str(out), backend="numpy").plan["inputs"][0]["idf"] is chosen

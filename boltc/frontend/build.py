@@ -91,8 +91,10 @@ def _input_params(kind: str, name: str) -> tuple[Param, ...]:
                 Param("ngrams", tunable(integer(1, 3), "ngrams", 1), 1), Param("lowercase", boolean, True),
                 Param("dim", tunable(integer(1), "text_dim", TEXT_DEFAULT_DIM), TEXT_DEFAULT_DIM), Param("values", word("counts", "log"), "counts"),
                 Param("seed", integer(0), 0), Param("normalize", word("l2", "none"), "l2"),
-                # TF-IDF: values times the inverse document frequency of the training set (runtime/data/text.py)
-                Param("idf", boolean, False))
+                # TF-IDF: values times the inverse document frequency of the training set (runtime/data/text.py);
+                # `idf=auto`: boltc tune chooses (20newsgroups' tuned model: validation accuracy 94.02 with
+                # idf against 93.69 without, 3 folds of 10% of the training rows); untuned, false
+                Param("idf", tunable(boolean, "idf", False), False))
     return (Param("column", string, name), Param("dim", integer(1), CATEGORICAL_DEFAULT_DIM),
             Param("seed", integer(0), 0), Param("normalize", word("l2", "none"), "none"))
 

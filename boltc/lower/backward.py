@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import llvmlite.ir as llir
 
 from boltc.lower.builder import F32, I32, I64, Kernel, KernelModule
-from boltc.lower.fc import lookahead, prefetch_row
+from boltc.lower.fc import active_dot, lookahead, prefetch_row
 from boltc.plan.moments import moment_dtypes, moment_kind
 
 # Rows the update kernels prefetch (fc.prefetch_row: first 1 KB into L2), PREFETCH_ROWS unique neurons
@@ -83,8 +83,11 @@ def input_grad(km: KernelModule, name: str, in_dim: int, k_active: int, gather: 
             n = k.ld_i32_as_i64(a["ids"], k.add(gb, kk)) if gather else kk
             wb = k.mul(n, IN)
             with k.loop(0, in_dim, "j") as j:
+                # no reassoc: with it LLVM vectorizes across the K neurons (one gather per element of
+                # the row) instead of along the row; in order, each dx row is an axpy per neuron
                 o = k.add(xb, j)
-                k.st(a["dx"], o, k.fadd(k.ld(a["dx"], o), k.fmul(g, k.ld(a["W"], k.add(wb, j)))))
+                k.st(a["dx"], o, k.b.fadd(k.ld(a["dx"], o), k.b.fmul(g, k.ld(a["W"], k.add(wb, j)), flags=("contract",)),
+                                          flags=("contract",)))
         if in_activation not in ("linear", None):
             with k.loop(0, in_dim, "j2") as j:
                 o = k.add(xb, j)
@@ -479,10 +482,7 @@ def fwd_by_neuron(km: KernelModule, name: str, in_dim: int, k_active: int, bias:
         with k.loop(s0, s1, "s") as s:
             p = k.ld_i32_as_i64(a["pos"], s)
             hb = k.mul(k.b.sdiv(p, K), IN)
-            acc = k.var(F32, k.f32(0.0))
-            with k.loop(0, in_dim, "j") as j:
-                k.set(acc, k.fadd(k.get(acc), k.fmul(k.ld(a["h"], k.add(hb, j)), k.ld(a["W"], k.add(wb, j)))))
-            v = k.get(acc)
+            v = active_dot(k, a["h"], hb, a["W"], wb, in_dim)
             if bias:
                 v = k.b.fadd(v, bn)
             k.st(a["out"], p, v)

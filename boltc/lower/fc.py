@@ -119,6 +119,21 @@ def sparse_fc_fwd(km: KernelModule, name: str, dim: int, activation: str, bias: 
     k.ret()
 
 
+# Rows up to this wide get the explicit vector dot product (Kernel.dot) in the active-set kernels; wider
+# ones keep the plain reduction loop, which LLVM vectorizes along the row itself.
+EXPLICIT_DOT_MAX = 256
+
+
+def active_dot(k: Kernel, h, h_base, W, w_base, in_dim: int):
+    """dot(h[h_base:], W[w_base:]) over in_dim: the one dot product of an active neuron's logit."""
+    if in_dim <= EXPLICIT_DOT_MAX:
+        return k.dot(h, h_base, W, w_base, in_dim)
+    acc = k.var(F32, k.f32(0.0))
+    with k.loop(0, in_dim, "jd") as j:
+        k.set(acc, k.fadd(k.get(acc), k.fmul(k.ld(h, k.add(h_base, j)), k.ld(W, k.add(w_base, j)))))
+    return k.get(acc)
+
+
 def dense_fc_fwd(km: KernelModule, name: str, in_dim: int, k_active: int, activation: str, bias: bool,
                  gather: bool, prefetch: bool = True) -> None:
     """out[b, k] = act(bias[n] + dot(h[b, :], W[n, :])) with n = ids[b, k] (gather) or n = k.
@@ -137,11 +152,14 @@ def dense_fc_fwd(km: KernelModule, name: str, in_dim: int, k_active: int, activa
     def dot_into(b, kk, n, n_in=in_dim):
         hb = k.mul(b, IN)
         wb = k.mul(n, IN)
-        acc = k.var(F32, k.f32(0.0))
-        with k.loop(0, n_in, "j") as j:
-            prod = k.fmul(k.ld(a["h"], k.add(hb, j)), k.ld(a["W"], k.add(wb, j)))
-            k.set(acc, k.fadd(k.get(acc), prod))
-        s = k.get(acc)
+        if gather:                # an active set's logit: the same code as fwd_by_neuron (same bits)
+            s = active_dot(k, a["h"], hb, a["W"], wb, in_dim)
+        else:
+            acc = k.var(F32, k.f32(0.0))
+            with k.loop(0, n_in, "j") as j:
+                prod = k.fmul(k.ld(a["h"], k.add(hb, j)), k.ld(a["W"], k.add(wb, j)))
+                k.set(acc, k.fadd(k.get(acc), prod))
+            s = k.get(acc)
         if bias:
             s = k.b.fadd(s, k.ld(a["bias"], n))
         k.st(a["out"], k.add(k.mul(b, K), kk), s)

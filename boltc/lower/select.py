@@ -27,84 +27,190 @@ def lower_hash(km: KernelModule, layer: dict, h: dict) -> dict:
     build_tables(km, out["build"], h["tables"], h["range_bits"], h["reservoir"])
     out["insert"] = symbol(name, "insert")
     insert_pairs(km, out["insert"])
+    out["hash"] = symbol(name, "hash")
     if h["family"] == "dwta":
-        out["hash"] = symbol(name, "hash")
         dwta_hash(km, out["hash"], layer["in_dim"], h["tables"], h["hashes"], h["range_bits"],
                   h.get("bin_size", 8))
+    else:
+        srp_hash(km, out["hash"], layer["in_dim"], h["tables"], h["range_bits"])
     return out
+
+
+def srp_hash(km: KernelModule, name: str, in_dim: int, tables: int, range_bits: int) -> None:
+    """buckets[b, t] for rows x[b, :] (dense, in_dim wide), b in [b0, b1): SRP bits = projection > 0,
+    a table's range_bits bits concatenated, low bits first (runtime/lsh/index.py, the spec).
+
+    idx (width, n_hashes) int32 is the LSHIndex's idx transposed, neg (width, n_hashes) uint8 is 1
+    where its sign is -1 (a byte, not a float: the whole matrix stays in L1, 20 KB for hybrid.bolt's
+    96 x 208; as floats it was read from L2 for every example, 0.8 us an example). With full = 1
+    every hash covers every dim in order (idx[w] == w) and x[b, w] is read once for all hashes. Each
+    projection is summed in float32 in that order, one add per dim, without reassociation; a term is
+    x with its sign bit flipped where neg is 1, exactly sign * x: the same bits as the spec's. The loop
+    over hashes is the vectorized one. scratch: n_hashes float32 per thread."""
+    n_h = tables * range_bits
+    k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("x", "ptr"), ("idx", "ptr"), ("neg", "ptr"),
+                         ("width", "i64"), ("full", "i64"), ("buckets", "ptr"), ("scratch", "ptr")])
+    a = k.arg
+    acc = a["scratch"]
+    I8 = ir.IntType(8)
+
+    def add_term(row, hh, xv):
+        flip = k.b.shl(k.b.zext(k.ld(a["neg"], k.add(row, hh), I8), I32), ir.Constant(I32, 31))
+        term = k.b.bitcast(k.b.xor(k.b.bitcast(xv, I32), flip), F32)
+        k.st(acc, hh, k.b.fadd(k.ld(acc, hh), term))          # plain fadd: one rounding per dim, in order
+
+    with k.loop(a["b0"], a["b1"], "b") as b:
+        xb = k.mul(b, k.i64(in_dim))
+        with k.loop(0, n_h, "h0") as hh:
+            k.st(acc, hh, k.f32(0.0))
+        with k.if_else(k.icmp("!=", a["full"], k.i64(0))) as (full, sampled):
+            with full:
+                with k.loop(0, a["width"], "w") as w:
+                    xv = k.ld(a["x"], k.add(xb, w))
+                    row = k.mul(w, k.i64(n_h))
+                    with k.loop(0, n_h, "h") as hh:
+                        add_term(row, hh, xv)
+            with sampled:
+                with k.loop(0, a["width"], "ws") as w:
+                    row = k.mul(w, k.i64(n_h))
+                    with k.loop(0, n_h, "hs") as hh:
+                        add_term(row, hh, k.ld(a["x"], k.add(xb, k.ld_i32_as_i64(a["idx"], k.add(row, hh)))))
+        with k.loop(0, tables, "tb") as tb:
+            bits = k.var(I64, k.i64(0))
+            with k.loop(0, range_bits, "j") as j:
+                hh = k.add(k.mul(tb, k.i64(range_bits)), j)
+                bit = k.b.zext(k.fcmp(">", k.ld(acc, hh), k.f32(0.0)), I64)
+                k.set(bits, k.b.or_(k.get(bits), k.b.shl(bit, j)))
+            k.st(a["buckets"], k.add(k.mul(b, k.i64(tables)), tb), k.b.trunc(k.get(bits), I32))
+    k.ret()
+
+
+# Examples the DWTA kernel hashes together: x is read transposed (in_dim, B + DWTA_LANES), so one bin
+# position of one hash is a contiguous vector load across DWTA_LANES examples (the padding columns let
+# the last group read whole vectors; their codes are never stored). Per example instead, every bin
+# position was a gather of single elements: tiny.bolt's 306 hashes over a 32-wide input cost 1.6-2.2 us
+# an example that way.
+DWTA_LANES = 16
+
+
+def dwta_scratch_words(n_hashes: int) -> int:
+    """int32 words of per-thread scratch the DWTA kernel needs."""
+    return 2 * DWTA_LANES * n_hashes + DWTA_LANES * (n_hashes + 1) + n_hashes
 
 
 def dwta_hash(km: KernelModule, name: str, in_dim: int, tables: int, hashes: int, range_bits: int,
               bin_size: int) -> None:
-    """buckets[b, t] for rows x[b, :] (dense, in_dim wide), b in [b0, b1).
+    """buckets[b, t] for rows b in [b0, b1) of x, given transposed: xT (in_dim, stride) with
+    stride >= b1 + DWTA_LANES (columns past the batch are read, never used).
 
-    idx (bin_size, n_hashes) int32 (the LSHIndex's idx transposed: the kernel reads position w of every
-    hash's bin contiguously) and probe (PROBES, n_hashes) int32 come from the LSHIndex (they change on
-    every rehash, so they are arguments, not constants). scratch: 4 * n_hashes int32 per thread."""
+    idx (bin_size, n_hashes) int32 (the LSHIndex's idx transposed) and probe (PROBES, n_hashes) int32
+    come from the LSHIndex (they change on every rehash, so they are arguments, not constants).
+    scratch: dwta_scratch_words(n_hashes) int32 per thread. Same codes as the spec (numpy's argmax:
+    the first maximum wins; a bin is empty when every entry is exactly 0)."""
     n_h = tables * hashes
+    CH = DWTA_LANES
     bits = bin_size.bit_length() - 1
-    k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("x", "ptr"), ("idx", "ptr"), ("probe", "ptr"),
-                         ("buckets", "ptr"), ("scratch", "ptr")])
+    k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("xT", "ptr"), ("stride", "i64"), ("idx", "ptr"),
+                         ("probe", "ptr"), ("buckets", "ptr"), ("scratch", "ptr")])
     a = k.arg
     zero32 = k.b.trunc(k.i64(0), I32)
     one32 = k.b.trunc(k.i64(1), I32)
-    code, empty = a["scratch"], k.addr(a["scratch"], k.i64(n_h), I32)
-    code2, empty2 = k.addr(a["scratch"], k.i64(2 * n_h), I32), k.addr(a["scratch"], k.i64(3 * n_h), I32)
-    with k.loop(a["b0"], a["b1"], "b") as b:
-        xb = k.mul(b, k.i64(in_dim))
-        n_empty = k.var(I32, zero32)
-        # the argmax of every hash's bin, bin position by bin position across all hashes (the inner loop
-        # over hashes vectorizes with gathers; one hash at a time is a chain of dependent selects).
-        # code2 holds the running maximum (as float bits), empty2 the "some entry is nonzero" flags.
-        best = code2
-
-        def entry(hh, w):
-            return k.ld(a["x"], k.add(xb, k.ld_i32_as_i64(a["idx"], k.add(hh, k.i64(w * n_h)))))
-
-        with k.loop(0, n_h, "h") as hh:
-            v = entry(hh, 0)
-            k.st(best, hh, v)
-            k.st(code, hh, zero32)
-            k.st(empty2, hh, k.b.zext(k.b.fcmp_unordered("!=", v, k.f32(0.0)), I32))
-        for w in range(1, bin_size):
-            with k.loop(0, n_h, f"h{w}") as hh:
-                v = entry(hh, w)
-                # numpy argmax: the first maximum wins, so only a strictly larger value moves it
-                gt = k.fcmp(">", v, k.ld(best, hh))
-                k.st(code, hh, k.select(gt, k.b.trunc(k.i64(w), I32), k.ld(code, hh, I32)))
-                k.st(best, hh, k.select(gt, v, k.ld(best, hh)))
-                k.st(empty2, hh, k.b.or_(k.ld(empty2, hh, I32),
-                                         k.b.zext(k.b.fcmp_unordered("!=", v, k.f32(0.0)), I32)))
-        with k.loop(0, n_h, "he") as hh:
-            is_empty = k.b.xor(k.ld(empty2, hh, I32), one32)
-            k.st(empty, hh, is_empty)
-            k.set(n_empty, k.b.add(k.get(n_empty), is_empty))
-        # densification: an empty hash borrows the code of probe[t][h] if that one was non-empty at the
-        # start of round t (the vectorised spec updates all hashes of a round at once: double buffer).
-        # Rounds after the last empty hash is filled change nothing, so they are skipped: most rows
-        # have no empty hash at all, and the 10 rounds of copies cost several times the hashing itself.
-        with k.loop(0, PROBES, "t") as t:
-            with k.if_(k.b.icmp_signed("!=", k.get(n_empty), zero32)):
-                with k.loop(0, n_h, "h2") as hh:
-                    k.st(code2, hh, k.ld(code, hh, I32))
-                    k.st(empty2, hh, k.ld(empty, hh, I32))
-                with k.loop(0, n_h, "h3") as hh:
-                    e = k.ld(empty2, hh, I32)
-                    with k.if_(k.b.icmp_signed("!=", e, zero32)):
-                        src = k.ld_i32_as_i64(a["probe"], k.add(k.mul(t, k.i64(n_h)), hh))
-                        with k.if_(k.b.icmp_signed("==", k.ld(empty2, src, I32), zero32)):
-                            k.st(code, hh, k.ld(code2, src, I32))
-                            k.st(empty, hh, zero32)
-                            k.set(n_empty, k.b.sub(k.get(n_empty), one32))
+    sc = a["scratch"]
+    codeL = sc                                                    # (n_h, CH): the group's codes
+    emptyL = k.addr(sc, k.i64(CH * n_h), I32)                     # (n_h, CH): its empty flags
+    bucketL = k.addr(sc, k.i64(2 * CH * n_h), I32)                # (tables, CH): buckets before densifying
+    nemptyL = k.addr(sc, k.i64(2 * CH * n_h + CH * tables), I32)  # (CH,): empty hashes per example
+    lst = k.addr(sc, k.i64(2 * CH * n_h + CH * tables + CH), I32)  # (n_h,): a row's empty hashes
+    c0v = k.var(I64, a["b0"])
+    vf, vi = ir.VectorType(F32, CH), ir.VectorType(I32, CH)
+    zero_f, zero_i = ir.Constant(vf, [0.0] * CH), ir.Constant(vi, [0] * CH)
+    mask = (1 << range_bits) - 1
+    with k.while_(lambda: k.icmp("<", k.get(c0v), a["b1"]), "grp"):
+        c0 = k.get(c0v)
+        n = k.b.sub(a["b1"], c0)
+        n = k.select(k.icmp("<", n, k.i64(CH)), n, k.i64(CH))
+        n_empty = k.var(vi, zero_i)
         with k.loop(0, tables, "tb") as tb:
-            acc = k.var(I64, k.i64(0))
-            with k.loop(0, hashes, "j") as j:
-                hh = k.add(k.mul(tb, k.i64(hashes)), j)
-                c = k.b.sext(k.ld(code, hh, I32), I64)
-                c = k.select(k.b.icmp_signed("!=", k.ld(empty, hh, I32), zero32), k.i64(0), c)
-                k.set(acc, k.add(k.get(acc), k.b.shl(c, k.mul(j, k.i64(bits)))))
-            bucket = k.b.and_(k.get(acc), k.i64((1 << range_bits) - 1))
-            k.st(a["buckets"], k.add(k.mul(b, k.i64(tables)), tb), k.b.trunc(bucket, I32))
+            bucket = zero_i
+            for j in range(hashes):
+                hh = k.add(k.mul(tb, k.i64(hashes)), k.i64(j))
+
+                # the bin's entries for CH examples at once, kept in vector registers
+                def column(w):
+                    base = k.add(k.mul(k.ld_i32_as_i64(a["idx"], k.add(hh, k.i64(w * n_h))), a["stride"]), c0)
+                    return k.b.load(k.addr(a["xT"], base, F32), typ=vf, align=4)
+                best = column(0)
+                code = zero_i
+                nonzero = k.b.fcmp_unordered("!=", best, zero_f)
+                for w in range(1, bin_size):
+                    v = column(w)
+                    # numpy argmax: the first maximum wins, so only a strictly larger value moves it
+                    gt = k.b.fcmp_ordered(">", v, best)
+                    code = k.b.select(gt, ir.Constant(vi, [w] * CH), code)
+                    best = k.b.select(gt, v, best)
+                    nonzero = k.b.or_(nonzero, k.b.fcmp_unordered("!=", v, zero_f))
+                empty = k.b.zext(k.b.xor(nonzero, ir.Constant(ir.VectorType(I1, CH), [1] * CH)), vi)
+                at = k.mul(hh, k.i64(CH))
+                k.b.store(code, k.addr(codeL, at, I32), align=4)
+                k.b.store(empty, k.addr(emptyL, at, I32), align=4)
+                k.set(n_empty, k.b.add(k.get(n_empty), empty))
+                # an empty hash adds code 0 (its densified code comes in the per-example pass)
+                code = k.b.select(nonzero, code, zero_i)
+                bucket = k.b.add(bucket, k.b.shl(code, ir.Constant(vi, [j * bits] * CH)))
+            bucket = k.b.and_(bucket, ir.Constant(vi, [mask] * CH))
+            k.b.store(bucket, k.addr(bucketL, k.mul(tb, k.i64(CH)), I32), align=4)
+        k.b.store(k.get(n_empty), nemptyL, align=4)
+        with k.loop(0, n, "lane") as ln:
+            b = k.add(c0, ln)
+
+            def slot(hh):                       # lane ln's entry of hash hh in codeL / emptyL
+                return k.add(k.mul(hh, k.i64(CH)), ln)
+            ne = k.ld(nemptyL, ln, I32)
+            with k.if_else(k.b.icmp_signed("==", ne, zero32)) as (no_empty, some_empty):
+                with no_empty:
+                    with k.loop(0, tables, "tc") as tb:
+                        k.st(a["buckets"], k.add(k.mul(b, k.i64(tables)), tb),
+                             k.ld(bucketL, k.add(k.mul(tb, k.i64(CH)), ln), I32))
+                with some_empty:
+                    # densification: an empty hash borrows the code of probe[t][h] if that one was
+                    # non-empty at the start of round t (the spec updates all hashes of a round at
+                    # once). Only the row's empty hashes are visited: `lst` holds them; a round first
+                    # takes codes (a hash filled in this round is still empty for the others: its
+                    # flag is cleared after the scan), then drops the filled ones from the list.
+                    cnt = k.var(I64, k.i64(0))
+                    with k.loop(0, n_h, "hl") as hh:
+                        with k.if_(k.b.icmp_signed("!=", k.ld(emptyL, slot(hh), I32), zero32)):
+                            k.st(lst, k.get(cnt), k.b.trunc(hh, I32))
+                            k.set(cnt, k.add(k.get(cnt), k.i64(1)))
+                    with k.loop(0, PROBES, "t") as t:
+                        with k.if_(k.icmp(">", k.get(cnt), k.i64(0))):
+                            with k.loop(0, k.get(cnt), "h3") as i:
+                                hh = k.ld_i32_as_i64(lst, i)
+                                src = k.ld_i32_as_i64(a["probe"], k.add(k.mul(t, k.i64(n_h)), hh))
+                                with k.if_(k.b.icmp_signed("==", k.ld(emptyL, slot(src), I32), zero32)):
+                                    k.st(codeL, slot(hh), k.ld(codeL, slot(src), I32))
+                                    k.st(lst, i, k.b.or_(k.ld(lst, i, I32), ir.Constant(I32, -(1 << 31))))
+                            keep = k.var(I64, k.i64(0))
+                            with k.loop(0, k.get(cnt), "h4") as i:
+                                e = k.ld(lst, i, I32)
+                                with k.if_else(k.b.icmp_signed("<", e, zero32)) as (filled, still):
+                                    with filled:
+                                        h64 = k.b.zext(k.b.and_(e, ir.Constant(I32, (1 << 31) - 1)), I64)
+                                        k.st(emptyL, slot(h64), zero32)
+                                    with still:
+                                        k.st(lst, k.get(keep), e)
+                                        k.set(keep, k.add(k.get(keep), k.i64(1)))
+                            k.set(cnt, k.get(keep))
+                    with k.loop(0, tables, "td") as tb:
+                        acc = k.var(I64, k.i64(0))
+                        with k.loop(0, hashes, "j") as j:
+                            hh = k.add(k.mul(tb, k.i64(hashes)), j)
+                            c = k.b.sext(k.ld(codeL, slot(hh), I32), I64)
+                            c = k.select(k.b.icmp_signed("!=", k.ld(emptyL, slot(hh), I32), zero32), k.i64(0), c)
+                            k.set(acc, k.add(k.get(acc), k.b.shl(c, k.mul(j, k.i64(bits)))))
+                        bucket = k.b.and_(k.get(acc), k.i64(mask))
+                        k.st(a["buckets"], k.add(k.mul(b, k.i64(tables)), tb), k.b.trunc(bucket, I32))
+        k.set(c0v, k.add(c0, k.i64(CH)))
     k.ret()
 
 
@@ -182,15 +288,16 @@ def lookup(km: KernelModule, name: str, dim: int, k_active: int, reservoir: int 
         pf = k.km.intrinsic("llvm.prefetch.p0", ir.VoidType(), [ir.PointerType(), I32, I32, I32])
         hint = [ir.Constant(I32, v) for v in (0, 3, 1)]
         with k.loop(0, L, "t") as t:
-            # the bucket LOOKUP_PREFETCH tables ahead, every line of it (a bucket of R int32 spans
-            # several): the tables are MBs of random probes (hints only)
-            ahead = k.add(t, k.i64(LOOKUP_PREFETCH))
-            with k.if_(k.icmp("<", ahead, L)):
-                nb = k.ld_i32_as_i64(a["buckets"], k.add(k.mul(b, L), ahead))
-                start = k.mul(k.add(k.mul(ahead, NB), nb), R)
-                for off in bucket_lines(reservoir):
-                    k.b.call(pf, [k.addr(a["tables"], k.add(start, k.i64(off)), I32), *hint])
             with k.if_(k.icmp("<", k.get(cnt), cap)):
+                # the bucket LOOKUP_PREFETCH tables ahead, every line of it (a bucket of R int32 spans
+                # several): the tables are MBs of random probes (hints only; none once the row is full:
+                # tiny.bolt fills its 75 after ~25 of 102 tables)
+                ahead = k.add(t, k.i64(LOOKUP_PREFETCH))
+                with k.if_(k.icmp("<", ahead, L)):
+                    nb = k.ld_i32_as_i64(a["buckets"], k.add(k.mul(b, L), ahead))
+                    start = k.mul(k.add(k.mul(ahead, NB), nb), R)
+                    for off in bucket_lines(reservoir):
+                        k.b.call(pf, [k.addr(a["tables"], k.add(start, k.i64(off)), I32), *hint])
                 bucket = k.ld_i32_as_i64(a["buckets"], k.add(k.mul(b, L), t))
                 base = k.mul(k.add(k.mul(t, NB), bucket), R)
                 with k.loop(0, R, "r") as r:

@@ -6,6 +6,7 @@ over the positions given (an active set, or every neuron).
 """
 from __future__ import annotations
 
+import ctypes
 import weakref
 from dataclasses import dataclass
 
@@ -112,6 +113,7 @@ def scatter_dense(active: np.ndarray, vals: np.ndarray, dim: int) -> np.ndarray:
 # the entry is replaced. An array's address cannot change while it lives (nothing resizes in place).
 _ADDRESSES: dict = {}
 _MAX_ADDRESSES = 4096
+_c_char, _addressof = ctypes.c_char, ctypes.addressof
 
 
 def ptr(a: np.ndarray | None):
@@ -122,7 +124,12 @@ def ptr(a: np.ndarray | None):
     if hit is not None and hit[0]() is a:
         return hit[1]
     assert a.flags.c_contiguous, "kernels read C-contiguous buffers"
-    address = a.ctypes.data
+    try:
+        # the buffer protocol: 0.4 us, where a.ctypes.data builds a helper object (1.7 us); a step's
+        # fresh temporaries (about 30 a batch-64 step) all come through here
+        address = _addressof(_c_char.from_buffer(a))
+    except (TypeError, ValueError):            # read-only or empty: the general way
+        address = a.ctypes.data
     try:
         ref = weakref.ref(a)
     except TypeError:               # not weak-referenceable (not an ndarray): uncached

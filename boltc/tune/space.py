@@ -6,7 +6,8 @@ and narrow enough that a 10-minute budget samples it meaningfully):
 - lr: Adam 1e-4 .. 1e-2 (SGD 1e-3 .. 0.3), log-uniform;
 - weight_decay: 0 or 1e-6 .. 1e-2 in decades (decoupled decay on touched rows);
 - batch: 32 .. 512 in powers of two;
-- text ngrams: 1, 2, 3; text dim: 2^16 .. 2^20; a sparse input's normalize: l2 or none;
+- text ngrams: 1, 2, 3; text dim: 2^16 .. 2^20; text idf: false or true; a sparse input's normalize:
+  l2 or none;
 - dropout rate: 0 .. 0.5; label smoothing: 0, 0.05, 0.1 or 0.2;
 - blend ridge: weight 0 (off), 0.25 .. 4; l2 0.1 .. 30 (rows are unit length where the input normalises;
   a 6-minute bibtex search chose the largest of 0.25 .. 2 and 0.1 .. 10 most often, so both reach past it);
@@ -60,6 +61,8 @@ def suggest(trial, tunables, optimizer: str) -> dict:
             v = trial.suggest_categorical(name, LABEL_SMOOTHINGS)
         elif t.kind == "normalize":
             v = trial.suggest_categorical(name, ("l2", "none"))
+        elif t.kind == "idf":
+            v = trial.suggest_categorical(name, (False, True))
         elif t.kind == "blend_weight":
             v = trial.suggest_categorical(name, BLEND_WEIGHTS)
         elif t.kind == "blend_l2":

@@ -29,6 +29,7 @@ from boltc.errors import BoltValidationError
 from boltc.lower.backward import HYPER
 from boltc.lower.kernels import compile_plan, compile_split, ptr
 from boltc.lower.loss import LOSS_ROLE
+from boltc.lower.select import DWTA_LANES, dwta_scratch_words
 from boltc.lower.rules import SPARSE_INPUT_KINDS, fused_input_activation, native_support
 from boltc.ops import OPS
 from boltc.ops.base import mix_seed, step_seed
@@ -109,6 +110,8 @@ class NativeExecutor:
         self.scratch = [np.zeros(widest, np.float32) for _ in range(self.threads)]
         self.scratch_ptrs = [ptr(s) for s in self.scratch]
         self._counts = {}          # per inverted dimension: zeroed int32 counts + int64 offsets
+        self._inversions = {}      # (invert kernel, ids) -> its output buffers (see invert)
+        self._step_buffers = {}    # buffers of a training step that no caller keeps, by shape
         self._inv = None           # the output's last inversion (benchmarks/train_throughput.py reads it)
         self._marks = {}
         self._ranked_scratch = None
@@ -126,18 +129,19 @@ class NativeExecutor:
     # ------------------------------------------------------------ hashing and active sets
     def _install_native_hash(self) -> None:
         """Every LSH index of the plan refills its tables with the native kernel (reservoir insertion
-        split by tables), and DWTA indexes hash dense rows with the native kernel (also during those
-        rebuilds, which hash every neuron's weight row: the dominant upkeep cost); codes are identical
-        to the NumPy ones. SRP indexes keep the spec's hash (a small matrix product)."""
+        split by tables), and hashes dense rows with the native kernel (also during those rebuilds,
+        which hash every neuron's weight row: the dominant upkeep cost); codes are identical to the
+        NumPy ones for both families (a model file from before the SRP kernel keeps the spec's hash)."""
         kernels = self.k           # the closures keep the native library alive as long as the index
         for name, index in self.state.lsh.items():
             if name not in self.by_name or not self.k.has(name, "build") or getattr(index, "_native_hash", False):
                 continue
-            if index.family == "dwta" and self.k.has(name, "hash"):
+            if self.k.has(name, "hash"):
                 def native_hash(x, _index=index, _spec=index.hash, _k=kernels, _name=name):
-                    if sp.issparse(x) or _index.family != "dwta":
+                    if sp.issparse(x):
                         return _spec(x)
-                    return self._dwta(_k.fn(_name, "hash"), _index, np.ascontiguousarray(x, dtype=np.float32))
+                    kernel = self._dwta if _index.family == "dwta" else self._srp
+                    return kernel(_k.fn(_name, "hash"), _index, np.ascontiguousarray(x, dtype=np.float32))
                 index.hash = native_hash
 
             def native_build(w_out_major, _index=index, _k=kernels, _name=name):
@@ -164,15 +168,42 @@ class NativeExecutor:
     def _dwta(self, fn, index, x: np.ndarray) -> np.ndarray:
         n = x.shape[0]
         out = np.empty((n, index.L), np.int32)
+        # the kernel reads x transposed, DWTA_LANES examples per vector, past the last row by up to
+        # DWTA_LANES columns (zeros here; boltc/lower/select.py dwta_hash)
+        key = ("xT", x.shape)
+        xT = self._hash_scratch.get(key)
+        if xT is None:
+            xT = np.zeros((x.shape[1], n + DWTA_LANES), np.float32)
+            if x.size <= 1 << 20:      # a batch's (kept per shape); a table rebuild's chunk is not kept
+                if len(self._hash_scratch) > 64:       # many batch shapes (inference): keep it bounded
+                    self._hash_scratch = {k: v for k, v in self._hash_scratch.items() if k[0] != "xT"}
+                self._hash_scratch[key] = xT
+        xT[:, :n] = x.T
         idx = self._transposed_idx(index)
         probe = np.ascontiguousarray(index.probe, np.int32)
         key = ("hash", index.n_hashes)
         scratch = self._hash_scratch.get(key)
         if scratch is None:
-            scratch = self._hash_scratch[key] = [np.empty(4 * index.n_hashes, np.int32)
+            scratch = self._hash_scratch[key] = [np.empty(dwta_scratch_words(index.n_hashes), np.int32)
                                                  for _ in range(self.threads)]
-        self.pool.run(fn, n, ptr(x), ptr(idx), ptr(probe), ptr(out),
+        self.pool.run(fn, n, ptr(xT), xT.shape[1], ptr(idx), ptr(probe), ptr(out),
                       per_thread=[ptr(s) for s in scratch], min_per_thread=min_items(4 * idx.size))
+        return out
+
+    def _srp(self, fn, index, x: np.ndarray) -> np.ndarray:
+        n = x.shape[0]
+        out = np.empty((n, index.L), np.int32)
+        idx, signs = self._transposed_idx(index), self._transposed(index, "signs")
+        cached = self._hash_scratch.get(("neg", id(index)))
+        if cached is None or cached[0] is not signs:       # 1 where the sign is -1, as bytes (the kernel's)
+            cached = self._hash_scratch[("neg", id(index))] = (signs, (signs < 0).astype(np.uint8))
+        neg = cached[1]
+        key = ("srp", index.n_hashes)
+        scratch = self._hash_scratch.get(key)
+        if scratch is None:
+            scratch = self._hash_scratch[key] = [np.empty(index.n_hashes, np.float32) for _ in range(self.threads)]
+        self.pool.run(fn, n, ptr(x), ptr(idx), ptr(neg), idx.shape[0], int(index.full_width()), ptr(out),
+                      per_thread=[ptr(s) for s in scratch], min_per_thread=min_items(idx.size))
         return out
 
     def marks(self, dim: int) -> list:
@@ -184,11 +215,15 @@ class NativeExecutor:
         return marks
 
     def _transposed_idx(self, index) -> np.ndarray:
-        """index.idx as the hash kernel reads it, (bin_size, n_hashes): kept until a rehash replaces idx."""
-        cached = self._hash_scratch.get(("idxT", id(index)))
-        if cached is None or cached[0] is not index.idx:
-            cached = self._hash_scratch[("idxT", id(index))] = (
-                index.idx, np.ascontiguousarray(np.asarray(index.idx, np.int32).T))
+        """index.idx as the hash kernels read it, (bin_size or width, n_hashes)."""
+        return self._transposed(index, "idx")
+
+    def _transposed(self, index, attr: str) -> np.ndarray:
+        """index.<attr> transposed and contiguous, kept until a rehash replaces the array."""
+        cached = self._hash_scratch.get((attr, id(index)))
+        a = getattr(index, attr)
+        if cached is None or cached[0] is not a:
+            cached = self._hash_scratch[(attr, id(index))] = (a, np.ascontiguousarray(a.T))
         return cached[1]
 
     def select(self, layer, h: np.ndarray, labels, rng_seed: int, insert_missed: bool) -> np.ndarray:
@@ -319,9 +354,18 @@ class NativeExecutor:
         return seed
 
     # ------------------------------------------------------------ what the ops' runners call
-    def run(self, name: str, role: str, n: int, *args, work: float, **kw) -> None:
+    def run(self, name: str, role: str, n: int, *args, work: float, per_thread=None) -> None:
         """Layer `name`'s kernel `role` over n items of about `work` multiply-adds each, on the pool."""
-        native_ops.run(self, name, role, n, *args, work=work, **kw)
+        if self.threads == 1:                # the pool's one-slice path, without its bookkeeping
+            if n > 0:
+                fn = self.k.fn(name, role)
+                if per_thread is None:
+                    fn(0, n, *args)
+                else:
+                    scr = per_thread[0]
+                    fn(0, n, *args, *(scr if isinstance(scr, tuple) else (scr,)))
+            return
+        native_ops.run(self, name, role, n, *args, work=work, per_thread=per_thread)
 
     def run_split(self, name: str, role: str, n: int, *args, work: float, **kw) -> None:
         """As `run`, with a kernel of the split module (gradient mode, boltc/lower/split.py)."""
@@ -354,10 +398,16 @@ class NativeExecutor:
         if dim not in self._counts:
             self._counts[dim] = (np.zeros(dim, np.int32), np.empty(dim, np.int64))
         counts, offs = self._counts[dim]
-        uniq = np.empty(max(n, 1), np.int32)
-        seg = np.empty(n + 1, np.int64)
-        pos = np.empty(max(n, 1), np.int32)
-        nu = np.zeros(1, np.int64)
+        # the outputs are kept per (kernel, size) and rewritten by that layer's next inversion of as
+        # many ids: a step uses its inversions only until it returns (a caller keeping one copies it)
+        key = (id(fn), n)
+        out = self._inversions.get(key)
+        if out is None:
+            if len(self._inversions) > 64:          # batch sizes of inference or a last short batch
+                self._inversions.clear()
+            out = self._inversions[key] = (np.empty(max(n, 1), np.int32), np.empty(n + 1, np.int64),
+                                           np.empty(max(n, 1), np.int32), np.zeros(1, np.int64), fn)
+        uniq, seg, pos, nu, _ = out
         fn(ptr(flat), n, ptr(counts), ptr(offs), ptr(uniq), ptr(seg), ptr(pos), ptr(nu))
         return uniq, seg, pos, int(nu[0])
 
@@ -464,10 +514,25 @@ class NativeExecutor:
         z, ids, B = oc["out"], oc["ids"], step.B
         self.last_active = {n: c["ids"] for n, c in caches.items() if isinstance(c, dict) and c.get("ids") is not None}
         lab = _csr(batch.labels)
-        w = np.ones(B, np.float32) if batch.weights is None else np.asarray(batch.weights, np.float32)
-        scale = np.ascontiguousarray(w / np.float32(batch_size or B), dtype=np.float32)
+        if batch.weights is None:              # 1 / batch for every example: the same array each step
+            scale = self._step_buffers.get(("scale", B, batch_size))
+            if scale is None:
+                scale = self._step_buffers[("scale", B, batch_size)] = np.full(
+                    B, np.float32(1) / np.float32(batch_size or B), np.float32)
+        else:
+            w = np.asarray(batch.weights, np.float32)
+            scale = np.ascontiguousarray(w / np.float32(batch_size or B), dtype=np.float32)
         loss = np.empty(B, np.float32)
-        grad = np.empty_like(z)
+        if grads is None and factors is None:
+            # the logits' gradient lives until the backward below returns: one buffer per shape (in
+            # gradient and factor modes it is handed out, so it is fresh there)
+            grad = self._step_buffers.get(("grad", z.shape))
+            if grad is None:
+                if len(self._step_buffers) > 64:
+                    self._step_buffers.clear()
+                grad = self._step_buffers[("grad", z.shape)] = np.empty_like(z)
+        else:
+            grad = np.empty_like(z)
         loss_ids = ids if ids is not None else np.ascontiguousarray(
             np.broadcast_to(np.arange(z.shape[1], dtype=np.int32), z.shape))
         self.pool.run(self.k.fn(self.output, self.loss_role + ("" if ids is not None else "_all")), B, ptr(z),

@@ -9,7 +9,9 @@ Families (CONTRACTS.md section 5):
   A table's bucket = its `hashes` codes concatenated, masked to `range_bits` bits.
 - `srp` (signed random projection): `tables * range_bits` hyperplanes with +-1 entries on a random
   sample of the input dims (all dims when that fits in 2^24 entries; sampling keeps memory bounded for
-  very wide sparse inputs); bit = projection > 0.
+  very wide sparse inputs); bit = projection > 0. The projection is defined to the bit: the signed
+  entries summed in float32 in ascending input dimension, left to right (each hash's dims are kept
+  sorted), so the native kernel (boltc/lower/select.py srp_hash) gives the same codes as this spec.
 
 Tables are `(tables, 2**range_bits, reservoir)` int32, -1 = empty, preallocated; `counts` holds how many
 neurons were offered to each bucket (reservoir sampling: when a bucket is full, a newcomer replaces a
@@ -131,6 +133,10 @@ class LSHIndex:
         self.idx = np.concatenate(perms)[:need].reshape(self.n_hashes, width).astype(np.int32)
         if self.family == "srp":
             self.signs = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=self.idx.shape)
+            # each hyperplane's dims in ascending order (the summation order of the projection)
+            order = np.argsort(self.idx, axis=1, kind="stable")
+            self.idx = np.ascontiguousarray(np.take_along_axis(self.idx, order, axis=1))
+            self.signs = np.ascontiguousarray(np.take_along_axis(self.signs, order, axis=1))
         else:
             self.signs = np.zeros((0, 0), dtype=np.float32)
             self.probe = np.stack([rng.permutation(self.n_hashes) for _ in range(_PROBES)]).astype(np.int32)
@@ -181,18 +187,44 @@ class LSHIndex:
         for s in range(0, n, step):
             part = x[s:s + step]
             m = part.shape[0]
+            if self.family == "srp":
+                bits = (self._projections(part) > 0).astype(np.int64)
+                out[s:s + step] = self._buckets(bits, self.range_bits, 1)
+                continue
             if sp.issparse(part):
                 xt = sp.csr_matrix(part.T)
                 v = xt[flat].toarray()
             else:
                 v = np.take(np.ascontiguousarray(np.asarray(part).T), flat, axis=0)   # = [flat], several x faster
             v = v.reshape(self.n_hashes, -1, m)
-            if self.family == "srp":
-                bits = (np.einsum("hwn,hw->hn", v, self.signs) > 0).astype(np.int64)
-                out[s:s + step] = self._buckets(bits, self.range_bits, 1)
-            else:
-                out[s:s + step] = self._buckets(self._dwta_codes(v), self.hashes, int(np.log2(self.bin_size)))
+            out[s:s + step] = self._buckets(self._dwta_codes(v), self.hashes, int(np.log2(self.bin_size)))
         return out
+
+    def full_width(self) -> bool:
+        """Whether every SRP hyperplane reads every input dim in order (each idx row is 0..in_dim-1,
+        as rehash draws them; a file from before the sorting keeps its own order: the sampled path)."""
+        if getattr(self, "_full", (None,))[0] is not self.idx:
+            full = (self.family == "srp" and self.idx.shape[1] == self.in_dim
+                    and bool((self.idx == np.arange(self.in_dim, dtype=self.idx.dtype)).all()))
+            self._full = (self.idx, full)
+        return self._full[1]
+
+    def _projections(self, x) -> np.ndarray:
+        """SRP: (n_hashes, m) projections of the rows x (m, in_dim), each the float32 sum of its signed
+        entries in ascending input dim, left to right (one add per dim: the order the native kernel uses).
+        hash() passes at most _CHUNK // idx.size rows, which bounds the sparse case's gathered block."""
+        m = x.shape[0]
+        acc = np.zeros((self.n_hashes, m), np.float32)
+        if sp.issparse(x):
+            v = sp.csr_matrix(x.T)[self.idx.ravel()].toarray().reshape(self.n_hashes, -1, m)
+            for w in range(self.idx.shape[1]):
+                acc += self.signs[:, w, None] * v[:, w, :]
+            return acc
+        xt = np.ascontiguousarray(np.asarray(x, dtype=np.float32).T)
+        full = self.full_width()
+        for w in range(self.idx.shape[1]):
+            acc += self.signs[:, w, None] * (xt[w][None, :] if full else xt[self.idx[:, w]])  # full: idx[:, w] == w
+        return acc
 
     # ------------------------------------------------------------ tables
     def _build_rng(self) -> np.random.Generator:

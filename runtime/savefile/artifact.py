@@ -39,9 +39,10 @@ from boltc.runtime.exec.state import ModelState, init_params, make_lsh, neuron_r
 # 4: the loss kernels take a per-thread label bitset (`marks`); the DWTA hash reads idx transposed
 # (bin_size, n_hashes); LSH-sparse layers with an input gradient also have `dx_active`.
 # 5: LSH-hashed layers also have `label_hits` (the frozen tables' missed-label test).
-# 6: `upd_active_dx` is the blocked fused update (cap and per-chunk regrouping scratch); LSH-hashed
+# 6: the DWTA hash reads x transposed (in_dim, stride) with its stride; SRP layers also have `hash`.
+# 7: `upd_active_dx` is the blocked fused update (cap and per-chunk regrouping scratch); LSH-hashed
 # layers also have `insert` (the frozen tables' inserts of missed labels).
-NATIVE_FORMAT = 6
+NATIVE_FORMAT = 7
 
 
 class StaleNativeCode(ModelFileError):
