@@ -186,8 +186,12 @@ def test_a_misspelt_name_gets_the_nearest_defined_one():
 
 
 def test_two_consequences_of_one_wrong_loss_are_both_named():
-    got = [(e.location.line, e.location.column) for e in _errors(sub("cross_entropy(s, y)", "binary_cross_entropy(s, y)"))]
+    src = sub("cross_entropy(s, y)", "binary_cross_entropy(s, y)").replace("multilabel(10)", "label(10)")
+    got = [(e.location.line, e.location.column) for e in _errors(src)]
     assert got == [(5, 17), (6, 8)]
+    # a multi-label target fits binary_cross_entropy (one sigmoid per label): the activation alone is wrong
+    got = [(e.location.line, e.location.column) for e in _errors(sub("cross_entropy(s, y)", "binary_cross_entropy(s, y)"))]
+    assert got == [(5, 17)]
 
 
 def test_render_shows_line_and_caret():

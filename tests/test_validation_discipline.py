@@ -115,11 +115,12 @@ def test_early_stopping_restores_the_best_epoch(monkeypatch, backend):
     seen = {}
     hist = m.fit(identity_rows(0, ROWS), progress=False,
                  callbacks=[lambda tr, rec: seen.__setitem__(rec["epoch"], weights(tr.state))])
-    # best 30 at epoch 2; epochs 3 and 4 are not better: stop after epoch 4 (the 40 and 50 never come)
-    assert [e["epoch"] for e in hist["epochs"]] == [1, 2, 3, 4]
+    # best 30 at epoch 2; epochs 3 and 4 are not better, which is patience 2, but no run stops before
+    # epoch 5 (MIN_EPOCHS): epoch 5 is not better either, so it stops there (the 40 and 50 never come)
+    assert [e["epoch"] for e in hist["epochs"]] == [1, 2, 3, 4, 5]
     es = hist["early_stopping"]
-    assert (es["best_epoch"], es["best"], es["epochs_trained"], es["stopped_early"]) == (2, 30.0, 4, True)
-    assert same(weights(m.state), seen[2]) and not same(weights(m.state), seen[4])
+    assert (es["best_epoch"], es["best"], es["epochs_trained"], es["stopped_early"]) == (2, 30.0, 5, True)
+    assert same(weights(m.state), seen[2]) and not same(weights(m.state), seen[5])
 
 
 def test_early_stopping_resumes_from_a_checkpoint_as_if_never_killed(monkeypatch, tmp_path):
@@ -141,7 +142,7 @@ def test_early_stopping_resumes_from_a_checkpoint_as_if_never_killed(monkeypatch
     monkeypatch.setattr(trainer_mod, "evaluate", planted(CURVE, offset=3))
     again = boltc.compile(model_text("auto", "patience 2"), backend="numpy")
     hist = again.fit(identity_rows(0, ROWS), progress=False, checkpoint=ckpt, resume=True)
-    assert hist["early_stopping"]["best_epoch"] == 2 and len(hist["epochs"]) == 4
+    assert hist["early_stopping"]["best_epoch"] == 2 and len(hist["epochs"]) == 5
     assert same(weights(again.state), weights(whole.state))
 
 
@@ -152,8 +153,8 @@ def test_inspect_shows_epochs_trained_and_the_curve(monkeypatch, tmp_path, capsy
     m.save(tmp_path / "m.boltc")
     assert main(["inspect", str(tmp_path / "m.boltc")]) == 0
     out = capsys.readouterr().out
-    assert "epochs trained: 4 (stopped early: no better validation accuracy for 2 epochs; weights of epoch 2 kept)" in out
-    assert "validation accuracy by epoch: 10.00 [30.00] 20.00 25.00" in out
+    assert "epochs trained: 5 (stopped early: no better validation accuracy for 2 epochs; weights of epoch 2 kept)" in out
+    assert "validation accuracy by epoch: 10.00 [30.00] 20.00 25.00 15.00" in out
 
 
 def test_epochs_auto_without_validation_data_says_so():
@@ -188,3 +189,46 @@ def test_a_decaying_schedule_with_epochs_auto_is_located(tmp_path, capsys):
     assert main(["check", str(bolt)]) == 1
     assert "m.bolt:8:14: error: schedule linear decays over a known number of epochs; with `epochs auto` use " \
            "constant or step(every=E)" in capsys.readouterr().err
+
+
+def test_no_stop_before_the_minimum_of_epochs(monkeypatch):
+    """A flat start (the same value for four epochs, then learning) is not ended by patience 2."""
+    monkeypatch.setattr(trainer_mod, "evaluate", planted([42.0, 42.0, 42.0, 42.0, 50.0, 60.0, 55.0, 54.0, 53.0]))
+    m = boltc.compile(model_text("auto", "patience 2"), backend="numpy")
+    es = m.fit(identity_rows(0, ROWS), progress=False)["early_stopping"]
+    assert (es["best_epoch"], es["best"], es["epochs_trained"]) == (6, 60.0, 8)
+    from boltc.runtime.train.early_stop import MIN_EPOCHS
+    assert MIN_EPOCHS == 5
+
+
+def test_with_a_blend_early_stopping_watches_the_network_and_reports_the_blend(monkeypatch):
+    """Planted curves: the blended metric is flat (the ridge dominates) and would stop at epoch 3; the
+    network's own curve peaks at epoch 5, which is the epoch kept; the model's (blended) value at that
+    epoch is what the summary, and so `boltc tune`, reports."""
+    network = [10.0, 20.0, 30.0, 35.0, 50.0, 45.0, 40.0, 30.0]
+    blended = [60.0, 61.0, 60.5, 60.0, 60.8, 60.1, 59.0, 58.0]
+    calls = []
+
+    def fake(ex, ds, names, *a, **k):
+        own = k.get("blended") is False
+        calls.append(own)
+        curve = network if own else blended
+        v = curve[sum(1 for c in calls if c == own) - 1]
+        return {n: float(v) for n in names} | {"examples_per_s": 1.0}
+    monkeypatch.setattr(trainer_mod, "evaluate", fake)
+    m = boltc.compile(model_text("auto", "patience 3 blend ridge(weight=1, l2=1)"), backend="numpy")
+    seen = {}
+    hist = m.fit(identity_rows(0, ROWS), progress=False,
+                 callbacks=[lambda tr, rec: seen.__setitem__(rec["epoch"], weights(tr.state))])
+    es = hist["early_stopping"]
+    assert (es["best_epoch"], es["best"], es["validation_at_best"], es["epochs_trained"]) == (5, 50.0, 60.8, 8)
+    assert [e["validation_network"]["accuracy"] for e in hist["epochs"]] == network
+    assert same(weights(m.state), seen[5])
+    from boltc.tune.search import _best
+    assert _best(hist, "accuracy") == (60.8, 5)
+    # without a blend nothing else is measured and the summary's value is the watched one
+    calls.clear()
+    plain = boltc.compile(model_text("auto", "patience 2"), backend="numpy")
+    monkeypatch.setattr(trainer_mod, "evaluate", planted(CURVE))
+    h = plain.fit(identity_rows(0, ROWS), progress=False)
+    assert "validation_network" not in h["epochs"][0] and h["early_stopping"]["validation_at_best"] == 30.0

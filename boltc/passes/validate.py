@@ -16,7 +16,9 @@ from boltc.passes.common import error, model_loc, raise_all, word_loc
 SPARSE_KINDS = ("sparse", "text", "categorical")
 LOSS_FITS = {   # loss -> (target kinds, output activation)
     "cross_entropy": (("single", "multi"), "softmax"),
-    "binary_cross_entropy": (("binary",), "sigmoid"),
+    # one-vs-rest on a multi-label target: each label its own sigmoid, as the linear one-vs-rest tools
+    # (napkinXC OVR) that beat softmax on delicious do; a single-label target stays softmax's
+    "binary_cross_entropy": (("binary", "multi"), "sigmoid"),
 }
 
 
@@ -114,7 +116,8 @@ def _loss_errors(g, loss: ir.Loss, get) -> list:
         return errs
     kinds, activation = LOSS_FITS[loss.kind]
     if tgt.op == "target" and tgt.attrs["kind"] not in kinds:
-        fits = "binary_cross_entropy" if tgt.attrs["kind"] == "binary" else "cross_entropy"
+        fits = {"binary": "binary_cross_entropy", "multi": "cross_entropy or binary_cross_entropy"}.get(
+            tgt.attrs["kind"], "cross_entropy")
         errs.append(error(g, f"{loss.kind} does not fit a {tgt.attrs['kind']} target; use {fits}", loss.loc))
     if out.attrs.get("activation", activation) != activation:   # absent: already reported by the parser
         errs.append(error(g, f"{loss.kind} needs a {activation} output; '{out.name}' uses "

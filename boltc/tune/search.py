@@ -212,8 +212,9 @@ class _Data:
 def _best(hist: dict, metric: str) -> tuple[float, int]:
     """(best validation value, its epoch) of a finished fit: early stopping's, else the last epoch's."""
     es = hist.get("early_stopping")
-    if es:
-        return float(es["best"]), int(es["best_epoch"])
+    if es:       # the model's value at the kept epoch (blended; early stopping watched the network's)
+        v = es.get("validation_at_best")
+        return float(es["best"] if v is None else v), int(es["best_epoch"])
     last = hist["epochs"][-1]
     return float((last.get("validation") or last.get("validation_sparse") or {})[metric]), int(last["epoch"])
 

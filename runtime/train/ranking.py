@@ -59,23 +59,25 @@ def drop_seen(ids: np.ndarray, scores: np.ndarray, seen: sp.csr_matrix, top_k: i
             np.where(pad, -np.inf, kept_sc).astype(np.float32))
 
 
-def _ranked(executor, batch, top_k: int, sparse: bool):
-    """executor.predict, or the blended ranking when the model blends in its ridge scores (blend.py)."""
-    settings = blend.settings(executor.plan)
+def _ranked(executor, batch, top_k: int, sparse: bool, blended: bool = True):
+    """executor.predict, or the blended ranking when the model blends in its ridge scores (blend.py) and
+    `blended` (False: the network's own ranking, what early stopping watches)."""
+    settings = blend.settings(executor.plan) if blended else None
     w = getattr(executor.state, "blend", {}).get("ridge") if settings else None
     if w is None:
         return executor.predict(batch, top_k, sparse=sparse)
     return blend.predict(executor, batch, top_k, sparse, settings, w)
 
 
-def predict(executor, batch, top_k: int, sparse: bool = False, exclude_seen: bool = False, plan=None):
-    """executor.predict (blended where the model says so), optionally with each row's own ids left out
-    of the ranking."""
+def predict(executor, batch, top_k: int, sparse: bool = False, exclude_seen: bool = False, plan=None,
+            blended: bool = True):
+    """executor.predict (blended where the model says so, unless `blended=False`), optionally with each
+    row's own ids left out of the ranking."""
     if not exclude_seen:
-        return _ranked(executor, batch, top_k, sparse)
+        return _ranked(executor, batch, top_k, sparse, blended)
     plan = plan if plan is not None else executor.plan
     seen = seen_ids(batch, plan)
     extra = int(np.diff(seen.indptr).max(initial=0))
     k = min(int(top_k) + extra, int(plan["target"]["classes"]))
-    ids, scores = _ranked(executor, batch, max(k, 1), sparse)
+    ids, scores = _ranked(executor, batch, max(k, 1), sparse, blended)
     return drop_seen(ids, scores, seen, int(top_k))

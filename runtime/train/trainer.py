@@ -32,7 +32,7 @@ from boltc.runtime import savefile
 from boltc.runtime.data.dataset import Dataset
 from boltc.runtime.exec.optim import lr_at
 from boltc.runtime.sampler import choose
-from boltc.runtime.train import class_weights, metrics as metrics_mod, ranking
+from boltc.runtime.train import blend as blend_mod, class_weights, metrics as metrics_mod, ranking
 from boltc.runtime.train.checkpoints import CheckpointPolicy, StopRequest
 from boltc.runtime.train.early_stop import EarlyStopping, watched_metric
 
@@ -79,10 +79,12 @@ def metric_names(plan: dict) -> list[str]:
 
 @debug.stage("evaluate", part="evaluate")
 def evaluate(executor, dataset: Dataset, names, sparse: bool = False, batch: int = EVAL_BATCH,
-             binary: bool = False, exclude_seen: bool = False, confusion: bool = False) -> dict[str, float]:
+             binary: bool = False, exclude_seen: bool = False, confusion: bool = False,
+             blended: bool = True) -> dict[str, float]:
     """Metrics (percent) of `executor` on a labelled dataset; inference only. `exclude_seen`: each row's
     own feature ids are left out of the ranking (runtime/ranking.py); `confusion`: the result also holds
-    "confusion", the (true, predicted) counts, most frequent first."""
+    "confusion", the (true, predicted) counts, most frequent first; `blended=False`: the network's own
+    ranking, without a `blend` (runtime/train/blend.py)."""
     acc = metrics_mod.MetricAccumulator(names, binary=binary, confusion=confusion)
     t0 = time.perf_counter()
     if getattr(dataset, "streaming", False):
@@ -90,7 +92,8 @@ def evaluate(executor, dataset: Dataset, names, sparse: bool = False, batch: int
     else:
         batches = (dataset.take(np.arange(s, min(s + batch, dataset.rows))) for s in range(0, dataset.rows, batch))
     for b in batches:
-        ids, scores = ranking.predict(executor, b, acc.kmax, sparse=sparse, exclude_seen=exclude_seen)
+        ids, scores = ranking.predict(executor, b, acc.kmax, sparse=sparse, exclude_seen=exclude_seen,
+                                      blended=blended)
         acc.add(ids, b.labels, scores)
     out = acc.result()
     if confusion:
@@ -227,6 +230,7 @@ class Trainer:
         inference = cfg.get("inference", "dense")
         want_sparse = bool(out_layer.get("hash")) and inference in ("sparse", "both")
         want_dense = not want_sparse or inference == "both"
+        blending = blend_mod.settings(self.plan) is not None and "ridge" in getattr(self.state, "blend", {})
         patience = cfg.get("patience")
         if patience:
             if validation is None or validation.labels is None:
@@ -237,8 +241,7 @@ class Trainer:
                 self.early = EarlyStopping(int(patience), watched_metric(names))
                 if getattr(self, "_early_state", None):
                     self.early.load_state_dict(self._early_state)
-        stopped = bool(self.early and self.early.best_epoch and
-                       self.epochs_done - self.early.best_epoch >= self.early.patience)
+        stopped = bool(self.early and self.early.done(self.epochs_done))
         # early stopping: how many epochs run is not known up front, so the bar counts rows only
         bar = None if stopped else _progress(
             self.progress, total=None if self.early else (epochs - self.epochs_done) * train.rows)
@@ -273,6 +276,9 @@ class Trainer:
                         record["validation"] = evaluate(self.ex, validation, names, sparse=False, binary=self.binary)
                     if want_sparse:
                         record["validation_sparse"] = evaluate(self.ex, validation, names, sparse=True, binary=self.binary)
+                    if blending:        # what early stopping watches: the network alone (early_stop.py)
+                        record["validation_network"] = evaluate(self.ex, validation, names, sparse=not want_dense,
+                                                                binary=self.binary, blended=False)
                 self._measure_rank_correlation(train, epoch)
                 sampler_stats = self.sampler.stats() if hasattr(self.sampler, "stats") else {}
                 record["sampler"] = {k: v for k, v in sampler_stats.items() if isinstance(v, (int, float, str))}
@@ -331,7 +337,7 @@ def format_record(r: dict) -> str:
         parts.append(f"sampler {100 * r.get('sampler_share', 0.0):.1f}%")
         if smp.get("rank_correlation") is not None:
             parts.append(f"loss rank corr {smp['rank_correlation']:.2f}")
-    for key, tag in (("validation", ""), ("validation_sparse", " sparse")):
+    for key, tag in (("validation", ""), ("validation_sparse", " sparse"), ("validation_network", " network")):
         for k, v in (r.get(key) or {}).items():
             if k != "examples_per_s":
                 parts.append(f"{k}{tag} {v:.2f}")
@@ -346,11 +352,15 @@ RANK_CORR_CHUNK = 64       # rows per dense forward (bounds the (rows, output wi
 
 
 def true_losses(ex, plan: dict, batch) -> np.ndarray | None:
-    """Per-example cross entropy of the dense model against the normalised multi-hot target (the loss
-    the trainer minimises), without a training step. None for binary targets (not what the sketch ranks)."""
+    """Per-example loss of the dense model (the loss the trainer minimises), without a training step:
+    cross entropy against the normalised multi-hot target, or with `binary_cross_entropy` the sum over
+    labels of the sigmoid's. None for binary targets (not what the sketch ranks)."""
     if plan["target"]["kind"] == "binary" or batch.labels is None:
         return None
     out = np.asarray(ex.forward(batch, mode="dense")[plan["output"]], dtype=np.float64)
+    if plan.get("loss") == "binary_cross_entropy":          # out: the sigmoid of every label
+        y = batch.labels.tocsr().toarray() > 0
+        return -np.log(np.maximum(np.where(y, out, 1.0 - out), 1e-30)).sum(axis=1)
     if not np.allclose(out.sum(axis=1), 1.0, atol=1e-3):          # logits -> probabilities
         out = np.exp(out - out.max(axis=1, keepdims=True))
         out /= out.sum(axis=1, keepdims=True)
