@@ -52,14 +52,15 @@ KERNELS = {       # name: (forward prefetches W, rows the output's update prefet
 @contextlib.contextmanager
 def lowering(fwd_prefetch: bool, out_prefetch: tuple, in_prefetch: tuple):
     """rules.py lowers through the `bw` module's functions: build with other prefetch choices."""
-    saved = bw.fwd_by_neuron, bw.rows_update_out_major, bw.rows_update_in_major
+    saved = bw.fwd_by_neuron, bw.rows_update_out_major, bw.rows_update_in_major, bw.rows_update_blocked
     bw.fwd_by_neuron = functools.partial(saved[0], prefetch=fwd_prefetch)
     bw.rows_update_out_major = functools.partial(saved[1], prefetch=out_prefetch)
     bw.rows_update_in_major = functools.partial(saved[2], prefetch=in_prefetch)
+    bw.rows_update_blocked = functools.partial(saved[3], prefetch=out_prefetch)
     try:
         yield
     finally:
-        bw.fwd_by_neuron, bw.rows_update_out_major, bw.rows_update_in_major = saved
+        bw.fwd_by_neuron, bw.rows_update_out_major, bw.rows_update_in_major, bw.rows_update_blocked = saved
 
 
 def placed(a: np.ndarray, offset: int) -> np.ndarray:
@@ -177,6 +178,7 @@ def kernel_turns(args, plan, state, execs, use, variants, bs) -> list[dict]:
     and the first layer's update on the features of a new batch each call (its W, m, v always
     aligned: the placement is the output's), in alternating turns; median ms per call."""
     from boltc.lower.kernels import ptr
+    from boltc.ops.fc import BLOCKED_MIN_CAP, _blocked_scratch
     from boltc.runtime.exec.native_ops import N_CHUNKS
     out = plan["output"]
     ex0 = execs[variants[0].removesuffix(" aligned")]
@@ -209,10 +211,14 @@ def kernel_turns(args, plan, state, execs, use, variants, bs) -> list[dict]:
                         ptr(p["b"]), ptr(z))
             times[(v, "forward")].append(time.perf_counter() - t)
             t = time.perf_counter()
+            cap = max(BLOCKED_MIN_CAP, int(np.diff(seg[:nu + 1]).max()))
+            blk = _blocked_scratch(ex, out, B, cap, IN)
             ex.pool.run_chunks(ex.k.fn(out, "upd_active_dx"), bounds, ptr(uniq), ptr(seg), ptr(pos), B, ptr(g),
                                ptr(x), ptr(p["W"]), ptr(p["b"]), ptr(m["W"]), ptr(vv["W"]), ptr(m["b"]),
-                               ptr(vv["b"]), ptr(hyper),
-                               per_chunk=[(ptr(scratch[c]), ptr(dxbufs[c])) for c in range(N_CHUNKS)])
+                               ptr(vv["b"]), ptr(hyper), cap,
+                               per_chunk=[(ptr(scratch[c]), ptr(dxbufs[c]), ptr(blk[c]["cnt"]), ptr(blk[c]["lb"]),
+                                           ptr(blk[c]["lg"]), ptr(blk[c]["bn"]), ptr(blk[c]["bg"]))
+                                          for c in range(N_CHUNKS)])
             times[(v, "update")].append(time.perf_counter() - t)
             u1, s1, p1, n1, prow, vals = first[(r * len(variants) + variants.index(v)) % len(first)]
             ph, mh, vh = state.params[hid["name"]], state.m[hid["name"]], state.v[hid["name"]]

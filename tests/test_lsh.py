@@ -277,3 +277,14 @@ def test_fill_guide_never_starts_past_the_answer():
     # the forward scan the native lookup does from there lands on the spec's draw
     got = np.array([next(j for j in range(s, t.cum.size) if t.cum[j] > x) for s, x in zip(start, u)])
     np.testing.assert_array_equal(got, want)
+
+
+def test_sorted_unique_equals_numpy_unique():
+    """The insert's de-duplication (a sort and a neighbour test) against np.unique, with repeats and empty."""
+    from boltc.runtime.lsh.index import sorted_unique
+    rng = np.random.default_rng(5)
+    for n, hi in ((0, 5), (1, 5), (1000, 50), (1000, 1 << 16), (20000, 1 << 40)):
+        a = rng.integers(0, hi, n, dtype=np.int64)
+        got = sorted_unique(a)
+        np.testing.assert_array_equal(got, np.unique(a))
+        assert got.dtype == np.int64

@@ -375,3 +375,67 @@ def test_native_frequency_fill_with_dominant_weights_is_distinct_and_exact():
     ids = _native_fill_only(counts, 40, 12, seed=6)
     for row in ids:
         assert len(set(row)) == 12 and set(row[:2]) == {3, 9}
+
+
+def test_native_insert_of_missed_labels_equals_the_spec():
+    """The `insert` kernel (frozen tables' missed labels) writes the same tables and counts as the spec's
+    apply_inserts, given the same sorted pairs and draws: full and unfull buckets, repeated cells."""
+    plan = make_plan(300, 24, 3000, 60)
+    state = ModelState.init(plan)
+    index = state.lsh["scores"]
+    index.build(state.params["scores"]["W"])
+    ex = NativeExecutor(plan, state, threads=1)
+    rng = np.random.default_rng(11)
+    ids = rng.integers(0, 3000, 400)
+    buckets = rng.integers(0, index.tables.shape[1], (400, index.L)).astype(np.int32)
+    spec_tables, spec_counts = index.tables.copy(), index.counts.copy()
+    got = {}
+
+    def native(keys, nid, u):
+        got["n"] = keys.size
+        fn = ex.k.fn("scores", "insert")
+        keys, nid = np.ascontiguousarray(keys, np.int64), np.ascontiguousarray(nid, np.int32)
+        fn(keys.size, keys.ctypes.data, nid.ctypes.data, u.ctypes.data, index.reservoir, index.tables.ctypes.data,
+           index.counts.ctypes.data)
+
+    n = index.insert(ids, buckets, np.random.default_rng(3), apply=native)
+    native_tables, native_counts = index.tables.copy(), index.counts.copy()
+    index.tables[...], index.counts[...] = spec_tables, spec_counts
+    assert index.insert(ids, buckets, np.random.default_rng(3)) == n == got["n"] > 0
+    assert (index.counts > index.reservoir).any()                    # some buckets overflowed (draws used)
+    np.testing.assert_array_equal(native_tables, index.tables)
+    np.testing.assert_array_equal(native_counts, index.counts)
+
+
+@pytest.mark.parametrize("optimizer,moments,decay", [("sgd", "f32", 0.0), ("adam", "bf16", 0.0), ("adam", "f32", 0.01)])
+def test_blocked_fused_update_equals_the_by_examples_path(monkeypatch, optimizer, moments, decay):
+    """The blocked fused update + input gradient (boltc/lower/backward.py rows_update_blocked) moves the
+    output layer's weights and moments exactly as its update alone (`upd_active`, after the by-examples
+    input gradient) for each optimizer and moment storage, with blocks cut short by a small `cap`; and
+    it is thread-count independent."""
+    import boltc.ops.fc as fc_op
+    import boltc.runtime.exec.native_ops as native_ops
+    monkeypatch.setattr(native_ops, "MIN_WORK_PER_THREAD", 1)
+    monkeypatch.setattr(fc_op, "BLOCKED_MIN_CAP", 5)
+    plan = make_plan(150, 40, 400, 50, optimizer=optimizer, lr=1e-2, momentum=0.5 if optimizer == "sgd" else 0.0)
+    plan["train"]["moments"] = moments
+    plan["train"]["weight_decay"] = decay
+    rng = np.random.default_rng(12)
+    batches = [make_batch(rng, 40, 150, 400) for _ in range(2)]
+    actives = [{"scores": random_active(rng, b.labels, 40, 400, 50)} for b in batches]
+    s_fused, s_split, fused, by_examples = twin_executors(plan, threads=(1, 1))
+    monkeypatch.setattr(fc_op, "FUSED_DX_MIN_WEIGHT_BYTES", 0)
+    fused.train_step(batches[0], 1e-2, active=actives[0])
+    monkeypatch.setattr(fc_op, "FUSED_DX_MIN_WEIGHT_BYTES", 1 << 40)
+    by_examples.train_step(batches[0], 1e-2, active=actives[0])
+    for group in ("params", "m", "v"):
+        for t, a in getattr(s_fused, group)["scores"].items():
+            np.testing.assert_array_equal(a, getattr(s_split, group)["scores"][t], err_msg=f"{group} scores.{t}")
+    monkeypatch.setattr(fc_op, "FUSED_DX_MIN_WEIGHT_BYTES", 0)
+    s1, s2, one, two = twin_executors(plan)
+    for b, act in zip(batches, actives):
+        np.testing.assert_array_equal(one.train_step(b, 1e-2, active=act), two.train_step(b, 1e-2, active=act))
+    for group in ("params", "m", "v"):
+        for layer, ts in getattr(s1, group).items():
+            for t, a in ts.items():
+                np.testing.assert_array_equal(a, getattr(s2, group)[layer][t], err_msg=f"{group} {layer}.{t}")

@@ -127,7 +127,8 @@ SIGNATURES_OF_FORMAT = {2: "ec7be4d1d06f43d0d565247e699c94e684b2bee6c5af3e044e67
                         3: "b90bd5b5cce22835759dfaa40b2bdc6b113f4f4f971ae4ec07bbcd4413dcb0d9",
                         4: "0a4640ced621d83cab7f99a792865cbc6c77ea3959fc06995ecd0e6e1598a178",
                         5: "665a8cf88a8234b0aa10cb2c6668cf45a94e87340528175ac6d3c4674fdba131",
-                        6: "bd5f2af89e5b861cc6ed18740d3a57e5a9906555f832b710f4d346341717be1c"}
+                        6: "bd5f2af89e5b861cc6ed18740d3a57e5a9906555f832b710f4d346341717be1c",
+                        7: "fccdabf69e8e3c30b368bb07aeac2995f5818d73ccd5e8276fbb8fe68912a584"}
 
 
 def test_kernel_signatures_are_pinned_to_the_native_format():

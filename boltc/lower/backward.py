@@ -280,6 +280,123 @@ def rows_update_out_major(km: KernelModule, name: str, in_dim: int, k_active: in
     k.ret()
 
 
+# Unique neurons per block of `rows_update_blocked`: about this many bytes of W rows, so a block's rows stay
+# in L2 between its input-gradient and update passes.
+BLOCK_W_BYTES = 128 * 1024
+
+
+def block_rows(in_dim: int) -> int:
+    return max(1, BLOCK_W_BYTES // (4 * in_dim))
+
+
+def rows_update_blocked(km: KernelModule, name: str, in_dim: int, k_active: int, bias: bool,
+                        optimizer: "str | UpdateSpec", prefetch: tuple = UPDATE_PREFETCH) -> None:
+    """The LSH-sparse layer's fused update + input gradient (`rows_update_out_major` with fuse_dx) in
+    blocks of unique neurons, for a W larger than the cache. Same inputs, the same results bit for
+    bit (each dxbuf row sums its neurons' terms in increasing neuron order, each weight row its
+    positions in increasing order), a different memory order:
+    - per block of up to block_rows(in_dim) unique neurons (and at most `cap` positions), the block's
+      positions are read once in neuron order: their example b and gradient g go to per-chunk scratch
+      `lb`, `lg` (one pass of random reads of grad), and are regrouped by example into `bn`, `bg`
+      (a counting sort over the rows, `cnt`: nrows + 1 int64);
+    - the input gradient then runs by example: dxbuf[b, :] stays in registers over b's positions in
+      the block and the block's W rows (prefetched during the regrouping) come from L2, instead of a
+      read-modify-write of a dxbuf row for every position;
+    - then each neuron's gradient (from lb, lg: sequential) and its optimizer update, as `upd_active`.
+    Measured on 20ng_nextword's output (37,392 x 256, 2,048 active, batch 256): docs/results.md."""
+    spec = _spec(optimizer)
+    k = km.kernel(name, [("u0", "i64"), ("u1", "i64"), ("uniq", "ptr"), ("seg", "ptr"), ("pos", "ptr"),
+                         ("nrows", "i64"), ("grad", "ptr"), ("x", "ptr"), ("W", "ptr"), ("bias", "ptr"),
+                         ("mW", "ptr"), ("vW", "ptr"), ("mb", "ptr"), ("vb", "ptr"), ("hyper", "ptr"),
+                         ("cap", "i64"), ("scratch", "ptr"), ("dxbuf", "ptr"), ("cnt", "ptr"), ("lb", "ptr"),
+                         ("lg", "ptr"), ("bn", "ptr"), ("bg", "ptr")])
+    a = k.arg
+    IN, K = k.i64(in_dim), k.i64(k_active)
+    hp = _hyper(k)
+    nbu = block_rows(in_dim)
+    u = k.var(I64, a["u0"])
+    with k.while_(lambda: k.icmp("<", k.get(u), a["u1"]), "blk"):
+        ub0 = k.get(u)
+        r0 = k.ld(a["seg"], ub0, I64)
+        # the block: at least one neuron, then while under nbu neurons and cap positions
+        ub1 = k.var(I64, k.add(ub0, k.i64(1)))
+
+        def grows():
+            e = k.get(ub1)
+            more = k.b.and_(k.icmp("<", e, a["u1"]), k.icmp("<", k.b.sub(e, ub0), k.i64(nbu)))
+            # seg[e + 1] only where e < u1 (seg has u1 + 1 entries from u0): a select does not short-circuit
+            nxt = k.ld(a["seg"], k.select(more, k.add(e, k.i64(1)), ub0), I64)
+            return k.b.and_(more, k.icmp("<=", k.b.sub(nxt, r0), a["cap"]))
+
+        with k.while_(grows, "grow"):
+            k.set(ub1, k.add(k.get(ub1), k.i64(1)))
+        ub1 = k.get(ub1)
+        with k.loop(0, k.add(a["nrows"], k.i64(1)), "c0") as b:
+            k.st(a["cnt"], b, k.i64(0))
+        # positions in neuron order -> (b, g) in lb, lg; counts of each example
+        with k.loop(ub0, ub1, "ug") as uu:
+            prefetch_row(k, a["W"], k.mul(k.ld_i32_as_i64(a["uniq"], uu), IN), in_dim)
+            with k.loop(k.ld(a["seg"], uu, I64), k.ld(a["seg"], k.add(uu, k.i64(1)), I64), "sg") as s:
+                p = k.ld_i32_as_i64(a["pos"], s)
+                b = k.b.sdiv(p, K)
+                i = k.b.sub(s, r0)
+                k.st(a["lb"], i, k.b.trunc(b, I32))
+                k.st(a["lg"], i, k.ld(a["grad"], p))
+                c = k.add(b, k.i64(1))
+                k.st(a["cnt"], c, k.add(k.ld(a["cnt"], c, I64), k.i64(1)))
+        with k.loop(0, a["nrows"], "cs") as b:
+            c = k.add(b, k.i64(1))
+            k.st(a["cnt"], c, k.add(k.ld(a["cnt"], c, I64), k.ld(a["cnt"], b, I64)))
+        # regroup by example (stable: neurons in increasing order within each example)
+        with k.loop(ub0, ub1, "up") as uu:
+            n32 = k.ld(a["uniq"], uu, I32)
+            with k.loop(k.ld(a["seg"], uu, I64), k.ld(a["seg"], k.add(uu, k.i64(1)), I64), "sp") as s:
+                i = k.b.sub(s, r0)
+                b = k.b.sext(k.ld(a["lb"], i, I32), I64)
+                slot = k.ld(a["cnt"], b, I64)
+                k.st(a["cnt"], b, k.add(slot, k.i64(1)))
+                k.st(a["bn"], slot, n32)
+                k.st(a["bg"], slot, k.ld(a["lg"], i))
+        # the input gradient by example, from W before its update (cnt[b] is now the end of b's group)
+        lo = k.var(I64, k.i64(0))
+        with k.loop(0, a["nrows"], "bx") as b:
+            hi = k.ld(a["cnt"], b, I64)
+            xb = k.mul(b, IN)
+            with k.loop(k.get(lo), hi, "sx") as s:
+                g = k.ld(a["bg"], s)
+                wb = k.mul(k.ld_i32_as_i64(a["bn"], s), IN)
+                with k.loop(0, in_dim, "jx") as j:
+                    # contract (an FMA, as rows_update_out_major's fused dx) but not reassoc: the row is
+                    # a running sum over this loop, and reassociating it would change the order
+                    o = k.add(xb, j)
+                    term = k.b.fmul(g, k.ld(a["W"], k.add(wb, j)), flags=("contract",))
+                    k.st(a["dxbuf"], o, k.b.fadd(k.ld(a["dxbuf"], o), term, flags=("contract",)))
+            k.set(lo, hi)
+        # each neuron's gradient and update
+        with k.loop(ub0, ub1, "uu") as uu:
+            if prefetch:
+                _prefetch_update_rows(k, spec, prefetch, k.mul(_ahead_neuron(k, uu), IN), in_dim)
+            with k.loop(0, in_dim, "j0") as j:
+                k.st(a["scratch"], j, k.f32(0.0))
+            gb = k.var(F32, k.f32(0.0))
+            with k.loop(k.ld(a["seg"], uu, I64), k.ld(a["seg"], k.add(uu, k.i64(1)), I64), "su") as s:
+                i = k.b.sub(s, r0)
+                g = k.ld(a["lg"], i)
+                k.set(gb, k.b.fadd(k.get(gb), g))
+                xb = k.mul(k.b.sext(k.ld(a["lb"], i, I32), I64), IN)
+                with k.loop(0, in_dim, "j") as j:
+                    k.st(a["scratch"], j, k.fadd(k.ld(a["scratch"], j), k.fmul(g, k.ld(a["x"], k.add(xb, j)))))
+            n = k.ld_i32_as_i64(a["uniq"], uu)
+            wb = k.mul(n, IN)
+            with k.loop(0, in_dim, "j2") as j:
+                _update(k, hp, spec.optimizer, a["W"], a["mW"], a["vW"], k.add(wb, j), k.ld(a["scratch"], j),
+                        spec.moments_w, spec.weight_decay)
+            if bias:
+                _update(k, hp, spec.optimizer, a["bias"], a["mb"], a["vb"], n, k.get(gb), spec.moments_b)
+        k.set(u, ub1)
+    k.ret()
+
+
 def _store_grad_row(k: Kernel, u, width: int, bias: bool, gb=None) -> None:
     """store_grad mode: the accumulated row (scratch) into gW[u, :], its bias sum into gb[u]."""
     ub = k.mul(u, k.i64(width))

@@ -20,11 +20,13 @@ LOOKUP_PREFETCH = 16
 def lower_hash(km: KernelModule, layer: dict, h: dict) -> dict:
     name = layer["name"]
     out = {r: symbol(name, r) for r in ("lookup", "lookup_ranked", "label_hits")}
-    lookup(km, out["lookup"], layer["dim"], layer["active"])
+    lookup(km, out["lookup"], layer["dim"], layer["active"], h["reservoir"])
     label_hits(km, out["label_hits"])
     lookup_ranked(km, out["lookup_ranked"], layer["dim"], layer["active"])
     out["build"] = symbol(name, "build")
     build_tables(km, out["build"], h["tables"], h["range_bits"], h["reservoir"])
+    out["insert"] = symbol(name, "insert")
+    insert_pairs(km, out["insert"])
     out["hash"] = symbol(name, "hash")
     if h["family"] == "dwta":
         dwta_hash(km, out["hash"], layer["in_dim"], h["tables"], h["hashes"], h["range_bits"],
@@ -234,14 +236,22 @@ def _weighted_pick(k: Kernel, cum, guide, u, total, dim: int, out_slot) -> None:
     k.set(out_slot, k.get(j))
 
 
-def lookup(km: KernelModule, name: str, dim: int, k_active: int) -> None:
+def bucket_lines(reservoir: int) -> list[int]:
+    """Offsets (int32 entries) that touch every 64-byte line of a bucket of `reservoir` ids wherever it
+    starts: one per 16 entries, and the last."""
+    return sorted(set(range(0, reservoir, 16)) | {reservoir - 1})
+
+
+def lookup(km: KernelModule, name: str, dim: int, k_active: int, reservoir: int = 1) -> None:
     """out[b, :K] = labels of b, then tables[t, buckets[b, t], r] for t, r in order, de-duplicated,
     then random ids, for b in [b0, b1). `marks` is a per-thread bitset of dim bits (int32 words, zero
     on entry and on exit): 84 KB at 670k neurons, so the de-duplication stays in L2; each row clears
     the bits it set. has_labels = 0 skips the labels (inference). The random fill draws from
     splitmix64(seed, b): with ncum = dim, in proportion to the cumulative int64 weights `cum` (a guided
     search; runtime/lsh/index.py FillTable) for the first WEIGHTED_DRAWS * K draws, uniform after that
-    (a few dominant weights cannot stall the de-duplication); with any other ncum (0), uniform."""
+    (a few dominant weights cannot stall the de-duplication); with any other ncum (0), uniform.
+    `reservoir` (the plan's bucket size) places the prefetch hints only: the kernel reads the size it is
+    passed."""
     k = km.kernel(name, [("b0", "i64"), ("b1", "i64"), ("buckets", "ptr"), ("tables", "ptr"),
                          ("ntables", "i64"), ("nbuckets", "i64"), ("reservoir", "i64"),
                          ("lab_indptr", "ptr"), ("lab_indices", "ptr"), ("has_labels", "i64"),
@@ -276,15 +286,18 @@ def lookup(km: KernelModule, name: str, dim: int, k_active: int) -> None:
         cap = k.select(k.icmp(">", a["room"], after_labels), a["room"], after_labels)
         cap = k.select(k.icmp("<", cap, K), cap, K)
         pf = k.km.intrinsic("llvm.prefetch.p0", ir.VoidType(), [ir.PointerType(), I32, I32, I32])
+        hint = [ir.Constant(I32, v) for v in (0, 3, 1)]
         with k.loop(0, L, "t") as t:
             with k.if_(k.icmp("<", k.get(cnt), cap)):
-                # the bucket LOOKUP_PREFETCH tables ahead: the tables are MBs of random probes (a hint
-                # only; none once the row is full: tiny.bolt fills its 75 after ~25 of 102 tables)
+                # the bucket LOOKUP_PREFETCH tables ahead, every line of it (a bucket of R int32 spans
+                # several): the tables are MBs of random probes (hints only; none once the row is full:
+                # tiny.bolt fills its 75 after ~25 of 102 tables)
                 ahead = k.add(t, k.i64(LOOKUP_PREFETCH))
                 with k.if_(k.icmp("<", ahead, L)):
                     nb = k.ld_i32_as_i64(a["buckets"], k.add(k.mul(b, L), ahead))
-                    k.b.call(pf, [k.addr(a["tables"], k.mul(k.add(k.mul(ahead, NB), nb), R), I32),
-                                  *[ir.Constant(I32, v) for v in (0, 3, 1)]])
+                    start = k.mul(k.add(k.mul(ahead, NB), nb), R)
+                    for off in bucket_lines(reservoir):
+                        k.b.call(pf, [k.addr(a["tables"], k.add(start, k.i64(off)), I32), *hint])
                 bucket = k.ld_i32_as_i64(a["buckets"], k.add(k.mul(b, L), t))
                 base = k.mul(k.add(k.mul(t, NB), bucket), R)
                 with k.loop(0, R, "r") as r:
@@ -452,6 +465,37 @@ def topk(km: KernelModule, name: str, k_in: int, gather: bool) -> None:
         with k.loop(k.get(c), KO, "pad") as j:
             k.st(a["out_scores"], k.add(o, j), k.f32(float("-inf")))
             k.st(a["out_ids"], k.add(o, j), k.b.trunc(k.i64(-1), I32))
+    k.ret()
+
+
+def insert_pairs(km: KernelModule, name: str) -> None:
+    """runtime/lsh/index.py LSHIndex.apply_inserts, exactly: (cell, neuron) pairs sorted by cell, each
+    cell's new neurons ranked in order; a neuron with `seen` = counts[cell] + rank offers before it takes
+    slot seen while the bucket has room, else slot floor(u[i] * (seen + 1)) (u: the caller's float64
+    uniform draws, one per pair) when that is < reservoir; writes in pair order; counts[cell] grows by
+    its pairs. Serial: a few hundred thousand pairs, once a step of the frozen epochs."""
+    k = km.kernel(name, [("n", "i64"), ("cells", "ptr"), ("ids", "ptr"), ("u", "ptr"), ("reservoir", "i64"),
+                         ("tables", "ptr"), ("counts", "ptr")])
+    a = k.arg
+    R = a["reservoir"]
+    F64 = ir.DoubleType()
+    prev = k.var(I64, k.i64(-1))
+    rank = k.var(I64, k.i64(0))
+    with k.loop(0, a["n"], "i") as i:
+        cell = k.ld(a["cells"], i, I64)
+        same = k.icmp("==", cell, k.get(prev))
+        r = k.select(same, k.add(k.get(rank), k.i64(1)), k.i64(0))
+        k.set(rank, r)
+        k.set(prev, cell)
+        seen = k.add(k.ld_i32_as_i64(a["counts"], cell), r)
+        drawn = k.b.fptosi(k.b.fmul(k.ld(a["u"], i, F64), k.b.sitofp(k.add(seen, k.i64(1)), F64)), I64)
+        slot = k.select(k.icmp("<", seen, R), seen, drawn)
+        with k.if_(k.icmp("<", slot, R)):
+            k.st(a["tables"], k.add(k.mul(cell, R), slot), k.ld(a["ids"], i, I32))
+    # counts after every offer (each pair read its cell's count before this)
+    with k.loop(0, a["n"], "c") as i:
+        cell = k.ld(a["cells"], i, I64)
+        k.st(a["counts"], cell, k.b.trunc(k.add(k.ld_i32_as_i64(a["counts"], cell), k.i64(1)), I32))
     k.ret()
 
 

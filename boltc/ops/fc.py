@@ -237,7 +237,7 @@ def lower(km, layer: dict, ctx: LowerContext) -> dict:
                 lib.backward.fwd_by_neuron(km, out["fwd_neuron"], in_dim, k, bias)
             if ctx.needs_dx:
                 out["upd_active_dx"] = lib.symbol(layer, "upd_active_dx")
-                lib.backward.rows_update_out_major(km, out["upd_active_dx"], in_dim, k, True, bias, opt, fuse_dx=True)
+                lib.backward.rows_update_blocked(km, out["upd_active_dx"], in_dim, k, bias, opt)
                 out["dx_active"] = lib.symbol(layer, "dx_active")
                 lib.backward.input_grad(km, out["dx_active"], in_dim, k, True, ctx.in_activation)
             out["invert"] = lib.symbol(layer, "invert")
@@ -438,6 +438,22 @@ def _dense_blas_backward(ex, layer, x, g, step):
     return [dx]
 
 
+# Positions per block of the blocked fused update (at least; more when one neuron has more): its
+# per-chunk regrouping scratch is 16 bytes a position.
+BLOCKED_MIN_CAP = 8192
+
+
+def _blocked_scratch(ex, name: str, B: int, cap: int, in_dim: int) -> list:
+    """Per-chunk scratch of the blocked fused update (backward.rows_update_blocked), kept between steps."""
+    have = ex.kernel_scratch.get(("blocked", name))
+    if have is None or have[0]["lb"].size < cap or have[0]["cnt"].size < B + 1:
+        have = ex.kernel_scratch[("blocked", name)] = [
+            {"scratch": np.zeros(in_dim, np.float32), "cnt": np.zeros(B + 1, np.int64),
+             "lb": np.empty(cap, np.int32), "lg": np.empty(cap, np.float32), "bn": np.empty(cap, np.int32),
+             "bg": np.empty(cap, np.float32)} for _ in range(N_CHUNKS)]
+    return have
+
+
 def run_backward(ex, layer, cache, g, step):
     name, B = layer["name"], step.B
     ids = cache["ids"]
@@ -496,28 +512,39 @@ def run_backward(ex, layer, cache, g, step):
             return [dx]
         # fused: the weight update and the input gradient (from W before its update) in one pass
         bounds = [(c * nu // N_CHUNKS, (c + 1) * nu // N_CHUNKS) for c in range(N_CHUNKS)]
-        dxbufs = np.zeros((N_CHUNKS,) + x.shape, np.float32)
+        # the chunks' input-gradient buffers, kept between steps and cleared here (a fresh 2 MB np.zeros
+        # each step costs its page faults)
+        dxbufs = ex.kernel_scratch.get(("dxbufs", name))
+        if dxbufs is None or dxbufs.shape[1:] != x.shape:
+            dxbufs = ex.kernel_scratch[("dxbufs", name)] = np.zeros((N_CHUNKS,) + x.shape, np.float32)
+        else:
+            dxbufs.fill(0.0)
         scratch = [np.empty(layer["in_dim"], np.float32) for _ in range(N_CHUNKS)]
         if step.factors is not None:
             fn = ex.split_kernels.fn(name, "dx_active")
             args = (ptr(uniq), ptr(seg), ptr(pos), ptr(g), ptr(W))
-            scratch = None
+            per_chunk = [(ptr(dxbufs[c]),) for c in range(N_CHUNKS)]
         elif grad_mode:
             fn = ex.split_kernels.fn(name, "grad_active_dx")
             args = (ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x), ptr(W), ptr(gW), ptr(gb))
+            per_chunk = [(ptr(scratch[c]), ptr(dxbufs[c])) for c in range(N_CHUNKS)]
         else:
+            # the blocked kernel (backward.rows_update_blocked): its chunks' regrouping scratch, for blocks
+            # of at most `cap` positions (and at least one neuron's)
             fn = ex.k.fn(name, "upd_active_dx")
+            cap = max(BLOCKED_MIN_CAP, int(np.diff(seg[:nu + 1]).max(initial=0)))
+            blk = _blocked_scratch(ex, name, B, cap, layer["in_dim"])
             args = (ptr(uniq), ptr(seg), ptr(pos), B, ptr(g), ptr(x), ptr(W), ptr(b), ptr(m["W"]), ptr(v["W"]),
-                    ptr(mb), ptr(vb), ptr(step.hyper))
-        per_chunk = [(ptr(dxbufs[c]),) if scratch is None else (ptr(scratch[c]), ptr(dxbufs[c]))
-                     for c in range(N_CHUNKS)]
+                    ptr(mb), ptr(vb), ptr(step.hyper), cap)
+            per_chunk = [(ptr(s["scratch"]), ptr(dxbufs[c]), ptr(s["cnt"]), ptr(s["lb"]), ptr(s["lg"]), ptr(s["bn"]),
+                          ptr(s["bg"])) for c, s in enumerate(blk)]
         if ex.worth_two_threads(nu * layer["in_dim"] * (2 * ids.size / max(1, nu) + ADAM_OPS)):
             ex.pool.run_chunks(fn, bounds, *args, per_chunk=per_chunk)
         else:                                      # small: the same chunks in order on this thread
             for (lo, hi), extra in zip(bounds, per_chunk):
                 if hi > lo:
                     fn(lo, hi, *args, *extra)
-        dx = dxbufs[0]
+        dx = dxbufs[0].copy()
         for c in range(1, N_CHUNKS):               # fixed order: thread-count independent
             dx += dxbufs[c]
         fused = ex.fused_activation[name]

@@ -116,6 +116,7 @@ class NativeExecutor:
         self._marks = {}
         self._ranked_scratch = None
         self._hash_scratch = {}
+        self.kernel_scratch = {}   # scratch an op's runner keeps between steps (boltc/ops/fc.py _blocked_scratch)
         self._install_native_hash()
 
     @property
@@ -301,7 +302,13 @@ class NativeExecutor:
         """Frozen tables: labels a lookup did not retrieve go into the probed buckets (as the spec)."""
         ids, where = self._missed_labels(index, buckets, lab, name)
         if ids.size:       # absent: a missed label is in none of its probed buckets
-            index.insert(ids.astype(np.int64), where, rng, absent=True)
+            apply = None
+            if name and self.k.has(name, "insert"):
+                def apply(keys, nid, u, _fn=self.k.fn(name, "insert")):
+                    keys = np.ascontiguousarray(keys, dtype=np.int64)
+                    nid, u = np.ascontiguousarray(nid, dtype=np.int32), np.ascontiguousarray(u, dtype=np.float64)
+                    _fn(keys.size, ptr(keys), ptr(nid), ptr(u), index.reservoir, ptr(index.tables), ptr(index.counts))
+            index.insert(ids.astype(np.int64), where, rng, absent=True, apply=apply)
 
     _select = select           # the name tests/test_native.py calls
 

@@ -40,7 +40,9 @@ from boltc.runtime.exec.state import ModelState, init_params, make_lsh, neuron_r
 # (bin_size, n_hashes); LSH-sparse layers with an input gradient also have `dx_active`.
 # 5: LSH-hashed layers also have `label_hits` (the frozen tables' missed-label test).
 # 6: the DWTA hash reads x transposed (in_dim, stride) with its stride; SRP layers also have `hash`.
-NATIVE_FORMAT = 6
+# 7: `upd_active_dx` is the blocked fused update (cap and per-chunk regrouping scratch); LSH-hashed
+# layers also have `insert` (the frozen tables' inserts of missed labels).
+NATIVE_FORMAT = 7
 
 
 class StaleNativeCode(ModelFileError):
