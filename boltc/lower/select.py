@@ -515,9 +515,13 @@ def build_tables(km: KernelModule, name: str, tables: int, range_bits: int, rese
             k.st(a["tables"], i, k.b.trunc(k.i64(-1), I32))
         with k.loop(k.mul(a["t0"], NB), k.mul(a["t1"], NB), "zc") as i:
             k.st(a["counts"], i, k.b.trunc(k.i64(0), I32))
-    with k.loop(0, a["count"], "i") as i:
-        n = k.add(a["n0"], i)
-        with k.loop(a["t0"], a["t1"], "t") as t:
+    # table by table: one table's buckets and counts (590 KB at 20ng_nextword's 4,096 x 36) stay in L2
+    # while every neuron goes in (neuron by neuron, each insertion would miss in another table: that
+    # rebuild's refill takes 97-108 ms that way, 49-57 ms this way). A bucket gets its neurons in the
+    # same order either way, so the tables are the same.
+    with k.loop(a["t0"], a["t1"], "t") as t:
+        with k.loop(0, a["count"], "i") as i:
+            n = k.add(a["n0"], i)
             cell = k.add(k.mul(t, NB), k.ld_i32_as_i64(a["buckets"], k.add(k.mul(i, L), t)))
             c = k.ld_i32_as_i64(a["counts"], cell)
             k.st(a["counts"], cell, k.b.trunc(k.add(c, k.i64(1)), I32))
