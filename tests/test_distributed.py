@@ -422,18 +422,34 @@ def test_shared_weights_equal_replicas_bit_for_bit(tiny, monkeypatch):
     """Workers of one machine sharing one copy of the weights (direct links, table rebuilds hashed a
     share per worker) end with exactly the weights, moments and tables of workers that keep replicas
     and exchange new rows (the protocol across machines)."""
-    from boltc.runtime.distributed import worker as distributed_worker
+    from boltc.runtime.distributed import cluster as distributed_cluster, worker as distributed_worker
     plan, train, _ = tiny
     init = ModelState.init(plan)
-    divided = []
+    divided, refilled, inserted, kept = [], [], [], []
     real = distributed_worker.Worker.hash_share
     monkeypatch.setattr(distributed_worker.Worker, "hash_share",
                         lambda self, *a: divided.append(self.rank) or real(self, *a))
+    real_share = distributed_worker.Worker.tables_share
+    monkeypatch.setattr(distributed_worker.Worker, "tables_share",
+                        lambda self, *a: refilled.append(real_share(self, *a)[:2]) or real_share(self, *a))
+    real_facts = distributed_worker.Worker.apply_facts
+    monkeypatch.setattr(distributed_worker.Worker, "apply_facts", lambda self, facts: inserted.append(
+        (self.table_share.get("scores"), len(facts["inserts"].get("scores", ((),))[0]))) or real_facts(self, facts))
+    real_shutdown = distributed_cluster.InProcessRunner.shutdown
+    monkeypatch.setattr(distributed_cluster.InProcessRunner, "shutdown",
+                        lambda self: kept.append([w.state.lsh["scores"] for w in self.workers]) or real_shutdown(self))
     kw = dict(workers=2, in_process=True, backend="native")
     shared = train_distributed(plan, copy.deepcopy(init), train, **kw)
     replicas = train_distributed(plan, copy.deepcopy(init), train, share_weights=False, **kw)
     assert shared.stats["shared_weights"] and not replicas.stats["shared_weights"]
     assert sorted(divided) == [0, 1]                    # the epoch-end rebuild, hashed half by each worker
+    L = init.lsh["scores"].L
+    assert sorted(refilled) == [(0, L // 2), (L // 2, L)]   # ... and its tables refilled half by each
+    # one copy of the tables on one machine, a replica each otherwise; frozen epoch 2 inserted the
+    # missed labels into the shared tables, each worker into its half
+    (a, b), (c, d) = kept
+    assert np.shares_memory(a.tables, b.tables) and not np.shares_memory(c.tables, d.tables)
+    assert {share for share, n in inserted[:40] if n} == {(0, L // 2), (L // 2, L)}
     for which in ("params", "m", "v"):
         for layer, ts in getattr(replicas.state, which).items():
             for t, a in ts.items():

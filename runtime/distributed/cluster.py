@@ -22,7 +22,7 @@ from boltc.errors import BoltError, DependencyError
 from boltc.runtime.distributed.shard import load_shard
 from boltc.runtime.distributed.mesh import Mesh, PeerLost
 from boltc.runtime.distributed.shared import SharedWeights, attach
-from boltc.runtime.distributed.worker import CODES, NOT_TRAINED, Worker, portable_state
+from boltc.runtime.distributed.worker import CODES, COUNTS, NOT_TRAINED, TABLES, Worker, portable_state
 from boltc.runtime.exec.state import aligned_copy
 from boltc.runtime.exec import executor  # looked up at call time (tests swap make_executor)
 
@@ -370,13 +370,16 @@ def _trained(state, copy) -> dict:
 
 
 def _shared_arrays(plan, state, copy) -> dict:
-    """What the workers of one machine share: the trained tensors, and per DWTA-hashed layer a buffer
-    for the neurons' codes of a table rebuild (worker.hash_share)."""
+    """What the workers of one machine share: the trained tensors, per LSH layer its tables and bucket
+    counts (each worker refills and inserts into a share of the tables: worker.tables_share), and per
+    DWTA-hashed layer a buffer for the neurons' codes of a table rebuild (worker.hash_share)."""
     out = _trained(state, copy)
     for layer in plan["layers"]:
         idx = (getattr(state, "lsh", None) or {}).get(layer["name"])
-        if idx is not None and layer.get("hash") and idx.family == "dwta":
-            out[(layer["name"], CODES)] = np.zeros((layer["dim"], idx.L), np.int32)
+        if idx is not None and layer.get("hash"):
+            out[(layer["name"], TABLES)], out[(layer["name"], COUNTS)] = copy(idx.tables), copy(idx.counts)
+            if idx.family == "dwta":
+                out[(layer["name"], CODES)] = np.zeros((layer["dim"], idx.L), np.int32)
     return out
 
 

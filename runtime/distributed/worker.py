@@ -38,6 +38,7 @@ from boltc.runtime.lsh.index import LSHIndex, missed_labels  # noqa: F401 (re-ex
 
 NOT_TRAINED = ("label_count",)
 CODES = "lsh_codes"               # a shared buffer of a layer's neuron codes (table rebuilds), not a tensor
+TABLES, COUNTS = "lsh_tables", "lsh_counts"     # a layer's LSH tables and bucket counts, shared
 HASH_CHUNK = 1 << 16              # neurons hashed per call (bounded scratch), as the executor's rebuild
 
 
@@ -200,6 +201,7 @@ class Worker:
         self.use_factors = bool(getattr(self.ex, "native", False)) and hasattr(self.ex, "apply_update")
         self.own_factors: dict = {}
         self.shared, self.mesh, self.codes = False, None, {}
+        self.table_share: dict[str, tuple[int, int]] = {}     # shared tables: layer -> the tables we write
         views = {}
         for (layer, t), (lo, hi) in self.owned.items():
             views.setdefault(layer, {})[t] = self.state.params[layer][t][lo:hi]
@@ -356,9 +358,12 @@ class Worker:
         """Train on `arrays` ((layer, tensor) -> the machine's one copy, runtime/distributed/shared.py)
         instead of this replica's own trained tensors; they hold the same values. With `mesh`, table
         rebuilds hash a share of the neurons each into the shared (layer, CODES) buffers."""
+        tables = {}
         for (layer, t), a in arrays.items():
             if t == CODES:
                 self.codes[layer] = a
+            elif t in (TABLES, COUNTS):
+                tables.setdefault(layer, {})[t] = a
             else:
                 self.state.params[layer][t] = a
         for (layer, t), (lo, hi) in self.owned.items():
@@ -366,6 +371,18 @@ class Worker:
         self.shared, self.mesh = True, mesh
         if mesh is not None and self.codes and hasattr(self.ex, "divided_hashing"):
             self.ex.divided_hashing = self.hash_share
+        # one copy of a layer's tables when the native kernels refill them (a share of the tables per
+        # worker, `table_share`) and insert into them; the NumPy spec refills every table at once, so
+        # its replicas keep their own
+        for layer, arrs in tables.items():
+            index = self.state.lsh.get(layer)
+            if (mesh is None or index is None or not getattr(index, "_native_hash", False)
+                    or not hasattr(self.ex, "divided_tables") or set(arrs) != {TABLES, COUNTS}):
+                continue
+            index.tables, index.counts = arrs[TABLES], arrs[COUNTS]
+            self.table_share[layer] = row_ranges(index.L, self.world)[self.rank]
+        if self.table_share:
+            self.ex.divided_tables = self.tables_share
 
     def hash_share(self, name: str, index, w: np.ndarray):
         """A table rebuild's codes with the hashing divided: this worker hashes its share of the
@@ -381,6 +398,12 @@ class Worker:
             codes[n0:n1] = index.hash(np.ascontiguousarray(w[n0:n1], dtype=np.float32))
         self.mesh.barrier()
         return codes
+
+    def tables_share(self, name: str, index):
+        """A table refill with shared tables: (t0, t1, wait) = the tables this worker refills and the
+        wait for the others' (every replica refills at the same update), or None (refill all)."""
+        share = self.table_share.get(name)
+        return None if share is None else share + (self.mesh.barrier,)
 
     def run_updates(self, mesh, updates: list, accumulate: int = 1, record: bool = False) -> list:
         """Workers on one machine sharing their weights: the updates [(update, lr, epoch, index in epoch,
@@ -400,9 +423,17 @@ class Worker:
                 self._took("exchange", t0)
                 self.reduce_apply(everyone, lr)
                 t0 = _clock()
+                # every lookup of this update is done: frozen tables' inserts (into our share of shared
+                # tables) and label counts now, so the barrier below also covers them
+                self.apply_facts(merge_facts([o[3] for o in everyone]))
+                t1 = _clock()
+                self._took("upkeep", t0, t1)
                 mesh.barrier()                            # every owner's rows are updated
-                self._took("exchange", t0)
-                self.finish(([{}] * self.world, everyone, epoch, index, per_epoch))
+                self._took("exchange", t1)
+                t0 = _clock()
+                if hasattr(self.ex, "after_step"):        # rebuilds read every owner's rows: after it
+                    self.ex.after_step(epoch, index, per_epoch)
+                self._took("upkeep", t0)
                 out.append((None,) + mine[1:])
         except BaseException:
             mesh.close()                                  # the others' reads end now, not at the timeout
@@ -440,7 +471,12 @@ class Worker:
             np.add.at(self.state.params[self.output["name"]]["label_count"], labels, 1.0)
         for name, (ids, buckets) in sorted((facts.get("inserts") or {}).items()):
             if ids.size:
-                self.state.lsh[name].insert(ids, buckets, np.random.default_rng([self.seed, int(self.state.step), 0x1D5]))
+                index = self.state.lsh[name]
+                apply = self.ex.insert_apply(name, index, self.table_share.get(name)) if hasattr(self.ex, "insert_apply") else None
+                # absent: a missed label is in none of its probed buckets (the lookups ran on these
+                # tables, which nothing changed since), so no table is read here, only written by apply
+                index.insert(ids, buckets, np.random.default_rng([self.seed, int(self.state.step), 0x1D5]),
+                             absent=True, apply=apply)
 
     # ------------------------------------------------------------------ state
     def get_state(self):

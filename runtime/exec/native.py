@@ -82,6 +82,9 @@ class NativeExecutor:
         # gradients() and apply_parts(copy_out) write into buffers kept between calls (native_ops.grad_buffer)
         self.reuse_grad_buffers, self.grad_buffers = False, {}
         self.divided_hashing = None
+        # data-parallel workers sharing one copy of the tables: (name, index) -> (t0, t1, done) the tables
+        # this worker refills (done: wait until every worker has refilled its own), or None (all tables)
+        self.divided_tables = None
         self.interp = NumpyExecutor(plan, state, threads=threads)     # fallback, upkeep, validation
         self.upkeep = self.interp.upkeep
         self.layers = plan["layers"]
@@ -159,11 +162,18 @@ class NativeExecutor:
         seed = (index.seed * 1000003 + index.builds) & ((1 << 63) - 1)
         L = index.L
         codes = self.divided_hashing(name, index, w) if self.divided_hashing is not None else None
+        share = self.divided_tables(name, index) if self.divided_tables is not None else None
+        t0, t1, done = share or (0, L, None)
+        # the kernel fills tables [t0, t1) (each table on its own: any share gives the same tables)
+        fill = fn if t0 == 0 else (lambda lo, hi, *a: fn(t0 + lo, t0 + hi, *a))
         for n0 in range(0, w.shape[0], chunk):
             n1 = min(w.shape[0], n0 + chunk)
             buckets = codes[n0:n1] if codes is not None else index.hash(np.ascontiguousarray(w[n0:n1], dtype=np.float32))
-            self.pool.run(fn, L, ptr(buckets), n0, n1 - n0, ptr(index.tables), ptr(index.counts),
-                          seed, int(n0 == 0))
+            if t1 > t0:
+                self.pool.run(fill, t1 - t0, ptr(buckets), n0, n1 - n0, ptr(index.tables), ptr(index.counts),
+                              seed, int(n0 == 0))
+        if done is not None:
+            done()
 
     def _dwta(self, fn, index, x: np.ndarray) -> np.ndarray:
         n = x.shape[0]
@@ -298,17 +308,31 @@ class NativeExecutor:
             hit = np.count_nonzero(cand == lids[:, None], axis=1) > 0
         return lids[~hit], np.ascontiguousarray(buckets[lrows[~hit]])
 
+    def insert_apply(self, name: str, index, tables: tuple[int, int] | None = None):
+        """The last step of `LSHIndex.insert` (its `apply`): the native insert kernel when the layer
+        has one (the spec's apply_inserts, the same arithmetic), else the spec. `tables` = (t0, t1):
+        only the pairs of those tables (pairs are sorted by cell, so a table's pairs are one slice and
+        no cell straddles two slices: each share gives exactly its tables' part of the whole insert)."""
+        fn = self.k.fn(name, "insert") if self.native and name and self.k.has(name, "insert") else None
+
+        def apply(keys, nid, u):
+            if tables is not None:
+                nb = index.tables.shape[1]
+                lo, hi = np.searchsorted(keys, [tables[0] * nb, tables[1] * nb])
+                keys, nid, u = keys[lo:hi], nid[lo:hi], u[lo:hi]
+            if fn is None:
+                index.apply_inserts(keys, nid, u)
+                return
+            keys = np.ascontiguousarray(keys, dtype=np.int64)
+            nid, u = np.ascontiguousarray(nid, dtype=np.int32), np.ascontiguousarray(u, dtype=np.float64)
+            fn(keys.size, ptr(keys), ptr(nid), ptr(u), index.reservoir, ptr(index.tables), ptr(index.counts))
+        return apply
+
     def _insert_missed(self, index, buckets, lab, rng, name: str = "") -> None:
         """Frozen tables: labels a lookup did not retrieve go into the probed buckets (as the spec)."""
         ids, where = self._missed_labels(index, buckets, lab, name)
         if ids.size:       # absent: a missed label is in none of its probed buckets
-            apply = None
-            if name and self.k.has(name, "insert"):
-                def apply(keys, nid, u, _fn=self.k.fn(name, "insert")):
-                    keys = np.ascontiguousarray(keys, dtype=np.int64)
-                    nid, u = np.ascontiguousarray(nid, dtype=np.int32), np.ascontiguousarray(u, dtype=np.float64)
-                    _fn(keys.size, ptr(keys), ptr(nid), ptr(u), index.reservoir, ptr(index.tables), ptr(index.counts))
-            index.insert(ids.astype(np.int64), where, rng, absent=True, apply=apply)
+            index.insert(ids.astype(np.int64), where, rng, absent=True, apply=self.insert_apply(name, index))
 
     _select = select           # the name tests/test_native.py calls
 
