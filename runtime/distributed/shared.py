@@ -8,11 +8,12 @@ and the others read them at the next forward pass. The protocol's order already 
 (runtime/distributed/worker.py): an owner updates only after every worker's gradient call of the
 update has returned (it waits for their factors), and a worker computes the next update only after
 every owner's update has returned (`finish` waits for their results), so no row is read while it is
-written. Moments stay private (each owner holds its own shard); label counts and LSH tables stay per
-replica (each replica adds the same counts and fills the same tables); the hashing of a rebuild, its
-dominant cost, is divided: each worker hashes a share of the neurons into a shared codes buffer
-(one more array here, (neurons, tables) int32 per LSH layer), then every replica fills its tables
-from all codes.
+written. Moments stay private (each owner holds its own shard); label counts stay per replica (each
+replica adds the same counts). LSH tables and their bucket counts are shared too when the native
+kernels fill them, and their upkeep is divided: at a rebuild each worker hashes a share of the
+neurons into a shared codes buffer ((neurons, tables) int32 per DWTA layer), then refills its share
+of the tables from all codes; frozen tables' inserts go into each worker's share, before the update's
+barrier (worker.py). Every table is written by one worker and read only after a barrier.
 
 Decision: a file under /dev/shm mapped by every worker with Python's mmap (plain ndarrays over it),
 created and deleted by the driver, rather than multiprocessing.shared_memory, whose resource tracker
