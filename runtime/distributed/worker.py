@@ -408,8 +408,9 @@ class Worker:
     def run_updates(self, mesh, updates: list, accumulate: int = 1, record: bool = False) -> list:
         """Workers on one machine sharing their weights: the updates [(update, lr, epoch, index in epoch,
         updates per epoch)] in one call, meeting the other workers through `mesh` (mesh.py) instead of
-        the driver: hand each owner its part and everyone the factors, update our rows, wait until
-        every owner has updated, then the batch's facts and the upkeep. The arithmetic is the
+        the driver: hand each owner its part and everyone the factors, update our rows, add the
+        batch's facts (label counts, frozen tables' inserts), wait until every owner has done so, then
+        the schedule's rebuilds. The arithmetic is the
         per-update protocol's (`grads_step`, `reduce_apply`, `finish`), so both give the same bits.
         -> one `grads_step` output per update (handles None)."""
         out = []
