@@ -436,8 +436,9 @@ def test_shared_weights_equal_replicas_bit_for_bit(tiny, monkeypatch):
     monkeypatch.setattr(distributed_worker.Worker, "apply_facts", lambda self, facts: inserted.append(
         (self.table_share.get("scores"), len(facts["inserts"].get("scores", ((),))[0]))) or real_facts(self, facts))
     real_shutdown = distributed_cluster.InProcessRunner.shutdown
-    monkeypatch.setattr(distributed_cluster.InProcessRunner, "shutdown",
-                        lambda self: kept.append([w.state.lsh["scores"] for w in self.workers]) or real_shutdown(self))
+    monkeypatch.setattr(distributed_cluster.InProcessRunner, "shutdown", lambda self: kept.append(
+        ([w.state.lsh["scores"] for w in self.workers], [w.shard.m["scores"]["W"] for w in self.workers],
+         getattr(self, "shared_arrays", None))) or real_shutdown(self))
     kw = dict(workers=2, in_process=True, backend="native")
     shared = train_distributed(plan, copy.deepcopy(init), train, **kw)
     replicas = train_distributed(plan, copy.deepcopy(init), train, share_weights=False, **kw)
@@ -447,8 +448,10 @@ def test_shared_weights_equal_replicas_bit_for_bit(tiny, monkeypatch):
     assert sorted(refilled) == [(0, L // 2), (L // 2, L)]   # ... and its tables refilled half by each
     # one copy of the tables on one machine, a replica each otherwise; frozen epoch 2 inserted the
     # missed labels into the shared tables, each worker into its half
-    (a, b), (c, d) = kept
+    ((a, b), moments, arrays), ((c, d), _, no_arrays) = kept
     assert np.shares_memory(a.tables, b.tables) and not np.shares_memory(c.tables, d.tables)
+    # each owner's moments are its rows of the machine's one copy, which the driver read at the end
+    assert no_arrays is None and all(np.shares_memory(m, arrays[("scores", "W", "m")]) for m in moments)
     assert {share for share, n in inserted[:40] if n} == {(0, L // 2), (L // 2, L)}
     for which in ("params", "m", "v"):
         for layer, ts in getattr(replicas.state, which).items():

@@ -205,9 +205,10 @@ class InProcessRunner:
 
     def share_weights(self, state, opts, timeout) -> None:
         """In-process workers share one set of arrays (the same code path as a shared file)."""
-        arrays = _shared_arrays(self.plan, state, aligned_copy)
+        # copies: the workers write them, and `state` is what a restart replays from
+        arrays = _shared_arrays(self.plan, state, lambda a: aligned_copy(np.array(a)))
         self.call_together("share_weights", [(arrays, _mesh_prefix(), timeout)] * len(self.workers))
-        self.sharing = True
+        self.sharing, self.shared_arrays = True, arrays
 
 
 class RayRunner:
@@ -275,6 +276,7 @@ class RayRunner:
             except Exception:                               # already dead: nothing to release
                 pass
         self.actors = []
+        self.shared_arrays = None
         if self.shared is not None:
             self.shared.close()
             self.shared = None
@@ -289,7 +291,7 @@ class RayRunner:
             return
         self.shared = SharedWeights(_shared_arrays(self.plan, state, np.asarray))
         self.call("share_weights", [(self.shared.spec, _mesh_prefix(), timeout)] * len(self.actors), timeout=timeout)
-        self.sharing = True
+        self.sharing, self.shared_arrays = True, attach(self.shared.spec)
 
     def call_together(self, method: str, per_worker_args=None, timeout=300.0):
         return self.call(method, per_worker_args, timeout)
@@ -370,10 +372,16 @@ def _trained(state, copy) -> dict:
 
 
 def _shared_arrays(plan, state, copy) -> dict:
-    """What the workers of one machine share: the trained tensors, per LSH layer its tables and bucket
-    counts (each worker refills and inserts into a share of the tables: worker.tables_share), and per
-    DWTA-hashed layer a buffer for the neurons' codes of a table rebuild (worker.hash_share)."""
+    """What the workers of one machine share: the trained tensors and their moments (each owner
+    updates its rows; the driver reads every worker's at an epoch's end from here, not through Ray),
+    per LSH layer its tables and bucket counts (each worker refills and inserts into a share of the
+    tables: worker.tables_share), and per DWTA-hashed layer a buffer for the neurons' codes of a table
+    rebuild (worker.hash_share)."""
     out = _trained(state, copy)
+    for layer, ts in state.params.items():
+        for t in ts:
+            if t not in NOT_TRAINED:
+                out[(layer, t, "m")], out[(layer, t, "v")] = copy(state.m[layer][t]), copy(state.v[layer][t])
     for layer in plan["layers"]:
         idx = (getattr(state, "lsh", None) or {}).get(layer["name"])
         if idx is not None and layer.get("hash"):

@@ -46,7 +46,7 @@ from boltc.runtime.distributed.cluster import (EXCHANGES, INSTALL_HINT, Distribu
                                                _start_workers, _WorkerFailed, connect, require_ray)
 from boltc.runtime.distributed.shard import load_shard, plan_shards  # noqa: F401 (re-exported)
 from boltc.runtime import savefile
-from boltc.runtime.distributed.worker import assemble_state, facts_nbytes, merge_facts
+from boltc.runtime.distributed.worker import assemble_shared, assemble_state, facts_nbytes, merge_facts
 from boltc.runtime.exec import executor  # looked up at call time (tests swap make_executor)
 from boltc.runtime.exec.optim import lr_at
 from boltc.runtime.sampler.adaptive import check_distributed
@@ -148,8 +148,12 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
                 lr = todo[-1][1] if todo else lr
                 worker_stats = runner.call("timings", timeout=timeout)
                 shards_state = runner.call("get_state", timeout=timeout)
-                # a copy of its own (Ray returns read-only zero-copy arrays), so the caller can keep training it
-                new_state = assemble_state(shards_state[0][0], [s[1] for s in shards_state])
+                # a copy of its own (Ray returns read-only zero-copy arrays; the shared file goes on
+                # changing), so the caller can keep training it
+                if runner.sharing:
+                    new_state = assemble_shared(shards_state[0][0], runner.shared_arrays, type(state))
+                else:
+                    new_state = assemble_state(shards_state[0][0], [s[1] for s in shards_state])
             except _WorkerFailed as f:
                 where = f"worker {f.rank} {f.why} in epoch {epoch + 1}"
                 runner.shutdown()

@@ -33,12 +33,13 @@ import numpy as np
 from boltc.runtime.data.dataset import Dataset
 from boltc.runtime.exec.gradients import Key, RowGrad
 from boltc.runtime.exec.native import merge_factors
-from boltc.runtime.exec.state import aligned_copy
+from boltc.runtime.exec.state import aligned_copy, aligned_empty
 from boltc.runtime.lsh.index import LSHIndex, missed_labels  # noqa: F401 (re-exported)
 
 NOT_TRAINED = ("label_count",)
 CODES = "lsh_codes"               # a shared buffer of a layer's neuron codes (table rebuilds), not a tensor
 TABLES, COUNTS = "lsh_tables", "lsh_counts"     # a layer's LSH tables and bucket counts, shared
+MOMENTS = ("m", "v")              # (layer, tensor, "m"|"v"): a trained tensor's moments, shared (each owner its rows)
 HASH_CHUNK = 1 << 16              # neurons hashed per call (bounded scratch), as the executor's rebuild
 
 
@@ -359,7 +360,13 @@ class Worker:
         instead of this replica's own trained tensors; they hold the same values. With `mesh`, table
         rebuilds hash a share of the neurons each into the shared (layer, CODES) buffers."""
         tables = {}
-        for (layer, t), a in arrays.items():
+        for key, a in arrays.items():
+            if len(key) == 3:                     # moments: ours are our rows of them (the owner's shard)
+                layer, t, which = key
+                lo, hi = self.owned[(layer, t)]
+                getattr(self.shard, which)[layer][t] = a[lo:hi]
+                continue
+            layer, t = key
             if t == CODES:
                 self.codes[layer] = a
             elif t in (TABLES, COUNTS):
@@ -481,7 +488,19 @@ class Worker:
 
     # ------------------------------------------------------------------ state
     def get_state(self):
-        """(weights and tables: rank 0 only, else None; this worker's moment shards)."""
+        """(weights and tables: rank 0 only, else None; this worker's moment shards). Workers sharing
+        the machine's file: rank 0 sends ("shared", params with None for every tensor in the file,
+        {layer: (index meta, index arrays but the shared tables)}, step) and nobody sends moments;
+        the driver reads the rest from the file (`assemble_shared`), not through Ray."""
+        if self.shared:
+            if self.rank != 0:
+                return None, None
+            params = {layer: {t: (np.array(a) if t in NOT_TRAINED else None) for t, a in ts.items()}
+                      for layer, ts in self.state.params.items()}
+            lsh = {n: (idx.meta(), {k: np.array(a) for k, a in idx.arrays().items()
+                                    if n not in self.table_share or k not in ("tables", "counts")})
+                   for n, idx in (self.state.lsh or {}).items()}
+            return ("shared", params, lsh, int(self.state.step)), None
         full = portable_state(self.state) if self.rank == 0 else None
         return full, (self.shard.m, self.shard.v)
 
@@ -502,6 +521,36 @@ class Worker:
         machine include waiting for a core, CPU seconds do not)."""
         return dict(self.seconds, **self.bytes, **{f"cpu_{k}": v for k, v in self.cpu.items()},
                     cpu=time.process_time() - self.cpu_start)
+
+
+def _own_copy(a: np.ndarray) -> np.ndarray:
+    out = aligned_empty(a.shape, a.dtype)
+    out[...] = a
+    return out
+
+
+def assemble_shared(light: tuple, arrays: dict, state_cls):
+    """The single-machine state of workers sharing one machine's file: rank 0's `get_state` (tensors
+    not in the file, LSH meta) and copies of the file's tensors, moments and tables (`arrays`, the
+    driver's map of it; the workers are idle between calls, so nothing is written meanwhile)."""
+    _, params_in, lsh_in, step = light
+    params, m, v = {}, {}, {}
+    for layer, ts in params_in.items():
+        for t, a in ts.items():
+            if a is None:
+                params.setdefault(layer, {})[t] = _own_copy(arrays[(layer, t)])
+                m.setdefault(layer, {})[t] = _own_copy(arrays[(layer, t, "m")])
+                v.setdefault(layer, {})[t] = _own_copy(arrays[(layer, t, "v")])
+            else:                                    # not trained (label_count): zero moments, as ModelState.init
+                params.setdefault(layer, {})[t] = aligned_copy(a)
+                m.setdefault(layer, {})[t] = np.zeros_like(a)
+                v.setdefault(layer, {})[t] = np.zeros_like(a)
+    lsh = {}
+    for name, (meta, arrs) in lsh_in.items():
+        if "tables" not in arrs:
+            arrs = dict(arrs, tables=np.array(arrays[(name, TABLES)]), counts=np.array(arrays[(name, COUNTS)]))
+        lsh[name] = LSHIndex.from_arrays(meta, arrs)
+    return state_cls(params=params, m=m, v=v, step=int(step), lsh=lsh)
 
 
 def assemble_state(full, shards: list):
