@@ -452,6 +452,8 @@ def test_shared_weights_equal_replicas_bit_for_bit(tiny, monkeypatch):
     assert np.shares_memory(a.tables, b.tables) and not np.shares_memory(c.tables, d.tables)
     # each owner's moments are its rows of the machine's one copy, which the driver read at the end
     assert no_arrays is None and all(np.shares_memory(m, arrays[("scores", "W", "m")]) for m in moments)
+    # after the last update the result is that copy itself (no worker writes it again)
+    assert np.shares_memory(shared.state.params["scores"]["W"], arrays[("scores", "W")])
     assert {share for share, n in inserted[:40] if n} == {(0, L // 2), (L // 2, L)}
     for which in ("params", "m", "v"):
         for layer, ts in getattr(replicas.state, which).items():

@@ -151,7 +151,8 @@ def train_distributed(plan: dict, state, train_source, validation=None, workers:
                 # a copy of its own (Ray returns read-only zero-copy arrays; the shared file goes on
                 # changing), so the caller can keep training it
                 if runner.sharing:
-                    new_state = assemble_shared(shards_state[0][0], runner.shared_arrays, type(state))
+                    last = epoch + 1 == epochs or (max_updates is not None and updates_done >= max_updates)
+                    new_state = assemble_shared(shards_state[0][0], runner.shared_arrays, type(state), copy=not last)
                 else:
                     new_state = assemble_state(shards_state[0][0], [s[1] for s in shards_state])
             except _WorkerFailed as f:
