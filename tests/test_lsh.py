@@ -1,4 +1,7 @@
 """LSHIndex: active-set invariants, tables, insertion, persistence, and retrieval against brute force."""
+import collections
+import copy
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -288,3 +291,29 @@ def test_sorted_unique_equals_numpy_unique():
         got = sorted_unique(a)
         np.testing.assert_array_equal(got, np.unique(a))
         assert got.dtype == np.int64
+
+
+@pytest.mark.parametrize("built", [False, True])      # empty buckets; full ones (reservoir replacement)
+def test_insert_tables_divided_by_tables_equals_one_insert_into_all(built):
+    """Data-parallel workers insert a global batch's missed labels each into its share of one set of
+    tables (LSHIndex.insert_tables): any division gives the tables of one insert into all tables;
+    each (table, bucket, id) pair is offered once; a pair whose bucket has room for all its new
+    pairs is in it afterwards (reservoir insertion)."""
+    rng = np.random.default_rng(3)
+    index = LSHIndex("dwta", in_dim=16, dim=200, hashes=2, range_bits=3, tables=6, reservoir=8, seed=1)
+    if built:
+        index.build(rng.normal(size=(200, 16)).astype(np.float32))
+    ids = rng.integers(0, 200, size=40)
+    buckets = rng.integers(0, 8, size=(40, 6)).astype(np.int32)
+    ids[1], buckets[1] = ids[0], buckets[0]                 # a duplicate pair: offered once
+    whole, parts = copy.deepcopy(index), copy.deepcopy(index)
+    n = whole.insert_tables(ids, buckets, (7, 11))
+    assert n == parts.insert_tables(ids, buckets, (7, 11), (0, 2)) + parts.insert_tables(ids, buckets, (7, 11), (2, 6))
+    np.testing.assert_array_equal(whole.tables, parts.tables)
+    np.testing.assert_array_equal(whole.counts, parts.counts)
+    pairs = {(t, int(b), int(i)) for i, row in zip(ids, buckets) for t, b in enumerate(row)}
+    assert n == len(pairs) and (whole.counts - index.counts).sum() == n
+    new_in = collections.Counter((t, b) for t, b, _ in pairs)
+    roomy = [(t, b, i) for t, b, i in pairs if index.counts[t, b] + new_in[(t, b)] <= index.reservoir]
+    assert bool(roomy) != built
+    assert all(i in whole.tables[t, b] for t, b, i in roomy)

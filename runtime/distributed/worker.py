@@ -476,15 +476,16 @@ class Worker:
         """Label counts and frozen tables' insertions of the global batch, the same on every replica."""
         labels = facts.get("labels")
         if labels is not None and labels.size:
-            np.add.at(self.state.params[self.output["name"]]["label_count"], labels, 1.0)
+            counts = self.state.params[self.output["name"]]["label_count"]
+            counts += np.bincount(labels, minlength=counts.size).astype(np.float32)     # as train_step adds them
         for name, (ids, buckets) in sorted((facts.get("inserts") or {}).items()):
             if ids.size:
                 index = self.state.lsh[name]
-                apply = self.ex.insert_apply(name, index, self.table_share.get(name)) if hasattr(self.ex, "insert_apply") else None
-                # absent: a missed label is in none of its probed buckets (the lookups ran on these
-                # tables, which nothing changed since), so no table is read here, only written by apply
-                index.insert(ids, buckets, np.random.default_rng([self.seed, int(self.state.step), 0x1D5]),
-                             absent=True, apply=apply)
+                apply = self.ex.insert_apply(name, index) if hasattr(self.ex, "insert_apply") else None
+                # a missed label is in none of its probed buckets (the lookups ran on these tables,
+                # which nothing changed since): no table is read, only our share of them written
+                index.insert_tables(ids, buckets, (self.seed, int(self.state.step), 0x1D5),
+                                    self.table_share.get(name), apply=apply)
 
     # ------------------------------------------------------------------ state
     def get_state(self):

@@ -308,18 +308,12 @@ class NativeExecutor:
             hit = np.count_nonzero(cand == lids[:, None], axis=1) > 0
         return lids[~hit], np.ascontiguousarray(buckets[lrows[~hit]])
 
-    def insert_apply(self, name: str, index, tables: tuple[int, int] | None = None):
+    def insert_apply(self, name: str, index):
         """The last step of `LSHIndex.insert` (its `apply`): the native insert kernel when the layer
-        has one (the spec's apply_inserts, the same arithmetic), else the spec. `tables` = (t0, t1):
-        only the pairs of those tables (pairs are sorted by cell, so a table's pairs are one slice and
-        no cell straddles two slices: each share gives exactly its tables' part of the whole insert)."""
+        has one (the spec's apply_inserts, the same arithmetic), else the spec."""
         fn = self.k.fn(name, "insert") if self.native and name and self.k.has(name, "insert") else None
 
         def apply(keys, nid, u):
-            if tables is not None:
-                nb = index.tables.shape[1]
-                lo, hi = np.searchsorted(keys, [tables[0] * nb, tables[1] * nb])
-                keys, nid, u = keys[lo:hi], nid[lo:hi], u[lo:hi]
             if fn is None:
                 index.apply_inserts(keys, nid, u)
                 return

@@ -288,6 +288,27 @@ class LSHIndex:
         (apply or self.apply_inserts)(keys, nid, rng.random(keys.size))
         return int(keys.size)
 
+    def insert_tables(self, ids: np.ndarray, buckets: np.ndarray, seed, tables: tuple[int, int] | None = None,
+                      apply=None) -> int:
+        """`insert(..., absent=True)` into the tables [t0, t1) only, with table t's uniform draws from its
+        own generator default_rng([*seed, t]): data-parallel workers each insert a global batch's
+        missed labels into their share of one machine's tables, and any division of the tables gives
+        the tables one worker inserting into all would give (replicas on other machines pass all).
+        ids[i] is absent from its buckets[i] (L,) (a missed label: the lookup found it in none)."""
+        t0, t1 = tables or (0, self.L)
+        if len(ids) == 0 or t1 <= t0:
+            return 0
+        nb = 1 << self.range_bits
+        keys = (np.arange(t0, t1, dtype=np.int64)[None, :] * nb + buckets[:, t0:t1].astype(np.int64)).ravel()
+        nid = np.repeat(np.asarray(ids, dtype=np.int64), t1 - t0)
+        pairs = sorted_unique(keys * (self.dim + 1) + nid)     # one insert per (bucket, id), sorted by bucket
+        keys, nid = pairs // (self.dim + 1), (pairs % (self.dim + 1)).astype(np.int32)
+        cuts = np.searchsorted(keys, np.arange(t0, t1 + 1, dtype=np.int64) * nb)
+        u = np.concatenate([np.random.default_rng([*seed, t]).random(int(cuts[i + 1] - cuts[i]))
+                            for i, t in enumerate(range(t0, t1))])
+        (apply or self.apply_inserts)(keys, nid, u)
+        return int(keys.size)
+
     def apply_inserts(self, keys: np.ndarray, nid: np.ndarray, u: np.ndarray) -> None:
         """(bucket cell, neuron) pairs sorted by cell into the tables: within a cell the pairs offer in
         order; a neuron that `seen` others were offered before (the cell's count plus its rank) takes
