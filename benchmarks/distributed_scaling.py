@@ -158,17 +158,19 @@ def project(one: dict, two: dict, plan: dict) -> list[dict]:
 
     Measured (2 workers, CPU seconds per worker and update): c = forward + input gradients of B/2
     examples, u = the owner's update of its half of the rows from the whole batch's factors, k = LSH
-    upkeep (hashing halved between the 2 workers, tables filled by each); f = factor bytes a worker sends
+    upkeep (hashing, table refill and frozen inserts halved between the 2 workers of one machine, which
+    share the tables); f = factor bytes a worker sends
     per example (to each other worker); U = bytes of the rows the global batch updates (2 x what one
     worker would send to a replica on another machine). One process: T1 CPU seconds per update.
     N machines (each its own replica of the weights; 10 Gbit/s full-duplex links, peer to peer):
-      ZeRO-1 (built): c*2/N + u*2/N + k + link, link = (factors of B/N examples to N-1 peers and the
+      ZeRO-1 (built): c*2/N + u*2/N + 2k + link, link = (factors of B/N examples to N-1 peers and the
         owner's U/N rows to N-1 peers; the same amounts received) / 1.25 GB/s
       replicated update (not built): every machine applies the update of every row from every
-        worker's factors (full moments everywhere, no rows on the link): c*2/N + 2u + k + factor link.
+        worker's factors (full moments everywhere, no rows on the link): c*2/N + 2u + 2k + factor link.
     The owner's update counted as shrinking with its share (u*2/N) leaves out its inversion of the
-    whole batch's active sets, which does not shrink; the upkeep is taken as measured (on separate
-    machines the codes of a divided rebuild would travel: not built, so each would hash all neurons).
+    whole batch's active sets, which does not shrink; the upkeep is the whole one, 2k, on every
+    machine: replicas on separate machines each hash, refill and insert for every table (dividing it
+    across machines would move codes and table shares over the link: not built).
     No overlap of compute and link time (the protocol is synchronous)."""
     B = plan["train"]["batch"]
     cp = two["cpu_seconds_per_update_by_phase"]
@@ -180,8 +182,8 @@ def project(one: dict, two: dict, plan: dict) -> list[dict]:
     for n in (2, 8, 32, 64):
         factors = f * B / n * (n - 1)
         link = (factors + U / n * (n - 1)) / LINK
-        zero1 = {"compute": c * 2 / n, "update": u * 2 / n, "upkeep": k, "link": link}
-        repl = {"compute": c * 2 / n, "update": 2 * u, "upkeep": k, "link": factors / LINK}
+        zero1 = {"compute": c * 2 / n, "update": u * 2 / n, "upkeep": 2 * k, "link": link}
+        repl = {"compute": c * 2 / n, "update": 2 * u, "upkeep": 2 * k, "link": factors / LINK}
         rows.append({"machines": n, **{f"{key}_s": v for key, v in zero1.items()},
                      "bytes_per_worker": factors + U / n * (n - 1), "speedup": t1 / sum(zero1.values()),
                      "bound": max(zero1, key=zero1.get), "replicated_speedup": t1 / sum(repl.values()),
