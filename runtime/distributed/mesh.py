@@ -6,8 +6,9 @@ wait until every owner has updated its rows. Through Ray each meeting costs call
 and the driver's scheduling on the same two cores the workers use (measured: a worker waited more than
 it computed); a socket read blocks in the kernel and wakes as soon as the peer writes. The payload is a
 few hundred KB per worker and update (factors, not rows). Decision: pickle (protocol 5) over
-SOCK_STREAM in the abstract namespace (Linux: nothing to clean up on disk), payloads larger than a socket buffer sent on a helper thread
-so two workers sending to each other at once never both block on full socket buffers.
+SOCK_STREAM in the abstract namespace (Linux: nothing to clean up on disk); payloads of more than a
+few KB are sent on a helper thread, so two workers sending to each other at once never both block on
+full socket buffers.
 
 A peer that dies closes its sockets (the OS does it), so the others' reads end at once with `PeerLost`;
 a peer that stops answering trips the timeout.

@@ -8,8 +8,9 @@ and the others read them at the next forward pass. The protocol's order already 
 (runtime/distributed/worker.py): an owner updates only after every worker's gradient call of the
 update has returned (it waits for their factors), and a worker computes the next update only after
 every owner's update has returned (`finish` waits for their results), so no row is read while it is
-written. Moments stay private (each owner holds its own shard); label counts stay per replica (each
-replica adds the same counts). LSH tables and their bucket counts are shared too when the native
+written. The moments live there too, each owner writing only its rows (so the driver reads them
+all from the file at an epoch's end); label counts stay per replica (each replica adds the same
+counts). LSH tables and their bucket counts are shared too when the native
 kernels fill them, and their upkeep is divided: at a rebuild each worker hashes a share of the
 neurons into a shared codes buffer ((neurons, tables) int32 per DWTA layer), then refills its share
 of the tables from all codes; frozen tables' inserts go into each worker's share, before the update's

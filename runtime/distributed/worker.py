@@ -39,7 +39,6 @@ from boltc.runtime.lsh.index import LSHIndex, missed_labels  # noqa: F401 (re-ex
 NOT_TRAINED = ("label_count",)
 CODES = "lsh_codes"               # a shared buffer of a layer's neuron codes (table rebuilds), not a tensor
 TABLES, COUNTS = "lsh_tables", "lsh_counts"     # a layer's LSH tables and bucket counts, shared
-MOMENTS = ("m", "v")              # (layer, tensor, "m"|"v"): a trained tensor's moments, shared (each owner its rows)
 HASH_CHUNK = 1 << 16              # neurons hashed per call (bounded scratch), as the executor's rebuild
 
 
@@ -357,8 +356,10 @@ class Worker:
 
     def use_shared_weights(self, arrays: dict, mesh=None) -> None:
         """Train on `arrays` ((layer, tensor) -> the machine's one copy, runtime/distributed/shared.py)
-        instead of this replica's own trained tensors; they hold the same values. With `mesh`, table
-        rebuilds hash a share of the neurons each into the shared (layer, CODES) buffers."""
+        instead of this replica's own trained tensors; they hold the same values. (layer, tensor, "m"
+        or "v"): the whole moments, of which this owner uses its rows. With `mesh`, table rebuilds
+        hash a share of the neurons each into the shared (layer, CODES) buffers, and natively filled
+        tables (layer, TABLES / COUNTS) are refilled and inserted into a share of the tables each."""
         tables = {}
         for key, a in arrays.items():
             if len(key) == 3:                     # moments: ours are our rows of them (the owner's shard)
