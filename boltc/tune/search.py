@@ -447,7 +447,7 @@ def tune(model_path, budget: float, output, *, train=None, validation=None, test
             final_data = ("all the training rows (train + the validation share): the values are chosen, and "
                           "the held-out rows are worth more as training data")
         else:
-            # measured on sst2 (the 3 tuned models of real_accuracy_text_3seeds.json, dev split in halves):
+            # measured on sst2 (benchmarks/final_data_sst2.py: the 3 tuned models of a real_accuracy run, dev in halves):
             # training on train + one half of dev scored 83.22 on the other half against 84.06
             # for train alone (6 runs, lower in 5); the given validation data stays out of training
             final_data = "the training data alone: the validation data was given separately and stays held out"
