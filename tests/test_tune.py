@@ -226,36 +226,3 @@ model a {
                           train=None, validation=None, test=None)
         assert ("idf=true" in out.read_text()) is chosen
         assert boltc.compile(str(out), backend="numpy").plan["inputs"][0]["idf"] is chosen
-
-
-def test_the_pruner_compares_the_signal_early_stopping_watches():
-    from boltc.tune.search import progress_value
-    rec = {"validation": {"precision@1": 65.16}, "validation_network": {"precision@1": 61.5},
-           "validation_sparse": {"precision@1": 60.0}}
-    assert progress_value(rec, "precision@1") == 61.5                  # blending: the network's own
-    assert progress_value({"validation": {"precision@1": 65.16}, "validation_sparse": {"precision@1": 60.0}},
-                          "precision@1") == 65.16                       # no blend: dense inference
-    assert progress_value({"validation_sparse": {"precision@1": 60.0}}, "precision@1") == 60.0
-    assert progress_value({"loss": 1.0}, "precision@1") is None         # no validation labels
-
-
-def test_a_blending_search_reports_the_networks_metric_to_the_pruner(tmp_path, monkeypatch):
-    import boltc.tune.search as search
-    seen, reported = [], []
-    real = search.progress_value
-
-    def spy(record, metric):
-        seen.append(record)
-        return real(record, metric)
-    monkeypatch.setattr(search, "progress_value", spy)
-    real_report = optuna.trial.Trial.report
-    monkeypatch.setattr(optuna.trial.Trial, "report",
-                        lambda self, v, step: (reported.append(v), real_report(self, v, step))[1])
-    p = tmp_path / "blend.bolt"
-    p.write_text(MODEL.replace("    seed      5", "    seed      5\n    blend     ridge(weight=4, l2=1)"))
-    tune(str(p), budget=120, output=tmp_path / "out" / "b.boltc", trials=1, backend="numpy", progress=False,
-         log=lambda m: None)
-    assert reported and len(reported) == len(seen)
-    assert reported == [r["validation_network"]["precision@1"] for r in seen]
-    # the blend reads differently from the network in some epoch, so the wiring is what is checked
-    assert any(r["validation"]["precision@1"] != r["validation_network"]["precision@1"] for r in seen)
