@@ -136,6 +136,50 @@ def invert(km: KernelModule, name: str, dim: int) -> None:
     k.ret()
 
 
+def invert_range(km: KernelModule, name: str) -> None:
+    """`invert` restricted to the ids in [lo, hi): what a row owner of a data-parallel run needs from
+    the whole batch's active sets (or features). The same uniq, the same positions per id in the same
+    (increasing) order as `invert`'s [u0, u1) slice of the ids in range, with seg counted from 0.
+    No branch per id: an id outside the range counts into a spare slot (span = hi - lo) and its
+    positions land in pos after the range's (select, not a branch); the scan over the span writes
+    every slot's uniq and seg entry and advances only on a used one.
+    counts (span + 1 int32) must be zero on entry and is zero again on exit; offs is span + 1 int64
+    scratch; uniq and seg hold min(span, n) + 1 entries, pos n."""
+    k = km.kernel(name, [("ids", "ptr"), ("n", "i64"), ("lo", "i64"), ("hi", "i64"), ("counts", "ptr"),
+                         ("offs", "ptr"), ("uniq", "ptr"), ("seg", "ptr"), ("pos", "ptr"), ("nuniq", "ptr")])
+    a = k.arg
+    span = k.b.sub(a["hi"], a["lo"])
+    one32 = k.b.trunc(k.i64(1), I32)
+
+    def slot(p):
+        c = k.b.sub(k.ld_i32_as_i64(a["ids"], p), a["lo"])
+        return k.select(k.b.icmp_unsigned("<", c, span), c, span)
+
+    with k.loop(0, a["n"], "p") as p:
+        s = slot(p)
+        k.st(a["counts"], s, k.b.add(k.ld(a["counts"], s, I32), one32))
+    run = k.var(I64, k.i64(0))
+    u = k.var(I64, k.i64(0))
+    with k.loop(0, span, "nn") as n:
+        c = k.b.sext(k.ld(a["counts"], n, I32), I64)
+        k.st(a["uniq"], k.get(u), k.b.trunc(k.add(n, a["lo"]), I32))
+        k.st(a["seg"], k.get(u), k.get(run))
+        k.st(a["offs"], n, k.get(run))
+        k.set(run, k.add(k.get(run), c))
+        k.set(u, k.add(k.get(u), k.b.zext(k.icmp(">", c, k.i64(0)), I64)))
+        k.st(a["counts"], n, k.b.trunc(k.i64(0), I32))
+    k.st(a["seg"], k.get(u), k.get(run))
+    k.st(a["offs"], span, k.get(run))                 # out-of-range positions after the range's
+    k.st(a["counts"], span, k.b.trunc(k.i64(0), I32))
+    with k.loop(0, a["n"], "p2") as p:
+        s = slot(p)
+        o = k.ld(a["offs"], s, I64)
+        k.st(a["pos"], o, k.b.trunc(p, I32))
+        k.st(a["offs"], s, k.add(o, k.i64(1)))
+    k.st(a["nuniq"], k.i64(0), k.get(u))
+    k.ret()
+
+
 def _hyper(k: Kernel):
     return {h: k.ld(k.arg["hyper"], k.i64(i)) for i, h in enumerate(HYPER)}
 

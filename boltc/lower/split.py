@@ -112,6 +112,14 @@ def apply_kernels(km: KernelModule, layer: dict, spec: bw.UpdateSpec, widths: di
     return out
 
 
+def owner_inversion(km: KernelModule, layer: dict) -> dict[str, str]:
+    """Role `invert_range` (backward.invert_range): a row owner inverts only its own rows' ids of the
+    whole batch's active sets or features."""
+    sym = symbol(layer, "invert_range")
+    bw.invert_range(km, sym)
+    return {"invert_range": sym}
+
+
 def param_widths(layer: dict) -> dict[str, int]:
     """Each trained tensor of a layer -> its row width (elements per row of the first dimension)."""
     return OPS[layer["op"]].split_params(layer)

@@ -108,6 +108,7 @@ def lower_split(km, layer: dict, ctx: SplitContext) -> dict:
     spec = lib.bw.update_spec(ctx.plan, layer)
     out = {"grad": lib.symbol(layer, "grad")}
     lib.bw.rows_update_in_major(km, out["grad"], layer["dim"], spec, store_grad=True)
+    out.update(lib.owner_inversion(km, layer))
     out.update(lib.apply_kernels(km, layer, spec, split_params(layer), split_row_sparse))
     return out
 

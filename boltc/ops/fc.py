@@ -18,8 +18,8 @@ from boltc.errors import BoltValidationError
 from boltc.ops.base import LowerContext, Op, SplitContext
 from boltc.ops.numeric import (ParamGrad, act_grad, activate, activation_backward, compress_columns, loss_options,
                                matmul, ptr, scatter_dense)
-from boltc.ops.runners import (ADAM_OPS, apply_sparse_input, grad_buffer, merge_sparse_input, shifted, sparse_forward,
-                               update_sparse_input)
+from boltc.ops.runners import (ADAM_OPS, apply_sparse_input, grad_buffer, merge_sparse_input, owned_inversion,
+                               shifted, sparse_forward, update_sparse_input)
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "softmax", "linear")
 
@@ -275,10 +275,12 @@ def lower_split(km, layer: dict, ctx: SplitContext) -> dict:
     out: dict[str, str] = {"grad": lib.symbol(layer, "grad")}
     if ctx.input_sparse:
         lib.bw.rows_update_in_major(km, out["grad"], layer["dim"], spec, store_grad=True)
+        out.update(lib.owner_inversion(km, layer))
     else:
         bias, dim, in_dim = bool(layer.get("bias", True)), layer["dim"], layer["in_dim"]
         lib.bw.rows_update_out_major(km, out["grad"], in_dim, dim, False, bias, spec, store_grad=True)
         if layer.get("active", dim) < dim:
+            out.update(lib.owner_inversion(km, layer))
             out["grad_active"] = lib.symbol(layer, "grad_active")
             lib.bw.rows_update_out_major(km, out["grad_active"], in_dim, layer["active"], True, bias, spec,
                                          store_grad=True)
@@ -588,14 +590,13 @@ def apply_active_factors(ex, layer, f: dict, owned: dict, moments: dict, hyper, 
     W, b = p["W"], p.get("b")
     ids = np.ascontiguousarray(f["ids"], dtype=np.int32)
     g, x = np.ascontiguousarray(f["g"], np.float32), np.ascontiguousarray(f["x"], np.float32)
-    uniq, seg, pos, nu = ex.invert(ids, layer["dim"], ex.k.fn(name, "invert"))
     lo, hi = owned["W"]
-    u0, u1 = (int(i) for i in np.searchsorted(uniq[:nu], [lo, hi]))
+    uniq, seg, pos, nu = owned_inversion(ex, name, ids, lo, hi)
     (mW, vW), (mb, vb) = moments["W"], moments.get("b", (None, None))
-    ex.run(name, "upd_active", u1 - u0, uniq.ctypes.data + 4 * u0, seg.ctypes.data + 8 * u0, ptr(pos), ids.shape[0],
+    ex.run(name, "upd_active", nu, ptr(uniq), ptr(seg), ptr(pos), ids.shape[0],
            ptr(g), ptr(x), ptr(W), ptr(b), shifted(mW, lo), shifted(vW, lo), shifted(mb, lo), shifted(vb, lo),
            ptr(hyper), per_thread=ex.scratch_ptrs, work=layer["in_dim"] * (ids.size / max(1, nu) + ADAM_OPS))
-    rows = np.array(uniq[u0:u1])
+    rows = np.array(uniq[:nu])
     out = {"W": (rows, W[rows] if copy_out else None)}
     if b is not None:
         out["b"] = (rows, b[rows] if copy_out else None)

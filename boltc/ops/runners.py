@@ -89,6 +89,13 @@ def shifted(a, lo: int):
     return a.ctypes.data - lo * a.strides[0]
 
 
+def owned_inversion(ex, name: str, ids, lo: int, hi: int):
+    """(uniq, seg, pos, n) of the ids in [lo, hi) of a whole batch's ids (a row owner's rows), by the
+    split kernel `invert_range`: one pass over the ids and a scan of the owned range only, no branch
+    per id (a full `invert` sorted every id and scanned every row: 2.5 ms an update on synth100k)."""
+    return ex.invert_owned(ids, lo, hi, ex.split_kernels.fn(name, "invert_range"))
+
+
 def merge_sparse_input(fs: list) -> dict:
     """Workers' sparse-input factors stacked in order: one CSR batch and its dz rows."""
     if len(fs) == 1:
@@ -110,15 +117,14 @@ def apply_sparse_input(ex, layer, f: dict, owned: dict, moments: dict, hyper, co
     W, b = p["W"], p.get("b")
     indptr, indices, data = f["indptr"], np.ascontiguousarray(f["indices"], np.int32), f["data"]
     dz = np.ascontiguousarray(f["dz"], dtype=np.float32)
-    uniq, seg, pos, nu = ex.invert(indices, layer["in_dim"], ex.k.fn(name, "invert"))
     prow = np.repeat(np.arange(indptr.size - 1, dtype=np.int32), np.diff(indptr))
     lo, hi = owned["W"]
-    u0, u1 = (int(i) for i in np.searchsorted(uniq[:nu], [lo, hi]))
+    uniq, seg, pos, nu = owned_inversion(ex, name, indices, lo, hi)
     mW, vW = moments["W"]
-    ex.run(name, "upd", u1 - u0, uniq.ctypes.data + 4 * u0, seg.ctypes.data + 8 * u0, ptr(pos), ptr(prow),
+    ex.run(name, "upd", nu, ptr(uniq), ptr(seg), ptr(pos), ptr(prow),
            ptr(data), ptr(dz), ptr(W), shifted(mW, lo), shifted(vW, lo), ptr(hyper), per_thread=ex.scratch_ptrs,
            work=layer["dim"] * (indices.size / max(1, nu) + ADAM_OPS))
-    rows = np.array(uniq[u0:u1])
+    rows = np.array(uniq[:nu])
     out = {"W": (rows, W[rows] if copy_out else None)}
     if b is not None:
         db = np.ascontiguousarray(dz.sum(axis=0, dtype=np.float32))

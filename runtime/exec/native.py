@@ -429,6 +429,24 @@ class NativeExecutor:
         fn(ptr(flat), n, ptr(counts), ptr(offs), ptr(uniq), ptr(seg), ptr(pos), ptr(nu))
         return uniq, seg, pos, int(nu[0])
 
+    def invert_owned(self, ids: np.ndarray, lo: int, hi: int, fn):
+        """`invert` of only the ids in [lo, hi) (a row owner's; the split kernel `invert_range` `fn`):
+        (uniq, seg, pos, number of unique ids), uniq and the positions per id as `invert` gives them
+        for that range, seg counted from 0. Buffers are kept as `invert`'s are."""
+        flat = np.ascontiguousarray(ids.reshape(-1), dtype=np.int32)
+        n, span = flat.size, int(hi) - int(lo)
+        key = ("owned", id(fn), n, span)
+        out = self._inversions.get(key)
+        if out is None:
+            if len(self._inversions) > 64:
+                self._inversions.clear()
+            out = self._inversions[key] = (np.empty(min(span, n) + 1, np.int32), np.empty(min(span, n) + 1, np.int64),
+                                           np.empty(max(n, 1), np.int32), np.zeros(1, np.int64),
+                                           np.zeros(span + 1, np.int32), np.empty(span + 1, np.int64), fn)
+        uniq, seg, pos, nu, counts, offs, _ = out
+        fn(ptr(flat), n, int(lo), int(hi), ptr(counts), ptr(offs), ptr(uniq), ptr(seg), ptr(pos), ptr(nu))
+        return uniq, seg, pos, int(nu[0])
+
     def train_step(self, batch, lr: float, active: dict | None = None) -> np.ndarray:
         if not self.native:
             return self.interp.train_step(batch, lr, active)
