@@ -473,14 +473,14 @@ def run_backward(ex, layer, cache, g, step):
     needs_dx = ex.k.has(name, "dx")
     grad_mode = step.grads is not None            # data-parallel workers: gradients stored, not applied
     if ids is not None:
-        uniq, seg, pos, nu = cache["inv"] if cache["inv"] is not None else ex.invert(
-            ids, layer["dim"], ex.k.fn(name, "invert"))
         if step.factors is not None:
             # factor mode: hand out what the weight gradient is made of (apply_active_factors below)
             step.factors[name] = {"kind": "active", "ids": ids, "g": g, "x": x}
-            if not needs_dx:
+            if not needs_dx or step.defer_dx:       # deferred: the row owners compute the input gradient
                 return [None]
-        elif grad_mode:
+        uniq, seg, pos, nu = cache["inv"] if cache["inv"] is not None else ex.invert(
+            ids, layer["dim"], ex.k.fn(name, "invert"))
+        if grad_mode and step.factors is None:
             gW, gb = grad_buffer(ex, (name, "W"), (nu, layer["in_dim"])), grad_buffer(ex, (name, "b"), (nu,))
             rows = uniq[:nu].copy()
             step.grads[(name, "W")] = (rows, gW)

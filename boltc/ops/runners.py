@@ -106,7 +106,7 @@ def merge_sparse_input(fs: list) -> dict:
     return {"kind": "sparse_input", "indptr": np.concatenate(indptr),
             "indices": np.concatenate([f["indices"] for f in fs]).astype(np.int32, copy=False),
             "data": np.concatenate([f["data"] for f in fs]).astype(np.float32, copy=False),
-            "dz": np.concatenate([f["dz"] for f in fs])}
+            "dz": None if any(f["dz"] is None for f in fs) else np.concatenate([f["dz"] for f in fs])}
 
 
 def apply_sparse_input(ex, layer, f: dict, owned: dict, moments: dict, hyper, copy_out: bool) -> dict:

@@ -35,6 +35,7 @@ from boltc.runtime.exec.gradients import Key, RowGrad
 from boltc.runtime.exec.native import merge_factors
 from boltc.runtime.exec.state import aligned_copy, aligned_empty
 from boltc.runtime.lsh.index import LSHIndex, missed_labels  # noqa: F401 (re-exported)
+from boltc.runtime.distributed import owner_dx
 
 NOT_TRAINED = ("label_count",)
 CODES = "lsh_codes"               # a shared buffer of a layer's neuron codes (table rebuilds), not a tensor
@@ -199,6 +200,13 @@ class Worker:
         # owner runs the fused update kernel on the whole batch's factors for its rows
         # (runtime/exec/native.py apply_update); the others' gradients go out as row parts
         self.use_factors = bool(getattr(self.ex, "native", False)) and hasattr(self.ex, "apply_update")
+        self.output = next((l for l in plan["layers"] if l["name"] == plan.get("output")), None)
+        # the wide output's input gradient: computed by its row owners (workers sharing a machine) or,
+        # with the same arithmetic, by each worker for its examples (owner_dx.py); None: by each worker
+        # with one process's arithmetic (one worker: the fused step's bits)
+        self.owner_dx = None
+        if self.use_factors and world > 1 and self.output is not None:
+            self.owner_dx = owner_dx.deferrable(plan, state.params[self.output["name"]]["W"].nbytes)
         self.own_factors: dict = {}
         self.shared, self.mesh, self.codes = False, None, {}
         self.table_share: dict[str, tuple[int, int]] = {}     # shared tables: layer -> the tables we write
@@ -206,7 +214,6 @@ class Worker:
         for (layer, t), (lo, hi) in self.owned.items():
             views.setdefault(layer, {})[t] = self.state.params[layer][t][lo:hi]
         self.shard = SimpleNamespace(params=views, m=m_shard, v=v_shard)
-        self.output = next((l for l in plan["layers"] if l["name"] == plan.get("output")), None)
         self.own_part: dict = {}
         self.cpu_start = None            # CPU seconds of this process from its first epoch on (timings)
         self.start_epoch(0)
@@ -247,7 +254,12 @@ class Worker:
         rows = self._next_rows()
         batch = self.data.take(rows)
         if self.use_factors:
-            losses, grads, factors = self.ex.gradients(batch, batch_size=self.global_batch, factors=True)
+            d = self.owner_dx
+            losses, grads, factors = self.ex.gradients(batch, batch_size=self.global_batch, factors=True,
+                                                       defer_dx=(d.output, d.source) if d else None)
+            if d is not None and self.mesh is None:       # no owners on this machine: our examples' own
+                dx = owner_dx.local_dx(self.ex, self.output, factors[d.output], row_ranges(self.output["dim"], self.world))
+                factors = owner_dx.with_dz(factors, d, dx)
         else:
             (losses, grads), factors = self.ex.gradients(batch, batch_size=self.global_batch), {}
         grads = {k: g for k, g in grads.items() if k[1] not in NOT_TRAINED}
@@ -331,8 +343,11 @@ class Worker:
             unions[key] = union                       # row ids relative to the share's views below
             plans[key] = (None if union is None else (union - lo).astype(np.int32), pos, vals)
         copy_out = self.world > 1 and not self.shared       # shared weights: the others read our rows in place
+        self._dx_meeting = (0.0, 0.0)
         if factors:
-            rows_out, factor_rows = self.ex.apply_update(plans, factors, lr, self.owned, self.shard, copy_out=copy_out)
+            first = self._owners_dx if self.owner_dx is not None and self.mesh is not None else None
+            rows_out, factor_rows = self.ex.apply_update(plans, factors, lr, self.owned, self.shard, copy_out=copy_out,
+                                                         first=first)
         else:
             rows_out, factor_rows = self.ex.apply_parts(plans, lr, target=self.shard, copy_out=copy_out), {}
         updated = {key: RowGrad(unions[key], rows_out[key]) for key in plans}
@@ -340,6 +355,8 @@ class Worker:
         new_rows = updated if copy_out else {}
         self.own_part, self.own_factors = {}, {}
         self._took("update", t1)
+        self.seconds["update"] -= self._dx_meeting[0]         # the input-gradient meeting is exchange
+        self.cpu["update"] -= self._dx_meeting[1]
         self._took("exchange", t0, t1)
         # what each other worker fetches; with shared weights nothing moves, but a worker on another
         # machine would fetch these rows (the projection to many machines reads `rows_sent`)
@@ -347,6 +364,27 @@ class Worker:
         self.bytes["sent"] += grads_nbytes(new_rows) * (self.world - 1)
         self.bytes["rows_sent"] += row_bytes
         return new_rows, True
+
+    def _owners_dx(self, ex, hyper, factors: dict):
+        """`apply_update`'s first step on workers sharing a machine: update our rows of the output and
+        compute our neurons' share of the whole batch's input gradient (owner_dx.py), meet the other
+        owners to sum the shares in owner order, and hand the layer below its dz."""
+        d = self.owner_dx
+        lo, hi = self.owned[(d.output, "W")]
+        moments = {t: (self.shard.m[d.output][t], self.shard.v[d.output][t])
+                   for (layer, t) in self.owned if layer == d.output}
+        res, share = owner_dx.owner_update_dx(ex, self.output, factors[d.output], lo, hi, moments, hyper, False)
+        t0 = _clock()
+        shares = self.mesh.exchange([share] * self.world)        # every owner's share, in owner order
+        self._took("exchange", t0)
+        t1 = _clock()
+        self._dx_meeting = (t1[0] - t0[0], t1[1] - t0[1])
+        self.bytes["sent"] += share.nbytes * (self.world - 1)
+        self.bytes["grads_sent"] += share.nbytes * (self.world - 1)
+        self.bytes["received"] += share.nbytes * (self.world - 1)
+        rest = owner_dx.with_dz(factors, d, owner_dx.sum_in_order(shares))
+        del rest[d.output]
+        return {(d.output, t): RowGrad(r, v) for t, (r, v) in res.items()}, rest
 
     def _rows_nbytes(self, key, rows) -> int:
         shape = self.shapes[key]

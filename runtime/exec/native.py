@@ -467,19 +467,23 @@ class NativeExecutor:
             self._split = compile_split(self.plan)
         return self._split
 
-    def gradients(self, batch, active: dict | None = None, batch_size: int | None = None, factors: bool = False):
+    def gradients(self, batch, active: dict | None = None, batch_size: int | None = None, factors: bool = False,
+                  defer_dx: tuple | None = None):
         """The batch's gradient without touching weights, moments or tables: (per-example loss,
         {(layer, tensor): RowGrad}). The loss gradient is divided by `batch_size` (default: this
         batch's rows; a data-parallel worker passes the global batch, so workers' gradients add up).
         Frozen tables' missed labels go to `self.missed` when it is a dict, else are inserted as
         train_step does. `apply_gradients(grads, lr)` after it equals train_step bit for bit (except
-        label counts, which the caller adds: workers add the global batch's)."""
+        label counts, which the caller adds: workers add the global batch's).
+        defer_dx = (output, layer below) in factor mode: the output's input gradient is left to its
+        row owners (runtime/distributed/owner_dx.py): the layer below hands out its batch rows with
+        dz None."""
         if not self.native:
             out = self.interp.gradients(batch, active, batch_size)
             return out + ({},) if factors else out
         grads: dict = {}
         facts: dict | None = {} if factors else None
-        loss, _ = self._backward(batch, None, active, grads, batch_size, facts)
+        loss, _ = self._backward(batch, None, active, grads, batch_size, facts, defer_dx if factors else None)
         out = (loss, {key: RowGrad(rows, values) for key, (rows, values) in grads.items()})
         return out + (facts,) if factors else out
 
@@ -499,11 +503,15 @@ class NativeExecutor:
         self.state.step += 1
         return self._apply_parts(parts, self._hyper(lr), target or self.state, copy_out)
 
-    def apply_update(self, parts: dict, factors: dict, lr: float, owned: dict, target, copy_out: bool = False):
+    def apply_update(self, parts: dict, factors: dict, lr: float, owned: dict, target, copy_out: bool = False,
+                     first=None):
         """One optimizer step of a row owner: `parts` as apply_parts, and `factors` (layer -> the whole
         batch's merged factors, from gradients(factors=True)) through the fused update kernels
         restricted to the rows `owned[(layer, tensor)] = (lo, hi)`; `target` holds the owner's moment
-        shards. -> (apply_parts' new rows, {(layer, tensor): RowGrad(rows or None, new values)})."""
+        shards. `first(ex, hyper, factors)`, when given, runs before the factor layers: it updates
+        layers itself and returns ({(layer, tensor): RowGrad} of those, the factors left to apply)
+        (runtime/distributed/owner_dx.py). -> (apply_parts' new rows, {(layer, tensor): RowGrad(rows
+        or None, new values)})."""
         if not self.native:
             if factors:
                 raise BoltValidationError("factors come from the native backend's gradients(factors=True)")
@@ -512,6 +520,8 @@ class NativeExecutor:
         hyper = self._hyper(lr)
         out = self._apply_parts(parts, hyper, target, copy_out)
         rows = {}
+        if first is not None:
+            rows, factors = first(self, hyper, factors)
         for name, f in factors.items():
             layer = self.by_name[name]
             ts = [t for (l, t) in owned if l == name]
@@ -541,7 +551,7 @@ class NativeExecutor:
             out[(layer, tensor)] = new
         return out
 
-    def _backward(self, batch, lr, active, grads, batch_size, factors=None):
+    def _backward(self, batch, lr, active, grads, batch_size, factors=None, defer_dx=None):
         """Forward and backward of a training batch: updates (grads None) or gradients into `grads`."""
         if batch.labels is None:
             raise BoltValidationError("training needs labels")
@@ -578,7 +588,7 @@ class NativeExecutor:
         if grads is None:
             self.state.step += 1
             step.hyper = self._hyper(lr)
-        step.grads, step.factors = grads, factors
+        step.grads, step.factors, step.defer_dx = grads, factors, defer_dx
         # backward, last layer first; value gradients summed into each producer in this fixed order
         vgrads = {self.output: grad}
         for layer in reversed(self.layers):
@@ -589,6 +599,10 @@ class NativeExecutor:
             for src, dg in zip(layer["inputs"], in_grads):
                 if dg is not None and src in self.by_name:
                     vgrads[src] = dg if src not in vgrads else vgrads[src] + dg
+        if defer_dx is not None:                   # the layer below: its batch rows, dz to come
+            x = caches[defer_dx[1]]["x"]
+            factors[defer_dx[1]] = {"kind": "sparse_input", "indptr": x.indptr, "indices": x.indices,
+                                    "data": x.data, "dz": None}
         return loss, lab
 
     # ------------------------------------------------------------ inference

@@ -54,6 +54,9 @@ class Step(Context):
     # gradient is made of store it here, layer -> {"kind": ..., arrays} (boltc/ops factor rules), and
     # compute only their input gradient; the other layers store gradients in `grads`
     factors: dict | None = None
+    # factor mode, the wide output's input gradient left to its row owners (runtime/distributed/
+    # owner_dx.py): (output, the layer below) or None
+    defer_dx: tuple | None = None
     step: int = 0
 
 
