@@ -95,8 +95,11 @@ def test_split_rules_cover_exactly_the_trained_tensors(name):
         km = KernelModule("registry.split")
         syms = op.lower_split(km, layer, SplitContext(plan, input_sparse=in_sparse, input_is_layer=True, lib=split))
         assert {r for r in syms if r.startswith("apply_")} == {f"apply_{t}" for t in widths}
-        # grad kernels hand out gradients, dx kernels the input gradient alone (factor mode)
-        assert all(r.startswith(("apply_", "grad", "dx_")) for r in syms)
+        # grad kernels hand out gradients, dx kernels the input gradient alone (factor mode), invert_range
+        # a row owner's inversion of its own ids (row-sparse tensors only)
+        assert all(r.startswith(("apply_", "grad", "dx_", "invert_range")) for r in syms)
+        if "invert_range" in syms:
+            assert any(op.split_row_sparse(layer, t) for t in widths)
         if not widths:
             assert syms == {}
     for kind, fns in op.extra.get("factor_kinds", {}).items():      # (merge, apply) per factor kind

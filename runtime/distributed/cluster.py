@@ -345,6 +345,7 @@ def _start_workers(kind, ray, plan, state, shards, local, opts, fail_at, timeout
         runner = InProcessRunner(ws)
         runner.plan = plan
         runner.rows = runner.call("setup")
+        _set_ownership(runner, timeout)
         if opts.get("share_weights", True) and len(ws) > 1:
             runner.share_weights(state, opts, timeout)
         return _share_label_frequency(runner, timeout)
@@ -358,6 +359,7 @@ def _start_workers(kind, ray, plan, state, shards, local, opts, fail_at, timeout
     runner = RayRunner(ray, actors)
     runner.plan = plan
     runner.rows = runner.call("setup", timeout=timeout)  # placed and loaded, or a clear error
+    _set_ownership(runner, timeout)
     if opts.get("share_weights", True) and len(actors) > 1:
         runner.share_weights(state, opts, timeout)
     return _share_label_frequency(runner, timeout)
@@ -389,6 +391,14 @@ def _shared_arrays(plan, state, copy) -> dict:
             if idx.family == "dwta":
                 out[(layer["name"], CODES)] = np.zeros((layer["dim"], idx.L), np.int32)
     return out
+
+
+def _set_ownership(runner, timeout) -> None:
+    """Every worker owns the same row ranges (ownership.py), cut from the whole training set's feature
+    counts (the sum of the workers' shards') before the moments are sharded or the weights shared."""
+    counts = runner.call("feature_counts", timeout=timeout)
+    total = {name: sum(c[name] for c in counts) for name in counts[0]}
+    runner.call("set_ownership", [(total, sum(runner.rows))] * len(counts), timeout=timeout)
 
 
 def _share_label_frequency(runner, timeout):

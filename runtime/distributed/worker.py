@@ -36,6 +36,7 @@ from boltc.runtime.exec.native import merge_factors
 from boltc.runtime.exec.state import aligned_copy, aligned_empty
 from boltc.runtime.lsh.index import LSHIndex, missed_labels  # noqa: F401 (re-exported)
 from boltc.runtime.distributed import owner_dx
+from boltc.runtime.distributed.ownership import counted_inputs as ownership_inputs, ownership, row_ranges
 
 NOT_TRAINED = ("label_count",)
 CODES = "lsh_codes"               # a shared buffer of a layer's neuron codes (table rebuilds), not a tensor
@@ -75,17 +76,14 @@ def trained_shapes(state) -> dict[Key, tuple[int, ...]]:
             if name not in NOT_TRAINED}
 
 
-def row_ranges(rows: int, n: int) -> list[tuple[int, int]]:
-    """Owner r of n holds rows [rows*r/n, rows*(r+1)/n) of a tensor."""
-    return [(rows * r // n, rows * (r + 1) // n) for r in range(n)]
-
-
-def split_by_owner(grads: dict[Key, RowGrad], shapes: dict[Key, tuple], world: int) -> list[dict[Key, RowGrad]]:
-    """A gradient cut into each owner's rows. Listed rows keep their tensor row ids; a whole tensor's
-    part is its owner's row range (rows None: relative to the range)."""
+def split_by_owner(grads: dict[Key, RowGrad], shapes: dict[Key, tuple], world: int,
+                   bounds_of: dict | None = None) -> list[dict[Key, RowGrad]]:
+    """A gradient cut into each owner's rows (`bounds_of[key]`: every owner's (lo, hi), default equal
+    ranges). Listed rows keep their tensor row ids; a whole tensor's part is its owner's row range
+    (rows None: relative to the range)."""
     parts: list[dict[Key, RowGrad]] = [{} for _ in range(world)]
     for key, g in grads.items():
-        bounds = row_ranges(shapes[key][0], world)
+        bounds = (bounds_of or {}).get(key) or row_ranges(shapes[key][0], world)
         if g.rows is None:
             for r, (lo, hi) in enumerate(bounds):
                 parts[r][key] = RowGrad(None, g.values[lo:hi])
@@ -182,12 +180,8 @@ class Worker:
         self.seed = seed
         self.put, self.get = put or (lambda x: x), get or (lambda x: x)
         self.shapes = trained_shapes(state)
-        self.owned = {k: row_ranges(s[0], world)[rank] for k, s in self.shapes.items()}
-        m_shard, v_shard = {}, {}
-        for (layer, t), (lo, hi) in self.owned.items():       # this worker's share of the moments
-            m_shard.setdefault(layer, {})[t] = aligned_copy(np.array(state.m[layer][t][lo:hi]))
-            v_shard.setdefault(layer, {})[t] = aligned_copy(np.array(state.v[layer][t][lo:hi]))
         self.state = type(state)(params=state.params, m={}, v={}, step=int(state.step), lsh=state.lsh)
+        self._full_moments = (state.m, state.v)      # until the driver sets the ownership (set_ownership)
         self.ex = make_executor(plan, self.state, sharded_moments=True)
         for ex in (self.ex, getattr(self.ex, "interp", None)):
             if ex is not None:
@@ -210,16 +204,43 @@ class Worker:
         self.own_factors: dict = {}
         self.shared, self.mesh, self.codes = False, None, {}
         self.table_share: dict[str, tuple[int, int]] = {}     # shared tables: layer -> the tables we write
-        views = {}
-        for (layer, t), (lo, hi) in self.owned.items():
-            views.setdefault(layer, {})[t] = self.state.params[layer][t][lo:hi]
-        self.shard = SimpleNamespace(params=views, m=m_shard, v=v_shard)
+        self._own(ownership(plan, self.shapes, world))
         self.own_part: dict = {}
         self.cpu_start = None            # CPU seconds of this process from its first epoch on (timings)
         self.start_epoch(0)
         self.seconds = {"compute": 0.0, "exchange": 0.0, "update": 0.0, "upkeep": 0.0}
         self.cpu = dict(self.seconds)
         self.bytes = {"sent": 0, "received": 0, "grads_sent": 0, "rows_sent": 0}
+
+    def _own(self, bounds: dict) -> None:
+        """Own rows bounds[key][rank] of every trained tensor: views of them and copies of their moments
+        (from the full state this worker started from)."""
+        m, v = self._full_moments
+        self.bounds = bounds
+        self.owned = {k: tuple(b[self.rank]) for k, b in bounds.items()}
+        m_shard, v_shard, views = {}, {}, {}
+        for (layer, t), (lo, hi) in self.owned.items():       # this worker's share of the moments
+            m_shard.setdefault(layer, {})[t] = aligned_copy(np.array(m[layer][t][lo:hi]))
+            v_shard.setdefault(layer, {})[t] = aligned_copy(np.array(v[layer][t][lo:hi]))
+            views.setdefault(layer, {})[t] = self.state.params[layer][t][lo:hi]
+        self.shard = SimpleNamespace(params=views, m=m_shard, v=v_shard)
+
+    def feature_counts(self) -> dict:
+        """How often each feature occurs in this shard, per sparse input whose features are a layer's
+        rows (ownership.py; the driver sums the workers')."""
+        out = {}
+        for name in set(ownership_inputs(self.plan).values()):
+            x = self.data.inputs.get(name)
+            if x is not None and hasattr(x, "indices"):
+                dim = next(l["in_dim"] for l in self.plan["layers"] if l["inputs"][0] == name)
+                out[name] = np.bincount(x.indices, minlength=dim).astype(np.int64)
+        return out
+
+    def set_ownership(self, feature_counts: dict, rows: int) -> None:
+        """The run's ownership, the same on every worker (ownership.py), from the whole training set's
+        feature counts and rows; called once, before the first update (and before sharing weights)."""
+        self._own(ownership(self.plan, self.shapes, self.world, feature_counts, rows, self.global_batch))
+        self._full_moments = None
 
     # ------------------------------------------------------------------ data
     def start_epoch(self, epoch: int) -> None:
@@ -258,7 +279,7 @@ class Worker:
             losses, grads, factors = self.ex.gradients(batch, batch_size=self.global_batch, factors=True,
                                                        defer_dx=(d.output, d.source) if d else None)
             if d is not None and self.mesh is None:       # no owners on this machine: our examples' own
-                dx = owner_dx.local_dx(self.ex, self.output, factors[d.output], row_ranges(self.output["dim"], self.world))
+                dx = owner_dx.local_dx(self.ex, self.output, factors[d.output], self.bounds[(d.output, "W")])
                 factors = owner_dx.with_dz(factors, d, dx)
         else:
             (losses, grads), factors = self.ex.gradients(batch, batch_size=self.global_batch), {}
@@ -299,7 +320,7 @@ class Worker:
         n, loss = sum(p[1] for p in parts), sum(p[2] for p in parts)
         facts = merge_facts([p[3] for p in parts])
         t0 = _clock()
-        by_owner = split_by_owner(grads, self.shapes, self.world)
+        by_owner = split_by_owner(grads, self.shapes, self.world, self.bounds)
         self.own_part = by_owner[self.rank]
         handles, sent = [], 0
         for r, part in enumerate(by_owner):
@@ -379,8 +400,9 @@ class Worker:
         self._took("exchange", t0)
         t1 = _clock()
         self._dx_meeting = (t1[0] - t0[0], t1[1] - t0[1])
+        # "sent", not "grads_sent": workers on separate machines compute their own input gradient
+        # (the projection to many machines reads grads_sent)
         self.bytes["sent"] += share.nbytes * (self.world - 1)
-        self.bytes["grads_sent"] += share.nbytes * (self.world - 1)
         self.bytes["received"] += share.nbytes * (self.world - 1)
         rest = owner_dx.with_dz(factors, d, owner_dx.sum_in_order(shares))
         del rest[d.output]
@@ -499,7 +521,7 @@ class Worker:
             for (layer, t), g in new.items():
                 W = self.state.params[layer][t]
                 if g.rows is None:
-                    lo, hi = row_ranges(W.shape[0], self.world)[r]
+                    lo, hi = self.bounds[(layer, t)][r]
                     W[lo:hi] = g.values
                 else:
                     W[g.rows] = g.values
