@@ -167,8 +167,10 @@ def project(one: dict, two: dict, plan: dict) -> list[dict]:
         owner's U/N rows to N-1 peers; the same amounts received) / 1.25 GB/s
       replicated update (not built): every machine applies the update of every row from every
         worker's factors (full moments everywhere, no rows on the link): c*2/N + 2u + 2k + factor link.
-    The owner's update counted as shrinking with its share (u*2/N) leaves out its inversion of the
-    whole batch's active sets, which does not shrink; the upkeep is the whole one, 2k, on every
+    The owner's update counted as shrinking with its share (u*2/N) leaves out the part of its
+    inversion that reads every id of the whole batch (it sorts only its own), which does not shrink;
+    on one machine the owners also compute the output's input gradient (in u), which workers on
+    separate machines compute for their own examples (in c): a wash. The upkeep is the whole one, 2k, on every
     machine: replicas on separate machines each hash, refill and insert for every table (dividing it
     across machines would move codes and table shares over the link: not built).
     No overlap of compute and link time (the protocol is synchronous)."""

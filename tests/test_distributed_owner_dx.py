@@ -121,6 +121,12 @@ def test_owners_input_gradient_equals_the_workers_own_bit_for_bit(tiny_plan, mon
     assert calls == {"owner": 2 * updates, "local": 0}        # every owner, every update
     replicas = train_distributed(plan, copy.deepcopy(init), train, share_weights=False, **kw)
     assert calls == {"owner": 2 * updates, "local": 2 * updates * exchange_every}
+    # what a worker on another machine would send (factors with dz: the projection reads it) is counted
+    # the same either way; the owners' input-gradient shares are what sharing workers send on top
+    key = "gradient_bytes_sent_per_update_per_worker"
+    assert shared.stats[key] == replicas.stats[key]
+    share = plan["train"]["batch"] * exchange_every * plan["layers"][1]["in_dim"] * 4
+    assert shared.stats["bytes_sent_per_update_per_worker"] == pytest.approx(shared.stats[key] + share - share // 2)
     for which in ("params", "m", "v"):
         for layer, ts in getattr(replicas.state, which).items():
             for t, a in ts.items():

@@ -337,7 +337,10 @@ class Worker:
         fsent = factors_nbytes(factors) * (self.world - 1)
         handle = self.put(factors) if factors and self.world > 1 else None
         self.bytes["sent"] += fsent
-        self.bytes["grads_sent"] += fsent
+        # grads_sent: what a worker on another machine sends (the projection to many machines reads
+        # it); there it computes its own input gradient and sends the layer below's dz too
+        deferred = self.owner_dx is not None and self.mesh is not None
+        self.bytes["grads_sent"] += fsent + (n * self.output["in_dim"] * 4 * (self.world - 1) if deferred else 0)
         self._took("exchange", t0)
         extra = (np.concatenate([p[5] for p in parts]), [p[6] for p in parts]) if record else ()
         return ((handles, handle), n, loss, facts, sent + fsent) + extra
