@@ -214,14 +214,19 @@ class Worker:
 
     def _own(self, bounds: dict) -> None:
         """Own rows bounds[key][rank] of every trained tensor: views of them and copies of their moments
-        (from the full state this worker started from)."""
+        (from the full state this worker started from; a tensor whose rows stay the same keeps its)."""
         m, v = self._full_moments
+        before = getattr(self, "owned", {})
         self.bounds = bounds
         self.owned = {k: tuple(b[self.rank]) for k, b in bounds.items()}
         m_shard, v_shard, views = {}, {}, {}
         for (layer, t), (lo, hi) in self.owned.items():       # this worker's share of the moments
-            m_shard.setdefault(layer, {})[t] = aligned_copy(np.array(m[layer][t][lo:hi]))
-            v_shard.setdefault(layer, {})[t] = aligned_copy(np.array(v[layer][t][lo:hi]))
+            if before.get((layer, t)) == (lo, hi):
+                m_shard.setdefault(layer, {})[t] = self.shard.m[layer][t]
+                v_shard.setdefault(layer, {})[t] = self.shard.v[layer][t]
+            else:
+                m_shard.setdefault(layer, {})[t] = aligned_copy(np.array(m[layer][t][lo:hi]))
+                v_shard.setdefault(layer, {})[t] = aligned_copy(np.array(v[layer][t][lo:hi]))
             views.setdefault(layer, {})[t] = self.state.params[layer][t][lo:hi]
         self.shard = SimpleNamespace(params=views, m=m_shard, v=v_shard)
 
