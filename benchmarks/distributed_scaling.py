@@ -1,6 +1,7 @@
 """One process x 1 thread against 2 Ray workers x 1 thread, in one run, alternated and repeated.
 
     python benchmarks/distributed_scaling.py [--sets synth100k,nextword,delicious] [--repeats 2]
+    python benchmarks/distributed_scaling.py --metrics --repeats 6 [--sets ...]     (metrics only)
 
 For each set: examples/s of the training loop (one epoch, same global batch 256 and epochs), test
 P@1 with dense and sparse inference, CPU seconds per update (one process; each worker's whole process),
@@ -20,6 +21,9 @@ Both runs of a pair start from the same initial state and draw batches with the 
 uses seed + r, so the spread of one process's metrics over repeats is the noise of the batch order.
 The two configurations alternate (one process, then the workers, repeated), because the machine is
 shared: compare within a pair, never across runs.
+`--metrics`: P@1 only, one process against 2 workers in this process (the same protocol and bits as the
+Ray workers, no Ray, no timing; one core is enough), for `--repeats` batch orders, with the mean
+difference and its standard error: more batch orders than a timed run affords, for the metric goal.
 Then a projection to 8, 32 and 64 machines on 10 Gbit/s links from the measured CPU seconds and bytes
 (the model is in `project`; docs/distributed.md explains it). Writes benchmarks/results/distributed_scaling.json
 (a run updates the sets it measured and keeps the others'). Examples/s count every epoch.
@@ -152,6 +156,35 @@ def two_workers(plan, init, train):
                        "load": [load, os.getloadavg()[0]], **{k: s[k] for k in keep}}
 
 
+def two_workers_in_process(plan, init, train):
+    """The same protocol without Ray (the same bits as the Ray workers, tested): for metrics only."""
+    return train_distributed(plan, copy.deepcopy(init), train, workers=2, backend="native", in_process=True).state
+
+
+def metrics_over_seeds(name: str, plan, train, test, repeats: int) -> dict:
+    """P@1 (dense, sparse) of one process and of 2 in-process workers for batch orders seed + r, r <
+    repeats, and the mean difference with its standard error: whether the workers reach one process's
+    metrics, against the noise of the batch order (speed is not measured here)."""
+    init = ModelState.init(plan)
+    rows = []
+    for r in range(repeats):
+        run_plan = copy.deepcopy(plan)
+        run_plan["train"]["seed"] = int(plan["train"].get("seed", 0)) + r
+        one = p1(plan, one_process(run_plan, init, train)[0], test)
+        two = p1(plan, two_workers_in_process(run_plan, init, train), test)
+        rows.append({"repeat": r, "one": one, "two": two})
+        print(f"{name} [{r}] P@1 dense/sparse: one process {one['dense']:.2f} / {one['sparse']:.2f}, "
+              f"2 workers {two['dense']:.2f} / {two['sparse']:.2f}", flush=True)
+    out = {"runs": rows}
+    for mode in ("dense", "sparse"):
+        diff = np.array([x["two"][mode] - x["one"][mode] for x in rows])
+        out[mode] = {"one": float(np.mean([x["one"][mode] for x in rows])),
+                     "two": float(np.mean([x["two"][mode] for x in rows])), "diff": float(diff.mean()),
+                     "se": float(diff.std(ddof=1) / math.sqrt(diff.size)) if diff.size > 1 else float("nan"),
+                     "one_spread": float(np.ptp([x["one"][mode] for x in rows]))}
+    return out
+
+
 def project(one: dict, two: dict, plan: dict) -> list[dict]:
     """Speed-up of N machines over one process, per update of the same global batch B, from CPU
     seconds (what a dedicated machine spends; the shared machine's waiting left out) and bytes.
@@ -197,9 +230,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", default="synth100k,nextword,delicious")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--metrics", action="store_true",
+                    help="metrics only: one process against 2 workers in this process (no Ray, no timing), "
+                         "per batch order; writes distributed_metrics.json")
     args = ap.parse_args()
-    import ray
     tmp = Path(tempfile.mkdtemp(prefix="boltc_dist_bench_"))
+    if args.metrics:
+        return metrics_main(args, tmp)
+    import ray
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(tmp / "ray"),
              _system_config=LOCAL_SYSTEM_CONFIG)           # workers at the driver's priority, as boltc starts Ray
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)", "date": time.strftime("%Y-%m-%d"),
@@ -232,6 +270,26 @@ def main():
     if path.exists():                            # keep the sets this run did not measure
         kept = json.loads(path.read_text()).get("sets", {})
         results["sets"] = {**kept, **results["sets"]}
+    path.write_text(json.dumps(results, indent=1))
+
+
+def metrics_main(args, tmp: Path) -> None:
+    results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)", "date": time.strftime("%Y-%m-%d"),
+               "command": "python benchmarks/distributed_scaling.py " + " ".join(sys.argv[1:]), "sets": {}}
+    for name, (plan, train, test, kind) in sets(args.sets.split(","), tmp).items():
+        results["sets"][name] = dict(metrics_over_seeds(name, plan, train, test, args.repeats), data=kind)
+    print(f"\n{results['command']}; {results['machine']}, {results['date']}")
+    print("| set | inference | one process (mean) | 2 workers (mean) | difference | its standard error "
+          "| one process's spread over batch orders |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in results["sets"].items():
+        for mode in ("dense", "sparse"):
+            m = r[mode]
+            print(f"| {name} | {mode} | {m['one']:.2f} | {m['two']:.2f} | {m['diff']:+.2f} | {m['se']:.2f} | {m['one_spread']:.2f} |")
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / "distributed_metrics.json"
+    if path.exists():
+        results["sets"] = {**json.loads(path.read_text()).get("sets", {}), **results["sets"]}
     path.write_text(json.dumps(results, indent=1))
 
 
