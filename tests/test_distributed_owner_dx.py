@@ -8,8 +8,9 @@ Oracles:
   examples' with the owners' arithmetic (replicas): bit-identical weights and moments; both against one
   process replaying the same global batches (2e-6, the stated tolerance of tests/test_distributed.py).
 - `local_dx` against the dense product g W[ids] of the interpreter's formula (float32 tolerance).
-The tiny model's output is below the size at which one process fuses the input gradient into the
-update; the tests lower that size (FUSED_DX_MIN_WEIGHT_BYTES) so the tiny model takes the owners' path.
+The tiny model's output is below the sizes at which one process fuses the input gradient into the
+update and the owners take it; the tests lower both (FUSED_DX_MIN_WEIGHT_BYTES, OWNER_DX_MIN_WEIGHT_BYTES)
+so the tiny model takes the owners' path.
 """
 from __future__ import annotations
 
@@ -70,6 +71,9 @@ def test_deferrable_takes_two_layer_models_with_a_fused_wide_output(tiny_plan, m
     W = ModelState.init(plan).params["scores"]["W"]
     assert owner_dx.deferrable(plan, W.nbytes) is None          # 64 KB: one process does not fuse it either
     monkeypatch.setattr(fc_op, "FUSED_DX_MIN_WEIGHT_BYTES", 0)
+    assert owner_dx.deferrable(plan, W.nbytes) is None          # ... and below the owners' size
+    assert owner_dx.deferrable(plan, owner_dx.OWNER_DX_MIN_WEIGHT_BYTES + 1) == owner_dx.OwnerDx("scores", "hidden", "relu")
+    monkeypatch.setattr(owner_dx, "OWNER_DX_MIN_WEIGHT_BYTES", 0)
     assert owner_dx.deferrable(plan, W.nbytes) == owner_dx.OwnerDx("scores", "hidden", "relu")
     three = copy.deepcopy(plan)
     three["layers"].insert(1, dict(copy.deepcopy(three["layers"][0]), name="extra"))
@@ -100,6 +104,7 @@ def test_owners_input_gradient_equals_the_workers_own_bit_for_bit(tiny_plan, mon
     from boltc.runtime.distributed import worker as distributed_worker
     plan, train = tiny_plan
     monkeypatch.setattr(fc_op, "FUSED_DX_MIN_WEIGHT_BYTES", 0)
+    monkeypatch.setattr(owner_dx, "OWNER_DX_MIN_WEIGHT_BYTES", 0)
     calls = {"owner": 0, "local": 0}
     real_owner, real_local = owner_dx.owner_update_dx, owner_dx.local_dx
 

@@ -36,6 +36,10 @@ from boltc.ops import fc as fc_op
 from boltc.ops.numeric import act_grad, ptr
 from boltc.ops.runners import owned_inversion, shifted
 
+# The owners take the output's input gradient only for a W at least this large: their extra meeting
+# per update (the shares) pays where the second pass over W it saves is long.
+OWNER_DX_MIN_WEIGHT_BYTES = 64 << 20
+
 # Fixed chunks of an owner's id range for its share of the input gradient: a buffer (batch x in_dim)
 # each, summed in chunk order, so the result does not depend on the thread count (a worker has 1 or 2)
 OWNER_DX_CHUNKS = 2
@@ -60,7 +64,7 @@ def deferrable(plan: dict, weight_bytes: int) -> OwnerDx | None:
     inputs = {i["name"]: i for i in plan["inputs"]}
     if (src is None or src["op"] != "fc" or not reads_sparse_input(src, inputs)
             or out.get("active", out["dim"]) >= out["dim"] or out.get("layout") == "in_major"
-            or weight_bytes <= fc_op.FUSED_DX_MIN_WEIGHT_BYTES):
+            or weight_bytes <= max(fc_op.FUSED_DX_MIN_WEIGHT_BYTES, OWNER_DX_MIN_WEIGHT_BYTES)):
         return None
     act = fused_input_activation(plan, out)
     return OwnerDx(out["name"], src["name"], act) if act is not None else None
