@@ -35,9 +35,9 @@ def baseline(train: Path, test: Path) -> dict:
 
 
 def write_xc(path: Path, header: str, lines: list[str]) -> Path:
-    n, d, l = header.split()
+    _, features, labels = header.split()      # the row count is this file's own
     with gzip.open(path, "wt", compresslevel=1) as f:
-        f.write(f"{len(lines)} {d} {l}\n")
+        f.write(f"{len(lines)} {features} {labels}\n")
         f.writelines(lines)
     return path
 
@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--share", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if not 0.0 < args.share < 1.0:
+        ap.error(f"--share: expected a fraction between 0 and 1 (exclusive), got {args.share}")
     if not (DATA / "train.txt.gz").exists():
         print(f"skipped: {DATA} is absent")
         return
@@ -61,7 +63,7 @@ def main() -> None:
         rows = [("training file -> test file (other messages)", baseline(DATA / "train.txt.gz", DATA / "test.txt.gz")),
                 (f"{100 * (1 - args.share):g}% of the training rows -> the other {100 * args.share:g}% (same messages)",
                  baseline(rest, held))]
-    print(f"| trained on -> scored on | rows scored | P@1 | P@5 |\n|---|---|---|---|")
+    print("| trained on -> scored on | rows scored | P@1 | P@5 |\n|---|---|---|---|")
     for name, r in rows:
         print(f"| {name} | {r['rows']:,} | {r['P@1']:.2f} | {r['P@5']:.2f} |")
     write_json("nextword_holdout", {"synthetic": False, "command": " ".join(["benchmarks/nextword_holdout.py", *sys.argv[1:]]),
