@@ -408,6 +408,16 @@ class NativeExecutor:
             vals.update(beta1=h["b1"], beta2=h["b2"], eps=h["eps"], bc1=h["bc1"], bc2=h["bc2"])
         return np.array([vals[k] for k in HYPER], np.float32)
 
+    def _kept_inversion(self, key, make):
+        """An inversion's output buffers, kept per key (kernel, sizes) and rewritten by the next inversion
+        of that key: a step uses its inversions only until it returns (a caller keeping one copies it)."""
+        out = self._inversions.get(key)
+        if out is None:
+            if len(self._inversions) > 64:          # batch sizes of inference or a last short batch
+                self._inversions.clear()
+            out = self._inversions[key] = make()
+        return out
+
     def invert(self, ids: np.ndarray, dim: int, fn):
         """Neuron (or feature) -> positions with the `invert` kernel `fn` made for `dim` (serial
         counting sort; a few ms even at 670k)."""
@@ -416,16 +426,9 @@ class NativeExecutor:
         if dim not in self._counts:
             self._counts[dim] = (np.zeros(dim, np.int32), np.empty(dim, np.int64))
         counts, offs = self._counts[dim]
-        # the outputs are kept per (kernel, size) and rewritten by that layer's next inversion of as
-        # many ids: a step uses its inversions only until it returns (a caller keeping one copies it)
-        key = (id(fn), n)
-        out = self._inversions.get(key)
-        if out is None:
-            if len(self._inversions) > 64:          # batch sizes of inference or a last short batch
-                self._inversions.clear()
-            out = self._inversions[key] = (np.empty(max(n, 1), np.int32), np.empty(n + 1, np.int64),
-                                           np.empty(max(n, 1), np.int32), np.zeros(1, np.int64), fn)
-        uniq, seg, pos, nu, _ = out
+        uniq, seg, pos, nu, _ = self._kept_inversion((id(fn), n), lambda: (
+            np.empty(max(n, 1), np.int32), np.empty(n + 1, np.int64), np.empty(max(n, 1), np.int32),
+            np.zeros(1, np.int64), fn))
         fn(ptr(flat), n, ptr(counts), ptr(offs), ptr(uniq), ptr(seg), ptr(pos), ptr(nu))
         return uniq, seg, pos, int(nu[0])
 
@@ -435,15 +438,10 @@ class NativeExecutor:
         for that range, seg counted from 0. Buffers are kept as `invert`'s are."""
         flat = np.ascontiguousarray(ids.reshape(-1), dtype=np.int32)
         n, span = flat.size, int(hi) - int(lo)
-        key = ("owned", id(fn), n, span)
-        out = self._inversions.get(key)
-        if out is None:
-            if len(self._inversions) > 64:
-                self._inversions.clear()
-            out = self._inversions[key] = (np.empty(min(span, n) + 1, np.int32), np.empty(min(span, n) + 1, np.int64),
-                                           np.empty(max(n, 1), np.int32), np.zeros(1, np.int64),
-                                           np.zeros(span + 1, np.int32), np.empty(span + 1, np.int64), fn)
-        uniq, seg, pos, nu, counts, offs, _ = out
+        uniq, seg, pos, nu, counts, offs, _ = self._kept_inversion(("owned", id(fn), n, span), lambda: (
+            np.empty(min(span, n) + 1, np.int32), np.empty(min(span, n) + 1, np.int64),
+            np.empty(max(n, 1), np.int32), np.zeros(1, np.int64),
+            np.zeros(span + 1, np.int32), np.empty(span + 1, np.int64), fn))
         fn(ptr(flat), n, int(lo), int(hi), ptr(counts), ptr(offs), ptr(uniq), ptr(seg), ptr(pos), ptr(nu))
         return uniq, seg, pos, int(nu[0])
 
