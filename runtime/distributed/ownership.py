@@ -65,3 +65,25 @@ def ownership(plan: dict, shapes: dict, world: int, feature_counts: dict | None 
         else:
             out[key] = row_ranges(shape[0], world)
     return out
+
+
+def rebalanced(bounds: list[tuple[int, int]], seconds: list[float], damping: float = 0.5) -> list[tuple[int, int]]:
+    """Contiguous ranges that even out the owners' measured work: each owner's `seconds` taken as
+    spread evenly over its current range, the cuts moved `damping` of the way towards the rows where
+    the running work crosses each r/n of the total (damped: one window's timings are noisy). Every
+    owner keeps at least one row."""
+    n = len(bounds)
+    cuts = [lo for lo, _ in bounds] + [bounds[-1][1]]
+    if n <= 1 or cuts[-1] - cuts[0] < n:
+        return list(bounds)
+    work = np.maximum(np.asarray(seconds, np.float64), 1e-9)
+    run = np.concatenate([[0.0], np.cumsum(work)])
+    target = np.interp(run[-1] * np.arange(1, n) / n, run, np.asarray(cuts, np.float64))
+    old = np.asarray(cuts[1:-1], np.float64)
+    inner = np.rint(old + damping * (target - old)).astype(np.int64)
+    for r in range(n - 1):                       # at least one row each, in order
+        inner[r] = min(max(inner[r], cuts[0] + r + 1), cuts[-1] - (n - 1 - r))
+        if r:
+            inner[r] = max(inner[r], inner[r - 1] + 1)
+    new = [cuts[0]] + inner.tolist() + [cuts[-1]]
+    return [(int(new[r]), int(new[r + 1])) for r in range(n)]

@@ -36,12 +36,17 @@ from boltc.runtime.exec.native import merge_factors
 from boltc.runtime.exec.state import aligned_copy, aligned_empty
 from boltc.runtime.lsh.index import LSHIndex, missed_labels  # noqa: F401 (re-exported)
 from boltc.runtime.distributed import owner_dx
-from boltc.runtime.distributed.ownership import counted_inputs as ownership_inputs, ownership, row_ranges
+from boltc.runtime.distributed.ownership import counted_inputs as ownership_inputs, ownership, rebalanced, row_ranges
 
 NOT_TRAINED = ("label_count",)
 CODES = "lsh_codes"               # a shared buffer of a layer's neuron codes (table rebuilds), not a tensor
 TABLES, COUNTS = "lsh_tables", "lsh_counts"     # a layer's LSH tables and bucket counts, shared
 HASH_CHUNK = 1 << 16              # neurons hashed per call (bounded scratch), as the executor's rebuild
+# Workers sharing a machine even out the owners' update of the wide output every BALANCE_EVERY updates
+# (`rebalance`): its training active sets fall unevenly on equal ranges of its neurons (labels and the
+# frequency-weighted fill favour frequent labels, often the low ids: 20ng_nextword's 54% / 46%), and
+# every update's last meeting waits for the slower owner
+BALANCE_EVERY = 16
 
 
 def _clock() -> tuple[float, float]:
@@ -203,6 +208,9 @@ class Worker:
             self.owner_dx = owner_dx.deferrable(plan, state.params[self.output["name"]]["W"].nbytes)
         self.own_factors: dict = {}
         self.shared, self.mesh, self.codes = False, None, {}
+        self.balanced: list = []          # tensors whose owners' ranges follow the measured work (rebalance)
+        self.balance_cpu = 0.0            # CPU seconds of our updates since the last rebalance
+        self.full_moments: dict = {}      # shared: (layer, tensor) -> the whole (m, v) in the machine's file
         self.table_share: dict[str, tuple[int, int]] = {}     # shared tables: layer -> the tables we write
         self._own(ownership(plan, self.shapes, world))
         self.own_part: dict = {}
@@ -383,9 +391,11 @@ class Worker:
         updated.update(factor_rows)
         new_rows = updated if copy_out else {}
         self.own_part, self.own_factors = {}, {}
-        self._took("update", t1)
+        t2 = _clock()
+        self._took("update", t1, t2)
         self.seconds["update"] -= self._dx_meeting[0]         # the input-gradient meeting is exchange
         self.cpu["update"] -= self._dx_meeting[1]
+        self.balance_cpu += t2[1] - t1[1] - self._dx_meeting[1]
         self._took("exchange", t0, t1)
         # what each other worker fetches; with shared weights nothing moves, but a worker on another
         # machine would fetch these rows (the projection to many machines reads `rows_sent`)
@@ -434,6 +444,8 @@ class Worker:
                 layer, t, which = key
                 lo, hi = self.owned[(layer, t)]
                 getattr(self.shard, which)[layer][t] = a[lo:hi]
+                full = self.full_moments.setdefault((layer, t), [None, None])
+                full["mv".index(which)] = a
                 continue
             layer, t = key
             if t == CODES:
@@ -459,6 +471,26 @@ class Worker:
             self.table_share[layer] = row_ranges(index.L, self.world)[self.rank]
         if self.table_share:
             self.ex.divided_tables = self.tables_share
+        # the wide output's ranges follow the owners' measured work: any contiguous ranges give the same
+        # bits (each row's gradient is the same sum over the global batch whoever owns it), except where
+        # the owners compute its input gradient (their ranges cut its chunks: owner_dx.py)
+        out = self.output
+        if (mesh is not None and self.use_factors and self.owner_dx is None and out is not None and out["op"] == "fc"
+                and out.get("active", out["dim"]) < out["dim"]):
+            self.balanced = [k for k in self.owned if k[0] == out["name"] and k in self.full_moments]
+
+    def rebalance(self, seconds: list) -> None:
+        """New ranges of the balanced tensors from every owner's update seconds of the last window (the
+        same numbers on every worker, so the same ranges), between updates (after the last meeting of
+        one, before the next computes): our views of the weights and moments follow them."""
+        for key in self.balanced:
+            layer, t = key
+            new = rebalanced(self.bounds[key], seconds)
+            self.bounds = {**self.bounds, key: new}
+            lo, hi = self.owned[key] = new[self.rank]
+            m, v = self.full_moments[key]
+            self.shard.params[layer][t] = self.state.params[layer][t][lo:hi]
+            self.shard.m[layer][t], self.shard.v[layer][t] = m[lo:hi], v[lo:hi]
 
     def hash_share(self, name: str, index, w: np.ndarray):
         """A table rebuild's codes with the hashing divided: this worker hashes its share of the
@@ -505,7 +537,13 @@ class Worker:
                 self.apply_facts(merge_facts([o[3] for o in everyone]))
                 t1 = _clock()
                 self._took("upkeep", t0, t1)
-                mesh.barrier()                            # every owner's rows are updated
+                if self.balanced and update % BALANCE_EVERY == BALANCE_EVERY - 1:
+                    # the barrier carries every owner's update seconds of the window
+                    seconds = mesh.exchange([self.balance_cpu] * self.world)
+                    self.balance_cpu = 0.0
+                    self.rebalance(seconds)
+                else:
+                    mesh.barrier()                        # every owner's rows are updated
                 self._took("exchange", t1)
                 t0 = _clock()
                 if hasattr(self.ex, "after_step"):        # rebuilds read every owner's rows: after it
