@@ -48,6 +48,8 @@ def _input(n: ir.Node) -> str:
         return _call(kind, [str(a["dim"])])
     if kind == "sparse":
         kw = [("normalize", a["normalize"])] if a.get("normalize", "none") != "none" else []
+        if a.get("keep"):
+            kw.append(("keep", f"range({a['keep'][0]}, {a['keep'][1]})"))
         return _call(kind, [str(a["dim"])], kw)
     kw = []
     if a.get("column", n.name) != n.name:

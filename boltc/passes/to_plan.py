@@ -64,6 +64,8 @@ def to_plan(graph: nx.DiGraph) -> dict:
                 entry.update({k: n.attrs[k] for k in CATEGORICAL_KEYS})
             elif n.attrs["kind"] == "sparse" and n.attrs.get("normalize", "none") != "none":
                 entry["normalize"] = n.attrs["normalize"]      # absent = none (plans of older files)
+            if n.attrs["kind"] == "sparse" and n.attrs.get("keep"):
+                entry["keep"] = list(n.attrs["keep"])          # absent = every feature
             inputs.append(entry)
     t = next(n for n in nodes if n.op == "target")
     loss = g.graph["loss"]

@@ -97,12 +97,26 @@ def l2_normalize_rows(X: sp.csr_matrix) -> sp.csr_matrix:
     return X
 
 
+def keep_features(X: sp.csr_matrix, start: int, stop: int) -> sp.csr_matrix:
+    """X with only the entries of feature ids start..stop-1 (`sparse(dim, keep=range(start, stop))`); ids
+    are not shifted, so the width stays."""
+    X = as_csr(X)
+    kept = (X.indices >= start) & (X.indices < stop)
+    if kept.all():
+        return X
+    indptr = np.concatenate(([0], np.cumsum(kept)))[X.indptr].astype(X.indptr.dtype)
+    return sp.csr_matrix((X.data[kept], X.indices[kept], indptr), shape=X.shape)
+
+
 def checked_dataset(X: sp.csr_matrix, Y: sp.csr_matrix | None, inp: dict, plan: dict, where: str) -> Dataset:
     """X, Y checked against the plan's input `inp` and target (DataError naming `where`), widened to
     the model's dims, labels as 0/1 CSR: the one check for every source (files, chunks, arrays). An input declared
-    `sparse(dim, normalize=l2)` gets its rows scaled to unit length here, so every source (training
-    file, streamed chunk, array, stdin row at predict) is scaled alike."""
+    `sparse(dim, normalize=l2)` gets its rows scaled to unit length here, and `keep=range(a, b)` its other
+    features dropped, so every source (training file, streamed chunk, array, stdin row at predict) is
+    treated alike."""
     dim = int(inp["dim"])
+    if inp.get("keep") and inp.get("kind") == "sparse":
+        X = keep_features(X, *inp["keep"])       # before normalize=l2: the kept features make the unit row
     if inp.get("normalize") == "l2" and inp.get("kind") == "sparse":
         X = l2_normalize_rows(as_csr(X))
     if X.shape[1] > dim:
