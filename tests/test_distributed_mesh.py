@@ -115,3 +115,12 @@ def test_a_peer_that_closes_its_links_ends_the_others_wait():
     with pytest.raises(PeerLost):
         meshes[0].exchange([np.zeros(10), np.ones(10)])
     meshes[0].close()
+
+
+def test_a_worker_whose_peers_never_connect_stops_and_leaves_no_board_behind():
+    m = Mesh(f"boltc-test-mesh-alone-{os.getpid()}", 1, 2, timeout=0.3)
+    path = m.board.path
+    assert os.path.exists(path)
+    with pytest.raises(PeerLost, match="did not open its link"):
+        m.connect()
+    assert not os.path.exists(path)

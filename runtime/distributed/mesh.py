@@ -11,9 +11,9 @@ The payload (factors, not rows: a few hundred KB per worker and update) does not
 sockets: each worker owns a board, a shared-memory file every peer maps, and copies a payload's arrays
 into it once; the socket carries only the pickle and where each array lies on the board (a few hundred
 bytes, sent inline), and the peer unpickles arrays that are views of the sender's board, with no copy.
-Measured (2 processes, 643 KB of factors each way, 2 cores): pickled arrays sent through the socket
-took 0.68 CPU ms per worker and meeting (the kernel's copy in and out, a hand-off to a sender thread),
-the board ~0.1. A board has BOARD_SLOTS slots used in turn, one per meeting: a payload's views stay
+Measured (benchmarks/mesh_exchange.py: 2 processes, 643 KB of factors each way, 2 cores): through the
+socket 280-381 CPU us of a worker's process and 357-484 wall us per meeting (the kernel's copy in and
+out, a hand-off to a sender thread), on the boards 102-147 and 125-176 us. A board has BOARD_SLOTS slots used in turn, one per meeting: a payload's views stay
 valid until the sender writes the same slot again, BOARD_SLOTS meetings later, and by then every peer
 has entered a later meeting, which it does only after it has used the payload (every update ends with
 a barrier after the last use of its payloads, and no update has more than 3 meetings). A payload that
@@ -150,7 +150,15 @@ class Mesh:
 
     def connect(self) -> None:
         """Connect to every lower rank, accept every higher one (each says its rank first), then map
-        every peer's board (its path comes through the link) and unlink ours once all have mapped it."""
+        every peer's board (its path comes through the link) and unlink ours once all have mapped it.
+        A failure closes the links and unlinks the board (nothing left under /dev/shm)."""
+        try:
+            self._connect()
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self) -> None:
         deadline = time.monotonic() + self.timeout
         for peer in range(self.rank):
             while True:
