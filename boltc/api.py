@@ -37,7 +37,7 @@ from boltc.runtime.data.text import apply_idf, fit_idf, idf_weights
 from boltc.runtime.exec.executor import make_executor
 from boltc.runtime.exec.state import ModelState
 from boltc.runtime.savefile.artifact import StaleNativeCode, load_native
-from boltc.runtime.train import blend, ranking
+from boltc.runtime.train import blend, ensemble, ranking
 from boltc.runtime.train.class_weights import n_classes
 from boltc.runtime.train.metrics import parse_metric
 from boltc.runtime.train.ranking import seen_input
@@ -65,8 +65,11 @@ class Model:
 
     def __init__(self, source: str, plan: dict, state=None, history: dict | None = None,
                  backend: str | None = None, threads: int | None = None, file: str | None = None,
-                 native_members: dict | None = None):
+                 native_members: dict | None = None, members: list | None = None):
         self.source, self.plan, self.file = source, plan, file
+        # `ensemble N`: the states of members 1..N-1 (member 0 is `state`); runtime/train/ensemble.py
+        self.members: list = list(members or [])
+        self._member_executors: list | None = None
         # a compiled artifact's native/ members: its shipped object code runs (checksummed; rebuilt
         # from its bitcode on a CPU lacking features) instead of lowering the plan again
         self._native_members = native_members
@@ -102,6 +105,23 @@ class Model:
 
     def _set_state(self, state) -> None:
         self._state, self._executor = state, None
+
+    def _member_executor(self, i: int, state):
+        """Member i's executor: its own state and seed, the kernels of member 0 (the same plan but for
+        the seed, which no kernel holds)."""
+        kernels = getattr(self.executor, "k", None) if self.backend == "native" else None
+        ex, _, _ = _make_executor(ensemble.member_plan(self.plan, i), state, self.backend, self.threads, kernels)
+        return ex
+
+    @property
+    def inference_executor(self):
+        """What evaluate and predict rank with: the executor, or with `ensemble N` the mean of the N
+        members' outputs."""
+        if not self.members:
+            return self.executor
+        if self._member_executors is None or len(self._member_executors) != len(self.members):
+            self._member_executors = [self._member_executor(i + 1, st) for i, st in enumerate(self.members)]
+        return ensemble.EnsembleExecutor([self.executor] + self._member_executors)
 
     # ------------------------------------------------------------ data
     def dataset(self, data, labels=None, with_labels: bool = True, allow_stream: bool = False):
@@ -149,7 +169,12 @@ class Model:
             if saved.plan.get("layers") != self.plan.get("layers"):
                 raise BoltError(f"checkpoint {checkpoint} is for a different model (its layers differ)")
             self._set_state(savefile.state_from_saved(saved, checkpoint))
+            self.members = [savefile.member_state(saved, i, checkpoint) for i in range(len(saved.members))]
+            self._member_executors = None
             self.plan["train"] = saved.plan.get("train", self.plan["train"])
+        if saved is None and self.members:
+            raise BoltError(f"this model is an ensemble of {len(self.members) + 1} trained networks; training it "
+                            "further is not supported: train a new model (or resume its checkpoint)")
         trainer = Trainer(self.plan, self.state, self.executor, source=self.source, checkpoint=checkpoint,
                           progress=progress, checkpoint_at_end=checkpoint_at_end, epoch_lines=epoch_lines)
         if saved is not None:
@@ -163,10 +188,44 @@ class Model:
             trainer.epochs_done = len(self.history["epochs"])
             e = trainer.epochs_done + int(e)
         self.history = trainer.fit(train_ds, val_ds, epochs=e, callbacks=callbacks)
+        self._fit_members(trainer, train_ds, val_ds, e, callbacks)
         self.history["backend"] = self.backend
         self.history["train_source"] = train_ds.source
         self.history["validation_source"] = val_ds.source if val_ds is not None else None
         return self.history
+
+    def _fit_members(self, first, train_ds, val_ds, epochs, callbacks) -> None:
+        """`ensemble N`: members 1..N-1, each a fresh network from its own seed trained like member 0 on
+        the same rows (runtime/train/ensemble.py). A member trains without checkpoints of its own; the
+        checkpoint is rewritten after each one, so a resumed run keeps the members already trained and
+        trains the rest from their start."""
+        n = ensemble.size(self.plan)
+        if n <= 1 or len(self.members) >= n - 1:
+            return
+        histories = first.history.setdefault("members", [])
+        while len(self.members) < n - 1:
+            i = len(self.members) + 1
+            plan_i = ensemble.member_plan(self.plan, i)
+            state = ModelState.init(plan_i)
+            state.blend = self.state.blend               # one blend, added to the mean (blend.py)
+            ex = self._member_executor(i, state)
+            trainer = Trainer(plan_i, state, ex, source=self.source, checkpoint=None, progress=first.progress,
+                              checkpoint_at_end=False, epoch_lines=first.epoch_lines)
+            trainer.history, trainer.epochs_done = {"epochs": [], "step": 0}, 0
+            if trainer.epoch_lines:
+                trainer.log(f"ensemble member {i + 1} of {n} (train seed {plan_i['train']['seed']})")
+            hist = trainer.fit(train_ds, val_ds, epochs=epochs, callbacks=callbacks)
+            histories.append({k: hist[k] for k in ("epochs", "early_stopping", "step") if k in hist})
+            self.members.append(state)
+            self._member_executors = None
+            if first.checkpoint is not None:
+                first.members = self._saved_members()
+                first.save_checkpoint()
+        if val_ds is not None:
+            names = metric_names(self.plan)
+            kind = self.plan["target"].get("kind")
+            first.history["ensemble_validation"] = evaluate(self.inference_executor, val_ds, names,
+                                                           binary=kind == "binary")
 
     def _fit_idf(self, train_ds, val_ds=None) -> None:
         """TF-IDF inputs (`text(..., idf=true)`): document frequencies from the training rows (after the
@@ -239,7 +298,7 @@ class Model:
         ds = self.dataset(data, labels, allow_stream=True)
         if ds.labels is None:
             raise DataError(f"{ds.source or 'the data'} has no labels to evaluate against")
-        return evaluate(self.executor, ds, names, sparse=self._sparse_default(sparse), binary=kind == "binary",
+        return evaluate(self.inference_executor, ds, names, sparse=self._sparse_default(sparse), binary=kind == "binary",
                         exclude_seen=exclude_seen, confusion=confusion)
 
     def predict(self, X, top_k: int = 5, *, sparse: bool | None = None, batch: int = 1024,
@@ -256,7 +315,7 @@ class Model:
         for s in range(0, ds.rows, batch):
             b = ds.take(np.arange(s, min(s + batch, ds.rows)))
             b.labels = None
-            i, sc = ranking.predict(self.executor, b, top_k, sparse=sparse, exclude_seen=exclude_seen,
+            i, sc = ranking.predict(self.inference_executor, b, top_k, sparse=sparse, exclude_seen=exclude_seen,
                                     plan=self.plan)
             ids.append(i)
             scores.append(sc)
@@ -271,7 +330,11 @@ class Model:
     # ------------------------------------------------------------ persistence
     def save(self, path) -> None:
         saved = savefile.state_to_saved(self.source, self.plan, self.state, self.history)
+        saved.members = self._saved_members()
         savefile.save_model(path, saved)
+
+    def _saved_members(self) -> list:
+        return [savefile.member_to_saved(st) for st in self.members]
 
     def summary(self) -> dict:
         """What `boltc inspect` shows: graph, shapes, parameters, memory, sparsity and hashing, history."""
@@ -300,7 +363,8 @@ class Model:
                 "parameters": int(sum(l["parameters"] for l in layers)),
                 "memory": {"weights_bytes": int(weight_bytes), "hash_table_bytes": int(lsh_bytes),
                            "planned": self.plan.get("memory")},
-                "train": self.plan.get("train"), "history": self.history}
+                "train": self.plan.get("train"), "history": self.history,
+                "ensemble": 1 + len(self.members)}
 
 
 def _planned_shapes(layer: dict) -> dict:
@@ -357,5 +421,6 @@ def load(path, backend: str | None = None, threads: int | None = None) -> Model:
     saved = savefile.load_model(path)
     state = savefile.state_from_saved(saved, path)
     native = {k: v for k, v in (saved.extra or {}).items() if k.startswith("native/")} or None
+    members = [savefile.member_state(saved, i, path) for i in range(len(saved.members))]
     return Model(saved.source, saved.plan, state=state, history=saved.history, backend=backend,
-                 threads=threads, file=str(path), native_members=native)
+                 threads=threads, file=str(path), native_members=native, members=members)

@@ -60,6 +60,12 @@ def build_models(tmp) -> dict:
         m.fit(progress=False)
         out[name] = str(tmp / f"{name}.boltc")
         m.save(out[name])
+    # `ensemble 3`: the server must answer with the members' mean, as Model.predict does
+    e = boltc.compile(tiny_source(epochs=1, rows=200).replace("epochs    1", "epochs    1\n    ensemble  3"),
+                      backend="numpy")
+    e.fit(progress=False)
+    out["tiny_ensemble"] = str(tmp / "tiny_ensemble.boltc")
+    e.save(out["tiny_ensemble"])
     wide = boltc.compile(tiny_source(epochs=1, rows=100).replace("sparse(300)", "sparse(400)"), backend="numpy")
     out["tiny_other_input"] = str(tmp / "tiny_other_input.boltc")
     wide.save(out["tiny_other_input"])

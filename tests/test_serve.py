@@ -18,6 +18,7 @@ MAX_ROWS, MAX_BODY = 8, 16000
 @pytest.fixture(scope="module")
 def server(serve_models):
     s = Server([serve_models["tiny"], serve_models["dense"], f"topics={serve_models['text']}", serve_models["binary"],
+                serve_models["tiny_ensemble"],
                 "--max-rows", str(MAX_ROWS), "--max-body-bytes", str(MAX_BODY)])
     yield s
     assert s.stop() == 0, "".join(s.lines)
@@ -27,7 +28,7 @@ def server(serve_models):
 def oracle(serve_models):
     """The same files loaded in process: the answers the server must give."""
     return {"tiny": boltc.load(serve_models["tiny"]), "dense": boltc.load(serve_models["dense"]),
-            "topics": boltc.load(serve_models["text"])}
+            "topics": boltc.load(serve_models["text"]), "tiny_ensemble": boltc.load(serve_models["tiny_ensemble"])}
 
 
 ROWS = [{"ids": [0, 5, 17, 299], "values": [1.0, 0.5, 2.0, 0.25]}, {"ids": [3, 7]}, {"ids": []},
@@ -67,6 +68,17 @@ def test_v1_sparse_rows_equal_model_predict(server, oracle, sparse):
     ids, scores = m.predict(sparse_rows(ROWS, 300), top_k=3, sparse=sparse)
     assert len(body["predictions"]) == len(ROWS)
     for p, i, s in zip(body["predictions"], ids, scores):
+        assert_same(p, i, s, 3)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_an_ensemble_answers_with_its_members_mean(server, oracle, sparse):
+    m = oracle["tiny_ensemble"]
+    assert len(m.members) == 2
+    r = server.post("/v1/models/tiny_ensemble/predict", {"rows": ROWS, "top_k": 3, "sparse": sparse})
+    assert r.status_code == 200, r.text
+    ids, scores = m.predict(sparse_rows(ROWS, 300), top_k=3, sparse=sparse)
+    for p, i, s in zip(r.json()["predictions"], ids, scores):
         assert_same(p, i, s, 3)
 
 
@@ -290,7 +302,7 @@ def test_metrics_in_prometheus_format_and_no_500(server):
     assert ("/v1/models/{name}/predict", "200") in codes and ("/v1/models/{name}/predict", "422") in codes
     assert not any(c.startswith("5") for _, c in codes)          # every bad request above was a 4xx
     versions = {s.labels["model"]: s.value for s in fams["boltc_model_version"].samples}
-    assert versions == {"tiny": 1.0, "dense": 1.0, "topics": 1.0, "binary": 1.0}
+    assert versions == {"tiny": 1.0, "dense": 1.0, "topics": 1.0, "binary": 1.0, "tiny_ensemble": 1.0}
     assert all(s.value > 0 for s in fams["boltc_model_load_seconds"].samples)
     assert server.metric("boltc_batch_rows_count") >= 1
     assert server.get("/v2/health/ready").status_code == 200     # still serving

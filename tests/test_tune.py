@@ -226,3 +226,24 @@ model a {
                           train=None, validation=None, test=None)
         assert ("idf=true" in out.read_text()) is chosen
         assert boltc.compile(str(out), backend="numpy").plan["inputs"][0]["idf"] is chosen
+
+
+def test_trials_train_one_network_and_the_final_model_the_ensemble(tmp_path, monkeypatch):
+    """`ensemble N` multiplies a training's cost by N: the search compares one network per trial, and
+    only the final training (and the written .bolt) has every member."""
+    from boltc.api import Model
+    from boltc.runtime.train import ensemble
+    sizes = []
+    real = Model._fit_members
+
+    def counting(self, *args, **kw):
+        sizes.append(ensemble.size(self.plan))
+        return real(self, *args, **kw)
+    monkeypatch.setattr(Model, "_fit_members", counting)
+    p = tmp_path / "small.bolt"
+    p.write_text(MODEL.replace("    seed      5\n", "    seed      5\n    ensemble  2\n"))
+    res = tune(str(p), budget=120, output=tmp_path / "o.boltc", trials=2, backend="numpy", progress=False,
+               log=lambda m: None)
+    assert sizes[:-1] and set(sizes[:-1]) == {1} and sizes[-1] == 2
+    assert "ensemble 2" in res.bolt_path.read_text()
+    assert len(res.model.members) == 1 and len(boltc.load(tmp_path / "o.boltc").members) == 1

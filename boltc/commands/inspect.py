@@ -45,6 +45,13 @@ def training_curve(history: dict) -> list[str]:
             text = "-" if v is None else f"{v:.2f}"
             vals.append(f"[{text}]" if es and e["epoch"] == es["best_epoch"] else text)
         lines.append(f"validation {metric} by epoch: " + " ".join(vals))
+    members = history.get("members") or []
+    if members:
+        lines.append(f"ensemble: {len(members) + 1} networks (outputs averaged); the others trained "
+                     + ", ".join(str(len(m.get("epochs") or [])) for m in members) + " epochs")
+        ev = history.get("ensemble_validation") or {}
+        if metric and metric in ev:
+            lines.append(f"validation {metric} of the ensemble: {ev[metric]:.2f}")
     return lines
 
 

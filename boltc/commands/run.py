@@ -87,9 +87,12 @@ def train_and_report(model, args, train, validation, test, output: Path) -> int:
     if not args.checkpoint and ckpt.exists():
         ckpt.unlink()       # the run finished and the model is saved: the default checkpoint has done its job
     epochs = hist.get("epochs", [])
-    train_s = sum(e["seconds"] for e in epochs)
-    upkeep = sum(e.get("upkeep_seconds", 0.0) for e in epochs)
-    print(f"trained {len(epochs)} epochs in {train_s:.1f}s on the {model.backend} backend "
+    runs = [epochs] + [m.get("epochs") or [] for m in hist.get("members") or []]   # `ensemble N`: every network
+    train_s = sum(e["seconds"] for r in runs for e in r)
+    upkeep = sum(e.get("upkeep_seconds", 0.0) for r in runs for e in r)
+    what = (f"{len(epochs)} epochs" if len(runs) == 1 else
+            f"{len(runs)} networks ({', '.join(str(len(r)) for r in runs)} epochs)")
+    print(f"trained {what} in {train_s:.1f}s on the {model.backend} backend "
           f"(hash-table upkeep {100 * upkeep / train_s if train_s else 0:.1f}% of training time)", file=sys.stderr)
     results = evaluate_both(model, test) if test is not None else {}
     if results:

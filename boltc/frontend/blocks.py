@@ -122,13 +122,16 @@ _SCALARS = {
     # `auto`: boltc tune searches 0, 0.05, 0.1, 0.2 (boltc/tune/space.py); untuned, 0 (off)
     "label_smoothing": ("label_smoothing", tunable(real(0.0, 0.999999, what="a share of the target"),
                                                    "label_smoothing", 0.0)),
+    # `ensemble N`: N networks trained with their own seeds, their outputs averaged at inference
+    # (runtime/train/ensemble.py); at most 16: each one multiplies training and inference time
+    "ensemble": ("ensemble", integer(1, 16, what="a number of networks")),
 }
 # keys written into the plan only when the block sets them (the runtime holds their defaults)
 OPTIONAL_TRAIN_KEYS = ("upkeep_budget", "checkpoint_interval", "patience", "class_weights", "label_smoothing",
-                       "blend")
+                       "blend", "ensemble")
 TRAIN_WORDS = ("optimizer", "batch", "epochs", "patience", "holdout", "schedule", "sampler", "threads", "seed",
                "checkpoint", "checkpoint_interval", "inference", "upkeep_budget", "class_weights", "label_smoothing",
-               "blend", "tune(...)",
+               "blend", "ensemble", "tune(...)",
                "distributed(...)")
 
 

@@ -300,6 +300,9 @@ def tune(model_path, budget: float, output, *, train=None, validation=None, test
     def objective(trial):
         values = space.suggest(trial, tunables, train_cfg.get("optimizer", "adam"))
         plan = to_plan(run_pipeline(space.with_values(parsed, values)))
+        # trials compare one network each: `ensemble N` adds members of the same values from other seeds,
+        # trained in the final training only (they would multiply every trial's cost by N)
+        plan["train"].pop("ensemble", None)
         if int((plan.get("memory") or {}).get("total", 0)) > space.MAX_TRIAL_BYTES:
             trial.set_user_attr("note", "too large")
             raise optuna.TrialPruned()

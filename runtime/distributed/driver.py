@@ -281,7 +281,8 @@ def _refuse_single_process_settings(plan: dict) -> None:
     used = [w for w, on in (("class_weights", train.get("class_weights")),
                             ("label_smoothing", train.get("label_smoothing")),
                             ("blend ridge(...)", (train.get("blend") or {}).get("weight")),
-                            ("text(..., idf=true)", any(i.get("idf") for i in plan.get("inputs") or []))) if on]
+                            ("text(..., idf=true)", any(i.get("idf") for i in plan.get("inputs") or [])),
+                            ("ensemble", int(train.get("ensemble", 1) or 1) > 1)) if on]
     if used:
         raise BoltError(f"{', '.join(used)}: not supported by distributed training (--workers / distributed(...)) "
                         "yet; train in one process, or leave the setting out")

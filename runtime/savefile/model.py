@@ -8,6 +8,9 @@ Members (all stored uncompressed: weights do not compress and stored members can
     lsh/<layer>.<a>.npy        hash tables and hash functions (+ lsh/<layer>.json for scalars)
     history.json               training history (per-epoch metrics, times)
     blend/<name>.npy           scores blended into the ranking (`blend ridge(...)`: blend/ridge.npy)
+    ensemble/<i>/params/..., ensemble/<i>/lsh/...
+                               `ensemble N`: the weights and hash tables of members 1..N-1, as above
+                               (member 0 is the model itself; runtime/train/ensemble.py)
     optimizer/...              checkpoints only: Adam moments (in their storage dtype: float32, or
                                bfloat16 bits as uint16), step, sampler and trainer state
     native/...                 optional native artefacts
@@ -296,6 +299,7 @@ class SavedModel:
     extra: dict[str, bytes] = field(default_factory=dict)         # native/... members, kept as bytes
     manifest: dict = field(default_factory=dict)
     blend: dict[str, np.ndarray] = field(default_factory=dict)    # blend/<name>.npy
+    members: list = field(default_factory=list)   # ensemble/<i>/: {"params": ..., "lsh": ...} per member
 
 
 @debug.stage("save", part="save")
@@ -305,15 +309,11 @@ def save_model(path, model: SavedModel) -> None:
         "plan.json": json.dumps(model.plan, indent=1, sort_keys=True).encode(),
         "history.json": json.dumps(model.history, indent=1).encode(),
     }
-    for layer, tensors in model.params.items():
-        for t, a in tensors.items():
-            members[f"params/{layer}.{t}.npy"] = np.asarray(a)
-    for layer, state in model.lsh.items():
-        skel, arrays = flatten_state(state, f"lsh/{layer}.")
-        members[f"lsh/{layer}.json"] = json.dumps(skel).encode()
-        members.update({k: np.asarray(v) for k, v in arrays.items()})
+    _weights_members(members, model.params, model.lsh)
     for name, a in model.blend.items():
         members[f"blend/{name}.npy"] = np.asarray(a)
+    for i, member in enumerate(model.members, start=1):
+        _weights_members(members, member["params"], member["lsh"], f"ensemble/{i}/")
     version = 1                 # the oldest format that holds the file (see FORMAT_VERSION)
     if model.optimizer is not None:
         skel, arrays = flatten_state(model.optimizer, "optimizer/")
@@ -323,6 +323,30 @@ def save_model(path, model: SavedModel) -> None:
         members.update(arrays)
     members.update(model.extra)
     write_archive(path, members, {"model": model.plan.get("model"), "format_version": version})
+
+
+def _weights_members(members: dict, params: dict, lsh: dict, prefix: str = "") -> None:
+    for layer, tensors in params.items():
+        for t, a in tensors.items():
+            members[f"{prefix}params/{layer}.{t}.npy"] = np.asarray(a)
+    for layer, state in lsh.items():
+        skel, arrays = flatten_state(state, f"{prefix}lsh/{layer}.")
+        members[f"{prefix}lsh/{layer}.json"] = json.dumps(skel).encode()
+        members.update({k: np.asarray(v) for k, v in arrays.items()})
+
+
+def _weights_of(members: dict, arrays: dict, prefix: str, js, path) -> tuple[dict, dict]:
+    """(params, lsh) stored under `prefix` (the model's own: ""; an ensemble member's: ensemble/<i>/)."""
+    params: dict[str, dict[str, np.ndarray]] = {}
+    for n, a in arrays.items():
+        if n.startswith(prefix + "params/"):
+            layer, tensor = n[len(prefix + "params/"):-len(".npy")].rsplit(".", 1)
+            params.setdefault(layer, {})[tensor] = a
+    lsh = {}
+    for n in members:
+        if n.startswith(prefix + "lsh/") and n.endswith(".json"):
+            lsh[n[len(prefix + "lsh/"):-len(".json")]] = _unflatten(js(n), arrays, path, n)
+    return params, lsh
 
 
 def load_model(path) -> SavedModel:
@@ -343,22 +367,18 @@ def load_model(path) -> SavedModel:
             if isinstance(d, Exception):
                 raise _err(path, f"member {n!r} is not a valid .npy array ({d})")
             arrays[n] = d
-    params: dict[str, dict[str, np.ndarray]] = {}
-    for n, a in arrays.items():
-        if n.startswith("params/"):
-            layer, tensor = n[len("params/"):-len(".npy")].rsplit(".", 1)
-            params.setdefault(layer, {})[tensor] = a
-    lsh = {}
-    for n in members:
-        if n.startswith("lsh/") and n.endswith(".json"):
-            lsh[n[len("lsh/"):-len(".json")]] = _unflatten(js(n), arrays, path, n)
+    params, lsh = _weights_of(members, arrays, "", js, path)
+    ensemble = []
+    while any(n.startswith(f"ensemble/{len(ensemble) + 1}/") for n in members):
+        p, l = _weights_of(members, arrays, f"ensemble/{len(ensemble) + 1}/", js, path)
+        ensemble.append({"params": p, "lsh": l})
     optimizer = _unflatten(js("optimizer/state.json"), arrays, path, "optimizer/state.json") \
         if "optimizer/state.json" in members else None
     extra = {n: d for n, d in members.items() if n.startswith("native/")}
     blend = {n[len("blend/"):-len(".npy")]: a for n, a in arrays.items() if n.startswith("blend/")}
     return SavedModel(source=members["model.bolt"].decode("utf-8"), plan=js("plan.json"), params=params,
                       lsh=lsh, history=js("history.json") if "history.json" in members else {},
-                      optimizer=optimizer, extra=extra, manifest=manifest, blend=blend)
+                      optimizer=optimizer, extra=extra, manifest=manifest, blend=blend, members=ensemble)
 
 
 def _unflatten(skel, arrays, path, member):
@@ -380,6 +400,23 @@ def state_to_saved(source: str, plan: dict, state, history: dict | None = None,
         opt = {"step": int(state.step), "m": state.m, "v": state.v, **(optimizer_extra or {})}
     return SavedModel(source=source, plan=plan, params=state.params, lsh=lsh, history=history or {},
                       optimizer=opt, blend=dict(getattr(state, "blend", {})))
+
+
+def member_to_saved(state) -> dict:
+    """An ensemble member's part of a model file: weights and hash tables (no optimizer state)."""
+    return {"params": state.params,
+            "lsh": {name: {"meta": idx.meta(), "arrays": dict(idx.arrays())} for name, idx in state.lsh.items()}}
+
+
+def member_state(saved: SavedModel, i: int, path="<model>"):
+    """The ModelState of ensemble member i + 1 (0-based index into `saved.members`), checked like the
+    model's own weights; it shares the model's blend."""
+    m = saved.members[i]
+    one = SavedModel(source=saved.source, plan=saved.plan, params=m["params"], lsh=m["lsh"], blend=saved.blend)
+    try:
+        return state_from_saved(one, path)
+    except ModelFileError as e:
+        raise _err(path, f"ensemble member {i + 1}: {e.message}") from None
 
 
 def _moments(saved: dict, params: dict, dts: dict) -> dict:

@@ -131,6 +131,7 @@ class Trainer:
         self.binary = (plan.get("target") or {}).get("kind") == "binary"
         self.early: EarlyStopping | None = None          # `epochs auto` / `patience N` (early_stop.py)
         self.class_weights = None          # per-class weights, resolved on the training set by fit()
+        self.members: list = []            # `ensemble N`: finished members' weights, kept in checkpoints
 
     # ------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: str | Path | None = None) -> None:
@@ -141,6 +142,7 @@ class Trainer:
             extra["early_stopping"] = self.early.state_dict()
         self.history["step"] = int(self.state.step)
         saved = savefile.state_to_saved(self.source, self.plan, self.state, self.history, extra, with_optimizer=True)
+        saved.members = list(self.members)
         savefile.save_model(path, saved)
 
     def restore(self, saved: savefile.SavedModel) -> None:

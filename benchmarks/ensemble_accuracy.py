@@ -1,0 +1,133 @@
+"""Is `ensemble N` worth it? The validation metric of 1 to N averaged networks, never the test file.
+
+For each data set, each model that `boltc tune` chose in a real_accuracy run (one per seed, read from its
+JSON: every value written out) is trained with `ensemble N` on validation rows carved from the training
+data (bibtex, delicious, 20newsgroups: disjoint 10% folds of the training rows, runtime/data/holdout.py;
+sst2: its dev file, the validation data of models/sst2.bolt) for the tuned number of epochs, and the
+validation metric of the first k members' mean output is recorded for k = 1..N (k = 1 is the model
+without `ensemble`). Native backend, one thread; the metric does not depend on the machine's load.
+
+    python benchmarks/ensemble_accuracy.py --data delicious --members 5 --tag delicious
+    python benchmarks/ensemble_accuracy.py --data bibtex,news20,sst2 --members 5 --tag others
+
+Writes benchmarks/results/ensemble_accuracy_TAG.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import boltc  # noqa: E402
+from boltc.runtime.data.holdout import split  # noqa: E402
+from boltc.runtime.train.ensemble import EnsembleExecutor  # noqa: E402
+from boltc.runtime.train.trainer import evaluate, metric_names  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+# data set -> (shipped model, the real_accuracy run whose tuned models are measured, its result key)
+SETS = {"bibtex": ("bibtex", "real_accuracy_xc_3seeds.json", "bibtex"),
+        "delicious": ("delicious", "real_accuracy_xc_3seeds.json", "delicious"),
+        "news20": ("news20", "real_accuracy_news20_3seeds.json", "20newsgroups"),
+        "sst2": ("sst2", "real_accuracy_sst2_3seeds.json", "sst2")}
+DATA_BLOCK = re.compile(r"\n  data \{.*?\n  \}\n", re.S)
+
+
+def tuned_models(name: str) -> list[tuple[int, str]]:
+    _, run, key = SETS[name]
+    path = RESULTS / run
+    if not path.exists():
+        sys.exit(f"{path} is missing: run benchmarks/real_accuracy.py first")
+    runs = json.loads(path.read_text())["results"][key]["boltc"]
+    return [(r["seed"], DATA_BLOCK.sub("\n", r["tuned_bolt"])) for r in runs]
+
+
+def validation_pairs(name: str, model, folds: int):
+    """[(train Dataset, validation Dataset)]: the shipped model's data block, read with the tuned
+    model's featurisation."""
+    shipped = boltc.compile(str(ROOT / "models" / f"{SETS[name][0]}.bolt"), backend="numpy")
+    data = shipped.plan["data"]
+    full = model.dataset(data["train"])
+    if data.get("validation"):
+        return [(full, model.dataset(data["validation"]))]
+    return [split(full, 0.1, 0, f) for f in range(folds)]
+
+
+def measure(name: str, seed: int, text: str, members: int, folds: int) -> list[dict]:
+    out = []
+    probe = boltc.compile(text, backend="native", threads=1)
+    for f, (tr, va) in enumerate(validation_pairs(name, probe, folds)):
+        m = boltc.compile(text, backend="native", threads=1, ensemble=members, holdout=0.0)
+        t0 = time.perf_counter()
+        m.fit(tr, va, progress=False)
+        seconds = time.perf_counter() - t0
+        ens = m.inference_executor
+        names = metric_names(m.plan)
+        metric = names[0]
+        kind = m.plan["target"].get("kind")
+
+        def score(executors):
+            ex = EnsembleExecutor(executors) if len(executors) > 1 else executors[0]
+            return round(evaluate(ex, va, [metric], binary=kind == "binary")[metric], 2)
+        alone = [score([ex]) for ex in ens.members]
+        # member 0 is the tuned model on the rows its values were chosen on (where they were): its score
+        # carries the search's luck, so the unbiased comparison leaves it out: members 1..k averaged
+        # against the mean of members 1..N alone
+        others = [score(ens.members[1:k + 1]) for k in range(1, members)]
+        row = {"data": name, "tuned_seed": seed, "fold": f, "rows": [int(tr.rows), int(va.rows)],
+               "metric": metric, "alone": alone, "others_by_members": others,
+               "by_members": [alone[0]] + [score(ens.members[:k]) for k in range(2, members + 1)],
+               "train_s": round(seconds, 1)}
+        print(json.dumps(row), flush=True)
+        out.append(row)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default="bibtex,delicious,news20,sst2")
+    ap.add_argument("--members", type=int, default=5)
+    ap.add_argument("--folds", type=int, default=3, help="validation folds where no validation file is given")
+    ap.add_argument("--tag", default="")
+    a = ap.parse_args(argv)
+    names = [n for n in a.data.split(",") if n]
+    bad = [n for n in names if n not in SETS]
+    if bad:
+        ap.error(f"unknown data set {bad[0]!r} (expected one of {', '.join(SETS)})")
+    rows = []
+    for name in names:
+        for seed, text in tuned_models(name):
+            rows.extend(measure(name, seed, text, a.members, a.folds))
+    ks = range(1, a.members)
+    print(f"\nmembers 1..k averaged (member 0, the tuned run itself, left out), against one network alone")
+    print(f"{'data':<10} {'runs':>4} {'alone':>7} " + " ".join(f"{f'k={k}':>7}" for k in ks)
+          + " " + " ".join(f"{f'gain {k}':>7}" for k in ks if k > 1))
+    summary = {}
+    for name in names:
+        mine = [r for r in rows if r["data"] == name]
+        alone = float(np.mean([np.mean(r["alone"][1:]) for r in mine]))
+        others = np.array([r["others_by_members"] for r in mine]).mean(axis=0)
+        summary[name] = {"runs": len(mine), "alone": round(alone, 2),
+                         "others_by_members": [round(float(v), 2) for v in others],
+                         "first_k_by_members": [round(float(v), 2) for v in
+                                                np.array([r["by_members"] for r in mine]).mean(axis=0)]}
+        print(f"{name:<10} {len(mine):>4} {alone:7.2f} " + " ".join(f"{v:7.2f}" for v in others) + " "
+              + " ".join(f"{others[k - 1] - alone:+7.2f}" for k in ks if k > 1))
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"ensemble_accuracy_{a.tag or int(time.time())}.json"
+    path.write_text(json.dumps({"benchmark": "ensemble_accuracy", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                "command": "benchmarks/ensemble_accuracy.py " + " ".join(argv or sys.argv[1:]),
+                                "runs": rows, "summary": summary}, indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
