@@ -10,7 +10,8 @@ without `ensemble`). Native backend, one thread; the metric does not depend on t
     python benchmarks/ensemble_accuracy.py --data delicious --members 5 --tag delicious
     python benchmarks/ensemble_accuracy.py --data bibtex,news20,sst2 --members 5 --tag others
 
-Writes benchmarks/results/ensemble_accuracy_TAG.json.
+Writes benchmarks/results/ensemble_accuracy_TAG.json. Every run prints its row as one JSON line;
+`--from-log LOG` makes the table and the file from those lines (a run stopped before its end).
 """
 from __future__ import annotations
 
@@ -96,15 +97,21 @@ def main(argv=None) -> int:
     ap.add_argument("--members", type=int, default=5)
     ap.add_argument("--folds", type=int, default=3, help="validation folds where no validation file is given")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--from-log", default="", help="summarise the rows printed by an earlier run instead")
     a = ap.parse_args(argv)
     names = [n for n in a.data.split(",") if n]
     bad = [n for n in names if n not in SETS]
     if bad:
         ap.error(f"unknown data set {bad[0]!r} (expected one of {', '.join(SETS)})")
     rows = []
-    for name in names:
-        for seed, text in tuned_models(name):
-            rows.extend(measure(name, seed, text, a.members, a.folds))
+    if a.from_log:
+        # the rows a run printed (one JSON object a line): its table and file, e.g. of a run stopped early
+        rows = [json.loads(line) for line in Path(a.from_log).read_text().splitlines() if line.startswith("{")]
+        names = [n for n in names if any(r["data"] == n for r in rows)]
+    else:
+        for name in names:
+            for seed, text in tuned_models(name):
+                rows.extend(measure(name, seed, text, a.members, a.folds))
     ks = range(1, a.members)
     print(f"\nmembers 1..k averaged (member 0, the tuned run itself, left out), against one network alone")
     print(f"{'data':<10} {'runs':>4} {'alone':>7} " + " ".join(f"{f'k={k}':>7}" for k in ks)
