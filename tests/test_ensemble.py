@@ -173,7 +173,7 @@ def test_ensemble_round_trips_through_the_formatted_source():
 @pytest.mark.parametrize("value, message, column", [
     ("0", "expected a number of networks >= 1, found 0", 14),
     ("17", "expected a number of networks <= 16, found 17", 14),
-    ("auto", "expected a number of networks, found", 14),
+    ("many", "expected a number of networks, found", 14),
 ])
 def test_bad_ensemble_is_located(value, message, column):
     with pytest.raises(BoltError) as info:
@@ -181,3 +181,9 @@ def test_bad_ensemble_is_located(value, message, column):
     errors = info.value.errors if isinstance(info.value, BoltErrorGroup) else [info.value]
     assert len(errors) == 1 and message in errors[0].message, [e.message for e in errors]
     assert (errors[0].location.file, errors[0].location.line, errors[0].location.column) == ("m.bolt", 14, column)
+
+
+def test_ensemble_auto_is_one_network_untuned_and_a_value_the_tuner_decides():
+    g = parse(_model("ensemble auto"), "<m>")
+    assert g.graph["train"]["ensemble"] == 1
+    assert [(t.where, t.kind, t.default) for t in g.graph["tunable"]] == [(("train", "ensemble"), "ensemble", 1)]

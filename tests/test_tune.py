@@ -247,3 +247,38 @@ def test_trials_train_one_network_and_the_final_model_the_ensemble(tmp_path, mon
     assert sizes[:-1] and set(sizes[:-1]) == {1} and sizes[-1] == 2
     assert "ensemble 2" in res.bolt_path.read_text()
     assert len(res.model.members) == 1 and len(boltc.load(tmp_path / "o.boltc").members) == 1
+
+
+def test_ensemble_auto_measures_networks_1_to_3_of_the_winner(tmp_path):
+    """`ensemble auto`: the check's figures equal the winner's values trained alone with the seeds of
+    ensemble networks 1..3 on the search's split (the oracle), and its decision is written out."""
+    import re
+
+    from boltc.runtime.data.holdout import split
+    from boltc.runtime.train.ensemble import EnsembleExecutor, member_seed
+    from boltc.runtime.train.trainer import evaluate
+    from boltc.tune import ensemble_check
+    p = tmp_path / "small.bolt"
+    p.write_text(MODEL.replace("    seed      5\n", "    seed      5\n    ensemble  auto\n"))
+    res = tune(str(p), budget=120, output=tmp_path / "o.boltc", trials=2, backend="numpy", progress=False,
+               log=lambda m: None)
+    check = res.model.history["tune"]["ensemble_check"]
+    written = res.bolt_path.read_text()
+    n = check["networks"]
+    assert n == (ensemble_check.SIZE if check["gain"] >= ensemble_check.MIN_GAIN else 1)
+    assert f"ensemble {n}\n" in written and len(res.model.members) == n - 1
+    # the oracle: the written values as the trial trained them (early stopping on the 10% holdout of seed 5)
+    trial = re.sub(r"    epochs \d+\n", "    epochs 8\n    patience 2\n", written)
+    trial = trial.replace("    holdout 0.0\n", "").replace(f"    ensemble {n}\n", "")
+    full = boltc.compile(trial, backend="numpy").dataset(
+        {"kind": "synthetic", "rows": 600, "features": 128, "labels": 40, "seed": 1, "nnz": 12, "proto_nnz": 10,
+         "max_labels": 1})
+    tr, va = split(full, 0.1, 5)
+    executors = []
+    for i in (1, 2, 3):
+        m = boltc.compile(trial.replace("    seed 5\n", f"    seed {member_seed(5, i)}\n"), backend="numpy")
+        m.fit(tr, va, progress=False)
+        executors.append(m.executor)
+    alone = [round(evaluate(ex, va, ["precision@1"])["precision@1"], 2) for ex in executors]
+    assert check["alone"] == alone
+    assert check["averaged"] == round(evaluate(EnsembleExecutor(executors), va, ["precision@1"])["precision@1"], 2)

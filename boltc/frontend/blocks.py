@@ -123,8 +123,10 @@ _SCALARS = {
     "label_smoothing": ("label_smoothing", tunable(real(0.0, 0.999999, what="a share of the target"),
                                                    "label_smoothing", 0.0)),
     # `ensemble N`: N networks trained with their own seeds, their outputs averaged at inference
-    # (runtime/train/ensemble.py); at most 16: each one multiplies training and inference time
-    "ensemble": ("ensemble", integer(1, 16, what="a number of networks")),
+    # (runtime/train/ensemble.py); at most 16: each one multiplies training and inference time.
+    # `auto`: boltc tune measures on validation whether averaging pays (boltc/tune/ensemble_check.py);
+    # untuned, one network
+    "ensemble": ("ensemble", tunable(integer(1, 16, what="a number of networks"), "ensemble", 1)),
 }
 # keys written into the plan only when the block sets them (the runtime holds their defaults)
 OPTIONAL_TRAIN_KEYS = ("upkeep_budget", "checkpoint_interval", "patience", "class_weights", "label_smoothing",

@@ -74,7 +74,7 @@ from boltc.passes.to_plan import to_plan
 from boltc.pipeline import read_source
 from boltc.runtime.data.holdout import split, subset
 from boltc.runtime.train.trainer import metric_names
-from boltc.tune import report, space
+from boltc.tune import ensemble_check, report, space
 
 STUDY = "boltc-tune"
 ROW_STREAM = 0x5A3C        # the rung samples' own random stream (independent of the holdout's)
@@ -279,6 +279,11 @@ def tune(model_path, budget: float, output, *, train=None, validation=None, test
                         "adam(lr=auto), batch auto, epochs auto, ...)")
     seed_v = int(train_cfg.get("seed", 0))
     metric = metric_names(base_plan)[0]
+    # `ensemble auto`: the search takes the budget but BUDGET_SHARE, the check after it the rest
+    budget_total = budget
+    ensemble_auto = any(t.kind == "ensemble" for t in tunables)
+    if ensemble_auto:
+        budget = budget_total * (1.0 - ensemble_check.BUDGET_SHARE)
     journal = output.with_name(output.name + ".tune.journal")
     output.parent.mkdir(parents=True, exist_ok=True)
     data = _Data(train, validation, share, seed_v)
@@ -406,7 +411,7 @@ def tune(model_path, budget: float, output, *, train=None, validation=None, test
     if top is None:
         ran = first_trial_note.get("epoch_s")
         hint = (f"its first epoch took {ran:.1f}s" if ran is not None else "no trial finished an epoch")
-        raise BoltError(f"the budget of {budget:g}s is too small for one trial ({hint}; a trial trains until "
+        raise BoltError(f"the budget of {budget_total:g}s is too small for one trial ({hint}; a trial trains until "
                         "its validation metric stops improving): give a larger --budget")
     best = max(_complete(optuna, top), key=lambda t: (t.value, -t.number))
     board = []
@@ -421,6 +426,18 @@ def tune(model_path, budget: float, output, *, train=None, validation=None, test
     values = space.suggest(optuna.trial.FixedTrial(best.params), tunables, train_cfg.get("optimizer", "adam"))
     final_graph = space.with_values(parsed, values)
     ft = final_graph.graph["train"]
+    ensemble_result = None
+    if ensemble_auto:
+        if rungs:
+            data.rows = (top_rows(rungs, studies), rung_validation_rows(va_all.rows, top_rows(rungs, studies)))
+        trial_plan = to_plan(run_pipeline(space.with_values(parsed, values)))
+        ensemble_result = ensemble_check.check(Model, text, trial_plan, data, metric, backend=backend,
+                                               threads=threads, file=file)
+        data.rows = None
+        ft["ensemble"] = ensemble_result["networks"]
+        log(f"ensemble auto: {ensemble_check.PROBE} networks of the winner averaged {ensemble_result['averaged']:.2f} "
+            f"validation {metric} against {np.mean(ensemble_result['alone']):.2f} alone (gain "
+            f"{ensemble_result['gain']:+.2f}): ensemble {ensemble_result['networks']}")
     carved = validation is None
     if rungs and auto_epochs:
         # the best epoch count on a sample does not carry over to all the rows: early stopping finds it
@@ -452,18 +469,21 @@ def tune(model_path, budget: float, output, *, train=None, validation=None, test
                  f"{100 * share:g}% of the training rows held out, seed {seed_v}")
     if rungs:
         chosen_on += f"; trained on {top_rows(rungs, studies):,} of the training rows"
-    header = report.header(file, budget, search_s, n_trials, best, metric, final_data, chosen_on)
+    header = report.header(file, budget_total, search_s, n_trials, best, metric, final_data, chosen_on,
+                           ensemble_result)
     report.write_bolt(bolt_path, final_graph, header, train=train, validation=validation, test=test)
     # ---- the final model: `boltc run` of the written file
     final = boltc.compile(str(bolt_path), backend=backend, threads=threads)
     t0 = time.monotonic()
     final.fit(train, validation, progress=progress)
     final_s = time.monotonic() - t0
-    final.history["tune"] = {"budget_s": budget, "search_s": round(search_s, 1), "trials": n_trials,
+    final.history["tune"] = {"budget_s": budget_total, "search_s": round(search_s, 1), "trials": n_trials,
                              "best_trial": best.number, "validation": {metric: best.value},
                              "final_data": final_data}
     if rungs:
         final.history["tune"]["row_rungs"] = rungs
+    if ensemble_result is not None:
+        final.history["tune"]["ensemble_check"] = ensemble_result
     final.save(output)
     results = None
     if test is not None:

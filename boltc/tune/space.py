@@ -32,6 +32,8 @@ LABEL_SMOOTHINGS = (0.0, 0.05, 0.1, 0.2)
 BLEND_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)     # 0: the network alone
 BLEND_L2S = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 MAX_TRIAL_BYTES = 4 << 30
+# kinds decided after the search, not by trials (`ensemble auto`: boltc/tune/ensemble_check.py)
+AFTER_SEARCH = ("ensemble",)
 
 
 def name_of(where: tuple) -> str:
@@ -44,6 +46,8 @@ def suggest(trial, tunables, optimizer: str) -> dict:
     out = {}
     for t in tunables:
         name = name_of(t.where)
+        if t.kind in AFTER_SEARCH:
+            continue
         if t.kind == "width":
             v = trial.suggest_categorical(name, WIDTHS)
         elif t.kind == "lr":
@@ -79,7 +83,8 @@ def suggest(trial, tunables, optimizer: str) -> dict:
 
 def defaults(tunables) -> dict:
     """The first trial: every value at its untuned default (the Optuna parameter values)."""
-    return {name_of(t.where): (1 if t.kind == "sparsity" else t.default) for t in tunables}
+    return {name_of(t.where): (1 if t.kind == "sparsity" else t.default) for t in tunables
+            if t.kind not in AFTER_SEARCH}
 
 
 def sparsity_tunables(parsed, planned) -> list[ir.Tunable]:
