@@ -47,6 +47,8 @@ Decisions:
   epoch-level pruning never gets to compare two trials. The final model then trains on all the training
   rows less the validation share, with early stopping on it (`epochs auto` kept in the written .bolt):
   the number of epochs that was best on a sample does not carry over to 4-16 times the rows.
+- `ensemble N`: trials train one network; `ensemble auto` is decided after the search, on its split, in
+  the last ensemble_check.BUDGET_SHARE of the budget (boltc/tune/ensemble_check.py).
 - Resume: the trials are kept in an Optuna journal file next to the output (`OUTPUT.tune.journal`); a
   killed run started again with the same command continues with the finished trials and the budget
   left (trials that were running when it was killed are marked failed and not counted). A journal
