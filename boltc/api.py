@@ -109,7 +109,8 @@ class Model:
     def _member_executor(self, i: int, state):
         """Member i's executor: its own state and seed, the kernels of member 0 (the same plan but for
         the seed, which no kernel holds)."""
-        kernels = getattr(self.executor, "k", None) if self.backend == "native" else None
+        first = self.executor                   # built first: it settles the backend
+        kernels = getattr(first, "k", None) if self.backend == "native" else None
         ex, _, _ = _make_executor(ensemble.member_plan(self.plan, i), state, self.backend, self.threads, kernels)
         return ex
 
