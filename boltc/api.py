@@ -405,6 +405,8 @@ def apply_overrides(plan: dict, overrides: dict) -> None:
             if v == "none":
                 train.pop(k, None)
                 continue
+        if k == "ensemble" and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= 16):
+            raise BoltError(f"ensemble must be a number of networks from 1 to 16, not {v!r}")
         if k == "checkpoint_interval" and not float(v) > 0.0:
             raise BoltError(f"checkpoint_interval must be a number of seconds > 0, not {v!r}")
         train[k] = v

@@ -187,3 +187,9 @@ def test_ensemble_auto_is_one_network_untuned_and_a_value_the_tuner_decides():
     g = parse(_model("ensemble auto"), "<m>")
     assert g.graph["train"]["ensemble"] == 1
     assert [(t.where, t.kind, t.default) for t in g.graph["tunable"]] == [(("train", "ensemble"), "ensemble", 1)]
+
+
+@pytest.mark.parametrize("value", [0, 17, "auto", 2.5, True])
+def test_a_bad_ensemble_override_says_what_is_expected(value):
+    with pytest.raises(BoltError, match="ensemble must be a number of networks from 1 to 16"):
+        boltc.compile(_model(""), backend="numpy", ensemble=value)
