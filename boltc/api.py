@@ -170,7 +170,7 @@ class Model:
             if saved.plan.get("layers") != self.plan.get("layers"):
                 raise BoltError(f"checkpoint {checkpoint} is for a different model (its layers differ)")
             self._set_state(savefile.state_from_saved(saved, checkpoint))
-            self.members = [savefile.member_state(saved, i, checkpoint) for i in range(len(saved.members))]
+            self.members = savefile.member_states(saved, checkpoint)
             self._member_executors = None
             self.plan["train"] = saved.plan.get("train", self.plan["train"])
         if saved is None and self.members:
@@ -313,10 +313,11 @@ class Model:
         ds = self.dataset(X, with_labels=False)
         sparse = self._sparse_default(sparse)
         ids, scores = [], []
+        ex = self.inference_executor
         for s in range(0, ds.rows, batch):
             b = ds.take(np.arange(s, min(s + batch, ds.rows)))
             b.labels = None
-            i, sc = ranking.predict(self.inference_executor, b, top_k, sparse=sparse, exclude_seen=exclude_seen,
+            i, sc = ranking.predict(ex, b, top_k, sparse=sparse, exclude_seen=exclude_seen,
                                     plan=self.plan)
             ids.append(i)
             scores.append(sc)
@@ -424,6 +425,6 @@ def load(path, backend: str | None = None, threads: int | None = None) -> Model:
     saved = savefile.load_model(path)
     state = savefile.state_from_saved(saved, path)
     native = {k: v for k, v in (saved.extra or {}).items() if k.startswith("native/")} or None
-    members = [savefile.member_state(saved, i, path) for i in range(len(saved.members))]
+    members = savefile.member_states(saved, path)
     return Model(saved.source, saved.plan, state=state, history=saved.history, backend=backend,
                  threads=threads, file=str(path), native_members=native, members=members)

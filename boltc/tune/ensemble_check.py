@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from boltc.api import Model
 from boltc.runtime.train.ensemble import member_seed
 from boltc.runtime.train.trainer import evaluate
 
@@ -35,14 +36,14 @@ MIN_GAIN = 0.25          # points of the metric: below one validation row in 400
 BUDGET_SHARE = 0.2
 
 
-def check(model_cls, text: str, trial_plan: dict, data, metric: str, *, backend, threads, file) -> dict:
+def check(text: str, trial_plan: dict, data, metric: str, *, backend, threads, file) -> dict:
     """{"networks": SIZE or 1, "alone": [...], "averaged": v, "gain": v, "seconds": s} on `data`'s
     validation split (`data`: the search's tune.search._Data, at the winner's rows)."""
     t0 = time.monotonic()
     plan = copy.deepcopy(trial_plan)
     plan["train"]["seed"] = member_seed(int(trial_plan["train"].get("seed", 0)), 1)
     plan["train"]["ensemble"] = PROBE       # networks 1..PROBE: their seeds continue from network 1's
-    model = model_cls(text, plan, backend=backend, threads=threads, file=file)
+    model = Model(text, plan, backend=backend, threads=threads, file=file)
     train, validation = data.get(model)
     model.fit(train, validation, progress=False)
     binary = plan["target"].get("kind") == "binary"
@@ -53,3 +54,12 @@ def check(model_cls, text: str, trial_plan: dict, data, metric: str, *, backend,
     return {"networks": SIZE if gain >= MIN_GAIN else 1, "alone": [round(v, 2) for v in alone],
             "averaged": round(averaged, 2), "gain": round(gain, 2),
             "seconds": round(time.monotonic() - t0, 1)}
+
+
+def describe(result: dict) -> str:
+    """One line for the log and the tuned file's header."""
+    alone = sum(result["alone"]) / len(result["alone"])
+    n = result["networks"]
+    return (f"ensemble auto: {len(result['alone'])} more networks of these values, averaged, scored "
+            f"{result['averaged']:.2f} against {alone:.2f} alone ({result['gain']:+.2f}; in {result['seconds']:.0f}s): "
+            f"{n} network{'s' if n > 1 else ''}.")

@@ -93,14 +93,11 @@ def format_leaderboard(rows: list[dict], metric: str, on: str | None = None) -> 
 
 
 def header(file: str, budget: float, search_s: float, n: int, best, metric: str, final_data: str,
-           validation: str, ensemble: dict | None = None) -> list[str]:
+           validation: str, ensemble: str | None = None) -> list[str]:
     lines = [f"Tuned by `boltc tune` from {Path(file).name}: {n} trials in {search_s:.0f}s of a {budget:g}s budget,",
              f"chosen on validation {metric} ({validation}): trial {best.number}, {best.value:.2f}."]
     if ensemble is not None:
-        lines.append(f"ensemble auto: {len(ensemble['alone'])} more networks of these values, averaged, scored "
-                     f"{ensemble['averaged']:.2f} against {sum(ensemble['alone']) / len(ensemble['alone']):.2f} "
-                     f"alone ({ensemble['gain']:+.2f}; in {ensemble['seconds']:.0f}s): {ensemble['networks']} "
-                     f"network{'s' if ensemble['networks'] > 1 else ''}.")
+        lines.append(ensemble)
     return lines + [f"Every value is written out; the final model trains on {final_data}."]
 
 

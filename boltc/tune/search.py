@@ -304,12 +304,15 @@ def tune(model_path, budget: float, output, *, train=None, validation=None, test
     def spent() -> float:
         return spent0 + time.monotonic() - t_start
 
-    def objective(trial):
-        values = space.suggest(trial, tunables, train_cfg.get("optimizer", "adam"))
+    def trial_plan(values):
         plan = to_plan(run_pipeline(space.with_values(parsed, values)))
         # trials compare one network each: `ensemble N` adds members of the same values from other seeds,
         # trained in the final training only (they would multiply every trial's cost by N)
         plan["train"].pop("ensemble", None)
+        return plan
+
+    def objective(trial):
+        plan = trial_plan(space.suggest(trial, tunables, train_cfg.get("optimizer", "adam")))
         if int((plan.get("memory") or {}).get("total", 0)) > space.MAX_TRIAL_BYTES:
             trial.set_user_attr("note", "too large")
             raise optuna.TrialPruned()
@@ -431,15 +434,13 @@ def tune(model_path, budget: float, output, *, train=None, validation=None, test
     ensemble_result = None
     if ensemble_auto:
         if rungs:
-            data.rows = (top_rows(rungs, studies), rung_validation_rows(va_all.rows, top_rows(rungs, studies)))
-        trial_plan = to_plan(run_pipeline(space.with_values(parsed, values)))
-        ensemble_result = ensemble_check.check(Model, text, trial_plan, data, metric, backend=backend,
+            n_rows = top_rows(rungs, studies)
+            data.rows = (n_rows, rung_validation_rows(va_all.rows, n_rows))
+        ensemble_result = ensemble_check.check(text, trial_plan(values), data, metric, backend=backend,
                                                threads=threads, file=file)
         data.rows = None
         ft["ensemble"] = ensemble_result["networks"]
-        log(f"ensemble auto: {ensemble_check.PROBE} networks of the winner averaged {ensemble_result['averaged']:.2f} "
-            f"validation {metric} against {np.mean(ensemble_result['alone']):.2f} alone (gain "
-            f"{ensemble_result['gain']:+.2f}): ensemble {ensemble_result['networks']}")
+        log(ensemble_check.describe(ensemble_result))
     carved = validation is None
     if rungs and auto_epochs:
         # the best epoch count on a sample does not carry over to all the rows: early stopping finds it
@@ -472,7 +473,7 @@ def tune(model_path, budget: float, output, *, train=None, validation=None, test
     if rungs:
         chosen_on += f"; trained on {top_rows(rungs, studies):,} of the training rows"
     header = report.header(file, budget_total, search_s, n_trials, best, metric, final_data, chosen_on,
-                           ensemble_result)
+                           ensemble_check.describe(ensemble_result) if ensemble_result else None)
     report.write_bolt(bolt_path, final_graph, header, train=train, validation=validation, test=test)
     # ---- the final model: `boltc run` of the written file
     final = boltc.compile(str(bolt_path), backend=backend, threads=threads)

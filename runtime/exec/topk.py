@@ -14,6 +14,20 @@ def mask_never_seen(scores: np.ndarray, counts: np.ndarray | None, ids: np.ndarr
     return np.where(unseen, -np.inf, scores).astype(scores.dtype)
 
 
+def add_output(total: np.ndarray, out) -> np.ndarray:
+    """`total` (B, classes) plus a layer's output: a (B, classes) activation, or under sparse inference
+    (ids, values) of its active neurons, the others counting 0 (the blend's and the ensemble's mean's
+    convention). In place; returns `total`."""
+    if isinstance(out, tuple):
+        ids, vals = out
+        rows = np.repeat(np.arange(ids.shape[0]), ids.shape[1]).reshape(ids.shape)
+        ok = ids >= 0
+        total[rows[ok], ids[ok]] += np.asarray(vals, np.float32)[ok]
+    else:
+        total += np.asarray(out, np.float32)
+    return total
+
+
 def top_k_of(scores: np.ndarray, top_k: int):
     """(ids (B, k) int32, scores (B, k) float32), best first; -1 / -inf pad past the classes."""
     b, n = scores.shape

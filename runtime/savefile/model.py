@@ -394,7 +394,7 @@ def state_to_saved(source: str, plan: dict, state, history: dict | None = None,
                    optimizer_extra: dict | None = None, with_optimizer: bool = False) -> SavedModel:
     """A model file's contents from a runtime ModelState. Checkpoints (`with_optimizer`) also hold the
     Adam moments, the step and whatever the trainer passes in `optimizer_extra` (sampler, epoch)."""
-    lsh = {name: {"meta": idx.meta(), "arrays": dict(idx.arrays())} for name, idx in state.lsh.items()}
+    lsh = _lsh_of(state)
     opt = None
     if with_optimizer:
         opt = {"step": int(state.step), "m": state.m, "v": state.v, **(optimizer_extra or {})}
@@ -402,21 +402,26 @@ def state_to_saved(source: str, plan: dict, state, history: dict | None = None,
                       optimizer=opt, blend=dict(getattr(state, "blend", {})))
 
 
+def _lsh_of(state) -> dict:
+    return {name: {"meta": idx.meta(), "arrays": dict(idx.arrays())} for name, idx in state.lsh.items()}
+
+
 def member_to_saved(state) -> dict:
     """An ensemble member's part of a model file: weights and hash tables (no optimizer state)."""
-    return {"params": state.params,
-            "lsh": {name: {"meta": idx.meta(), "arrays": dict(idx.arrays())} for name, idx in state.lsh.items()}}
+    return {"params": state.params, "lsh": _lsh_of(state)}
 
 
-def member_state(saved: SavedModel, i: int, path="<model>"):
-    """The ModelState of ensemble member i + 1 (0-based index into `saved.members`), checked like the
-    model's own weights; it shares the model's blend."""
-    m = saved.members[i]
-    one = SavedModel(source=saved.source, plan=saved.plan, params=m["params"], lsh=m["lsh"], blend=saved.blend)
-    try:
-        return state_from_saved(one, path)
-    except ModelFileError as e:
-        raise _err(path, f"ensemble member {i + 1}: {e.message}") from None
+def member_states(saved: SavedModel, path="<model>") -> list:
+    """The ModelStates of ensemble members 1..N-1, each checked like the model's own weights; they share
+    the model's blend."""
+    out = []
+    for i, m in enumerate(saved.members, start=1):
+        one = SavedModel(source=saved.source, plan=saved.plan, params=m["params"], lsh=m["lsh"], blend=saved.blend)
+        try:
+            out.append(state_from_saved(one, path))
+        except ModelFileError as e:
+            raise _err(path, f"ensemble member {i}: {e.message}") from None
+    return out
 
 
 def _moments(saved: dict, params: dict, dts: dict) -> dict:

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from boltc.errors import BoltError
-from boltc.runtime.exec.topk import mask_never_seen, top_k_of
+from boltc.runtime.exec.topk import add_output, mask_never_seen, top_k_of
 
 DIRECT_MAX_DIM = 4096
 MAX_ENTRIES = 1 << 26           # input width x classes: 256 MB of float32 weights
@@ -99,13 +99,6 @@ def predict(executor, batch, top_k: int, sparse: bool, blend: dict, w: np.ndarra
     """(ids, scores) as executor.predict, ranked by the network's output + weight * ridge scores."""
     plan = executor.plan
     out = executor.forward(batch, mode="sparse" if sparse else "dense")[plan["output"]]
-    total = float(blend["weight"]) * linear_scores(batch.inputs[input_name(plan)], w)
-    if isinstance(out, tuple):                 # sparse inference: (ids, values) of the active neurons
-        ids, vals = out
-        rows = np.repeat(np.arange(ids.shape[0]), ids.shape[1]).reshape(ids.shape)
-        ok = ids >= 0
-        total[rows[ok], ids[ok]] += np.asarray(vals, np.float32)[ok]
-    else:
-        total += np.asarray(out, np.float32)
+    total = add_output(float(blend["weight"]) * linear_scores(batch.inputs[input_name(plan)], w), out)
     total = mask_never_seen(total, executor.state.params.get(plan["output"], {}).get("label_count"))
     return top_k_of(total, top_k)

@@ -24,7 +24,7 @@ import copy
 import numpy as np
 
 from boltc.runtime.data.dataset import Dataset
-from boltc.runtime.exec.topk import mask_never_seen, top_k_of
+from boltc.runtime.exec.topk import add_output, mask_never_seen, top_k_of
 
 SEED_STRIDE = 7919                 # a prime: member seeds of nearby train seeds do not collide
 CHUNK_ENTRIES = 1 << 24            # rows x classes of one averaged score block (64 MB of float32)
@@ -54,25 +54,13 @@ class EnsembleExecutor:
         self.plan = self.members[0].plan
         self.state = self.members[0].state          # label counts and the blend's weights
         self.output = self.plan["output"]
-        self.classes = int(self.plan["layers"][-1]["dim"]) if self.plan.get("layers") else 0
-        for layer in self.plan.get("layers", []):
-            if layer["name"] == self.output:
-                self.classes = int(layer["dim"])
+        self.classes = next(int(l["dim"]) for l in self.plan["layers"] if l["name"] == self.output)
 
     def _mean_output(self, batch, mode: str) -> np.ndarray:
         """(B, classes) float32: the members' output activations, averaged."""
-        total = None
+        total = np.zeros((int(batch.size), self.classes), np.float32)
         for ex in self.members:
-            out = ex.forward(batch, mode=mode)[self.output]
-            if isinstance(out, tuple):                 # sparse inference: (ids, values) of the active neurons
-                ids, vals = out
-                dense = np.zeros((ids.shape[0], self.classes), np.float32)
-                rows = np.repeat(np.arange(ids.shape[0]), ids.shape[1]).reshape(ids.shape)
-                ok = ids >= 0
-                dense[rows[ok], ids[ok]] = np.asarray(vals, np.float32)[ok]
-                out = dense
-            out = np.asarray(out, np.float32)
-            total = out.copy() if total is None else total + out
+            add_output(total, ex.forward(batch, mode=mode)[self.output])
         return total / np.float32(len(self.members))
 
     def _blocks(self, batch):
