@@ -103,13 +103,25 @@ def main(argv=None) -> int:
     bad = [n for n in names if n not in SETS]
     if bad:
         ap.error(f"unknown data set {bad[0]!r} (expected one of {', '.join(SETS)})")
+    if a.members < 2:
+        ap.error(f"--members must be at least 2 (one network against their mean), not {a.members}")
+    if a.folds < 1:
+        ap.error(f"--folds must be at least 1, not {a.folds}")
+    if a.from_log and not Path(a.from_log).is_file():
+        ap.error(f"--from-log: {a.from_log} is not a file")
     rows = []
     if a.from_log:
         # the rows a run printed (one JSON object a line): its table and file, e.g. of a run stopped early
         rows = [json.loads(line) for line in Path(a.from_log).read_text().splitlines() if line.startswith("{")]
         names = [n for n in names if any(r["data"] == n for r in rows)]
     else:
-        for name in names:
+        for name in list(names):
+            train_file = boltc.compile(str(ROOT / "models" / f"{SETS[name][0]}.bolt"), backend="numpy").plan["data"]["train"]
+            path = train_file["path"] if isinstance(train_file, dict) else str(train_file)
+            if not Path(path).exists():
+                print(f"{name}: skipped ({path} is not present)")
+                names.remove(name)
+                continue
             for seed, text in tuned_models(name):
                 rows.extend(measure(name, seed, text, a.members, a.folds))
     ks = range(1, a.members)
