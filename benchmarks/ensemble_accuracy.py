@@ -10,6 +10,15 @@ without `ensemble`). Native backend, one thread; the metric does not depend on t
     python benchmarks/ensemble_accuracy.py --data delicious --members 5 --tag delicious
     python benchmarks/ensemble_accuracy.py --data bibtex,news20,sst2 --members 5 --tag others
 
+`--across-configs`: the tuned models of the run's seeds (different values: n-grams, widths, blend...)
+averaged with one another, against the same number of networks of one model. Each model trains
+networks 0..K (K = the number of tuned models) on the same validation split; network 0 is left out as
+above. Per fold: one network alone (mean over models and networks 1..K), K networks of one model
+averaged (mean over models), network 1 of each of the K models averaged, and each model's networks
+1..K averaged, then the K models. A model's scores are its network's output plus its own blend.
+
+    python benchmarks/ensemble_accuracy.py --data sst2,news20,bibtex --across-configs --tag across
+
 Writes benchmarks/results/ensemble_accuracy_TAG.json. Every run prints its row as one JSON line;
 `--from-log LOG` makes the table and the file from those lines (a run stopped before its end).
 """
@@ -29,6 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 import boltc  # noqa: E402
 from boltc.runtime.data.holdout import split  # noqa: E402
+from boltc.runtime.exec.topk import add_output, mask_never_seen, top_k_of  # noqa: E402
+from boltc.runtime.train import blend, metrics  # noqa: E402
 from boltc.runtime.train.ensemble import EnsembleExecutor  # noqa: E402
 from boltc.runtime.train.trainer import evaluate, metric_names  # noqa: E402
 
@@ -91,6 +102,65 @@ def measure(name: str, seed: int, text: str, members: int, folds: int) -> list[d
     return out
 
 
+def network_scores(model, va) -> list[np.ndarray]:
+    """Each network's (rows, classes) ranking scores on `va`: its output plus the model's blend."""
+    plan = model.plan
+    settings = blend.settings(plan)
+    extra = None
+    if settings:
+        w = model.state.blend["ridge"]
+        extra = float(settings["weight"]) * blend.linear_scores(va.inputs[blend.input_name(plan)], w)
+    counts = model.state.params.get(plan["output"], {}).get("label_count")
+    out = []
+    for ex in model.inference_executor.members:
+        total = np.zeros((va.rows, model.inference_executor.classes), np.float32)
+        add_output(total, ex.forward(va, mode="dense")[plan["output"]])
+        if extra is not None:
+            total += extra
+        out.append(mask_never_seen(total, counts))
+    return out
+
+
+def measure_across(name: str, models: list[tuple[int, str]], folds: int) -> list[dict]:
+    k = len(models)
+    scores, labels, metric = {}, {}, None
+    for seed, text in models:
+        probe = boltc.compile(text, backend="native", threads=1)
+        for f, (tr, va) in enumerate(validation_pairs(name, probe, folds)):
+            m = boltc.compile(text, backend="native", threads=1, ensemble=k + 1, holdout=0.0)
+            m.fit(tr, va, progress=False)
+            metric = metric_names(m.plan)[0]
+            scores[seed, f], labels[f] = network_scores(m, va), va.labels
+    seeds = [s for s, _ in models]
+
+    def score(matrix, f):
+        ids, top = top_k_of(matrix, 5)
+        return round(metrics.compute([metric], ids, labels[f], top)[metric], 2)
+    rows = []
+    for f in sorted(labels):
+        nets = {s: scores[s, f][1:] for s in seeds}           # network 0 left out (the search's luck)
+        row = {"data": name, "fold": f, "models": seeds, "metric": metric,
+               "alone": round(float(np.mean([score(x, f) for s in seeds for x in nets[s]])), 2),
+               "one_model_k": round(float(np.mean([score(np.mean(nets[s], 0), f) for s in seeds])), 2),
+               "k_models": score(np.mean([nets[s][0] for s in seeds], 0), f),
+               "k_models_k_networks": score(np.mean([np.mean(nets[s], 0) for s in seeds], 0), f)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def across_table(rows: list[dict], names: list[str]) -> dict:
+    cols = ("alone", "one_model_k", "k_models", "k_models_k_networks")
+    print(f"\n{'data':<10} {'folds':>5} " + " ".join(f"{c:>20}" for c in cols))
+    summary = {}
+    for name in names:
+        mine = [r for r in rows if r["data"] == name]
+        means = {c: round(float(np.mean([r[c] for r in mine])), 2) for c in cols}
+        summary[name] = {"folds": len(mine), **means}
+        print(f"{name:<10} {len(mine):>5} " + " ".join(f"{means[c]:>20.2f}" for c in cols))
+    return summary
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="bibtex,delicious,news20,sst2")
@@ -98,6 +168,8 @@ def main(argv=None) -> int:
     ap.add_argument("--folds", type=int, default=3, help="validation folds where no validation file is given")
     ap.add_argument("--tag", default="")
     ap.add_argument("--from-log", default="", help="summarise the rows printed by an earlier run instead")
+    ap.add_argument("--across-configs", action="store_true",
+                    help="the tuned models of the run's seeds averaged with one another (see above)")
     a = ap.parse_args(argv)
     names = [n for n in a.data.split(",") if n]
     bad = [n for n in names if n not in SETS]
@@ -122,8 +194,13 @@ def main(argv=None) -> int:
                 print(f"{name}: skipped ({path} is not present)")
                 names.remove(name)
                 continue
+            if a.across_configs:
+                rows.extend(measure_across(name, tuned_models(name), a.folds))
+                continue
             for seed, text in tuned_models(name):
                 rows.extend(measure(name, seed, text, a.members, a.folds))
+    if a.across_configs or (rows and "k_models" in rows[0]):
+        return write(a, argv, rows, across_table(rows, names))
     ks = range(1, a.members)
     print(f"\nmembers 1..k averaged (member 0, the tuned run itself, left out), against one network alone")
     print(f"{'data':<10} {'runs':>4} {'alone':>7} " + " ".join(f"{f'k={k}':>7}" for k in ks)
@@ -139,6 +216,10 @@ def main(argv=None) -> int:
                                                 np.array([r["by_members"] for r in mine]).mean(axis=0)]}
         print(f"{name:<10} {len(mine):>4} {alone:7.2f} " + " ".join(f"{v:7.2f}" for v in others) + " "
               + " ".join(f"{others[k - 1] - alone:+7.2f}" for k in ks if k > 1))
+    return write(a, argv, rows, summary)
+
+
+def write(a, argv, rows: list[dict], summary: dict) -> int:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"ensemble_accuracy_{a.tag or int(time.time())}.json"
     path.write_text(json.dumps({"benchmark": "ensemble_accuracy", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -282,3 +282,23 @@ def test_ensemble_auto_measures_networks_1_to_4_of_the_winner(tmp_path):
     alone = [round(evaluate(ex, va, ["precision@1"])["precision@1"], 2) for ex in executors]
     assert check["alone"] == alone
     assert check["averaged"] == round(evaluate(EnsembleExecutor(executors), va, ["precision@1"])["precision@1"], 2)
+
+
+def test_ensemble_auto_is_not_measured_when_its_networks_do_not_fit_the_budget_left(tmp_path, monkeypatch):
+    """The check trains PROBE networks of the winner: when PROBE times the winning trial's time exceeds
+    the budget left, none is trained, the file gets one network, and its header says why."""
+    from boltc.tune import ensemble_check
+    assert ensemble_check.affordable(10.0, 4 * 10.0) and not ensemble_check.affordable(10.0, 4 * 10.0 - 0.1)
+    trained = []
+    monkeypatch.setattr(ensemble_check, "check", lambda *a, **k: trained.append(1))
+    # a budget whose share left after the search is smaller than PROBE trials of this model
+    monkeypatch.setattr(ensemble_check, "affordable", lambda trial_s, left_s: trial_s * 1e9 <= left_s)
+    p = tmp_path / "small.bolt"
+    p.write_text(MODEL.replace("    seed      5\n", "    seed      5\n    ensemble  auto\n"))
+    res = tune(str(p), budget=120, output=tmp_path / "o.boltc", trials=2, backend="numpy", progress=False,
+               log=lambda m: None)
+    check = res.model.history["tune"]["ensemble_check"]
+    written = res.bolt_path.read_text()
+    assert not trained and check["networks"] == 1 and not res.model.members
+    assert "ensemble 1\n" in written and "ensemble auto: not measured" in written
+    assert 0 < check["not_checked"]["trial_s"] and check["not_checked"]["left_s"] <= 120

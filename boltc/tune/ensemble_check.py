@@ -17,7 +17,10 @@ How (decisions):
   -0.37, where four gained +0.42 and +0.44).
 - Budget: the search runs for 1 - BUDGET_SHARE of the budget and the check in the rest (it trains
   PROBE models; a trial of the search often trains one in well under that share of the budget). The
-  check is not cut short: a model whose training takes longer than the share overruns the budget.
+  check runs only when PROBE times the winning trial's own training time fits in the budget left
+  (`affordable`); otherwise the file gets one network and its header says why, so a slow model never
+  overruns the budget by several trainings. A check that starts is not cut short: stopping its networks
+  early would measure networks other than the ones the final training trains.
 """
 from __future__ import annotations
 
@@ -56,8 +59,23 @@ def check(text: str, trial_plan: dict, data, metric: str, *, backend, threads, f
             "seconds": round(time.monotonic() - t0, 1)}
 
 
+def affordable(trial_seconds: float, left_seconds: float) -> bool:
+    """Whether PROBE trainings of the winner (each about as long as its trial) fit in the budget left."""
+    return PROBE * max(float(trial_seconds), 0.0) <= float(left_seconds)
+
+
+def not_checked(trial_seconds: float, left_seconds: float) -> dict:
+    """The result when the check does not fit: one network."""
+    return {"networks": 1, "not_checked": {"trial_s": round(float(trial_seconds), 1),
+                                           "left_s": round(max(float(left_seconds), 0.0), 1)}, "seconds": 0.0}
+
+
 def describe(result: dict) -> str:
     """One line for the log and the tuned file's header."""
+    if "not_checked" in result:
+        nc = result["not_checked"]
+        return (f"ensemble auto: not measured ({PROBE} more networks of these values would take about "
+                f"{PROBE * nc['trial_s']:.0f}s, {nc['left_s']:.0f}s of the budget was left): 1 network.")
     alone = sum(result["alone"]) / len(result["alone"])
     n = result["networks"]
     return (f"ensemble auto: {len(result['alone'])} more networks of these values, averaged, scored "

@@ -436,8 +436,11 @@ def tune(model_path, budget: float, output, *, train=None, validation=None, test
         if rungs:
             n_rows = top_rows(rungs, studies)
             data.rows = (n_rows, rung_validation_rows(va_all.rows, n_rows))
-        ensemble_result = ensemble_check.check(text, trial_plan(values), data, metric, backend=backend,
-                                               threads=threads, file=file)
+        trial_s = (best.datetime_complete - best.datetime_start).total_seconds()
+        left = budget_total - spent()
+        ensemble_result = (ensemble_check.check(text, trial_plan(values), data, metric, backend=backend,
+                                                threads=threads, file=file)
+                           if ensemble_check.affordable(trial_s, left) else ensemble_check.not_checked(trial_s, left))
         data.rows = None
         ft["ensemble"] = ensemble_result["networks"]
         log(ensemble_check.describe(ensemble_result))
