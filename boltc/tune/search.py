@@ -436,7 +436,8 @@ def tune(model_path, budget: float, output, *, train=None, validation=None, test
         if rungs:
             n_rows = top_rows(rungs, studies)
             data.rows = (n_rows, rung_validation_rows(va_all.rows, n_rows))
-        trial_s = (best.datetime_complete - best.datetime_start).total_seconds()
+        # one training of the winner: its trial's time over the folds it trained (the check trains on one)
+        trial_s = float(best.user_attrs.get("seconds", 0.0)) / len(best.user_attrs.get("folds") or [0])
         left = budget_total - spent()
         ensemble_result = (ensemble_check.check(text, trial_plan(values), data, metric, backend=backend,
                                                 threads=threads, file=file)
