@@ -254,95 +254,120 @@ def _open_study(optuna, journal: Path, seed: int, fp: str, defaults: dict):
 def tune(model_path, budget: float, output, *, train=None, validation=None, test=None,
          trials: int | None = None, backend: str | None = None, threads: int | None = None,
          seed: int | None = None, progress: bool = True, log=None) -> TuneResult:
-    """Search, write OUTPUT's .bolt, train the final model and save it to `output` (see module doc)."""
-    optuna = _optuna()
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    output = Path(output)
-    text, file = read_source(model_path)
-    parsed = parse(text, file)
-    if seed is not None:
-        parsed.graph["train"]["seed"] = int(seed)
-    base_plan = to_plan(run_pipeline(parsed))
-    train_cfg = base_plan["train"]
-    data_block = base_plan.get("data") or {}
-    train = train if train is not None else data_block.get("train")
-    if train is None:
-        raise DataError("no training data to tune on: give --train FILE or a data block in the model")
-    validation = validation if validation is not None else data_block.get("validation")
-    test = test if test is not None else data_block.get("test")
-    share = float(train_cfg.get("holdout", 0.0))
-    if validation is None and share <= 0.0:
-        raise BoltError("tuning chooses on validation data: give --validation, a validation line in the data "
-                        "block, or a holdout share > 0 (the train block has `holdout 0`)")
-    tunables = list(parsed.graph.get("tunable", ())) + space.sparsity_tunables(parsed, run_pipeline(parsed))
-    auto_epochs = bool(train_cfg.get("patience"))
-    if not tunables and not auto_epochs:
-        raise BoltError(f"{file}: nothing to tune: write `auto` for the values to search (a layer's width, "
-                        "adam(lr=auto), batch auto, epochs auto, ...)")
-    seed_v = int(train_cfg.get("seed", 0))
-    metric = metric_names(base_plan)[0]
-    # `ensemble auto`: the search takes the budget but BUDGET_SHARE, the check after it the rest
-    budget_total = budget
-    ensemble_auto = any(t.kind == "ensemble" for t in tunables)
-    if ensemble_auto:
-        budget = budget_total * (1.0 - ensemble_check.BUDGET_SHARE)
-    journal = output.with_name(output.name + ".tune.journal")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    data = _Data(train, validation, share, seed_v)
-    tr_all, va_all = data.get(Model(text, copy.deepcopy(base_plan), backend="numpy", file=file))   # bad data fails here
-    rungs = row_rungs(tr_all.rows)
-    fp = fingerprint(text, tunables, {"train": str(train), "validation": str(validation), "share": share,
-                                      "seed": seed_v, "backend": backend, "row_rungs": rungs,
-                                      "folds": FOLDS if data.full else 1})
-    study = _open_study(optuna, journal, seed_v, fp, space.defaults(tunables))
-    spent0 = float(study.user_attrs.get("elapsed_s", 0.0))
-    t_start = time.monotonic()
-    bar = report.Progress(progress, budget, spent0, metric, log)
-    first_trial_note: dict = {}
-    rung_deadline = [t_start]
+    """Search, write OUTPUT's .bolt, train the final model and save it to `output` (see module doc).
+    The stages, in order: prepare (model, data, journal), search, winner, ensemble check, write, final."""
+    job = _Search(model_path, budget, output, train=train, validation=validation, test=test, seed=seed,
+                  backend=backend, threads=threads, progress=progress,
+                  log=log or (lambda msg: print(msg, file=sys.stderr)))
+    studies = job.search(trials)
+    best, board = job.winner(studies)
+    values = space.suggest(job.optuna.trial.FixedTrial(best.params), job.tunables,
+                           job.train_cfg.get("optimizer", "adam"))
+    ensemble_result = job.check_ensemble(values, best, studies) if job.ensemble_auto else None
+    bolt_path, final_data = job.write(values, best, studies, ensemble_result)
+    return job.train_final(bolt_path, best, board, studies, final_data, ensemble_result)
 
-    def spent() -> float:
-        return spent0 + time.monotonic() - t_start
 
-    def trial_plan(values):
-        plan = to_plan(run_pipeline(space.with_values(parsed, values)))
+class _Search:
+    """One tuning run's state: the parsed model, its data and journal, the clock and the progress display."""
+
+    def __init__(self, model_path, budget: float, output, *, train, validation, test, seed, backend, threads,
+                 progress, log):
+        self.optuna = optuna = _optuna()
+        self.log, self.backend, self.threads, self.progress = log, backend, threads, progress
+        self.output = Path(output)
+        self.text, self.file = read_source(model_path)
+        self.parsed = parse(self.text, self.file)
+        if seed is not None:
+            self.parsed.graph["train"]["seed"] = int(seed)
+        base_plan = to_plan(run_pipeline(self.parsed))
+        self.train_cfg = train_cfg = base_plan["train"]
+        data_block = base_plan.get("data") or {}
+        self.train = train if train is not None else data_block.get("train")
+        if self.train is None:
+            raise DataError("no training data to tune on: give --train FILE or a data block in the model")
+        self.validation = validation if validation is not None else data_block.get("validation")
+        self.test = test if test is not None else data_block.get("test")
+        self.share = share = float(train_cfg.get("holdout", 0.0))
+        if self.validation is None and share <= 0.0:
+            raise BoltError("tuning chooses on validation data: give --validation, a validation line in the data "
+                            "block, or a holdout share > 0 (the train block has `holdout 0`)")
+        self.tunables = (list(self.parsed.graph.get("tunable", ()))
+                         + space.sparsity_tunables(self.parsed, run_pipeline(self.parsed)))
+        self.auto_epochs = bool(train_cfg.get("patience"))
+        if not self.tunables and not self.auto_epochs:
+            raise BoltError(f"{self.file}: nothing to tune: write `auto` for the values to search (a layer's width, "
+                            "adam(lr=auto), batch auto, epochs auto, ...)")
+        self.seed = int(train_cfg.get("seed", 0))
+        self.metric = metric_names(base_plan)[0]
+        # `ensemble auto`: the search takes the budget but BUDGET_SHARE, the check after it the rest
+        self.budget_total = self.budget = budget
+        self.ensemble_auto = any(t.kind == "ensemble" for t in self.tunables)
+        if self.ensemble_auto:
+            self.budget = budget * (1.0 - ensemble_check.BUDGET_SHARE)
+        self.journal = self.output.with_name(self.output.name + ".tune.journal")
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        self.data = _Data(self.train, self.validation, share, self.seed)
+        self.tr_all, self.va_all = self.data.get(Model(self.text, copy.deepcopy(base_plan), backend="numpy",
+                                                       file=self.file))       # bad data fails here
+        self.rungs = row_rungs(self.tr_all.rows)
+        fp = fingerprint(self.text, self.tunables,
+                         {"train": str(self.train), "validation": str(self.validation), "share": share,
+                          "seed": self.seed, "backend": backend, "row_rungs": self.rungs,
+                          "folds": FOLDS if self.data.full else 1})
+        self.study = _open_study(optuna, self.journal, self.seed, fp, space.defaults(self.tunables))
+        self.spent0 = float(self.study.user_attrs.get("elapsed_s", 0.0))
+        self.t_start = time.monotonic()
+        self.bar = report.Progress(progress, self.budget, self.spent0, self.metric, log)
+        self.first_trial_note: dict = {}
+        self.rung_deadline = self.t_start
+        self.search_s = 0.0
+
+    def spent(self) -> float:
+        return self.spent0 + time.monotonic() - self.t_start
+
+    def trial_plan(self, values) -> dict:
+        plan = to_plan(run_pipeline(space.with_values(self.parsed, values)))
         # trials compare one network each: `ensemble N` adds members of the same values from other seeds,
         # trained in the final training only (they would multiply every trial's cost by N)
         plan["train"].pop("ensemble", None)
         return plan
 
-    def objective(trial):
-        plan = trial_plan(space.suggest(trial, tunables, train_cfg.get("optimizer", "adam")))
+    def model(self, plan) -> Model:
+        return Model(self.text, plan, backend=self.backend, threads=self.threads, file=self.file)
+
+    # ------------------------------------------------------------ one trial
+    def objective(self, trial) -> float:
+        optuna = self.optuna
+        plan = self.trial_plan(space.suggest(trial, self.tunables, self.train_cfg.get("optimizer", "adam")))
         if int((plan.get("memory") or {}).get("total", 0)) > space.MAX_TRIAL_BYTES:
             trial.set_user_attr("note", "too large")
             raise optuna.TrialPruned()
-        model = Model(text, plan, backend=backend, threads=threads, file=file)
-        folds = data.folds(model)
-        tr_ds, va_ds = folds[0]
-        trial.set_user_attr("rows", int(tr_ds.rows))
+        model = self.model(plan)
+        folds = self.data.folds(model)
+        trial.set_user_attr("rows", int(folds[0][0].rows))
         t0 = time.monotonic()
 
         def out_of_time():
             now = time.monotonic()
             # a rung's share of the budget ends its trials only once one of them finished there
-            return now > t_start + budget - spent0 or (now > rung_deadline[0] and _complete(optuna, trial.study))
+            return (now > self.t_start + self.budget - self.spent0
+                    or (now > self.rung_deadline and _complete(optuna, trial.study)))
 
         def watch(trainer, record):
             # the pruner compares the blended metric (with `blend ridge`), not the network's own that early
             # stopping watches. Measured (bibtex, seed 0, 10-minute search, real_accuracy_bibtex_halving_s0
             # .json): pruning on the network's metric let weak trials run longer, 73 trials (19 finished)
             # against 137 (43), best validation 63.80 against 64.48
-            v = (record.get("validation") or record.get("validation_sparse") or {}).get(metric)
-            first_trial_note.setdefault("epoch_s", record["seconds"])
-            bar.epoch(trial.number, record["epoch"], v, time.monotonic() - t_start)
+            v = (record.get("validation") or record.get("validation_sparse") or {}).get(self.metric)
+            self.first_trial_note.setdefault("epoch_s", record["seconds"])
+            self.bar.epoch(trial.number, record["epoch"], v, time.monotonic() - self.t_start)
             if v is not None:
                 trial.report(v, record["epoch"])
                 trial.set_user_attr("epochs_run", record["epoch"])
                 if trial.should_prune():
                     raise optuna.TrialPruned()
-            if out_of_time():
-                trial.set_user_attr("note", "budget ran out")
-                raise _OutOfTime()
+            watch_time(trainer, record)
 
         def watch_time(trainer, record):
             if out_of_time():
@@ -352,10 +377,9 @@ def tune(model_path, budget: float, output, *, train=None, validation=None, test
         scores, epochs = [], []
         try:
             for f, (tr_f, va_f) in enumerate(folds):
-                m = model if f == 0 else Model(text, copy.deepcopy(plan), backend=backend, threads=threads,
-                                               file=file)
+                m = model if f == 0 else self.model(copy.deepcopy(plan))
                 hist = m.fit(tr_f, va_f, progress=False, callbacks=[watch if f == 0 else watch_time])
-                best, best_epoch = _best(hist, metric)
+                best, best_epoch = _best(hist, self.metric)
                 scores.append(best)
                 epochs.append(best_epoch)
         except _OutOfTime:
@@ -367,140 +391,163 @@ def tune(model_path, budget: float, output, *, train=None, validation=None, test
         trial.set_user_attr("best_epoch", int(np.median(epochs)))
         return float(np.mean(scores))
 
-    def after_trial(study_, trial):
-        study.set_user_attr("elapsed_s", spent())
-        bar.trial_done(trial, study_)
+    # ------------------------------------------------------------ the search
+    def _after_trial(self, study_, trial) -> None:
+        self.study.set_user_attr("elapsed_s", self.spent())
+        self.bar.trial_done(trial, study_)
 
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    # --trials counts the search's trials that trained (finished or pruned), not ones a killed run left behind
-    done = len(study.get_trials(deepcopy=False, states=finished))
-    n_left = None if trials is None else max(0, int(trials) - done)
-    studies = [study]                   # one per rung, smallest first; [study] alone without row rungs
-    try:
-        for r in range(max(1, len(rungs))):
-            rung_end = budget * (r + 1) / max(1, len(rungs))
-            if r > 0:
-                if (f"{STUDY}-rows-{rungs[r]}" not in optuna.get_all_study_names(_storage(journal))
-                        and not worth_promoting(_complete(optuna, studies[-1]), budget - spent())):
-                    # a promoted trial would not finish in the budget left: the rung below keeps it
-                    bar.note(f"no promotion to {rungs[r]:,} rows: a trial there would not finish in the "
-                             f"{budget - spent():.0f}s left; the search goes on with {rungs[r - 1]:,} rows")
-                    left = budget - spent()
-                    rung_deadline[0] = time.monotonic() + max(left, 0.0)
-                    more = None if trials is None else max(0, int(trials) - len(
-                        study.get_trials(deepcopy=False, states=finished)))
-                    if left > 0 and more != 0:
-                        studies[-1].optimize(objective, timeout=left, n_trials=more, callbacks=[after_trial],
-                                             catch=(BoltError,), gc_after_trial=False)
-                    break
-                st = _open_rung_study(optuna, journal, rungs[r], studies[-1], bar)
-                if st is None:
-                    break                   # nothing finished on the rung below: nothing to promote
-                studies.append(st)
-                n_run = len(st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
-            else:
-                st, n_run = study, n_left
-            if rungs:
-                data.rows = (rungs[r], rung_validation_rows(va_all.rows, rungs[r]))
-                bar.prefix = f"rows {rungs[r]:,}: "
-            left = rung_end - spent()
-            rung_deadline[0] = time.monotonic() + max(left, 0.0)
-            if left > 0 and n_run != 0:
-                st.optimize(objective, timeout=left, n_trials=n_run, callbacks=[after_trial],
-                            catch=(BoltError,), gc_after_trial=False)
-    finally:
-        bar.close()
-        data.rows = None
-    search_s = spent()
-    top = next((st for st in reversed(studies) if _complete(optuna, st)), None)
-    if top is None:
-        ran = first_trial_note.get("epoch_s")
-        hint = (f"its first epoch took {ran:.1f}s" if ran is not None else "no trial finished an epoch")
-        raise BoltError(f"the budget of {budget_total:g}s is too small for one trial ({hint}; a trial trains until "
-                        "its validation metric stops improving): give a larger --budget")
-    best = max(_complete(optuna, top), key=lambda t: (t.value, -t.number))
-    board = []
-    for r, st in reversed(list(enumerate(studies))):
-        rows = report.leaderboard(st, metric)
-        n_rows = rungs[r] if rungs else tr_all.rows
-        for row in rows:
-            row["rows"] = n_rows
-        board += rows
-        log(report.format_leaderboard(rows, metric, f"{n_rows:,} training rows" if rungs else None))
-    # ---- the winning model, written out
-    values = space.suggest(optuna.trial.FixedTrial(best.params), tunables, train_cfg.get("optimizer", "adam"))
-    final_graph = space.with_values(parsed, values)
-    ft = final_graph.graph["train"]
-    ensemble_result = None
-    if ensemble_auto:
-        if rungs:
-            n_rows = top_rows(rungs, studies)
-            data.rows = (n_rows, rung_validation_rows(va_all.rows, n_rows))
+    def _optimize(self, study, seconds: float, n_trials) -> None:
+        self.rung_deadline = time.monotonic() + max(seconds, 0.0)
+        if seconds > 0 and n_trials != 0:
+            study.optimize(self.objective, timeout=seconds, n_trials=n_trials, callbacks=[self._after_trial],
+                           catch=(BoltError,), gc_after_trial=False)
+
+    def search(self, trials: int | None) -> list:
+        """The studies of the rungs that ran, smallest first ([study] alone without row rungs)."""
+        optuna, rungs, budget = self.optuna, self.rungs, self.budget
+        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+        def trials_left():
+            # --trials counts the search's trials that trained (finished or pruned), not ones a killed run left
+            done = len(self.study.get_trials(deepcopy=False, states=finished))
+            return None if trials is None else max(0, int(trials) - done)
+        studies = [self.study]
+        try:
+            for r in range(max(1, len(rungs))):
+                rung_end = budget * (r + 1) / max(1, len(rungs))
+                if r > 0:
+                    if (f"{STUDY}-rows-{rungs[r]}" not in optuna.get_all_study_names(_storage(self.journal))
+                            and not worth_promoting(_complete(optuna, studies[-1]), budget - self.spent())):
+                        # a promoted trial would not finish in the budget left: the rung below keeps it
+                        self.bar.note(f"no promotion to {rungs[r]:,} rows: a trial there would not finish in the "
+                                      f"{budget - self.spent():.0f}s left; the search goes on with "
+                                      f"{rungs[r - 1]:,} rows")
+                        self._optimize(studies[-1], budget - self.spent(), trials_left())
+                        break
+                    st = _open_rung_study(optuna, self.journal, rungs[r], studies[-1], self.bar)
+                    if st is None:
+                        break                   # nothing finished on the rung below: nothing to promote
+                    studies.append(st)
+                    n_run = len(st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+                else:
+                    st, n_run = self.study, trials_left()
+                if rungs:
+                    self.data.rows = (rungs[r], rung_validation_rows(self.va_all.rows, rungs[r]))
+                    self.bar.prefix = f"rows {rungs[r]:,}: "
+                self._optimize(st, rung_end - self.spent(), n_run)
+        finally:
+            self.bar.close()
+            self.data.rows = None
+        self.search_s = self.spent()
+        return studies
+
+    def winner(self, studies: list):
+        """(the best trial of the largest rung where one finished, the leaderboard rows); the leaderboard
+        is logged. No finished trial: the budget was too small, said with the first epoch's time."""
+        optuna = self.optuna
+        top = next((st for st in reversed(studies) if _complete(optuna, st)), None)
+        if top is None:
+            ran = self.first_trial_note.get("epoch_s")
+            hint = f"its first epoch took {ran:.1f}s" if ran is not None else "no trial finished an epoch"
+            raise BoltError(f"the budget of {self.budget_total:g}s is too small for one trial ({hint}; a trial "
+                            "trains until its validation metric stops improving): give a larger --budget")
+        best = max(_complete(optuna, top), key=lambda t: (t.value, -t.number))
+        board = []
+        for r, st in reversed(list(enumerate(studies))):
+            rows = report.leaderboard(st, self.metric)
+            n_rows = self.rungs[r] if self.rungs else self.tr_all.rows
+            for row in rows:
+                row["rows"] = n_rows
+            board += rows
+            self.log(report.format_leaderboard(rows, self.metric, f"{n_rows:,} training rows" if self.rungs else None))
+        return best, board
+
+    def check_ensemble(self, values, best, studies) -> dict:
+        """`ensemble auto` decided on the winner's rows (ensemble_check.py), when it fits the budget left."""
+        if self.rungs:
+            n_rows = top_rows(self.rungs, studies)
+            self.data.rows = (n_rows, rung_validation_rows(self.va_all.rows, n_rows))
         # one training of the winner: its trial's time over the folds it trained (the check trains on one)
         trial_s = float(best.user_attrs.get("seconds", 0.0)) / len(best.user_attrs.get("folds") or [0])
-        left = budget_total - spent()
-        ensemble_result = (ensemble_check.check(text, trial_plan(values), data, metric, backend=backend,
-                                                threads=threads, file=file)
-                           if ensemble_check.affordable(trial_s, left) else ensemble_check.not_checked(trial_s, left))
-        data.rows = None
-        ft["ensemble"] = ensemble_result["networks"]
-        log(ensemble_check.describe(ensemble_result))
-    carved = validation is None
-    if rungs and auto_epochs:
-        # the best epoch count on a sample does not carry over to all the rows: early stopping finds it
-        # (`epochs auto` and the holdout stay in the written file)
-        final_data = ("the training rows less the validation share, with early stopping on it: the search ran "
-                      f"on samples of {rungs[0]:,}-{rungs[-1]:,} rows, and the best epoch count on a sample does "
-                      "not carry over to all the rows" if carved else
-                      "the training data alone, with early stopping on the validation data given: the search "
-                      f"ran on samples of {rungs[0]:,}-{rungs[-1]:,} rows")
-    else:
-        if auto_epochs:
-            ft["epochs"] = int(best.user_attrs["best_epoch"])
-            ft.pop("patience", None)
-        if carved:
-            ft["holdout"] = 0.0
-            final_data = ("all the training rows (train + the validation share): the values are chosen, and "
-                          "the held-out rows are worth more as training data")
+        left = self.budget_total - self.spent()
+        try:
+            result = (ensemble_check.check(self.text, self.trial_plan(values), self.data, self.metric,
+                                           backend=self.backend, threads=self.threads, file=self.file)
+                      if ensemble_check.affordable(trial_s, left) else ensemble_check.not_checked(trial_s, left))
+        finally:
+            self.data.rows = None
+        self.log(ensemble_check.describe(result))
+        return result
+
+    # ------------------------------------------------------------ the winning model
+    def write(self, values, best, studies, ensemble_result):
+        """(the written .bolt's path, what the final model trains on and why)."""
+        final_graph = space.with_values(self.parsed, values)
+        ft = final_graph.graph["train"]
+        if ensemble_result is not None:
+            ft["ensemble"] = ensemble_result["networks"]
+        carved = self.validation is None
+        rungs = self.rungs
+        if rungs and self.auto_epochs:
+            # the best epoch count on a sample does not carry over to all the rows: early stopping finds it
+            # (`epochs auto` and the holdout stay in the written file)
+            final_data = ("the training rows less the validation share, with early stopping on it: the search "
+                          f"ran on samples of {rungs[0]:,}-{rungs[-1]:,} rows, and the best epoch count on a "
+                          "sample does not carry over to all the rows" if carved else
+                          "the training data alone, with early stopping on the validation data given: the search "
+                          f"ran on samples of {rungs[0]:,}-{rungs[-1]:,} rows")
         else:
-            # measured on sst2 (benchmarks/final_data_sst2.py: the 3 tuned models of a real_accuracy run, dev in halves):
-            # training on train + one half of dev scored 83.22 on the other half against 84.06
-            # for train alone (6 runs, lower in 5); the given validation data stays out of training
-            final_data = "the training data alone: the validation data was given separately and stays held out"
-    ft.pop("tune", None)
-    bolt_path = output.with_suffix(".bolt")
-    if output.suffix == ".bolt" or (not file.startswith("<") and bolt_path.resolve() == Path(file).resolve()):
-        bolt_path = output.with_name(output.stem + ".tuned.bolt")      # never over the model being tuned
-    n_trials = sum(len(st.trials) for st in studies)
-    chosen_on = ("the validation data given" if not carved else
-                 f"{100 * share:g}% of the training rows held out, seed {seed_v}")
-    if rungs:
-        chosen_on += f"; trained on {top_rows(rungs, studies):,} of the training rows"
-    header = report.header(file, budget_total, search_s, n_trials, best, metric, final_data, chosen_on,
-                           ensemble_check.describe(ensemble_result) if ensemble_result else None)
-    report.write_bolt(bolt_path, final_graph, header, train=train, validation=validation, test=test)
-    # ---- the final model: `boltc run` of the written file
-    final = boltc.compile(str(bolt_path), backend=backend, threads=threads)
-    t0 = time.monotonic()
-    final.fit(train, validation, progress=progress)
-    final_s = time.monotonic() - t0
-    final.history["tune"] = {"budget_s": budget_total, "search_s": round(search_s, 1), "trials": n_trials,
-                             "best_trial": best.number, "validation": {metric: best.value},
-                             "final_data": final_data}
-    if rungs:
-        final.history["tune"]["row_rungs"] = rungs
-    if ensemble_result is not None:
-        final.history["tune"]["ensemble_check"] = ensemble_result
-    final.save(output)
-    results = None
-    if test is not None:
-        results = evaluate_both(final, test)
-    return TuneResult(bolt_path=bolt_path, model=final,
-                      best={"number": best.number, "value": best.value, "params": dict(best.params),
-                            "best_epoch": best.user_attrs.get("best_epoch"),
-                            "rows": top_rows(rungs, studies) if rungs else tr_all.rows},
-                      trials=board, metric=metric, search_seconds=search_s, final_seconds=final_s,
-                      final_data=final_data, test=results)
+            if self.auto_epochs:
+                ft["epochs"] = int(best.user_attrs["best_epoch"])
+                ft.pop("patience", None)
+            if carved:
+                ft["holdout"] = 0.0
+                final_data = ("all the training rows (train + the validation share): the values are chosen, and "
+                              "the held-out rows are worth more as training data")
+            else:
+                # measured on sst2 (benchmarks/final_data_sst2.py: the 3 tuned models of a real_accuracy run,
+                # dev in halves): training on train + one half of dev scored 83.22 on the other half against
+                # 84.06 for train alone (6 runs, lower in 5); the given validation data stays out of training
+                final_data = "the training data alone: the validation data was given separately and stays held out"
+        ft.pop("tune", None)
+        output = self.output
+        bolt_path = output.with_suffix(".bolt")
+        if output.suffix == ".bolt" or (not self.file.startswith("<")
+                                        and bolt_path.resolve() == Path(self.file).resolve()):
+            bolt_path = output.with_name(output.stem + ".tuned.bolt")      # never over the model being tuned
+        chosen_on = ("the validation data given" if not carved else
+                     f"{100 * self.share:g}% of the training rows held out, seed {self.seed}")
+        if rungs:
+            chosen_on += f"; trained on {top_rows(rungs, studies):,} of the training rows"
+        header = report.header(self.file, self.budget_total, self.search_s, sum(len(st.trials) for st in studies),
+                               best, self.metric, final_data, chosen_on,
+                               ensemble_check.describe(ensemble_result) if ensemble_result else None)
+        report.write_bolt(bolt_path, final_graph, header, train=self.train, validation=self.validation,
+                          test=self.test)
+        return bolt_path, final_data
+
+    def train_final(self, bolt_path, best, board, studies, final_data, ensemble_result) -> TuneResult:
+        """`boltc run` of the written file: trained, saved to the output, evaluated once on the test set."""
+        final = boltc.compile(str(bolt_path), backend=self.backend, threads=self.threads)
+        t0 = time.monotonic()
+        final.fit(self.train, self.validation, progress=self.progress)
+        final_s = time.monotonic() - t0
+        tune_record = {"budget_s": self.budget_total, "search_s": round(self.search_s, 1),
+                       "trials": sum(len(st.trials) for st in studies), "best_trial": best.number,
+                       "validation": {self.metric: best.value}, "final_data": final_data}
+        if self.rungs:
+            tune_record["row_rungs"] = self.rungs
+        if ensemble_result is not None:
+            tune_record["ensemble_check"] = ensemble_result
+        final.history["tune"] = tune_record
+        final.save(self.output)
+        results = evaluate_both(final, self.test) if self.test is not None else None
+        return TuneResult(bolt_path=bolt_path, model=final,
+                          best={"number": best.number, "value": best.value, "params": dict(best.params),
+                                "best_epoch": best.user_attrs.get("best_epoch"),
+                                "rows": top_rows(self.rungs, studies) if self.rungs else self.tr_all.rows},
+                          trials=board, metric=self.metric, search_seconds=self.search_s, final_seconds=final_s,
+                          final_data=final_data, test=results)
 
 
 def top_rows(rungs: list[int], studies: list) -> int:
