@@ -249,6 +249,15 @@ def test_trials_train_one_network_and_the_final_model_the_ensemble(tmp_path, mon
     assert len(res.model.members) == 1 and len(boltc.load(tmp_path / "o.boltc").members) == 1
 
 
+def tune_ensemble_auto(tmp_path):
+    """A 2-trial search of MODEL with `ensemble auto`: (result, its ensemble check, the written .bolt)."""
+    p = tmp_path / "small.bolt"
+    p.write_text(MODEL.replace("    seed      5\n", "    seed      5\n    ensemble  auto\n"))
+    res = tune(str(p), budget=120, output=tmp_path / "o.boltc", trials=2, backend="numpy", progress=False,
+               log=lambda m: None)
+    return res, res.model.history["tune"]["ensemble_check"], res.bolt_path.read_text()
+
+
 def test_ensemble_auto_measures_networks_1_to_4_of_the_winner(tmp_path):
     """`ensemble auto`: the check's figures equal the winner's values trained alone with the seeds of
     ensemble networks 1..4 on the search's split (the oracle), and its decision is written out."""
@@ -258,12 +267,7 @@ def test_ensemble_auto_measures_networks_1_to_4_of_the_winner(tmp_path):
     from boltc.runtime.train.ensemble import EnsembleExecutor, member_seed
     from boltc.runtime.train.trainer import evaluate
     from boltc.tune import ensemble_check
-    p = tmp_path / "small.bolt"
-    p.write_text(MODEL.replace("    seed      5\n", "    seed      5\n    ensemble  auto\n"))
-    res = tune(str(p), budget=120, output=tmp_path / "o.boltc", trials=2, backend="numpy", progress=False,
-               log=lambda m: None)
-    check = res.model.history["tune"]["ensemble_check"]
-    written = res.bolt_path.read_text()
+    res, check, written = tune_ensemble_auto(tmp_path)
     n = check["networks"]
     assert n == (ensemble_check.SIZE if check["gain"] >= ensemble_check.MIN_GAIN else 1)
     assert f"ensemble {n}\n" in written and len(res.model.members) == n - 1
@@ -293,12 +297,7 @@ def test_ensemble_auto_is_not_measured_when_its_networks_do_not_fit_the_budget_l
     monkeypatch.setattr(ensemble_check, "check", lambda *a, **k: trained.append(1))
     # a budget whose share left after the search is smaller than PROBE trials of this model
     monkeypatch.setattr(ensemble_check, "affordable", lambda trial_s, left_s: trial_s * 1e9 <= left_s)
-    p = tmp_path / "small.bolt"
-    p.write_text(MODEL.replace("    seed      5\n", "    seed      5\n    ensemble  auto\n"))
-    res = tune(str(p), budget=120, output=tmp_path / "o.boltc", trials=2, backend="numpy", progress=False,
-               log=lambda m: None)
-    check = res.model.history["tune"]["ensemble_check"]
-    written = res.bolt_path.read_text()
+    res, check, written = tune_ensemble_auto(tmp_path)
     assert not trained and check["networks"] == 1 and not res.model.members
     assert "ensemble 1\n" in written and "ensemble auto: not measured" in written
     assert 0 < check["not_checked"]["trial_s"] and check["not_checked"]["left_s"] <= 120
