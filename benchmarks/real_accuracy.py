@@ -81,6 +81,10 @@ def run_boltc(name: str, seed: int, scale: float, workdir: Path, backend: str | 
     if "sparse" in res.test:
         out["sparse"] = round(res.test["sparse"][metric], 2)
     out["tuned_bolt"] = res.bolt_path.read_text()
+    # the finished trials, best first (values and validation): what an ensemble of the search's top
+    # trials would draw on
+    out["leaderboard"] = [{k: r[k] for k in ("trial", "value", "epochs", "params", "rows") if k in r}
+                          for r in res.trials if r["state"] == "complete"][:20]
     return out
 
 
