@@ -185,9 +185,10 @@ def test_run_can_skip_or_bound_the_tune_setting(tmp_path, capsys):
 
 def test_a_small_training_set_scores_each_trial_on_three_disjoint_folds(tuned):
     """600 training rows (under SMALL_ROWS): a trial's value is the mean of its three folds' best values."""
-    from boltc.tune.search import FOLDS, STUDY, _storage
+    from boltc.tune.studies import STUDY, journal_storage
+    from boltc.tune.trial_data import FOLDS
     res, folder = tuned
-    study = optuna.load_study(study_name=STUDY, storage=_storage(folder / "out" / "small.boltc.tune.journal"))
+    study = optuna.load_study(study_name=STUDY, storage=journal_storage(folder / "out" / "small.boltc.tune.journal"))
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert complete
     for t in complete:

@@ -1,4 +1,4 @@
-"""`boltc tune` on row samples (multi-fidelity on rows, boltc/tune/search.py): the rung sizes, which
+"""`boltc tune` on row samples (multi-fidelity on rows, boltc/tune/search.py and rungs.py): the rung sizes, which
 trials move up, and a whole search on a set made "large" by lowering MIN_RUNG_ROWS: the trials of each
 rung train on seeded samples of the training part only, the best of one rung train again on the next,
 the winner comes from the largest rung, and the final model keeps early stopping on the held-out rows."""
@@ -10,8 +10,8 @@ import pytest
 optuna = pytest.importorskip("optuna")     # the `tune` extra; .ci/run installs it
 
 from boltc.runtime.data.holdout import holdout_rows  # noqa: E402
-from boltc.tune import search  # noqa: E402
-from boltc.tune.search import promoted, row_rungs, rung_validation_rows, worth_promoting  # noqa: E402
+from boltc.tune import rungs, search, trial_data  # noqa: E402
+from boltc.tune.rungs import promoted, row_rungs, rung_validation_rows, worth_promoting  # noqa: E402
 
 ROWS = 3000
 MODEL = f"""
@@ -39,7 +39,7 @@ model small {{
 
 
 def test_row_rungs_are_quarters_down_to_the_smallest_useful_sample():
-    n = search.MIN_RUNG_ROWS
+    n = rungs.MIN_RUNG_ROWS
     assert row_rungs(4 * n - 1) == []                    # a quarter would be under the minimum: all rows
     assert row_rungs(4 * n) == [n]
     assert row_rungs(950_000) == [950_000 // 16, 950_000 // 4]
@@ -67,20 +67,20 @@ def test_a_trial_moves_up_only_when_four_times_its_rungs_median_time_fits():
 
 @pytest.fixture
 def small_rungs(monkeypatch):
-    monkeypatch.setattr(search, "MIN_RUNG_ROWS", 150)
-    monkeypatch.setattr(search, "MIN_RUNG_VALIDATION", 50)
+    monkeypatch.setattr(rungs, "MIN_RUNG_ROWS", 150)
+    monkeypatch.setattr(rungs, "MIN_RUNG_VALIDATION", 50)
 
 
 def test_a_search_on_row_samples_promotes_and_keeps_early_stopping(small_rungs, tmp_path, monkeypatch):
     (tmp_path / "small.bolt").write_text(MODEL)
     seen = []                                            # (row ids of training, of validation) per trial
-    real_get = search._Data.get
+    real_get = trial_data.TrialData.get
 
     def spy(self, model):
         tr, va = real_get(self, model)
         seen.append((tr.meta["row_ids"], va.meta["row_ids"], tr.meta.get("rows_of"), va.meta.get("rows_of")))
         return tr, va
-    monkeypatch.setattr(search._Data, "get", spy)
+    monkeypatch.setattr(trial_data.TrialData, "get", spy)
     res = search.tune(str(tmp_path / "small.bolt"), budget=600, output=tmp_path / "out" / "small.boltc",
                       trials=5, backend="numpy", progress=False, log=lambda m: None)
     n_train = ROWS - round(0.1 * ROWS)

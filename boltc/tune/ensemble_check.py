@@ -41,7 +41,7 @@ BUDGET_SHARE = 0.2
 
 def check(text: str, trial_plan: dict, data, metric: str, *, backend, threads, file) -> dict:
     """{"networks": SIZE or 1, "alone": [...], "averaged": v, "gain": v, "seconds": s} on `data`'s
-    validation split (`data`: the search's tune.search._Data, at the winner's rows)."""
+    validation split (`data`: the search's tune.trial_data.TrialData, at the winner's rows)."""
     t0 = time.monotonic()
     plan = copy.deepcopy(trial_plan)
     plan["train"]["seed"] = member_seed(int(trial_plan["train"].get("seed", 0)), 1)

@@ -69,63 +69,18 @@ import numpy as np
 import boltc
 from boltc.api import Model
 from boltc.commands.common import evaluate_both
-from boltc.errors import BoltError, DataError, DependencyError
+from boltc.errors import BoltError, DataError
 from boltc.frontend import parse
 from boltc.passes import run_pipeline
 from boltc.passes.to_plan import to_plan
 from boltc.pipeline import read_source
-from boltc.runtime.data.holdout import split, subset
 from boltc.runtime.train.trainer import metric_names
 from boltc.tune import ensemble_check, report, space
-
-STUDY = "boltc-tune"
-ROW_STREAM = 0x5A3C        # the rung samples' own random stream (independent of the holdout's)
-REDUCTION = 3              # successive halving keeps the best third at each rung
-MIN_RESOURCE = 2           # first rung: after two epochs (a slow learning rate often trails after one)
-ROW_FACTOR = 4             # each row rung has 4x the rows of the one below; the best quarter moves up
-MIN_RUNG_ROWS = 50_000     # a smaller sample of a large set ranks settings poorly
-MAX_ROW_RUNGS = 2          # rungs below all rows (1/16 and 1/4 of them): the final training is the last
-PROMOTE_MIN = 2            # trials promoted to the next rung at least (the best alone cannot be compared)
-MIN_RUNG_VALIDATION = 10_000
-# Small training sets: a trial is scored on FOLDS disjoint held-out shares (holdout.py folds), each trained
-# from scratch on the rest, and its value is their mean. Why: bibtex's 10% is 488 rows, where P@1 has a
-# standard error of about 2 points, so one split ranks trials mostly by chance (in one 6-minute search
-# on it, 9 of 16 finished trials tied at 65.16). Three folds cut that by sqrt(3) for 3x the training,
-# affordable where an epoch takes a second. Pruning watches fold 1's curve; the epoch count is the
-# median of the folds' best epochs. Above SMALL_ROWS the 10% share holds 1,000 rows or more (standard
-# error of P@1 at most about 1.5 points) and three times fewer trials would cost more than the noise.
-FOLDS = 3
-SMALL_ROWS = 10_000
+from boltc.tune.rungs import row_rungs, rung_validation_rows, top_rows, worth_promoting
+from boltc.tune.studies import STUDY, complete, journal_storage, open_rung_study, open_study, optuna_module
+from boltc.tune.trial_data import FOLDS, TrialData
 
 
-def row_rungs(n_train: int) -> list[int]:
-    """Training rows per search rung, smallest first, each < n_train; [] when every trial uses all rows."""
-    out, n = [], n_train // ROW_FACTOR
-    while n >= MIN_RUNG_ROWS and len(out) < MAX_ROW_RUNGS:
-        out.append(n)
-        n //= ROW_FACTOR
-    return sorted(out)
-
-
-def rung_validation_rows(n_val: int, rung_rows: int) -> int:
-    return min(n_val, max(MIN_RUNG_VALIDATION, rung_rows // 5))
-
-
-def promoted(finished: list) -> list:
-    """The trials of one rung that train again on the next: the best 1/ROW_FACTOR (>= PROMOTE_MIN), best
-    first; ties go to the earlier trial."""
-    ranked = sorted(finished, key=lambda t: (-t.value, t.number))
-    k = max(PROMOTE_MIN, -(-len(ranked) // ROW_FACTOR))
-    return ranked[:k]
-
-
-def _optuna():
-    try:
-        import optuna  # optional: the tune extra
-    except ImportError:
-        raise DependencyError("boltc tune needs Optuna: pip install 'boltc[tune]'") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna
 
 
 class _OutOfTime(Exception):
@@ -145,72 +100,6 @@ class TuneResult:
     test: dict | None = None        # {"dense": ..., "sparse": ...} on the test set, once
 
 
-class _Data:
-    """Training and validation Datasets for a trial's plan, cached by the plan's inputs (text inputs
-    with tuned n-grams or dims are featurised again; every other trial reuses the same matrices)."""
-
-    def __init__(self, train, validation, share: float, seed: int):
-        self.train_src, self.val_src, self.share, self.seed = train, validation, share, seed
-        self.cache: dict[str, tuple] = {}
-        self.full: dict[str, object] = {}               # the whole training set (small sets: for folds)
-        self.more_folds: dict[str, list] = {}           # folds 2.. of a small set, split once per key
-        self.rows: tuple[int, int] | None = None       # (training, validation) rows of the current rung
-        self.samples: dict = {}
-
-    def get(self, model):
-        key = json.dumps(model.plan["inputs"], sort_keys=True)
-        if key not in self.cache:
-            if len(self.cache) >= 2:             # featurised text matrices are large: keep the last two
-                old = next(iter(self.cache))
-                self.cache.pop(old)
-                self.full.pop(old, None)
-                self.more_folds.pop(old, None)
-            full = model.dataset(self.train_src)
-            if full.labels is None:
-                raise DataError(f"{full.source} has no labels to tune on")
-            if self.val_src is not None:
-                if full.class_names and not model.plan["target"].get("class_names"):
-                    model.plan["target"]["class_names"] = list(full.class_names)
-                pair = (full, model.dataset(self.val_src))
-            else:
-                pair = split(full, self.share, self.seed)
-                if full.rows <= SMALL_ROWS:
-                    self.full[key] = full
-            self.cache[key] = pair
-        pair = self.cache[key]
-        if pair[0].class_names and not model.plan["target"].get("class_names"):
-            model.plan["target"]["class_names"] = list(pair[0].class_names)
-        if self.rows is None:
-            return pair
-        return self.sample(pair, key)
-
-    def folds(self, model) -> list:
-        """[(train, validation)] of every fold: FOLDS of them for a small training set split here, else
-        the one pair `get` returns."""
-        first = self.get(model)
-        key = json.dumps(model.plan["inputs"], sort_keys=True)
-        if self.rows is not None or key not in self.full:
-            return [first]
-        if key not in self.more_folds:
-            self.more_folds[key] = [split(self.full[key], self.share, self.seed, f) for f in range(1, FOLDS)]
-        return [first] + self.more_folds[key]
-
-    def sample(self, pair, key):
-        """The current rung's seeded row samples of (train, validation); a smaller rung's rows are a subset
-        of a larger one's (one permutation), so a promoted trial sees its old rows and more."""
-        n_rows, n_val = self.rows
-        skey = (key, n_rows, n_val)
-        if skey not in self.samples:
-            self.samples.clear()                 # one rung at a time
-            tr, va = pair
-            rng = np.random.default_rng([self.seed, ROW_STREAM])
-            tr_rows = np.sort(rng.permutation(tr.rows)[:n_rows])
-            va_rows = np.sort(rng.permutation(va.rows)[:n_val])
-            self.samples[skey] = (subset(tr, tr_rows, f"{tr.source}, {n_rows:,} rows sampled"),
-                                  subset(va, va_rows, f"{va.source}, {n_val:,} rows sampled"))
-        return self.samples[skey]
-
-
 def _best(hist: dict, metric: str) -> tuple[float, int]:
     """(best validation value, its epoch) of a finished fit: early stopping's, else the last epoch's."""
     es = hist.get("early_stopping")
@@ -227,28 +116,6 @@ def fingerprint(source: str, tunables, data: dict) -> str:
     h.update(json.dumps([[list(t.where), t.kind, t.default] for t in tunables], default=str).encode())
     h.update(json.dumps(data, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
-
-
-def _open_study(optuna, journal: Path, seed: int, fp: str, defaults: dict):
-    """The search's study (the smallest row rung's, when there are rungs)."""
-    from optuna.trial import TrialState  # optional: the tune extra
-    storage = _storage(journal)
-    study = optuna.create_study(
-        study_name=STUDY, storage=storage, direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5),
-        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=MIN_RESOURCE, reduction_factor=REDUCTION))
-    have = study.user_attrs.get("fingerprint")
-    if have is None:
-        study.set_user_attr("fingerprint", fp)
-        study.set_user_attr("elapsed_s", 0.0)
-        study.enqueue_trial(defaults)
-    elif have != fp:
-        raise BoltError(f"{journal} holds the trials of a different tuning run (the model, its data or its "
-                        "search changed): remove it to start afresh, or write to another -o")
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        # a killed run left it running: it will never finish
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-    return study
 
 
 def tune(model_path, budget: float, output, *, train=None, validation=None, test=None,
@@ -273,7 +140,7 @@ class _Search:
 
     def __init__(self, model_path, budget: float, output, *, train, validation, test, seed, backend, threads,
                  progress, log):
-        self.optuna = optuna = _optuna()
+        self.optuna = optuna = optuna_module()
         self.log, self.backend, self.threads, self.progress = log, backend, threads, progress
         self.output = Path(output)
         self.text, self.file = read_source(model_path)
@@ -307,7 +174,7 @@ class _Search:
             self.budget = budget * (1.0 - ensemble_check.BUDGET_SHARE)
         self.journal = self.output.with_name(self.output.name + ".tune.journal")
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        self.data = _Data(self.train, self.validation, share, self.seed)
+        self.data = TrialData(self.train, self.validation, share, self.seed)
         self.tr_all, self.va_all = self.data.get(Model(self.text, copy.deepcopy(base_plan), backend="numpy",
                                                        file=self.file))       # bad data fails here
         self.rungs = row_rungs(self.tr_all.rows)
@@ -315,7 +182,7 @@ class _Search:
                          {"train": str(self.train), "validation": str(self.validation), "share": share,
                           "seed": self.seed, "backend": backend, "row_rungs": self.rungs,
                           "folds": FOLDS if self.data.full else 1})
-        self.study = _open_study(optuna, self.journal, self.seed, fp, space.defaults(self.tunables))
+        self.study = open_study(optuna, self.journal, self.seed, fp, space.defaults(self.tunables))
         self.spent0 = float(self.study.user_attrs.get("elapsed_s", 0.0))
         self.t_start = time.monotonic()
         self.bar = report.Progress(progress, self.budget, self.spent0, self.metric, log)
@@ -352,7 +219,7 @@ class _Search:
             now = time.monotonic()
             # a rung's share of the budget ends its trials only once one of them finished there
             return (now > self.t_start + self.budget - self.spent0
-                    or (now > self.rung_deadline and _complete(optuna, trial.study)))
+                    or (now > self.rung_deadline and complete(optuna, trial.study)))
 
         def watch(trainer, record):
             # the pruner compares the blended metric (with `blend ridge`), not the network's own that early
@@ -416,15 +283,15 @@ class _Search:
             for r in range(max(1, len(rungs))):
                 rung_end = budget * (r + 1) / max(1, len(rungs))
                 if r > 0:
-                    if (f"{STUDY}-rows-{rungs[r]}" not in optuna.get_all_study_names(_storage(self.journal))
-                            and not worth_promoting(_complete(optuna, studies[-1]), budget - self.spent())):
+                    if (f"{STUDY}-rows-{rungs[r]}" not in optuna.get_all_study_names(journal_storage(self.journal))
+                            and not worth_promoting(complete(optuna, studies[-1]), budget - self.spent())):
                         # a promoted trial would not finish in the budget left: the rung below keeps it
                         self.bar.note(f"no promotion to {rungs[r]:,} rows: a trial there would not finish in the "
                                       f"{budget - self.spent():.0f}s left; the search goes on with "
                                       f"{rungs[r - 1]:,} rows")
                         self._optimize(studies[-1], budget - self.spent(), trials_left())
                         break
-                    st = _open_rung_study(optuna, self.journal, rungs[r], studies[-1], self.bar)
+                    st = open_rung_study(optuna, self.journal, rungs[r], studies[-1], self.bar)
                     if st is None:
                         break                   # nothing finished on the rung below: nothing to promote
                     studies.append(st)
@@ -445,13 +312,13 @@ class _Search:
         """(the best trial of the largest rung where one finished, the leaderboard rows); the leaderboard
         is logged. No finished trial: the budget was too small, said with the first epoch's time."""
         optuna = self.optuna
-        top = next((st for st in reversed(studies) if _complete(optuna, st)), None)
+        top = next((st for st in reversed(studies) if complete(optuna, st)), None)
         if top is None:
             ran = self.first_trial_note.get("epoch_s")
             hint = f"its first epoch took {ran:.1f}s" if ran is not None else "no trial finished an epoch"
             raise BoltError(f"the budget of {self.budget_total:g}s is too small for one trial ({hint}; a trial "
                             "trains until its validation metric stops improving): give a larger --budget")
-        best = max(_complete(optuna, top), key=lambda t: (t.value, -t.number))
+        best = max(complete(optuna, top), key=lambda t: (t.value, -t.number))
         board = []
         for r, st in reversed(list(enumerate(studies))):
             rows = report.leaderboard(st, self.metric)
@@ -548,49 +415,3 @@ class _Search:
                                 "rows": top_rows(self.rungs, studies) if self.rungs else self.tr_all.rows},
                           trials=board, metric=self.metric, search_seconds=self.search_s, final_seconds=final_s,
                           final_data=final_data, test=results)
-
-
-def top_rows(rungs: list[int], studies: list) -> int:
-    """Training rows of the largest rung with a finished trial (the one the winner comes from)."""
-    for r in range(len(studies) - 1, -1, -1):
-        if any(t.state.name == "COMPLETE" for t in studies[r].get_trials(deepcopy=False)):
-            return rungs[r]
-    return rungs[0]
-
-
-def worth_promoting(finished: list, left_s: float) -> bool:
-    """Whether a trial promoted from a rung is expected to finish in the `left_s` seconds left: the median
-    time of the rung's finished trials times ROW_FACTOR (4x the rows, and so about 4x the time per epoch)."""
-    secs = sorted(float(t.user_attrs.get("seconds", 0.0)) for t in finished)
-    return bool(secs) and secs[len(secs) // 2] * ROW_FACTOR <= left_s
-
-
-def _storage(journal: Path):
-    from optuna.storages import JournalStorage  # optional: the tune extra
-    from optuna.storages.journal import JournalFileBackend  # optional: the tune extra
-    return JournalStorage(JournalFileBackend(str(journal)))
-
-
-def _complete(optuna, study) -> list:
-    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-
-
-def _open_rung_study(optuna, journal: Path, rows: int, below, bar):
-    """The study of the rung with `rows` training rows: the best trials of the rung below enqueued once
-    (with their values; no sampler, no pruner: the few promoted trials are compared whole). None when the
-    rung below finished no trial."""
-    storage = _storage(journal)
-    st = optuna.create_study(study_name=f"{STUDY}-rows-{rows}", storage=storage, direction="maximize",
-                             load_if_exists=True, pruner=optuna.pruners.NopPruner())
-    if st.user_attrs.get("promoted"):
-        for t in st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)   # a killed run's
-        return st
-    up = promoted(_complete(optuna, below))
-    if not up:
-        return None
-    for t in up:
-        st.enqueue_trial(dict(t.params), user_attrs={"from_trial": t.number})
-    st.set_user_attr("promoted", [t.number for t in up])
-    bar.note(f"{len(up)} trial(s) promoted to {rows:,} rows: " + ", ".join(f"trial {t.number} ({t.value:.2f})" for t in up))
-    return st
