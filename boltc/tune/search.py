@@ -81,8 +81,6 @@ from boltc.tune.studies import STUDY, complete, journal_storage, open_rung_study
 from boltc.tune.trial_data import FOLDS, TrialData
 
 
-
-
 class _OutOfTime(Exception):
     pass
 
