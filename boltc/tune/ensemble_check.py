@@ -66,8 +66,8 @@ def affordable(trial_seconds: float, left_seconds: float) -> bool:
 
 def not_checked(trial_seconds: float, left_seconds: float) -> dict:
     """The result when the check does not fit: one network."""
-    return {"networks": 1, "not_checked": {"trial_s": round(float(trial_seconds), 1),
-                                           "left_s": round(max(float(left_seconds), 0.0), 1)}, "seconds": 0.0}
+    return {"networks": 1, "not_checked": {"trial_s": round(float(trial_seconds), 2),
+                                           "left_s": round(max(float(left_seconds), 0.0), 2)}, "seconds": 0.0}
 
 
 def describe(result: dict) -> str:
