@@ -169,7 +169,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", default="")
     ap.add_argument("--from-log", default="", help="summarise the rows printed by an earlier run instead")
     ap.add_argument("--across-configs", action="store_true",
-                    help="the tuned models of the run's seeds averaged with one another (see above)")
+                    help="the tuned models of the run's seeds averaged with one another (see above); each "
+                         "trains networks 0..K, K the number of tuned models, so --members is not used")
     a = ap.parse_args(argv)
     names = [n for n in a.data.split(",") if n]
     bad = [n for n in names if n not in SETS]
