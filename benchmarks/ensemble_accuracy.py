@@ -103,22 +103,17 @@ def measure(name: str, seed: int, text: str, members: int, folds: int) -> list[d
 
 
 def network_scores(model, va) -> list[np.ndarray]:
-    """Each network's (rows, classes) ranking scores on `va`: its output plus the model's blend."""
-    plan = model.plan
+    """Each network's (rows, classes) ranking scores on `va`: its output plus the model's blend (the
+    blend's own scoring, runtime/train/blend.py), labels never seen -inf."""
+    plan, ens = model.plan, model.inference_executor
     settings = blend.settings(plan)
-    extra = None
     if settings:
         w = model.state.blend["ridge"]
-        extra = float(settings["weight"]) * blend.linear_scores(va.inputs[blend.input_name(plan)], w)
+        return [blend.scores(ex, va, False, settings, w) for ex in ens.members]
     counts = model.state.params.get(plan["output"], {}).get("label_count")
-    out = []
-    for ex in model.inference_executor.members:
-        total = np.zeros((va.rows, model.inference_executor.classes), np.float32)
-        add_output(total, ex.forward(va, mode="dense")[plan["output"]])
-        if extra is not None:
-            total += extra
-        out.append(mask_never_seen(total, counts))
-    return out
+    return [mask_never_seen(add_output(np.zeros((va.rows, ens.classes), np.float32),
+                                       ex.forward(va, mode="dense")[plan["output"]]), counts)
+            for ex in ens.members]
 
 
 def measure_across(name: str, models: list[tuple[int, str]], folds: int) -> list[dict]:
@@ -203,7 +198,7 @@ def main(argv=None) -> int:
     if a.across_configs or (rows and "k_models" in rows[0]):
         return write(a, argv, rows, across_table(rows, names))
     ks = range(1, a.members)
-    print(f"\nmembers 1..k averaged (member 0, the tuned run itself, left out), against one network alone")
+    print("\nmembers 1..k averaged (member 0, the tuned run itself, left out), against one network alone")
     print(f"{'data':<10} {'runs':>4} {'alone':>7} " + " ".join(f"{f'k={k}':>7}" for k in ks)
           + " " + " ".join(f"{f'gain {k}':>7}" for k in ks if k > 1))
     summary = {}

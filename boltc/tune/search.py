@@ -124,13 +124,12 @@ def tune(model_path, budget: float, output, *, train=None, validation=None, test
     job = _Search(model_path, budget, output, train=train, validation=validation, test=test, seed=seed,
                   backend=backend, threads=threads, progress=progress,
                   log=log or (lambda msg: print(msg, file=sys.stderr)))
-    studies = job.search(trials)
-    best, board = job.winner(studies)
-    values = space.suggest(job.optuna.trial.FixedTrial(best.params), job.tunables,
-                           job.train_cfg.get("optimizer", "adam"))
-    ensemble_result = job.check_ensemble(values, best, studies) if job.ensemble_auto else None
-    bolt_path, final_data = job.write(values, best, studies, ensemble_result)
-    return job.train_final(bolt_path, best, board, studies, final_data, ensemble_result)
+    job.search(trials)
+    best, board = job.winner()
+    values = job.values(job.optuna.trial.FixedTrial(best.params))
+    ensemble_result = job.check_ensemble(values, best) if job.ensemble_auto else None
+    bolt_path, final_data = job.write(values, best, ensemble_result)
+    return job.train_final(bolt_path, best, board, final_data, ensemble_result)
 
 
 class _Search:
@@ -191,6 +190,10 @@ class _Search:
     def spent(self) -> float:
         return self.spent0 + time.monotonic() - self.t_start
 
+    def values(self, trial) -> dict:
+        """The values a trial (or a FixedTrial of the winner's parameters) gives the places written `auto`."""
+        return space.suggest(trial, self.tunables, self.train_cfg.get("optimizer", "adam"))
+
     def trial_plan(self, values) -> dict:
         plan = to_plan(run_pipeline(space.with_values(self.parsed, values)))
         # trials compare one network each: `ensemble N` adds members of the same values from other seeds,
@@ -204,7 +207,7 @@ class _Search:
     # ------------------------------------------------------------ one trial
     def objective(self, trial) -> float:
         optuna = self.optuna
-        plan = self.trial_plan(space.suggest(trial, self.tunables, self.train_cfg.get("optimizer", "adam")))
+        plan = self.trial_plan(self.values(trial))
         if int((plan.get("memory") or {}).get("total", 0)) > space.MAX_TRIAL_BYTES:
             trial.set_user_attr("note", "too large")
             raise optuna.TrialPruned()
@@ -267,8 +270,10 @@ class _Search:
             study.optimize(self.objective, timeout=seconds, n_trials=n_trials, callbacks=[self._after_trial],
                            catch=(BoltError,), gc_after_trial=False)
 
-    def search(self, trials: int | None) -> list:
-        """The studies of the rungs that ran, smallest first ([study] alone without row rungs)."""
+    def search(self, trials: int | None) -> None:
+        """Run the trials. Afterwards `studies` holds the rungs' studies that ran, smallest first ([study]
+        alone without row rungs), `n_trials` their trials, `winner_rows` the training rows of the largest
+        rung with a finished trial (all the training rows without rungs)."""
         optuna, rungs, budget = self.optuna, self.rungs, self.budget
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -304,13 +309,14 @@ class _Search:
             self.bar.close()
             self.data.rows = None
         self.search_s = self.spent()
-        return studies
+        self.studies, self.n_trials = studies, sum(len(st.trials) for st in studies)
+        self.winner_rows = top_rows(rungs, studies) if rungs else self.tr_all.rows
 
-    def winner(self, studies: list):
+    def winner(self):
         """(the best trial of the largest rung where one finished, the leaderboard rows); the leaderboard
         is logged. No finished trial: the budget was too small, said with the first epoch's time."""
         optuna = self.optuna
-        top = next((st for st in reversed(studies) if complete(optuna, st)), None)
+        top = next((st for st in reversed(self.studies) if complete(optuna, st)), None)
         if top is None:
             ran = self.first_trial_note.get("epoch_s")
             hint = f"its first epoch took {ran:.1f}s" if ran is not None else "no trial finished an epoch"
@@ -318,7 +324,7 @@ class _Search:
                             "trains until its validation metric stops improving): give a larger --budget")
         best = max(complete(optuna, top), key=lambda t: (t.value, -t.number))
         board = []
-        for r, st in reversed(list(enumerate(studies))):
+        for r, st in reversed(list(enumerate(self.studies))):
             rows = report.leaderboard(st, self.metric)
             n_rows = self.rungs[r] if self.rungs else self.tr_all.rows
             for row in rows:
@@ -327,11 +333,10 @@ class _Search:
             self.log(report.format_leaderboard(rows, self.metric, f"{n_rows:,} training rows" if self.rungs else None))
         return best, board
 
-    def check_ensemble(self, values, best, studies) -> dict:
+    def check_ensemble(self, values, best) -> dict:
         """`ensemble auto` decided on the winner's rows (ensemble_check.py), when it fits the budget left."""
         if self.rungs:
-            n_rows = top_rows(self.rungs, studies)
-            self.data.rows = (n_rows, rung_validation_rows(self.va_all.rows, n_rows))
+            self.data.rows = (self.winner_rows, rung_validation_rows(self.va_all.rows, self.winner_rows))
         # one training of the winner: its trial's time over the folds it trained (the check trains on one)
         trial_s = float(best.user_attrs.get("seconds", 0.0)) / len(best.user_attrs.get("folds") or [0])
         left = self.budget_total - self.spent()
@@ -345,7 +350,7 @@ class _Search:
         return result
 
     # ------------------------------------------------------------ the winning model
-    def write(self, values, best, studies, ensemble_result):
+    def write(self, values, best, ensemble_result):
         """(the written .bolt's path, what the final model trains on and why)."""
         final_graph = space.with_values(self.parsed, values)
         ft = final_graph.graph["train"]
@@ -383,22 +388,22 @@ class _Search:
         chosen_on = ("the validation data given" if not carved else
                      f"{100 * self.share:g}% of the training rows held out, seed {self.seed}")
         if rungs:
-            chosen_on += f"; trained on {top_rows(rungs, studies):,} of the training rows"
-        header = report.header(self.file, self.budget_total, self.search_s, sum(len(st.trials) for st in studies),
+            chosen_on += f"; trained on {self.winner_rows:,} of the training rows"
+        header = report.header(self.file, self.budget_total, self.search_s, self.n_trials,
                                best, self.metric, final_data, chosen_on,
                                ensemble_check.describe(ensemble_result) if ensemble_result else None)
         report.write_bolt(bolt_path, final_graph, header, train=self.train, validation=self.validation,
                           test=self.test)
         return bolt_path, final_data
 
-    def train_final(self, bolt_path, best, board, studies, final_data, ensemble_result) -> TuneResult:
+    def train_final(self, bolt_path, best, board, final_data, ensemble_result) -> TuneResult:
         """`boltc run` of the written file: trained, saved to the output, evaluated once on the test set."""
         final = boltc.compile(str(bolt_path), backend=self.backend, threads=self.threads)
         t0 = time.monotonic()
         final.fit(self.train, self.validation, progress=self.progress)
         final_s = time.monotonic() - t0
         tune_record = {"budget_s": self.budget_total, "search_s": round(self.search_s, 1),
-                       "trials": sum(len(st.trials) for st in studies), "best_trial": best.number,
+                       "trials": self.n_trials, "best_trial": best.number,
                        "validation": {self.metric: best.value}, "final_data": final_data}
         if self.rungs:
             tune_record["row_rungs"] = self.rungs
@@ -410,6 +415,6 @@ class _Search:
         return TuneResult(bolt_path=bolt_path, model=final,
                           best={"number": best.number, "value": best.value, "params": dict(best.params),
                                 "best_epoch": best.user_attrs.get("best_epoch"),
-                                "rows": top_rows(self.rungs, studies) if self.rungs else self.tr_all.rows},
+                                "rows": self.winner_rows},
                           trials=board, metric=self.metric, search_seconds=self.search_s, final_seconds=final_s,
                           final_data=final_data, test=results)

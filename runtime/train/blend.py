@@ -95,10 +95,14 @@ def linear_scores(x, w: np.ndarray) -> np.ndarray:
     return np.asarray(out, np.float32)
 
 
-def predict(executor, batch, top_k: int, sparse: bool, blend: dict, w: np.ndarray):
-    """(ids, scores) as executor.predict, ranked by the network's output + weight * ridge scores."""
+def scores(executor, batch, sparse: bool, blend: dict, w: np.ndarray) -> np.ndarray:
+    """(B, classes) float32: the network's output + weight * ridge scores, labels never seen -inf."""
     plan = executor.plan
     out = executor.forward(batch, mode="sparse" if sparse else "dense")[plan["output"]]
     total = add_output(float(blend["weight"]) * linear_scores(batch.inputs[input_name(plan)], w), out)
-    total = mask_never_seen(total, executor.state.params.get(plan["output"], {}).get("label_count"))
-    return top_k_of(total, top_k)
+    return mask_never_seen(total, executor.state.params.get(plan["output"], {}).get("label_count"))
+
+
+def predict(executor, batch, top_k: int, sparse: bool, blend: dict, w: np.ndarray):
+    """(ids, scores) as executor.predict, ranked by `scores`."""
+    return top_k_of(scores(executor, batch, sparse, blend, w), top_k)
